@@ -1,0 +1,1 @@
+//! kube-sandbox: a loopback Kubernetes API server for tests.

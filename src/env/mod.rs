@@ -1,0 +1,13 @@
+//! The environment definition: YAML with positions, typed model, loading and validation.
+
+pub mod cidr;
+pub mod decode;
+pub mod diag;
+pub mod load;
+pub mod model;
+pub mod validate;
+pub mod yaml;
+
+pub use diag::Diagnostic;
+pub use load::{load, CommitFiles, MemFiles};
+pub use model::Environment;

@@ -1,0 +1,313 @@
+//! The typed environment definition: what `environments/<name>/environment.yaml` decodes into.
+//!
+//! The schema is documented in docs/environment.md; keep the two in step.
+
+use super::cidr::Cidr;
+use super::yaml::Pos;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Environment {
+    pub name: String,
+    /// Repo-relative directory of the environment, e.g. `environments/demo`.
+    pub dir: String,
+    /// Repo-relative path of the definition file.
+    pub file: String,
+    pub protected: bool,
+    pub labels: BTreeMap<String, String>,
+    #[serde(with = "humantime_serde_opt")]
+    pub recovery_objective: Option<Duration>,
+    /// Template values as written in the environment (merged with shared defaults at render time).
+    pub values: serde_json::Value,
+    pub timeouts: Timeouts,
+    pub secrets: Vec<SecretRef>,
+    pub cloud: Option<Cloud>,
+    pub cluster: Option<Cluster>,
+    pub addons: Vec<Component>,
+    pub apps: Vec<Component>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Timeouts {
+    #[serde(with = "humantime_serde")]
+    pub cloud: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cluster: Duration,
+    #[serde(with = "humantime_serde")]
+    pub addons: Duration,
+    #[serde(with = "humantime_serde")]
+    pub apps: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            cloud: Duration::from_secs(600),
+            cluster: Duration::from_secs(600),
+            addons: Duration::from_secs(300),
+            apps: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Where a secret's value comes from at run time. Values are never stored in the model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "from", content = "ref", rename_all = "lowercase")]
+pub enum SecretSource {
+    /// `env:NAME`: an environment variable of the phoenix process.
+    Env(String),
+    /// `file:PATH`: a local file (not in the commit); `~/` expands to the home directory.
+    File(String),
+}
+
+impl SecretSource {
+    pub fn parse(text: &str) -> Result<SecretSource, String> {
+        if let Some(name) = text.strip_prefix("env:") {
+            let ok = !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(format!("{name:?} is not a valid environment variable name"));
+            }
+            return Ok(SecretSource::Env(name.to_string()));
+        }
+        if let Some(path) = text.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err("the file path is empty".into());
+            }
+            return Ok(SecretSource::File(path.to_string()));
+        }
+        Err("a secret reference starts with env: or file:".into())
+    }
+}
+
+impl std::fmt::Display for SecretSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Env(n) => write!(f, "env:{n}"),
+            SecretSource::File(p) => write!(f, "file:{p}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SecretRef {
+    pub name: String,
+    pub source: SecretSource,
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Cloud {
+    pub provider: String,
+    pub region: String,
+    pub network: Network,
+    pub security_groups: Vec<SecurityGroup>,
+    pub key_pair: Option<KeyPair>,
+    pub instances: Vec<InstanceGroup>,
+    /// Allow an instance type change by stop, modify, start instead of replacement.
+    pub allow_stop_modify_start: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Network {
+    pub cidr: Cidr,
+    pub subnets: Vec<Subnet>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Subnet {
+    pub name: String,
+    pub cidr: Cidr,
+    pub zone: String,
+    pub public: bool,
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SecurityGroup {
+    pub name: String,
+    pub description: String,
+    pub ingress: Vec<Rule>,
+    /// `None` keeps the AWS default (all outbound allowed).
+    pub egress: Option<Vec<Rule>>,
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Icmp,
+    All,
+}
+
+impl Protocol {
+    pub fn as_aws(&self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Icmp => "icmp",
+            Protocol::All => "-1",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Peer {
+    Cidr(Cidr),
+    /// Another security group of this environment, by name.
+    Group(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Rule {
+    pub protocol: Protocol,
+    /// Inclusive port range; `None` for all ports.
+    pub ports: Option<(u16, u16)>,
+    pub peer: Peer,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct KeyPair {
+    pub name: String,
+    /// Public key to import; `None` means phoenix generates a key pair and keeps the private key
+    /// under the state dir (0600).
+    pub public_key: Option<SecretSource>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Image {
+    Id(String),
+    /// Newest image of this owner whose name matches the pattern (`*` and `?` wildcards).
+    Lookup { owner: String, name: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Server,
+    Agent,
+    None,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceGroup {
+    pub name: String,
+    pub role: Role,
+    pub count: u32,
+    pub instance_type: String,
+    pub image: Image,
+    pub subnet: String,
+    pub security_groups: Vec<String>,
+    pub root_volume_gib: Option<u32>,
+    pub instance_profile: Option<String>,
+    /// Repo-relative template path for user-data; `None` uses the role's default template.
+    pub user_data: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Cluster {
+    K3s(K3s),
+    Existing(Existing),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct K3s {
+    pub version: String,
+    /// Whether the API endpoint is the server's public or private address.
+    pub endpoint: EndpointKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointKind {
+    Public,
+    Private,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Existing {
+    /// A local kubeconfig path (not in the commit: it holds credentials).
+    pub kubeconfig: String,
+    pub context: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Source {
+    /// A directory under `templates/` whose `.j2` files are rendered (and plain `.yaml` copied).
+    Template(String),
+    /// A directory of manifests in the commit, relative to the environment directory.
+    Path(String),
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub url: String,
+    pub expect: u16,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SecretObject {
+    pub name: String,
+    pub namespace: String,
+    /// Secret key → name of an entry in `spec.secrets`.
+    pub data: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Component {
+    pub name: String,
+    pub source: Source,
+    /// Repo-relative directory the source resolves to.
+    pub source_dir: String,
+    pub namespace: Option<String>,
+    pub values: serde_json::Value,
+    pub depends_on: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+    pub checks: Vec<Check>,
+    pub secrets: Vec<SecretObject>,
+    pub force_conflicts: bool,
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+mod humantime_serde {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+mod humantime_serde_opt {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+}

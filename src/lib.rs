@@ -1,0 +1,3 @@
+//! phoenix: rebuild a whole environment from a Git commit, layer by layer.
+pub mod env;
+pub mod source;
