@@ -640,3 +640,124 @@ fn schema_list_type(schema: &Value, path: &[&str]) -> Option<ListType> {
         _ => Some(ListType::Atomic),
     }
 }
+
+/// Group/versions served, as OpenAPI v3 path keys (`api/v1`, `apis/apps/v1`).
+fn group_versions(types: &BTreeMap<ResKey, Arc<ResourceType>>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for t in types.values() {
+        for v in &t.versions {
+            let gv = (t.group.clone(), v.clone());
+            if !out.contains(&gv) {
+                out.push(gv);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// The OpenAPI v3 discovery document: one entry per group/version.
+pub fn openapi_v3_root(types: &BTreeMap<ResKey, Arc<ResourceType>>) -> Value {
+    let mut paths = serde_json::Map::new();
+    for (g, v) in group_versions(types) {
+        let p = gv_path(&g, &v);
+        // The hash changes with the set of kinds so clients refetch after a CRD is added.
+        let kinds: Vec<&str> = types
+            .values()
+            .filter(|t| t.group == g && t.versions.contains(&v))
+            .map(|t| t.plural.as_str())
+            .collect();
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in kinds.join(",").bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={h:016X}")}),
+        );
+    }
+    json!({ "paths": paths })
+}
+
+/// A minimal OpenAPI v3 document for one group/version: operations per kind, with the query parameters
+/// kubectl checks for (fieldValidation, dryRun, fieldManager, force). No schemas.
+pub fn openapi_v3_gv(
+    types: &BTreeMap<ResKey, Arc<ResourceType>>,
+    gv: &str,
+    version_info: &str,
+) -> Option<Value> {
+    let (group, version) = match gv.split('/').collect::<Vec<_>>().as_slice() {
+        ["api", v] => (String::new(), v.to_string()),
+        ["apis", g, v] => (g.to_string(), v.to_string()),
+        _ => return None,
+    };
+    let mut paths = serde_json::Map::new();
+    let param = |n: &str| json!({"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
+    let write_params = json!([
+        param("dryRun"),
+        param("fieldManager"),
+        param("fieldValidation"),
+        param("force"),
+        param("pretty")
+    ]);
+    let mut found = false;
+    for t in types.values() {
+        if t.group != group || !t.versions.contains(&version) {
+            continue;
+        }
+        found = true;
+        let gvk = json!({"group": t.group, "version": version, "kind": t.kind});
+        let base = if t.namespaced {
+            format!(
+                "/{}/namespaces/{{namespace}}/{}",
+                gv_path(&group, &version),
+                t.plural
+            )
+        } else {
+            format!("/{}/{}", gv_path(&group, &version), t.plural)
+        };
+        let ok = json!({"200": {"description": "OK"}});
+        let op = |action: &str, params: &Value| {
+            json!({
+                "operationId": format!("{action}{}", t.kind),
+                "x-kubernetes-action": action,
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": params,
+                "responses": ok,
+            })
+        };
+        paths.insert(
+            base.clone(),
+            json!({
+                "get": op("list", &json!([param("labelSelector"), param("fieldSelector"), param("watch")])),
+                "post": op("post", &write_params),
+            }),
+        );
+        paths.insert(
+            format!("{base}/{{name}}"),
+            json!({
+                "get": op("get", &json!([])),
+                "put": op("put", &write_params),
+                "patch": op("patch", &write_params),
+                "delete": op("delete", &json!([param("dryRun")])),
+            }),
+        );
+    }
+    if !found {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": version_info},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 
 /// How many watch events each cluster retains for resuming watches.
-pub const HISTORY: usize = 10_000;
+pub const DEFAULT_HISTORY: usize = 10_000;
 
 #[derive(Debug)]
 pub struct Event {
@@ -64,6 +64,7 @@ pub struct State {
     pub types: BTreeMap<ResKey, Arc<ResourceType>>,
     objects: HashMap<ResKey, BTreeMap<ObjKey, Arc<Value>>>,
     history: VecDeque<Arc<Event>>,
+    history_limit: usize,
     alloc: Alloc,
     owners: HashMap<String, BTreeSet<ObjRef>>,
     /// Nodes an admin forced NotReady.
@@ -113,7 +114,7 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub fn new(name: &str, kubernetes_version: &str) -> Arc<Cluster> {
+    pub fn new(name: &str, kubernetes_version: &str, history: usize) -> Arc<Cluster> {
         let (tx, _) = broadcast::channel(4096);
         let rv = Arc::new(AtomicU64::new(1));
         let mut types = BTreeMap::new();
@@ -125,6 +126,7 @@ impl Cluster {
             types,
             objects: HashMap::new(),
             history: VecDeque::new(),
+            history_limit: history,
             alloc: Alloc {
                 next_ip: 10,
                 next_port: 30000,
@@ -384,7 +386,7 @@ impl State {
             etype,
             object,
         });
-        if self.history.len() >= HISTORY {
+        if self.history.len() >= self.history_limit.max(1) {
             self.history.pop_front();
         }
         self.history.push_back(ev.clone());

@@ -42,7 +42,7 @@ pub struct Config {
     pub node_delay: Duration,
     /// Ready nodes every cluster gets when it is created. Default 1.
     pub nodes: usize,
-    /// Reported by /version and in nodes' kubeletVersion. Default v1.35.0.
+    /// Reported by /version and in nodes' kubeletVersion. Default v1.36.0.
     pub kubernetes_version: String,
     /// Register nodes from an EC2 endpoint (moto).
     pub ec2: Option<Ec2Config>,
@@ -50,6 +50,9 @@ pub struct Config {
     pub tls: bool,
     /// Require `Authorization: Bearer TOKEN` (unless a valid client certificate was presented).
     pub token: Option<String>,
+    /// Watch events retained per cluster for resuming watches; older resourceVersions get 410 Gone.
+    /// Default 10,000.
+    pub watch_history: usize,
 }
 
 impl Default for Config {
@@ -59,10 +62,11 @@ impl Default for Config {
             ready_delay: Duration::from_secs(1),
             node_delay: Duration::from_secs(1),
             nodes: 1,
-            kubernetes_version: "v1.35.0".into(),
+            kubernetes_version: "v1.36.0".into(),
             ec2: None,
             tls: false,
             token: None,
+            watch_history: cluster::DEFAULT_HISTORY,
         }
     }
 }
@@ -74,6 +78,7 @@ pub struct Settings {
     pub node_delay: Duration,
     pub nodes: usize,
     pub kubernetes_version: String,
+    pub watch_history: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +138,7 @@ impl Sandbox {
             node_delay: config.node_delay,
             nodes: config.nodes,
             kubernetes_version: config.kubernetes_version.clone(),
+            watch_history: config.watch_history,
         };
         let shared = Arc::new(server::Shared {
             clusters: std::sync::Mutex::new(Default::default()),

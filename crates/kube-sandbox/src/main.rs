@@ -36,11 +36,14 @@ struct Cli {
     #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
     ec2_poll: Duration,
     /// Version reported by /version and by nodes.
-    #[arg(long, default_value = "v1.35.0")]
+    #[arg(long, default_value = "v1.36.0")]
     kubernetes_version: String,
     /// Serve HTTPS with a generated CA; clients need the client certificate or the token.
     #[arg(long)]
     tls: bool,
+    /// Watch events retained per cluster (older resourceVersions get 410 Gone).
+    #[arg(long, default_value_t = 10_000)]
+    watch_history: usize,
     /// Require this bearer token.
     #[arg(long, env = "KUBE_SANDBOX_TOKEN")]
     token: Option<String>,
@@ -63,6 +66,7 @@ fn main() -> std::process::ExitCode {
         }),
         tls: cli.tls,
         token: cli.token,
+        watch_history: cli.watch_history,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -36,7 +36,11 @@ impl Shared {
         if let Some(c) = cs.get(name) {
             return c.clone();
         }
-        let c = Cluster::new(name, &self.settings.kubernetes_version);
+        let c = Cluster::new(
+            name,
+            &self.settings.kubernetes_version,
+            self.settings.watch_history,
+        );
         crate::controller::add_static_nodes(&c, self.settings.nodes);
         cs.insert(name.to_string(), c.clone());
         drop(cs);
@@ -257,12 +261,18 @@ async fn route(shared: &Arc<Shared>, req: Req) -> Result<Response<Body>, ApiErro
         }
         _ => {}
     }
+    if rest == "/openapi/v3" {
+        let st = cluster.lock();
+        return Ok(ok_value(&api::openapi_v3_root(&st.types)));
+    }
+    if let Some(gv) = rest.strip_prefix("/openapi/v3/") {
+        let st = cluster.lock();
+        return api::openapi_v3_gv(&st.types, gv, &cluster.kubernetes_version)
+            .map(|d| ok_value(&d))
+            .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+    }
     if rest.starts_with("/openapi") {
-        return Err(ApiError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        ));
+        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
     }
     let segs: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
     let (group, version, tail): (&str, &str, &[&str]) = match segs.as_slice() {

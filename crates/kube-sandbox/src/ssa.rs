@@ -3,7 +3,7 @@
 use crate::api::{list_type, map_is_atomic, ListType, ResourceType};
 use crate::util::{now_rfc3339, ApiError};
 use serde_json::{json, Map, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A path of FieldsV1 elements: `f:name`, `k:{"name":"x"}`, `v:"x"`.
 pub type FPath = Vec<String>;
@@ -440,7 +440,7 @@ pub fn apply(
         }
     }
     if !conflicts.is_empty() && !a.force {
-        return Err(conflict_error(&entries, &conflicts, t, a.live));
+        return Err(conflict_error(&entries, &conflicts, t));
     }
     for (i, p) in &conflicts {
         entries[*i].fields.remove(p);
@@ -538,48 +538,41 @@ pub fn apply(
     Ok(ApplyResult::Changed(merged))
 }
 
-fn conflict_error(
-    entries: &[ManagedEntry],
-    conflicts: &[(usize, FPath)],
-    t: &ResourceType,
-    _live: &Value,
-) -> ApiError {
-    let n = conflicts.len();
-    let mut by_mgr: Vec<(usize, Vec<&FPath>)> = Vec::new();
-    for (i, p) in conflicts {
-        match by_mgr.iter_mut().find(|(j, _)| j == i) {
-            Some((_, v)) => v.push(p),
-            None => by_mgr.push((*i, vec![p])),
-        }
-    }
-    let mut msg = format!(
-        "Apply failed with {n} conflict{}: ",
-        if n == 1 { "" } else { "s" }
-    );
-    let mut causes = Vec::new();
-    let mut parts = Vec::new();
-    for (i, paths) in &by_mgr {
-        let e = &entries[*i];
-        let who = format!("\"{}\" using {}", e.manager, e.api_version);
-        if paths.len() == 1 {
-            parts.push(format!("conflict with {who}: {}", display_path(paths[0])));
+fn conflict_error(entries: &[ManagedEntry], conflicts: &[(usize, FPath)], t: &ResourceType) -> ApiError {
+    // Worded as kube-apiserver's getConflictMessage: one conflict inline, else grouped by sorted manager.
+    let who = |e: &ManagedEntry| {
+        if e.subresource.is_empty() {
+            format!("\"{}\" using {}", e.manager, e.api_version)
         } else {
-            let list: Vec<String> = paths
-                .iter()
-                .map(|p| format!("- {}", display_path(p)))
-                .collect();
-            parts.push(format!("conflicts with {who}:\n{}", list.join("\n")));
+            format!("\"{}\" with subresource \"{}\" using {}", e.manager, e.subresource, e.api_version)
         }
-        for p in paths {
-            causes.push(json!({
+    };
+    let causes: Vec<Value> = conflicts
+        .iter()
+        .map(|(i, p)| {
+            json!({
                 "reason": "FieldManagerConflict",
                 "type": "FieldManagerConflict",
-                "message": format!("conflict with {who}"),
+                "message": format!("conflict with {}", who(&entries[*i])),
                 "field": display_path(p),
-            }));
+            })
+        })
+        .collect();
+    let msg = if conflicts.len() == 1 {
+        let (i, p) = &conflicts[0];
+        format!("Apply failed with 1 conflict: conflict with {}: {}", who(&entries[*i]), display_path(p))
+    } else {
+        let mut by_mgr: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (i, p) in conflicts {
+            by_mgr.entry(who(&entries[*i])).or_default().push(display_path(p));
         }
-    }
-    msg.push_str(&parts.join("\n"));
+        let mut lines = Vec::new();
+        for (m, paths) in by_mgr {
+            lines.push(format!("conflicts with {m}:"));
+            lines.extend(paths.into_iter().map(|p| format!("- {p}")));
+        }
+        format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+    };
     ApiError::new(409, "Conflict", msg).with_details(json!({
         "group": t.group,
         "kind": t.plural,
