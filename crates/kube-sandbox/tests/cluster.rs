@@ -297,10 +297,12 @@ async fn workloads_become_ready_after_the_delay_and_failures_are_injected() {
     let sts: Api<StatefulSet> = Api::namespaced(c.clone(), "default");
     let mut s = deployment("db", 2, "postgres:16");
     s["spec"]["serviceName"] = json!("db");
+    s["kind"] = json!("StatefulSet");
     sts.create(&PostParams::default(), &serde_json::from_value(s).unwrap()).await.unwrap();
     let dss: Api<DaemonSet> = Api::namespaced(c.clone(), "default");
     let mut d = deployment("agent", 1, "agent:1");
     d["spec"].as_object_mut().unwrap().remove("replicas");
+    d["kind"] = json!("DaemonSet");
     dss.create(&PostParams::default(), &serde_json::from_value(d).unwrap()).await.unwrap();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), "default");
     pvcs.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "data"}, "spec": {
