@@ -1,3 +1,5 @@
 //! phoenix: rebuild a whole environment from a Git commit, layer by layer.
 pub mod env;
 pub mod source;
+pub mod engine;
+pub mod report;

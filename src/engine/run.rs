@@ -1,0 +1,973 @@
+//! Executes a graph: independent nodes concurrently up to a bound, each layer gated on the
+//! convergence of the layers below, a timeout over all attempts of each node, backoff retries of
+//! transient errors, and cancellation that starts nothing new and lets in-flight nodes finish.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+
+use super::backoff::Policy;
+use super::cancel::CancelToken;
+use super::graph::{Action, Graph, Layer, NodeOutcome, NodeSpec};
+use super::wait::{NodeCtx, NodeShared};
+use crate::report::events::{
+    duration_ms, format_duration, millis, Event, EventSink, PlannedNode, RunInfo,
+};
+
+/// How a run executes.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Maximum number of nodes in flight at once (at least 1).
+    pub concurrency: usize,
+    /// `--layers`: nodes of other layers are excluded and count as converged for gates and
+    /// dependencies. `None` runs all layers.
+    pub layers: Option<BTreeSet<Layer>>,
+    /// Backoff between attempts after a transient error.
+    pub backoff: Policy,
+    /// Deadline for the whole run: on expiry nothing new starts and in-flight nodes are stopped.
+    pub run_timeout: Option<Duration>,
+    /// Identity of the run, announced in [`Event::RunStarted`].
+    pub run: RunInfo,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            concurrency: 8,
+            layers: None,
+            backoff: Policy::STANDARD,
+            run_timeout: None,
+            run: RunInfo::default(),
+        }
+    }
+}
+
+/// How a node ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum NodeState {
+    Succeeded {
+        outcome: NodeOutcome,
+    },
+    /// A permanent error, or the node (or run) timeout expired.
+    Failed {
+        error: String,
+        timed_out: bool,
+    },
+    /// Not started because a dependency or a lower layer did not converge.
+    Skipped {
+        reason: String,
+    },
+    /// In a layer not selected with `--layers`; counts as converged.
+    Excluded,
+    /// Stopped by cancellation: never started (`started: false`), or cancelled between attempts.
+    Cancelled {
+        reason: String,
+        started: bool,
+    },
+}
+
+impl NodeState {
+    pub fn is_success(&self) -> bool {
+        matches!(self, NodeState::Succeeded { .. })
+    }
+
+    /// Whether dependants and higher layers may proceed past this node.
+    pub fn satisfies(&self) -> bool {
+        matches!(self, NodeState::Succeeded { .. } | NodeState::Excluded)
+    }
+
+    /// A short label: the outcome for successes, else the state name.
+    pub fn label(&self) -> &'static str {
+        match self {
+            NodeState::Succeeded { outcome } => outcome.as_str(),
+            NodeState::Failed {
+                timed_out: true, ..
+            } => "timed out",
+            NodeState::Failed { .. } => "failed",
+            NodeState::Skipped { .. } => "skipped",
+            NodeState::Excluded => "excluded",
+            NodeState::Cancelled { .. } => "cancelled",
+        }
+    }
+
+    /// The error or reason, if any.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            NodeState::Failed { error, .. } => Some(error),
+            NodeState::Skipped { reason } | NodeState::Cancelled { reason, .. } => Some(reason),
+            NodeState::Succeeded { .. } | NodeState::Excluded => None,
+        }
+    }
+}
+
+/// How a layer ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerStatus {
+    Converged,
+    Failed,
+    /// Never started: a lower layer did not converge.
+    Skipped,
+    Cancelled,
+    /// Not selected with `--layers`.
+    Excluded,
+}
+
+impl LayerStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayerStatus::Converged => "converged",
+            LayerStatus::Failed => "failed",
+            LayerStatus::Skipped => "skipped",
+            LayerStatus::Cancelled => "cancelled",
+            LayerStatus::Excluded => "excluded",
+        }
+    }
+}
+
+impl fmt::Display for LayerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One node's result. Offsets are from the start of the run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResult {
+    pub id: String,
+    pub layer: Layer,
+    pub description: String,
+    pub state: NodeState,
+    pub attempts: u32,
+    #[serde(with = "duration_ms::option", rename = "start_ms")]
+    pub start: Option<Duration>,
+    #[serde(with = "duration_ms::option", rename = "duration_ms")]
+    pub duration: Option<Duration>,
+    pub last_progress: Option<String>,
+    /// The node was running when cancellation (or the run timeout) was requested.
+    pub in_flight_at_cancel: bool,
+}
+
+/// One layer's result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerResult {
+    pub layer: Layer,
+    pub status: LayerStatus,
+    pub nodes: usize,
+    #[serde(with = "duration_ms::option", rename = "start_ms")]
+    pub start: Option<Duration>,
+    #[serde(with = "duration_ms", rename = "duration_ms")]
+    pub duration: Duration,
+}
+
+/// Why a node on the critical path started when it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Release {
+    /// Nothing held it back: it started with the run.
+    Start,
+    /// Its last-finishing dependency released it.
+    Dependency,
+    /// The layer gate released it: the last node of the lower layers finished.
+    Gate,
+}
+
+/// One step of the critical path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CriticalStep {
+    pub id: String,
+    pub layer: Layer,
+    #[serde(with = "duration_ms", rename = "start_ms")]
+    pub start: Duration,
+    #[serde(with = "duration_ms", rename = "duration_ms")]
+    pub duration: Duration,
+    pub released_by: Release,
+    /// The node whose end released this one (for `Dependency` and `Gate`).
+    pub after: Option<String>,
+}
+
+/// What a run did and the state it left.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub env: String,
+    /// Every node, in graph order.
+    pub nodes: Vec<NodeResult>,
+    /// All four layers, in gate order.
+    pub layers: Vec<LayerResult>,
+    #[serde(with = "duration_ms", rename = "duration_ms")]
+    pub duration: Duration,
+    /// Every selected node succeeded.
+    pub converged: bool,
+    /// Cancellation was requested and took effect.
+    pub cancelled: bool,
+    /// Set when the run could not execute at all (e.g. an invalid graph).
+    pub error: Option<String>,
+    /// The chain of nodes whose durations determined the wall time, in order.
+    pub critical_path: Vec<CriticalStep>,
+}
+
+impl RunSummary {
+    pub fn node(&self, id: &str) -> Option<&NodeResult> {
+        self.nodes.iter().find(|n| n.id == id)
+    }
+
+    pub fn layer(&self, layer: Layer) -> Option<&LayerResult> {
+        self.layers.iter().find(|l| l.layer == layer)
+    }
+
+    /// Nodes that ran to an end (succeeded or failed).
+    pub fn completed(&self) -> impl Iterator<Item = &NodeResult> {
+        self.nodes.iter().filter(|n| {
+            matches!(
+                n.state,
+                NodeState::Succeeded { .. } | NodeState::Failed { .. }
+            )
+        })
+    }
+
+    /// Nodes that were running when cancellation was requested.
+    pub fn in_flight_at_cancel(&self) -> impl Iterator<Item = &NodeResult> {
+        self.nodes.iter().filter(|n| n.in_flight_at_cancel)
+    }
+
+    /// Nodes cancelled before they started.
+    pub fn never_started(&self) -> impl Iterator<Item = &NodeResult> {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.state, NodeState::Cancelled { started: false, .. }))
+    }
+
+    pub fn failed(&self) -> impl Iterator<Item = &NodeResult> {
+        self.nodes
+            .iter()
+            .filter(|n| matches!(n.state, NodeState::Failed { .. }))
+    }
+}
+
+/// Executes `graph`, emitting events to `events`, until every node has an end or `cancel` has
+/// stopped the run. Never panics on action failures: a panicking action fails its node.
+pub async fn run(
+    graph: Graph,
+    opts: EngineOptions,
+    events: EventSink,
+    cancel: CancelToken,
+) -> RunSummary {
+    let selected: [bool; 4] =
+        Layer::ALL.map(|l| opts.layers.as_ref().is_none_or(|set| set.contains(&l)));
+    events.emit(Event::RunStarted {
+        run_id: opts.run.run_id.clone(),
+        env: opts.run.env.clone(),
+        commit: opts.run.commit.clone(),
+        git_ref: opts.run.git_ref.clone(),
+        command: opts.run.command.clone(),
+        actor: opts.run.actor.clone(),
+        host: opts.run.host.clone(),
+        pid: std::process::id(),
+        layers: Layer::ALL
+            .into_iter()
+            .filter(|l| selected[l.index()])
+            .collect(),
+        nodes: graph
+            .specs()
+            .map(|s| PlannedNode {
+                id: s.id.clone(),
+                layer: s.layer,
+                description: s.description.clone(),
+            })
+            .collect(),
+    });
+    let invalid = graph
+        .validate()
+        .err()
+        .map(|e| format!("invalid graph: {e}"));
+    let scheduler = Scheduler::new(graph, &opts, selected, events, cancel);
+    if let Some(error) = invalid {
+        return scheduler.refuse(error);
+    }
+    scheduler.drive().await
+}
+
+enum Phase {
+    Pending,
+    Running,
+    Done(NodeState),
+}
+
+struct Slot {
+    spec: NodeSpec,
+    action: Arc<dyn Action>,
+    deps: Vec<usize>,
+    shared: Arc<NodeShared>,
+    phase: Phase,
+    start: Option<Instant>,
+    end: Option<Instant>,
+    in_flight_at_cancel: bool,
+}
+
+impl Slot {
+    fn done(&self) -> Option<&NodeState> {
+        match &self.phase {
+            Phase::Done(state) => Some(state),
+            Phase::Pending | Phase::Running => None,
+        }
+    }
+}
+
+struct LayerRt {
+    nodes: Vec<usize>,
+    selected: bool,
+    started: Option<Instant>,
+    finished: Option<(Instant, LayerStatus)>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stop {
+    Cancelled,
+    RunTimeout(Duration),
+}
+
+enum Wake {
+    Joined(Result<(usize, NodeState), JoinError>),
+    Cancel,
+    Deadline,
+}
+
+struct Scheduler {
+    slots: Vec<Slot>,
+    layers: Vec<LayerRt>,
+    concurrency: usize,
+    backoff: Policy,
+    run_timeout: Option<Duration>,
+    run_id: String,
+    env: String,
+    events: EventSink,
+    cancel: CancelToken,
+    t0: Instant,
+    join: JoinSet<(usize, NodeState)>,
+    tasks: HashMap<tokio::task::Id, usize>,
+    running: usize,
+    stop: Option<Stop>,
+}
+
+impl Scheduler {
+    fn new(
+        graph: Graph,
+        opts: &EngineOptions,
+        selected: [bool; 4],
+        events: EventSink,
+        cancel: CancelToken,
+    ) -> Self {
+        let deps: Vec<Vec<usize>> = graph
+            .specs()
+            .map(|s| {
+                s.depends_on
+                    .iter()
+                    .filter_map(|d| graph.position(d))
+                    .collect()
+            })
+            .collect();
+        let mut layers: Vec<LayerRt> = Layer::ALL
+            .iter()
+            .map(|l| LayerRt {
+                nodes: Vec::new(),
+                selected: selected[l.index()],
+                started: None,
+                finished: None,
+            })
+            .collect();
+        let slots: Vec<Slot> = graph
+            .nodes
+            .into_iter()
+            .zip(deps)
+            .enumerate()
+            .map(|(i, (node, deps))| {
+                layers[node.spec.layer.index()].nodes.push(i);
+                Slot {
+                    spec: node.spec,
+                    action: node.action,
+                    deps,
+                    shared: Arc::new(NodeShared::default()),
+                    phase: Phase::Pending,
+                    start: None,
+                    end: None,
+                    in_flight_at_cancel: false,
+                }
+            })
+            .collect();
+        Scheduler {
+            slots,
+            layers,
+            concurrency: opts.concurrency.max(1),
+            backoff: opts.backoff,
+            run_timeout: opts.run_timeout,
+            run_id: opts.run.run_id.clone(),
+            env: opts.run.env.clone(),
+            events,
+            cancel,
+            t0: Instant::now(),
+            join: JoinSet::new(),
+            tasks: HashMap::new(),
+            running: 0,
+            stop: None,
+        }
+    }
+
+    /// An invalid graph runs nothing: every node is skipped with the validation error.
+    fn refuse(mut self, error: String) -> RunSummary {
+        for i in 0..self.slots.len() {
+            self.finish_node(
+                i,
+                NodeState::Skipped {
+                    reason: error.clone(),
+                },
+            );
+        }
+        for l in 0..self.layers.len() {
+            self.finish_layer(l);
+        }
+        self.summarize(Some(error))
+    }
+
+    async fn drive(mut self) -> RunSummary {
+        for i in 0..self.slots.len() {
+            if !self.layers[self.slots[i].spec.layer.index()].selected {
+                self.finish_node(i, NodeState::Excluded);
+            }
+        }
+        for l in 0..self.layers.len() {
+            if !self.layers[l].selected {
+                self.finish_layer(l);
+            }
+        }
+        let deadline = self.run_timeout.map(|d| self.t0 + d);
+        loop {
+            self.advance();
+            if self.running == 0 {
+                break;
+            }
+            let wake = tokio::select! {
+                // Cancel-safe: `join_next` is documented cancel-safe; a task that has not finished
+                // stays in the set for the next iteration.
+                Some(joined) = self.join.join_next() => Wake::Joined(joined),
+                // Cancel-safe: waiting on the token only drops a watch receiver when it loses.
+                () = self.cancel.cancelled(), if self.stop.is_none() => Wake::Cancel,
+                // Cancel-safe: a timer; recreated from the same deadline on the next iteration.
+                () = sleep_until_opt(deadline),
+                    if deadline.is_some() && !matches!(self.stop, Some(Stop::RunTimeout(_))) =>
+                    Wake::Deadline,
+            };
+            match wake {
+                Wake::Joined(joined) => self.on_joined(joined),
+                Wake::Cancel => self.request_stop(Stop::Cancelled),
+                Wake::Deadline => {
+                    let limit = self.run_timeout.unwrap_or_default();
+                    self.request_stop(Stop::RunTimeout(limit));
+                    // The run deadline is hard: in-flight attempts are dropped at their next await.
+                    self.join.abort_all();
+                }
+            }
+        }
+        let reason = match self.stop {
+            Some(Stop::Cancelled) => Some("run cancelled before the node started".to_string()),
+            Some(Stop::RunTimeout(limit)) => Some(format!(
+                "run timeout of {} expired before the node started",
+                format_duration(limit)
+            )),
+            None => None,
+        };
+        for i in 0..self.slots.len() {
+            if matches!(self.slots[i].phase, Phase::Pending) {
+                let state = match &reason {
+                    Some(reason) => NodeState::Cancelled {
+                        reason: reason.clone(),
+                        started: false,
+                    },
+                    // Unreachable for a validated graph; kept total rather than panicking.
+                    None => NodeState::Skipped {
+                        reason: "its dependencies never completed".to_string(),
+                    },
+                };
+                self.finish_node(i, state);
+            }
+        }
+        for l in 0..self.layers.len() {
+            self.finish_layer(l);
+        }
+        self.summarize(None)
+    }
+
+    fn request_stop(&mut self, stop: Stop) {
+        if self.stop.is_some() && stop == Stop::Cancelled {
+            return;
+        }
+        self.stop = Some(stop);
+        let mut in_flight = Vec::new();
+        for slot in &mut self.slots {
+            if matches!(slot.phase, Phase::Running) {
+                slot.in_flight_at_cancel = true;
+                in_flight.push(slot.spec.id.clone());
+            }
+        }
+        let reason = match stop {
+            Stop::Cancelled => "cancel requested".to_string(),
+            Stop::RunTimeout(limit) => {
+                format!("run timeout of {} expired", format_duration(limit))
+            }
+        };
+        self.events
+            .emit(Event::CancelRequested { reason, in_flight });
+    }
+
+    fn on_joined(&mut self, joined: Result<(usize, NodeState), JoinError>) {
+        let (i, state) = match joined {
+            Ok((i, state)) => (i, state),
+            Err(err) => {
+                let Some(&i) = self.tasks.get(&err.id()) else {
+                    return;
+                };
+                let slot = &self.slots[i];
+                let state = if err.is_panic() {
+                    NodeState::Failed {
+                        error: format!("node action panicked: {}", panic_message(err)),
+                        timed_out: false,
+                    }
+                } else {
+                    let limit = match self.stop {
+                        Some(Stop::RunTimeout(limit)) => limit,
+                        _ => Duration::ZERO,
+                    };
+                    NodeState::Failed {
+                        error: waited_message(
+                            &format!("run timeout of {} expired", format_duration(limit)),
+                            &slot.spec.description,
+                            &slot.shared,
+                        ),
+                        timed_out: true,
+                    }
+                };
+                (i, state)
+            }
+        };
+        self.running -= 1;
+        self.finish_node(i, state);
+    }
+
+    /// Starts and skips nodes and opens and closes layers until nothing changes.
+    fn advance(&mut self) {
+        loop {
+            let mut changed = false;
+            for l in 0..self.layers.len() {
+                let layer = &self.layers[l];
+                if layer.selected
+                    && layer.started.is_none()
+                    && layer.finished.is_none()
+                    && self.stop.is_none()
+                    && self.gate_open(l)
+                {
+                    self.layers[l].started = Some(Instant::now());
+                    self.events.emit(Event::LayerStarted {
+                        layer: Layer::ALL[l],
+                        nodes: self.layers[l].nodes.len(),
+                    });
+                    changed = true;
+                }
+            }
+            for i in 0..self.slots.len() {
+                if !matches!(self.slots[i].phase, Phase::Pending) {
+                    continue;
+                }
+                if let Some(reason) = self.blocked(i) {
+                    self.finish_node(i, NodeState::Skipped { reason });
+                    changed = true;
+                    continue;
+                }
+                let layer_open = self.layers[self.slots[i].spec.layer.index()]
+                    .started
+                    .is_some();
+                let deps_done = self.slots[i]
+                    .deps
+                    .iter()
+                    .all(|&d| self.slots[d].done().is_some_and(NodeState::satisfies));
+                if self.stop.is_none() && layer_open && deps_done && self.running < self.concurrency
+                {
+                    self.start(i);
+                    changed = true;
+                }
+            }
+            for l in 0..self.layers.len() {
+                let layer = &self.layers[l];
+                if layer.finished.is_none()
+                    && layer.started.is_some()
+                    && layer.nodes.iter().all(|&i| self.slots[i].done().is_some())
+                {
+                    self.finish_layer(l);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    /// Every lower layer is excluded or converged.
+    fn gate_open(&self, l: usize) -> bool {
+        self.layers[..l].iter().all(|lower| {
+            !lower.selected || matches!(lower.finished, Some((_, LayerStatus::Converged)))
+        })
+    }
+
+    /// Why a pending node can never start, if it cannot.
+    fn blocked(&self, i: usize) -> Option<String> {
+        for &d in &self.slots[i].deps {
+            match self.slots[d].done() {
+                Some(NodeState::Failed { .. }) => {
+                    return Some(format!("dependency {} failed", self.slots[d].spec.id))
+                }
+                Some(NodeState::Skipped { .. }) => {
+                    return Some(format!("dependency {} was skipped", self.slots[d].spec.id))
+                }
+                _ => {}
+            }
+        }
+        let l = self.slots[i].spec.layer.index();
+        self.layers[..l]
+            .iter()
+            .enumerate()
+            .find(|(_, lower)| {
+                matches!(
+                    lower.finished,
+                    Some((_, LayerStatus::Failed | LayerStatus::Skipped))
+                )
+            })
+            .map(|(low, _)| format!("layer {} did not converge", Layer::ALL[low]))
+    }
+
+    fn start(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        slot.phase = Phase::Running;
+        slot.start = Some(Instant::now());
+        self.running += 1;
+        self.events.emit(Event::NodeStarted {
+            id: slot.spec.id.clone(),
+            layer: slot.spec.layer,
+            description: slot.spec.description.clone(),
+        });
+        let attempt = NodeAttempts {
+            index: i,
+            spec: slot.spec.clone(),
+            action: Arc::clone(&slot.action),
+            shared: Arc::clone(&slot.shared),
+            backoff: self.backoff,
+            events: self.events.clone(),
+            cancel: self.cancel.clone(),
+        };
+        let handle = self.join.spawn(attempt.run());
+        self.tasks.insert(handle.id(), i);
+    }
+
+    fn finish_node(&mut self, i: usize, state: NodeState) {
+        let now = Instant::now();
+        let slot = &mut self.slots[i];
+        let duration = slot.start.map(|s| now.saturating_duration_since(s));
+        if slot.start.is_some() {
+            slot.end = Some(now);
+        }
+        self.events.emit(Event::NodeFinished {
+            id: slot.spec.id.clone(),
+            layer: slot.spec.layer,
+            result: state.clone(),
+            duration_ms: duration.map(millis).unwrap_or(0),
+            attempts: slot.shared.attempts(),
+        });
+        slot.phase = Phase::Done(state);
+    }
+
+    fn finish_layer(&mut self, l: usize) {
+        if self.layers[l].finished.is_some() {
+            return;
+        }
+        let layer = &self.layers[l];
+        let states: Vec<&NodeState> = layer
+            .nodes
+            .iter()
+            .filter_map(|&i| self.slots[i].done())
+            .collect();
+        let any = |f: fn(&NodeState) -> bool| states.iter().any(|s| f(s));
+        let status = if !layer.selected {
+            LayerStatus::Excluded
+        } else if any(|s| matches!(s, NodeState::Failed { .. })) {
+            LayerStatus::Failed
+        } else if any(|s| matches!(s, NodeState::Cancelled { .. })) {
+            LayerStatus::Cancelled
+        } else if layer.started.is_none() {
+            if self.stop.is_some() {
+                LayerStatus::Cancelled
+            } else {
+                LayerStatus::Skipped
+            }
+        } else if any(|s| matches!(s, NodeState::Skipped { .. })) {
+            LayerStatus::Failed
+        } else {
+            LayerStatus::Converged
+        };
+        let end = layer
+            .nodes
+            .iter()
+            .filter_map(|&i| self.slots[i].end)
+            .max()
+            .unwrap_or_else(Instant::now);
+        let duration = layer
+            .started
+            .map(|s| end.saturating_duration_since(s))
+            .unwrap_or_default();
+        self.layers[l].finished = Some((end, status));
+        self.events.emit(Event::LayerFinished {
+            layer: Layer::ALL[l],
+            status,
+            duration_ms: millis(duration),
+        });
+    }
+
+    fn summarize(self, error: Option<String>) -> RunSummary {
+        let end = Instant::now();
+        let duration = end.saturating_duration_since(self.t0);
+        let offset = |t: Instant| t.saturating_duration_since(self.t0);
+        let nodes: Vec<NodeResult> = self
+            .slots
+            .iter()
+            .map(|slot| NodeResult {
+                id: slot.spec.id.clone(),
+                layer: slot.spec.layer,
+                description: slot.spec.description.clone(),
+                state: slot.done().cloned().unwrap_or(NodeState::Skipped {
+                    reason: "never scheduled".to_string(),
+                }),
+                attempts: slot.shared.attempts(),
+                start: slot.start.map(offset),
+                duration: slot
+                    .start
+                    .zip(slot.end)
+                    .map(|(s, e)| e.saturating_duration_since(s)),
+                last_progress: slot.shared.last_progress(),
+                in_flight_at_cancel: slot.in_flight_at_cancel,
+            })
+            .collect();
+        let layers: Vec<LayerResult> = self
+            .layers
+            .iter()
+            .zip(Layer::ALL)
+            .map(|(rt, layer)| {
+                let (finish, status) = rt.finished.unwrap_or((end, LayerStatus::Cancelled));
+                LayerResult {
+                    layer,
+                    status,
+                    nodes: rt.nodes.len(),
+                    start: rt.started.map(offset),
+                    duration: rt
+                        .started
+                        .map(|s| finish.saturating_duration_since(s))
+                        .unwrap_or_default(),
+                }
+            })
+            .collect();
+        let converged = error.is_none() && nodes.iter().all(|n| n.state.satisfies());
+        let cancelled = self.stop == Some(Stop::Cancelled);
+        let critical_path = critical_path(&self.slots, self.t0);
+        self.events.emit(Event::RunFinished {
+            run_id: self.run_id.clone(),
+            converged,
+            cancelled,
+            duration_ms: millis(duration),
+            error: error.clone(),
+        });
+        RunSummary {
+            run_id: self.run_id,
+            env: self.env,
+            nodes,
+            layers,
+            duration,
+            converged,
+            cancelled,
+            error,
+            critical_path,
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn panic_message(err: JoinError) -> String {
+    match err.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_string()),
+        Err(_) => "(no message)".to_string(),
+    }
+}
+
+/// "<what> while waiting for <description> (last progress: ...; last error: ...)".
+fn waited_message(what: &str, description: &str, shared: &NodeShared) -> String {
+    let mut message = format!("{what} while waiting for {description}");
+    let context: Vec<String> = [
+        shared
+            .last_progress()
+            .map(|p| format!("last progress: {p}")),
+        shared.last_error().map(|e| format!("last error: {e}")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !context.is_empty() {
+        message.push_str(&format!(" ({})", context.join("; ")));
+    }
+    message
+}
+
+/// All attempts of one node, run as one task under the node timeout.
+struct NodeAttempts {
+    index: usize,
+    spec: NodeSpec,
+    action: Arc<dyn Action>,
+    shared: Arc<NodeShared>,
+    backoff: Policy,
+    events: EventSink,
+    cancel: CancelToken,
+}
+
+impl NodeAttempts {
+    async fn run(self) -> (usize, NodeState) {
+        let ctx = NodeCtx::new(
+            &self.spec.id,
+            self.spec.layer,
+            self.events.clone(),
+            self.cancel.clone(),
+            Arc::clone(&self.shared),
+        );
+        let state = match tokio::time::timeout(self.spec.timeout, self.attempts(ctx)).await {
+            Ok(state) => state,
+            Err(_elapsed) => NodeState::Failed {
+                error: waited_message(
+                    &format!("timed out after {}", format_duration(self.spec.timeout)),
+                    &self.spec.description,
+                    &self.shared,
+                ),
+                timed_out: true,
+            },
+        };
+        (self.index, state)
+    }
+
+    async fn attempts(&self, ctx: NodeCtx) -> NodeState {
+        loop {
+            let attempt = self.shared.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            let err = match self.action.run(ctx.clone()).await {
+                Ok(outcome) => return NodeState::Succeeded { outcome },
+                Err(err) if !err.is_transient() => {
+                    return NodeState::Failed {
+                        error: err.chain(),
+                        timed_out: false,
+                    }
+                }
+                Err(err) => err.chain(),
+            };
+            self.shared.set_last_error(err.clone());
+            let cancelled = || NodeState::Cancelled {
+                reason: format!("cancelled before retrying; attempt {attempt} failed: {err}"),
+                started: true,
+            };
+            // A retry is new work: after a cancel, none starts.
+            if self.cancel.is_cancelled() {
+                return cancelled();
+            }
+            let delay = self.backoff.delay(attempt);
+            self.events.emit(Event::NodeRetry {
+                id: self.spec.id.clone(),
+                attempt,
+                error: err.clone(),
+                delay_ms: millis(delay),
+            });
+            tokio::select! {
+                // Cancel-safe: a timer holds no state; losing the race only stops it.
+                () = tokio::time::sleep(delay) => {}
+                // Cancel-safe: waiting on the token only drops a watch receiver when it loses.
+                () = self.cancel.cancelled() => return cancelled(),
+            }
+        }
+    }
+}
+
+/// Walks back from the last-finishing node through whichever constraint released each node last:
+/// its latest-ending dependency, or the latest-ending node of the lower layers (the gate).
+fn critical_path(slots: &[Slot], t0: Instant) -> Vec<CriticalStep> {
+    let ended = |i: usize| slots[i].start.zip(slots[i].end);
+    // For each layer, the node of all lower layers that ended last (it opened the gate).
+    let mut gate_opener: [Option<usize>; 4] = [None; 4];
+    let mut best: Option<usize> = None;
+    for (l, opener) in gate_opener.iter_mut().enumerate() {
+        *opener = best;
+        for (i, slot) in slots.iter().enumerate() {
+            let ends_later = best.is_none_or(|b| slot.end > slots[b].end);
+            if slot.spec.layer.index() == l && ended(i).is_some() && ends_later {
+                best = Some(i);
+            }
+        }
+    }
+    let Some(mut current) = (0..slots.len())
+        .filter(|&i| ended(i).is_some())
+        .max_by_key(|&i| (slots[i].end, std::cmp::Reverse(i)))
+    else {
+        return Vec::new();
+    };
+    let mut path = Vec::new();
+    // Each step moves to a node that ended no later than the current one started, so the walk
+    // terminates; the bound guards against equal instants.
+    for _ in 0..slots.len() {
+        let Some((start, end)) = ended(current) else {
+            break;
+        };
+        let dep = slots[current]
+            .deps
+            .iter()
+            .copied()
+            .filter(|&d| ended(d).is_some_and(|(_, e)| e <= start))
+            .max_by_key(|&d| (slots[d].end, std::cmp::Reverse(d)));
+        let gate = gate_opener[slots[current].spec.layer.index()]
+            .filter(|&g| slots[g].end.is_some_and(|e| e <= start));
+        let (release, previous) = match (dep, gate) {
+            (Some(d), Some(g)) if slots[g].end > slots[d].end => (Release::Gate, Some(g)),
+            (Some(d), _) => (Release::Dependency, Some(d)),
+            (None, Some(g)) => (Release::Gate, Some(g)),
+            (None, None) => (Release::Start, None),
+        };
+        path.push(CriticalStep {
+            id: slots[current].spec.id.clone(),
+            layer: slots[current].spec.layer,
+            start: start.saturating_duration_since(t0),
+            duration: end.saturating_duration_since(start),
+            released_by: release,
+            after: previous.map(|p| slots[p].spec.id.clone()),
+        });
+        match previous {
+            Some(p) => current = p,
+            None => break,
+        }
+    }
+    path.reverse();
+    path
+}

@@ -1,0 +1,11 @@
+//! Readers of the engine's event stream: terminal progress, JSON lines and the audit trail.
+//!
+//! Secrets: events carry only what providers put in progress and error messages. Providers must
+//! never put secret values in those messages; every reader writes them out verbatim.
+
+pub mod audit;
+pub mod events;
+pub mod jsonl;
+pub mod progress;
+
+pub use events::{Event, EventRecord, EventSink, EventStream, RunInfo};
