@@ -269,10 +269,20 @@ async fn route(shared: &Arc<Shared>, req: Req) -> Result<Response<Body>, ApiErro
         let st = cluster.lock();
         return api::openapi_v3_gv(&st.types, gv, &cluster.kubernetes_version)
             .map(|d| ok_value(&d))
-            .ok_or_else(|| ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+            .ok_or_else(|| {
+                ApiError::new(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )
+            });
     }
     if rest.starts_with("/openapi") {
-        return Err(ApiError::new(404, "NotFound", "the server could not find the requested resource"));
+        return Err(ApiError::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
     }
     let segs: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
     let (group, version, tail): (&str, &str, &[&str]) = match segs.as_slice() {

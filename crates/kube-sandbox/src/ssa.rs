@@ -520,7 +520,10 @@ pub fn apply(
         });
     }
     let old_entries = parse_managed(a.live);
-    if strip_for_compare(&merged) == strip_for_compare(a.live)
+    // A live object without a uid is the skeleton of a create: never a no-op.
+    let exists = a.live.get("metadata").and_then(|m| m.get("uid")).is_some();
+    if exists
+        && strip_for_compare(&merged) == strip_for_compare(a.live)
         && same_ownership(&old_entries, &new_entries)
     {
         return Ok(ApplyResult::NoOp);
@@ -534,17 +537,29 @@ pub fn apply(
             n.time = now.clone();
         }
     }
-    crate::util::meta_mut(&mut merged).insert("managedFields".into(), render_managed(&new_entries));
+    if new_entries.is_empty() {
+        crate::util::meta_mut(&mut merged).remove("managedFields");
+    } else {
+        crate::util::meta_mut(&mut merged)
+            .insert("managedFields".into(), render_managed(&new_entries));
+    }
     Ok(ApplyResult::Changed(merged))
 }
 
-fn conflict_error(entries: &[ManagedEntry], conflicts: &[(usize, FPath)], t: &ResourceType) -> ApiError {
+fn conflict_error(
+    entries: &[ManagedEntry],
+    conflicts: &[(usize, FPath)],
+    t: &ResourceType,
+) -> ApiError {
     // Worded as kube-apiserver's getConflictMessage: one conflict inline, else grouped by sorted manager.
     let who = |e: &ManagedEntry| {
         if e.subresource.is_empty() {
             format!("\"{}\" using {}", e.manager, e.api_version)
         } else {
-            format!("\"{}\" with subresource \"{}\" using {}", e.manager, e.subresource, e.api_version)
+            format!(
+                "\"{}\" with subresource \"{}\" using {}",
+                e.manager, e.subresource, e.api_version
+            )
         }
     };
     let causes: Vec<Value> = conflicts
@@ -560,18 +575,29 @@ fn conflict_error(entries: &[ManagedEntry], conflicts: &[(usize, FPath)], t: &Re
         .collect();
     let msg = if conflicts.len() == 1 {
         let (i, p) = &conflicts[0];
-        format!("Apply failed with 1 conflict: conflict with {}: {}", who(&entries[*i]), display_path(p))
+        format!(
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            who(&entries[*i]),
+            display_path(p)
+        )
     } else {
         let mut by_mgr: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (i, p) in conflicts {
-            by_mgr.entry(who(&entries[*i])).or_default().push(display_path(p));
+            by_mgr
+                .entry(who(&entries[*i]))
+                .or_default()
+                .push(display_path(p));
         }
         let mut lines = Vec::new();
         for (m, paths) in by_mgr {
             lines.push(format!("conflicts with {m}:"));
             lines.extend(paths.into_iter().map(|p| format!("- {p}")));
         }
-        format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
+        format!(
+            "Apply failed with {} conflicts: {}",
+            conflicts.len(),
+            lines.join("\n")
+        )
     };
     ApiError::new(409, "Conflict", msg).with_details(json!({
         "group": t.group,
@@ -735,6 +761,8 @@ mod tests {
             ApplyResult::Changed(v) => v,
             ApplyResult::NoOp => panic!(),
         };
+        let mut live = live;
+        live["metadata"]["uid"] = json!("stored");
         assert!(matches!(
             do_apply(&live, &cfg(1, "nginx"), "phoenix", false).unwrap(),
             ApplyResult::NoOp

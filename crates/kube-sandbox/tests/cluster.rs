@@ -17,14 +17,20 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 fn cond<'a>(status: &'a Value, ty: &str) -> Option<&'a Value> {
-    status["conditions"].as_array()?.iter().find(|c| c["type"] == ty)
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
 }
 
 async fn create_cm(c: &kube::Client, ns: &str, name: &str, labels: Value) -> ConfigMap {
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), ns);
-    cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap())
-        .await
-        .unwrap()
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}})).unwrap(),
+    )
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -37,30 +43,56 @@ async fn watch_from_resource_version_with_selectors_bookmarks_and_timeout() {
     create_cm(&c, "default", "c", json!({"w": "yes"})).await;
     let base = format!("{}/api/v1/namespaces/default/configmaps", sb.url());
     // From a resourceVersion: only later events, filtered by the selector.
-    let evs = raw_lines(&format!("{base}?watch=true&resourceVersion={rv}&labelSelector=w%3Dyes"), 1, Duration::from_secs(3)).await;
+    let evs = raw_lines(
+        &format!("{base}?watch=true&resourceVersion={rv}&labelSelector=w%3Dyes"),
+        1,
+        Duration::from_secs(3),
+    )
+    .await;
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0]["type"], "ADDED");
     assert_eq!(evs[0]["object"]["metadata"]["name"], "c");
     // From 0: synthetic ADDED for the current state.
-    let evs = raw_lines(&format!("{base}?watch=1&resourceVersion=0&fieldSelector=metadata.name%21%3Db"), 2, Duration::from_secs(3)).await;
-    let names: Vec<&str> = evs.iter().map(|e| e["object"]["metadata"]["name"].as_str().unwrap()).collect();
+    let evs = raw_lines(
+        &format!("{base}?watch=1&resourceVersion=0&fieldSelector=metadata.name%21%3Db"),
+        2,
+        Duration::from_secs(3),
+    )
+    .await;
+    let names: Vec<&str> = evs
+        .iter()
+        .map(|e| e["object"]["metadata"]["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["a", "c"]);
     // Live events arrive, bookmarks are sent, and timeoutSeconds ends the stream.
     let url = format!("{base}?watch=true&resourceVersion={rv}&allowWatchBookmarks=true&timeoutSeconds=2&labelSelector=w");
     let h = tokio::spawn(async move { raw_lines(&url, 100, Duration::from_secs(6)).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
-    cms.patch("a", &PatchParams::default(), &Patch::Merge(json!({"data": {"x": "1"}}))).await.unwrap();
+    cms.patch(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"x": "1"}})),
+    )
+    .await
+    .unwrap();
     cms.delete("b", &DeleteParams::default()).await.unwrap();
     let started = std::time::Instant::now();
     let evs = h.await.unwrap();
-    assert!(started.elapsed() < Duration::from_secs(5), "timeoutSeconds ended the stream");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "timeoutSeconds ended the stream"
+    );
     let types: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert!(types.contains(&"MODIFIED"), "{types:?}");
     assert!(types.contains(&"DELETED"), "{types:?}");
     assert!(types.contains(&"BOOKMARK"), "{types:?}");
     let bm = evs.iter().find(|e| e["type"] == "BOOKMARK").unwrap();
-    assert!(bm["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse::<u64>().is_ok());
+    assert!(bm["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse::<u64>()
+        .is_ok());
     let modified = evs.iter().find(|e| e["type"] == "MODIFIED").unwrap();
     assert_eq!(modified["object"]["data"]["x"], "1");
 }
@@ -75,7 +107,10 @@ async fn watch_from_a_compacted_resource_version_is_gone() {
     }
     let rv = first.metadata.resource_version.unwrap();
     let evs = raw_lines(
-        &format!("{}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}", sb.url()),
+        &format!(
+            "{}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}",
+            sb.url()
+        ),
         1,
         Duration::from_secs(3),
     )
@@ -90,7 +125,10 @@ async fn watch_from_a_compacted_resource_version_is_gone() {
         .applied_objects()
         .take(31)
         .try_collect::<Vec<_>>();
-    let seen = tokio::time::timeout(Duration::from_secs(10), seen).await.unwrap().unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(10), seen)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(seen.len(), 31);
 }
 
@@ -100,19 +138,35 @@ async fn kube_runtime_watcher_and_await_condition() {
     let c = client(&sb.url());
     let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
     // Watcher with streaming lists (sendInitialEvents + bookmarks) and classic list+watch both work.
-    for cfg in [watcher::Config::default(), watcher::Config::default().streaming_lists()] {
+    for cfg in [
+        watcher::Config::default(),
+        watcher::Config::default().streaming_lists(),
+    ] {
         let stream = watcher(deps.clone(), cfg.labels("app=w")).applied_objects();
         let mut stream = Box::pin(stream);
         let dep: Deployment = serde_json::from_value(deployment("w", 1, "nginx:1.27")).unwrap();
-        deps.patch("w", &PatchParams::apply("phoenix"), &Patch::Apply(&dep)).await.unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.unwrap().unwrap().unwrap();
+        deps.patch("w", &PatchParams::apply("phoenix"), &Patch::Apply(&dep))
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(got.metadata.name.as_deref(), Some("w"));
     }
     let done = await_condition(deps.clone(), "w", conditions::is_deployment_completed());
-    let d = tokio::time::timeout(Duration::from_secs(10), done).await.unwrap().unwrap().unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), done)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let st = serde_json::to_value(d.status.unwrap()).unwrap();
     assert_eq!(cond(&st, "Available").unwrap()["status"], "True");
-    assert_eq!(cond(&st, "Progressing").unwrap()["reason"], "NewReplicaSetAvailable");
+    assert_eq!(
+        cond(&st, "Progressing").unwrap()["reason"],
+        "NewReplicaSetAvailable"
+    );
     assert_eq!(st["observedGeneration"], 1);
     assert_eq!(st["readyReplicas"], 1);
     assert_eq!(st["updatedReplicas"], 1);
@@ -124,9 +178,12 @@ async fn namespace_deletion_terminates_then_removes_contents() {
     let sb = sandbox().await;
     let c = client(&sb.url());
     let nss: Api<Namespace> = Api::all(c.clone());
-    nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "gone"}})).unwrap())
-        .await
-        .unwrap();
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "gone"}})).unwrap(),
+    )
+    .await
+    .unwrap();
     create_cm(&c, "gone", "x", json!({})).await;
     let deleted = nss.delete("gone", &DeleteParams::default()).await.unwrap();
     let ns = deleted.left().expect("the namespace object is returned");
@@ -137,7 +194,10 @@ async fn namespace_deletion_terminates_then_removes_contents() {
     })
     .await;
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "gone");
-    assert!(cms.get_opt("x").await.unwrap().is_none(), "contents deleted");
+    assert!(
+        cms.get_opt("x").await.unwrap().is_none(),
+        "contents deleted"
+    );
 }
 
 #[tokio::test]
@@ -145,28 +205,47 @@ async fn creating_in_a_terminating_namespace_is_forbidden() {
     let sb = sandbox().await;
     let c = client(&sb.url());
     let nss: Api<Namespace> = Api::all(c.clone());
-    nss.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "t"}})).unwrap())
-        .await
-        .unwrap();
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "t"}})).unwrap(),
+    )
+    .await
+    .unwrap();
     // A finalizer on a child keeps the namespace Terminating.
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "t");
-    cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}})).unwrap())
-        .await
-        .unwrap();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
     nss.delete("t", &DeleteParams::default()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     let err = cms
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "new"}})).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "new"}})).unwrap(),
+        )
         .await
         .unwrap_err();
     match err {
         kube::Error::Api(s) => assert_eq!((s.code, s.reason.as_str()), (403, "Forbidden")),
         e => panic!("{e:?}"),
     }
-    assert!(nss.get_opt("t").await.unwrap().is_some(), "held by the child's finalizer");
-    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}})))
-        .await
-        .unwrap();
+    assert!(
+        nss.get_opt("t").await.unwrap().is_some(),
+        "held by the child's finalizer"
+    );
+    cms.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .unwrap();
     eventually("namespace removal", Duration::from_secs(5), || async {
         nss.get_opt("t").await.unwrap().is_none().then_some(())
     })
@@ -178,15 +257,25 @@ async fn finalizers_hold_deletion_until_removed() {
     let sb = sandbox().await;
     let c = client(&sb.url());
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
-    cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "f", "finalizers": ["example.com/x"]}})).unwrap())
-        .await
-        .unwrap();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "f", "finalizers": ["example.com/x"]}}),
+        )
+        .unwrap(),
+    )
+    .await
+    .unwrap();
     cms.delete("f", &DeleteParams::default()).await.unwrap();
     let held = cms.get("f").await.unwrap();
     assert!(held.metadata.deletion_timestamp.is_some());
-    cms.patch("f", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": []}})))
-        .await
-        .unwrap();
+    cms.patch(
+        "f",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": []}})),
+    )
+    .await
+    .unwrap();
     assert!(cms.get_opt("f").await.unwrap().is_none());
 }
 
@@ -196,33 +285,53 @@ async fn owner_reference_garbage_collection() {
     let c = client(&sb.url());
     let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
     let owner = deps
-        .create(&PostParams::default(), &serde_json::from_value(deployment("owner", 1, "nginx:1.27")).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment("owner", 1, "nginx:1.27")).unwrap(),
+        )
         .await
         .unwrap();
     let uid = owner.metadata.uid.clone().unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
     for name in ["dep1", "dep2"] {
-        cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": name, "ownerReferences": [
-            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "owner", "uid": uid}]}})).unwrap())
-            .await
-            .unwrap();
+        cms.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name, "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "owner", "uid": uid}]}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
     }
-    deps.delete("owner", &DeleteParams::default()).await.unwrap();
+    deps.delete("owner", &DeleteParams::default())
+        .await
+        .unwrap();
     assert!(cms.get_opt("dep1").await.unwrap().is_none());
     assert!(cms.get_opt("dep2").await.unwrap().is_none());
     // Orphan propagation leaves dependents, without the owner reference.
     let owner = deps
-        .create(&PostParams::default(), &serde_json::from_value(deployment("owner", 1, "nginx:1.27")).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(deployment("owner", 1, "nginx:1.27")).unwrap(),
+        )
         .await
         .unwrap();
     let uid = owner.metadata.uid.clone().unwrap();
-    cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "kept", "ownerReferences": [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "owner", "uid": uid}]}})).unwrap())
-        .await
-        .unwrap();
+    cms.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "kept", "ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "owner", "uid": uid}]}}))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
     deps.delete("owner", &DeleteParams::orphan()).await.unwrap();
     let kept = cms.get("kept").await.unwrap();
-    assert!(kept.metadata.owner_references.unwrap_or_default().is_empty());
+    assert!(kept
+        .metadata
+        .owner_references
+        .unwrap_or_default()
+        .is_empty());
 }
 
 #[tokio::test]
@@ -235,21 +344,46 @@ async fn workloads_become_ready_after_the_delay_and_failures_are_injected() {
         d["metadata"]["annotations"] = ann;
         serde_json::from_value::<Deployment>(d).unwrap()
     };
-    deps.create(&PostParams::default(), &mk("ok", json!({}))).await.unwrap();
-    deps.create(&PostParams::default(), &mk("slow", json!({"sandbox.phoenix.dev/ready-delay": "2s"}))).await.unwrap();
-    deps.create(&PostParams::default(), &mk("never", json!({"sandbox.phoenix.dev/fail": "never-ready"}))).await.unwrap();
-    deps.create(&PostParams::default(), &mk("deadline", json!({"sandbox.phoenix.dev/fail": "progress-deadline"}))).await.unwrap();
+    deps.create(&PostParams::default(), &mk("ok", json!({})))
+        .await
+        .unwrap();
+    deps.create(
+        &PostParams::default(),
+        &mk("slow", json!({"sandbox.phoenix.dev/ready-delay": "2s"})),
+    )
+    .await
+    .unwrap();
+    deps.create(
+        &PostParams::default(),
+        &mk("never", json!({"sandbox.phoenix.dev/fail": "never-ready"})),
+    )
+    .await
+    .unwrap();
+    deps.create(
+        &PostParams::default(),
+        &mk(
+            "deadline",
+            json!({"sandbox.phoenix.dev/fail": "progress-deadline"}),
+        ),
+    )
+    .await
+    .unwrap();
     let status = |name: &'static str| {
         let deps = deps.clone();
         async move { serde_json::to_value(deps.get(name).await.unwrap().status).unwrap() }
     };
     // Before the delay: Progressing, not Available.
-    eventually("slow progressing but not available", Duration::from_secs(2), || async {
-        let s = status("slow").await;
-        (cond(&s, "Available").map(|c| c["status"] == "False") == Some(true)
-            && cond(&s, "Progressing").map(|c| c["reason"] == "ReplicaSetUpdated") == Some(true))
-        .then_some(())
-    })
+    eventually(
+        "slow progressing but not available",
+        Duration::from_secs(2),
+        || async {
+            let s = status("slow").await;
+            (cond(&s, "Available").map(|c| c["status"] == "False") == Some(true)
+                && cond(&s, "Progressing").map(|c| c["reason"] == "ReplicaSetUpdated")
+                    == Some(true))
+            .then_some(())
+        },
+    )
     .await;
     eventually("ok available", Duration::from_secs(5), || async {
         let s = status("ok").await;
@@ -257,7 +391,11 @@ async fn workloads_become_ready_after_the_delay_and_failures_are_injected() {
     })
     .await;
     let s = status("slow").await;
-    assert_eq!(cond(&s, "Available").unwrap()["status"], "False", "the per-object delay holds it back");
+    assert_eq!(
+        cond(&s, "Available").unwrap()["status"],
+        "False",
+        "the per-object delay holds it back"
+    );
     eventually("slow available", Duration::from_secs(6), || async {
         let s = status("slow").await;
         (cond(&s, "Available").map(|c| c["status"] == "True") == Some(true)).then_some(())
@@ -268,7 +406,10 @@ async fn workloads_become_ready_after_the_delay_and_failures_are_injected() {
     assert_eq!(cond(&s, "Progressing").unwrap()["status"], "True");
     let s = status("deadline").await;
     assert_eq!(cond(&s, "Progressing").unwrap()["status"], "False");
-    assert_eq!(cond(&s, "Progressing").unwrap()["reason"], "ProgressDeadlineExceeded");
+    assert_eq!(
+        cond(&s, "Progressing").unwrap()["reason"],
+        "ProgressDeadlineExceeded"
+    );
 
     // Jobs complete or fail.
     let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
@@ -280,13 +421,20 @@ async fn workloads_become_ready_after_the_delay_and_failures_are_injected() {
         }
         serde_json::from_value::<Job>(j).unwrap()
     };
-    jobs.create(&PostParams::default(), &job("good", None)).await.unwrap();
-    jobs.create(&PostParams::default(), &job("bad", Some("job-failed"))).await.unwrap();
-    let done = tokio::time::timeout(Duration::from_secs(5), await_condition(jobs.clone(), "good", conditions::is_job_completed()))
+    jobs.create(&PostParams::default(), &job("good", None))
         .await
-        .unwrap()
-        .unwrap()
         .unwrap();
+    jobs.create(&PostParams::default(), &job("bad", Some("job-failed")))
+        .await
+        .unwrap();
+    let done = tokio::time::timeout(
+        Duration::from_secs(5),
+        await_condition(jobs.clone(), "good", conditions::is_job_completed()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
     let s = serde_json::to_value(done.status.unwrap()).unwrap();
     assert_eq!(s["succeeded"], 1);
     assert_eq!(cond(&s, "Complete").unwrap()["status"], "True");
@@ -298,39 +446,58 @@ async fn workloads_become_ready_after_the_delay_and_failures_are_injected() {
     let mut s = deployment("db", 2, "postgres:16");
     s["spec"]["serviceName"] = json!("db");
     s["kind"] = json!("StatefulSet");
-    sts.create(&PostParams::default(), &serde_json::from_value(s).unwrap()).await.unwrap();
+    sts.create(&PostParams::default(), &serde_json::from_value(s).unwrap())
+        .await
+        .unwrap();
     let dss: Api<DaemonSet> = Api::namespaced(c.clone(), "default");
     let mut d = deployment("agent", 1, "agent:1");
     d["spec"].as_object_mut().unwrap().remove("replicas");
     d["kind"] = json!("DaemonSet");
-    dss.create(&PostParams::default(), &serde_json::from_value(d).unwrap()).await.unwrap();
+    dss.create(&PostParams::default(), &serde_json::from_value(d).unwrap())
+        .await
+        .unwrap();
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), "default");
-    pvcs.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "data"}, "spec": {
-        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})).unwrap())
-        .await
-        .unwrap();
+    pvcs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "data"}, "spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
     let svcs: Api<Service> = Api::namespaced(c.clone(), "default");
-    svcs.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "lb"}, "spec": {
-        "type": "LoadBalancer", "ports": [{"port": 443}]}})).unwrap())
-        .await
-        .unwrap();
-    eventually("statefulset, daemonset, pvc and lb ready", Duration::from_secs(5), || async {
-        let s = serde_json::to_value(sts.get("db").await.unwrap().status).unwrap();
-        let d = serde_json::to_value(dss.get("agent").await.unwrap().status).unwrap();
-        let p = serde_json::to_value(pvcs.get("data").await.unwrap().status).unwrap();
-        let l = serde_json::to_value(svcs.get("lb").await.unwrap().status).unwrap();
-        (s["readyReplicas"] == 2
-            && s["observedGeneration"] == 1
-            && d["numberReady"] == 1
-            && d["desiredNumberScheduled"] == 1
-            && p["phase"] == "Bound"
-            && p["capacity"]["storage"] == "1Gi"
-            && l["loadBalancer"]["ingress"][0]["ip"].is_string())
-        .then_some(())
-    })
+    svcs.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "lb"}, "spec": {
+        "type": "LoadBalancer", "ports": [{"port": 443}]}}))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    eventually(
+        "statefulset, daemonset, pvc and lb ready",
+        Duration::from_secs(5),
+        || async {
+            let s = serde_json::to_value(sts.get("db").await.unwrap().status).unwrap();
+            let d = serde_json::to_value(dss.get("agent").await.unwrap().status).unwrap();
+            let p = serde_json::to_value(pvcs.get("data").await.unwrap().status).unwrap();
+            let l = serde_json::to_value(svcs.get("lb").await.unwrap().status).unwrap();
+            (s["readyReplicas"] == 2
+                && s["observedGeneration"] == 1
+                && d["numberReady"] == 1
+                && d["desiredNumberScheduled"] == 1
+                && p["phase"] == "Bound"
+                && p["capacity"]["storage"] == "1Gi"
+                && l["loadBalancer"]["ingress"][0]["ip"].is_string())
+            .then_some(())
+        },
+    )
     .await;
     let lb = svcs.get("lb").await.unwrap();
-    assert!(lb.spec.unwrap().ports.unwrap()[0].node_port.is_some(), "LoadBalancer gets a nodePort");
+    assert!(
+        lb.spec.unwrap().ports.unwrap()[0].node_port.is_some(),
+        "LoadBalancer gets a nodePort"
+    );
 }
 
 #[tokio::test]
@@ -340,49 +507,108 @@ async fn workloads_wait_for_a_ready_node_and_admin_endpoints_toggle_nodes() {
     let (code, v) = raw("GET", &format!("{}/sandbox/clusters", sb.url()), "", "").await;
     assert_eq!(code, 200);
     assert_eq!(v[0]["name"], "default");
-    assert_eq!(v[0]["nodes"][0], json!({"name": "sandbox-node-1", "ready": true}));
-    let (code, node) = raw("POST", &format!("{}/sandbox/clusters/default/nodes/sandbox-node-1/not-ready", sb.url()), "", "").await;
+    assert_eq!(
+        v[0]["nodes"][0],
+        json!({"name": "sandbox-node-1", "ready": true})
+    );
+    let (code, node) = raw(
+        "POST",
+        &format!(
+            "{}/sandbox/clusters/default/nodes/sandbox-node-1/not-ready",
+            sb.url()
+        ),
+        "",
+        "",
+    )
+    .await;
     assert_eq!(code, 200);
-    let ready = node["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap();
+    let ready = node["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
     assert_eq!(ready["status"], "False");
     let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
-    deps.create(&PostParams::default(), &serde_json::from_value(deployment("web", 1, "nginx:1.27")).unwrap())
-        .await
-        .unwrap();
+    deps.create(
+        &PostParams::default(),
+        &serde_json::from_value(deployment("web", 1, "nginx:1.27")).unwrap(),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let s = serde_json::to_value(deps.get("web").await.unwrap().status).unwrap();
-    assert_eq!(cond(&s, "Available").unwrap()["status"], "False", "no Ready node, no availability");
+    assert_eq!(
+        cond(&s, "Available").unwrap()["status"],
+        "False",
+        "no Ready node, no availability"
+    );
     // It stays NotReady until reset.
     let nodes: Api<Node> = Api::all(c.clone());
     let n = serde_json::to_value(nodes.get("sandbox-node-1").await.unwrap()).unwrap();
     assert_eq!(cond(&n["status"], "Ready").unwrap()["status"], "False");
-    let (code, _) = raw("POST", &format!("{}/sandbox/clusters/default/nodes/sandbox-node-1/ready", sb.url()), "", "").await;
+    let (code, _) = raw(
+        "POST",
+        &format!(
+            "{}/sandbox/clusters/default/nodes/sandbox-node-1/ready",
+            sb.url()
+        ),
+        "",
+        "",
+    )
+    .await;
     assert_eq!(code, 200);
-    let d = tokio::time::timeout(Duration::from_secs(5), await_condition(deps.clone(), "web", conditions::is_deployment_completed()))
-        .await
-        .unwrap()
-        .unwrap();
+    let d = tokio::time::timeout(
+        Duration::from_secs(5),
+        await_condition(deps.clone(), "web", conditions::is_deployment_completed()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert!(d.is_some());
-    let (code, _) = raw("POST", &format!("{}/sandbox/clusters/default/nodes/nope/ready", sb.url()), "", "").await;
+    let (code, _) = raw(
+        "POST",
+        &format!("{}/sandbox/clusters/default/nodes/nope/ready", sb.url()),
+        "",
+        "",
+    )
+    .await;
     assert_eq!(code, 404);
-    let (code, _) = raw("POST", &format!("{}/sandbox/clusters/nope/nodes/x/ready", sb.url()), "", "").await;
+    let (code, _) = raw(
+        "POST",
+        &format!("{}/sandbox/clusters/nope/nodes/x/ready", sb.url()),
+        "",
+        "",
+    )
+    .await;
     assert_eq!(code, 404);
     // Node facts.
     let n = nodes.get("sandbox-node-1").await.unwrap();
-    assert_eq!(n.status.unwrap().node_info.unwrap().kubelet_version, "v1.36.0");
+    assert_eq!(
+        n.status.unwrap().node_info.unwrap().kubelet_version,
+        "v1.36.0"
+    );
 }
 
 #[tokio::test]
 async fn coredns_becomes_available_and_is_managed_by_k3s() {
     let sb = sandbox().await;
     let deps: Api<Deployment> = Api::namespaced(client(&sb.url()), "kube-system");
-    let d = tokio::time::timeout(Duration::from_secs(5), await_condition(deps, "coredns", conditions::is_deployment_completed()))
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let d = tokio::time::timeout(
+        Duration::from_secs(5),
+        await_condition(deps, "coredns", conditions::is_deployment_completed()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
     assert_eq!(d.metadata.labels.unwrap()["k8s-app"], "kube-dns");
-    assert!(d.metadata.managed_fields.unwrap().iter().any(|m| m.manager.as_deref() == Some("k3s")));
+    assert!(d
+        .metadata
+        .managed_fields
+        .unwrap()
+        .iter()
+        .any(|m| m.manager.as_deref() == Some("k3s")));
 }
 
 #[tokio::test]
@@ -397,19 +623,33 @@ async fn clusters_under_path_prefixes_are_independent() {
     assert!(root.get_opt("only-in-a").await.unwrap().is_none());
     // A CRD in cluster a is discovered there only.
     let crds: Api<CustomResourceDefinition> = Api::all(a.clone());
-    crds.patch("widgets.example.com", &PatchParams::apply("phoenix"), &Patch::Apply(widget_crd())).await.unwrap();
+    crds.patch(
+        "widgets.example.com",
+        &PatchParams::apply("phoenix"),
+        &Patch::Apply(widget_crd()),
+    )
+    .await
+    .unwrap();
     let da = Discovery::new(a.clone()).run().await.unwrap();
     let db = Discovery::new(b.clone()).run().await.unwrap();
     let gvk = GroupVersionKind::gvk("example.com", "v1", "Widget");
     assert!(da.resolve_gvk(&gvk).is_some());
     assert!(db.resolve_gvk(&gvk).is_none());
     let (_, list) = raw("GET", &format!("{}/sandbox/clusters", sb.url()), "", "").await;
-    let names: Vec<&str> = list.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["a", "b", "default"]);
     assert_eq!(sb.clusters(), vec!["a", "b", "default"]);
     // Each cluster has its own nodes, namespaces and coredns.
     let nodes: Api<Node> = Api::all(b.clone());
-    assert_eq!(nodes.list(&Default::default()).await.unwrap().items.len(), 1);
+    assert_eq!(
+        nodes.list(&Default::default()).await.unwrap().items.len(),
+        1
+    );
 }
 
 fn widget_crd() -> Value {
@@ -441,43 +681,95 @@ async fn crds_are_established_and_their_kinds_served() {
     let sb = sandbox().await;
     let c = client(&sb.url());
     let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
-    crds.patch("widgets.example.com", &PatchParams::apply("phoenix"), &Patch::Apply(widget_crd())).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(5), await_condition(crds.clone(), "widgets.example.com", conditions::is_crd_established()))
-        .await
-        .unwrap()
-        .unwrap();
+    crds.patch(
+        "widgets.example.com",
+        &PatchParams::apply("phoenix"),
+        &Patch::Apply(widget_crd()),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        await_condition(
+            crds.clone(),
+            "widgets.example.com",
+            conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let crd = serde_json::to_value(crds.get("widgets.example.com").await.unwrap()).unwrap();
-    assert_eq!(cond(&crd["status"], "NamesAccepted").unwrap()["status"], "True");
+    assert_eq!(
+        cond(&crd["status"], "NamesAccepted").unwrap()["status"],
+        "True"
+    );
     let (_, rl) = raw("GET", &format!("{}/apis/example.com/v1", sb.url()), "", "").await;
-    let w = rl["resources"].as_array().unwrap().iter().find(|r| r["name"] == "widgets").unwrap();
+    let w = rl["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "widgets")
+        .unwrap();
     assert_eq!(w["shortNames"], json!(["wd"]));
     assert_eq!(w["kind"], "Widget");
     let discovery = Discovery::new(c.clone()).run().await.unwrap();
-    let (ar, _) = discovery.resolve_gvk(&GroupVersionKind::gvk("example.com", "v1", "Widget")).unwrap();
-    let ws: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &ar);
-    let w = |ports: Value, tags: Value| json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
-        "spec": {"size": 1, "ports": ports, "tags": tags}});
-    ws.patch("w", &PatchParams::apply("a"), &Patch::Apply(w(json!([{"name": "http", "port": 80}]), json!(["x"]))))
-        .await
+    let (ar, _) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk("example.com", "v1", "Widget"))
         .unwrap();
+    let ws: Api<DynamicObject> = Api::namespaced_with(c.clone(), "default", &ar);
+    let w = |ports: Value, tags: Value| {
+        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+        "spec": {"size": 1, "ports": ports, "tags": tags}})
+    };
+    ws.patch(
+        "w",
+        &PatchParams::apply("a"),
+        &Patch::Apply(w(json!([{"name": "http", "port": 80}]), json!(["x"]))),
+    )
+    .await
+    .unwrap();
     let o = ws
         .patch("w", &PatchParams::apply("b").force(), &Patch::Apply(json!({"apiVersion": "example.com/v1", "kind": "Widget",
             "metadata": {"name": "w"}, "spec": {"ports": [{"name": "grpc", "port": 90}], "tags": ["y"]}})))
         .await
         .unwrap();
-    assert_eq!(o.data["spec"]["ports"].as_array().unwrap().len(), 2, "list-map-keys from the CRD schema merge ports");
-    assert_eq!(o.data["spec"]["tags"], json!(["y"]), "lists without list-type are atomic");
+    assert_eq!(
+        o.data["spec"]["ports"].as_array().unwrap().len(),
+        2,
+        "list-map-keys from the CRD schema merge ports"
+    );
+    assert_eq!(
+        o.data["spec"]["tags"],
+        json!(["y"]),
+        "lists without list-type are atomic"
+    );
     assert_eq!(o.metadata.generation, Some(2));
     // Status subresource from the CRD.
     let s = ws
-        .patch_status("w", &PatchParams::default(), &Patch::Merge(json!({"status": {"ok": true}, "spec": {"size": 5}})))
+        .patch_status(
+            "w",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"ok": true}, "spec": {"size": 5}})),
+        )
         .await
         .unwrap();
     assert_eq!(s.data["status"]["ok"], true);
     assert_eq!(s.data["spec"]["size"], 1);
     // Deleting the CRD removes the kind and its objects.
-    crds.delete("widgets.example.com", &DeleteParams::default()).await.unwrap();
-    let (code, _) = raw("GET", &format!("{}/apis/example.com/v1/namespaces/default/widgets/w", sb.url()), "", "").await;
+    crds.delete("widgets.example.com", &DeleteParams::default())
+        .await
+        .unwrap();
+    let (code, _) = raw(
+        "GET",
+        &format!(
+            "{}/apis/example.com/v1/namespaces/default/widgets/w",
+            sb.url()
+        ),
+        "",
+        "",
+    )
+    .await;
     assert_eq!(code, 404);
 }
 
@@ -516,7 +808,9 @@ async fn tls_with_client_certificate_or_token_and_401_without() {
 fn pem_to_der(pem: &str) -> Vec<u8> {
     use base64::Engine;
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64::engine::general_purpose::STANDARD.decode(b64).unwrap()
+    base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
 }
 
 #[test]
@@ -525,7 +819,8 @@ fn start_in_thread_serves_and_stops_on_drop() {
     let addr = h.addr();
     let mut s = std::net::TcpStream::connect(addr).expect("serving");
     use std::io::{Read, Write};
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -533,7 +828,10 @@ fn start_in_thread_serves_and_stops_on_drop() {
     drop(h);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while std::net::TcpStream::connect(addr).is_ok() {
-        assert!(std::time::Instant::now() < deadline, "still serving after drop");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still serving after drop"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -37,7 +37,10 @@ pub async fn client_from_kubeconfig(yaml: &str) -> kube::Client {
     kube::Client::try_from(cfg).expect("client")
 }
 
-type RawClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+type RawClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+>;
 
 fn raw_client() -> RawClient {
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
@@ -54,7 +57,9 @@ pub async fn raw_text(method: &str, url: &str, content_type: &str, body: &str) -
     if !content_type.is_empty() {
         req = req.header("content-type", content_type);
     }
-    let req = req.body(Full::new(Bytes::from(body.to_string()))).expect("request");
+    let req = req
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request");
     let resp = tokio::time::timeout(Duration::from_secs(20), raw_client().request(req))
         .await
         .expect("request timed out")
@@ -66,7 +71,9 @@ pub async fn raw_text(method: &str, url: &str, content_type: &str, body: &str) -
 
 /// Read a streaming (watch) response as JSON lines until `n` lines arrive, the stream ends, or `wait` passes.
 pub async fn raw_lines(url: &str, n: usize, wait: Duration) -> Vec<Value> {
-    let req = hyper::Request::get(url).body(Full::new(Bytes::new())).expect("request");
+    let req = hyper::Request::get(url)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
     let resp = raw_client().request(req).await.expect("watch request");
     let mut body = resp.into_body();
     let mut buf = Vec::new();
