@@ -53,7 +53,20 @@ pub async fn raw(method: &str, url: &str, content_type: &str, body: &str) -> (u1
 }
 
 pub async fn raw_text(method: &str, url: &str, content_type: &str, body: &str) -> (u16, String) {
+    raw_text_headers(method, url, content_type, body, &[]).await
+}
+
+pub async fn raw_text_headers(
+    method: &str,
+    url: &str,
+    content_type: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let mut req = hyper::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
     if !content_type.is_empty() {
         req = req.header("content-type", content_type);
     }
