@@ -4,7 +4,8 @@
 mod support_git;
 
 use phoenix::source::{
-    self, EntryKind, ResolvedRef, SignatureStatus, Snapshot, SourceError, SourceOptions, MAX_BLOB_SIZE,
+    self, EntryKind, ResolvedRef, SignatureStatus, Snapshot, SourceError, SourceOptions,
+    MAX_BLOB_SIZE,
 };
 use support_git::{Daemon, Sandbox};
 
@@ -53,11 +54,20 @@ fn head_commit_is_read_with_its_metadata() {
     assert_eq!(info.author_email, "t@e");
     assert!(info.time > 1_600_000_000);
     assert_eq!(info.reference, "HEAD");
-    assert_eq!(info.resolved, ResolvedRef::Branch { name: "main".into() });
+    assert_eq!(
+        info.resolved,
+        ResolvedRef::Branch {
+            name: "main".into()
+        }
+    );
     assert_eq!(info.repo, repo.path());
     assert_eq!(info.signature, SignatureStatus::Unsigned);
 
-    assert_eq!(snap.read_to_string("environments/demo/environment.yaml").unwrap(), "kind: Environment\n");
+    assert_eq!(
+        snap.read_to_string("environments/demo/environment.yaml")
+            .unwrap(),
+        "kind: Environment\n"
+    );
     assert_eq!(snap.read("./templates//sub/b.j2").unwrap(), b"bb");
     assert!(snap.exists("templates/sub"));
     assert!(snap.is_dir("templates/sub"));
@@ -66,7 +76,10 @@ fn head_commit_is_read_with_its_metadata() {
     assert!(!snap.exists("missing"));
 
     let root = snap.list_dir("").unwrap();
-    let names: Vec<_> = root.iter().map(|e| (e.name.as_str(), e.kind, e.size)).collect();
+    let names: Vec<_> = root
+        .iter()
+        .map(|e| (e.name.as_str(), e.kind, e.size))
+        .collect();
     assert_eq!(
         names,
         [
@@ -80,7 +93,10 @@ fn head_commit_is_read_with_its_metadata() {
     assert_eq!(templates[1].path, "templates/sub");
     assert_eq!(templates.len(), 2);
 
-    assert_eq!(snap.walk_files("templates").unwrap(), ["templates/a.j2", "templates/sub/b.j2"]);
+    assert_eq!(
+        snap.walk_files("templates").unwrap(),
+        ["templates/a.j2", "templates/sub/b.j2"]
+    );
     assert_eq!(snap.walk_files("").unwrap().len(), 4);
 
     let err = snap.read("templates").unwrap_err();
@@ -88,9 +104,15 @@ fn head_commit_is_read_with_its_metadata() {
     let err = snap.list_dir("README").unwrap_err();
     assert!(matches!(err, SourceError::NotADirectory { .. }), "{err}");
     let err = snap.read("templates/nope.j2").unwrap_err();
-    assert_eq!(err.to_string(), format!("templates/nope.j2 not found in commit {}", info.short_sha));
+    assert_eq!(
+        err.to_string(),
+        format!("templates/nope.j2 not found in commit {}", info.short_sha)
+    );
     let err = snap.read("README/x").unwrap_err();
-    assert!(matches!(err, SourceError::NotADirectory { ref path, .. } if path == "README"), "{err}");
+    assert!(
+        matches!(err, SourceError::NotADirectory { ref path, .. } if path == "README"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -130,10 +152,38 @@ fn branches_tags_and_shas_resolve_to_their_commits() {
 
     let base = sb.options(repo.path());
     let cases: [(&str, &str, &str, ResolvedRef); 8] = [
-        ("HEAD", &second, "two", ResolvedRef::Branch { name: "main".into() }),
-        ("main", &second, "two", ResolvedRef::Branch { name: "main".into() }),
-        ("feature", &feature, "feature", ResolvedRef::Branch { name: "feature".into() }),
-        ("light", &first, "one", ResolvedRef::Tag { name: "light".into() }),
+        (
+            "HEAD",
+            &second,
+            "two",
+            ResolvedRef::Branch {
+                name: "main".into(),
+            },
+        ),
+        (
+            "main",
+            &second,
+            "two",
+            ResolvedRef::Branch {
+                name: "main".into(),
+            },
+        ),
+        (
+            "feature",
+            &feature,
+            "feature",
+            ResolvedRef::Branch {
+                name: "feature".into(),
+            },
+        ),
+        (
+            "light",
+            &first,
+            "one",
+            ResolvedRef::Tag {
+                name: "light".into(),
+            },
+        ),
         ("v1", &first, "one", ResolvedRef::Tag { name: "v1".into() }),
         (&first, &first, "one", ResolvedRef::Commit),
         (&first[..8], &first, "one", ResolvedRef::Commit),
@@ -145,7 +195,11 @@ fn branches_tags_and_shas_resolve_to_their_commits() {
         assert_eq!(info.sha, *sha, "--ref {reference}");
         assert_eq!(info.reference, reference);
         assert_eq!(info.resolved, resolved, "--ref {reference}");
-        assert_eq!(snap.read_to_string("f").unwrap(), content, "--ref {reference}");
+        assert_eq!(
+            snap.read_to_string("f").unwrap(),
+            content,
+            "--ref {reference}"
+        );
     }
 
     repo.git(&["checkout", "-q", "--detach", &first]);
@@ -200,13 +254,24 @@ fn dirty_tree_is_refused_unless_allowed_and_commit_content_is_read() {
 
     let opts = sb.options(repo.path());
     let err = open_err(&opts);
-    let SourceError::Dirty { ref files, total, ref short_sha, .. } = err else {
+    let SourceError::Dirty {
+        ref files,
+        total,
+        ref short_sha,
+        ..
+    } = err
+    else {
         panic!("expected Dirty, got {err:?}");
     };
     assert_eq!(files, &["env.yaml"]);
     assert_eq!(total, 1);
     let msg = err.to_string();
-    assert!(msg.contains(&format!("phoenix reads commit {short_sha}, not the working tree")), "{msg}");
+    assert!(
+        msg.contains(&format!(
+            "phoenix reads commit {short_sha}, not the working tree"
+        )),
+        "{msg}"
+    );
     assert!(msg.contains("--allow-dirty"), "{msg}");
 
     let mut allowed = opts.clone();
@@ -220,7 +285,10 @@ fn dirty_tree_is_refused_unless_allowed_and_commit_content_is_read() {
     repo.write("other.yaml", "staged\n");
     repo.git(&["add", "other.yaml"]);
     let err = open_err(&opts);
-    assert!(matches!(err, SourceError::Dirty { ref files, .. } if files == &["other.yaml"]), "{err:?}");
+    assert!(
+        matches!(err, SourceError::Dirty { ref files, .. } if files == &["other.yaml"]),
+        "{err:?}"
+    );
     let snap = open(&allowed);
     assert_eq!(snap.read_to_string("other.yaml").unwrap(), "x\n");
 }
@@ -253,7 +321,10 @@ fn dirty_error_lists_at_most_ten_files() {
         repo.write(&format!("u{i:02}"), "x");
     }
     let err = open_err(&sb.options(repo.path()));
-    let SourceError::Dirty { ref files, total, .. } = err else {
+    let SourceError::Dirty {
+        ref files, total, ..
+    } = err
+    else {
         panic!("expected Dirty, got {err:?}");
     };
     assert_eq!(files.len(), 10);
@@ -268,12 +339,18 @@ fn bare_repository_path_is_local_and_never_dirty() {
     let repo = sb.repo("r");
     repo.write("f", "bare content");
     let sha = repo.commit("c");
-    sb.git(sb.tmp.path(), &["clone", "-q", "--bare", &repo.path(), "bare.git"]);
+    sb.git(
+        sb.tmp.path(),
+        &["clone", "-q", "--bare", &repo.path(), "bare.git"],
+    );
     let bare = sb.path("bare.git");
     let snap = open(&sb.options(bare.to_str().unwrap()));
     assert_eq!(snap.commit().sha, sha);
     assert_eq!(snap.read_to_string("f").unwrap(), "bare content");
-    assert!(!sb.phoenix_home().join("cache").exists(), "a local bare repo must not be cloned");
+    assert!(
+        !sb.phoenix_home().join("cache").exists(),
+        "a local bare repo must not be cloned"
+    );
 }
 
 #[test]
@@ -284,9 +361,19 @@ fn paths_that_leave_the_commit_are_rejected() {
     repo.commit("c");
     std::fs::write(sb.path("secret"), "outside").unwrap();
     let snap = open(&sb.options(repo.path()));
-    for bad in ["../secret", "a/../../secret", "/etc/passwd", "a\\b", "a/b\0", ".."] {
+    for bad in [
+        "../secret",
+        "a/../../secret",
+        "/etc/passwd",
+        "a\\b",
+        "a/b\0",
+        "..",
+    ] {
         let err = snap.read(bad).unwrap_err();
-        assert!(matches!(err, SourceError::PathOutsideCommit { .. }), "{bad:?}: {err:?}");
+        assert!(
+            matches!(err, SourceError::PathOutsideCommit { .. }),
+            "{bad:?}: {err:?}"
+        );
         assert!(err.to_string().contains("outside the commit"), "{err}");
         assert!(!snap.exists(bad), "{bad:?}");
         assert!(!snap.is_dir(bad), "{bad:?}");
@@ -317,13 +404,30 @@ fn symlinks_in_the_commit_are_never_followed() {
     );
     for path in ["passwd", "linkdir/real.yaml"] {
         let err = snap.read(path).unwrap_err();
-        assert!(matches!(err, SourceError::Symlink { .. }), "{path}: {err:?}");
+        assert!(
+            matches!(err, SourceError::Symlink { .. }),
+            "{path}: {err:?}"
+        );
     }
-    assert!(matches!(snap.list_dir("linkdir").unwrap_err(), SourceError::Symlink { .. }));
+    assert!(matches!(
+        snap.list_dir("linkdir").unwrap_err(),
+        SourceError::Symlink { .. }
+    ));
     assert!(snap.exists("linkdir") && !snap.is_dir("linkdir"));
-    let kinds: Vec<_> = snap.list_dir("").unwrap().into_iter().map(|e| (e.name, e.kind)).collect();
-    assert!(kinds.contains(&("link.yaml".to_string(), EntryKind::Symlink)), "{kinds:?}");
-    assert_eq!(snap.walk_files("").unwrap(), ["dir/real.yaml", "link.yaml", "linkdir", "passwd"]);
+    let kinds: Vec<_> = snap
+        .list_dir("")
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.name, e.kind))
+        .collect();
+    assert!(
+        kinds.contains(&("link.yaml".to_string(), EntryKind::Symlink)),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        snap.walk_files("").unwrap(),
+        ["dir/real.yaml", "link.yaml", "linkdir", "passwd"]
+    );
 }
 
 #[test]
@@ -353,7 +457,10 @@ fn non_utf8_file_is_an_error_for_read_to_string() {
     let snap = open(&sb.options(repo.path()));
     assert_eq!(snap.read("bin").unwrap(), [b'o', b'k', 0xff, 0xfe]);
     let err = snap.read_to_string("bin").unwrap_err();
-    assert!(matches!(err, SourceError::NotUtf8 { offset: 2, .. }), "{err:?}");
+    assert!(
+        matches!(err, SourceError::NotUtf8 { offset: 2, .. }),
+        "{err:?}"
+    );
 }
 
 /// A bare "remote" with one commit on main, and a work clone to push from.
@@ -362,9 +469,15 @@ fn remote_with_clone(sb: &Sandbox) -> (std::path::PathBuf, support_git::Repo<'_>
     seed.write("f", "v1");
     seed.commit("v1");
     seed.git(&["tag", "v1"]);
-    sb.git(sb.tmp.path(), &["clone", "-q", "--bare", &seed.path(), "remotes/remote.git"]);
+    sb.git(
+        sb.tmp.path(),
+        &["clone", "-q", "--bare", &seed.path(), "remotes/remote.git"],
+    );
     let remote = sb.path("remotes/remote.git");
-    sb.git(sb.tmp.path(), &["clone", "-q", remote.to_str().unwrap(), "work"]);
+    sb.git(
+        sb.tmp.path(),
+        &["clone", "-q", remote.to_str().unwrap(), "work"],
+    );
     let work = support_git::Repo {
         sb,
         dir: sb.path("work"),
@@ -381,10 +494,19 @@ fn file_url_is_cloned_into_the_cache_and_fetched_on_the_next_open() {
 
     let snap = open(&opts);
     assert_eq!(snap.commit().repo, url);
-    assert_eq!(snap.commit().resolved, ResolvedRef::Branch { name: "main".into() });
+    assert_eq!(
+        snap.commit().resolved,
+        ResolvedRef::Branch {
+            name: "main".into()
+        }
+    );
     assert_eq!(snap.read_to_string("f").unwrap(), "v1");
     let cache = source::cache_dir(&sb.phoenix_home(), &url);
-    assert!(cache.join("HEAD").is_file(), "no bare mirror at {}", cache.display());
+    assert!(
+        cache.join("HEAD").is_file(),
+        "no bare mirror at {}",
+        cache.display()
+    );
     drop(snap);
 
     // New commit, new branch and new tag on the remote; the next open sees them.
@@ -400,8 +522,16 @@ fn file_url_is_cloned_into_the_cache_and_fetched_on_the_next_open() {
     assert_eq!(snap.read_to_string("f").unwrap(), "v2");
     assert_eq!(open(&with_ref(opts.clone(), "topic")).commit().sha, v2);
     let tag = open(&with_ref(opts.clone(), "v2"));
-    assert_eq!(tag.commit().resolved, ResolvedRef::Tag { name: "v2".into() });
-    assert_eq!(open(&with_ref(opts.clone(), "v1")).read_to_string("f").unwrap(), "v1");
+    assert_eq!(
+        tag.commit().resolved,
+        ResolvedRef::Tag { name: "v2".into() }
+    );
+    assert_eq!(
+        open(&with_ref(opts.clone(), "v1"))
+            .read_to_string("f")
+            .unwrap(),
+        "v1"
+    );
 
     // A branch deleted on the remote is pruned from the cache.
     work.git(&["push", "-q", "origin", "--delete", "topic"]);
@@ -433,7 +563,9 @@ fn clone_failure_names_the_url_and_leaves_no_cache() {
     assert!(matches!(err, SourceError::Clone { .. }), "{err:?}");
     assert!(err.to_string().contains(&url), "{err}");
     let repos = sb.phoenix_home().join("cache/repos");
-    let left: Vec<_> = std::fs::read_dir(&repos).map(|d| d.flatten().collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(&repos)
+        .map(|d| d.flatten().collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "cache not cleaned up: {left:?}");
 }
 
@@ -448,7 +580,12 @@ fn url_without_ref_follows_the_remote_default_branch() {
     sb.git(&remote, &["symbolic-ref", "HEAD", "refs/heads/trunk"]);
     let snap = open(&sb.options(format!("file://{}", remote.display())));
     assert_eq!(snap.commit().sha, trunk);
-    assert_eq!(snap.commit().resolved, ResolvedRef::Branch { name: "trunk".into() });
+    assert_eq!(
+        snap.commit().resolved,
+        ResolvedRef::Branch {
+            name: "trunk".into()
+        }
+    );
 }
 
 #[test]
@@ -468,7 +605,10 @@ fn git_daemon_remote_is_cloned_and_fetched() {
     work.git(&["push", "-q", "origin", "main"]);
     let snap = open(&with_ref(opts.clone(), "main"));
     assert_eq!(snap.commit().sha, v2);
-    assert_eq!(open(&with_ref(opts, "v1")).read_to_string("f").unwrap(), "v1");
+    assert_eq!(
+        open(&with_ref(opts, "v1")).read_to_string("f").unwrap(),
+        "v1"
+    );
 
     let err = open_err(&sb.options(daemon.url("missing.git")));
     assert!(matches!(err, SourceError::Clone { .. }), "{err:?}");
@@ -503,7 +643,10 @@ fn commit_signed_by_a_trusted_key_is_verified() {
     // allowed_signers format carries the principal.
     let signers = sb.keys_file(
         "allowed_signers",
-        &format!("alice@example.com namespaces=\"git\" {}\n", sb.public_key(&key)),
+        &format!(
+            "alice@example.com namespaces=\"git\" {}\n",
+            sb.public_key(&key)
+        ),
     );
     let snap = open(&trusted(sb.options(repo.path()), &signers));
     assert!(
@@ -513,7 +656,10 @@ fn commit_signed_by_a_trusted_key_is_verified() {
     );
 
     // Without a policy, a signed commit is reported but not checked.
-    assert_eq!(open(&sb.options(repo.path())).commit().signature, SignatureStatus::NotChecked);
+    assert_eq!(
+        open(&sb.options(repo.path())).commit().signature,
+        SignatureStatus::NotChecked
+    );
 }
 
 #[test]
@@ -529,7 +675,9 @@ fn unsigned_commit_is_refused_under_the_policy() {
     let msg = err.to_string();
     assert!(msg.starts_with(&format!("commit {short}")), "{msg}");
     assert!(
-        msg.contains("is not signed; the signing policy requires an SSH signature from a trusted key (from"),
+        msg.contains(
+            "is not signed; the signing policy requires an SSH signature from a trusted key (from"
+        ),
         "{msg}"
     );
     assert!(msg.contains(keys.to_str().unwrap()), "{msg}");
@@ -560,7 +708,10 @@ fn commit_signed_by_an_untrusted_key_is_refused_with_its_fingerprint() {
     assert!(err.to_string().contains(&fingerprint), "{err}");
 
     // A key restricted to another namespace does not count for git.
-    let keys = sb.keys_file("ns", &format!("m namespaces=\"file\" {}\n", sb.public_key(&mallory)));
+    let keys = sb.keys_file(
+        "ns",
+        &format!("m namespaces=\"file\" {}\n", sb.public_key(&mallory)),
+    );
     let err = open_err(&trusted(sb.options(repo.path()), &keys));
     assert!(matches!(err, SourceError::UntrustedKey { .. }), "{err:?}");
 }
@@ -574,11 +725,20 @@ fn tampered_commit_fails_verification() {
     repo.commit_signed("original message", &key);
     // Same signature header, different content: a forged commit object.
     let raw = repo.git(&["cat-file", "commit", "HEAD"]);
-    assert!(raw.contains("gpgsig -----BEGIN SSH SIGNATURE-----"), "{raw}");
+    assert!(
+        raw.contains("gpgsig -----BEGIN SSH SIGNATURE-----"),
+        "{raw}"
+    );
     let forged = raw.replace("original message", "forged message") + "\n";
     let forged_path = sb.path("forged");
     std::fs::write(&forged_path, forged).unwrap();
-    let oid = repo.git(&["hash-object", "-t", "commit", "-w", forged_path.to_str().unwrap()]);
+    let oid = repo.git(&[
+        "hash-object",
+        "-t",
+        "commit",
+        "-w",
+        forged_path.to_str().unwrap(),
+    ]);
     repo.git(&["update-ref", "refs/heads/forged", &oid]);
 
     let keys = sb.keys_file("keys", &sb.public_key(&key));
@@ -607,7 +767,10 @@ fn pgp_signature_is_refused_as_unsupported() {
 
     let keys = sb.keys_file("keys", &sb.public_key(&key));
     let err = open_err(&with_ref(trusted(sb.options(repo.path()), &keys), "pgp"));
-    assert!(matches!(err, SourceError::UnsupportedSignature { ref format, .. } if format == "PGP"), "{err:?}");
+    assert!(
+        matches!(err, SourceError::UnsupportedSignature { ref format, .. } if format == "PGP"),
+        "{err:?}"
+    );
     // No policy: reported as signed but not checked.
     let snap = open(&with_ref(sb.options(repo.path()), "pgp"));
     assert_eq!(snap.commit().signature, SignatureStatus::NotChecked);
@@ -619,24 +782,37 @@ fn in_repo_trusted_keys_file_enables_the_policy() {
     let alice = sb.keygen("alice");
     let bob = sb.keygen("bob");
     let repo = sb.repo("r");
-    repo.write(".phoenix/trusted-keys", format!("{}\n", sb.public_key(&alice)));
+    repo.write(
+        ".phoenix/trusted-keys",
+        format!("{}\n", sb.public_key(&alice)),
+    );
     repo.commit("unsigned, with the keys file");
     let opts = sb.options(repo.path());
 
     let err = open_err(&opts);
     assert!(matches!(err, SourceError::Unsigned { .. }), "{err:?}");
-    assert!(err.to_string().contains(".phoenix/trusted-keys in commit"), "{err}");
+    assert!(
+        err.to_string().contains(".phoenix/trusted-keys in commit"),
+        "{err}"
+    );
 
     repo.commit_signed("signed by alice", &alice);
     let snap = open(&opts);
-    assert!(matches!(snap.commit().signature, SignatureStatus::Verified { .. }), "{:?}", snap.commit().signature);
+    assert!(
+        matches!(snap.commit().signature, SignatureStatus::Verified { .. }),
+        "{:?}",
+        snap.commit().signature
+    );
 
     repo.commit_signed("signed by bob", &bob);
     let err = open_err(&opts);
     assert!(matches!(err, SourceError::UntrustedKey { .. }), "{err:?}");
 
     // A bad line in the in-repo file names the commit, the file and the line.
-    repo.write(".phoenix/trusted-keys", format!("{}\nssh-ed25519 !!!\n", sb.public_key(&alice)));
+    repo.write(
+        ".phoenix/trusted-keys",
+        format!("{}\nssh-ed25519 !!!\n", sb.public_key(&alice)),
+    );
     repo.commit_signed("broken keys file", &alice);
     let err = open_err(&opts);
     let msg = err.to_string();
@@ -650,7 +826,10 @@ fn trusted_keys_flag_overrides_the_in_repo_file() {
     let bob = sb.keygen("bob");
     let repo = sb.repo("r");
     // Bob pushes a commit that adds his own key to the in-repo list and signs it.
-    repo.write(".phoenix/trusted-keys", format!("{}\n", sb.public_key(&bob)));
+    repo.write(
+        ".phoenix/trusted-keys",
+        format!("{}\n", sb.public_key(&bob)),
+    );
     repo.commit_signed("bob trusts bob", &bob);
     assert!(matches!(
         open(&sb.options(repo.path())).commit().signature,
@@ -660,12 +839,18 @@ fn trusted_keys_flag_overrides_the_in_repo_file() {
     let only_alice = sb.keys_file("alice-only", &sb.public_key(&alice));
     let err = open_err(&trusted(sb.options(repo.path()), &only_alice));
     assert!(matches!(err, SourceError::UntrustedKey { .. }), "{err:?}");
-    assert!(err.to_string().contains(only_alice.to_str().unwrap()), "{err}");
+    assert!(
+        err.to_string().contains(only_alice.to_str().unwrap()),
+        "{err}"
+    );
 
     // And a commit by Alice passes with --trusted-keys even though the in-repo file lists only Bob.
     repo.commit_signed("alice", &alice);
     let snap = open(&trusted(sb.options(repo.path()), &only_alice));
-    assert!(matches!(snap.commit().signature, SignatureStatus::Verified { .. }));
+    assert!(matches!(
+        snap.commit().signature,
+        SignatureStatus::Verified { .. }
+    ));
     let err = open_err(&sb.options(repo.path()));
     assert!(matches!(err, SourceError::UntrustedKey { .. }), "{err:?}");
 }
@@ -678,8 +863,15 @@ fn bad_or_empty_trusted_keys_files_are_errors() {
     repo.commit_signed("c", &key);
     let bad = sb.keys_file("bad", &format!("{}\nnot-a-key-line\n", sb.public_key(&key)));
     let err = open_err(&trusted(sb.options(repo.path()), &bad));
-    assert!(matches!(err, SourceError::TrustedKeysLine { line: 2, .. }), "{err:?}");
-    assert!(err.to_string().starts_with(&format!("{}:2: ", bad.display())), "{err}");
+    assert!(
+        matches!(err, SourceError::TrustedKeysLine { line: 2, .. }),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}:2: ", bad.display())),
+        "{err}"
+    );
 
     let empty = sb.keys_file("empty", "# nobody\n");
     let err = open_err(&trusted(sb.options(repo.path()), &empty));
@@ -687,5 +879,8 @@ fn bad_or_empty_trusted_keys_files_are_errors() {
     assert!(err.to_string().contains("lists no keys"), "{err}");
 
     let err = open_err(&trusted(sb.options(repo.path()), &sb.path("missing-file")));
-    assert!(matches!(err, SourceError::TrustedKeysRead { .. }), "{err:?}");
+    assert!(
+        matches!(err, SourceError::TrustedKeysRead { .. }),
+        "{err:?}"
+    );
 }

@@ -87,13 +87,20 @@ impl Sandbox {
             .env("HOME", self.home())
             .output()
             .expect("run ssh-keygen");
-        assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ssh-keygen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         key
     }
 
     /// The public key line of a key made by [`Sandbox::keygen`].
     pub fn public_key(&self, key: &Path) -> String {
-        std::fs::read_to_string(pub_path(key)).expect("read .pub").trim().to_string()
+        std::fs::read_to_string(pub_path(key))
+            .expect("read .pub")
+            .trim()
+            .to_string()
     }
 
     /// The `SHA256:...` fingerprint ssh-keygen reports for a key.
@@ -104,7 +111,10 @@ impl Sandbox {
             .output()
             .expect("run ssh-keygen -l");
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        text.split_whitespace().nth(1).expect("fingerprint field").to_string()
+        text.split_whitespace()
+            .nth(1)
+            .expect("fingerprint field")
+            .to_string()
     }
 
     /// Writes a trusted keys file outside any repository.
@@ -232,7 +242,10 @@ impl Daemon {
             if let Ok(Some(status)) = daemon.child.try_wait() {
                 panic!("git daemon exited early: {status}");
             }
-            assert!(Instant::now() < deadline, "git daemon did not listen on port {port} within 20s");
+            assert!(
+                Instant::now() < deadline,
+                "git daemon did not listen on port {port} within 20s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
