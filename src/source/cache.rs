@@ -2,6 +2,7 @@
 //! first use and fetched (all branches and tags, with prune) on every later use.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use git2::{AutotagOption, FetchOptions, FetchPrune, Repository};
 use sha2::{Digest, Sha256};
@@ -11,6 +12,11 @@ use super::error::SourceError;
 const REMOTE: &str = "origin";
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
 
+/// Serializes cache updates within the process (e.g. the watch agent and a command sharing one process): two
+/// concurrent fetches into one mirror would fail on git's ref locks. Another process fetching at the same moment
+/// makes this one fail with a fetch error, never read a half-updated mirror silently.
+static CACHE_LOCK: Mutex<()> = Mutex::new(());
+
 /// Whether `--repo` names a URL to clone rather than a local path: `scheme://...` or scp-like `user@host:path`.
 pub(super) fn is_url(repo: &str) -> bool {
     if repo.contains("://") {
@@ -19,6 +25,22 @@ pub(super) fn is_url(repo: &str) -> bool {
     match repo.split_once(':') {
         Some((before, _)) => before.contains('@') && !before.contains('/'),
         None => false,
+    }
+}
+
+/// The URL as shown in reports and errors: a password in the user-info part is replaced by `***`, since the
+/// repository name goes into every report and audit record.
+pub(super) fn display_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_string();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_string(),
     }
 }
 
@@ -32,15 +54,19 @@ pub fn cache_dir(home: &Path, url: &str) -> PathBuf {
 /// Brings the mirror of `url` up to date and opens it. A failed fetch is an error even when a cached copy exists:
 /// acting on stale commits without saying so would defeat "Git is the source of truth".
 pub(super) fn mirror(url: &str, home: &Path) -> Result<Repository, SourceError> {
+    let _guard = CACHE_LOCK
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let dir = cache_dir(home, url);
+    let shown = display_url(url);
     if dir.exists() {
         let repo = Repository::open_bare(&dir).map_err(|source| SourceError::CacheCorrupt {
-            url: url.to_string(),
+            url: shown.clone(),
             path: dir.clone(),
             source,
         })?;
         fetch(&repo, url).map_err(|source| SourceError::Fetch {
-            url: url.to_string(),
+            url: shown.clone(),
             cache: dir.clone(),
             source,
         })?;
@@ -64,7 +90,7 @@ pub(super) fn mirror(url: &str, home: &Path) -> Result<Repository, SourceError> 
     if let Err(source) = cloned {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(SourceError::Clone {
-            url: url.to_string(),
+            url: shown.clone(),
             source,
         });
     }
@@ -77,7 +103,7 @@ pub(super) fn mirror(url: &str, home: &Path) -> Result<Repository, SourceError> 
         }
     }
     Repository::open_bare(&dir).map_err(|source| SourceError::CacheCorrupt {
-        url: url.to_string(),
+        url: shown.clone(),
         path: dir,
         source,
     })
@@ -135,6 +161,14 @@ mod tests {
         assert!(!is_url("repo"));
         assert!(!is_url("./a:b"));
         assert!(!is_url("dir/user@host:x"));
+    }
+
+    #[test]
+    fn passwords_in_urls_are_not_displayed() {
+        assert_eq!(display_url("git://u:secret@h/r"), "git://u:***@h/r");
+        assert_eq!(display_url("git://u@h/r"), "git://u@h/r");
+        assert_eq!(display_url("file:///a@b:c/r"), "file:///a@b:c/r");
+        assert_eq!(display_url("git@h:r"), "git@h:r");
     }
 
     #[test]

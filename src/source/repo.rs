@@ -35,7 +35,9 @@ pub struct SourceOptions {
 /// policy. Blocking (git2): call it from `spawn_blocking` in async code.
 pub fn open(opts: &SourceOptions) -> Result<Snapshot, SourceError> {
     let (repo, display) = match &opts.repo {
-        Some(url) if cache::is_url(url) => (cache::mirror(url, &opts.home)?, url.clone()),
+        Some(url) if cache::is_url(url) => {
+            (cache::mirror(url, &opts.home)?, cache::display_url(url))
+        }
         Some(path) => {
             let repo = Repository::open(path).map_err(|source| SourceError::NotARepository {
                 path: PathBuf::from(path),
