@@ -29,6 +29,9 @@ pub struct Event {
 
 type ObjKey = (String, String);
 
+/// A page of a list: items, the list resourceVersion, the continue token and how many items remain.
+pub type ListPage = (Vec<Arc<Value>>, u64, Option<String>, usize);
+
 /// What the simulated kubelet of one node knows.
 #[derive(Debug, Clone)]
 pub struct NodeSim {
@@ -259,7 +262,7 @@ impl State {
         fields: &FieldSelector,
         limit: Option<usize>,
         cont: Option<&str>,
-    ) -> Result<(Vec<Arc<Value>>, u64, Option<String>, usize), ApiError> {
+    ) -> Result<ListPage, ApiError> {
         let Some(m) = self.objects.get(key) else {
             return Ok((vec![], self.rv, None, 0));
         };

@@ -210,11 +210,9 @@ fn service(obj: &mut Value, alloc: &mut dyn Allocator) {
             if let Some(port) = p.get("port").cloned() {
                 set_default(p, "targetPort", port);
             }
-            if node_ports {
-                if p.get("nodePort").is_none_or(Value::is_null) {
-                    let np = alloc.node_port();
-                    p.insert("nodePort".into(), json!(np));
-                }
+            if node_ports && p.get("nodePort").is_none_or(Value::is_null) {
+                let np = alloc.node_port();
+                p.insert("nodePort".into(), json!(np));
             }
         }
     }

@@ -349,7 +349,13 @@ async fn route(shared: &Arc<Shared>, req: Req) -> Result<Response<Body>, ApiErro
                 }
                 (None, *plural, rest.first().copied(), rest.get(1).copied())
             }
-            [] => unreachable_empty()?,
+            [] => {
+                return Err(ApiError::new(
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                ))
+            }
         }
     };
     let t = {
@@ -383,22 +389,6 @@ async fn route(shared: &Arc<Shared>, req: Req) -> Result<Response<Body>, ApiErro
         }
     }
     resource(&cluster, &req, &t, version, ns, name, sub).await
-}
-
-fn unreachable_empty() -> Result<
-    (
-        Option<&'static str>,
-        &'static str,
-        Option<&'static str>,
-        Option<&'static str>,
-    ),
-    ApiError,
-> {
-    Err(ApiError::new(
-        404,
-        "NotFound",
-        "the server could not find the requested resource",
-    ))
 }
 
 fn version_doc(v: &str) -> Value {

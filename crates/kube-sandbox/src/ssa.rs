@@ -284,21 +284,21 @@ pub fn parse_managed(obj: &Value) -> Vec<ManagedEntry> {
         return vec![];
     };
     arr.iter()
-        .filter_map(|e| {
+        .map(|e| {
             let s = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_string();
             let mut fields = FieldSet::new();
             if let Some(f) = e.get("fieldsV1") {
                 let mut p = Vec::new();
                 from_fields_v1(f, &mut p, &mut fields);
             }
-            Some(ManagedEntry {
+            ManagedEntry {
                 manager: s("manager"),
                 operation: s("operation"),
                 api_version: s("apiVersion"),
                 time: s("time"),
                 subresource: s("subresource"),
                 fields,
-            })
+            }
         })
         .collect()
 }

@@ -499,8 +499,10 @@ async fn ssa_conflicts_name_the_manager_and_force_transfers_ownership() {
     .await
     .unwrap();
     // Someone edits replicas with an update (like kubectl edit).
-    let mut pp = PatchParams::default();
-    pp.field_manager = Some("kubectl-edit".into());
+    let pp = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
     api.patch("web", &pp, &Patch::Merge(json!({"spec": {"replicas": 5}})))
         .await
         .unwrap();
