@@ -884,3 +884,58 @@ fn bad_or_empty_trusted_keys_files_are_errors() {
         "{err:?}"
     );
 }
+
+#[test]
+fn submodules_are_listed_but_not_read() {
+    let sb = Sandbox::new();
+    let sub = sb.repo("sub");
+    sub.write("inner.yaml", "inner");
+    sub.commit("sub");
+    let repo = sb.repo("r");
+    repo.write("top.yaml", "top");
+    repo.git(&[
+        "-c",
+        "protocol.file.allow=always",
+        "submodule",
+        "add",
+        "-q",
+        &sub.path(),
+        "vendor/sub",
+    ]);
+    repo.commit("with submodule");
+    let snap = open(&sb.options(repo.path()));
+    for path in ["vendor/sub", "vendor/sub/inner.yaml"] {
+        let err = snap.read(path).unwrap_err();
+        assert!(
+            matches!(err, SourceError::Submodule { path: ref p, .. } if p == "vendor/sub"),
+            "{path}: {err:?}"
+        );
+    }
+    assert!(matches!(
+        snap.list_dir("vendor/sub").unwrap_err(),
+        SourceError::Submodule { .. }
+    ));
+    let vendor = snap.list_dir("vendor").unwrap();
+    assert_eq!(vendor.len(), 1);
+    assert_eq!(vendor[0].kind, EntryKind::Submodule);
+    assert_eq!(
+        snap.walk_files("").unwrap(),
+        [".gitmodules", "top.yaml", "vendor/sub"]
+    );
+}
+
+#[test]
+fn commit_info_serializes_for_reports() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("r");
+    let sha = repo.commit("c");
+    let snap = open(&sb.options(repo.path()));
+    let json = serde_json::to_value(snap.commit()).unwrap();
+    assert_eq!(json["sha"], sha.as_str());
+    assert_eq!(json["reference"], "HEAD");
+    assert_eq!(
+        json["resolved"],
+        serde_json::json!({"kind": "branch", "name": "main"})
+    );
+    assert_eq!(json["signature"], serde_json::json!({"status": "unsigned"}));
+}
