@@ -1544,3 +1544,97 @@ fn node_error_chain_includes_sources() {
     assert_eq!(err.chain(), "describe instances: connection reset");
     assert!(std::error::Error::source(&err).is_some());
 }
+
+#[test]
+fn summary_report_shows_layers_failures_and_what_a_cancel_left() {
+    use phoenix::engine::{CriticalStep, LayerResult, NodeResult};
+    let ms = Duration::from_millis;
+    let node = |id: &str, layer, state, attempts, in_flight| NodeResult {
+        id: id.to_string(),
+        layer,
+        description: id.to_string(),
+        state,
+        attempts,
+        start: Some(ms(0)),
+        duration: Some(ms(10)),
+        last_progress: None,
+        in_flight_at_cancel: in_flight,
+    };
+    let layer = |layer, status, start: Option<u64>, duration, nodes| LayerResult {
+        layer,
+        status,
+        nodes,
+        start: start.map(ms),
+        duration: ms(duration),
+    };
+    let summary = RunSummary {
+        run_id: "r1".into(),
+        env: "demo".into(),
+        nodes: vec![
+            node(
+                "cloud/vpc",
+                Layer::Cloud,
+                NodeState::Succeeded {
+                    outcome: NodeOutcome::Created,
+                },
+                1,
+                true,
+            ),
+            node(
+                "cloud/subnet",
+                Layer::Cloud,
+                NodeState::Failed {
+                    error: "invalid CIDR".into(),
+                    timed_out: false,
+                },
+                3,
+                false,
+            ),
+            node(
+                "apps/web",
+                Layer::Apps,
+                NodeState::Cancelled {
+                    reason: "run cancelled before the node started".into(),
+                    started: false,
+                },
+                0,
+                false,
+            ),
+        ],
+        layers: vec![
+            layer(Layer::Cloud, LayerStatus::Failed, Some(0), 1500, 2),
+            layer(Layer::Cluster, LayerStatus::Cancelled, None, 0, 0),
+            layer(Layer::Addons, LayerStatus::Excluded, None, 0, 0),
+            layer(Layer::Apps, LayerStatus::Cancelled, None, 0, 1),
+        ],
+        duration: ms(1520),
+        converged: false,
+        cancelled: true,
+        error: None,
+        critical_path: vec![CriticalStep {
+            id: "cloud/subnet".into(),
+            layer: Layer::Cloud,
+            start: ms(0),
+            duration: ms(1500),
+            released_by: Release::Start,
+            after: None,
+        }],
+    };
+    let text = phoenix::report::summary::render(&summary);
+    let expected = "\
+layer     status          time  nodes
+cloud     failed      1s 500ms  2
+cluster   cancelled          -  0
+addons    excluded           -  0
+apps      cancelled          -  1
+total     cancelled   1s 520ms
+
+failed:
+  ✗ cloud/subnet (3 attempts): invalid CIDR
+
+left behind: 2 completed; in flight at the cancel: cloud/vpc; never started: apps/web
+
+critical path: cloud/subnet (1s 500ms)
+";
+    assert_eq!(text, expected);
+}

@@ -6,6 +6,7 @@ pub mod backoff;
 mod cancel;
 mod graph;
 mod run;
+mod summary;
 mod wait;
 
 pub use backoff::Policy;
@@ -14,8 +15,8 @@ pub use graph::{
     Action, BoxFuture, ErrorKind, Graph, GraphError, Layer, NodeError, NodeOutcome, NodeSpec,
     UnknownLayer,
 };
-pub use run::{
-    run, CriticalStep, EngineOptions, LayerResult, LayerStatus, NodeResult, NodeState, Release,
-    RunSummary,
+pub use run::{run, EngineOptions};
+pub use summary::{
+    CriticalStep, LayerResult, LayerStatus, NodeResult, NodeState, Release, RunSummary,
 };
 pub use wait::{Check, NodeCtx};

@@ -7,5 +7,6 @@ pub mod audit;
 pub mod events;
 pub mod jsonl;
 pub mod progress;
+pub mod summary;
 
 pub use events::{Event, EventRecord, EventSink, EventStream, RunInfo};
