@@ -1026,6 +1026,13 @@ impl State {
                 crate::patch::strategic_merge_patch(t, &mut doc, patch)?
             }
         }
+        if !doc.is_object() {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                "the patch must leave an object",
+            ));
+        }
         // A resourceVersion in the patch is a precondition.
         if let Some(rv) = patch
             .get("metadata")

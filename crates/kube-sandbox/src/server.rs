@@ -758,9 +758,12 @@ fn watch(
     let initial_events = truthy(req.query.get("sendInitialEvents"));
     let timeout = match req.query.get("timeoutSeconds").map(String::as_str) {
         None | Some("") => None,
-        Some(s) => Some(Duration::from_secs(s.parse::<u64>().map_err(|_| {
-            ApiError::bad_request(format!("invalid timeoutSeconds {s:?}"))
-        })?)),
+        // Capped at a day so the deadline arithmetic cannot overflow.
+        Some(s) => Some(Duration::from_secs(
+            s.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {s:?}")))?
+                .min(86_400),
+        )),
     };
     let from = match req.query.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
@@ -986,7 +989,19 @@ fn scale(
         ));
     }
     let mut body = with_version(t, &obj, version);
-    body["spec"]["replicas"] = json!(replicas);
+    match body.get_mut("spec").and_then(Value::as_object_mut) {
+        Some(spec) => {
+            spec.insert("replicas".into(), json!(replicas));
+        }
+        None => {
+            return Err(ApiError::invalid(
+                &t.kind,
+                &t.group,
+                name,
+                vec![("spec".into(), "Required value".into())],
+            ))
+        }
+    }
     if let Some(rv) = new_doc
         .get("metadata")
         .and_then(|m| m.get("resourceVersion"))

@@ -1119,3 +1119,188 @@ async fn server_side_defaults_for_drift() {
         );
     }
 }
+
+#[tokio::test]
+async fn hostile_inputs_get_status_errors_not_panics() {
+    let sb = sandbox().await;
+    let url = sb.url();
+    let c = client(&url);
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    deps.create(
+        &PostParams::default(),
+        &serde_json::from_value(deployment("web", 1, "nginx:1.27")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let obj = format!("{url}/apis/apps/v1/namespaces/default/deployments/web");
+    let coll = format!("{url}/apis/apps/v1/namespaces/default/deployments");
+    let cases: Vec<(&str, String, &str, String)> = vec![
+        (
+            "PATCH",
+            obj.clone(),
+            "application/json-patch+json",
+            r#"[{"op":"replace","path":"","value":5}]"#.into(),
+        ),
+        (
+            "PATCH",
+            obj.clone(),
+            "application/json-patch+json",
+            r#"{"op":"add"}"#.into(),
+        ),
+        (
+            "PATCH",
+            obj.clone(),
+            "application/json-patch+json",
+            r#"[{"op":"add","path":"/spec/template/spec/containers/99","value":1}]"#.into(),
+        ),
+        (
+            "PATCH",
+            obj.clone(),
+            "application/json-patch+json",
+            r#"[{"op":"replace","path":"/metadata","value":"x"}]"#.into(),
+        ),
+        (
+            "PATCH",
+            obj.clone(),
+            "application/merge-patch+json",
+            "[1,2]".into(),
+        ),
+        (
+            "PATCH",
+            obj.clone(),
+            "application/merge-patch+json",
+            r#"{"metadata":{"labels":{"a":5}}}"#.into(),
+        ),
+        (
+            "PATCH",
+            obj.clone(),
+            "application/merge-patch+json",
+            r#"{"spec":{"replicas":-1}}"#.into(),
+        ),
+        (
+            "PATCH",
+            obj.clone(),
+            "application/strategic-merge-patch+json",
+            r#"{"spec":{"template":{"spec":{"containers":"x"}}}}"#.into(),
+        ),
+        (
+            "PATCH",
+            obj.clone(),
+            "application/strategic-merge-patch+json",
+            r#"{"$patch":"delete"}"#.into(),
+        ),
+        (
+            "PATCH",
+            format!("{obj}?fieldManager=x"),
+            "application/apply-patch+yaml",
+            "- a\n- b\n".into(),
+        ),
+        (
+            "PATCH",
+            format!("{obj}?fieldManager=x"),
+            "application/apply-patch+yaml",
+            "{{{{".into(),
+        ),
+        (
+            "PATCH",
+            format!("{obj}?fieldManager=x"),
+            "application/apply-patch+yaml",
+            r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"other"}}"#.into(),
+        ),
+        (
+            "PATCH",
+            format!("{obj}?fieldManager=x&force=true"),
+            "application/apply-patch+yaml",
+            r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web"},"spec":"x"}"#
+                .into(),
+        ),
+        (
+            "PATCH",
+            format!("{obj}/scale"),
+            "application/merge-patch+json",
+            r#"{"spec":{"replicas":"many"}}"#.into(),
+        ),
+        (
+            "PUT",
+            obj.clone(),
+            "application/json",
+            "\"just a string\"".into(),
+        ),
+        (
+            "PUT",
+            format!("{obj}/status"),
+            "application/json",
+            "[]".into(),
+        ),
+        ("POST", coll.clone(), "application/json", "[]".into()),
+        (
+            "POST",
+            coll.clone(),
+            "application/json",
+            r#"{"metadata":"x"}"#.into(),
+        ),
+        (
+            "POST",
+            coll.clone(),
+            "application/json",
+            format!("{}{}", "[".repeat(5000), "]".repeat(5000)),
+        ),
+        ("DELETE", obj.clone(), "application/json", "not json".into()),
+        (
+            "GET",
+            format!("{coll}?watch=true&timeoutSeconds=18446744073709551615&resourceVersion=abc"),
+            "",
+            String::new(),
+        ),
+        ("GET", format!("{coll}?limit=x"), "", String::new()),
+        ("GET", format!("{coll}?continue=%%%"), "", String::new()),
+        (
+            "GET",
+            format!("{coll}?labelSelector=%ff%fe"),
+            "",
+            String::new(),
+        ),
+        (
+            "GET",
+            format!("{url}/clusters/UPPER/api"),
+            "",
+            String::new(),
+        ),
+        (
+            "GET",
+            format!("{url}/apis/apps/v1/namespaces/default/deployments/web/scale/extra/more"),
+            "",
+            String::new(),
+        ),
+        (
+            "POST",
+            format!("{url}/sandbox/clusters/default/nodes/sandbox-node-1/explode"),
+            "",
+            String::new(),
+        ),
+    ];
+    for (method, u, ct, body) in cases {
+        let (code, v) = raw(method, &u, ct, &body).await;
+        assert!(
+            (400..500).contains(&code),
+            "{method} {u} {body:.60}: got {code} {v}"
+        );
+        assert_eq!(v["kind"], "Status", "{method} {u}: {v}");
+    }
+    // A bounded timeoutSeconds watch still works with a huge value (capped, no overflow).
+    let evs = raw_lines(
+        &format!("{coll}?watch=true&timeoutSeconds=18446744073709551615"),
+        1,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(evs[0]["type"], "ADDED");
+    let d = deps.get("web").await.unwrap();
+    assert_eq!(
+        d.spec.unwrap().replicas,
+        Some(1),
+        "nothing above changed the object"
+    );
+    let (code, _) = raw_text("GET", &format!("{url}/healthz"), "", "").await;
+    assert_eq!(code, 200);
+}
