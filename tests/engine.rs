@@ -1638,3 +1638,89 @@ critical path: cloud/subnet (1s 500ms)
 ";
     assert_eq!(text, expected);
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_cancels_the_token() {
+    // The handler is installed before `on_ctrl_c` returns, so the signal below cannot kill the
+    // test process.
+    let token = CancelToken::on_ctrl_c();
+    assert!(!token.is_cancelled());
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &std::process::id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(10), token.cancelled())
+        .await
+        .expect("Ctrl-C did not cancel the token");
+    assert!(token.is_cancelled());
+}
+
+#[test]
+fn cancel_token_clones_share_the_flag() {
+    let token = CancelToken::new();
+    let clone = token.clone();
+    assert!(!clone.is_cancelled());
+    token.cancel();
+    assert!(clone.is_cancelled());
+    // Already cancelled: completes at once, even on a fresh runtime.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(clone.cancelled());
+}
+
+/// The wiring a CLI command does (see the engine module docs): a graph, the three readers on
+/// one sink, the run, then the readers drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_style_wiring_runs_all_three_readers() {
+    let home = tempfile::tempdir().unwrap();
+    let log = Arc::new(Log::default());
+    let mut graph = Graph::new();
+    graph
+        .add(spec("cloud/vpc", Layer::Cloud, &[]), sleep(5, &log))
+        .unwrap();
+    graph
+        .add(
+            spec("apps/web", Layer::Apps, &["cloud/vpc"]),
+            sleep(5, &log),
+        )
+        .unwrap();
+    graph.validate().unwrap();
+
+    let json_output = true;
+    let sink = EventSink::new();
+    let progress = tokio::spawn(progress::show(
+        sink.subscribe(),
+        progress::ProgressMode::detect(json_output),
+    ));
+    let out = SharedBuf::default();
+    let lines = tokio::spawn(jsonl::write(sink.subscribe(), out.clone()));
+    let audit = tokio::spawn(audit::record(sink.subscribe(), home.path().to_path_buf()));
+    let opts = EngineOptions {
+        run: RunInfo::new("demo", "rebuild", "c0ffee").with_ref("main"),
+        backoff: Policy::fast_for_tests(),
+        ..EngineOptions::default()
+    };
+    let summary = run(graph, opts, sink, CancelToken::new()).await;
+    progress.await.unwrap();
+    lines.await.unwrap().unwrap();
+    let written = audit.await.unwrap().unwrap();
+
+    assert!(summary.converged);
+    assert_eq!(written.len(), 1);
+    let runs = audit::list_runs(home.path(), "demo").unwrap();
+    assert_eq!(runs[0].run_id, summary.run_id);
+    assert_eq!(runs[0].git_ref.as_deref(), Some("main"));
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(text.lines().count(), kinds_count(&text));
+    assert!(phoenix::report::summary::render(&summary).contains("total     converged"));
+}
+
+fn kinds_count(text: &str) -> usize {
+    text.lines()
+        .filter(|l| serde_json::from_str::<EventRecord>(l).is_ok())
+        .count()
+}
