@@ -1724,3 +1724,80 @@ fn kinds_count(text: &str) -> usize {
         .filter(|l| serde_json::from_str::<EventRecord>(l).is_ok())
         .count()
 }
+
+/// A terminal that records everything indicatif writes to it.
+#[derive(Debug, Clone, Default)]
+struct RecordingTerm(Arc<Mutex<String>>);
+
+impl indicatif::TermLike for RecordingTerm {
+    fn width(&self) -> u16 {
+        120
+    }
+    fn move_cursor_up(&self, _n: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_down(&self, _n: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_right(&self, _n: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn move_cursor_left(&self, _n: usize) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        let mut out = self.0.lock().unwrap();
+        out.push_str(s);
+        out.push('\n');
+        Ok(())
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.0.lock().unwrap().push_str(s);
+        Ok(())
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_bars_print_finished_nodes_and_layer_status() {
+    let log = Arc::new(Log::default());
+    let mut graph = Graph::new();
+    graph
+        .add(spec("cloud/vpc", Layer::Cloud, &[]), sleep(30, &log))
+        .unwrap();
+    graph
+        .add(
+            spec("apps/web", Layer::Apps, &[]),
+            Arc::new(Fails::new(ErrorKind::Permanent)),
+        )
+        .unwrap();
+    let term = RecordingTerm::default();
+    let sink = EventSink::new();
+    let bars = tokio::spawn(progress::draw(
+        sink.subscribe(),
+        indicatif::ProgressDrawTarget::term_like(Box::new(term.clone())),
+    ));
+    let summary = run(
+        graph,
+        EngineOptions {
+            layers: Some(BTreeSet::from([Layer::Cloud, Layer::Apps])),
+            ..opts()
+        },
+        sink,
+        CancelToken::new(),
+    )
+    .await;
+    bars.await.unwrap();
+    assert!(!summary.converged);
+    let screen = term.0.lock().unwrap().clone();
+    assert!(screen.contains("✓ cloud/vpc created"), "{screen}");
+    assert!(screen.contains("✗ apps/web failed after"), "{screen}");
+    assert!(screen.contains("invalid CIDR: root cause"), "{screen}");
+    assert!(screen.contains("converged in"), "{screen}");
+    assert!(screen.contains("excluded"), "{screen}");
+}

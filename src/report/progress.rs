@@ -161,7 +161,10 @@ pub async fn draw(mut stream: EventStream, target: ProgressDrawTarget) {
                     bar.set_style(style(LAYER_IDLE));
                     bar.set_prefix(layer.as_str());
                     if selected.contains(&layer) {
-                        bar.set_message(format!("waiting ({total} nodes)"));
+                        bar.set_message(format!(
+                            "waiting ({total} node{})",
+                            if total == 1 { "" } else { "s" }
+                        ));
                     } else {
                         bar.finish_with_message("excluded");
                     }
