@@ -133,6 +133,7 @@ enum Wake {
     Joined(Result<(usize, NodeState), JoinError>),
     Cancel,
     Deadline,
+    Drained,
 }
 
 struct Scheduler {
@@ -254,16 +255,12 @@ impl Scheduler {
             if self.running == 0 {
                 break;
             }
-            let wake = tokio::select! {
-                // Cancel-safe: `join_next` is documented cancel-safe; a task that has not finished
-                // stays in the set for the next iteration.
-                Some(joined) = self.join.join_next() => Wake::Joined(joined),
-                // Cancel-safe: waiting on the token only drops a watch receiver when it loses.
-                () = self.cancel.cancelled(), if self.stop.is_none() => Wake::Cancel,
-                // Cancel-safe: a timer; recreated from the same deadline on the next iteration.
-                () = sleep_until_opt(deadline),
-                    if deadline.is_some() && !matches!(self.stop, Some(Stop::RunTimeout(_))) =>
-                    Wake::Deadline,
+            // Nodes count as running but no task is left: unreachable while the bookkeeping
+            // holds; handled so the loop can neither hang nor hit `select!`'s all-disabled panic.
+            let wake = if self.join.is_empty() {
+                Wake::Drained
+            } else {
+                self.next_wake(deadline).await
             };
             match wake {
                 Wake::Joined(joined) => self.on_joined(joined),
@@ -273,6 +270,21 @@ impl Scheduler {
                     self.request_stop(Stop::RunTimeout(limit));
                     // The run deadline is hard: in-flight attempts are dropped at their next await.
                     self.join.abort_all();
+                }
+                Wake::Drained => {
+                    for i in 0..self.slots.len() {
+                        if matches!(self.slots[i].phase, Phase::Running) {
+                            let error = "the node's task ended without a result".to_string();
+                            self.finish_node(
+                                i,
+                                NodeState::Failed {
+                                    error,
+                                    timed_out: false,
+                                },
+                            );
+                        }
+                    }
+                    self.running = 0;
                 }
             }
         }
@@ -303,6 +315,23 @@ impl Scheduler {
             self.finish_layer(l);
         }
         self.summarize(None)
+    }
+
+    /// Waits for the next thing the scheduler must react to.
+    async fn next_wake(&mut self, deadline: Option<Instant>) -> Wake {
+        tokio::select! {
+            // Cancel-safe: `join_next` is documented cancel-safe; a task that has not finished
+            // stays in the set for the next iteration.
+            Some(joined) = self.join.join_next() => Wake::Joined(joined),
+            // Cancel-safe: waiting on the token only drops a watch receiver when it loses.
+            () = self.cancel.cancelled(), if self.stop.is_none() => Wake::Cancel,
+            // Cancel-safe: a timer; recreated from the same deadline on the next iteration.
+            () = sleep_until_opt(deadline),
+                if deadline.is_some() && !matches!(self.stop, Some(Stop::RunTimeout(_))) =>
+                Wake::Deadline,
+            // Reached only if every branch is disabled (no task left and no deadline).
+            else => Wake::Drained,
+        }
     }
 
     fn request_stop(&mut self, stop: Stop) {
