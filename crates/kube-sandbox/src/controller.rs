@@ -369,12 +369,40 @@ fn deployment_status(
             "message": format!("ReplicaSet \"{rs}\" has successfully progressed."), "lastUpdateTime": now, "lastTransitionTime": now}),
         );
     } else {
-        s.insert("unavailableReplicas".into(), json!(replicas));
-        set_condition(
-            &mut s,
-            json!({"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
-            "message": "Deployment does not have minimum availability.", "lastUpdateTime": now, "lastTransitionTime": now}),
-        );
+        // During a rollout of an already available Deployment the old pods keep serving, as with
+        // RollingUpdate: Available stays True while Progressing reports the new ReplicaSet.
+        let was_available = old
+            .get("conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Available" && c["status"] == "True")
+            });
+        let kept = old
+            .get("availableReplicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            .min(replicas);
+        if was_available && kept > 0 {
+            s.insert("updatedReplicas".into(), json!(0));
+            s.insert("readyReplicas".into(), json!(kept));
+            s.insert("availableReplicas".into(), json!(kept));
+            if replicas > kept {
+                s.insert("unavailableReplicas".into(), json!(replicas - kept));
+            }
+            set_condition(
+                &mut s,
+                json!({"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable",
+                "message": "Deployment has minimum availability.", "lastUpdateTime": now, "lastTransitionTime": now}),
+            );
+        } else {
+            s.insert("unavailableReplicas".into(), json!(replicas));
+            set_condition(
+                &mut s,
+                json!({"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable",
+                "message": "Deployment does not have minimum availability.", "lastUpdateTime": now, "lastTransitionTime": now}),
+            );
+        }
         if fail == "progress-deadline" && elapsed {
             set_condition(
                 &mut s,

@@ -19,6 +19,7 @@ pub mod patch;
 pub mod selectors;
 pub mod server;
 pub mod ssa;
+pub mod table;
 pub mod tls;
 pub mod util;
 

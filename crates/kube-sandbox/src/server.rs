@@ -147,6 +147,8 @@ struct Req {
     query: HashMap<String, String>,
     content_type: String,
     user_agent: String,
+    /// How rows are returned when the client asked for a Table (None: plain objects).
+    table: Option<crate::table::Include>,
     body: Bytes,
 }
 
@@ -206,6 +208,13 @@ pub async fn handle(
         query: parse_query(parts.uri.query()),
         content_type: header("content-type"),
         user_agent: header("user-agent"),
+        table: crate::table::wants_table(&header("accept")).then(|| {
+            crate::table::Include::parse(
+                parse_query(parts.uri.query())
+                    .get("includeObject")
+                    .map(String::as_str),
+            )
+        }),
         body,
     };
     Ok(match route(&shared, req).await {
@@ -509,10 +518,12 @@ async fn resource(
                 .lock()
                 .get(&t.key(), ns_str, name)
                 .ok_or_else(|| ApiError::not_found(&t.group, &t.plural, name))?;
-            Ok(json_response(
-                200,
-                body_vec(&with_version(t, &obj, version)),
-            ))
+            let obj = with_version(t, &obj, version);
+            if let Some(include) = req.table {
+                let meta = json!({"resourceVersion": meta_str(&obj, "resourceVersion")});
+                return Ok(ok_value(&crate::table::table(t, &[&obj], meta, include)));
+            }
+            Ok(json_response(200, body_vec(&obj)))
         }
         (&Method::GET, None) => {
             if truthy(req.query.get("watch")) {
@@ -699,6 +710,11 @@ fn list(
         meta["continue"] = json!(n);
         meta["remainingItemCount"] = json!(remaining);
     }
+    if let Some(include) = req.table {
+        let objs: Vec<Value> = items.iter().map(|o| with_version(t, o, version)).collect();
+        let refs: Vec<&Value> = objs.iter().collect();
+        return Ok(ok_value(&crate::table::table(t, &refs, meta, include)));
+    }
     let mut out = Vec::with_capacity(64 + items.len() * 512);
     out.extend_from_slice(b"{\"kind\":");
     out.extend_from_slice(&body_vec(&json!(format!("{}List", t.kind))));
@@ -784,6 +800,7 @@ fn watch(
     let t2 = t.clone();
     let version = version.to_string();
     let cluster2 = cluster.clone();
+    let as_table = req.table;
     tokio::spawn(async move {
         let t = t2;
         let filter = |e: &Event| {
@@ -798,6 +815,10 @@ fn watch(
             } else {
                 (*e.object).clone()
             };
+            if let Some(include) = as_table {
+                let meta = json!({"resourceVersion": e.rv.to_string()});
+                return encode_event(e.etype, &crate::table::table(&t, &[&obj], meta, include));
+            }
             encode_event(e.etype, &obj)
         };
         let initial = match initial {

@@ -1304,3 +1304,58 @@ async fn hostile_inputs_get_status_errors_not_panics() {
     let (code, _) = raw_text("GET", &format!("{url}/healthz"), "", "").await;
     assert_eq!(code, 200);
 }
+
+#[tokio::test]
+async fn table_responses_for_kubectl_get() {
+    let sb = sandbox().await;
+    let c = client(&sb.url());
+    let deps: Api<Deployment> = Api::namespaced(c, "default");
+    deps.create(
+        &PostParams::default(),
+        &serde_json::from_value(deployment("web", 2, "nginx:1.27")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+    let get = |path: String| async move {
+        let (code, text) = raw_text_headers("GET", &path, "", "", &[("accept", accept)]).await;
+        assert_eq!(code, 200, "{text}");
+        serde_json::from_str::<Value>(&text).unwrap()
+    };
+    let t = get(format!(
+        "{}/apis/apps/v1/namespaces/default/deployments",
+        sb.url()
+    ))
+    .await;
+    assert_eq!(t["kind"], "Table");
+    let cols: Vec<&str> = t["columnDefinitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        cols,
+        vec!["Name", "Ready", "Up-to-date", "Available", "Age"]
+    );
+    assert_eq!(t["rows"][0]["cells"][0], "web");
+    assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    assert!(t["metadata"]["resourceVersion"].is_string());
+    let t = get(format!(
+        "{}/api/v1/nodes/sandbox-node-1?includeObject=Object",
+        sb.url()
+    ))
+    .await;
+    assert_eq!(t["rows"][0]["cells"][1], "Ready");
+    assert_eq!(t["rows"][0]["cells"][2], "control-plane");
+    assert_eq!(t["rows"][0]["object"]["kind"], "Node");
+    // Without the Table Accept header, plain lists.
+    let (_, v) = raw(
+        "GET",
+        &format!("{}/apis/apps/v1/namespaces/default/deployments", sb.url()),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(v["kind"], "DeploymentList");
+}

@@ -835,3 +835,50 @@ fn start_in_thread_serves_and_stops_on_drop() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn a_rollout_keeps_an_available_deployment_available_while_progressing() {
+    let sb = sandbox_with(|c| c.ready_delay = Duration::from_millis(100)).await;
+    let deps: Api<Deployment> = Api::namespaced(client(&sb.url()), "default");
+    let mut d = deployment("web", 2, "nginx:1.27");
+    d["metadata"]["annotations"] = json!({"sandbox.phoenix.dev/ready-delay": "1500ms"});
+    deps.patch("web", &PatchParams::apply("phoenix"), &Patch::Apply(&d))
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        await_condition(deps.clone(), "web", conditions::is_deployment_completed()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:1.28");
+    deps.patch("web", &PatchParams::apply("phoenix"), &Patch::Apply(&d))
+        .await
+        .unwrap();
+    let s = eventually("rollout observed", Duration::from_secs(2), || async {
+        let s = serde_json::to_value(deps.get("web").await.unwrap().status).unwrap();
+        (s["observedGeneration"] == 2).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        cond(&s, "Available").unwrap()["status"],
+        "True",
+        "old replicas keep serving: {s}"
+    );
+    assert_eq!(
+        cond(&s, "Progressing").unwrap()["reason"],
+        "ReplicaSetUpdated"
+    );
+    assert_eq!(s["updatedReplicas"], 0);
+    assert_eq!(s["availableReplicas"], 2);
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        await_condition(deps.clone(), "web", conditions::is_deployment_completed()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let s = serde_json::to_value(deps.get("web").await.unwrap().status).unwrap();
+    assert_eq!(s["updatedReplicas"], 2);
+}

@@ -115,6 +115,18 @@ async fn kubectl_get_and_api_resources() {
     }
     let out = k.ok(&["get", "deploy", "-A"]).await;
     assert!(out.contains("coredns"), "{out}");
+    assert!(
+        out.starts_with("NAMESPACE     NAME      READY   UP-TO-DATE   AVAILABLE   AGE"),
+        "server-side table columns:\n{out}"
+    );
+    let out = k.ok(&["get", "nodes"]).await;
+    assert!(
+        out.contains("STATUS")
+            && out.contains("Ready")
+            && out.contains("control-plane")
+            && out.contains("v1.36.0"),
+        "{out}"
+    );
     let out = k.ok(&["api-resources"]).await;
     assert!(
         out.lines()
