@@ -3,3 +3,4 @@ pub mod env;
 pub mod source;
 pub mod engine;
 pub mod report;
+pub mod providers;

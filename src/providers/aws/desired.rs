@@ -1,0 +1,352 @@
+//! The desired cloud: one entry per resource with a stable id, its tags and its settings, derived
+//! from the environment model without any I/O.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::rules::RuleKey;
+use super::tags::{
+    TAG_COMMIT, TAG_ENV, TAG_GROUP, TAG_NAME, TAG_PUBLIC_KEY_SHA256, TAG_RESOURCE, TAG_ROLE,
+    TAG_USER_DATA_SHA256,
+};
+use crate::env::model::{Cloud, Image, Role};
+
+/// A value that must never be shown: `Debug` prints its size only, and it is not serialized.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Sensitive(pub String);
+
+impl fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<redacted, {} bytes>", self.0.len())
+    }
+}
+
+/// The public half of the environment's SSH key pair (see [`super::key_material`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyMaterial {
+    /// The OpenSSH public key line (`ssh-ed25519 AAAA... comment`).
+    pub public_key: String,
+    /// Where the private key was stored when phoenix generated it.
+    pub private_key_path: Option<std::path::PathBuf>,
+}
+
+/// What [`desired`] needs besides the model.
+#[derive(Clone, Debug, Default)]
+pub struct DesiredInputs {
+    /// The commit SHA recorded in `phoenix:commit`.
+    pub commit: String,
+    /// Rendered user-data per instance group name.
+    pub user_data: BTreeMap<String, String>,
+    /// The key pair's public key, when the model has a key pair.
+    pub key: Option<KeyMaterial>,
+    /// Extra tags on every resource (e.g. `phoenix:expires` for ephemeral environments). They
+    /// cannot override the ownership tags.
+    pub extra_tags: BTreeMap<String, String>,
+}
+
+/// The image of an instance: an id, or a lookup resolved against EC2 when planning or applying.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ImageSpec {
+    Id(String),
+    /// Newest image (by CreationDate, then name, then id) of `owner` whose name matches `name`.
+    Lookup {
+        owner: String,
+        name: String,
+    },
+}
+
+impl fmt::Display for ImageSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ImageSpec::Id(id) => f.write_str(id),
+            ImageSpec::Lookup { owner, name } => write!(f, "newest {owner}/{name}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InstanceSpec {
+    pub group: String,
+    pub index: u32,
+    pub role: String,
+    pub instance_type: String,
+    pub image: ImageSpec,
+    /// Resource id of the subnet, e.g. `subnet/public-a`.
+    pub subnet: String,
+    /// Whether the subnet is public (the instance gets a public IP).
+    pub public_ip: bool,
+    /// Resource ids of the security groups, e.g. `sg/cluster`.
+    pub security_groups: Vec<String>,
+    /// Resource id of the key pair, e.g. `key/admin`.
+    pub key: Option<String>,
+    pub root_volume_gib: Option<u32>,
+    pub instance_profile: Option<String>,
+    #[serde(skip)]
+    pub user_data: Option<Sensitive>,
+    pub user_data_sha256: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum ResourceSpec {
+    /// DNS support and hostnames are always enabled.
+    Vpc {
+        cidr: String,
+    },
+    Subnet {
+        cidr: String,
+        zone: String,
+        public: bool,
+    },
+    /// Attached to the VPC.
+    InternetGateway,
+    /// The public route table: 0.0.0.0/0 → the internet gateway, associated with `subnets`.
+    RouteTable {
+        subnets: Vec<String>,
+    },
+    SecurityGroup {
+        group_name: String,
+        description: String,
+        ingress: BTreeSet<RuleKey>,
+        egress: BTreeSet<RuleKey>,
+        /// Rule descriptions (not compared; applied when a rule is added).
+        #[serde(skip)]
+        descriptions: BTreeMap<RuleKey, String>,
+    },
+    KeyPair {
+        key_name: String,
+        #[serde(skip)]
+        public_key: Option<String>,
+        public_key_sha256: Option<String>,
+    },
+    Instance(Box<InstanceSpec>),
+}
+
+impl ResourceSpec {
+    /// The kind as used in resource ids: `vpc`, `subnet`, `igw`, `rtb`, `sg`, `key`, `instance`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ResourceSpec::Vpc { .. } => "vpc",
+            ResourceSpec::Subnet { .. } => "subnet",
+            ResourceSpec::InternetGateway => "igw",
+            ResourceSpec::RouteTable { .. } => "rtb",
+            ResourceSpec::SecurityGroup { .. } => "sg",
+            ResourceSpec::KeyPair { .. } => "key",
+            ResourceSpec::Instance(_) => "instance",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DesiredResource {
+    /// Stable id: `vpc`, `subnet/public-a`, `igw`, `rtb/public`, `sg/cluster`, `key/admin`,
+    /// `instance/server/0`.
+    pub id: String,
+    /// Every tag the resource must carry, ownership tags and `Name` included.
+    pub tags: BTreeMap<String, String>,
+    pub spec: ResourceSpec,
+}
+
+/// The whole desired cloud of one environment, in dependency order.
+#[derive(Clone, Debug, Serialize)]
+pub struct DesiredCloud {
+    /// The effective environment name (a drill copy's is suffixed); every tag derives from it.
+    pub env_name: String,
+    pub region: String,
+    pub commit: String,
+    pub allow_stop_modify_start: bool,
+    pub resources: Vec<DesiredResource>,
+}
+
+impl DesiredCloud {
+    pub fn get(&self, id: &str) -> Option<&DesiredResource> {
+        self.resources.iter().find(|r| r.id == id)
+    }
+
+    /// The image lookups instances need resolved (each once).
+    pub fn image_lookups(&self) -> BTreeSet<ImageSpec> {
+        self.resources
+            .iter()
+            .filter_map(|r| match &r.spec {
+                ResourceSpec::Instance(i) => Some(i.image.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
+    let digest = Sha256::digest(data);
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds the desired cloud of `env_name` from the model. Pure: no I/O.
+pub fn desired(cloud: &Cloud, env_name: &str, inputs: &DesiredInputs) -> DesiredCloud {
+    let base = |id: &str, name: String| -> BTreeMap<String, String> {
+        let mut tags = inputs.extra_tags.clone();
+        tags.insert(TAG_NAME.into(), name);
+        tags.insert(TAG_ENV.into(), env_name.into());
+        tags.insert(TAG_RESOURCE.into(), id.into());
+        tags.insert(TAG_COMMIT.into(), inputs.commit.clone());
+        tags
+    };
+    let mut resources = Vec::new();
+    resources.push(DesiredResource {
+        id: "vpc".into(),
+        tags: base("vpc", env_name.to_string()),
+        spec: ResourceSpec::Vpc {
+            cidr: cloud.network.cidr.to_string(),
+        },
+    });
+    let public: Vec<String> = cloud
+        .network
+        .subnets
+        .iter()
+        .filter(|s| s.public)
+        .map(|s| format!("subnet/{}", s.name))
+        .collect();
+    if !public.is_empty() {
+        resources.push(DesiredResource {
+            id: "igw".into(),
+            tags: base("igw", env_name.to_string()),
+            spec: ResourceSpec::InternetGateway,
+        });
+    }
+    for s in &cloud.network.subnets {
+        let id = format!("subnet/{}", s.name);
+        resources.push(DesiredResource {
+            tags: base(&id, format!("{env_name}-{}", s.name)),
+            id,
+            spec: ResourceSpec::Subnet {
+                cidr: s.cidr.to_string(),
+                zone: s.zone.clone(),
+                public: s.public,
+            },
+        });
+    }
+    if !public.is_empty() {
+        resources.push(DesiredResource {
+            id: "rtb/public".into(),
+            tags: base("rtb/public", format!("{env_name}-public")),
+            spec: ResourceSpec::RouteTable { subnets: public },
+        });
+    }
+    for g in &cloud.security_groups {
+        let id = format!("sg/{}", g.name);
+        let mut descriptions = BTreeMap::new();
+        let mut keys = |rules: &[crate::env::model::Rule]| -> BTreeSet<RuleKey> {
+            rules
+                .iter()
+                .map(|r| {
+                    let k = RuleKey::from_model(r);
+                    if let Some(d) = &r.description {
+                        descriptions.insert(k.clone(), d.clone());
+                    }
+                    k
+                })
+                .collect()
+        };
+        let ingress = keys(&g.ingress);
+        let egress = match &g.egress {
+            Some(rules) => keys(rules),
+            None => BTreeSet::from([RuleKey::allow_all_egress()]),
+        };
+        resources.push(DesiredResource {
+            tags: base(&id, format!("{env_name}-{}", g.name)),
+            id,
+            spec: ResourceSpec::SecurityGroup {
+                group_name: format!("{env_name}-{}", g.name),
+                description: g.description.clone(),
+                ingress,
+                egress,
+                descriptions,
+            },
+        });
+    }
+    let key_id = cloud.key_pair.as_ref().map(|k| format!("key/{}", k.name));
+    if let (Some(kp), Some(id)) = (&cloud.key_pair, &key_id) {
+        let public_key = inputs.key.as_ref().map(|k| k.public_key.trim().to_string());
+        let sha = public_key.as_deref().map(|k| sha256_hex(k.as_bytes()));
+        let mut tags = base(id, format!("{env_name}-{}", kp.name));
+        if let Some(sha) = &sha {
+            tags.insert(TAG_PUBLIC_KEY_SHA256.into(), sha.clone());
+        }
+        resources.push(DesiredResource {
+            id: id.clone(),
+            tags,
+            spec: ResourceSpec::KeyPair {
+                key_name: format!("{env_name}-{}", kp.name),
+                public_key,
+                public_key_sha256: sha,
+            },
+        });
+    }
+    for g in &cloud.instances {
+        let role = match g.role {
+            Role::Server => "server",
+            Role::Agent => "agent",
+            Role::None => "none",
+        };
+        let public_ip = cloud
+            .network
+            .subnets
+            .iter()
+            .any(|s| s.name == g.subnet && s.public);
+        let user_data = inputs.user_data.get(&g.name).cloned();
+        let user_data_sha256 = user_data.as_deref().map(|u| sha256_hex(u.as_bytes()));
+        for i in 0..g.count {
+            let id = format!("instance/{}/{i}", g.name);
+            let mut tags = inputs.extra_tags.clone();
+            tags.extend(g.tags.clone());
+            tags.insert(TAG_NAME.into(), format!("{env_name}-{}-{i}", g.name));
+            tags.insert(TAG_ENV.into(), env_name.into());
+            tags.insert(TAG_RESOURCE.into(), id.clone());
+            tags.insert(TAG_COMMIT.into(), inputs.commit.clone());
+            tags.insert(TAG_ROLE.into(), role.into());
+            tags.insert(TAG_GROUP.into(), g.name.clone());
+            if let Some(sha) = &user_data_sha256 {
+                tags.insert(TAG_USER_DATA_SHA256.into(), sha.clone());
+            }
+            resources.push(DesiredResource {
+                id,
+                tags,
+                spec: ResourceSpec::Instance(Box::new(InstanceSpec {
+                    group: g.name.clone(),
+                    index: i,
+                    role: role.into(),
+                    instance_type: g.instance_type.clone(),
+                    image: match &g.image {
+                        Image::Id(id) => ImageSpec::Id(id.clone()),
+                        Image::Lookup { owner, name } => ImageSpec::Lookup {
+                            owner: owner.clone(),
+                            name: name.clone(),
+                        },
+                    },
+                    subnet: format!("subnet/{}", g.subnet),
+                    public_ip,
+                    security_groups: g
+                        .security_groups
+                        .iter()
+                        .map(|s| format!("sg/{s}"))
+                        .collect(),
+                    key: key_id.clone(),
+                    root_volume_gib: g.root_volume_gib,
+                    instance_profile: g.instance_profile.clone(),
+                    user_data: user_data.clone().map(Sensitive),
+                    user_data_sha256: user_data_sha256.clone(),
+                })),
+            });
+        }
+    }
+    DesiredCloud {
+        env_name: env_name.to_string(),
+        region: cloud.region.clone(),
+        commit: inputs.commit.clone(),
+        allow_stop_modify_start: cloud.allow_stop_modify_start,
+        resources,
+    }
+}

@@ -1,0 +1,628 @@
+//! Live state: what exists in EC2 for one environment, found only by its ownership tags.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use aws_sdk_ec2::types::{Filter, InstanceStateName, VpcAttributeName};
+use serde::Serialize;
+
+use super::client::Ec2;
+use super::desired::ImageSpec;
+use super::error::AwsError;
+use super::images::ResolvedImage;
+use super::rules::RuleKey;
+use super::tags::{self, filter, owner_filters, TAG_RESOURCE};
+
+/// A route of a route table: destination → target (gateway, instance, NAT... id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveRoute {
+    pub destination: String,
+    pub target: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LiveAssociation {
+    pub id: String,
+    pub subnet_id: Option<String>,
+    pub main: bool,
+}
+
+/// The observed settings of one resource, in the terms plan compares.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum LiveState {
+    Vpc {
+        cidr: String,
+        dns_support: Option<bool>,
+        dns_hostnames: Option<bool>,
+    },
+    Subnet {
+        cidr: String,
+        zone: String,
+        vpc_id: String,
+        map_public_ip: bool,
+    },
+    InternetGateway {
+        attached_vpcs: Vec<String>,
+    },
+    RouteTable {
+        vpc_id: String,
+        routes: Vec<LiveRoute>,
+        associations: Vec<LiveAssociation>,
+    },
+    /// Rules with group peers as raw group ids.
+    SecurityGroup {
+        group_name: String,
+        vpc_id: String,
+        ingress: BTreeSet<RuleKey>,
+        egress: BTreeSet<RuleKey>,
+    },
+    KeyPair {
+        key_name: String,
+        /// `key-...`: tags are set through this id, not the name.
+        key_pair_id: Option<String>,
+    },
+    Instance {
+        state: String,
+        instance_type: String,
+        image_id: String,
+        subnet_id: Option<String>,
+        vpc_id: Option<String>,
+        security_groups: Vec<String>,
+        key_name: Option<String>,
+        private_ip: Option<String>,
+        public_ip: Option<String>,
+        /// RFC 3339 launch time, used to keep the oldest of duplicates.
+        launch_time: Option<String>,
+    },
+}
+
+impl LiveState {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LiveState::Vpc { .. } => "vpc",
+            LiveState::Subnet { .. } => "subnet",
+            LiveState::InternetGateway { .. } => "igw",
+            LiveState::RouteTable { .. } => "rtb",
+            LiveState::SecurityGroup { .. } => "sg",
+            LiveState::KeyPair { .. } => "key",
+            LiveState::Instance { .. } => "instance",
+        }
+    }
+}
+
+/// One live resource carrying phoenix's tags.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LiveResource {
+    /// The `phoenix:resource` tag, e.g. `subnet/public-a`.
+    pub resource: String,
+    /// The AWS id (`vpc-...`, `subnet-...`, `i-...`; the key name for key pairs).
+    pub aws_id: String,
+    pub tags: BTreeMap<String, String>,
+    pub state: LiveState,
+}
+
+/// Everything tagged for one environment. Terminated and shutting-down instances are left out.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LiveCloud {
+    pub env_name: String,
+    /// By resource id; more than one entry means duplicates (e.g. a lost response was retried).
+    pub resources: BTreeMap<String, Vec<LiveResource>>,
+    /// Image lookups resolved while observing (see [`super::plan_live`]).
+    #[serde(skip)]
+    pub images: HashMap<ImageSpec, ResolvedImage>,
+}
+
+impl LiveCloud {
+    /// Number of live resources (duplicates counted).
+    pub fn len(&self) -> usize {
+        self.resources.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+
+    pub fn get(&self, resource: &str) -> &[LiveResource] {
+        self.resources
+            .get(resource)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// AWS id → resource id, for mapping references (a subnet id on an instance, a group id in a
+    /// rule) back to phoenix's names.
+    pub fn aws_to_resource(&self) -> HashMap<String, String> {
+        self.resources
+            .values()
+            .flatten()
+            .map(|r| (r.aws_id.clone(), r.resource.clone()))
+            .collect()
+    }
+
+    fn insert(&mut self, items: Vec<LiveResource>) {
+        for r in items {
+            self.resources
+                .entry(r.resource.clone())
+                .or_default()
+                .push(r);
+        }
+    }
+}
+
+/// Reads every resource tagged `phoenix:env=<env_name>` (the describes run concurrently).
+pub async fn observe(ec2: &Ec2, env_name: &str) -> Result<LiveCloud, AwsError> {
+    let (vpcs, subnets, igws, rtbs, sgs, keys, instances) = tokio::try_join!(
+        vpcs(ec2, env_name, None),
+        subnets(ec2, env_name, None),
+        internet_gateways(ec2, env_name, None),
+        route_tables(ec2, env_name, None),
+        security_groups(ec2, env_name, None),
+        key_pairs(ec2, env_name, None),
+        instances(ec2, env_name, None),
+    )?;
+    let mut live = LiveCloud {
+        env_name: env_name.to_string(),
+        ..LiveCloud::default()
+    };
+    for items in [vpcs, subnets, igws, rtbs, sgs, keys, instances] {
+        live.insert(items);
+    }
+    Ok(live)
+}
+
+/// The live resources of one kind (`vpc`, `subnet`, ...), optionally of one resource id.
+pub(crate) async fn observe_kind(
+    ec2: &Ec2,
+    env: &str,
+    kind: &str,
+    resource: Option<&str>,
+) -> Result<Vec<LiveResource>, AwsError> {
+    match kind {
+        "vpc" => vpcs(ec2, env, resource).await,
+        "subnet" => subnets(ec2, env, resource).await,
+        "igw" => internet_gateways(ec2, env, resource).await,
+        "rtb" => route_tables(ec2, env, resource).await,
+        "sg" => security_groups(ec2, env, resource).await,
+        "key" => key_pairs(ec2, env, resource).await,
+        "instance" => instances(ec2, env, resource).await,
+        other => Err(AwsError::refused(
+            format!("observing {other}"),
+            "unknown resource kind",
+        )),
+    }
+}
+
+fn doing(env: &str, what: &str, resource: Option<&str>) -> String {
+    match resource {
+        Some(r) => format!("observing {r} of env {env}"),
+        None => format!("observing the {what} of env {env}"),
+    }
+}
+
+fn resource_tag(tags: &BTreeMap<String, String>) -> Option<String> {
+    tags.get(TAG_RESOURCE).cloned()
+}
+
+pub(crate) async fn vpcs(
+    ec2: &Ec2,
+    env: &str,
+    resource: Option<&str>,
+) -> Result<Vec<LiveResource>, AwsError> {
+    let d = doing(env, "VPCs", resource);
+    let out = ec2
+        .client()
+        .describe_vpcs()
+        .set_filters(Some(owner_filters(env, resource)))
+        .send()
+        .await
+        .map_err(ec2.err(&d))?;
+    let mut items = Vec::new();
+    for v in out.vpcs() {
+        let tags = tags::from_sdk(Some(v.tags()));
+        let (Some(id), Some(res)) = (v.vpc_id(), resource_tag(&tags)) else {
+            continue;
+        };
+        let (support, hostnames) = tokio::try_join!(
+            vpc_attribute(ec2, id, VpcAttributeName::EnableDnsSupport, &d),
+            vpc_attribute(ec2, id, VpcAttributeName::EnableDnsHostnames, &d),
+        )?;
+        items.push(LiveResource {
+            resource: res,
+            aws_id: id.to_string(),
+            tags,
+            state: LiveState::Vpc {
+                cidr: v.cidr_block().unwrap_or_default().to_string(),
+                dns_support: support,
+                dns_hostnames: hostnames,
+            },
+        });
+    }
+    Ok(items)
+}
+
+async fn vpc_attribute(
+    ec2: &Ec2,
+    vpc_id: &str,
+    attr: VpcAttributeName,
+    doing: &str,
+) -> Result<Option<bool>, AwsError> {
+    let out = ec2
+        .client()
+        .describe_vpc_attribute()
+        .vpc_id(vpc_id)
+        .attribute(attr.clone())
+        .send()
+        .await
+        .map_err(ec2.err(doing))?;
+    Ok(match attr {
+        VpcAttributeName::EnableDnsSupport => out.enable_dns_support().and_then(|a| a.value()),
+        _ => out.enable_dns_hostnames().and_then(|a| a.value()),
+    })
+}
+
+pub(crate) async fn subnets(
+    ec2: &Ec2,
+    env: &str,
+    resource: Option<&str>,
+) -> Result<Vec<LiveResource>, AwsError> {
+    let d = doing(env, "subnets", resource);
+    let out = ec2
+        .client()
+        .describe_subnets()
+        .set_filters(Some(owner_filters(env, resource)))
+        .send()
+        .await
+        .map_err(ec2.err(&d))?;
+    Ok(out
+        .subnets()
+        .iter()
+        .filter_map(|s| {
+            let tags = tags::from_sdk(Some(s.tags()));
+            Some(LiveResource {
+                resource: resource_tag(&tags)?,
+                aws_id: s.subnet_id()?.to_string(),
+                state: LiveState::Subnet {
+                    cidr: s.cidr_block().unwrap_or_default().to_string(),
+                    zone: s.availability_zone().unwrap_or_default().to_string(),
+                    vpc_id: s.vpc_id().unwrap_or_default().to_string(),
+                    map_public_ip: s.map_public_ip_on_launch().unwrap_or(false),
+                },
+                tags,
+            })
+        })
+        .collect())
+}
+
+pub(crate) async fn internet_gateways(
+    ec2: &Ec2,
+    env: &str,
+    resource: Option<&str>,
+) -> Result<Vec<LiveResource>, AwsError> {
+    let d = doing(env, "internet gateways", resource);
+    let out = ec2
+        .client()
+        .describe_internet_gateways()
+        .set_filters(Some(owner_filters(env, resource)))
+        .send()
+        .await
+        .map_err(ec2.err(&d))?;
+    Ok(out
+        .internet_gateways()
+        .iter()
+        .filter_map(|g| {
+            let tags = tags::from_sdk(Some(g.tags()));
+            Some(LiveResource {
+                resource: resource_tag(&tags)?,
+                aws_id: g.internet_gateway_id()?.to_string(),
+                state: LiveState::InternetGateway {
+                    attached_vpcs: g
+                        .attachments()
+                        .iter()
+                        .filter_map(|a| a.vpc_id().map(str::to_string))
+                        .collect(),
+                },
+                tags,
+            })
+        })
+        .collect())
+}
+
+pub(crate) async fn route_tables(
+    ec2: &Ec2,
+    env: &str,
+    resource: Option<&str>,
+) -> Result<Vec<LiveResource>, AwsError> {
+    let d = doing(env, "route tables", resource);
+    let out = ec2
+        .client()
+        .describe_route_tables()
+        .set_filters(Some(owner_filters(env, resource)))
+        .send()
+        .await
+        .map_err(ec2.err(&d))?;
+    Ok(out
+        .route_tables()
+        .iter()
+        .filter_map(|t| {
+            let tags = tags::from_sdk(Some(t.tags()));
+            Some(LiveResource {
+                resource: resource_tag(&tags)?,
+                aws_id: t.route_table_id()?.to_string(),
+                state: LiveState::RouteTable {
+                    vpc_id: t.vpc_id().unwrap_or_default().to_string(),
+                    routes: t.routes().iter().filter_map(route).collect(),
+                    associations: t
+                        .associations()
+                        .iter()
+                        .filter_map(|a| {
+                            Some(LiveAssociation {
+                                id: a.route_table_association_id()?.to_string(),
+                                subnet_id: a.subnet_id().map(str::to_string),
+                                main: a.main().unwrap_or(false),
+                            })
+                        })
+                        .collect(),
+                },
+                tags,
+            })
+        })
+        .collect())
+}
+
+fn route(r: &aws_sdk_ec2::types::Route) -> Option<LiveRoute> {
+    let destination = r
+        .destination_cidr_block()
+        .or(r.destination_ipv6_cidr_block())
+        .or(r.destination_prefix_list_id())?;
+    let target = r
+        .gateway_id()
+        .or(r.nat_gateway_id())
+        .or(r.instance_id())
+        .or(r.network_interface_id())
+        .or(r.transit_gateway_id())
+        .or(r.vpc_peering_connection_id())
+        .unwrap_or("unknown");
+    Some(LiveRoute {
+        destination: destination.to_string(),
+        target: target.to_string(),
+    })
+}
+
+pub(crate) async fn security_groups(
+    ec2: &Ec2,
+    env: &str,
+    resource: Option<&str>,
+) -> Result<Vec<LiveResource>, AwsError> {
+    let d = doing(env, "security groups", resource);
+    let mut items = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let out = ec2
+            .client()
+            .describe_security_groups()
+            .set_filters(Some(owner_filters(env, resource)))
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(ec2.err(&d))?;
+        let none = HashMap::new();
+        items.extend(out.security_groups().iter().filter_map(|g| {
+            let tags = tags::from_sdk(Some(g.tags()));
+            Some(LiveResource {
+                resource: resource_tag(&tags)?,
+                aws_id: g.group_id()?.to_string(),
+                state: LiveState::SecurityGroup {
+                    group_name: g.group_name().unwrap_or_default().to_string(),
+                    vpc_id: g.vpc_id().unwrap_or_default().to_string(),
+                    ingress: RuleKey::from_sdk(g.ip_permissions(), &none),
+                    egress: RuleKey::from_sdk(g.ip_permissions_egress(), &none),
+                },
+                tags,
+            })
+        }));
+        match out.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok(items)
+}
+
+pub(crate) async fn key_pairs(
+    ec2: &Ec2,
+    env: &str,
+    resource: Option<&str>,
+) -> Result<Vec<LiveResource>, AwsError> {
+    let d = doing(env, "key pairs", resource);
+    let out = ec2
+        .client()
+        .describe_key_pairs()
+        .set_filters(Some(owner_filters(env, resource)))
+        .send()
+        .await
+        .map_err(ec2.err(&d))?;
+    Ok(out
+        .key_pairs()
+        .iter()
+        .filter_map(|k| {
+            let tags = tags::from_sdk(Some(k.tags()));
+            let name = k.key_name()?.to_string();
+            Some(LiveResource {
+                resource: resource_tag(&tags)?,
+                aws_id: name.clone(),
+                state: LiveState::KeyPair {
+                    key_name: name,
+                    key_pair_id: k.key_pair_id().map(str::to_string),
+                },
+                tags,
+            })
+        })
+        .collect())
+}
+
+/// Instances that are not terminated or shutting down.
+pub(crate) async fn instances(
+    ec2: &Ec2,
+    env: &str,
+    resource: Option<&str>,
+) -> Result<Vec<LiveResource>, AwsError> {
+    let d = doing(env, "instances", resource);
+    let mut filters: Vec<Filter> = owner_filters(env, resource);
+    filters.push(
+        Filter::builder()
+            .name("instance-state-name")
+            .values("pending")
+            .values("running")
+            .values("stopping")
+            .values("stopped")
+            .build(),
+    );
+    let mut items = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let out = ec2
+            .client()
+            .describe_instances()
+            .set_filters(Some(filters.clone()))
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(ec2.err(&d))?;
+        for reservation in out.reservations() {
+            items.extend(reservation.instances().iter().filter_map(instance));
+        }
+        match out.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok(items)
+}
+
+pub(crate) fn instance(i: &aws_sdk_ec2::types::Instance) -> Option<LiveResource> {
+    let tags = tags::from_sdk(Some(i.tags()));
+    let state = i
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    if state == InstanceStateName::Terminated.as_str()
+        || state == InstanceStateName::ShuttingDown.as_str()
+    {
+        return None;
+    }
+    Some(LiveResource {
+        resource: resource_tag(&tags)?,
+        aws_id: i.instance_id()?.to_string(),
+        state: LiveState::Instance {
+            state,
+            instance_type: i
+                .instance_type()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_default(),
+            image_id: i.image_id().unwrap_or_default().to_string(),
+            subnet_id: i.subnet_id().map(str::to_string),
+            vpc_id: i.vpc_id().map(str::to_string),
+            security_groups: i
+                .security_groups()
+                .iter()
+                .filter_map(|g| g.group_id().map(str::to_string))
+                .collect(),
+            key_name: i.key_name().map(str::to_string),
+            private_ip: i.private_ip_address().map(str::to_string),
+            public_ip: i.public_ip_address().map(str::to_string),
+            launch_time: i.launch_time().and_then(|t| {
+                t.fmt(aws_sdk_ec2::primitives::DateTimeFormat::DateTime)
+                    .ok()
+            }),
+        },
+        tags,
+    })
+}
+
+/// Untagged (foreign) resources inside a VPC, named for the error that refuses to delete it.
+pub(crate) async fn foreign_in_vpc(
+    ec2: &Ec2,
+    env: &str,
+    vpc_id: &str,
+    doing: &str,
+) -> Result<Vec<String>, AwsError> {
+    let by_vpc = || vec![filter("vpc-id", vpc_id)];
+    let c = ec2.client();
+    let (subnets, sgs, rtbs, instances, igws) = tokio::try_join!(
+        async {
+            c.describe_subnets()
+                .set_filters(Some(by_vpc()))
+                .send()
+                .await
+                .map_err(ec2.err(doing))
+        },
+        async {
+            c.describe_security_groups()
+                .set_filters(Some(by_vpc()))
+                .send()
+                .await
+                .map_err(ec2.err(doing))
+        },
+        async {
+            c.describe_route_tables()
+                .set_filters(Some(by_vpc()))
+                .send()
+                .await
+                .map_err(ec2.err(doing))
+        },
+        async {
+            c.describe_instances()
+                .set_filters(Some(by_vpc()))
+                .send()
+                .await
+                .map_err(ec2.err(doing))
+        },
+        async {
+            c.describe_internet_gateways()
+                .filters(filter("attachment.vpc-id", vpc_id))
+                .send()
+                .await
+                .map_err(ec2.err(doing))
+        },
+    )?;
+    let mine = |t: &[aws_sdk_ec2::types::Tag]| tags::owned_by(&tags::from_sdk(Some(t)), env);
+    let mut foreign = Vec::new();
+    for s in subnets.subnets() {
+        if !mine(s.tags()) {
+            foreign.push(format!("subnet {}", s.subnet_id().unwrap_or("?")));
+        }
+    }
+    for g in sgs.security_groups() {
+        // Every VPC has a default group; it goes with the VPC.
+        if g.group_name() != Some("default") && !mine(g.tags()) {
+            foreign.push(format!("security group {}", g.group_id().unwrap_or("?")));
+        }
+    }
+    for t in rtbs.route_tables() {
+        let main = t.associations().iter().any(|a| a.main() == Some(true));
+        if !main && !mine(t.tags()) {
+            foreign.push(format!("route table {}", t.route_table_id().unwrap_or("?")));
+        }
+    }
+    for r in instances.reservations() {
+        for i in r.instances() {
+            let gone = i
+                .state()
+                .and_then(|s| s.name())
+                .is_some_and(|n| *n == InstanceStateName::Terminated);
+            if !gone && !mine(i.tags()) {
+                foreign.push(format!("instance {}", i.instance_id().unwrap_or("?")));
+            }
+        }
+    }
+    for g in igws.internet_gateways() {
+        if !mine(g.tags()) {
+            foreign.push(format!(
+                "internet gateway {}",
+                g.internet_gateway_id().unwrap_or("?")
+            ));
+        }
+    }
+    Ok(foreign)
+}

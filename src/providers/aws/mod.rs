@@ -1,0 +1,32 @@
+//! The cloud layer on AWS EC2: desired state from the environment model, live state found by
+//! ownership tags (no state file), a pure plan, and engine nodes that converge or destroy.
+//! See docs/cloud.md.
+
+mod apply;
+mod client;
+mod desired;
+mod error;
+mod images;
+mod keys;
+mod live;
+mod nodes;
+mod plan;
+mod rules;
+mod tags;
+
+pub use apply::ConvergeOptions;
+pub use client::{connect, AwsOptions, Ec2, SDK_RETRY};
+pub use desired::{
+    desired, DesiredCloud, DesiredInputs, DesiredResource, ImageSpec, InstanceSpec, KeyMaterial,
+    ResourceSpec, Sensitive,
+};
+pub use error::AwsError;
+pub use keys::key_material;
+pub use live::{observe, LiveCloud, LiveResource, LiveState};
+pub use nodes::{converge_nodes, destroy_nodes};
+pub use plan::{plan, plan_live, ChangeAction, CloudPlan, FieldChange, ResourceChange};
+pub use rules::{RuleKey, RulePeer};
+pub use tags::{
+    TAG_COMMIT, TAG_ENV, TAG_GROUP, TAG_NAME, TAG_PUBLIC_KEY_SHA256, TAG_RESOURCE, TAG_ROLE,
+    TAG_USER_DATA_SHA256,
+};

@@ -1,0 +1,3 @@
+//! Providers: the code that observes and changes real systems for each layer of the graph.
+
+pub mod aws;
