@@ -592,10 +592,8 @@ async fn removed_subnet_and_instances_are_deleted() {
     assert_eq!(found["subnet"], ["subnet/public-a"]);
     assert_eq!(found["instance"], ["instance/server/0"]);
     assert_eq!(found["sg"], ["sg/cluster"]);
-    assert!(!aws::plan_live(&ec2, &desired)
-        .await
-        .expect("plan")
-        .has_changes());
+    let plan = aws::plan_live(&ec2, &desired).await.expect("plan");
+    assert!(!plan.has_changes(), "{plan}");
 }
 
 async fn create_foreign(ec2: &Ec2, vpc_id: &str) -> (String, String, String) {
@@ -1066,23 +1064,34 @@ async fn a_stopped_then_restarted_endpoint() {
     let desired = desired_for(&model(), ENV, "c1");
     assert_converged(&converge(&ec2, &desired).await);
 
-    // moto is down: plan and converge fail, bounded, naming the endpoint.
+    // moto is down: plan and converge fail, bounded, naming the endpoint and the resource.
+    let live = aws::observe(&ec2, ENV).await.expect("observe");
     moto.stop();
     let started = Instant::now();
     let err = aws::plan_live(&ec2, &desired)
         .await
         .expect_err("endpoint down");
     assert!(err.to_string().contains(&proxy.endpoint()), "{err}");
-    let run = converge_with(
-        &ec2,
-        &desired,
-        &ConvergeOptions {
-            node_timeout: Duration::from_secs(5),
-            ..converge_opts()
-        },
-    )
+    assert!(err.is_transient());
+    let short = ConvergeOptions {
+        node_timeout: Duration::from_secs(5),
+        ..converge_opts()
+    };
+    let run = run_nodes(aws::converge_nodes(
+        ec2.clone(),
+        Arc::clone(&desired),
+        &live,
+        &short,
+    ))
     .await;
     assert!(!run.converged);
+    let vpc = run.node("cloud/vpc").expect("vpc node");
+    let detail = vpc.state.detail().unwrap_or_default();
+    assert!(detail.contains("observing vpc of env demo"), "{detail}");
+    assert!(
+        detail.contains(&format!("EC2 endpoint {}", proxy.endpoint())),
+        "{detail}"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(40),
         "took {:?}",

@@ -93,6 +93,7 @@ impl Moto {
                 }
             }
             if http(port, "GET", "/moto-api/data.json", Duration::from_secs(2)).is_ok() {
+                moto.warm_up();
                 return Ok(moto);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -130,6 +131,23 @@ impl Moto {
             Duration::from_secs(10),
         )
         .unwrap_or_else(|e| panic!("resetting moto: {e}"));
+        self.warm_up();
+    }
+
+    /// moto builds its EC2 backend (AMIs, instance types) on the first EC2 call, which takes a
+    /// second or more; doing it here keeps that out of tests with tight timeouts.
+    pub fn warm_up(&self) {
+        let _ = request(
+            self.port,
+            "POST",
+            "/",
+            &[(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20240101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=warmup",
+            )],
+            "Action=DescribeInstances&Version=2016-11-15",
+            Duration::from_secs(30),
+        );
     }
 
     /// Kills the server (state is lost, as in a real outage of the endpoint).
@@ -172,17 +190,35 @@ impl Drop for Moto {
 
 /// A minimal HTTP/1.1 request to 127.0.0.1:port; returns the status code.
 pub fn http(port: u16, method: &str, path: &str, timeout: Duration) -> Result<u16, String> {
+    request(port, method, path, &[], "", timeout)
+}
+
+/// Like [`http`], with headers and a form body.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+    timeout: Duration,
+) -> Result<u16, String> {
     let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout)
         .map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    write!(s, "{head}\r\n{body}").map_err(|e| e.to_string())?;
     let _ = s.shutdown(Shutdown::Write);
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| e.to_string())?;

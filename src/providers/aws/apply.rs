@@ -694,6 +694,7 @@ impl Exec {
                 LiveState::SecurityGroup {
                     ingress: li,
                     egress: le,
+                    descriptions: descriptions_live,
                     ..
                 },
             ..
@@ -743,9 +744,9 @@ impl Exec {
                     super::rules::describe(r, is_egress)
                 ));
                 // Live rules that name a group of ours were mapped to `sg/...`; map back.
-                let perm = r.to_sdk(&to_aws, None).or_else(|| {
-                    raw_rule(r, have_raw, &cctx).and_then(|raw| raw.to_sdk(&HashMap::new(), None))
-                });
+                // Revoke the live (raw id) form, repeating its live description.
+                let raw = raw_rule(r, have_raw, &cctx).unwrap_or_else(|| r.clone());
+                let perm = raw.to_sdk(&to_aws, descriptions_live.get(&raw).map(String::as_str));
                 if let Some(perm) = perm {
                     self.revoke(&group, perm, is_egress, &doing).await?;
                     changed = true;
@@ -1219,7 +1220,10 @@ impl Exec {
         let mut changed = false;
         for copy in &copies {
             let LiveState::SecurityGroup {
-                ingress, egress, ..
+                ingress,
+                egress,
+                descriptions,
+                ..
             } = &copy.state
             else {
                 continue;
@@ -1229,7 +1233,9 @@ impl Exec {
                     .iter()
                     .filter(|r| matches!(r.peer, RulePeer::Group(_)))
                 {
-                    if let Some(perm) = r.to_sdk(&HashMap::new(), None) {
+                    if let Some(perm) =
+                        r.to_sdk(&HashMap::new(), descriptions.get(r).map(String::as_str))
+                    {
                         ctx.progress(format!(
                             "{resource}: revoking {}",
                             super::rules::describe(r, is_egress)

@@ -55,6 +55,9 @@ pub enum LiveState {
         vpc_id: String,
         ingress: BTreeSet<RuleKey>,
         egress: BTreeSet<RuleKey>,
+        /// Rule descriptions (raw keys); some endpoints want them repeated to revoke a rule.
+        #[serde(skip)]
+        descriptions: BTreeMap<RuleKey, String>,
     },
     KeyPair {
         key_name: String,
@@ -416,6 +419,10 @@ pub(crate) async fn security_groups(
                     vpc_id: g.vpc_id().unwrap_or_default().to_string(),
                     ingress: RuleKey::from_sdk(g.ip_permissions(), &none),
                     egress: RuleKey::from_sdk(g.ip_permissions_egress(), &none),
+                    descriptions: RuleKey::descriptions_from_sdk(g.ip_permissions())
+                        .into_iter()
+                        .chain(RuleKey::descriptions_from_sdk(g.ip_permissions_egress()))
+                        .collect(),
                 },
                 tags,
             })

@@ -355,6 +355,7 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
                 egress: le,
                 vpc_id,
                 group_name: lname,
+                ..
             },
         ) => {
             let vpc = ctx.name_of(vpc_id);
@@ -812,6 +813,7 @@ mod tests {
                         vpc_id: "vpc-1".into(),
                         ingress: ingress.clone(),
                         egress: egress.clone(),
+                        descriptions: Default::default(),
                     },
                 ),
                 ResourceSpec::KeyPair { key_name, .. } => add(

@@ -1,6 +1,6 @@
 //! Security-group rules as comparable values: one rule = protocol + port range + one peer.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use aws_sdk_ec2::types::{IpPermission, IpRange, Ipv6Range, PrefixListId, UserIdGroupPair};
@@ -99,6 +99,38 @@ impl RuleKey {
                 if let Some(id) = g.group_id() {
                     let peer = group_ids.get(id).cloned().unwrap_or_else(|| id.to_string());
                     push(RulePeer::Group(peer));
+                }
+            }
+        }
+        out
+    }
+
+    /// The descriptions of the rules in `perms` (raw group ids), by rule.
+    pub(crate) fn descriptions_from_sdk(perms: &[IpPermission]) -> BTreeMap<RuleKey, String> {
+        let mut out = BTreeMap::new();
+        for p in perms {
+            let one = IpPermission::builder()
+                .set_ip_protocol(p.ip_protocol().map(str::to_string))
+                .set_from_port(p.from_port())
+                .set_to_port(p.to_port());
+            for r in p.ip_ranges() {
+                if let (Some(d), Some(_)) = (r.description(), r.cidr_ip()) {
+                    let perm = one.clone().ip_ranges(r.clone()).build();
+                    out.extend(
+                        Self::from_sdk(&[perm], &HashMap::new())
+                            .into_iter()
+                            .map(|k| (k, d.to_string())),
+                    );
+                }
+            }
+            for g in p.user_id_group_pairs() {
+                if let (Some(d), Some(_)) = (g.description(), g.group_id()) {
+                    let perm = one.clone().user_id_group_pairs(g.clone()).build();
+                    out.extend(
+                        Self::from_sdk(&[perm], &HashMap::new())
+                            .into_iter()
+                            .map(|k| (k, d.to_string())),
+                    );
                 }
             }
         }
