@@ -331,7 +331,10 @@ fn full_fixture_decodes_every_field() {
     assert_eq!(cluster_sg.ingress[2].protocol, Protocol::Udp);
     assert_eq!(cluster_sg.ingress[3].ports, None);
     assert_eq!(cluster_sg.ingress[4].peer, Peer::Group("cluster".into()));
-    assert_eq!(cluster_sg.egress.as_ref().map(Vec::len), Some(1));
+    let egress = cluster_sg.egress.as_ref().expect("egress");
+    assert_eq!(egress.len(), 2);
+    assert_eq!(egress[1].peer, Peer::Group("bastion".into()));
+    assert_eq!(egress[1].ports, Some((22, 22)));
     let key = cloud.key_pair.as_ref().expect("key pair");
     assert_eq!(
         key.public_key,
