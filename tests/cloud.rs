@@ -1201,3 +1201,38 @@ async fn generated_key_is_imported_and_stopped_instances_are_started() {
         .expect("plan")
         .has_changes());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_wait_for_running_and_status_checks_with_a_named_timeout() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.port);
+    let ec2 = client(&proxy.endpoint(), &fast_opts()).await;
+    let mut cloud = model();
+    cloud.instances.truncate(1);
+    let desired = desired_for(&cloud, ENV, "c1");
+
+    // Booting takes longer than the readiness timeout: the node fails naming what it waited for.
+    proxy.set_boot_delay(Some(Duration::from_secs(30)));
+    let impatient = ConvergeOptions {
+        instance_ready_timeout: Duration::from_millis(600),
+        node_timeout: Duration::from_secs(10),
+        ..converge_opts()
+    };
+    let run = converge_with(&ec2, &desired, &impatient).await;
+    assert!(!run.converged);
+    let node = run.node("cloud/instance/server/0").expect("server node");
+    let detail = node.state.detail().unwrap_or_default();
+    assert!(
+        detail.contains("timed out after 600ms waiting for instance i-")
+            && detail.contains("(instance/server/0) running with status checks ok")
+            && detail.contains("last observed: pending"),
+        "{detail}"
+    );
+
+    // A boot within the timeout is waited for; the re-run reuses the instance launched above.
+    proxy.set_boot_delay(Some(Duration::from_millis(1500)));
+    let before = instance_ids(&ec2, ENV).await;
+    assert_converged(&converge(&ec2, &desired).await);
+    assert_eq!(instance_ids(&ec2, ENV).await, before, "no second launch");
+    no_duplicates(&tagged(&ec2, ENV).await);
+}

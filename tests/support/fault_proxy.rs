@@ -8,8 +8,9 @@
 //! answer, as moto's does).
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,6 +46,10 @@ struct State {
     rules: Vec<Rule>,
     /// `Action` of every request seen, in order, with whether a fault was injected.
     log: Vec<(String, Option<Fault>)>,
+    /// Simulated boot time: an instance is reported `pending` / `initializing` by
+    /// DescribeInstanceStatus until this long after its RunInstances answer passed the proxy.
+    boot_delay: Option<Duration>,
+    launched: HashMap<String, Instant>,
 }
 
 /// The proxy; stops when dropped.
@@ -124,6 +129,12 @@ impl FaultProxy {
             remaining: None,
             action: action.map(str::to_string),
         });
+    }
+
+    /// Simulates instances that take `delay` to boot (moto's are running at once): until then,
+    /// DescribeInstanceStatus for one instance reports it `pending` with checks `initializing`.
+    pub fn set_boot_delay(&self, delay: Option<Duration>) {
+        self.lock().boot_delay = delay;
     }
 
     /// Clears every fault: requests pass through.
@@ -284,8 +295,61 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
                 return Ok(());
             };
             upstream.write_all(&request).await?;
-            tokio::io::copy(&mut upstream, &mut client).await?;
+            let mut response = Vec::new();
+            upstream.read_to_end(&mut response).await?;
+            let response = simulate_boot(&state, &action, response);
+            client.write_all(&response).await?;
             client.shutdown().await
         }
+    }
+}
+
+fn instance_ids(body: &str) -> Vec<String> {
+    body.split("<instanceId>")
+        .skip(1)
+        .filter_map(|rest| rest.split("</instanceId>").next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Records launches and, for a single young instance, rewrites its status to still booting.
+fn simulate_boot(state: &Arc<Mutex<State>>, action: &str, response: Vec<u8>) -> Vec<u8> {
+    let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(delay) = s.boot_delay else {
+        return response;
+    };
+    let Some(split) = find(&response, b"\r\n\r\n") else {
+        return response;
+    };
+    let body = String::from_utf8_lossy(&response[split + 4..]).to_string();
+    match action {
+        "RunInstances" => {
+            let now = Instant::now();
+            for id in instance_ids(&body) {
+                s.launched.insert(id, now);
+            }
+            response
+        }
+        "DescribeInstanceStatus" => {
+            let ids = instance_ids(&body);
+            let young =
+                ids.len() == 1 && s.launched.get(&ids[0]).is_some_and(|t| t.elapsed() < delay);
+            if !young {
+                return response;
+            }
+            let body = body
+                .replace("<name>running</name>", "<name>pending</name>")
+                .replace("<code>16</code>", "<code>0</code>")
+                .replace("<status>ok</status>", "<status>initializing</status>");
+            let head = String::from_utf8_lossy(&response[..split]);
+            let mut out: Vec<String> = head
+                .lines()
+                .filter(|l| !l.to_ascii_lowercase().starts_with("content-length:"))
+                .map(str::to_string)
+                .collect();
+            out.push(format!("Content-Length: {}", body.len()));
+            format!("{}\r\n\r\n{body}", out.join("\r\n")).into_bytes()
+        }
+        _ => response,
     }
 }
