@@ -1,4 +1,5 @@
 //! Load benchmark: N objects, C concurrent clients, a mixed workload over loopback; prints latency percentiles.
+//! Objects carry a `group` label with 200 values, so a selector list in one namespace returns ~N/200 objects.
 //!
 //! `cargo run --release -p kube-sandbox --example load -- --objects 10000 --clients 50 --requests 20000`
 //! (`--url URL` targets a running sandbox instead of starting one in-process.)
@@ -19,6 +20,8 @@ struct Args {
     requests: usize,
     namespaces: usize,
     url: Option<String>,
+    /// Run only one operation of the mix (get, list-selector, list-page, merge-patch, apply, create).
+    only: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -28,6 +31,7 @@ fn parse_args() -> Result<Args, String> {
         requests: 20_000,
         namespaces: 10,
         url: None,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -42,6 +46,7 @@ fn parse_args() -> Result<Args, String> {
             "--requests" => a.requests = num()?,
             "--namespaces" => a.namespaces = num()?.max(1),
             "--url" => a.url = Some(val),
+            "--only" => a.only = Some(val),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -82,7 +87,7 @@ async fn call(c: &Client, method: &str, url: &str, ct: &str, body: String) -> Re
 fn cm(name: &str, ns: &str, i: usize, rev: u64) -> String {
     serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": ns, "labels": {"group": format!("g{}", i % 20), "app": "load"}},
+        "metadata": {"name": name, "namespace": ns, "labels": {"group": format!("g{}", i % 200), "app": "load"}},
         "data": {"index": i.to_string(), "rev": rev.to_string(), "payload": "x".repeat(200)}
     })
     .to_string()
@@ -239,6 +244,19 @@ async fn main() -> std::process::ExitCode {
         let client = client.clone();
         let base = base.clone();
         let (objects, nss) = (args.objects, args.namespaces);
+        let only: Option<usize> = match args.only.as_deref() {
+            None => None,
+            Some("get") => Some(0),
+            Some("list-selector") => Some(50),
+            Some("list-page") => Some(60),
+            Some("merge-patch") => Some(65),
+            Some("apply") => Some(80),
+            Some("create") => Some(90),
+            Some(other) => {
+                eprintln!("error: unknown --only {other}");
+                return std::process::ExitCode::from(2);
+            }
+        };
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (w as u64 + 1));
             let mut s: Samples = Default::default();
@@ -247,13 +265,13 @@ async fn main() -> std::process::ExitCode {
                 let i = rng.below(objects);
                 let ns = format!("load-{}", i % nss);
                 let obj = format!("{base}/api/v1/namespaces/{ns}/configmaps/cm-{i}");
-                let roll = rng.below(100);
+                let roll = only.unwrap_or_else(|| rng.below(100));
                 let t = Instant::now();
                 let (op, res, want): (&'static str, Result<u16, String>, &[u16]) = match roll {
                     0..=49 => ("get", call(&client, "GET", &obj, "", String::new()).await, &[200]),
                     50..=59 => (
                         "list-selector",
-                        call(&client, "GET", &format!("{base}/api/v1/namespaces/{ns}/configmaps?labelSelector=group%3Dg{}", i % 20), "", String::new()).await,
+                        call(&client, "GET", &format!("{base}/api/v1/namespaces/{ns}/configmaps?labelSelector=group%3Dg{}", i % 200), "", String::new()).await,
                         &[200],
                     ),
                     60..=64 => (

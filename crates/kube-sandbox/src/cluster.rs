@@ -66,6 +66,8 @@ pub struct State {
     pub rv: u64,
     pub types: BTreeMap<ResKey, Arc<ResourceType>>,
     objects: HashMap<ResKey, BTreeMap<ObjKey, Arc<Value>>>,
+    /// Label index per type: (key, value) → objects carrying that label, so equality selectors do not scan.
+    label_index: HashMap<ResKey, HashMap<(String, String), BTreeSet<ObjKey>>>,
     history: VecDeque<Arc<Event>>,
     history_limit: usize,
     alloc: Alloc,
@@ -128,6 +130,7 @@ impl Cluster {
             rv: 1,
             types,
             objects: HashMap::new(),
+            label_index: HashMap::new(),
             history: VecDeque::new(),
             history_limit: history,
             alloc: Alloc {
@@ -280,7 +283,7 @@ impl State {
         };
         let mut out = Vec::new();
         let mut next = None;
-        let mut remaining = 0usize;
+        let remaining = 0usize;
         let matches = |k: &ObjKey, v: &Value| {
             ns.is_none_or(|n| n == k.0)
                 && (labels.is_empty() || labels.matches(v))
@@ -294,7 +297,22 @@ impl State {
             }
             return Ok((out, self.rv, None, 0));
         }
-        for (k, v) in m.range((start, Bound::Unbounded)) {
+        // An equality requirement narrows the candidates to the label index entry (kept in key order).
+        let indexed: Option<&BTreeSet<ObjKey>> = labels.first_equality().map(|(lk, lv)| {
+            static EMPTY: BTreeSet<ObjKey> = BTreeSet::new();
+            self.label_index
+                .get(key)
+                .and_then(|i| i.get(&(lk.to_string(), lv.to_string())))
+                .unwrap_or(&EMPTY)
+        });
+        let candidates: Box<dyn Iterator<Item = (&ObjKey, &Arc<Value>)>> = match indexed {
+            Some(set) => Box::new(
+                set.range((start, Bound::Unbounded))
+                    .filter_map(|k| m.get_key_value(k)),
+            ),
+            None => Box::new(m.range((start, Bound::Unbounded))),
+        };
+        for (k, v) in candidates {
             if let Some(ns) = ns {
                 if k.0 != ns {
                     break;
@@ -317,8 +335,8 @@ impl State {
                             .unwrap_or_default();
                         next = Some(encode_continue(&last));
                     }
-                    remaining += 1;
-                    continue;
+                    // Counting the rest would make every page O(n); remainingItemCount is optional.
+                    break;
                 }
             }
             out.push(v.clone());
@@ -421,6 +439,29 @@ impl State {
         }
     }
 
+    fn index_labels(&mut self, key: &ResKey, ok: &ObjKey, obj: &Value, add: bool) {
+        let Some(labels) = obj
+            .get("metadata")
+            .and_then(|m| m.get("labels"))
+            .and_then(Value::as_object)
+        else {
+            return;
+        };
+        let idx = self.label_index.entry(key.clone()).or_default();
+        for (k, v) in labels {
+            let Some(v) = v.as_str() else { continue };
+            let lk = (k.clone(), v.to_string());
+            if add {
+                idx.entry(lk).or_default().insert(ok.clone());
+            } else if let Some(set) = idx.get_mut(&lk) {
+                set.remove(ok);
+                if set.is_empty() {
+                    idx.remove(&lk);
+                }
+            }
+        }
+    }
+
     fn store(
         &mut self,
         t: &ResourceType,
@@ -431,10 +472,13 @@ impl State {
     ) -> Arc<Value> {
         let key = key_of(t);
         let r: ObjRef = (key.clone(), ns.to_string(), name.to_string());
+        let ok: ObjKey = (ns.to_string(), name.to_string());
         if let Some(old) = self.get(&key, ns, name) {
             self.index_owners(&r, &old, false);
+            self.index_labels(&key, &ok, &old, false);
         }
         self.index_owners(&r, &obj, true);
+        self.index_labels(&key, &ok, &obj, true);
         let rv = self.rv;
         let arc = Arc::new(obj);
         self.objects
@@ -453,6 +497,7 @@ impl State {
             .remove(&(ns.to_string(), name.to_string()))?;
         let r: ObjRef = (key.clone(), ns.to_string(), name.to_string());
         self.index_owners(&r, &old, false);
+        self.index_labels(&key, &(ns.to_string(), name.to_string()), &old, false);
         let rv = self.bump();
         let mut o = (*old).clone();
         meta_mut(&mut o).insert("resourceVersion".into(), json!(rv.to_string()));
@@ -549,6 +594,7 @@ impl State {
             self.remove(&t, &ns, &name);
         }
         self.objects.remove(&key);
+        self.label_index.remove(&key);
     }
 
     fn check_namespace(&self, t: &ResourceType, ns: &str) -> Result<(), ApiError> {

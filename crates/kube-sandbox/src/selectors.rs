@@ -159,6 +159,15 @@ impl LabelSelector {
         self.reqs.is_empty()
     }
 
+    /// The first `key=value` requirement, which an index can answer.
+    pub fn first_equality(&self) -> Option<(&str, &str)> {
+        self.reqs.iter().find_map(|r| match &r.op {
+            Op::Eq(v) => Some((r.key.as_str(), v.as_str())),
+            Op::In(vs) if vs.len() == 1 => Some((r.key.as_str(), vs[0].as_str())),
+            _ => None,
+        })
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         let labels = obj.get("metadata").and_then(|m| m.get("labels"));
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(|v| v.as_str());

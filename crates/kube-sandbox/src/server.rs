@@ -708,7 +708,9 @@ fn list(
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if let Some(n) = next {
         meta["continue"] = json!(n);
-        meta["remainingItemCount"] = json!(remaining);
+        if remaining > 0 {
+            meta["remainingItemCount"] = json!(remaining);
+        }
     }
     if let Some(include) = req.table {
         let objs: Vec<Value> = items.iter().map(|o| with_version(t, o, version)).collect();

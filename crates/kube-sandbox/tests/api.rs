@@ -1014,6 +1014,43 @@ async fn label_and_field_selectors() {
         .await,
         "b,c"
     );
+    // The label index follows relabels and deletes.
+    let default_cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    default_cms
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"app": "api"}}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(names(ListParams::default().labels("app=web")).await, "d");
+    assert_eq!(
+        names(ListParams::default().labels("app in (api)")).await,
+        "a,b"
+    );
+    let other_cms: Api<ConfigMap> = Api::namespaced(c.clone(), "other");
+    other_cms
+        .delete("d", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(names(ListParams::default().labels("app=web")).await, "");
+    default_cms
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"app": "web"}}})),
+        )
+        .await
+        .unwrap();
+    other_cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "d", "labels": {"app": "web"}}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     // limit/continue.
     let page = all
         .list(&ListParams::default().labels("app").limit(3))
