@@ -25,6 +25,8 @@ pub struct Event {
     pub ns: String,
     pub etype: &'static str,
     pub object: Arc<Value>,
+    /// The object before a MODIFIED event, so selector watches can turn it into ADDED or DELETED.
+    pub prev: Option<Arc<Value>>,
 }
 
 type ObjKey = (String, String);
@@ -366,6 +368,7 @@ impl State {
                         ns: meta_str(o, "namespace").unwrap_or("").to_string(),
                         etype: "ADDED",
                         object: o.clone(),
+                        prev: None,
                     })
                 })
                 .collect()),
@@ -399,13 +402,22 @@ impl State {
         self.rv
     }
 
-    fn emit(&mut self, key: ResKey, ns: &str, etype: &'static str, object: Arc<Value>, rv: u64) {
+    fn emit(
+        &mut self,
+        key: ResKey,
+        ns: &str,
+        etype: &'static str,
+        object: Arc<Value>,
+        prev: Option<Arc<Value>>,
+        rv: u64,
+    ) {
         let ev = Arc::new(Event {
             rv,
             key,
             ns: ns.to_string(),
             etype,
             object,
+            prev,
         });
         if self.history.len() >= self.history_limit.max(1) {
             self.history.pop_front();
@@ -473,9 +485,10 @@ impl State {
         let key = key_of(t);
         let r: ObjRef = (key.clone(), ns.to_string(), name.to_string());
         let ok: ObjKey = (ns.to_string(), name.to_string());
-        if let Some(old) = self.get(&key, ns, name) {
-            self.index_owners(&r, &old, false);
-            self.index_labels(&key, &ok, &old, false);
+        let prev = self.get(&key, ns, name);
+        if let Some(old) = &prev {
+            self.index_owners(&r, old, false);
+            self.index_labels(&key, &ok, old, false);
         }
         self.index_owners(&r, &obj, true);
         self.index_labels(&key, &ok, &obj, true);
@@ -485,7 +498,7 @@ impl State {
             .entry(key.clone())
             .or_default()
             .insert((ns.to_string(), name.to_string()), arc.clone());
-        self.emit(key, ns, etype, arc.clone(), rv);
+        self.emit(key, ns, etype, arc.clone(), prev, rv);
         arc
     }
 
@@ -502,7 +515,7 @@ impl State {
         let mut o = (*old).clone();
         meta_mut(&mut o).insert("resourceVersion".into(), json!(rv.to_string()));
         let arc = Arc::new(o);
-        self.emit(key, ns, "DELETED", arc.clone(), rv);
+        self.emit(key, ns, "DELETED", arc.clone(), None, rv);
         if t.kind == "CustomResourceDefinition" {
             self.unregister_crd(&old);
         }

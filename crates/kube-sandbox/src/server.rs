@@ -805,13 +805,28 @@ fn watch(
     let as_table = req.table;
     tokio::spawn(async move {
         let t = t2;
-        let filter = |e: &Event| {
-            e.key == key
-                && ns_owned.as_deref().is_none_or(|n| n == e.ns)
-                && (labels.is_empty() || labels.matches(&e.object))
-                && (fields.is_empty() || fields.matches(&e.object))
+        let selected = |o: &Value| {
+            (labels.is_empty() || labels.matches(o)) && (fields.is_empty() || fields.matches(o))
         };
-        let send_ev = |e: &Event| {
+        // The event type this watcher sees: an update that moves an object into or out of the selector
+        // is an ADDED or DELETED, as kube-apiserver sends them.
+        let classify = |e: &Event| -> Option<&'static str> {
+            if e.key != key || !ns_owned.as_deref().is_none_or(|n| n == e.ns) {
+                return None;
+            }
+            let now = selected(&e.object);
+            if e.etype == "MODIFIED" {
+                let before = e.prev.as_deref().is_some_and(|p| selected(p));
+                return match (before, now) {
+                    (true, true) => Some("MODIFIED"),
+                    (false, true) => Some("ADDED"),
+                    (true, false) => Some("DELETED"),
+                    (false, false) => None,
+                };
+            }
+            now.then_some(e.etype)
+        };
+        let send_ev = |e: &Event, etype: &str| {
             let obj = if version != t.storage_version() {
                 with_version(&t, &e.object, &version)
             } else {
@@ -819,9 +834,9 @@ fn watch(
             };
             if let Some(include) = as_table {
                 let meta = json!({"resourceVersion": e.rv.to_string()});
-                return encode_event(e.etype, &crate::table::table(&t, &[&obj], meta, include));
+                return encode_event(etype, &crate::table::table(&t, &[&obj], meta, include));
             }
-            encode_event(e.etype, &obj)
+            encode_event(etype, &obj)
         };
         let initial = match initial {
             Ok(i) => i,
@@ -831,8 +846,9 @@ fn watch(
             }
         };
         let mut last = from.unwrap_or(0);
-        for e in initial.iter().filter(|e| filter(e)) {
-            if tx.send(send_ev(e)).await.is_err() {
+        for e in initial.iter() {
+            let Some(ty) = classify(e) else { continue };
+            if tx.send(send_ev(e, ty)).await.is_err() {
                 return;
             }
             last = last.max(e.rv);
@@ -864,20 +880,22 @@ fn watch(
                 // Receiving from a broadcast channel is cancel-safe.
                 r = rx_events.recv() => match r {
                     Ok(e) => {
-                        if e.rv <= last || !filter(&e) {
+                        if e.rv <= last {
                             continue;
                         }
+                        let Some(ty) = classify(&e) else { continue };
                         last = e.rv;
-                        if tx.send(send_ev(&e)).await.is_err() { return; }
+                        if tx.send(send_ev(&e, ty)).await.is_err() { return; }
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Catch up from the retained history, or tell the client to relist.
                         let replay = cluster2.lock().watch_start(&key, ns_owned.as_deref(), Some(last));
                         match replay {
                             Ok(evs) => {
-                                for e in evs.iter().filter(|e| filter(e)) {
+                                for e in evs.iter() {
                                     last = last.max(e.rv);
-                                    if tx.send(send_ev(e)).await.is_err() { return; }
+                                    let Some(ty) = classify(e) else { continue };
+                                    if tx.send(send_ev(e, ty)).await.is_err() { return; }
                                 }
                             }
                             Err(err) => {

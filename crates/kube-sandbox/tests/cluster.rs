@@ -882,3 +882,44 @@ async fn a_rollout_keeps_an_available_deployment_available_while_progressing() {
     let s = serde_json::to_value(deps.get("web").await.unwrap().status).unwrap();
     assert_eq!(s["updatedReplicas"], 2);
 }
+
+#[tokio::test]
+async fn selector_watches_see_objects_enter_and_leave_as_added_and_deleted() {
+    let sb = sandbox().await;
+    let c = client(&sb.url());
+    let first = create_cm(&c, "default", "m", json!({"tier": "fe"})).await;
+    let rv = first.metadata.resource_version.unwrap();
+    let url = format!(
+        "{}/api/v1/namespaces/default/configmaps?watch=true&resourceVersion={rv}&labelSelector=tier%3Dbe",
+        sb.url()
+    );
+    let h = tokio::spawn(async move { raw_lines(&url, 3, Duration::from_secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    let relabel = |tier: &'static str| {
+        let cms = cms.clone();
+        async move {
+            cms.patch(
+                "m",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {"tier": tier}}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    relabel("be").await;
+    cms.patch(
+        "m",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "v"}})),
+    )
+    .await
+    .unwrap();
+    relabel("fe").await;
+    relabel("fe2").await;
+    let evs = h.await.unwrap();
+    let types: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, vec!["ADDED", "MODIFIED", "DELETED"]);
+    assert_eq!(evs[2]["object"]["metadata"]["labels"]["tier"], "fe");
+}
