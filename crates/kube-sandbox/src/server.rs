@@ -811,12 +811,12 @@ fn watch(
         // The event type this watcher sees: an update that moves an object into or out of the selector
         // is an ADDED or DELETED, as kube-apiserver sends them.
         let classify = |e: &Event| -> Option<&'static str> {
-            if e.key != key || !ns_owned.as_deref().is_none_or(|n| n == e.ns) {
+            if e.key != key || ns_owned.as_deref().is_some_and(|n| n != e.ns) {
                 return None;
             }
             let now = selected(&e.object);
             if e.etype == "MODIFIED" {
-                let before = e.prev.as_deref().is_some_and(|p| selected(p));
+                let before = e.prev.as_deref().is_some_and(&selected);
                 return match (before, now) {
                     (true, true) => Some("MODIFIED"),
                     (false, true) => Some("ADDED"),
