@@ -117,7 +117,7 @@ pub struct Cluster {
     pub state: Mutex<State>,
     pub tx: broadcast::Sender<Arc<Event>>,
     pub rv: Arc<AtomicU64>,
-    pub kubernetes_version: String,
+    kubernetes_version: std::sync::RwLock<String>,
 }
 
 impl Cluster {
@@ -150,10 +150,42 @@ impl Cluster {
             state: Mutex::new(state),
             tx,
             rv,
-            kubernetes_version: kubernetes_version.to_string(),
+            kubernetes_version: std::sync::RwLock::new(kubernetes_version.to_string()),
         });
         c.bootstrap();
         c
+    }
+
+    /// The version `/version` reports and nodes run.
+    pub fn version(&self) -> String {
+        self.kubernetes_version
+            .read()
+            .map(|v| v.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    /// Change the cluster's version (an upgrade): `/version` and every node's kubeletVersion follow.
+    pub fn set_version(&self, version: &str) {
+        match self.kubernetes_version.write() {
+            Ok(mut v) => *v = version.to_string(),
+            Err(e) => *e.into_inner() = version.to_string(),
+        }
+        let mut st = self.lock();
+        let key: ResKey = (String::new(), "nodes".into());
+        let names: Vec<String> = st
+            .iter(&key, None)
+            .filter_map(|n| meta_str(n, "name").map(str::to_string))
+            .collect();
+        for n in names {
+            st.set_status(&key, "", &n, "k3s", |old| {
+                let mut s = old.get("status").cloned().unwrap_or(json!({}));
+                if let Some(info) = s.get_mut("nodeInfo").and_then(Value::as_object_mut) {
+                    info.insert("kubeletVersion".into(), json!(version));
+                    info.insert("kubeProxyVersion".into(), json!(version));
+                }
+                s
+            });
+        }
     }
 
     pub fn lock(&self) -> MutexGuard<'_, State> {

@@ -146,7 +146,7 @@ pub fn add_static_nodes(c: &Arc<Cluster>, n: usize) {
         }
         register_node(
             &mut st,
-            &c.kubernetes_version,
+            &c.version(),
             &name,
             labels,
             None,

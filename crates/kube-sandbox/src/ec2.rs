@@ -258,7 +258,7 @@ fn sync(shared: &Arc<Shared>, instances: &[Instance], node_delay: Duration) {
                                     .insert("topology.kubernetes.io/region".into(), json!(region));
                             }
                             labels.insert("node.kubernetes.io/instance-id".into(), json!(i.id));
-                            let version = c.kubernetes_version.clone();
+                            let version = c.version();
                             crate::controller::register_node(
                                 &mut st,
                                 &version,

@@ -94,6 +94,10 @@ pub enum Error {
     Runtime(#[source] std::io::Error),
     #[error("the sandbox thread stopped before it started serving")]
     ThreadExited,
+    #[error("invalid Kubernetes version {0:?}: expected vMAJOR.MINOR[.PATCH][+meta]")]
+    InvalidVersion(String),
+    #[error("invalid cluster name {0:?}: must be a DNS-1123 subdomain")]
+    InvalidCluster(String),
 }
 
 /// Entry point.
@@ -146,6 +150,7 @@ impl Sandbox {
             settings,
             auth,
             tasks: std::sync::Mutex::new(Vec::new()),
+            rt: tokio::runtime::Handle::current(),
         });
         shared.cluster("default");
         let mut tasks =
@@ -318,6 +323,37 @@ impl SandboxHandle {
             .collect();
         v.sort();
         v
+    }
+
+    /// Force a node NotReady (`ready: false`, it stays so until reset) or clear the override (`ready: true`).
+    /// Returns false when the cluster or node does not exist. Same as the admin endpoints.
+    pub fn set_node_ready(&self, cluster: &str, node: &str, ready: bool) -> bool {
+        let Some(c) = self.shared.existing(cluster) else {
+            return false;
+        };
+        let mut st = c.lock();
+        if st.get(&(String::new(), "nodes".into()), "", node).is_none() {
+            return false;
+        }
+        if ready {
+            st.forced_not_ready.remove(node);
+        } else {
+            st.forced_not_ready.insert(node.to_string());
+        }
+        controller::refresh_node(&mut st, node);
+        true
+    }
+
+    /// Set a cluster's Kubernetes version (creating the cluster if needed): `/version` and nodes follow.
+    pub fn set_kubernetes_version(&self, cluster: &str, version: &str) -> Result<(), Error> {
+        if !server::valid_version(version) {
+            return Err(Error::InvalidVersion(version.to_string()));
+        }
+        if util::validate_dns1123_subdomain(cluster).is_some() {
+            return Err(Error::InvalidCluster(cluster.to_string()));
+        }
+        self.shared.cluster(cluster).set_version(version);
+        Ok(())
     }
 
     /// Stop serving (also done on drop).

@@ -27,6 +27,8 @@ pub struct Shared {
     pub settings: crate::Settings,
     pub auth: Option<crate::tls::Auth>,
     pub tasks: std::sync::Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The runtime the sandbox runs on, so clusters can be created from any thread.
+    pub rt: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -44,7 +46,9 @@ impl Shared {
         crate::controller::add_static_nodes(&c, self.settings.nodes);
         cs.insert(name.to_string(), c.clone());
         drop(cs);
-        let h = tokio::spawn(crate::controller::run(c.clone(), self.settings.clone()));
+        let h = self
+            .rt
+            .spawn(crate::controller::run(c.clone(), self.settings.clone()));
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -257,7 +261,7 @@ async fn route(shared: &Arc<Shared>, req: Req) -> Result<Response<Body>, ApiErro
             );
             return Ok(r);
         }
-        "/version" => return Ok(ok_value(&version_doc(&cluster.kubernetes_version))),
+        "/version" => return Ok(ok_value(&version_doc(&cluster.version()))),
         "/api" => {
             return Ok(ok_value(&json!({
                 "kind": "APIVersions", "versions": ["v1"],
@@ -276,7 +280,7 @@ async fn route(shared: &Arc<Shared>, req: Req) -> Result<Response<Body>, ApiErro
     }
     if let Some(gv) = rest.strip_prefix("/openapi/v3/") {
         let st = cluster.lock();
-        return api::openapi_v3_gv(&st.types, gv, &cluster.kubernetes_version)
+        return api::openapi_v3_gv(&st.types, gv, &cluster.version())
             .map(|d| ok_value(&d))
             .ok_or_else(|| {
                 ApiError::new(
@@ -398,6 +402,19 @@ async fn route(shared: &Arc<Shared>, req: Req) -> Result<Response<Body>, ApiErro
         }
     }
     resource(&cluster, &req, &t, version, ns, name, sub).await
+}
+
+/// `v1.31.4+k3s1`, `v1.36.0`, `v1.30`.
+pub fn valid_version(v: &str) -> bool {
+    let Some(core) = v.strip_prefix('v') else {
+        return false;
+    };
+    let core = core.split(['+', '-']).next().unwrap_or("");
+    let parts: Vec<&str> = core.split('.').collect();
+    (2..=3).contains(&parts.len())
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn version_doc(v: &str) -> Value {
@@ -1088,6 +1105,27 @@ fn admin(shared: &Arc<Shared>, req: &Req, rest: &str) -> Result<Response<Body>, 
                 out.push(json!({"name": n, "resourceVersion": st.rv.to_string(), "nodes": nodes}));
             }
             Ok(ok_value(&json!(out)))
+        }
+        (&Method::POST, ["clusters", c, "version"]) => {
+            let body: Value = serde_json::from_slice(&req.body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding body: {e}")))?;
+            let v = body
+                .get("gitVersion")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    ApiError::bad_request("body must be {\"gitVersion\": \"v1.31.4+k3s1\"}")
+                })?;
+            if !valid_version(v) {
+                return Err(ApiError::bad_request(format!(
+                    "invalid version {v:?}: expected vMAJOR.MINOR[.PATCH][+meta]"
+                )));
+            }
+            if crate::util::validate_dns1123_subdomain(c).is_some() {
+                return Err(ApiError::bad_request(format!("invalid cluster name {c:?}")));
+            }
+            let cluster = shared.cluster(c);
+            cluster.set_version(v);
+            Ok(ok_value(&version_doc(&cluster.version())))
         }
         (&Method::POST, ["clusters", c, "nodes", n, action @ ("not-ready" | "ready")]) => {
             let cluster = shared.existing(c).ok_or_else(|| {

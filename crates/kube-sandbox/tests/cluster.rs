@@ -923,3 +923,59 @@ async fn selector_watches_see_objects_enter_and_leave_as_added_and_deleted() {
     assert_eq!(types, vec!["ADDED", "MODIFIED", "DELETED"]);
     assert_eq!(evs[2]["object"]["metadata"]["labels"]["tier"], "fe");
 }
+
+#[test]
+fn rust_admin_api_sets_node_readiness_and_cluster_version_from_any_thread() {
+    let sb = kube_sandbox::Sandbox::start_in_thread(kube_sandbox::Config::default()).unwrap();
+    sb.set_kubernetes_version("prod", "v1.31.4+k3s1").unwrap();
+    assert!(matches!(
+        sb.set_kubernetes_version("prod", "1.31"),
+        Err(kube_sandbox::Error::InvalidVersion(_))
+    ));
+    assert!(matches!(
+        sb.set_kubernetes_version("Bad_Name", "v1.31.0"),
+        Err(kube_sandbox::Error::InvalidCluster(_))
+    ));
+    assert!(sb.set_node_ready("prod", "sandbox-node-1", false));
+    assert!(!sb.set_node_ready("prod", "nope", false));
+    assert!(!sb.set_node_ready("nope", "sandbox-node-1", false));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = client(&sb.cluster_url("prod"));
+        let v = c.apiserver_version().await.unwrap();
+        assert_eq!(
+            (v.git_version.as_str(), v.minor.as_str()),
+            ("v1.31.4+k3s1", "31")
+        );
+        let nodes: Api<Node> = Api::all(c.clone());
+        let n = nodes.get("sandbox-node-1").await.unwrap();
+        let st = n.status.unwrap();
+        assert_eq!(st.node_info.unwrap().kubelet_version, "v1.31.4+k3s1");
+        assert!(st
+            .conditions
+            .unwrap()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "False"));
+        // The admin endpoint does the same over HTTP.
+        let (code, v) = raw(
+            "POST",
+            &format!("{}/sandbox/clusters/prod/version", sb.url()),
+            "application/json",
+            r#"{"gitVersion":"v1.32.1"}"#,
+        )
+        .await;
+        assert_eq!((code, v["gitVersion"].as_str()), (200, Some("v1.32.1")));
+        let (code, _) = raw(
+            "POST",
+            &format!("{}/sandbox/clusters/prod/version", sb.url()),
+            "application/json",
+            r#"{"gitVersion":"latest"}"#,
+        )
+        .await;
+        assert_eq!(code, 400);
+    });
+    assert!(sb.set_node_ready("prod", "sandbox-node-1", true));
+}
