@@ -576,6 +576,31 @@ async fn ssa_conflicts_name_the_manager_and_force_transfers_ownership() {
         .unwrap()
         .iter()
         .any(|m| m["operation"] == "Update" && m["manager"] == "unknown"));
+    // ... or the User-Agent up to its first '/', as kube-apiserver does.
+    let (code, v) = raw_text_headers(
+        "PATCH",
+        &format!(
+            "{}/apis/apps/v1/namespaces/default/deployments/web",
+            sb.url()
+        ),
+        "application/merge-patch+json",
+        r#"{"metadata":{"annotations":{"ua":"1"}}}"#,
+        &[("user-agent", "kubectl/v1.37.1 (linux/amd64) kubernetes/abc")],
+    )
+    .await;
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&v).unwrap();
+    let kubectl_entry = v["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["manager"] == "kubectl")
+        .cloned();
+    assert_eq!(
+        kubectl_entry.expect("manager from User-Agent")["fieldsV1"]["f:metadata"]["f:annotations"]
+            ["f:ua"],
+        json!({})
+    );
 }
 
 #[tokio::test]

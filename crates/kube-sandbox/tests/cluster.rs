@@ -493,6 +493,34 @@ async fn workloads_become_ready_after_the_delay_and_failures_are_injected() {
         },
     )
     .await;
+    // Defaults of the other workload kinds.
+    let s = serde_json::to_value(sts.get("db").await.unwrap().spec).unwrap();
+    assert_eq!(s["podManagementPolicy"], "OrderedReady");
+    assert_eq!(
+        s["updateStrategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+    );
+    assert_eq!(
+        s["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    let d = serde_json::to_value(dss.get("agent").await.unwrap().spec).unwrap();
+    assert_eq!(d["updateStrategy"]["type"], "RollingUpdate");
+    assert_eq!(d["revisionHistoryLimit"], 10);
+    let j = serde_json::to_value(jobs.get("good").await.unwrap().spec).unwrap();
+    assert_eq!(
+        (
+            j["backoffLimit"].as_i64(),
+            j["completions"].as_i64(),
+            j["parallelism"].as_i64()
+        ),
+        (Some(6), Some(1), Some(1))
+    );
+    assert_eq!(j["completionMode"], "NonIndexed");
+    assert!(
+        j["template"]["spec"]["restartPolicy"] == "Never",
+        "a Job's restartPolicy is not defaulted to Always"
+    );
     let lb = svcs.get("lb").await.unwrap();
     assert!(
         lb.spec.unwrap().ports.unwrap()[0].node_port.is_some(),
