@@ -761,3 +761,114 @@ pub fn openapi_v3_gv(
         "components": {"schemas": {}},
     }))
 }
+
+/// Aggregated discovery (`apidiscovery.k8s.io/v2` `APIGroupDiscoveryList`): the core group for `/api`
+/// (`core: true`) or every other group for `/apis`.
+pub fn aggregated_discovery(types: &BTreeMap<ResKey, Arc<ResourceType>>, core: bool) -> Value {
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for t in types.values() {
+        if t.group.is_empty() != core {
+            continue;
+        }
+        let e = groups.entry(t.group.clone()).or_default();
+        for v in &t.versions {
+            if !e.contains(v) {
+                e.push(v.clone());
+            }
+        }
+    }
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = types
+                        .values()
+                        .filter(|t| t.group == *g && t.versions.contains(v))
+                        .map(|t| {
+                            let gvk = json!({"group": t.group, "version": v, "kind": t.kind});
+                            let mut subs = Vec::new();
+                            if t.status_subresource {
+                                subs.push(json!({"subresource": "status", "responseKind": gvk,
+                                    "verbs": ["get", "patch", "update"]}));
+                            }
+                            if t.scale_subresource {
+                                subs.push(json!({"subresource": "scale",
+                                    "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+                                    "verbs": ["get", "patch", "update"]}));
+                            }
+                            let mut r = json!({
+                                "resource": t.plural,
+                                "responseKind": gvk,
+                                "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
+                                "singularResource": t.singular,
+                                "verbs": VERBS,
+                            });
+                            if !t.short_names.is_empty() {
+                                r["shortNames"] = json!(t.short_names);
+                            }
+                            if !t.categories.is_empty() {
+                                r["categories"] = json!(t.categories);
+                            }
+                            if !subs.is_empty() {
+                                r["subresources"] = json!(subs);
+                            }
+                            r
+                        })
+                        .collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": items,
+    })
+}
+
+/// Whether an Accept header asks for aggregated discovery v2 before plain JSON.
+pub fn wants_aggregated(accept: &str) -> bool {
+    for part in accept.split(',') {
+        let mut params = part.split(';').map(str::trim);
+        let media = params.next().unwrap_or("");
+        let params: Vec<&str> = params.collect();
+        let g = params.iter().any(|p| *p == "g=apidiscovery.k8s.io");
+        let v2 = params.iter().any(|p| *p == "v=v2");
+        let as_list = params.iter().any(|p| *p == "as=APIGroupDiscoveryList");
+        if media == "application/json" && g && v2 && as_list {
+            return true;
+        }
+        if (media == "application/json" && !g) || media == "*/*" {
+            return false;
+        }
+    }
+    false
+}
+
+pub const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aggregated_accept_detection() {
+        assert!(wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+        ));
+        assert!(wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+        ));
+        assert!(!wants_aggregated("application/json, */*"));
+        assert!(!wants_aggregated(
+            "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
+        ));
+        assert!(!wants_aggregated(""));
+    }
+}

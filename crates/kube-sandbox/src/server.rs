@@ -151,6 +151,7 @@ struct Req {
     query: HashMap<String, String>,
     content_type: String,
     user_agent: String,
+    accept: String,
     /// How rows are returned when the client asked for a Table (None: plain objects).
     table: Option<crate::table::Include>,
     body: Bytes,
@@ -212,6 +213,7 @@ pub async fn handle(
         query: parse_query(parts.uri.query()),
         content_type: header("content-type"),
         user_agent: header("user-agent"),
+        accept: header("accept"),
         table: crate::table::wants_table(&header("accept")).then(|| {
             crate::table::Include::parse(
                 parse_query(parts.uri.query())
@@ -262,6 +264,17 @@ async fn route(shared: &Arc<Shared>, req: Req) -> Result<Response<Body>, ApiErro
             return Ok(r);
         }
         "/version" => return Ok(ok_value(&version_doc(&cluster.version()))),
+        "/api" | "/apis" if api::wants_aggregated(&req.accept) => {
+            let st = cluster.lock();
+            let doc = api::aggregated_discovery(&st.types, rest == "/api");
+            drop(st);
+            let mut r = ok_value(&doc);
+            r.headers_mut().insert(
+                "content-type",
+                hyper::header::HeaderValue::from_static(api::AGGREGATED_CONTENT_TYPE),
+            );
+            return Ok(r);
+        }
         "/api" => {
             return Ok(ok_value(&json!({
                 "kind": "APIVersions", "versions": ["v1"],

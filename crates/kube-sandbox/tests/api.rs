@@ -1421,3 +1421,83 @@ async fn table_responses_for_kubectl_get() {
     .await;
     assert_eq!(v["kind"], "DeploymentList");
 }
+
+#[tokio::test]
+async fn aggregated_discovery_v2_for_kube_rs_and_kubectl() {
+    let sb = sandbox().await;
+    let c = client(&sb.url());
+    let crds: Api<DynamicObject> = Api::all_with(
+        c.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    crds.patch(
+        "gadgets.example.com",
+        &PatchParams::apply("phoenix"),
+        &Patch::Apply(json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "gadgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Cluster", "names": {"kind": "Gadget", "plural": "gadgets"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}})),
+    )
+    .await
+    .unwrap();
+    let d = Discovery::new(c.clone())
+        .run_aggregated()
+        .await
+        .expect("aggregated discovery");
+    let (ar, caps) = d
+        .resolve_gvk(&GroupVersionKind::gvk("apps", "v1", "Deployment"))
+        .unwrap();
+    assert_eq!(ar.plural, "deployments");
+    assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+    assert!(caps.operations.iter().any(|o| o == "patch"));
+    assert!(caps
+        .subresources
+        .iter()
+        .any(|(s, _)| s.plural == "deployments/status" || s.plural == "status"));
+    let (_, caps) = d
+        .resolve_gvk(&GroupVersionKind::gvk("", "v1", "Namespace"))
+        .unwrap();
+    assert_eq!(caps.scope, kube::discovery::Scope::Cluster);
+    let (ar, caps) = d
+        .resolve_gvk(&GroupVersionKind::gvk("example.com", "v1", "Gadget"))
+        .unwrap();
+    assert_eq!(
+        (ar.plural.as_str(), caps.scope.clone()),
+        ("gadgets", kube::discovery::Scope::Cluster)
+    );
+    // The response carries the aggregated content type; plain Accept still gets the legacy documents.
+    let (code, text) = raw_text_headers(
+        "GET",
+        &format!("{}/apis", sb.url()),
+        "",
+        "",
+        &[(
+            "accept",
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json",
+        )],
+    )
+    .await;
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["kind"], "APIGroupDiscoveryList");
+    let apps = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["metadata"]["name"] == "apps")
+        .unwrap();
+    let dep = apps["versions"][0]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "deployments")
+        .unwrap();
+    assert_eq!(dep["shortNames"], json!(["deploy"]));
+    assert_eq!(dep["singularResource"], "deployment");
+    let (_, v) = raw("GET", &format!("{}/apis", sb.url()), "", "").await;
+    assert_eq!(v["kind"], "APIGroupList");
+}
