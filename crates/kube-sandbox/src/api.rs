@@ -837,9 +837,9 @@ pub fn wants_aggregated(accept: &str) -> bool {
         let mut params = part.split(';').map(str::trim);
         let media = params.next().unwrap_or("");
         let params: Vec<&str> = params.collect();
-        let g = params.iter().any(|p| *p == "g=apidiscovery.k8s.io");
-        let v2 = params.iter().any(|p| *p == "v=v2");
-        let as_list = params.iter().any(|p| *p == "as=APIGroupDiscoveryList");
+        let g = params.contains(&"g=apidiscovery.k8s.io");
+        let v2 = params.contains(&"v=v2");
+        let as_list = params.contains(&"as=APIGroupDiscoveryList");
         if media == "application/json" && g && v2 && as_list {
             return true;
         }
