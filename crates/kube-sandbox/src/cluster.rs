@@ -1421,6 +1421,44 @@ impl State {
             .is_ok()
     }
 
+    /// A controller's write to the main resource (spec or metadata), recorded as an Update by `manager`.
+    pub fn internal_update(
+        &mut self,
+        key: &ResKey,
+        ns: &str,
+        name: &str,
+        manager: &str,
+        f: impl FnOnce(&mut Value),
+    ) -> bool {
+        let Some(t) = self.types.get(key).cloned() else {
+            return false;
+        };
+        let Some(old) = self.get(key, ns, name) else {
+            return false;
+        };
+        let mut new = (*old).clone();
+        f(&mut new);
+        if new == *old {
+            return false;
+        }
+        let ctx = WriteCtx::internal(manager, "");
+        self.finish_update(&t, ns, name, &old, new, &ctx, true)
+            .is_ok()
+    }
+
+    /// Objects of type `key` whose ownerReferences name `uid`, in name order.
+    pub fn dependents(&self, uid: &str, key: &ResKey) -> Vec<Arc<Value>> {
+        self.owners
+            .get(uid)
+            .map(|set| {
+                set.iter()
+                    .filter(|(k, _, _)| k == key)
+                    .filter_map(|(k, ns, n)| self.get(k, ns, n))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn type_for_key(&self, key: &ResKey) -> Option<Arc<ResourceType>> {
         self.types.get(key).cloned()
     }

@@ -181,7 +181,14 @@ pub async fn run(c: Arc<Cluster>, settings: Settings) {
             .filter(|n| node_ready(n))
             .count() as i64;
         st.finalize_namespaces();
+        let mut ready_node_names: Vec<String> = st
+            .iter(&nodes_key(), None)
+            .filter(|n| node_ready(n))
+            .filter_map(|n| meta_str(n, "name").map(str::to_string))
+            .collect();
+        ready_node_names.sort();
         let ctx = Ctx {
+            ready_node_names,
             any_ready,
             ready_nodes,
             now: Instant::now(),
@@ -208,6 +215,7 @@ pub async fn run(c: Arc<Cluster>, settings: Settings) {
 }
 
 struct Ctx {
+    ready_node_names: Vec<String>,
     any_ready: bool,
     ready_nodes: i64,
     now: Instant,
@@ -331,6 +339,14 @@ fn reconcile(st: &mut State, key: &ResKey, obj: &Value, ctx: &Ctx, timers: &mut 
         _ => return,
     };
     st.set_status(key, &ns, &name, "k3s", |_| status);
+    let pods_ok = ready && fail != "never-ready" && fail != "progress-deadline";
+    match key.1.as_str() {
+        "deployments" => crate::pods::sync_deployment(st, obj, replicas),
+        "replicasets" | "statefulsets" | "daemonsets" | "jobs" => {
+            crate::pods::sync_pods(st, key, obj, pods_ok, fail, ctx.ready_node_names.as_slice())
+        }
+        _ => {}
+    }
 }
 
 fn deployment_status(

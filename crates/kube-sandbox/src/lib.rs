@@ -16,6 +16,7 @@ pub mod controller;
 pub mod defaults;
 pub mod ec2;
 pub mod patch;
+pub mod pods;
 pub mod selectors;
 pub mod server;
 pub mod ssa;

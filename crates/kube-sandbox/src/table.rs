@@ -68,7 +68,14 @@ fn columns(t: &ResourceType) -> Vec<Value> {
         }
         (false, "ConfigMap") => vec![name, i("Data"), age],
         (false, "Secret") => vec![name, s("Type"), i("Data"), age],
-        (false, "Pod") => vec![name, s("Status"), age],
+        (false, "Pod") => vec![
+            name,
+            s("Ready"),
+            s("Status"),
+            i("Restarts"),
+            age,
+            col("Node", "string", "", 1),
+        ],
         (false, "CustomResourceDefinition") => vec![name, col("Created At", "date", "", 0)],
         _ => vec![name, age],
     }
@@ -351,7 +358,49 @@ fn cells(t: &ResourceType, obj: &Value) -> Vec<Value> {
                 .unwrap_or(0);
             vec![name, json!(str_at(obj, &["type"])), json!(n), a]
         }
-        "Pod" => vec![name, json!(str_at(obj, &["status", "phase"])), a],
+        "Pod" => {
+            let statuses = obj
+                .get("status")
+                .and_then(|s| s.get("containerStatuses"))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let total = obj
+                .get("spec")
+                .and_then(|s| s.get("containers"))
+                .and_then(Value::as_array)
+                .map(Vec::len)
+                .unwrap_or(0);
+            let ready = statuses.iter().filter(|c| c["ready"] == true).count();
+            let waiting = statuses
+                .iter()
+                .find_map(|c| {
+                    c.get("state")
+                        .and_then(|s| s.get("waiting"))
+                        .and_then(|w| w.get("reason"))
+                })
+                .and_then(Value::as_str);
+            let phase = str_at(obj, &["status", "phase"]);
+            let status = match (waiting, phase) {
+                (Some(r), _) => r.to_string(),
+                (None, "Succeeded") => "Completed".to_string(),
+                (None, "Failed") => "Error".to_string(),
+                (None, p) => p.to_string(),
+            };
+            let restarts: i64 = statuses
+                .iter()
+                .filter_map(|c| c.get("restartCount").and_then(Value::as_i64))
+                .sum();
+            let node = str_at(obj, &["spec", "nodeName"]);
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(status),
+                json!(restarts),
+                a,
+                json!(if node.is_empty() { "<none>" } else { node }),
+            ]
+        }
         "CustomResourceDefinition" => {
             vec![name, json!(str_at(obj, &["metadata", "creationTimestamp"]))]
         }

@@ -1007,3 +1007,251 @@ fn rust_admin_api_sets_node_readiness_and_cluster_version_from_any_thread() {
     });
     assert!(sb.set_node_ready("prod", "sandbox-node-1", true));
 }
+
+fn pod_ready(p: &k8s_openapi::api::core::v1::Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+#[tokio::test]
+async fn deployments_get_replicasets_and_pods_that_follow_scale_rollout_and_deletion() {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    use k8s_openapi::api::core::v1::Pod;
+    let sb = sandbox_with(|c| c.ready_delay = Duration::from_millis(200)).await;
+    let c = client(&sb.url());
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let rss: Api<ReplicaSet> = Api::namespaced(c.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let mut d = deployment("web", 2, "nginx:1.27");
+    deps.patch("web", &PatchParams::apply("phoenix"), &Patch::Apply(&d))
+        .await
+        .unwrap();
+    let lp = kube::api::ListParams::default().labels("app=web");
+    let ready_pods = |n: usize| {
+        let pods = pods.clone();
+        let lp = lp.clone();
+        async move {
+            let l = pods.list(&lp).await.unwrap().items;
+            (l.len() == n && l.iter().all(pod_ready)).then_some(l)
+        }
+    };
+    let l = eventually("2 ready pods", Duration::from_secs(5), || ready_pods(2)).await;
+    let rs_list = rss.list(&lp).await.unwrap().items;
+    assert_eq!(rs_list.len(), 1);
+    let rs = &rs_list[0];
+    let dep_uid = deps.get("web").await.unwrap().metadata.uid.unwrap();
+    assert_eq!(
+        rs.metadata.owner_references.as_ref().unwrap()[0].uid,
+        dep_uid
+    );
+    let hash = rs.metadata.labels.as_ref().unwrap()["pod-template-hash"].clone();
+    assert!(rs.metadata.name.as_ref().unwrap().ends_with(&hash));
+    for p in &l {
+        assert_eq!(
+            p.metadata.owner_references.as_ref().unwrap()[0].uid,
+            rs.metadata.uid.clone().unwrap()
+        );
+        assert_eq!(
+            p.spec.as_ref().unwrap().node_name.as_deref(),
+            Some("sandbox-node-1")
+        );
+        assert_eq!(p.status.as_ref().unwrap().phase.as_deref(), Some("Running"));
+        assert_eq!(
+            p.metadata.labels.as_ref().unwrap()["pod-template-hash"],
+            hash
+        );
+    }
+    // Scale up: one more pod; the ready ones stay ready.
+    d["spec"]["replicas"] = json!(3);
+    deps.patch("web", &PatchParams::apply("phoenix"), &Patch::Apply(&d))
+        .await
+        .unwrap();
+    eventually("3 ready pods", Duration::from_secs(5), || ready_pods(3)).await;
+    // Rollout: a new ReplicaSet; the old one keeps its pods until the new one is ready, then goes to 0.
+    d["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:1.28");
+    deps.patch("web", &PatchParams::apply("phoenix"), &Patch::Apply(&d))
+        .await
+        .unwrap();
+    let l = eventually(
+        "3 ready pods of the new template",
+        Duration::from_secs(8),
+        || async {
+            let l = ready_pods(3).await?;
+            l.iter()
+                .all(|p| {
+                    p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("nginx:1.28")
+                })
+                .then_some(l)
+        },
+    )
+    .await;
+    let rs_list = rss.list(&lp).await.unwrap().items;
+    assert_eq!(rs_list.len(), 2);
+    let old = rs_list
+        .iter()
+        .find(|r| r.metadata.labels.as_ref().unwrap()["pod-template-hash"] == hash)
+        .unwrap();
+    assert_eq!(old.spec.as_ref().unwrap().replicas, Some(0));
+    assert!(l
+        .iter()
+        .all(|p| p.metadata.labels.as_ref().unwrap()["pod-template-hash"] != hash));
+    // Deleting the Deployment garbage-collects ReplicaSets and Pods.
+    deps.delete("web", &DeleteParams::default()).await.unwrap();
+    assert!(rss.list(&lp).await.unwrap().items.is_empty());
+    assert!(pods.list(&lp).await.unwrap().items.is_empty());
+}
+
+#[tokio::test]
+async fn statefulset_daemonset_job_pods_and_unschedulable_pods() {
+    use k8s_openapi::api::core::v1::Pod;
+    let sb = sandbox_with(|c| {
+        c.ready_delay = Duration::from_millis(200);
+        c.nodes = 2;
+    })
+    .await;
+    let c = client(&sb.url());
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let sts: Api<StatefulSet> = Api::namespaced(c.clone(), "default");
+    let mut s = deployment("db", 2, "postgres:16");
+    s["kind"] = json!("StatefulSet");
+    s["spec"]["serviceName"] = json!("db");
+    sts.create(&PostParams::default(), &serde_json::from_value(s).unwrap())
+        .await
+        .unwrap();
+    let dss: Api<DaemonSet> = Api::namespaced(c.clone(), "default");
+    let mut d = deployment("agent", 1, "agent:1");
+    d["kind"] = json!("DaemonSet");
+    d["spec"].as_object_mut().unwrap().remove("replicas");
+    dss.create(&PostParams::default(), &serde_json::from_value(d).unwrap())
+        .await
+        .unwrap();
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    jobs.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "once"}, "spec": {"template": {
+        "metadata": {"labels": {"app": "once"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox:1.36"}]}}}})).unwrap())
+        .await
+        .unwrap();
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let mut bad = deployment("crash", 1, "bad:1");
+    bad["metadata"]["annotations"] = json!({"sandbox.phoenix.dev/fail": "never-ready"});
+    deps.create(
+        &PostParams::default(),
+        &serde_json::from_value(bad).unwrap(),
+    )
+    .await
+    .unwrap();
+    let names = |sel: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let mut l = pods
+                .list(&kube::api::ListParams::default().labels(sel))
+                .await
+                .unwrap()
+                .items;
+            l.sort_by_key(|p| p.metadata.name.clone());
+            l
+        }
+    };
+    eventually(
+        "statefulset, daemonset, job and crashing pods",
+        Duration::from_secs(6),
+        || async {
+            let db = names("app=db").await;
+            let agent = names("app=agent").await;
+            let once = names("app=once").await;
+            let crash = names("app=crash").await;
+            let ok = db.len() == 2
+                && db.iter().all(pod_ready)
+                && agent.len() == 2
+                && agent.iter().all(pod_ready)
+                && once.len() == 1
+                && once[0].status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+                && crash.len() == 1
+                && crash[0]
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .is_some_and(|cs| {
+                        cs[0]
+                            .state
+                            .as_ref()
+                            .and_then(|s| s.waiting.as_ref())
+                            .and_then(|w| w.reason.as_deref())
+                            == Some("CrashLoopBackOff")
+                    });
+            ok.then_some(())
+        },
+    )
+    .await;
+    let db = names("app=db").await;
+    let db_names: Vec<String> = db
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(db_names, vec!["db-0", "db-1"]);
+    let agent_nodes: Vec<String> = names("app=agent")
+        .await
+        .iter()
+        .map(|p| p.spec.as_ref().unwrap().node_name.clone().unwrap())
+        .collect();
+    assert_eq!(agent_nodes.len(), 2);
+    assert_ne!(agent_nodes[0], agent_nodes[1], "one DaemonSet pod per node");
+    // Scale the StatefulSet down: the highest ordinal goes.
+    sts.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .unwrap();
+    eventually("db-1 removed", Duration::from_secs(3), || async {
+        let n: Vec<String> = names("app=db")
+            .await
+            .iter()
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        (n == vec!["db-0".to_string()]).then_some(())
+    })
+    .await;
+
+    // Without a Ready node, pods stay Pending/Unschedulable, then get bound when a node is Ready.
+    let sb = sandbox_with(|c| c.ready_delay = Duration::from_millis(100)).await;
+    assert!(sb.set_node_ready("default", "sandbox-node-1", false));
+    let c = client(&sb.url());
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let deps: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    deps.create(
+        &PostParams::default(),
+        &serde_json::from_value(deployment("web", 1, "nginx:1.27")).unwrap(),
+    )
+    .await
+    .unwrap();
+    let p = eventually("pending pod", Duration::from_secs(3), || async {
+        pods.list(&kube::api::ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .next()
+    })
+    .await;
+    let st = p.status.unwrap();
+    assert_eq!(st.phase.as_deref(), Some("Pending"));
+    assert_eq!(
+        st.conditions.unwrap()[0].reason.as_deref(),
+        Some("Unschedulable")
+    );
+    assert!(sb.set_node_ready("default", "sandbox-node-1", true));
+    eventually("pod bound and ready", Duration::from_secs(5), || async {
+        let l = pods
+            .list(&kube::api::ListParams::default().labels("app=web"))
+            .await
+            .unwrap()
+            .items;
+        (l.len() == 1 && pod_ready(&l[0]) && l[0].spec.as_ref().unwrap().node_name.is_some())
+            .then_some(())
+    })
+    .await;
+}
