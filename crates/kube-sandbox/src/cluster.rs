@@ -216,6 +216,24 @@ impl Cluster {
             }
         });
         let _ = st.create(&d_t, Some("kube-system"), coredns, &ctx);
+        // The Services every cluster has: kube-dns takes the first allocated address (10.43.0.10).
+        let svc_t = st.type_by_kind("", "services");
+        let kube_dns = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system",
+                "labels": {"k8s-app": "kube-dns", "kubernetes.io/cluster-service": "true", "kubernetes.io/name": "CoreDNS"}},
+            "spec": {"selector": {"k8s-app": "kube-dns"}, "ports": [
+                {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+                {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53}]}
+        });
+        let _ = st.create(&svc_t, Some("kube-system"), kube_dns, &ctx);
+        let kubernetes = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default",
+                "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": "10.43.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}
+        });
+        let _ = st.create(&svc_t, Some("default"), kubernetes, &ctx);
     }
 }
 
@@ -1345,6 +1363,33 @@ impl State {
                         work.push(u.to_string());
                     }
                 }
+            }
+        }
+    }
+
+    /// ServiceAccount controller step: every active namespace has a `default` ServiceAccount.
+    pub fn ensure_default_service_accounts(&mut self) {
+        let ns_key: ResKey = (String::new(), "namespaces".into());
+        let sa_key: ResKey = (String::new(), "serviceaccounts".into());
+        let active: Vec<String> = self
+            .iter(&ns_key, None)
+            .filter(|n| {
+                n.get("metadata")
+                    .and_then(|m| m.get("deletionTimestamp"))
+                    .is_none()
+            })
+            .filter_map(|n| meta_str(n, "name").map(str::to_string))
+            .collect();
+        let t = self.type_by_kind("", "serviceaccounts");
+        for ns in active {
+            if self.get(&sa_key, &ns, "default").is_none() {
+                let body = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});
+                let _ = self.create(
+                    &t,
+                    Some(&ns),
+                    body,
+                    &WriteCtx::internal("kube-controller-manager", ""),
+                );
             }
         }
     }

@@ -181,6 +181,7 @@ pub async fn run(c: Arc<Cluster>, settings: Settings) {
             .filter(|n| node_ready(n))
             .count() as i64;
         st.finalize_namespaces();
+        st.ensure_default_service_accounts();
         let mut ready_node_names: Vec<String> = st
             .iter(&nodes_key(), None)
             .filter(|n| node_ready(n))

@@ -1183,6 +1183,24 @@ async fn server_side_defaults_for_drift() {
             "{ns} exists at start"
         );
     }
+    // The Services every cluster has, and a default ServiceAccount in every namespace.
+    let k = Api::<Service>::namespaced(c.clone(), "default")
+        .get("kubernetes")
+        .await
+        .unwrap();
+    assert_eq!(k.spec.unwrap().cluster_ip.as_deref(), Some("10.43.0.1"));
+    let dns = Api::<Service>::namespaced(c.clone(), "kube-system")
+        .get("kube-dns")
+        .await
+        .unwrap();
+    assert_eq!(dns.spec.unwrap().cluster_ip.as_deref(), Some("10.43.0.10"));
+    let sas: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(c.clone(), "team");
+    eventually(
+        "default ServiceAccount in a new namespace",
+        Duration::from_secs(3),
+        || async { sas.get_opt("default").await.unwrap().map(|_| ()) },
+    )
+    .await;
 }
 
 #[tokio::test]
