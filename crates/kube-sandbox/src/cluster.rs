@@ -262,7 +262,8 @@ pub fn with_version(t: &ResourceType, obj: &Value, version: &str) -> Value {
 }
 
 impl State {
-    /// Look up a built-in or registered type by group and plural (internal callers only).
+    /// Look up a built-in type by group and plural (internal callers only; they name types that always
+    /// exist, and an unknown name falls back to Namespace rather than panicking).
     pub fn type_by_kind(&self, group: &str, plural: &str) -> Arc<ResourceType> {
         self.types
             .get(&(group.to_string(), plural.to_string()))
@@ -660,7 +661,7 @@ impl State {
         self.label_index.remove(&key);
     }
 
-    fn check_namespace(&self, t: &ResourceType, ns: &str) -> Result<(), ApiError> {
+    fn check_namespace(&self, t: &ResourceType, ns: &str, name: &str) -> Result<(), ApiError> {
         if !t.namespaced {
             return Ok(());
         }
@@ -670,7 +671,7 @@ impl State {
                 Err(ApiError::forbidden(format!(
                     "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                     crate::util::qualified(&t.group, &t.plural),
-                    "",
+                    name,
                 ))
                 .with_details(json!({"group": t.group, "kind": t.plural, "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]})))
             }
@@ -717,9 +718,6 @@ impl State {
                 name,
                 vec![("metadata.name".into(), m)],
             ));
-        }
-        if t.kind == "CustomResourceDefinition" {
-            return Ok(());
         }
         Ok(())
     }
@@ -849,7 +847,7 @@ impl State {
             }
         }
         Self::validate_name(t, &name)?;
-        self.check_namespace(t, &ns)?;
+        self.check_namespace(t, &ns, &name)?;
         if self.get(&t.key(), &ns, &name).is_some() {
             return Err(ApiError::already_exists(&t.group, &t.plural, &name));
         }
@@ -1238,7 +1236,7 @@ impl State {
             }
         }
         if live.is_none() {
-            self.check_namespace(t, ns)?;
+            self.check_namespace(t, ns, name)?;
         }
         let kind = t.kind.clone();
         let alloc = &mut self.alloc;
