@@ -182,7 +182,7 @@ pub fn node_name(inst: &Instance) -> String {
 }
 
 /// Poll forever, reconciling nodes after each successful DescribeInstances.
-pub async fn run(shared: Arc<Shared>, cfg: Ec2Config, node_delay: Duration) {
+pub async fn run(shared: Arc<Shared>, cfg: Ec2Config, node_delay: Duration, log: bool) {
     let client: Client =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
@@ -190,8 +190,18 @@ pub async fn run(shared: Arc<Shared>, cfg: Ec2Config, node_delay: Duration) {
     loop {
         interval.tick().await;
         // An unreachable endpoint leaves nodes as they are; the next poll retries.
-        if let Ok(instances) = describe(&client, &cfg).await {
-            sync(&shared, &instances, node_delay);
+        match describe(&client, &cfg).await {
+            Ok(instances) => sync(&shared, &instances, node_delay),
+            Err(e) if log => {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                eprintln!("ec2 poll of {} failed: {msg}", cfg.endpoint);
+            }
+            Err(_) => {}
         }
     }
 }

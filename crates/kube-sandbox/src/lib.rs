@@ -55,6 +55,8 @@ pub struct Config {
     /// Watch events retained per cluster for resuming watches; older resourceVersions get 410 Gone.
     /// Default 10,000.
     pub watch_history: usize,
+    /// Log one line per request (method, path, status, duration) and EC2 poll errors to stderr.
+    pub log_requests: bool,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             tls: false,
             token: None,
             watch_history: cluster::DEFAULT_HISTORY,
+            log_requests: false,
         }
     }
 }
@@ -81,6 +84,7 @@ pub struct Settings {
     pub nodes: usize,
     pub kubernetes_version: String,
     pub watch_history: usize,
+    pub log_requests: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +149,7 @@ impl Sandbox {
             nodes: config.nodes,
             kubernetes_version: config.kubernetes_version.clone(),
             watch_history: config.watch_history,
+            log_requests: config.log_requests,
         };
         let shared = Arc::new(server::Shared {
             clusters: std::sync::Mutex::new(Default::default()),
@@ -158,7 +163,13 @@ impl Sandbox {
             vec![tokio::spawn(accept_loop(listener, shared.clone(), acceptor)).abort_handle()];
         if let Some(ec2) = config.ec2.clone() {
             tasks.push(
-                tokio::spawn(ec2::run(shared.clone(), ec2, config.node_delay)).abort_handle(),
+                tokio::spawn(ec2::run(
+                    shared.clone(),
+                    ec2,
+                    config.node_delay,
+                    config.log_requests,
+                ))
+                .abort_handle(),
             );
         }
         Ok(SandboxHandle {
@@ -281,7 +292,12 @@ impl SandboxHandle {
     /// The default cluster's server URL, e.g. `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}", self.addr)
+        // A wildcard bind is reached through loopback (the serving certificate names 127.0.0.1).
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        }
+        format!("{scheme}://{addr}")
     }
 
     /// The server URL of a named cluster, e.g. `http://127.0.0.1:PORT/clusters/demo`.

@@ -41,6 +41,9 @@ struct Cli {
     /// Serve HTTPS with a generated CA; clients need the client certificate or the token.
     #[arg(long)]
     tls: bool,
+    /// Log every request (and EC2 poll errors) to stderr.
+    #[arg(short, long)]
+    verbose: bool,
     /// Watch events retained per cluster (older resourceVersions get 410 Gone).
     #[arg(long, default_value_t = 10_000)]
     watch_history: usize,
@@ -67,6 +70,7 @@ fn main() -> std::process::ExitCode {
         tls: cli.tls,
         token: cli.token,
         watch_history: cli.watch_history,
+        log_requests: cli.verbose,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

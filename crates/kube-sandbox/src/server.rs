@@ -207,6 +207,19 @@ pub async fn handle(
             .unwrap_or("")
             .to_string()
     };
+    let started = std::time::Instant::now();
+    let log_line = shared.settings.log_requests.then(|| {
+        format!(
+            "{} {}{}",
+            parts.method,
+            path,
+            parts
+                .uri
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default()
+        )
+    });
     let req = Req {
         method: parts.method.clone(),
         path,
@@ -223,10 +236,18 @@ pub async fn handle(
         }),
         body,
     };
-    Ok(match route(&shared, req).await {
+    let resp = match route(&shared, req).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
-    })
+    };
+    if let Some(line) = log_line {
+        eprintln!(
+            "{line} -> {} ({:.1?})",
+            resp.status().as_u16(),
+            started.elapsed()
+        );
+    }
+    Ok(resp)
 }
 
 async fn route(shared: &Arc<Shared>, req: Req) -> Result<Response<Body>, ApiError> {

@@ -98,3 +98,20 @@ async fn binary_rejects_bad_flags() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--ready-delay"));
 }
+
+#[tokio::test]
+async fn binary_verbose_logs_requests_to_stderr() {
+    let (mut child, url, _) = start(&["-v"]).await;
+    let (code, _) = raw("GET", &format!("{url}/api/v1/namespaces/nope"), "", "").await;
+    assert_eq!(code, 404);
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(5), err.next_line())
+        .await
+        .expect("a log line")
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.starts_with("GET /api/v1/namespaces/nope -> 404"),
+        "{line}"
+    );
+}
