@@ -91,6 +91,8 @@ pub struct WriteCtx {
     pub version: String,
     /// "" or "status".
     pub subresource: String,
+    /// `fieldValidation=Strict`: unknown fields of custom resources are an error instead of pruned.
+    pub strict: bool,
 }
 
 impl WriteCtx {
@@ -100,8 +102,39 @@ impl WriteCtx {
             dry_run: false,
             version: String::new(),
             subresource: subresource.into(),
+            strict: false,
         }
     }
+}
+
+/// Prune unknown fields and fill schema defaults of a custom resource (no-op for built-in kinds).
+fn structural(
+    t: &ResourceType,
+    obj: &mut Value,
+    strict: bool,
+    defaults: bool,
+) -> Result<(), ApiError> {
+    let Some(schema) = t.schema.as_ref().filter(|_| t.custom) else {
+        return Ok(());
+    };
+    let unknown = crate::schema::prune(schema, obj);
+    if strict && !unknown.is_empty() {
+        let fields: Vec<String> = unknown
+            .iter()
+            .map(|p| format!("unknown field \"{}\"", p.trim_start_matches('.')))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "{} in version \"{}\" cannot be handled as a {}: strict decoding error: {}",
+            t.kind,
+            t.api_version(t.storage_version()),
+            t.kind,
+            fields.join(", ")
+        )));
+    }
+    if defaults {
+        crate::schema::apply_defaults(schema, obj);
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Default)]
@@ -881,6 +914,7 @@ impl State {
                 md.remove("generation");
             }
         }
+        structural(t, &mut body, ctx.strict, true)?;
         apply_defaults(&t.kind, &mut body, &mut self.alloc);
         self.system_hooks(t, &mut body, true);
         Self::validate_object(t, &body)?;
@@ -1043,6 +1077,7 @@ impl State {
                 new["status"] = s.clone();
             }
         }
+        structural(t, &mut new, ctx.strict, true)?;
         apply_defaults(&t.kind, &mut new, &mut self.alloc);
         self.system_hooks(t, &mut new, false);
         Self::validate_object(t, &new)?;
@@ -1238,7 +1273,11 @@ impl State {
         if live.is_none() {
             self.check_namespace(t, ns, name)?;
         }
+        // Unknown fields of custom resources are pruned (or rejected) before ownership is computed.
+        // Defaults are the server's, not the applier's: they are filled in after the merge.
+        structural(t, &mut applied, ctx.strict, false)?;
         let kind = t.kind.clone();
+        let schema = t.schema.clone().filter(|_| t.custom);
         let alloc = &mut self.alloc;
         let res = ssa::apply(
             ApplyArgs {
@@ -1250,7 +1289,12 @@ impl State {
                 api_version: &api_version,
                 subresource: &ctx.subresource,
             },
-            |o| apply_defaults(&kind, o, alloc),
+            |o| {
+                if let Some(s) = &schema {
+                    crate::schema::apply_defaults(s, o);
+                }
+                apply_defaults(&kind, o, alloc)
+            },
         )?;
         match (live, res) {
             (Some(l), ApplyResult::NoOp) => Ok(with_version(t, &l, &ctx.version)),

@@ -17,6 +17,7 @@ pub mod defaults;
 pub mod ec2;
 pub mod patch;
 pub mod pods;
+pub mod schema;
 pub mod selectors;
 pub mod server;
 pub mod ssa;

@@ -550,6 +550,15 @@ async fn resource(
             dry_run: dry_run(req)?,
             version: version.to_string(),
             subresource: sub_s.to_string(),
+            strict: match req.query.get("fieldValidation").map(String::as_str) {
+                None | Some("") | Some("Ignore") | Some("Warn") => false,
+                Some("Strict") => true,
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "invalid fieldValidation {other:?}: must be Ignore, Warn or Strict"
+                    )))
+                }
+            },
         })
     };
     if sub == Some("scale") {

@@ -1255,3 +1255,83 @@ async fn statefulset_daemonset_job_pods_and_unschedulable_pods() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn custom_resources_are_pruned_defaulted_and_strictly_validated() {
+    let sb = sandbox().await;
+    let c = client(&sb.url());
+    let crds: Api<CustomResourceDefinition> = Api::all(c.clone());
+    let mut crd = widget_crd();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["mode"] = json!({"type": "string", "default": "fast"});
+    crds.patch(
+        "widgets.example.com",
+        &PatchParams::apply("phoenix"),
+        &Patch::Apply(crd),
+    )
+    .await
+    .unwrap();
+    let url = format!(
+        "{}/apis/example.com/v1/namespaces/default/widgets",
+        sb.url()
+    );
+    let body = |name: &str| {
+        json!({"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name},
+        "spec": {"size": 2, "bogus": true}, "extra": 1})
+        .to_string()
+    };
+    let (code, v) = raw(
+        "POST",
+        &format!("{url}?fieldValidation=Strict"),
+        "application/json",
+        &body("strict"),
+    )
+    .await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field \"spec.bogus\""),
+        "{v}"
+    );
+    let (code, v) = raw("POST", &url, "application/json", &body("pruned")).await;
+    assert_eq!(code, 201, "{v}");
+    assert!(
+        v["spec"].get("bogus").is_none() && v.get("extra").is_none(),
+        "{v}"
+    );
+    assert_eq!(v["spec"]["mode"], "fast", "schema default");
+    assert_eq!(v["spec"]["size"], 2);
+    // Apply: unknown fields are neither stored nor owned; Strict rejects them.
+    let (code, _) = raw(
+        "PATCH",
+        &format!("{url}/applied?fieldManager=phoenix&fieldValidation=Strict"),
+        "application/apply-patch+yaml",
+        &body("applied"),
+    )
+    .await;
+    assert_eq!(code, 400);
+    let (code, v) = raw(
+        "PATCH",
+        &format!("{url}/applied?fieldManager=phoenix"),
+        "application/apply-patch+yaml",
+        &body("applied"),
+    )
+    .await;
+    assert_eq!(code, 201, "{v}");
+    assert!(v["spec"].get("bogus").is_none());
+    let mf = &v["metadata"]["managedFields"][0]["fieldsV1"];
+    assert!(
+        mf["f:spec"].get("f:bogus").is_none() && mf["f:spec"].get("f:mode").is_none(),
+        "{mf}"
+    );
+    let (code, _) = raw(
+        "POST",
+        &format!("{url}?fieldValidation=Sometimes"),
+        "application/json",
+        &body("x"),
+    )
+    .await;
+    assert_eq!(code, 400);
+}
