@@ -283,6 +283,23 @@ async fn kubectl_wait_scale_label_annotate_set_image_edit_delete() {
         ])
         .await;
     assert!(out.contains("condition met"), "{out}");
+    k.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod",
+        "-l",
+        "app=web",
+        "--timeout=20s",
+    ])
+    .await;
+    let out = k.ok(&["get", "pods", "-l", "app=web"]).await;
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("1/1") && l.contains("Running"))
+            .count(),
+        2,
+        "{out}"
+    );
     assert!(k
         .ok(&["scale", "deploy/web", "--replicas=4"])
         .await
@@ -491,4 +508,52 @@ spec:
     assert_eq!(out.trim(), "widget.example.com/w1");
     let o = k.run(&["diff", "--server-side", "-f", &w]).await;
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // A structural schema: kubectl's strict field validation rejects undeclared fields.
+    let crd2 = k.write(
+        "crd2.yaml",
+        "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gadgets.example.com}
+spec:
+  group: example.com
+  names: {kind: Gadget, plural: gadgets}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer}
+              mode: {type: string, default: fast}
+",
+    );
+    k.ok(&["apply", "--server-side", "-f", &crd2]).await;
+    let bad = k.write("g.yaml", "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g1}\nspec: {size: 1, colour: red}\n");
+    let o = k.run(&["apply", "--server-side", "-f", &bad]).await;
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("unknown field \"spec.colour\""),
+        "{}",
+        stderr(&o)
+    );
+    let good = k.write(
+        "g2.yaml",
+        "apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g1}\nspec: {size: 1}\n",
+    );
+    k.ok(&["apply", "--server-side", "-f", &good]).await;
+    let v = k.json(&["get", "gadget", "g1"]).await;
+    assert_eq!(v["spec"]["mode"], "fast", "schema default filled in");
+    let o = k.run(&["diff", "--server-side", "-f", &good]).await;
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "defaults are not drift: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
 }
