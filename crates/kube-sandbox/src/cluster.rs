@@ -151,6 +151,10 @@ pub struct Cluster {
     pub tx: broadcast::Sender<Arc<Event>>,
     pub rv: Arc<AtomicU64>,
     kubernetes_version: std::sync::RwLock<String>,
+    /// Set when the cluster is wiped: its watches end.
+    pub closed: std::sync::atomic::AtomicBool,
+    /// The cluster's controller loop, aborted when the cluster is wiped.
+    pub controller: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Cluster {
@@ -184,6 +188,8 @@ impl Cluster {
             tx,
             rv,
             kubernetes_version: std::sync::RwLock::new(kubernetes_version.to_string()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            controller: Mutex::new(None),
         });
         c.bootstrap();
         c

@@ -235,6 +235,7 @@ fn sync(shared: &Arc<Shared>, instances: &[Instance], node_delay: Duration) {
         };
         let insts = by_cluster.get(&cname).cloned().unwrap_or_default();
         let mut st = c.lock();
+        let had_ec2_nodes = st.node_sim.values().any(|s| s.instance_id.is_some());
         let node_t = st.type_by_kind("", "nodes");
         let mut seen: HashSet<String> = HashSet::new();
         for i in insts {
@@ -307,6 +308,11 @@ fn sync(shared: &Arc<Shared>, instances: &[Instance], node_delay: Duration) {
         let names: Vec<String> = st.node_sim.keys().cloned().collect();
         for n in names {
             crate::controller::refresh_node(&mut st, &n);
+        }
+        // The control plane lives on the instances: when the last one is terminated, the cluster is gone.
+        if had_ec2_nodes && seen.is_empty() {
+            drop(st);
+            shared.remove_cluster(&cname);
         }
     }
 }

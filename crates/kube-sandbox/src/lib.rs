@@ -374,6 +374,12 @@ impl SandboxHandle {
         Ok(())
     }
 
+    /// Wipe a cluster (objects, nodes, controller; watches end); it is created afresh on next use.
+    /// False when it does not exist.
+    pub fn wipe_cluster(&self, cluster: &str) -> bool {
+        self.shared.remove_cluster(cluster)
+    }
+
     /// Stop serving (also done on drop).
     pub fn stop(self) {}
 }

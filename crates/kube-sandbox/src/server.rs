@@ -53,7 +53,33 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(h.abort_handle());
+        *c.controller.lock().unwrap_or_else(|e| e.into_inner()) = Some(h.abort_handle());
         c
+    }
+
+    /// Wipe a cluster: its objects, nodes and controller go; watches on it end. The next request (or EC2
+    /// registration) creates it afresh. False when it does not exist.
+    pub fn remove_cluster(&self, name: &str) -> bool {
+        let removed = self
+            .clusters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        match removed {
+            Some(c) => {
+                c.closed.store(true, std::sync::atomic::Ordering::Relaxed);
+                if let Some(h) = c
+                    .controller
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take()
+                {
+                    h.abort();
+                }
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn existing(&self, name: &str) -> Option<Arc<Cluster>> {
@@ -968,7 +994,7 @@ fn watch(
                 },
                 // Interval ticks are cancel-safe.
                 _ = tick.tick() => {
-                    if tx.is_closed() { return; }
+                    if tx.is_closed() || cluster2.closed.load(std::sync::atomic::Ordering::Relaxed) { return; }
                     if bookmarks {
                         let rv = cluster2.rv.load(std::sync::atomic::Ordering::Relaxed).max(last);
                         if tx.send(bookmark(rv, false)).await.is_err() { return; }
@@ -1148,6 +1174,20 @@ fn admin(shared: &Arc<Shared>, req: &Req, rest: &str) -> Result<Response<Body>, 
                 out.push(json!({"name": n, "resourceVersion": st.rv.to_string(), "nodes": nodes}));
             }
             Ok(ok_value(&json!(out)))
+        }
+        (&Method::DELETE, ["clusters", c]) => {
+            if shared.remove_cluster(c) {
+                Ok(ok_value(
+                    &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "message": format!("cluster {c} wiped"), "code": 200}),
+                ))
+            } else {
+                Err(ApiError::new(
+                    404,
+                    "NotFound",
+                    format!("cluster {c:?} not found"),
+                ))
+            }
         }
         (&Method::POST, ["clusters", c, "version"]) => {
             let body: Value = serde_json::from_slice(&req.body)

@@ -1335,3 +1335,48 @@ async fn custom_resources_are_pruned_defaulted_and_strictly_validated() {
     .await;
     assert_eq!(code, 400);
 }
+
+#[tokio::test]
+async fn wiping_a_cluster_ends_its_watches_and_starts_it_afresh() {
+    let sb = sandbox().await;
+    let c = client(&sb.cluster_url("w"));
+    create_cm(&c, "default", "old", json!({})).await;
+    let url = format!(
+        "{}/api/v1/namespaces/default/configmaps?watch=true",
+        sb.cluster_url("w")
+    );
+    let h = tokio::spawn(async move { raw_lines(&url, 100, Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let (code, _) = raw(
+        "DELETE",
+        &format!("{}/sandbox/clusters/w", sb.url()),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = raw(
+        "DELETE",
+        &format!("{}/sandbox/clusters/w", sb.url()),
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(code, 404);
+    let evs = h.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the watch ended with the cluster"
+    );
+    assert_eq!(evs.len(), 1, "only the initial ADDED");
+    let cms: Api<ConfigMap> = Api::namespaced(c.clone(), "default");
+    assert!(
+        cms.get_opt("old").await.unwrap().is_none(),
+        "a fresh cluster"
+    );
+    let nss: Api<Namespace> = Api::all(c.clone());
+    assert!(nss.get_opt("kube-system").await.unwrap().is_some());
+    assert!(sb.wipe_cluster("w"));
+    assert!(!sb.wipe_cluster("w"));
+}

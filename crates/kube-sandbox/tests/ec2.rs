@@ -255,4 +255,40 @@ async fn nodes_follow_ec2_instances_tagged_for_each_cluster() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["default", "demo", "other"]);
+    // Terminating the last instance of a cluster takes its control plane (all its objects) with it.
+    ec2(
+        &endpoint,
+        &format!("Action=TerminateInstances&InstanceId.1={server}"),
+    )
+    .await;
+    eventually("cluster demo wiped", Duration::from_secs(10), || async {
+        let (_, v) = raw("GET", &format!("{}/sandbox/clusters", sb.url()), "", "").await;
+        let names: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect();
+        (!names.contains(&"demo".to_string())).then_some(())
+    })
+    .await;
+    assert!(
+        deps.get_opt("web").await.unwrap().is_none(),
+        "a rebuilt cluster starts empty"
+    );
+    assert!(nodes
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+    // The admin endpoint lists the remaining clusters (demo exists again: the requests above recreated it).
+    let (_, v) = raw("GET", &format!("{}/sandbox/clusters", sb.url()), "", "").await;
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["default", "demo", "other"]);
 }
