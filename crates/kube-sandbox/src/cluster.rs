@@ -107,6 +107,24 @@ impl WriteCtx {
     }
 }
 
+/// 400 for a built-in object whose well-known fields have the wrong JSON type, as the decoder would.
+fn typecheck(t: &ResourceType, obj: &Value) -> Result<(), ApiError> {
+    if t.custom {
+        return Ok(());
+    }
+    let errs = crate::defaults::type_errors(&t.kind, obj);
+    if errs.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::bad_request(format!(
+        "{} in version \"{}\" cannot be handled as a {}: {}",
+        t.kind,
+        t.storage_version(),
+        t.kind,
+        errs.join(", ")
+    )))
+}
+
 /// Prune unknown fields and fill schema defaults of a custom resource (no-op for built-in kinds).
 fn structural(
     t: &ResourceType,
@@ -920,6 +938,7 @@ impl State {
                 md.remove("generation");
             }
         }
+        typecheck(t, &body)?;
         structural(t, &mut body, ctx.strict, true)?;
         apply_defaults(&t.kind, &mut body, &mut self.alloc);
         self.system_hooks(t, &mut body, true);
@@ -1083,6 +1102,7 @@ impl State {
                 new["status"] = s.clone();
             }
         }
+        typecheck(t, &new)?;
         structural(t, &mut new, ctx.strict, true)?;
         apply_defaults(&t.kind, &mut new, &mut self.alloc);
         self.system_hooks(t, &mut new, false);
@@ -1281,6 +1301,7 @@ impl State {
         }
         // Unknown fields of custom resources are pruned (or rejected) before ownership is computed.
         // Defaults are the server's, not the applier's: they are filled in after the merge.
+        typecheck(t, &applied)?;
         structural(t, &mut applied, ctx.strict, false)?;
         let kind = t.kind.clone();
         let schema = t.schema.clone().filter(|_| t.custom);

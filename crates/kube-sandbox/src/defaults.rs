@@ -261,3 +261,123 @@ mod tests {
         assert_eq!(s["spec"]["sessionAffinity"], "None");
     }
 }
+
+/// JSON type expectations for fields of built-in kinds, so malformed bodies get a 400 as they would from
+/// kube-apiserver's decoder instead of being coerced. `*` walks every array element or map value.
+const TYPES: &[(&str, &str, &str)] = &[
+    ("*", "metadata", "object"),
+    ("*", "metadata.labels", "object"),
+    ("*", "metadata.labels.*", "string"),
+    ("*", "metadata.annotations", "object"),
+    ("*", "metadata.annotations.*", "string"),
+    ("*", "metadata.finalizers", "array"),
+    ("*", "metadata.finalizers.*", "string"),
+    ("*", "metadata.ownerReferences", "array"),
+    ("*", "spec", "object"),
+    ("*", "status", "object"),
+    ("ConfigMap", "data", "object"),
+    ("ConfigMap", "data.*", "string"),
+    ("ConfigMap", "binaryData", "object"),
+    ("Secret", "data", "object"),
+    ("Secret", "data.*", "string"),
+    ("Secret", "stringData", "object"),
+    ("Secret", "stringData.*", "string"),
+    ("Secret", "type", "string"),
+    ("Service", "spec.type", "string"),
+    ("Service", "spec.selector", "object"),
+    ("Service", "spec.ports", "array"),
+    ("Service", "spec.ports.*", "object"),
+    ("Service", "spec.ports.*.port", "integer"),
+    ("Service", "spec.ports.*.name", "string"),
+    ("Service", "spec.ports.*.protocol", "string"),
+    ("Service", "spec.clusterIP", "string"),
+    ("workload", "spec.replicas", "integer"),
+    ("workload", "spec.selector", "object"),
+    ("workload", "spec.template", "object"),
+    ("workload", "spec.template.metadata", "object"),
+    ("workload", "spec.template.spec", "object"),
+    ("workload", "spec.template.spec.containers", "array"),
+    ("workload", "spec.template.spec.containers.*", "object"),
+    ("workload", "spec.template.spec.containers.*.name", "string"),
+    (
+        "workload",
+        "spec.template.spec.containers.*.image",
+        "string",
+    ),
+    ("workload", "spec.template.spec.containers.*.args", "array"),
+    (
+        "workload",
+        "spec.template.spec.containers.*.command",
+        "array",
+    ),
+    ("workload", "spec.template.spec.containers.*.env", "array"),
+    (
+        "workload",
+        "spec.template.spec.containers.*.env.*",
+        "object",
+    ),
+    ("workload", "spec.template.spec.containers.*.ports", "array"),
+    (
+        "workload",
+        "spec.template.spec.containers.*.ports.*.containerPort",
+        "integer",
+    ),
+    ("Pod", "spec.containers", "array"),
+    ("Pod", "spec.containers.*", "object"),
+    ("Pod", "spec.containers.*.name", "string"),
+    ("Pod", "spec.containers.*.image", "string"),
+    ("Namespace", "spec.finalizers", "array"),
+];
+
+fn type_ok(v: &Value, ty: &str) -> bool {
+    match ty {
+        "object" => v.is_object(),
+        "array" => v.is_array(),
+        "string" => v.is_string(),
+        "integer" => v.is_i64() || v.is_u64(),
+        _ => true,
+    }
+}
+
+fn check_path(v: &Value, segs: &[&str], path: String, ty: &str, errs: &mut Vec<String>) {
+    let Some((first, rest)) = segs.split_first() else {
+        if !v.is_null() && !type_ok(v, ty) {
+            errs.push(format!("{}: expected {ty}", path.trim_start_matches('.')));
+        }
+        return;
+    };
+    if *first == "*" {
+        match v {
+            Value::Array(a) => {
+                for (i, it) in a.iter().enumerate() {
+                    check_path(it, rest, format!("{path}[{i}]"), ty, errs);
+                }
+            }
+            Value::Object(m) => {
+                for (k, it) in m {
+                    check_path(it, rest, format!("{path}.{k}"), ty, errs);
+                }
+            }
+            _ => {}
+        }
+    } else if let Some(child) = v.as_object().and_then(|m| m.get(*first)) {
+        check_path(child, rest, format!("{path}.{first}"), ty, errs);
+    }
+}
+
+/// Type errors in a built-in object's well-known fields (empty when it is well-formed).
+pub fn type_errors(kind: &str, obj: &Value) -> Vec<String> {
+    let workload = matches!(
+        kind,
+        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" | "Job"
+    );
+    let mut errs = Vec::new();
+    for (k, path, ty) in TYPES {
+        let applies = *k == "*" || *k == kind || (*k == "workload" && workload);
+        if applies {
+            let segs: Vec<&str> = path.split('.').collect();
+            check_path(obj, &segs, String::new(), ty, &mut errs);
+        }
+    }
+    errs
+}

@@ -1330,6 +1330,30 @@ async fn hostile_inputs_get_status_errors_not_panics() {
         ),
         ("DELETE", obj.clone(), "application/json", "not json".into()),
         (
+            "POST",
+            format!("{url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"),
+            "application/json",
+            r#"{"metadata":{"name":"a.b"},"spec":{"names":"x","versions":5}}"#.into(),
+        ),
+        (
+            "POST",
+            format!("{url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"),
+            "application/json",
+            r#"{"metadata":{"name":"a.b"},"spec":"x"}"#.into(),
+        ),
+        (
+            "POST",
+            coll.clone(),
+            "application/json",
+            r#"{"metadata":{"name":"s"},"spec":"x"}"#.into(),
+        ),
+        (
+            "POST",
+            format!("{url}/api/v1/namespaces/default/services"),
+            "application/json",
+            r#"{"metadata":{"name":"s"},"spec":{"ports":"x","type":5}}"#.into(),
+        ),
+        (
             "GET",
             format!("{coll}?watch=true&timeoutSeconds=18446744073709551615&resourceVersion=abc"),
             "",
