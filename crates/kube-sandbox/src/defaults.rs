@@ -218,50 +218,6 @@ fn service(obj: &mut Value, alloc: &mut dyn Allocator) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct A(u32);
-    impl Allocator for A {
-        fn cluster_ip(&mut self) -> String {
-            self.0 += 1;
-            format!("10.43.0.{}", self.0)
-        }
-        fn node_port(&mut self) -> i64 {
-            30000
-        }
-    }
-
-    #[test]
-    fn deployment_and_container_defaults() {
-        let mut d = json!({"spec": {"template": {"spec": {"containers": [
-            {"name": "a", "image": "nginx"}, {"name": "b", "image": "nginx:1.27"},
-            {"name": "c", "image": "reg:5000/x:latest"}, {"name": "d", "image": "reg:5000/x"}]}}}});
-        apply_defaults("Deployment", &mut d, &mut A(0));
-        assert_eq!(d["spec"]["replicas"], 1);
-        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
-        let cs = &d["spec"]["template"]["spec"]["containers"];
-        assert_eq!(cs[0]["imagePullPolicy"], "Always");
-        assert_eq!(cs[1]["imagePullPolicy"], "IfNotPresent");
-        assert_eq!(cs[2]["imagePullPolicy"], "Always");
-        assert_eq!(cs[3]["imagePullPolicy"], "Always");
-        assert_eq!(cs[0]["terminationMessagePath"], "/dev/termination-log");
-        assert_eq!(d["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirst");
-    }
-
-    #[test]
-    fn service_defaults() {
-        let mut s = json!({"spec": {"ports": [{"port": 80}]}});
-        apply_defaults("Service", &mut s, &mut A(9));
-        assert_eq!(s["spec"]["clusterIP"], "10.43.0.10");
-        assert_eq!(s["spec"]["clusterIPs"], json!(["10.43.0.10"]));
-        assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
-        assert_eq!(s["spec"]["ports"][0]["protocol"], "TCP");
-        assert_eq!(s["spec"]["sessionAffinity"], "None");
-    }
-}
-
 /// JSON type expectations for fields of built-in kinds, so malformed bodies get a 400 as they would from
 /// kube-apiserver's decoder instead of being coerced. `*` walks every array element or map value.
 const TYPES: &[(&str, &str, &str)] = &[
@@ -380,4 +336,48 @@ pub fn type_errors(kind: &str, obj: &Value) -> Vec<String> {
         }
     }
     errs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct A(u32);
+    impl Allocator for A {
+        fn cluster_ip(&mut self) -> String {
+            self.0 += 1;
+            format!("10.43.0.{}", self.0)
+        }
+        fn node_port(&mut self) -> i64 {
+            30000
+        }
+    }
+
+    #[test]
+    fn deployment_and_container_defaults() {
+        let mut d = json!({"spec": {"template": {"spec": {"containers": [
+            {"name": "a", "image": "nginx"}, {"name": "b", "image": "nginx:1.27"},
+            {"name": "c", "image": "reg:5000/x:latest"}, {"name": "d", "image": "reg:5000/x"}]}}}});
+        apply_defaults("Deployment", &mut d, &mut A(0));
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+        let cs = &d["spec"]["template"]["spec"]["containers"];
+        assert_eq!(cs[0]["imagePullPolicy"], "Always");
+        assert_eq!(cs[1]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(cs[2]["imagePullPolicy"], "Always");
+        assert_eq!(cs[3]["imagePullPolicy"], "Always");
+        assert_eq!(cs[0]["terminationMessagePath"], "/dev/termination-log");
+        assert_eq!(d["spec"]["template"]["spec"]["dnsPolicy"], "ClusterFirst");
+    }
+
+    #[test]
+    fn service_defaults() {
+        let mut s = json!({"spec": {"ports": [{"port": 80}]}});
+        apply_defaults("Service", &mut s, &mut A(9));
+        assert_eq!(s["spec"]["clusterIP"], "10.43.0.10");
+        assert_eq!(s["spec"]["clusterIPs"], json!(["10.43.0.10"]));
+        assert_eq!(s["spec"]["ports"][0]["targetPort"], 80);
+        assert_eq!(s["spec"]["ports"][0]["protocol"], "TCP");
+        assert_eq!(s["spec"]["sessionAffinity"], "None");
+    }
 }
