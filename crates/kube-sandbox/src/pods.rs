@@ -9,6 +9,50 @@ use std::sync::Arc;
 
 const MANAGER: &str = "kube-controller-manager";
 
+/// Record an Event about `about` once per (object, reason, detail), as the controllers and kubelet do.
+pub fn event(
+    st: &mut State,
+    about: &Value,
+    warning: bool,
+    reason: &str,
+    message: &str,
+    component: &str,
+) {
+    let (Some(name), Some(uid)) = (meta_str(about, "name"), meta_str(about, "uid")) else {
+        return;
+    };
+    let ns = meta_str(about, "namespace")
+        .unwrap_or("default")
+        .to_string();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in uid.bytes().chain(reason.bytes()).chain(message.bytes()) {
+        h = (h ^ b as u64).wrapping_mul(0x100_0000_01b3);
+    }
+    let ev_name = format!("{name}.{h:016x}");
+    let ev_key = key("", "events");
+    if st.get(&ev_key, &ns, &ev_name).is_some() {
+        return;
+    }
+    let now = now_rfc3339();
+    let body = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": ev_name},
+        "involvedObject": {
+            "apiVersion": about.get("apiVersion"), "kind": about.get("kind"),
+            "name": name, "namespace": meta_str(about, "namespace"), "uid": uid,
+            "resourceVersion": meta_str(about, "resourceVersion"),
+        },
+        "reason": reason, "message": message,
+        "type": if warning { "Warning" } else { "Normal" },
+        "source": {"component": component},
+        "reportingComponent": component,
+        "reportingInstance": "",
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    });
+    let t = st.type_by_kind("", "events");
+    let _ = st.create(&t, Some(&ns), body, &WriteCtx::internal(component, ""));
+}
+
 fn key(g: &str, p: &str) -> ResKey {
     (g.to_string(), p.to_string())
 }
@@ -143,7 +187,19 @@ pub fn sync_deployment(st: &mut State, d: &Value, replicas: i64) {
         "spec": {"replicas": replicas, "selector": {"matchLabels": match_labels}, "template": tmpl},
     });
     let t = st.type_by_kind("apps", "replicasets");
-    let _ = st.create(&t, Some(ns), rs, &WriteCtx::internal(MANAGER, ""));
+    if st
+        .create(&t, Some(ns), rs, &WriteCtx::internal(MANAGER, ""))
+        .is_ok()
+    {
+        event(
+            st,
+            d,
+            false,
+            "ScalingReplicaSet",
+            &format!("Scaled up replica set {rs_name} from 0 to {replicas}"),
+            "deployment-controller",
+        );
+    }
 }
 
 /// Create or delete the Pods of a ReplicaSet/StatefulSet/DaemonSet/Job and set their status.
@@ -287,7 +343,20 @@ pub fn sync_pods(
                 "metadata": {"name": pod_name, "labels": l, "ownerReferences": [owner_ref(owner)]},
                 "spec": pod_spec,
             });
-            let _ = st.create(&t, Some(&ns), body, &WriteCtx::internal(MANAGER, ""));
+            if st
+                .create(&t, Some(&ns), body, &WriteCtx::internal(MANAGER, ""))
+                .is_ok()
+            {
+                let component = format!("{}-controller", k.1.trim_end_matches('s'));
+                event(
+                    st,
+                    owner,
+                    false,
+                    "SuccessfulCreate",
+                    &format!("Created pod: {pod_name}"),
+                    &component,
+                );
+            }
         }
     }
     // Bind pods created while no node was Ready (the scheduler's job), then kubelet status for every pod.
@@ -314,7 +383,82 @@ pub fn sync_pods(
             k.1 == "jobs" && job_done,
             job_failed,
         );
+        let phase = status
+            .get("phase")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let ready_now = status
+            .get("conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
         st.set_status(&pods_key, &ns, &pname, "kubelet", |_| status);
+        let Some(p) = st.get(&pods_key, &ns, &pname) else {
+            continue;
+        };
+        let first_container = p
+            .get("spec")
+            .and_then(|s| s.get("containers"))
+            .and_then(|c| c.get(0))
+            .and_then(|c| c.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if !scheduled {
+            let msg = format!(
+                "0/{} nodes are available: no node is Ready.",
+                st.count(&key("", "nodes"))
+            );
+            event(st, &p, true, "FailedScheduling", &msg, "default-scheduler");
+            continue;
+        }
+        let node = node_of(&p);
+        event(
+            st,
+            &p,
+            false,
+            "Scheduled",
+            &format!("Successfully assigned {ns}/{pname} to {node}"),
+            "default-scheduler",
+        );
+        if ready_now || phase == "Succeeded" || phase == "Failed" {
+            event(
+                st,
+                &p,
+                false,
+                "Started",
+                &format!("Started container {first_container}"),
+                "kubelet",
+            );
+        } else if fail == "never-ready" && phase == "Running" {
+            let msg =
+                format!("Back-off restarting failed container {first_container} in pod {pname}");
+            event(st, &p, true, "BackOff", &msg, "kubelet");
+        }
+    }
+    if k.1 == "jobs" && job_done {
+        if fail == "job-failed" {
+            event(
+                st,
+                owner,
+                true,
+                "BackoffLimitExceeded",
+                "Job has reached the specified backoff limit",
+                "job-controller",
+            );
+        } else {
+            event(
+                st,
+                owner,
+                false,
+                "Completed",
+                "Job completed",
+                "job-controller",
+            );
+        }
     }
 }
 

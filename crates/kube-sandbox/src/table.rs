@@ -77,6 +77,13 @@ fn columns(t: &ResourceType) -> Vec<Value> {
             col("Node", "string", "", 1),
         ],
         (false, "CustomResourceDefinition") => vec![name, col("Created At", "date", "", 0)],
+        (false, "Event") => vec![
+            s("Last Seen"),
+            s("Type"),
+            s("Reason"),
+            s("Object"),
+            s("Message"),
+        ],
         _ => vec![name, age],
     }
 }
@@ -403,6 +410,25 @@ fn cells(t: &ResourceType, obj: &Value) -> Vec<Value> {
         }
         "CustomResourceDefinition" => {
             vec![name, json!(str_at(obj, &["metadata", "creationTimestamp"]))]
+        }
+        "Event" => {
+            let last = obj
+                .get("lastTimestamp")
+                .and_then(Value::as_str)
+                .and_then(|ts| humantime::parse_rfc3339(ts).ok())
+                .map(|t| human_duration(SystemTime::now().duration_since(t).unwrap_or_default()))
+                .unwrap_or_else(|| "<unknown>".into());
+            vec![
+                json!(last),
+                json!(str_at(obj, &["type"])),
+                json!(str_at(obj, &["reason"])),
+                json!(format!(
+                    "{}/{}",
+                    str_at(obj, &["involvedObject", "kind"]).to_lowercase(),
+                    str_at(obj, &["involvedObject", "name"])
+                )),
+                json!(str_at(obj, &["message"])),
+            ]
         }
         _ => vec![name, a],
     }

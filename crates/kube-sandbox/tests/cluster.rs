@@ -1185,6 +1185,50 @@ async fn statefulset_daemonset_job_pods_and_unschedulable_pods() {
         },
     )
     .await;
+    // Controllers and the kubelet record Events.
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.clone(), "default");
+    let reasons = |obj: String| {
+        let events = events.clone();
+        async move {
+            events
+                .list(
+                    &kube::api::ListParams::default().fields(&format!("involvedObject.name={obj}")),
+                )
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|e| {
+                    format!(
+                        "{}/{}",
+                        e.type_.unwrap_or_default(),
+                        e.reason.unwrap_or_default()
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let crash_pod = names("app=crash").await[0].metadata.name.clone().unwrap();
+    eventually("BackOff event", Duration::from_secs(3), || async {
+        reasons(crash_pod.clone())
+            .await
+            .contains(&"Warning/BackOff".to_string())
+            .then_some(())
+    })
+    .await;
+    let r = reasons("crash".into()).await;
+    assert!(r.contains(&"Normal/ScalingReplicaSet".to_string()), "{r:?}");
+    let r = reasons("once".into()).await;
+    assert!(
+        r.contains(&"Normal/Completed".to_string())
+            && r.contains(&"Normal/SuccessfulCreate".to_string()),
+        "{r:?}"
+    );
+    let r = reasons("db-0".into()).await;
+    assert!(
+        r.contains(&"Normal/Scheduled".to_string()) && r.contains(&"Normal/Started".to_string()),
+        "{r:?}"
+    );
     let db = names("app=db").await;
     let db_names: Vec<String> = db
         .iter()
@@ -1235,6 +1279,19 @@ async fn statefulset_daemonset_job_pods_and_unschedulable_pods() {
             .items
             .into_iter()
             .next()
+    })
+    .await;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.clone(), "default");
+    let pname = p.metadata.name.clone().unwrap();
+    eventually("FailedScheduling event", Duration::from_secs(3), || async {
+        let l = events
+            .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={pname}")))
+            .await
+            .unwrap()
+            .items;
+        l.iter()
+            .any(|e| e.reason.as_deref() == Some("FailedScheduling"))
+            .then_some(())
     })
     .await;
     let st = p.status.unwrap();
