@@ -271,9 +271,13 @@ fn reconcile(st: &mut State, key: &ResKey, obj: &Value, ctx: &Ctx, timers: &mut 
         .unwrap_or_default();
     let replicas = spec.get("replicas").and_then(Value::as_i64).unwrap_or(1);
     let status: Value = match key.1.as_str() {
-        "deployments" => deployment_status(
-            &name, generation, replicas, ready, elapsed, fail, old_status,
-        ),
+        "deployments" => {
+            // Complete only once the current ReplicaSet is ready and the old ones are drained.
+            let ready = ready && crate::pods::rollout_done(st, obj, replicas);
+            deployment_status(
+                &name, generation, replicas, ready, elapsed, fail, old_status,
+            )
+        }
         "statefulsets" | "replicasets" => {
             let ok = ready && fail != "never-ready" && fail != "progress-deadline";
             let r = if ok { replicas } else { 0 };

@@ -101,6 +101,35 @@ fn sandbox_annotations(obj: &Value) -> Map<String, Value> {
         .unwrap_or_default()
 }
 
+/// Whether a Deployment's current ReplicaSet has all replicas ready and every older one is drained.
+pub fn rollout_done(st: &State, d: &Value, replicas: i64) -> bool {
+    let (Some(uid), Some(name), Some(ns)) = (
+        meta_str(d, "uid"),
+        meta_str(d, "name"),
+        meta_str(d, "namespace"),
+    ) else {
+        return false;
+    };
+    let Some(template) = d.get("spec").and_then(|s| s.get("template")) else {
+        return false;
+    };
+    let rs_name = format!("{name}-{}", template_hash(template));
+    let rs_key = key("apps", "replicasets");
+    let pods_key = key("", "pods");
+    let current_ready = st.get(&rs_key, ns, &rs_name).is_some_and(|rs| {
+        rs.get("status")
+            .and_then(|s| s.get("readyReplicas"))
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            >= replicas
+    });
+    current_ready
+        && st.dependents(uid, &rs_key).iter().all(|rs| {
+            meta_str(rs, "name") == Some(rs_name.as_str())
+                || meta_str(rs, "uid").is_none_or(|u| st.dependents(u, &pods_key).is_empty())
+        })
+}
+
 /// Keep one ReplicaSet per pod template: the current one at `replicas`, older ones scaled to 0.
 pub fn sync_deployment(st: &mut State, d: &Value, replicas: i64) {
     let (Some(uid), Some(name), Some(ns)) = (
@@ -116,11 +145,35 @@ pub fn sync_deployment(st: &mut State, d: &Value, replicas: i64) {
     let hash = template_hash(template);
     let rs_name = format!("{name}-{hash}");
     let rs_key = key("apps", "replicasets");
-    let revision = d
-        .get("metadata")
-        .and_then(|m| m.get("generation"))
-        .and_then(Value::as_i64)
-        .unwrap_or(1);
+    // Revisions as the deployment controller numbers them: the current template's ReplicaSet carries the
+    // highest one (a template seen before, e.g. after `kubectl rollout undo`, gets a new, higher number).
+    const REV: &str = "deployment.kubernetes.io/revision";
+    let rev_of = |o: &Value| -> i64 {
+        o.get("metadata")
+            .and_then(|m| m.get("annotations"))
+            .and_then(|a| a.get(REV))
+            .and_then(Value::as_str)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0)
+    };
+    let owned = st.dependents(uid, &rs_key);
+    let max_rev = owned.iter().map(|r| rev_of(r)).max().unwrap_or(0);
+    let revision = match owned
+        .iter()
+        .find(|r| meta_str(r, "name") == Some(rs_name.as_str()))
+    {
+        Some(r) if rev_of(r) == max_rev && max_rev > 0 => max_rev,
+        _ => max_rev + 1,
+    };
+    let deploy_key = key("apps", "deployments");
+    let name_owned = name.to_string();
+    st.internal_update(&deploy_key, ns, &name_owned, MANAGER, |o| {
+        let md = crate::util::meta_mut(o);
+        let ann = md.entry("annotations").or_insert_with(|| json!({}));
+        if let Some(a) = ann.as_object_mut() {
+            a.insert(REV.into(), json!(revision.to_string()));
+        }
+    });
     // Old ReplicaSets keep serving until the new one is fully ready (a rolling update without downtime).
     let new_ready = st.get(&rs_key, ns, &rs_name).is_some_and(|rs| {
         rs.get("status")
@@ -153,6 +206,7 @@ pub fn sync_deployment(st: &mut State, d: &Value, replicas: i64) {
             if let Some(a) = ann.as_object_mut() {
                 a.retain(|k, _| !k.starts_with("sandbox.phoenix.dev/"));
                 a.extend(annotations.clone());
+                a.insert(REV.into(), json!(revision.to_string()));
             }
         });
         return;
@@ -173,10 +227,7 @@ pub fn sync_deployment(st: &mut State, d: &Value, replicas: i64) {
         }
     }
     let mut ann = annotations;
-    ann.insert(
-        "deployment.kubernetes.io/revision".into(),
-        json!(revision.to_string()),
-    );
+    ann.insert(REV.into(), json!(revision.to_string()));
     ann.insert(
         "deployment.kubernetes.io/desired-replicas".into(),
         json!(replicas.to_string()),

@@ -557,3 +557,47 @@ spec:
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_rollout_status_history_and_undo() {
+    let sb = sandbox().await;
+    let Some(k) = Kubectl::new(&sb, None) else {
+        return;
+    };
+    let f = k.write("web.yaml", WEB);
+    k.ok(&["apply", "--server-side", "-f", &f]).await;
+    k.ok(&["rollout", "status", "deploy/web", "--timeout=20s"])
+        .await;
+    k.ok(&["set", "image", "deploy/web", "web=nginx:1.28"])
+        .await;
+    let out = k
+        .ok(&["rollout", "status", "deploy/web", "--timeout=20s"])
+        .await;
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let out = k.ok(&["rollout", "history", "deploy/web"]).await;
+    assert!(out.contains("1 ") && out.contains("2 "), "{out}");
+    let out = k.ok(&["rollout", "undo", "deploy/web"]).await;
+    assert!(out.contains("rolled back"), "{out}");
+    k.ok(&["rollout", "status", "deploy/web", "--timeout=20s"])
+        .await;
+    let v = k.json(&["get", "deploy", "web"]).await;
+    assert_eq!(
+        v["spec"]["template"]["spec"]["containers"][0]["image"],
+        "nginx:1.27"
+    );
+    assert_eq!(
+        v["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    let pods = k
+        .ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ])
+        .await;
+    assert!(!pods.contains("nginx:1.28"), "old pods replaced: {pods}");
+}
