@@ -1,6 +1,7 @@
 //! The environment definition: YAML with positions, typed model, loading and validation.
 
 pub mod cidr;
+mod commit;
 pub mod decode;
 pub mod diag;
 pub mod load;

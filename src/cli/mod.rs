@@ -1,0 +1,113 @@
+//! Command-line types only. Values are checked here; the objects that do work are built later,
+//! once all parsing is done (see `commands`).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "phoenix",
+    version,
+    about = "Rebuild a whole environment from a Git commit: EC2 network and instances, Kubernetes, add-ons, apps",
+    long_about = None,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Repository to read from: a path, or a URL cloned into the cache (default: the repository
+    /// around the current directory)
+    #[arg(long, global = true, value_name = "PATH|URL", env = "PHOENIX_REPO")]
+    pub repo: Option<String>,
+
+    /// Branch, tag or commit to read (default: HEAD)
+    #[arg(long = "ref", global = true, value_name = "REF")]
+    pub reference: Option<String>,
+
+    /// Read the commit even though the working tree has uncommitted changes
+    #[arg(long, global = true)]
+    pub allow_dirty: bool,
+
+    /// Trusted SSH public keys (one per line, or allowed_signers format); requires every commit
+    /// to carry a valid SSH signature by one of them
+    #[arg(long, global = true, value_name = "FILE", env = "PHOENIX_TRUSTED_KEYS")]
+    pub trusted_keys: Option<PathBuf>,
+
+    /// Refuse unsigned commits (keys from --trusted-keys or the commit's .phoenix/trusted-keys)
+    #[arg(long, global = true)]
+    pub require_signed: bool,
+
+    /// Output format
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+
+    /// State directory for kubeconfigs, keys, audit records and the clone cache
+    /// (default: $PHOENIX_HOME, else the user's data directory)
+    #[arg(long, global = true, value_name = "DIR", env = "PHOENIX_HOME")]
+    pub home: Option<PathBuf>,
+
+    /// More logging (-v, -vv); RUST_LOG also works
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check an environment offline: schema, references, templates, dependency graph
+    Validate(EnvArg),
+    /// Show what a rebuild would do, layer by layer
+    Plan(PlanArgs),
+    /// Print the rendered user-data and manifests of an environment (secrets redacted)
+    Render(RenderArgs),
+    /// List past runs of an environment from the audit trail
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnvArg {
+    /// Environment name (a directory under environments/)
+    #[arg(value_name = "ENV")]
+    pub env: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// Do not contact any live system: show the graph and what would be created from nothing
+    #[arg(long)]
+    pub offline: bool,
+    /// Exit 2 when changes are pending, 0 when there is nothing to do, 1 on error
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// Only this component (add-on or app)
+    #[arg(long, value_name = "NAME")]
+    pub component: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// Show at most this many runs, newest first
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}

@@ -1,0 +1,110 @@
+//! What every command needs: the state dir, the commit, the environment, and output helpers.
+
+use crate::cli::{Global, Output};
+use crate::env::{self, Diagnostic, Environment};
+use crate::error::{ExitCode, Failure};
+use crate::source::{self, Snapshot, SourceOptions};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub struct Context {
+    pub output: Output,
+    pub home: PathBuf,
+    pub source: SourceOptions,
+    pub verbose: u8,
+}
+
+impl Context {
+    pub fn from_global(g: &Global) -> Result<Self, Failure> {
+        let home = match &g.home {
+            Some(h) => h.clone(),
+            None => dirs::data_dir()
+                .or_else(|| dirs::home_dir().map(|h| h.join(".local/share")))
+                .map(|d| d.join("phoenix"))
+                .ok_or_else(|| {
+                    Failure::new("cannot find a state directory")
+                        .help("set PHOENIX_HOME or pass --home DIR")
+                })?,
+        };
+        Ok(Context {
+            output: g.output,
+            source: SourceOptions {
+                repo: g.repo.clone(),
+                reference: g.reference.clone(),
+                allow_dirty: g.allow_dirty,
+                home: home.clone(),
+                trusted_keys: g.trusted_keys.clone(),
+                require_signed: g.require_signed,
+            },
+            home,
+            verbose: g.verbose,
+        })
+    }
+
+    pub fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+
+    /// Opens the commit; git2 blocks, so it runs off the async workers.
+    pub async fn open(&self) -> Result<Arc<Snapshot>, Failure> {
+        let opts = self.source.clone();
+        let snapshot = tokio::task::spawn_blocking(move || source::open(&opts))
+            .await
+            .map_err(|e| Failure::new(format!("reading the repository stopped unexpectedly: {e}")))?
+            .map_err(|e| Failure::from_error("cannot read the environment from Git", &e))?;
+        Ok(Arc::new(snapshot))
+    }
+}
+
+/// Loads the environment, or prints its diagnostics and fails.
+pub fn load_env(ctx: &Context, snap: &Snapshot, name: &str) -> Result<Environment, Failure> {
+    env::load(snap, name).map_err(|diags| {
+        if ctx.json() {
+            print_json(&serde_json::json!({
+                "env": name,
+                "commit": snap.commit().sha,
+                "valid": false,
+                "diagnostics": diags,
+            }));
+        } else {
+            print_diagnostics(&diags);
+        }
+        Failure::new(format!(
+            "environment {name} at commit {} is invalid ({} problem{})",
+            snap.commit().short_sha,
+            diags.len(),
+            if diags.len() == 1 { "" } else { "s" }
+        ))
+        .help(format!("run `phoenix validate {name}` for the full list"))
+    })
+}
+
+pub fn print_diagnostics(diags: &[Diagnostic]) {
+    for d in diags {
+        eprintln!("{d}");
+    }
+}
+
+pub fn print_json(value: &serde_json::Value) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: cannot encode output as JSON: {e}"),
+    }
+}
+
+/// The commit line every human report starts with.
+pub fn commit_line(snap: &Snapshot) -> String {
+    let c = snap.commit();
+    let resolved = match &c.resolved {
+        source::ResolvedRef::Branch { name } => format!("branch {name}"),
+        source::ResolvedRef::Tag { name } => format!("tag {name}"),
+        source::ResolvedRef::Commit => "commit".to_string(),
+    };
+    format!("commit {} ({resolved}, {}): {}", c.sha, c.reference, c.summary)
+}
+
+pub fn commit_json(snap: &Snapshot) -> serde_json::Value {
+    serde_json::to_value(snap.commit()).unwrap_or_default()
+}
+
+pub type Outcome = Result<ExitCode, Failure>;

@@ -1,0 +1,67 @@
+//! `phoenix history ENV`: past runs from the audit trail, newest first.
+
+use super::common::{print_json, Context, Outcome};
+use crate::error::{ExitCode, Failure};
+use crate::report::audit;
+
+fn ms(d: Option<u64>) -> String {
+    match d {
+        Some(ms) if ms >= 60_000 => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
+        Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+        None => "-".into(),
+    }
+}
+
+pub async fn run(ctx: &Context, name: &str, limit: usize) -> Outcome {
+    crate::env::load::check_name(name).map_err(Failure::new)?;
+    let home = ctx.home.clone();
+    let env = name.to_string();
+    let listing = tokio::task::spawn_blocking(move || audit::scan_runs(&home, &env))
+        .await
+        .map_err(|e| Failure::new(format!("reading the audit trail stopped unexpectedly: {e}")))?
+        .map_err(|e| Failure::from_error(format!("cannot read the audit trail of {name}"), &e))?;
+    for p in &listing.problems {
+        eprintln!("warning: skipping {p}");
+    }
+    let records: Vec<_> = listing.records.into_iter().take(limit).collect();
+    if ctx.json() {
+        print_json(&serde_json::json!({ "env": name, "runs": records }));
+        return Ok(ExitCode::Ok);
+    }
+    if records.is_empty() {
+        println!(
+            "no runs of {name} recorded under {}",
+            audit::runs_dir(&ctx.home, name).display()
+        );
+        return Ok(ExitCode::Ok);
+    }
+    println!(
+        "{:<20}  {:<9}  {:<12}  {:<12}  {:<9}  {:>8}  LAYERS",
+        "STARTED", "COMMAND", "COMMIT", "ACTOR", "OUTCOME", "DURATION"
+    );
+    for r in &records {
+        let layers: Vec<String> = r
+            .layers
+            .iter()
+            .filter_map(|l| {
+                let status = l.status?;
+                Some(format!("{} {} {}", l.layer, status.as_str(), ms(l.duration_ms)))
+            })
+            .collect();
+        let started = r.started_at.get(..19).unwrap_or(&r.started_at).replace('T', " ");
+        println!(
+            "{:<20}  {:<9}  {:<12}  {:<12}  {:<9}  {:>8}  {}",
+            started,
+            r.command,
+            r.commit.get(..12).unwrap_or(&r.commit),
+            r.actor,
+            r.outcome.as_str(),
+            ms(r.duration_ms),
+            layers.join(", ")
+        );
+        if let Some(e) = &r.error {
+            println!("{:<20}  ↳ {e}", "");
+        }
+    }
+    Ok(ExitCode::Ok)
+}

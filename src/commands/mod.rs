@@ -1,0 +1,20 @@
+//! One module per command; each turns parsed arguments into work and an exit code.
+
+pub mod common;
+mod history;
+mod plan;
+mod render;
+mod validate;
+
+use crate::cli::{Cli, Command};
+use common::{Context, Outcome};
+
+pub async fn run(cli: Cli) -> Outcome {
+    let ctx = Context::from_global(&cli.global)?;
+    match cli.command {
+        Command::Validate(a) => validate::run(&ctx, &a.env).await,
+        Command::Plan(a) => plan::run(&ctx, &a.env.env, a.offline, a.detailed_exitcode).await,
+        Command::Render(a) => render::run(&ctx, &a.env.env, a.component.as_deref()).await,
+        Command::History(a) => history::run(&ctx, &a.env.env, a.limit).await,
+    }
+}

@@ -1,0 +1,98 @@
+//! `phoenix plan ENV`: the graph, layer by layer, with what a rebuild would do.
+
+use super::common::{commit_json, commit_line, load_env, print_json, Context, Outcome};
+use crate::engine::Layer;
+use crate::error::{ExitCode, Failure};
+use crate::render::{Mode, Renderer, SecretValues};
+use std::collections::BTreeMap;
+
+pub async fn run(ctx: &Context, name: &str, offline: bool, detailed_exitcode: bool) -> Outcome {
+    if !offline {
+        return Err(Failure::new("a plan against live state is not available in this build")
+            .help("the cloud and Kubernetes providers have not landed yet; run `phoenix plan --offline ENV` to see the graph"));
+    }
+    let snap = ctx.open().await?;
+    let env = load_env(ctx, &snap, name)?;
+    let graph = crate::plan::build(&env);
+
+    // Offline, the component objects are counted from the rendered manifests (secrets redacted).
+    let renderer = Renderer::new(&*snap, &env, &env.name, SecretValues::redacted(&env), Mode::Display)
+        .map_err(|e| Failure::new(format!("cannot render {name}")).cause(e.to_string()))?;
+    let mut objects: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (prefix, list) in [("addons", &env.addons), ("apps", &env.apps)] {
+        for c in list {
+            let manifests = renderer
+                .manifests(&*snap, c)
+                .map_err(|e| Failure::new(format!("cannot render component {}", c.name)).cause(e.to_string()))?;
+            objects.insert(
+                format!("{prefix}/{}", c.name),
+                manifests
+                    .iter()
+                    .map(|m| match m.namespace() {
+                        Some(ns) => format!("{} {ns}/{}", m.kind(), m.name()),
+                        None => format!("{} {}", m.kind(), m.name()),
+                    })
+                    .collect(),
+            );
+        }
+    }
+    let total = graph.nodes.len();
+    if ctx.json() {
+        let nodes: Vec<serde_json::Value> = graph
+            .nodes
+            .iter()
+            .map(|n| {
+                let mut v = serde_json::to_value(n).unwrap_or_default();
+                v["action"] = "create".into();
+                if let Some(objs) = objects.get(&n.id) {
+                    v["objects"] = serde_json::json!(objs);
+                }
+                v
+            })
+            .collect();
+        print_json(&serde_json::json!({
+            "env": name,
+            "commit": commit_json(&snap),
+            "offline": true,
+            "layers": Layer::ALL.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
+            "nodes": nodes,
+            "summary": { "create": total, "update": 0, "replace": 0, "delete": 0, "unchanged": 0 },
+        }));
+    } else {
+        println!("{}", commit_line(&snap));
+        println!("plan for {name} (offline: live state not consulted; every resource shown as built from nothing)");
+        for layer in Layer::ALL {
+            let nodes: Vec<_> = graph.layer(layer).collect();
+            if nodes.is_empty() {
+                println!("\n{layer}: nothing to do (not in this environment)");
+                continue;
+            }
+            let timeout = nodes.iter().map(|n| n.timeout).max().unwrap_or_default();
+            println!(
+                "\n{layer} ({} node{}, waits up to {}):",
+                nodes.len(),
+                if nodes.len() == 1 { "" } else { "s" },
+                humantime::format_duration(timeout)
+            );
+            let width = nodes.iter().map(|n| n.id.len()).max().unwrap_or(0);
+            for n in nodes {
+                let after = if n.depends_on.is_empty() || layer == Layer::Cloud {
+                    String::new()
+                } else {
+                    format!(" (after {})", n.depends_on.join(", "))
+                };
+                println!("  + {:width$}  {}{after}", n.id, n.summary);
+                if let Some(objs) = objects.get(&n.id) {
+                    for o in objs {
+                        println!("  {:width$}      {o}", "");
+                    }
+                }
+            }
+        }
+        println!("\n{total} to create, 0 to update, 0 to replace, 0 to delete.");
+    }
+    if detailed_exitcode && total > 0 {
+        return Ok(ExitCode::Changes);
+    }
+    Ok(ExitCode::Ok)
+}

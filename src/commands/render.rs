@@ -1,0 +1,65 @@
+//! `phoenix render ENV`: the rendered user-data and manifests, secrets redacted.
+
+use super::common::{commit_line, load_env, print_json, Context, Outcome};
+use super::validate::display_cluster_context;
+use crate::env;
+use crate::error::{ExitCode, Failure};
+use crate::render::{Mode, Renderer, SecretValues};
+
+pub async fn run(ctx: &Context, name: &str, component: Option<&str>) -> Outcome {
+    let snap = ctx.open().await?;
+    let env = load_env(ctx, &snap, name)?;
+    let fail = |e: crate::render::RenderError| Failure::new(format!("cannot render {name}")).cause(e.to_string());
+    // Display mode: secret values are never read, so nothing secret can be printed.
+    let renderer = Renderer::new(&*snap, &env, &env.name, SecretValues::redacted(&env), Mode::Display).map_err(fail)?;
+    let mut outputs: Vec<(String, String, String)> = Vec::new(); // (what, source, content)
+    if let Some(c) = component {
+        if !env.addons.iter().chain(&env.apps).any(|x| x.name == c) {
+            let names: Vec<&str> = env.addons.iter().chain(&env.apps).map(|x| x.name.as_str()).collect();
+            return Err(Failure::new(format!("environment {name} has no component {c:?}"))
+                .help(format!("components: {}", names.join(", "))));
+        }
+    }
+    if component.is_none() {
+        if let Some(cloud) = &env.cloud {
+            let cluster = display_cluster_context(&env);
+            for g in &cloud.instances {
+                let Some(t) = g.user_data.as_deref().or(env::validate::default_user_data(&g.role)) else {
+                    continue;
+                };
+                for i in 0..g.count {
+                    let text = renderer.user_data(&*snap, t, g, i, &cluster).map_err(fail)?;
+                    outputs.push((format!("user-data instance/{}/{i}", g.name), format!("templates/{t}"), text));
+                }
+            }
+        }
+    }
+    for c in env.addons.iter().chain(&env.apps) {
+        if component.is_some_and(|x| x != c.name) {
+            continue;
+        }
+        for m in renderer.manifests(&*snap, c).map_err(fail)? {
+            let text = crate::render::to_yaml(&m.object);
+            outputs.push((format!("component {}", c.name), m.source, text));
+        }
+    }
+    if ctx.json() {
+        print_json(&serde_json::json!({
+            "env": name,
+            "commit": snap.commit().sha,
+            "outputs": outputs.iter().map(|(what, source, content)| serde_json::json!({
+                "what": what, "source": source, "content": content,
+            })).collect::<Vec<_>>(),
+        }));
+    } else {
+        println!("# {}", commit_line(&snap));
+        for (what, source, content) in &outputs {
+            println!("---\n# {what}\n# Source: {source}");
+            print!("{content}");
+            if !content.ends_with('\n') {
+                println!();
+            }
+        }
+    }
+    Ok(ExitCode::Ok)
+}

@@ -1,0 +1,112 @@
+//! `phoenix validate ENV`: schema, references, templates render, graph acyclic. Offline.
+
+use super::common::{commit_line, print_json, Context, Outcome};
+use crate::env::{self, Diagnostic, Environment};
+use crate::error::{ExitCode, Failure};
+use crate::render::{Mode, RenderError, Renderer, SecretValues};
+use crate::source::Snapshot;
+
+/// What the cluster layer hands instances, as shown when secrets are not at hand.
+pub fn display_cluster_context(env: &Environment) -> serde_json::Value {
+    let version = match &env.cluster {
+        Some(env::model::Cluster::K3s(k)) => k.version.clone(),
+        _ => String::new(),
+    };
+    serde_json::json!({
+        "version": version,
+        "server": "SERVER-ADDRESS",
+        "token": crate::render::REDACTED,
+        "client_ca_cert": "CLIENT-CA-CERTIFICATE",
+        "client_ca_key": crate::render::REDACTED,
+    })
+}
+
+fn render_diag(e: RenderError) -> Diagnostic {
+    Diagnostic {
+        file: e.file,
+        line: e.line.unwrap_or(0),
+        column: if e.line.is_some() { 1 } else { 0 },
+        field: String::new(),
+        message: e.message,
+        help: Some("fix the template or the values it uses; `phoenix render ENV` shows the output".into()),
+    }
+}
+
+/// Renders every template the environment uses (secrets redacted), collecting every failure.
+pub fn check_templates(snap: &Snapshot, env: &Environment) -> (Vec<Diagnostic>, usize) {
+    let mut diags = Vec::new();
+    let mut objects = 0;
+    let renderer = match Renderer::new(snap, env, &env.name, SecretValues::redacted(env), Mode::Display) {
+        Ok(r) => r,
+        Err(e) => return (vec![render_diag(e)], 0),
+    };
+    if let Some(cloud) = &env.cloud {
+        let cluster = display_cluster_context(env);
+        for g in &cloud.instances {
+            let Some(t) = g.user_data.as_deref().or(env::validate::default_user_data(&g.role)) else {
+                continue;
+            };
+            if let Err(e) = renderer.user_data(snap, t, g, 0, &cluster) {
+                diags.push(render_diag(e));
+            }
+        }
+    }
+    for c in env.addons.iter().chain(&env.apps) {
+        match renderer.manifests(snap, c) {
+            Ok(m) => objects += m.len(),
+            Err(e) => diags.push(render_diag(e)),
+        }
+    }
+    (diags, objects)
+}
+
+pub async fn run(ctx: &Context, name: &str) -> Outcome {
+    let snap = ctx.open().await?;
+    let result = env::load(&*snap, name);
+    let (env, mut diags, objects) = match result {
+        Ok(env) => {
+            let (diags, objects) = check_templates(&snap, &env);
+            (Some(env), diags, objects)
+        }
+        Err(diags) => (None, diags, 0),
+    };
+    env::diag::sort(&mut diags);
+    let valid = diags.is_empty();
+    if ctx.json() {
+        print_json(&serde_json::json!({
+            "env": name,
+            "commit": snap.commit().sha,
+            "valid": valid,
+            "diagnostics": diags,
+        }));
+    } else {
+        println!("{}", commit_line(&snap));
+        for d in &diags {
+            println!("{d}");
+        }
+        match &env {
+            Some(env) if valid => {
+                let graph = crate::plan::build(env);
+                let count = |l| graph.layer(l).count();
+                use crate::engine::Layer;
+                println!(
+                    "✓ environment {name} is valid: {} cloud resources, {} cluster, {} add-ons, {} apps ({objects} Kubernetes objects)",
+                    count(Layer::Cloud),
+                    count(Layer::Cluster),
+                    count(Layer::Addons),
+                    count(Layer::Apps)
+                );
+            }
+            _ => println!(
+                "✗ environment {name} is invalid: {} problem{}",
+                diags.len(),
+                if diags.len() == 1 { "" } else { "s" }
+            ),
+        }
+    }
+    if valid {
+        Ok(ExitCode::Ok)
+    } else {
+        Err(Failure::silent(ExitCode::Error))
+    }
+}
