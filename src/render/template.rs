@@ -135,6 +135,9 @@ impl Renderer {
         }
         let mut jinja = minijinja::Environment::new();
         jinja.set_undefined_behavior(UndefinedBehavior::Strict);
+        // minijinja JSON-escapes `*.yaml.j2` by default, which turns `name: {{ env.name }}-x` into
+        // invalid YAML; templates quote explicitly (`| tojson`) where they need to.
+        jinja.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         jinja.set_fuel(Some(FUEL));
         jinja.set_recursion_limit(64);
         // YAML documents and scripts end with a newline; keep it as written.
@@ -374,7 +377,7 @@ mod tests {
         assert_eq!(m[0].object["data"]["image"], "nginx");
         assert_eq!(m[0].object["data"]["replicas"], "2");
         assert_eq!(m[0].object["data"]["port"], "80");
-        assert!(m[0].object["data"]["pw"].as_str().unwrap().starts_with("**redacted**"));
+        assert!(m[0].object["data"]["pw"].as_str().unwrap().starts_with("**redacted**"), "{}", m[0].object);
         assert_eq!(m[1].kind(), "Secret");
         assert!(m[1].object["stringData"]["password"].as_str().unwrap().starts_with("**redacted**"));
     }
