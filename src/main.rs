@@ -6,7 +6,10 @@ use phoenix::cli::{Cli, Output};
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let json = cli.global.output == Output::Json;
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -100,7 +100,10 @@ pub fn commit_line(snap: &Snapshot) -> String {
         source::ResolvedRef::Tag { name } => format!("tag {name}"),
         source::ResolvedRef::Commit => "commit".to_string(),
     };
-    format!("commit {} ({resolved}, {}): {}", c.sha, c.reference, c.summary)
+    format!(
+        "commit {} ({resolved}, {}): {}",
+        c.sha, c.reference, c.summary
+    )
 }
 
 pub fn commit_json(snap: &Snapshot) -> serde_json::Value {

@@ -45,10 +45,19 @@ pub async fn run(ctx: &Context, name: &str, limit: usize) -> Outcome {
             .iter()
             .filter_map(|l| {
                 let status = l.status?;
-                Some(format!("{} {} {}", l.layer, status.as_str(), ms(l.duration_ms)))
+                Some(format!(
+                    "{} {} {}",
+                    l.layer,
+                    status.as_str(),
+                    ms(l.duration_ms)
+                ))
             })
             .collect();
-        let started = r.started_at.get(..19).unwrap_or(&r.started_at).replace('T', " ");
+        let started = r
+            .started_at
+            .get(..19)
+            .unwrap_or(&r.started_at)
+            .replace('T', " ");
         println!(
             "{:<20}  {:<9}  {:<12}  {:<12}  {:<9}  {:>8}  {}",
             started,

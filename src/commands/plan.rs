@@ -16,14 +16,20 @@ pub async fn run(ctx: &Context, name: &str, offline: bool, detailed_exitcode: bo
     let graph = crate::plan::build(&env);
 
     // Offline, the component objects are counted from the rendered manifests (secrets redacted).
-    let renderer = Renderer::new(&*snap, &env, &env.name, SecretValues::redacted(&env), Mode::Display)
-        .map_err(|e| Failure::new(format!("cannot render {name}")).cause(e.to_string()))?;
+    let renderer = Renderer::new(
+        &*snap,
+        &env,
+        &env.name,
+        SecretValues::redacted(&env),
+        Mode::Display,
+    )
+    .map_err(|e| Failure::new(format!("cannot render {name}")).cause(e.to_string()))?;
     let mut objects: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (prefix, list) in [("addons", &env.addons), ("apps", &env.apps)] {
         for c in list {
-            let manifests = renderer
-                .manifests(&*snap, c)
-                .map_err(|e| Failure::new(format!("cannot render component {}", c.name)).cause(e.to_string()))?;
+            let manifests = renderer.manifests(&*snap, c).map_err(|e| {
+                Failure::new(format!("cannot render component {}", c.name)).cause(e.to_string())
+            })?;
             objects.insert(
                 format!("{prefix}/{}", c.name),
                 manifests

@@ -9,27 +9,53 @@ use crate::render::{Mode, Renderer, SecretValues};
 pub async fn run(ctx: &Context, name: &str, component: Option<&str>) -> Outcome {
     let snap = ctx.open().await?;
     let env = load_env(ctx, &snap, name)?;
-    let fail = |e: crate::render::RenderError| Failure::new(format!("cannot render {name}")).cause(e.to_string());
+    let fail = |e: crate::render::RenderError| {
+        Failure::new(format!("cannot render {name}")).cause(e.to_string())
+    };
     // Display mode: secret values are never read, so nothing secret can be printed.
-    let renderer = Renderer::new(&*snap, &env, &env.name, SecretValues::redacted(&env), Mode::Display).map_err(fail)?;
+    let renderer = Renderer::new(
+        &*snap,
+        &env,
+        &env.name,
+        SecretValues::redacted(&env),
+        Mode::Display,
+    )
+    .map_err(fail)?;
     let mut outputs: Vec<(String, String, String)> = Vec::new(); // (what, source, content)
     if let Some(c) = component {
         if !env.addons.iter().chain(&env.apps).any(|x| x.name == c) {
-            let names: Vec<&str> = env.addons.iter().chain(&env.apps).map(|x| x.name.as_str()).collect();
-            return Err(Failure::new(format!("environment {name} has no component {c:?}"))
-                .help(format!("components: {}", names.join(", "))));
+            let names: Vec<&str> = env
+                .addons
+                .iter()
+                .chain(&env.apps)
+                .map(|x| x.name.as_str())
+                .collect();
+            return Err(
+                Failure::new(format!("environment {name} has no component {c:?}"))
+                    .help(format!("components: {}", names.join(", "))),
+            );
         }
     }
     if component.is_none() {
         if let Some(cloud) = &env.cloud {
             let cluster = display_cluster_context(&env);
             for g in &cloud.instances {
-                let Some(t) = g.user_data.as_deref().or(env::validate::default_user_data(&g.role)) else {
+                let Some(t) = g
+                    .user_data
+                    .as_deref()
+                    .or(env::validate::default_user_data(&g.role))
+                else {
                     continue;
                 };
                 for i in 0..g.count {
-                    let text = renderer.user_data(&*snap, t, g, i, &cluster).map_err(fail)?;
-                    outputs.push((format!("user-data instance/{}/{i}", g.name), format!("templates/{t}"), text));
+                    let text = renderer
+                        .user_data(&*snap, t, g, i, &cluster)
+                        .map_err(fail)?;
+                    outputs.push((
+                        format!("user-data instance/{}/{i}", g.name),
+                        format!("templates/{t}"),
+                        text,
+                    ));
                 }
             }
         }

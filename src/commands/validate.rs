@@ -28,7 +28,9 @@ fn render_diag(e: RenderError) -> Diagnostic {
         column: if e.line.is_some() { 1 } else { 0 },
         field: String::new(),
         message: e.message,
-        help: Some("fix the template or the values it uses; `phoenix render ENV` shows the output".into()),
+        help: Some(
+            "fix the template or the values it uses; `phoenix render ENV` shows the output".into(),
+        ),
     }
 }
 
@@ -36,14 +38,24 @@ fn render_diag(e: RenderError) -> Diagnostic {
 pub fn check_templates(snap: &Snapshot, env: &Environment) -> (Vec<Diagnostic>, usize) {
     let mut diags = Vec::new();
     let mut objects = 0;
-    let renderer = match Renderer::new(snap, env, &env.name, SecretValues::redacted(env), Mode::Display) {
+    let renderer = match Renderer::new(
+        snap,
+        env,
+        &env.name,
+        SecretValues::redacted(env),
+        Mode::Display,
+    ) {
         Ok(r) => r,
         Err(e) => return (vec![render_diag(e)], 0),
     };
     if let Some(cloud) = &env.cloud {
         let cluster = display_cluster_context(env);
         for g in &cloud.instances {
-            let Some(t) = g.user_data.as_deref().or(env::validate::default_user_data(&g.role)) else {
+            let Some(t) = g
+                .user_data
+                .as_deref()
+                .or(env::validate::default_user_data(&g.role))
+            else {
                 continue;
             };
             if let Err(e) = renderer.user_data(snap, t, g, 0, &cluster) {

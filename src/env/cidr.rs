@@ -88,10 +88,16 @@ mod tests {
         assert!(!vpc.contains(&other));
         assert!(vpc.overlaps(&sub));
         assert!(!sub.overlaps(&other));
-        assert!("10.40.1.1/24".parse::<Cidr>().unwrap_err().contains("10.40.1.0/24"));
+        assert!("10.40.1.1/24"
+            .parse::<Cidr>()
+            .unwrap_err()
+            .contains("10.40.1.0/24"));
         assert!("10.40.1.0/33".parse::<Cidr>().is_err());
         assert!("10.40.1.0".parse::<Cidr>().is_err());
         assert!("300.1.1.0/24".parse::<Cidr>().is_err());
-        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().to_string(), "0.0.0.0/0");
+        assert_eq!(
+            "0.0.0.0/0".parse::<Cidr>().unwrap().to_string(),
+            "0.0.0.0/0"
+        );
     }
 }

@@ -94,7 +94,11 @@ impl<'f> Decoder<'f> {
             let Some(Scalar::Str(key)) = k.scalar() else {
                 let text = k.key_text();
                 if !allowed.contains(&text.as_str()) {
-                    self.error(k.pos, path, format!("mapping key {text:?} must be a string"));
+                    self.error(
+                        k.pos,
+                        path,
+                        format!("mapping key {text:?} must be a string"),
+                    );
                     continue;
                 }
                 // A plain key like `true` that happens to be allowed is fine as text.
@@ -115,7 +119,12 @@ impl<'f> Decoder<'f> {
                     Some(s) => format!("did you mean {s:?}? valid keys: {}", allowed.join(", ")),
                     None => format!("valid keys: {}", allowed.join(", ")),
                 };
-                self.error_help(k.pos, &join(path, key), format!("unknown field {key:?}"), help);
+                self.error_help(
+                    k.pos,
+                    &join(path, key),
+                    format!("unknown field {key:?}"),
+                    help,
+                );
                 continue;
             }
             out.push((key, v));
@@ -305,7 +314,11 @@ mod tests {
         assert_eq!(obj.get("name").unwrap().key_text(), "b");
         assert_eq!(d.diags.len(), 2);
         assert!(d.diags[0].message.contains("unknown field \"nme\""));
-        assert!(d.diags[0].help.as_deref().unwrap().contains("did you mean \"name\""));
+        assert!(d.diags[0]
+            .help
+            .as_deref()
+            .unwrap()
+            .contains("did you mean \"name\""));
         assert!(d.diags[1].message.contains("duplicate key"));
         assert_eq!(d.diags[1].line, 3);
     }

@@ -53,9 +53,8 @@ impl fmt::Display for Diagnostic {
 /// Sorts by file and position so output is stable and reads top to bottom.
 pub fn sort(diags: &mut [Diagnostic]) {
     diags.sort_by(|a, b| {
-        (&a.file, a.line, a.column, &a.field, &a.message).cmp(&(
-            &b.file, b.line, b.column, &b.field, &b.message,
-        ))
+        (&a.file, a.line, a.column, &a.field, &a.message)
+            .cmp(&(&b.file, b.line, b.column, &b.field, &b.message))
     });
 }
 

@@ -110,8 +110,15 @@ pub fn load(files: &dyn CommitFiles, name: &str) -> Result<Environment, Vec<Diag
     let dir = format!("environments/{name}");
     let file = format!("{dir}/environment.yaml");
     if let Err(why) = check_name(name) {
-        return Err(vec![Diagnostic::new(&file, Pos { line: 0, col: 0 }, "", why)
-            .help("the environment is the name of a directory under environments/")]);
+        return Err(vec![Diagnostic::new(
+            &file,
+            Pos { line: 0, col: 0 },
+            "",
+            why,
+        )
+        .help(
+            "the environment is the name of a directory under environments/",
+        )]);
     }
     let text = match files.read_text(&file) {
         Ok(t) => t,
@@ -159,7 +166,12 @@ pub fn load(files: &dyn CommitFiles, name: &str) -> Result<Environment, Vec<Diag
         Some(env) if diags.is_empty() => Ok(env),
         _ => {
             if diags.is_empty() {
-                diags.push(Diagnostic::new(&file, root.pos, "", "the environment is invalid"));
+                diags.push(Diagnostic::new(
+                    &file,
+                    root.pos,
+                    "",
+                    "the environment is invalid",
+                ));
             }
             Err(diags)
         }
@@ -183,23 +195,43 @@ fn decode_environment(
         return None;
     }
     let top = d.obj(root, "", ENV_KEYS)?;
-    if let Some(v) = d.req(&top, "apiVersion", "write `apiVersion: phoenix/v1`", Decoder::string) {
+    if let Some(v) = d.req(
+        &top,
+        "apiVersion",
+        "write `apiVersion: phoenix/v1`",
+        Decoder::string,
+    ) {
         if v != "phoenix/v1" {
             let pos = top.get("apiVersion").map(|n| n.pos).unwrap_or(top.pos);
-            d.error_help(pos, "apiVersion", format!("unsupported apiVersion {v:?}"), "use phoenix/v1");
+            d.error_help(
+                pos,
+                "apiVersion",
+                format!("unsupported apiVersion {v:?}"),
+                "use phoenix/v1",
+            );
         }
     }
     if let Some(v) = d.req(&top, "kind", "write `kind: Environment`", Decoder::string) {
         if v != "Environment" {
             let pos = top.get("kind").map(|n| n.pos).unwrap_or(top.pos);
-            d.error_help(pos, "kind", format!("unsupported kind {v:?}"), "use Environment");
+            d.error_help(
+                pos,
+                "kind",
+                format!("unsupported kind {v:?}"),
+                "use Environment",
+            );
         }
     }
     let mut protected = false;
     let mut labels = BTreeMap::new();
     if let Some(meta_node) = d.required(&top, "metadata", "add `metadata: { name: ... }`") {
         if let Some(meta) = d.obj(meta_node, "metadata", &["name", "protected", "labels"]) {
-            if let Some(n) = d.req(&meta, "name", "the name of the environment's directory", Decoder::string) {
+            if let Some(n) = d.req(
+                &meta,
+                "name",
+                "the name of the environment's directory",
+                Decoder::string,
+            ) {
                 if n != name {
                     let pos = meta.get("name").map(|x| x.pos).unwrap_or(meta.pos);
                     d.error_help(
@@ -211,33 +243,59 @@ fn decode_environment(
                 }
             }
             protected = d.opt(&meta, "protected", Decoder::bool).unwrap_or(false);
-            labels = d.opt(&meta, "labels", |d, n, p| Some(d.string_map(n, p))).unwrap_or_default();
+            labels = d
+                .opt(&meta, "labels", |d, n, p| Some(d.string_map(n, p)))
+                .unwrap_or_default();
         }
     }
-    let spec_node = d.required(&top, "spec", "add a `spec` with cloud, cluster, addons and apps")?;
+    let spec_node = d.required(
+        &top,
+        "spec",
+        "add a `spec` with cloud, cluster, addons and apps",
+    )?;
     let spec = d.obj(
         spec_node,
         "spec",
-        &["recoveryObjective", "values", "timeouts", "secrets", "cloud", "cluster", "addons", "apps"],
+        &[
+            "recoveryObjective",
+            "values",
+            "timeouts",
+            "secrets",
+            "cloud",
+            "cluster",
+            "addons",
+            "apps",
+        ],
     )?;
     let recovery_objective = d.opt(&spec, "recoveryObjective", Decoder::duration);
     let values = match spec.get("values") {
         Some(n) if matches!(n.kind, Kind::Map(_)) => n.to_json(),
         Some(n) => {
-            d.error_help(n.pos, "spec.values", format!("expected a mapping, found {}", n.type_name()), "values is a mapping of template values");
+            d.error_help(
+                n.pos,
+                "spec.values",
+                format!("expected a mapping, found {}", n.type_name()),
+                "values is a mapping of template values",
+            );
             serde_json::Value::Object(Default::default())
         }
         None => serde_json::Value::Object(Default::default()),
     };
-    let timeouts = d.opt(&spec, "timeouts", decode_timeouts).unwrap_or_default();
+    let timeouts = d
+        .opt(&spec, "timeouts", decode_timeouts)
+        .unwrap_or_default();
     let secrets = d.opt(&spec, "secrets", decode_secrets).unwrap_or_default();
     let cloud = d.opt(&spec, "cloud", decode_cloud);
     let cluster = d.opt(&spec, "cluster", decode_cluster);
     let addons = d
-        .opt(&spec, "addons", |d, n, p| Some(decode_components(d, n, p, dir, timeouts.addons)))
+        .opt(&spec, "addons", |d, n, p| {
+            Some(decode_components(d, n, p, dir, timeouts.addons))
+        })
         .unwrap_or_default();
     let apps = d
-        .opt(&spec, "apps", |d, n, p| Some(decode_components(d, n, p, dir, timeouts.apps)))
+        .opt(&spec, "apps", |d, n, p| {
+            Some(decode_components(d, n, p, dir, timeouts.apps))
+        })
         .unwrap_or_default();
     Some(Environment {
         name: name.to_string(),
@@ -261,7 +319,9 @@ fn decode_timeouts(d: &mut Decoder, n: &Node, p: &str) -> Option<Timeouts> {
     let def = Timeouts::default();
     Some(Timeouts {
         cloud: d.opt(&o, "cloud", Decoder::duration).unwrap_or(def.cloud),
-        cluster: d.opt(&o, "cluster", Decoder::duration).unwrap_or(def.cluster),
+        cluster: d
+            .opt(&o, "cluster", Decoder::duration)
+            .unwrap_or(def.cluster),
         addons: d.opt(&o, "addons", Decoder::duration).unwrap_or(def.addons),
         apps: d.opt(&o, "apps", Decoder::duration).unwrap_or(def.apps),
     })
@@ -284,7 +344,12 @@ fn secret_source(d: &mut Decoder, n: &Node, p: &str) -> Option<SecretSource> {
 }
 
 fn name_field(d: &mut Decoder, o: &Obj, what: &str) -> Option<String> {
-    let n = d.req(o, "name", &format!("every {what} needs a name"), Decoder::string)?;
+    let n = d.req(
+        o,
+        "name",
+        &format!("every {what} needs a name"),
+        Decoder::string,
+    )?;
     if let Err(why) = check_name(&n) {
         let pos = o.get("name").map(|x| x.pos).unwrap_or(o.pos);
         d.error(pos, &o.child("name"), why);
@@ -329,7 +394,12 @@ fn decode_secrets(d: &mut Decoder, n: &Node, p: &str) -> Option<Vec<SecretRef>> 
     Some(named_list(d, n, p, "secret", |d, item, path| {
         let o = d.obj(item, path, &["name", "from"])?;
         let name = name_field(d, &o, "secret")?;
-        let source = d.req(&o, "from", "write from: env:NAME or from: file:PATH", secret_source)?;
+        let source = d.req(
+            &o,
+            "from",
+            "write from: env:NAME or from: file:PATH",
+            secret_source,
+        )?;
         let pos = o.get("name").map(|x| x.pos).unwrap_or(o.pos);
         Some((name.clone(), pos, SecretRef { name, source, pos }))
     }))
@@ -355,23 +425,54 @@ fn decode_cloud(d: &mut Decoder, n: &Node, p: &str) -> Option<Cloud> {
     let o = d.obj(
         n,
         p,
-        &["provider", "region", "network", "securityGroups", "keyPair", "instances", "allowStopModifyStart"],
+        &[
+            "provider",
+            "region",
+            "network",
+            "securityGroups",
+            "keyPair",
+            "instances",
+            "allowStopModifyStart",
+        ],
     )?;
-    let provider = d.opt(&o, "provider", Decoder::string).unwrap_or_else(|| "aws".into());
+    let provider = d
+        .opt(&o, "provider", Decoder::string)
+        .unwrap_or_else(|| "aws".into());
     if provider != "aws" {
         let pos = o.get("provider").map(|x| x.pos).unwrap_or(o.pos);
-        d.error_help(pos, &o.child("provider"), format!("unsupported provider {provider:?}"), "the only provider is aws");
+        d.error_help(
+            pos,
+            &o.child("provider"),
+            format!("unsupported provider {provider:?}"),
+            "the only provider is aws",
+        );
     }
-    let region = d.req(&o, "region", "write the AWS region, e.g. region: us-east-1", Decoder::string);
+    let region = d.req(
+        &o,
+        "region",
+        "write the AWS region, e.g. region: us-east-1",
+        Decoder::string,
+    );
     if let Some(r) = &region {
         let ok = r.split('-').count() >= 3
-            && r.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && r.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !ok {
             let pos = o.get("region").map(|x| x.pos).unwrap_or(o.pos);
-            d.error_help(pos, &o.child("region"), format!("{r:?} is not an AWS region name"), "write a region like us-east-1 or eu-west-2");
+            d.error_help(
+                pos,
+                &o.child("region"),
+                format!("{r:?} is not an AWS region name"),
+                "write a region like us-east-1 or eu-west-2",
+            );
         }
     }
-    let network = d.req(&o, "network", "add network: { cidr: ..., subnets: [...] }", decode_network);
+    let network = d.req(
+        &o,
+        "network",
+        "add network: { cidr: ..., subnets: [...] }",
+        decode_network,
+    );
     let security_groups = d
         .opt(&o, "securityGroups", |d, n, p| {
             Some(named_list(d, n, p, "security group", |d, item, path| {
@@ -394,7 +495,9 @@ fn decode_cloud(d: &mut Decoder, n: &Node, p: &str) -> Option<Cloud> {
             }))
         })
         .unwrap_or_default();
-    let allow_stop_modify_start = d.opt(&o, "allowStopModifyStart", Decoder::bool).unwrap_or(false);
+    let allow_stop_modify_start = d
+        .opt(&o, "allowStopModifyStart", Decoder::bool)
+        .unwrap_or(false);
     Some(Cloud {
         provider,
         region: region?,
@@ -408,10 +511,20 @@ fn decode_cloud(d: &mut Decoder, n: &Node, p: &str) -> Option<Cloud> {
 
 fn decode_network(d: &mut Decoder, n: &Node, p: &str) -> Option<Network> {
     let o = d.obj(n, p, &["cidr", "subnets"])?;
-    let vpc = d.req(&o, "cidr", "write the VPC range, e.g. cidr: 10.40.0.0/16", cidr);
+    let vpc = d.req(
+        &o,
+        "cidr",
+        "write the VPC range, e.g. cidr: 10.40.0.0/16",
+        cidr,
+    );
     if let (Some(c), Some(node)) = (vpc, o.get("cidr")) {
         if !(16..=28).contains(&c.prefix) {
-            d.error_help(node.pos, &o.child("cidr"), format!("VPC block {c} has a /{} prefix", c.prefix), "AWS accepts VPC blocks from /16 to /28");
+            d.error_help(
+                node.pos,
+                &o.child("cidr"),
+                format!("VPC block {c} has a /{} prefix", c.prefix),
+                "AWS accepts VPC blocks from /16 to /28",
+            );
         }
     }
     let subnets = d
@@ -419,16 +532,39 @@ fn decode_network(d: &mut Decoder, n: &Node, p: &str) -> Option<Network> {
             Some(named_list(d, n, p, "subnet", |d, item, path| {
                 let s = d.obj(item, path, &["name", "cidr", "zone", "public"])?;
                 let name = name_field(d, &s, "subnet");
-                let c = d.req(&s, "cidr", "write the subnet range, e.g. cidr: 10.40.1.0/24", cidr);
-                let zone = d.req(&s, "zone", "write the availability zone, e.g. zone: us-east-1a", Decoder::string);
+                let c = d.req(
+                    &s,
+                    "cidr",
+                    "write the subnet range, e.g. cidr: 10.40.1.0/24",
+                    cidr,
+                );
+                let zone = d.req(
+                    &s,
+                    "zone",
+                    "write the availability zone, e.g. zone: us-east-1a",
+                    Decoder::string,
+                );
                 let public = d.opt(&s, "public", Decoder::bool).unwrap_or(false);
                 let pos = s.get("name").map(|x| x.pos).unwrap_or(s.pos);
                 let name = name?;
-                Some((name.clone(), pos, Subnet { name, cidr: c?, zone: zone?, public, pos }))
+                Some((
+                    name.clone(),
+                    pos,
+                    Subnet {
+                        name,
+                        cidr: c?,
+                        zone: zone?,
+                        public,
+                        pos,
+                    },
+                ))
             }))
         })
         .unwrap_or_default();
-    Some(Network { cidr: vpc?, subnets })
+    Some(Network {
+        cidr: vpc?,
+        subnets,
+    })
 }
 
 fn decode_sg(d: &mut Decoder, n: &Node, p: &str) -> Option<SecurityGroup> {
@@ -454,11 +590,26 @@ fn decode_rules(d: &mut Decoder, n: &Node, p: &str, peer_key: &str) -> Vec<Rule>
     let Some(items) = d.list(n, p) else {
         return Vec::new();
     };
-    let group_key = if peer_key == "from" { "fromGroup" } else { "toGroup" };
+    let group_key = if peer_key == "from" {
+        "fromGroup"
+    } else {
+        "toGroup"
+    };
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = index(p, i);
-        let Some(o) = d.obj(item, &path, &["protocol", "port", "ports", peer_key, group_key, "description"]) else {
+        let Some(o) = d.obj(
+            item,
+            &path,
+            &[
+                "protocol",
+                "port",
+                "ports",
+                peer_key,
+                group_key,
+                "description",
+            ],
+        ) else {
             continue;
         };
         let protocol = match d.opt(&o, "protocol", Decoder::string).as_deref() {
@@ -468,38 +619,72 @@ fn decode_rules(d: &mut Decoder, n: &Node, p: &str, peer_key: &str) -> Vec<Rule>
             Some("all") | Some("-1") => Some(Protocol::All),
             Some(other) => {
                 let pos = o.get("protocol").map(|x| x.pos).unwrap_or(o.pos);
-                d.error_help(pos, &o.child("protocol"), format!("unknown protocol {other:?}"), "use tcp, udp, icmp or all");
+                d.error_help(
+                    pos,
+                    &o.child("protocol"),
+                    format!("unknown protocol {other:?}"),
+                    "use tcp, udp, icmp or all",
+                );
                 None
             }
         };
         let ports = match (o.get("port"), o.get("ports")) {
             (Some(_), Some(node)) => {
-                d.error_help(node.pos, &o.child("ports"), "both port and ports are set", "use port: 443 or ports: 30000-32767, not both");
+                d.error_help(
+                    node.pos,
+                    &o.child("ports"),
+                    "both port and ports are set",
+                    "use port: 443 or ports: 30000-32767, not both",
+                );
                 None
             }
-            (Some(node), None) => d.int(node, &o.child("port"), 0, 65535).map(|v| Some((v as u16, v as u16))),
+            (Some(node), None) => d
+                .int(node, &o.child("port"), 0, 65535)
+                .map(|v| Some((v as u16, v as u16))),
             (None, Some(node)) => port_range(d, node, &o.child("ports")),
-            (None, None) if protocol == Some(Protocol::All) || protocol == Some(Protocol::Icmp) => Some(None),
+            (None, None) if protocol == Some(Protocol::All) || protocol == Some(Protocol::Icmp) => {
+                Some(None)
+            }
             (None, None) => {
-                d.error_help(o.pos, &o.child("port"), "missing port", "set port: 443, ports: 8000-8100 or ports: all");
+                d.error_help(
+                    o.pos,
+                    &o.child("port"),
+                    "missing port",
+                    "set port: 443, ports: 8000-8100 or ports: all",
+                );
                 None
             }
         };
         let peer = match (o.get(peer_key), o.get(group_key)) {
             (Some(_), Some(node)) => {
-                d.error_help(node.pos, &o.child(group_key), format!("both {peer_key} and {group_key} are set"), "a rule has one peer: a CIDR or a security group");
+                d.error_help(
+                    node.pos,
+                    &o.child(group_key),
+                    format!("both {peer_key} and {group_key} are set"),
+                    "a rule has one peer: a CIDR or a security group",
+                );
                 None
             }
             (Some(node), None) => cidr(d, node, &o.child(peer_key)).map(Peer::Cidr),
             (None, Some(node)) => d.string(node, &o.child(group_key)).map(Peer::Group),
             (None, None) => {
-                d.error_help(o.pos, &o.child(peer_key), format!("missing {peer_key}"), format!("set {peer_key}: 10.0.0.0/8 or {group_key}: <security group name>"));
+                d.error_help(
+                    o.pos,
+                    &o.child(peer_key),
+                    format!("missing {peer_key}"),
+                    format!("set {peer_key}: 10.0.0.0/8 or {group_key}: <security group name>"),
+                );
                 None
             }
         };
         let description = d.opt(&o, "description", Decoder::string);
         if let (Some(protocol), Some(ports), Some(peer)) = (protocol, ports, peer) {
-            out.push(Rule { protocol, ports, peer, description });
+            out.push(Rule {
+                protocol,
+                ports,
+                peer,
+                description,
+            });
         }
     }
     out
@@ -519,7 +704,12 @@ fn port_range(d: &mut Decoder, n: &Node, p: &str) -> Option<Option<(u16, u16)>> 
         (a <= b).then_some((a, b))
     });
     if parsed.is_none() {
-        d.error_help(n.pos, p, format!("{text:?} is not a port range"), "write ports: 30000-32767 (low-high, each 0 to 65535) or ports: all");
+        d.error_help(
+            n.pos,
+            p,
+            format!("{text:?} is not a port range"),
+            "write ports: 30000-32767 (low-high, each 0 to 65535) or ports: all",
+        );
     }
     parsed.map(Some)
 }
@@ -528,7 +718,19 @@ fn decode_instances(d: &mut Decoder, n: &Node, p: &str) -> Option<InstanceGroup>
     let o = d.obj(
         n,
         p,
-        &["name", "role", "count", "type", "image", "subnet", "securityGroups", "rootVolumeSize", "instanceProfile", "userData", "tags"],
+        &[
+            "name",
+            "role",
+            "count",
+            "type",
+            "image",
+            "subnet",
+            "securityGroups",
+            "rootVolumeSize",
+            "instanceProfile",
+            "userData",
+            "tags",
+        ],
     )?;
     let name = name_field(d, &o, "instance group");
     let role = match d.opt(&o, "role", Decoder::string).as_deref() {
@@ -537,17 +739,37 @@ fn decode_instances(d: &mut Decoder, n: &Node, p: &str) -> Option<InstanceGroup>
         Some("agent") => Some(Role::Agent),
         Some(other) => {
             let pos = o.get("role").map(|x| x.pos).unwrap_or(o.pos);
-            d.error_help(pos, &o.child("role"), format!("unknown role {other:?}"), "use server (k3s server), agent (k3s agent) or none");
+            d.error_help(
+                pos,
+                &o.child("role"),
+                format!("unknown role {other:?}"),
+                "use server (k3s server), agent (k3s agent) or none",
+            );
             None
         }
     };
-    let count = d.opt(&o, "count", |d, n, p| d.int(n, p, 0, 500)).unwrap_or(1) as u32;
-    let instance_type = d.req(&o, "type", "write the instance type, e.g. type: t3.medium", Decoder::string);
+    let count = d
+        .opt(&o, "count", |d, n, p| d.int(n, p, 0, 500))
+        .unwrap_or(1) as u32;
+    let instance_type = d.req(
+        &o,
+        "type",
+        "write the instance type, e.g. type: t3.medium",
+        Decoder::string,
+    );
     if let (Some(t), Some(node)) = (&instance_type, o.get("type")) {
-        let ok = t.split_once('.').is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
-            && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+        let ok = t
+            .split_once('.')
+            .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
         if !ok {
-            d.error_help(node.pos, &o.child("type"), format!("{t:?} is not an instance type"), "write a type like t3.medium or m7i.large");
+            d.error_help(
+                node.pos,
+                &o.child("type"),
+                format!("{t:?} is not an instance type"),
+                "write a type like t3.medium or m7i.large",
+            );
         }
     }
     let image = d.req(&o, "image", "write image: { id: ami-... } or image: { owner: amazon, name: \"al2023-ami-*\" }", |d, n, p| {
@@ -573,16 +795,36 @@ fn decode_instances(d: &mut Decoder, n: &Node, p: &str) -> Option<InstanceGroup>
             }
         }
     });
-    let subnet = d.req(&o, "subnet", "name the subnet the instances go into", Decoder::string);
+    let subnet = d.req(
+        &o,
+        "subnet",
+        "name the subnet the instances go into",
+        Decoder::string,
+    );
     let security_groups = d
-        .opt(&o, "securityGroups", |d, n, p| Some(d.strings(n, p).into_iter().map(|(_, s)| s).collect()))
+        .opt(&o, "securityGroups", |d, n, p| {
+            Some(d.strings(n, p).into_iter().map(|(_, s)| s).collect())
+        })
         .unwrap_or_default();
-    let root_volume_gib = d.opt(&o, "rootVolumeSize", |d, n, p| d.int(n, p, 8, 16384)).map(|v| v as u32);
+    let root_volume_gib = d
+        .opt(&o, "rootVolumeSize", |d, n, p| d.int(n, p, 8, 16384))
+        .map(|v| v as u32);
     let instance_profile = d.opt(&o, "instanceProfile", Decoder::string);
     let user_data = d.opt(&o, "userData", Decoder::string);
-    let tags = d.opt(&o, "tags", |d, n, p| Some(d.string_map(n, p))).unwrap_or_default();
-    for (k, pos) in tags.keys().filter(|k| k.starts_with("phoenix:")).map(|k| (k, o.pos)) {
-        d.error_help(pos, &join(&o.child("tags"), k), format!("tag {k:?} uses the reserved phoenix: prefix"), "phoenix sets phoenix:* tags itself; choose another key");
+    let tags = d
+        .opt(&o, "tags", |d, n, p| Some(d.string_map(n, p)))
+        .unwrap_or_default();
+    for (k, pos) in tags
+        .keys()
+        .filter(|k| k.starts_with("phoenix:"))
+        .map(|k| (k, o.pos))
+    {
+        d.error_help(
+            pos,
+            &join(&o.child("tags"), k),
+            format!("tag {k:?} uses the reserved phoenix: prefix"),
+            "phoenix sets phoenix:* tags itself; choose another key",
+        );
     }
     let pos = o.get("name").map(|x| x.pos).unwrap_or(o.pos);
     Some(InstanceGroup {
@@ -606,28 +848,64 @@ fn decode_cluster(d: &mut Decoder, n: &Node, p: &str) -> Option<Cluster> {
     if let Some(ex) = o.get("existing") {
         for k in ["distribution", "version", "endpoint"] {
             if let Some(node) = o.get(k) {
-                d.error_help(node.pos, &o.child(k), format!("{k} cannot be combined with existing"), "an existing cluster is used as it is; remove this field or remove existing");
+                d.error_help(
+                    node.pos,
+                    &o.child(k),
+                    format!("{k} cannot be combined with existing"),
+                    "an existing cluster is used as it is; remove this field or remove existing",
+                );
             }
         }
         let e = d.obj(ex, &o.child("existing"), &["kubeconfig", "context"])?;
-        let kubeconfig = d.req(&e, "kubeconfig", "the path of a kubeconfig file on the machine running phoenix", Decoder::string)?;
+        let kubeconfig = d.req(
+            &e,
+            "kubeconfig",
+            "the path of a kubeconfig file on the machine running phoenix",
+            Decoder::string,
+        )?;
         let context = d.opt(&e, "context", Decoder::string);
-        return Some(Cluster::Existing(Existing { kubeconfig, context }));
+        return Some(Cluster::Existing(Existing {
+            kubeconfig,
+            context,
+        }));
     }
-    let dist = d.req(&o, "distribution", "write distribution: k3s, or existing: { kubeconfig: ..., context: ... }", Decoder::string)?;
+    let dist = d.req(
+        &o,
+        "distribution",
+        "write distribution: k3s, or existing: { kubeconfig: ..., context: ... }",
+        Decoder::string,
+    )?;
     if dist != "k3s" {
         let pos = o.get("distribution").map(|x| x.pos).unwrap_or(o.pos);
-        d.error_help(pos, &o.child("distribution"), format!("unsupported distribution {dist:?}"), "use k3s, or existing: { kubeconfig: ..., context: ... }");
+        d.error_help(
+            pos,
+            &o.child("distribution"),
+            format!("unsupported distribution {dist:?}"),
+            "use k3s, or existing: { kubeconfig: ..., context: ... }",
+        );
         return None;
     }
-    let version = d.req(&o, "version", "write the k3s version, e.g. version: v1.31.4+k3s1", Decoder::string)?;
+    let version = d.req(
+        &o,
+        "version",
+        "write the k3s version, e.g. version: v1.31.4+k3s1",
+        Decoder::string,
+    )?;
     let valid_version = version.strip_prefix('v').is_some_and(|v| {
         let core = v.split('+').next().unwrap_or("");
-        core.split('.').count() == 3 && core.split('.').all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
+        core.split('.').count() == 3
+            && core
+                .split('.')
+                .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
     });
     if !valid_version {
         let pos = o.get("version").map(|x| x.pos).unwrap_or(o.pos);
-        d.error_help(pos, &o.child("version"), format!("{version:?} is not a k3s version"), "write a version like v1.31.4+k3s1");
+        d.error_help(
+            pos,
+            &o.child("version"),
+            format!("{version:?} is not a k3s version"),
+            "write a version like v1.31.4+k3s1",
+        );
         return None;
     }
     let endpoint = match d.opt(&o, "endpoint", Decoder::string).as_deref() {
@@ -635,19 +913,41 @@ fn decode_cluster(d: &mut Decoder, n: &Node, p: &str) -> Option<Cluster> {
         Some("private") => EndpointKind::Private,
         Some(other) => {
             let pos = o.get("endpoint").map(|x| x.pos).unwrap_or(o.pos);
-            d.error_help(pos, &o.child("endpoint"), format!("unknown endpoint {other:?}"), "use public or private");
+            d.error_help(
+                pos,
+                &o.child("endpoint"),
+                format!("unknown endpoint {other:?}"),
+                "use public or private",
+            );
             return None;
         }
     };
     Some(Cluster::K3s(K3s { version, endpoint }))
 }
 
-fn decode_components(d: &mut Decoder, n: &Node, p: &str, env_dir: &str, default_wait: Duration) -> Vec<Component> {
+fn decode_components(
+    d: &mut Decoder,
+    n: &Node,
+    p: &str,
+    env_dir: &str,
+    default_wait: Duration,
+) -> Vec<Component> {
     named_list(d, n, p, "component", |d, item, path| {
         let o = d.obj(
             item,
             path,
-            &["name", "template", "path", "namespace", "values", "dependsOn", "wait", "checks", "secrets", "forceConflicts"],
+            &[
+                "name",
+                "template",
+                "path",
+                "namespace",
+                "values",
+                "dependsOn",
+                "wait",
+                "checks",
+                "secrets",
+                "forceConflicts",
+            ],
         )?;
         let name = name_field(d, &o, "component");
         let source = match (o.get("template"), o.get("path")) {
@@ -655,20 +955,37 @@ fn decode_components(d: &mut Decoder, n: &Node, p: &str, env_dir: &str, default_
                 match resolve_path("templates", &t) {
                     Ok(dir) if dir.starts_with("templates/") => Some((Source::Template(t), dir)),
                     Ok(_) | Err(_) => {
-                        d.error_help(o.get("template").map(|x| x.pos).unwrap_or(o.pos), &o.child("template"), format!("template {t:?} points outside templates/"), "name a directory under templates/, e.g. addons/ingress-nginx");
+                        d.error_help(
+                            o.get("template").map(|x| x.pos).unwrap_or(o.pos),
+                            &o.child("template"),
+                            format!("template {t:?} points outside templates/"),
+                            "name a directory under templates/, e.g. addons/ingress-nginx",
+                        );
                         None
                     }
                 }
             }),
-            (None, Some(pn)) => d.string(pn, &o.child("path")).and_then(|rel| match resolve_path(env_dir, &rel) {
-                Ok(dir) => Some((Source::Path(rel), dir)),
-                Err(why) => {
-                    d.error_help(pn.pos, &o.child("path"), why, "name a directory of manifests relative to the environment directory");
-                    None
+            (None, Some(pn)) => d.string(pn, &o.child("path")).and_then(|rel| {
+                match resolve_path(env_dir, &rel) {
+                    Ok(dir) => Some((Source::Path(rel), dir)),
+                    Err(why) => {
+                        d.error_help(
+                            pn.pos,
+                            &o.child("path"),
+                            why,
+                            "name a directory of manifests relative to the environment directory",
+                        );
+                        None
+                    }
                 }
             }),
             (Some(_), Some(pn)) => {
-                d.error_help(pn.pos, &o.child("path"), "both template and path are set", "a component comes from a template directory or a manifest path, not both");
+                d.error_help(
+                    pn.pos,
+                    &o.child("path"),
+                    "both template and path are set",
+                    "a component comes from a template directory or a manifest path, not both",
+                );
                 None
             }
             (None, None) => {
@@ -680,13 +997,20 @@ fn decode_components(d: &mut Decoder, n: &Node, p: &str, env_dir: &str, default_
         let values = match o.get("values") {
             Some(v) if matches!(v.kind, Kind::Map(_)) => v.to_json(),
             Some(v) => {
-                d.error_help(v.pos, &o.child("values"), format!("expected a mapping, found {}", v.type_name()), "values is a mapping of template values");
+                d.error_help(
+                    v.pos,
+                    &o.child("values"),
+                    format!("expected a mapping, found {}", v.type_name()),
+                    "values is a mapping of template values",
+                );
                 serde_json::Value::Object(Default::default())
             }
             None => serde_json::Value::Object(Default::default()),
         };
         let depends_on = d
-            .opt(&o, "dependsOn", |d, n, p| Some(d.strings(n, p).into_iter().map(|(_, s)| s).collect()))
+            .opt(&o, "dependsOn", |d, n, p| {
+                Some(d.strings(n, p).into_iter().map(|(_, s)| s).collect())
+            })
             .unwrap_or_default();
         let wait = d.opt(&o, "wait", Decoder::duration).unwrap_or(default_wait);
         let checks = d
@@ -695,18 +1019,33 @@ fn decode_components(d: &mut Decoder, n: &Node, p: &str, env_dir: &str, default_
                 let mut out = Vec::new();
                 for (i, it) in items.iter().enumerate() {
                     let cp = index(p, i);
-                    let Some(c) = d.obj(it, &cp, &["http", "expect", "timeout"]) else { continue };
+                    let Some(c) = d.obj(it, &cp, &["http", "expect", "timeout"]) else {
+                        continue;
+                    };
                     let url = d.req(&c, "http", "write http: http://host/path", Decoder::string);
                     if let (Some(u), Some(node)) = (&url, c.get("http")) {
                         if !(u.starts_with("http://") || u.starts_with("https://")) {
-                            d.error_help(node.pos, &c.child("http"), format!("{u:?} is not an http(s) URL"), "write a URL starting with http:// or https://");
+                            d.error_help(
+                                node.pos,
+                                &c.child("http"),
+                                format!("{u:?} is not an http(s) URL"),
+                                "write a URL starting with http:// or https://",
+                            );
                             continue;
                         }
                     }
-                    let expect = d.opt(&c, "expect", |d, n, p| d.int(n, p, 100, 599)).unwrap_or(200) as u16;
-                    let timeout = d.opt(&c, "timeout", Decoder::duration).unwrap_or(Duration::from_secs(60));
+                    let expect = d
+                        .opt(&c, "expect", |d, n, p| d.int(n, p, 100, 599))
+                        .unwrap_or(200) as u16;
+                    let timeout = d
+                        .opt(&c, "timeout", Decoder::duration)
+                        .unwrap_or(Duration::from_secs(60));
                     if let Some(url) = url {
-                        out.push(Check { url, expect, timeout });
+                        out.push(Check {
+                            url,
+                            expect,
+                            timeout,
+                        });
                     }
                 }
                 Some(out)
@@ -731,7 +1070,19 @@ fn decode_components(d: &mut Decoder, n: &Node, p: &str, env_dir: &str, default_
         Some((
             name.clone(),
             pos,
-            Component { name, source, source_dir, namespace, values, depends_on, wait, checks, secrets, force_conflicts, pos },
+            Component {
+                name,
+                source,
+                source_dir,
+                namespace,
+                values,
+                depends_on,
+                wait,
+                checks,
+                secrets,
+                force_conflicts,
+                pos,
+            },
         ))
     })
 }

@@ -189,7 +189,10 @@ pub struct KeyPair {
 pub enum Image {
     Id(String),
     /// Newest image of this owner whose name matches the pattern (`*` and `?` wildcards).
-    Lookup { owner: String, name: String },
+    Lookup {
+        owner: String,
+        name: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

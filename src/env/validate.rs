@@ -69,19 +69,44 @@ pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnosti
     check_components(env, files, &secret_names, &mut err);
 }
 
-fn check_cloud(cloud: &Cloud, files: &dyn CommitFiles, err: &mut impl FnMut(Pos, String, String, String)) {
+fn check_cloud(
+    cloud: &Cloud,
+    files: &dyn CommitFiles,
+    err: &mut impl FnMut(Pos, String, String, String),
+) {
     let vpc = cloud.network.cidr;
     let subnets = &cloud.network.subnets;
     for (i, s) in subnets.iter().enumerate() {
         let field = format!("spec.cloud.network.subnets[{i}].cidr");
         if !vpc.contains(&s.cidr) {
-            err(s.pos, field.clone(), format!("subnet {} ({}) is not inside the VPC block {vpc}", s.name, s.cidr), format!("choose a block inside {vpc}"));
+            err(
+                s.pos,
+                field.clone(),
+                format!(
+                    "subnet {} ({}) is not inside the VPC block {vpc}",
+                    s.name, s.cidr
+                ),
+                format!("choose a block inside {vpc}"),
+            );
         } else if !(16..=28).contains(&s.cidr.prefix) {
-            err(s.pos, field.clone(), format!("subnet {} has a /{} prefix", s.name, s.cidr.prefix), "AWS accepts subnet blocks from /16 to /28".into());
+            err(
+                s.pos,
+                field.clone(),
+                format!("subnet {} has a /{} prefix", s.name, s.cidr.prefix),
+                "AWS accepts subnet blocks from /16 to /28".into(),
+            );
         }
         for other in &subnets[..i] {
             if s.cidr.overlaps(&other.cidr) {
-                err(s.pos, field.clone(), format!("subnet {} ({}) overlaps subnet {} ({})", s.name, s.cidr, other.name, other.cidr), "subnets of one VPC must not overlap".into());
+                err(
+                    s.pos,
+                    field.clone(),
+                    format!(
+                        "subnet {} ({}) overlaps subnet {} ({})",
+                        s.name, s.cidr, other.name, other.cidr
+                    ),
+                    "subnets of one VPC must not overlap".into(),
+                );
             }
         }
         if !s.zone.starts_with(&cloud.region) || s.zone.len() <= cloud.region.len() {
@@ -94,13 +119,29 @@ fn check_cloud(cloud: &Cloud, files: &dyn CommitFiles, err: &mut impl FnMut(Pos,
         }
     }
     let subnet_names: Vec<&str> = subnets.iter().map(|s| s.name.as_str()).collect();
-    let sg_names: Vec<&str> = cloud.security_groups.iter().map(|g| g.name.as_str()).collect();
+    let sg_names: Vec<&str> = cloud
+        .security_groups
+        .iter()
+        .map(|g| g.name.as_str())
+        .collect();
     for (i, g) in cloud.security_groups.iter().enumerate() {
-        let rules = g.ingress.iter().map(|r| ("ingress", r)).chain(g.egress.iter().flatten().map(|r| ("egress", r)));
+        let rules = g
+            .ingress
+            .iter()
+            .map(|r| ("ingress", r))
+            .chain(g.egress.iter().flatten().map(|r| ("egress", r)));
         for (dir, r) in rules {
             if let Peer::Group(name) = &r.peer {
                 if !sg_names.contains(&name.as_str()) {
-                    err(g.pos, format!("spec.cloud.securityGroups[{i}].{dir}"), format!("security group {:?} referenced by {} does not exist", name, g.name), known("security groups", name, &sg_names));
+                    err(
+                        g.pos,
+                        format!("spec.cloud.securityGroups[{i}].{dir}"),
+                        format!(
+                            "security group {:?} referenced by {} does not exist",
+                            name, g.name
+                        ),
+                        known("security groups", name, &sg_names),
+                    );
                 }
             }
         }
@@ -108,11 +149,21 @@ fn check_cloud(cloud: &Cloud, files: &dyn CommitFiles, err: &mut impl FnMut(Pos,
     for (i, inst) in cloud.instances.iter().enumerate() {
         let base = format!("spec.cloud.instances[{i}]");
         if !subnet_names.contains(&inst.subnet.as_str()) {
-            err(inst.pos, format!("{base}.subnet"), format!("subnet {:?} does not exist", inst.subnet), known("subnets", &inst.subnet, &subnet_names));
+            err(
+                inst.pos,
+                format!("{base}.subnet"),
+                format!("subnet {:?} does not exist", inst.subnet),
+                known("subnets", &inst.subnet, &subnet_names),
+            );
         }
         for sg in &inst.security_groups {
             if !sg_names.contains(&sg.as_str()) {
-                err(inst.pos, format!("{base}.securityGroups"), format!("security group {sg:?} does not exist"), known("security groups", sg, &sg_names));
+                err(
+                    inst.pos,
+                    format!("{base}.securityGroups"),
+                    format!("security group {sg:?} does not exist"),
+                    known("security groups", sg, &sg_names),
+                );
             }
         }
         let template = inst.user_data.as_deref().or(default_user_data(&inst.role));
@@ -120,10 +171,21 @@ fn check_cloud(cloud: &Cloud, files: &dyn CommitFiles, err: &mut impl FnMut(Pos,
             match super::load::resolve_path("templates", t) {
                 Ok(path) if path.starts_with("templates/") => {
                     if !files.is_file(&path) {
-                        err(inst.pos, format!("{base}.userData"), format!("user-data template {path} does not exist in the commit"), "name a file under templates/, e.g. cloud-init/k3s-server.yaml.j2".into());
+                        err(
+                            inst.pos,
+                            format!("{base}.userData"),
+                            format!("user-data template {path} does not exist in the commit"),
+                            "name a file under templates/, e.g. cloud-init/k3s-server.yaml.j2"
+                                .into(),
+                        );
                     }
                 }
-                _ => err(inst.pos, format!("{base}.userData"), format!("user-data template {t:?} points outside templates/"), "name a file under templates/".into()),
+                _ => err(
+                    inst.pos,
+                    format!("{base}.userData"),
+                    format!("user-data template {t:?} points outside templates/"),
+                    "name a file under templates/".into(),
+                ),
             }
         }
     }
@@ -149,7 +211,15 @@ fn check_components(
     for (layer, list) in [("addons", &env.addons), ("apps", &env.apps)] {
         for (i, c) in list.iter().enumerate() {
             if let Some((other, _, first)) = layer_of.get(c.name.as_str()) {
-                err(c.pos, format!("spec.{layer}[{i}].name"), format!("component name {:?} is also used in spec.{other}", c.name), format!("first defined at line {}; add-on and app names share one namespace", first.line));
+                err(
+                    c.pos,
+                    format!("spec.{layer}[{i}].name"),
+                    format!("component name {:?} is also used in spec.{other}", c.name),
+                    format!(
+                        "first defined at line {}; add-on and app names share one namespace",
+                        first.line
+                    ),
+                );
                 continue;
             }
             layer_of.insert(&c.name, (layer, i, c.pos));
@@ -162,12 +232,31 @@ fn check_components(
             match &c.source {
                 Source::Template(t) => {
                     if !files.is_dir(&c.source_dir) {
-                        err(c.pos, format!("{base}.template"), format!("template directory {} does not exist in the commit", c.source_dir), format!("create templates/{t}/ with .j2 or .yaml manifests"));
+                        err(
+                            c.pos,
+                            format!("{base}.template"),
+                            format!(
+                                "template directory {} does not exist in the commit",
+                                c.source_dir
+                            ),
+                            format!("create templates/{t}/ with .j2 or .yaml manifests"),
+                        );
                     }
                 }
                 Source::Path(p) => {
                     if !files.is_dir(&c.source_dir) {
-                        err(c.pos, format!("{base}.path"), format!("manifest directory {} does not exist in the commit", c.source_dir), format!("paths are relative to {}; {p:?} resolved to {}", env.dir, c.source_dir));
+                        err(
+                            c.pos,
+                            format!("{base}.path"),
+                            format!(
+                                "manifest directory {} does not exist in the commit",
+                                c.source_dir
+                            ),
+                            format!(
+                                "paths are relative to {}; {p:?} resolved to {}",
+                                env.dir, c.source_dir
+                            ),
+                        );
                     }
                 }
             }
@@ -188,7 +277,12 @@ fn check_components(
                 for (key, secret) in &s.data {
                     if !secret_names.contains(secret.as_str()) {
                         let listed: Vec<&str> = secret_names.iter().copied().collect();
-                        err(s.pos, format!("{base}.secrets.{}.data.{key}", s.name), format!("secret {secret:?} is not declared in spec.secrets"), known("secrets", secret, &listed));
+                        err(
+                            s.pos,
+                            format!("{base}.secrets.{}.data.{key}", s.name),
+                            format!("secret {secret:?} is not declared in spec.secrets"),
+                            known("secrets", secret, &listed),
+                        );
                     }
                 }
             }
@@ -197,7 +291,12 @@ fn check_components(
     for cycle in find_cycles(env) {
         let first = cycle[0];
         let (layer, i, pos) = layer_of[first];
-        err(pos, format!("spec.{layer}[{i}].dependsOn"), format!("dependency cycle: {}", cycle.join(" -> ")), "remove one of these dependsOn entries".into());
+        err(
+            pos,
+            format!("spec.{layer}[{i}].dependsOn"),
+            format!("dependency cycle: {}", cycle.join(" -> ")),
+            "remove one of these dependsOn entries".into(),
+        );
     }
 }
 
@@ -207,7 +306,12 @@ fn find_cycles(env: &Environment) -> Vec<Vec<&str>> {
         .addons
         .iter()
         .chain(&env.apps)
-        .map(|c| (c.name.as_str(), c.depends_on.iter().map(String::as_str).collect()))
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.depends_on.iter().map(String::as_str).collect(),
+            )
+        })
         .collect();
     let mut cycles: Vec<Vec<&str>> = Vec::new();
     let mut seen: BTreeSet<Vec<&str>> = BTreeSet::new();
@@ -231,7 +335,12 @@ fn find_cycles(env: &Environment) -> Vec<Vec<&str>> {
             }
             if let Some(at) = on_path.iter().position(|n| *n == next) {
                 let mut cycle: Vec<&str> = on_path[at..].to_vec();
-                let min = cycle.iter().enumerate().min_by_key(|(_, n)| **n).map(|(i, _)| i).unwrap_or(0);
+                let min = cycle
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, n)| **n)
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
                 cycle.rotate_left(min);
                 if seen.insert(cycle.clone()) {
                     let mut shown = cycle.clone();

@@ -36,7 +36,10 @@ pub struct Node {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kind {
     /// A scalar with its text and whether it was written plain (unquoted).
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     /// Entries in document order; duplicates are kept so the decoder can report them.
     Map(Vec<(Node, Node)>),

@@ -42,7 +42,12 @@ impl PlanGraph {
 
     /// Node ids in an order where every node comes after its dependencies (layer order first).
     pub fn topo_order(&self) -> Vec<&str> {
-        let index: BTreeMap<&str, usize> = self.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+        let index: BTreeMap<&str, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id.as_str(), i))
+            .collect();
         let mut state = vec![0u8; self.nodes.len()]; // 0 new, 1 visiting, 2 done
         let mut out = Vec::with_capacity(self.nodes.len());
         let mut order: Vec<usize> = (0..self.nodes.len()).collect();
@@ -87,19 +92,48 @@ pub fn build(env: &Environment) -> PlanGraph {
             summary,
             timeout: t.cloud,
         };
-        nodes.push(node("vpc".into(), "vpc", vec![], format!("VPC {} in {}", cloud.network.cidr, cloud.region)));
-        let public: Vec<&str> = cloud.network.subnets.iter().filter(|s| s.public).map(|s| s.name.as_str()).collect();
+        nodes.push(node(
+            "vpc".into(),
+            "vpc",
+            vec![],
+            format!("VPC {} in {}", cloud.network.cidr, cloud.region),
+        ));
+        let public: Vec<&str> = cloud
+            .network
+            .subnets
+            .iter()
+            .filter(|s| s.public)
+            .map(|s| s.name.as_str())
+            .collect();
         if !public.is_empty() {
-            nodes.push(node("igw".into(), "internet-gateway", vec!["vpc".into()], "internet gateway attached to the VPC".into()));
+            nodes.push(node(
+                "igw".into(),
+                "internet-gateway",
+                vec!["vpc".into()],
+                "internet gateway attached to the VPC".into(),
+            ));
         }
         for s in &cloud.network.subnets {
             let kind = if s.public { "public" } else { "private" };
-            nodes.push(node(format!("subnet/{}", s.name), "subnet", vec!["vpc".into()], format!("{kind} subnet {} in {}", s.cidr, s.zone)));
+            nodes.push(node(
+                format!("subnet/{}", s.name),
+                "subnet",
+                vec!["vpc".into()],
+                format!("{kind} subnet {} in {}", s.cidr, s.zone),
+            ));
         }
         if !public.is_empty() {
             let mut deps = vec!["igw".to_string()];
             deps.extend(public.iter().map(|s| format!("subnet/{s}")));
-            nodes.push(node("rtb/public".into(), "route-table", deps, format!("route table 0.0.0.0/0 → internet gateway, for {}", public.join(", "))));
+            nodes.push(node(
+                "rtb/public".into(),
+                "route-table",
+                deps,
+                format!(
+                    "route table 0.0.0.0/0 → internet gateway, for {}",
+                    public.join(", ")
+                ),
+            ));
         }
         for g in &cloud.security_groups {
             let mut deps = vec!["vpc".to_string()];
@@ -113,14 +147,33 @@ pub fn build(env: &Environment) -> PlanGraph {
             }
             // Mutual references between groups are created in one pass by the provider; only keep
             // edges that cannot form a cycle (towards groups defined earlier).
-            let earlier: Vec<String> = cloud.security_groups.iter().take_while(|x| x.name != g.name).map(|x| format!("sg/{}", x.name)).collect();
+            let earlier: Vec<String> = cloud
+                .security_groups
+                .iter()
+                .take_while(|x| x.name != g.name)
+                .map(|x| format!("sg/{}", x.name))
+                .collect();
             deps.retain(|d| d == "vpc" || earlier.contains(d));
             let rules = g.ingress.len() + g.egress.as_ref().map_or(0, Vec::len);
-            nodes.push(node(format!("sg/{}", g.name), "security-group", deps, format!("security group {} with {rules} rules", g.name)));
+            nodes.push(node(
+                format!("sg/{}", g.name),
+                "security-group",
+                deps,
+                format!("security group {} with {rules} rules", g.name),
+            ));
         }
         if let Some(k) = &cloud.key_pair {
-            let how = if k.public_key.is_some() { "imported" } else { "generated, private key kept 0600 under the state dir" };
-            nodes.push(node(format!("key/{}", k.name), "key-pair", vec![], format!("key pair {} ({how})", k.name)));
+            let how = if k.public_key.is_some() {
+                "imported"
+            } else {
+                "generated, private key kept 0600 under the state dir"
+            };
+            nodes.push(node(
+                format!("key/{}", k.name),
+                "key-pair",
+                vec![],
+                format!("key pair {} ({how})", k.name),
+            ));
         }
         for g in &cloud.instances {
             for i in 0..g.count {
@@ -134,21 +187,34 @@ pub fn build(env: &Environment) -> PlanGraph {
                 }
                 let image = match &g.image {
                     crate::env::model::Image::Id(id) => id.clone(),
-                    crate::env::model::Image::Lookup { owner, name } => format!("newest {owner}/{name}"),
+                    crate::env::model::Image::Lookup { owner, name } => {
+                        format!("newest {owner}/{name}")
+                    }
                 };
                 let role = match g.role {
                     Role::Server => " (k3s server)",
                     Role::Agent => " (k3s agent)",
                     Role::None => "",
                 };
-                nodes.push(node(format!("instance/{}/{i}", g.name), "instance", deps, format!("{} {image} in {}{role}", g.instance_type, g.subnet)));
+                nodes.push(node(
+                    format!("instance/{}/{i}", g.name),
+                    "instance",
+                    deps,
+                    format!("{} {image} in {}{role}", g.instance_type, g.subnet),
+                ));
             }
         }
     }
     match &env.cluster {
         Some(Cluster::K3s(k)) => {
             let (servers, agents) = env.cloud.as_ref().map_or((0, 0), |c| {
-                let count = |r: Role| c.instances.iter().filter(|g| g.role == r).map(|g| g.count).sum::<u32>();
+                let count = |r: Role| {
+                    c.instances
+                        .iter()
+                        .filter(|g| g.role == r)
+                        .map(|g| g.count)
+                        .sum::<u32>()
+                };
                 (count(Role::Server), count(Role::Agent))
             });
             nodes.push(PlanNode {
@@ -156,7 +222,10 @@ pub fn build(env: &Environment) -> PlanGraph {
                 layer: Layer::Cluster,
                 kind: "control-plane".into(),
                 depends_on: vec![],
-                summary: format!("k3s {} with {servers} server and {agents} agent nodes Ready", k.version),
+                summary: format!(
+                    "k3s {} with {servers} server and {agents} agent nodes Ready",
+                    k.version
+                ),
                 timeout: t.cluster,
             });
         }
@@ -169,7 +238,10 @@ pub fn build(env: &Environment) -> PlanGraph {
                 summary: format!(
                     "existing cluster from {}{}",
                     e.kubeconfig,
-                    e.context.as_ref().map(|c| format!(" (context {c})")).unwrap_or_default()
+                    e.context
+                        .as_ref()
+                        .map(|c| format!(" (context {c})"))
+                        .unwrap_or_default()
                 ),
                 timeout: t.cluster,
             });
@@ -182,13 +254,20 @@ pub fn build(env: &Environment) -> PlanGraph {
         .map(|c| (c.name.as_str(), "addons"))
         .chain(env.apps.iter().map(|c| (c.name.as_str(), "apps")))
         .collect();
-    for (layer, prefix, list) in [(Layer::Addons, "addons", &env.addons), (Layer::Apps, "apps", &env.apps)] {
+    for (layer, prefix, list) in [
+        (Layer::Addons, "addons", &env.addons),
+        (Layer::Apps, "apps", &env.apps),
+    ] {
         for c in list {
             let source = match &c.source {
                 Source::Template(t) => format!("template {t}"),
                 Source::Path(p) => format!("manifests {p}"),
             };
-            let checks = if c.checks.is_empty() { String::new() } else { format!(", {} checks", c.checks.len()) };
+            let checks = if c.checks.is_empty() {
+                String::new()
+            } else {
+                format!(", {} checks", c.checks.len())
+            };
             nodes.push(PlanNode {
                 id: format!("{prefix}/{}", c.name),
                 layer,
@@ -196,12 +275,23 @@ pub fn build(env: &Environment) -> PlanGraph {
                 depends_on: c
                     .depends_on
                     .iter()
-                    .map(|d| format!("{}/{d}", layer_of.get(d.as_str()).copied().unwrap_or(prefix)))
+                    .map(|d| {
+                        format!(
+                            "{}/{d}",
+                            layer_of.get(d.as_str()).copied().unwrap_or(prefix)
+                        )
+                    })
                     .collect(),
-                summary: format!("{source} → healthy within {}{checks}", humantime::format_duration(c.wait)),
+                summary: format!(
+                    "{source} → healthy within {}{checks}",
+                    humantime::format_duration(c.wait)
+                ),
                 timeout: c.wait,
             });
         }
     }
-    PlanGraph { env: env.name.clone(), nodes }
+    PlanGraph {
+        env: env.name.clone(),
+        nodes,
+    }
 }

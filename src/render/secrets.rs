@@ -50,10 +50,7 @@ impl SecretValues {
         if missing.is_empty() {
             Ok(SecretValues(out))
         } else {
-            Err(format!(
-                "cannot read secret {}",
-                missing.join("; secret ")
-            ))
+            Err(format!("cannot read secret {}", missing.join("; secret ")))
         }
     }
 

@@ -154,7 +154,10 @@ impl Renderer {
         jinja.add_filter("b64encode", |s: String| base64_encode(s.as_bytes()));
         jinja.add_filter("to_json", |v: Value| {
             serde_json::to_string(&v).map_err(|e| {
-                JinjaError::new(ErrorKind::InvalidOperation, format!("cannot encode as JSON: {e}"))
+                JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    format!("cannot encode as JSON: {e}"),
+                )
             })
         });
         jinja.add_filter("indent_lines", |s: String, n: usize| {
@@ -196,11 +199,18 @@ impl Renderer {
         self.mode
     }
 
-    fn values_for(&self, files: &dyn CommitFiles, comp: Option<&Component>) -> Result<serde_json::Value, RenderError> {
+    fn values_for(
+        &self,
+        files: &dyn CommitFiles,
+        comp: Option<&Component>,
+    ) -> Result<serde_json::Value, RenderError> {
         let mut values = self.shared_values.clone();
         if let Some(c) = comp {
             if matches!(c.source, crate::env::model::Source::Template(_)) {
-                deep_merge(&mut values, &read_values(files, &format!("{}/values.yaml", c.source_dir))?);
+                deep_merge(
+                    &mut values,
+                    &read_values(files, &format!("{}/values.yaml", c.source_dir))?,
+                );
             }
         }
         deep_merge(&mut values, &self.env_values);
@@ -211,7 +221,10 @@ impl Renderer {
     }
 
     fn render(&self, name: &str, ctx: &serde_json::Value) -> Result<String, RenderError> {
-        let tmpl = self.jinja.get_template(name).map_err(|e| jinja_error(name, &e))?;
+        let tmpl = self
+            .jinja
+            .get_template(name)
+            .map_err(|e| jinja_error(name, &e))?;
         let mut ctx = ctx.clone();
         ctx["secrets"] = serde_json::to_value(self.secrets.as_map()).unwrap_or_default();
         tmpl.render(Value::from(minijinja::value::Serde(&ctx)))
@@ -220,18 +233,24 @@ impl Renderer {
 
     /// Renders `.j2` files and copies plain `.yaml`/`.yml`/`.json` files of a component, in path
     /// order. `values.yaml` (defaults) and files starting with `_` (partials) are not output.
-    pub fn component(&self, files: &dyn CommitFiles, comp: &Component) -> Result<Vec<RenderedFile>, RenderError> {
+    pub fn component(
+        &self,
+        files: &dyn CommitFiles,
+        comp: &Component,
+    ) -> Result<Vec<RenderedFile>, RenderError> {
         let values = self.values_for(files, Some(comp))?;
         let ctx = json!({
             "env": self.env_ctx,
             "values": values,
             "component": { "name": comp.name, "namespace": comp.namespace },
         });
-        let paths = files.files_under(&comp.source_dir).map_err(|m| RenderError {
-            file: comp.source_dir.clone(),
-            line: None,
-            message: m,
-        })?;
+        let paths = files
+            .files_under(&comp.source_dir)
+            .map_err(|m| RenderError {
+                file: comp.source_dir.clone(),
+                line: None,
+                message: m,
+            })?;
         let mut out = Vec::new();
         for path in paths {
             let base = path.rsplit('/').next().unwrap_or(&path);
@@ -239,14 +258,23 @@ impl Renderer {
                 continue;
             }
             if path.ends_with(".j2") {
-                out.push(RenderedFile { content: self.render(&path, &ctx)?, source: path });
-            } else if [".yaml", ".yml", ".json"].iter().any(|ext| path.ends_with(ext)) {
+                out.push(RenderedFile {
+                    content: self.render(&path, &ctx)?,
+                    source: path,
+                });
+            } else if [".yaml", ".yml", ".json"]
+                .iter()
+                .any(|ext| path.ends_with(ext))
+            {
                 let content = files.read_text(&path).map_err(|m| RenderError {
                     file: path.clone(),
                     line: None,
                     message: m,
                 })?;
-                out.push(RenderedFile { source: path, content });
+                out.push(RenderedFile {
+                    source: path,
+                    content,
+                });
             }
         }
         Ok(out)
@@ -254,7 +282,11 @@ impl Renderer {
 
     /// The component's Kubernetes objects: rendered files split into documents, plus the Secrets
     /// it declares from secret references.
-    pub fn manifests(&self, files: &dyn CommitFiles, comp: &Component) -> Result<Vec<Manifest>, RenderError> {
+    pub fn manifests(
+        &self,
+        files: &dyn CommitFiles,
+        comp: &Component,
+    ) -> Result<Vec<Manifest>, RenderError> {
         let mut out = Vec::new();
         for f in self.component(files, comp)? {
             let docs = yaml::parse_documents(&f.content).map_err(|e| RenderError {
@@ -273,15 +305,26 @@ impl Renderer {
                     Some("a manifest needs apiVersion".to_string())
                 } else if object["kind"].as_str().is_none_or(str::is_empty) {
                     Some("a manifest needs kind".to_string())
-                } else if object["metadata"]["name"].as_str().is_none_or(str::is_empty) {
+                } else if object["metadata"]["name"]
+                    .as_str()
+                    .is_none_or(str::is_empty)
+                {
                     Some("a manifest needs metadata.name".to_string())
                 } else {
                     None
                 };
                 if let Some(message) = problem {
-                    return Err(RenderError { file: f.source.clone(), line: Some(doc.pos.line), message });
+                    return Err(RenderError {
+                        file: f.source.clone(),
+                        line: Some(doc.pos.line),
+                        message,
+                    });
                 }
-                out.push(Manifest { source: f.source.clone(), line: doc.pos.line, object });
+                out.push(Manifest {
+                    source: f.source.clone(),
+                    line: doc.pos.line,
+                    object,
+                });
             }
         }
         for s in &comp.secrets {
@@ -340,7 +383,11 @@ fn base64_encode(input: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -377,9 +424,19 @@ mod tests {
         assert_eq!(m[0].object["data"]["image"], "nginx");
         assert_eq!(m[0].object["data"]["replicas"], "2");
         assert_eq!(m[0].object["data"]["port"], "80");
-        assert!(m[0].object["data"]["pw"].as_str().unwrap().starts_with("**redacted**"), "{}", m[0].object);
+        assert!(
+            m[0].object["data"]["pw"]
+                .as_str()
+                .unwrap()
+                .starts_with("**redacted**"),
+            "{}",
+            m[0].object
+        );
         assert_eq!(m[1].kind(), "Secret");
-        assert!(m[1].object["stringData"]["password"].as_str().unwrap().starts_with("**redacted**"));
+        assert!(m[1].object["stringData"]["password"]
+            .as_str()
+            .unwrap()
+            .starts_with("**redacted**"));
     }
 
     #[test]
@@ -395,11 +452,16 @@ mod tests {
 
     #[test]
     fn runaway_template_runs_out_of_fuel() {
-        let f = files("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}");
+        let f = files(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+        );
         let env = crate::env::load(&f, "t").unwrap();
         let r = Renderer::new(&f, &env, "t", SecretValues::redacted(&env), Mode::Display).unwrap();
         let e = r.component(&f, &env.addons[0]).unwrap_err();
-        assert!(e.message.contains("fuel") || e.message.contains("range"), "{e}");
+        assert!(
+            e.message.contains("fuel") || e.message.contains("range"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -28,6 +28,9 @@ mod tests {
     fn maps_merge_and_scalars_replace() {
         let mut base = json!({"a": {"x": 1, "y": 2}, "list": [1, 2], "keep": true});
         deep_merge(&mut base, &json!({"a": {"y": 3}, "list": [9]}));
-        assert_eq!(base, json!({"a": {"x": 1, "y": 3}, "list": [9], "keep": true}));
+        assert_eq!(
+            base,
+            json!({"a": {"x": 1, "y": 3}, "list": [9], "keep": true})
+        );
     }
 }

@@ -113,7 +113,10 @@ fn plain_ok(s: &str) -> bool {
     }
     let node = crate::env::yaml::Node {
         pos: Default::default(),
-        kind: crate::env::yaml::Kind::Scalar { text: s.to_string(), plain: true },
+        kind: crate::env::yaml::Kind::Scalar {
+            text: s.to_string(),
+            plain: true,
+        },
     };
     if !matches!(node.scalar(), Some(crate::env::yaml::Scalar::Str(_))) {
         return false;
@@ -122,7 +125,10 @@ fn plain_ok(s: &str) -> bool {
     if "-?:,[]{}#&*!|>'\"%@`".contains(first) {
         return false;
     }
-    !s.contains(": ") && !s.contains(" #") && !s.ends_with(':') && s.chars().all(|c| !c.is_control())
+    !s.contains(": ")
+        && !s.contains(" #")
+        && !s.ends_with(':')
+        && s.chars().all(|c| !c.is_control())
 }
 
 #[cfg(test)]
