@@ -28,7 +28,7 @@ use phoenix::env::model::*;
 use phoenix::providers::aws::{self, AwsOptions, ConvergeOptions, DesiredInputs, Ec2};
 use phoenix::report::events::EventSink;
 
-const AMI: &str = "ami-0ed094fb1304fd857";
+const AMI: &str = "ami-03c3da4cfa8e8943a";
 
 struct Args {
     instances: u32,

@@ -26,9 +26,9 @@ use phoenix::providers::aws::{
 use phoenix::report::events::EventSink;
 
 const REGION: &str = "us-east-1";
-/// Two AMIs moto ships (Amazon Linux 2023, x86_64).
-const AMI_1: &str = "ami-0ed094fb1304fd857";
-const AMI_2: &str = "ami-02ee394167633f6bf";
+/// Two AMIs moto 5.2.5 ships (Amazon Linux 2023 kernel 6.1 and 6.18, x86_64); scripts/setup pins moto.
+const AMI_1: &str = "ami-03c3da4cfa8e8943a";
+const AMI_2: &str = "ami-0d27e0fb3bac4d724";
 const ENV: &str = "demo";
 
 fn cidr(s: &str) -> phoenix::env::cidr::Cidr {

@@ -52,6 +52,17 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DIR", env = "PHOENIX_HOME")]
     pub home: Option<PathBuf>,
 
+    /// Kubernetes API endpoint instead of the one derived from the server instance
+    /// (https://ADDRESS:6443): a tunnel, a load balancer, or kube-sandbox. `{env}` is replaced by
+    /// the environment's effective name, e.g. http://127.0.0.1:PORT/clusters/{env}
+    #[arg(
+        long,
+        global = true,
+        value_name = "URL",
+        env = "PHOENIX_CLUSTER_ENDPOINT"
+    )]
+    pub cluster_endpoint: Option<String>,
+
     /// More logging (-v, -vv); RUST_LOG also works
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -71,8 +82,46 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print the rendered user-data and manifests of an environment (secrets redacted)
     Render(RenderArgs),
+    /// Converge every layer in order: cloud, cluster, addons, apps
+    Rebuild(RebuildArgs),
+    /// Tear an environment down in reverse layer order (asks for confirmation)
+    Destroy(DestroyArgs),
     /// List past runs of an environment from the audit trail
     History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Only these layers (comma-separated: cloud,cluster,addons,apps); the others count as
+    /// converged for the gates
+    #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
+    pub layers: Vec<crate::engine::Layer>,
+    /// Nodes in flight at once
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Take over fields another field manager owns instead of failing on the conflict
+    #[arg(long)]
+    pub force_conflicts: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// Do not ask: destroy without typing the environment name
+    #[arg(long)]
+    pub yes: bool,
+    /// Nodes in flight at once
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,11 @@
 //! One module per command; each turns parsed arguments into work and an exit code.
 
 pub mod common;
+pub mod deploy;
+pub mod destroy;
 mod history;
 mod plan;
+pub mod rebuild;
 mod render;
 mod validate;
 
@@ -15,6 +18,8 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Validate(a) => validate::run(&ctx, &a.env).await,
         Command::Plan(a) => plan::run(&ctx, &a.env.env, a.offline, a.detailed_exitcode).await,
         Command::Render(a) => render::run(&ctx, &a.env.env, a.component.as_deref()).await,
+        Command::Rebuild(a) => rebuild::run(&ctx, &a).await,
+        Command::Destroy(a) => destroy::run(&ctx, &a).await,
         Command::History(a) => history::run(&ctx, &a.env.env, a.limit).await,
     }
 }

@@ -965,20 +965,21 @@ fn decode_components(
                     }
                 }
             }),
-            (None, Some(pn)) => d.string(pn, &o.child("path")).and_then(|rel| {
-                match resolve_path(env_dir, &rel) {
-                    Ok(dir) => Some((Source::Path(rel), dir)),
-                    Err(why) => {
-                        d.error_help(
+            (None, Some(pn)) => {
+                d.string(pn, &o.child("path"))
+                    .and_then(|rel| match resolve_path(env_dir, &rel) {
+                        Ok(dir) => Some((Source::Path(rel), dir)),
+                        Err(why) => {
+                            d.error_help(
                             pn.pos,
                             &o.child("path"),
                             why,
                             "name a directory of manifests relative to the environment directory",
                         );
-                        None
-                    }
-                }
-            }),
+                            None
+                        }
+                    })
+            }
             (Some(_), Some(pn)) => {
                 d.error_help(
                     pn.pos,

@@ -43,7 +43,7 @@ pub fn moto_binary() -> PathBuf {
     }
     panic!(
         "moto_server not found: set MOTO_SERVER, or install it with \
-         `python3 -m venv .venv && .venv/bin/pip install 'moto[server]==5.2.*'` in the repo, \
+         `python3 -m venv .venv && .venv/bin/pip install 'moto[server]==5.2.5'` in the repo, \
          or put moto_server on PATH"
     );
 }
