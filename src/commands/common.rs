@@ -62,7 +62,7 @@ pub fn load_env(ctx: &Context, snap: &Snapshot, name: &str) -> Result<Environmen
         if ctx.json() {
             print_json(&serde_json::json!({
                 "env": name,
-                "commit": snap.commit().sha,
+                "commit": commit_json(&snap),
                 "valid": false,
                 "diagnostics": diags,
             }));

@@ -1,16 +1,78 @@
 //! `phoenix plan ENV`: the graph, layer by layer, with what a rebuild would do.
 
 use super::common::{commit_json, commit_line, load_env, print_json, Context, Outcome};
+use super::deploy::Deployment;
 use crate::engine::Layer;
 use crate::error::{ExitCode, Failure};
+use crate::providers::aws;
 use crate::render::{Mode, Renderer, SecretValues};
 use std::collections::BTreeMap;
 
 pub async fn run(ctx: &Context, name: &str, offline: bool, detailed_exitcode: bool) -> Outcome {
-    if !offline {
-        return Err(Failure::new("a plan against live state is not available in this build")
-            .help("the cloud and Kubernetes providers have not landed yet; run `phoenix plan --offline ENV` to see the graph"));
+    if offline {
+        offline_plan(ctx, name, detailed_exitcode).await
+    } else {
+        live_plan(ctx, name, detailed_exitcode).await
     }
+}
+
+/// The plan against live state, layer by layer.
+async fn live_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcome {
+    let dep = Deployment::open(ctx, name, None).await?;
+    let secrets = dep.secrets()?;
+    let renderer = dep.renderer(secrets, Mode::Apply)?;
+    let mut changes = 0usize;
+    let mut out =
+        serde_json::json!({ "env": dep.name, "commit": commit_json(&dep.snap), "offline": false });
+    if !ctx.json() {
+        println!("{}", commit_line(&dep.snap));
+        println!("plan for {} against live state", dep.name);
+    }
+    if let Some(ec2) = dep.ec2().await? {
+        let desired = dep
+            .desired_cloud(ctx, &renderer, &serde_json::json!({}))?
+            .ok_or_else(|| Failure::new("the environment has no cloud section"))?;
+        let plan = aws::plan_live(&ec2, &desired).await.map_err(|e| {
+            Failure::from_error(
+                format!("cannot compare the cloud layer of {} with EC2", dep.name),
+                &e,
+            )
+        })?;
+        changes += plan
+            .changes
+            .iter()
+            .filter(|c| c.action != aws::ChangeAction::Unchanged)
+            .count();
+        if ctx.json() {
+            out["cloud"] = serde_json::to_value(&plan).unwrap_or_default();
+        } else {
+            println!("\ncloud ({}):\n{plan}", ec2.endpoint());
+        }
+    }
+    if dep.env.cluster.is_some() {
+        return Err(Failure::new(format!(
+            "a live plan of the cluster, addons and apps layers of {} is not available in this build",
+            dep.name
+        ))
+        .help("the Kubernetes providers have not landed; `phoenix plan --offline` shows the whole graph"));
+    }
+    if ctx.json() {
+        out["changes"] = changes.into();
+        print_json(&out);
+    } else {
+        println!(
+            "\n{changes} change{} pending.",
+            if changes == 1 { "" } else { "s" }
+        );
+    }
+    if detailed_exitcode && changes > 0 {
+        return Ok(ExitCode::Changes);
+    }
+    Ok(ExitCode::Ok)
+}
+
+/// The graph as built from nothing, without contacting anything.
+async fn offline_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcome {
     let snap = ctx.open().await?;
     let env = load_env(ctx, &snap, name)?;
     let graph = crate::plan::build(&env);

@@ -1,6 +1,6 @@
 //! `phoenix rebuild ENV`: converge every layer in order, then print the per-layer timing report.
 
-use super::common::{commit_line, print_json, Context, Outcome};
+use super::common::{commit_line, Context, Outcome};
 use super::deploy::{run_graph, Deployment, RunSettings};
 use crate::cli::RebuildArgs;
 use crate::engine::{Graph, Layer, RunSummary};
@@ -93,11 +93,14 @@ pub async fn converge(
 /// The final report: per-layer status and timing, then what failed and why.
 pub fn report(ctx: &Context, dep: &Deployment, summary: &RunSummary) {
     if ctx.json() {
-        print_json(&serde_json::json!({
+        // Stdout is JSON lines (the event stream); the report is its last line.
+        let report = serde_json::json!({
+            "report": "run",
             "env": dep.name,
             "commit": dep.commit(),
             "summary": summary,
-        }));
+        });
+        println!("{report}");
         return;
     }
     eprintln!();

@@ -1,6 +1,6 @@
 //! `phoenix render ENV`: the rendered user-data and manifests, secrets redacted.
 
-use super::common::{commit_line, load_env, print_json, Context, Outcome};
+use super::common::{commit_json, commit_line, load_env, print_json, Context, Outcome};
 use super::validate::display_cluster_context;
 use crate::env;
 use crate::error::{ExitCode, Failure};
@@ -72,7 +72,7 @@ pub async fn run(ctx: &Context, name: &str, component: Option<&str>) -> Outcome 
     if ctx.json() {
         print_json(&serde_json::json!({
             "env": name,
-            "commit": snap.commit().sha,
+            "commit": commit_json(&snap),
             "outputs": outputs.iter().map(|(what, source, content)| serde_json::json!({
                 "what": what, "source": source, "content": content,
             })).collect::<Vec<_>>(),

@@ -1,6 +1,6 @@
 //! `phoenix validate ENV`: schema, references, templates render, graph acyclic. Offline.
 
-use super::common::{commit_line, print_json, Context, Outcome};
+use super::common::{commit_json, commit_line, print_json, Context, Outcome};
 use crate::env::{self, Diagnostic, Environment};
 use crate::error::{ExitCode, Failure};
 use crate::render::{Mode, RenderError, Renderer, SecretValues};
@@ -87,7 +87,7 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
     if ctx.json() {
         print_json(&serde_json::json!({
             "env": name,
-            "commit": snap.commit().sha,
+            "commit": commit_json(&snap),
             "valid": valid,
             "diagnostics": diags,
         }));
