@@ -11,7 +11,8 @@
 //!
 //! FIELD may be empty for a diagnostic about the whole file. Lines starting with `#` and blank
 //! lines are ignored. Each expected diagnostic must be present with exactly that line, column and
-//! field, and no other diagnostic may be reported. Every directory under `tests/fixtures/valid/`
+//! field, and no other diagnostic may be reported. Every diagnostic must carry a help line
+//! saying what would be valid. Every directory under `tests/fixtures/valid/`
 //! must load with no diagnostic at all.
 //!
 //! Set `PHOENIX_CORPUS_DUMP=1` to print what the loader actually reports for each case, in the
@@ -249,6 +250,10 @@ fn check_case(case: &Path) -> Vec<String> {
         }
         if d.message.trim().is_empty() {
             problems.push(format!("empty message: {}", show(d)));
+        }
+        // Every diagnostic says what would be valid, not only what is wrong.
+        if d.help.as_deref().is_none_or(|h| h.trim().is_empty()) {
+            problems.push(format!("no help line: {}", show(d)));
         }
         if !used.contains(&i) {
             problems.push(format!("unexpected: {}", show(d)));

@@ -3,13 +3,16 @@
 //! Each helper returns `None` after recording a diagnostic, so one bad field never hides the next.
 
 use super::diag::{suggest, Diagnostic};
+use super::spans::Spans;
 use super::yaml::{Kind, Node, Pos, Scalar};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 pub struct Decoder<'f> {
     pub file: &'f str,
     pub diags: Vec<Diagnostic>,
+    /// Positions of everything decoded, for the checks that run on the whole model.
+    pub spans: Spans,
 }
 
 /// A mapping whose keys were checked against the allowed set.
@@ -53,14 +56,8 @@ impl<'f> Decoder<'f> {
         Decoder {
             file,
             diags: Vec::new(),
+            spans: Spans::default(),
         }
-    }
-
-    pub fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) -> &mut Diagnostic {
-        self.diags
-            .push(Diagnostic::new(self.file, pos, path, message));
-        let last = self.diags.len() - 1;
-        &mut self.diags[last]
     }
 
     pub fn error_help(
@@ -89,29 +86,32 @@ impl<'f> Decoder<'f> {
             self.wrong_type(node, path, "a mapping");
             return None;
         };
-        let mut out = Vec::with_capacity(entries.len());
+        self.spans.record_value(path, node.pos);
+        let mut out: Vec<(&'n str, &'n Node)> = Vec::with_capacity(entries.len());
         for (k, v) in entries {
             let Some(Scalar::Str(key)) = k.scalar() else {
                 let text = k.key_text();
                 if !allowed.contains(&text.as_str()) {
-                    self.error(
+                    self.error_help(
                         k.pos,
                         path,
                         format!("mapping key {text:?} must be a string"),
+                        format!("valid keys: {}", allowed.join(", ")),
                     );
                     continue;
                 }
                 // A plain key like `true` that happens to be allowed is fine as text.
-                out.push((key_str(k), v));
+                let key = key_str(k);
+                if out.iter().any(|(seen, _)| *seen == key) {
+                    self.duplicate_key(k, &join(path, key), key);
+                    continue;
+                }
+                self.record_entry(path, key, k, v);
+                out.push((key, v));
                 continue;
             };
             if out.iter().any(|(seen, _)| *seen == key) {
-                self.error_help(
-                    k.pos,
-                    &join(path, key),
-                    format!("duplicate key {key:?}"),
-                    "each key may appear once in a mapping",
-                );
+                self.duplicate_key(k, &join(path, key), key);
                 continue;
             }
             if !allowed.contains(&key) {
@@ -127,6 +127,7 @@ impl<'f> Decoder<'f> {
                 );
                 continue;
             }
+            self.record_entry(path, key, k, v);
             out.push((key, v));
         }
         Some(Obj {
@@ -134,6 +135,58 @@ impl<'f> Decoder<'f> {
             path: path.to_string(),
             entries: out,
         })
+    }
+
+    fn record_entry(&mut self, path: &str, key: &str, k: &Node, v: &Node) {
+        let child = join(path, key);
+        self.spans.record_key(&child, k.pos);
+        self.spans.record_value(&child, v.pos);
+    }
+
+    fn duplicate_key(&mut self, k: &Node, path: &str, key: &str) {
+        self.error_help(
+            k.pos,
+            path,
+            format!("duplicate key {key:?}"),
+            "each key may appear once in a mapping; remove or rename this one",
+        );
+    }
+
+    /// Reports duplicate and non-scalar keys anywhere inside a free-form mapping (template
+    /// values), which would otherwise be lost silently when it becomes JSON.
+    pub fn free_form_keys(&mut self, node: &Node, path: &str) {
+        // Explicit work list: the tree is bounded in depth, but nothing here needs recursion.
+        let mut todo: Vec<(&Node, String)> = vec![(node, path.to_string())];
+        while let Some((n, p)) = todo.pop() {
+            match &n.kind {
+                Kind::Map(entries) => {
+                    let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
+                    for (k, v) in entries {
+                        let Kind::Scalar { text, .. } = &k.kind else {
+                            self.error_help(
+                                k.pos,
+                                &p,
+                                format!("mapping key {:?} must be a string", k.key_text()),
+                                "template values are keyed by plain strings",
+                            );
+                            continue;
+                        };
+                        let child = join(&p, text);
+                        if !seen.insert(text) {
+                            self.duplicate_key(k, &child, text);
+                            continue;
+                        }
+                        todo.push((v, child));
+                    }
+                }
+                Kind::Seq(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        todo.push((item, index(&p, i)));
+                    }
+                }
+                Kind::Scalar { .. } => {}
+            }
+        }
     }
 
     /// A field that must be present.
@@ -210,7 +263,13 @@ impl<'f> Decoder<'f> {
 
     pub fn list<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n [Node]> {
         match &node.kind {
-            Kind::Seq(items) => Some(items),
+            Kind::Seq(items) => {
+                self.spans.record_value(path, node.pos);
+                for (i, item) in items.iter().enumerate() {
+                    self.spans.record_value(&index(path, i), item.pos);
+                }
+                Some(items)
+            }
             _ => {
                 self.wrong_type(node, path, "a list");
                 None
@@ -223,11 +282,16 @@ impl<'f> Decoder<'f> {
         let Some(items) = self.list(node, path) else {
             return Vec::new();
         };
-        items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, n)| self.string(n, &index(path, i)).map(|s| (n.pos, s)))
-            .collect()
+        let mut kept = Vec::with_capacity(items.len());
+        let mut out = Vec::with_capacity(items.len());
+        for (i, n) in items.iter().enumerate() {
+            if let Some(s) = self.string(n, &index(path, i)) {
+                kept.push(i);
+                out.push((n.pos, s));
+            }
+        }
+        self.spans.record_kept(path, kept);
+        out
     }
 
     /// A mapping of string to string (tags, labels).
@@ -237,13 +301,25 @@ impl<'f> Decoder<'f> {
             self.wrong_type(node, path, "a mapping of strings");
             return out;
         };
+        self.spans.record_value(path, node.pos);
         for (k, v) in entries {
-            let key = key_str(k).to_string();
+            let Kind::Scalar { text, .. } = &k.kind else {
+                self.error_help(
+                    k.pos,
+                    path,
+                    format!("mapping key {:?} must be a string", k.key_text()),
+                    "write each key as a plain string",
+                );
+                continue;
+            };
+            let key = text.clone();
             let child = join(path, &key);
             if out.contains_key(&key) {
-                self.error(k.pos, &child, format!("duplicate key {key:?}"));
+                self.duplicate_key(k, &child, &key);
                 continue;
             }
+            self.spans.record_key(&child, k.pos);
+            self.spans.record_value(&child, v.pos);
             if let Some(value) = self.string(v, &child) {
                 out.insert(key, value);
             }

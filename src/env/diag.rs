@@ -59,27 +59,61 @@ pub fn sort(diags: &mut [Diagnostic]) {
 }
 
 /// The closest candidate to `word` by edit distance, if it is close enough to be a likely typo.
+///
+/// A candidate must share most of the word: at most a third of it may differ (at least one edit
+/// is always allowed, never as many edits as the word is long), so `c` does not suggest `b`.
 pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let word = word.to_ascii_lowercase();
+    let len = word.chars().count();
+    let limit = 1.max(len / 3);
     let mut best: Option<(usize, &str)> = None;
     for c in candidates {
-        let d = edit_distance(&word.to_ascii_lowercase(), &c.to_ascii_lowercase());
-        if d <= 2.max(word.len() / 3) && best.is_none_or(|(bd, _)| d < bd) {
+        // Lengths alone bound the distance from below; skipping early keeps thousands of
+        // names cheap.
+        if c.chars().count().abs_diff(len) > limit {
+            continue;
+        }
+        let d = edit_distance(&word, &c.to_ascii_lowercase());
+        if d <= limit && d < len && best.is_none_or(|(bd, _)| d < bd) {
             best = Some((d, c));
         }
     }
     best.map(|(_, c)| c)
 }
 
+/// Most names a help line lists before it says how many more there are.
+pub const MAX_LISTED: usize = 20;
+
+/// `a, b, c`, or the first [`MAX_LISTED`] names and how many more there are.
+pub fn listing(names: &[&str]) -> String {
+    if names.len() <= MAX_LISTED {
+        return names.join(", ");
+    }
+    format!(
+        "{} and {} more",
+        names[..MAX_LISTED].join(", "),
+        names.len() - MAX_LISTED
+    )
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// neighbouring characters (the commonest typo, `form` for `from`) each cost one.
 fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    let mut before: Vec<usize> = Vec::new();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
+    for i in 0..a.len() {
         let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        for j in 0..b.len() {
+            let cost = usize::from(a[i] != b[j]);
+            let mut d = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+            if i > 0 && j > 0 && a[i] == b[j - 1] && a[i - 1] == b[j] {
+                d = d.min(before[j - 1] + 1);
+            }
+            cur[j + 1] = d;
         }
-        prev = cur;
+        before = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }
@@ -95,5 +129,29 @@ mod tests {
             Some("subnets")
         );
         assert_eq!(suggest("xyz", ["subnets", "cidr"]), None);
+        // A swap of two letters is one edit, closer than two substitutions.
+        assert_eq!(suggest("form", ["port", "ports", "from"]), Some("from"));
+        assert_eq!(suggest("wbe", ["web"]), Some("web"));
+        // Replacing the whole word is not a typo.
+        assert_eq!(suggest("c", ["b"]), None);
+        assert_eq!(suggest("db", ["web"]), None);
+    }
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+
+    #[test]
+    fn long_listings_are_cut() {
+        assert_eq!(listing(&["a", "b"]), "a, b");
+        let many: Vec<String> = (0..25).map(|i| format!("n{i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let shown = listing(&refs);
+        assert!(shown.ends_with("n19 and 5 more"), "{shown}");
     }
 }

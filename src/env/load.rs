@@ -147,12 +147,14 @@ pub fn load(files: &dyn CommitFiles, name: &str) -> Result<Environment, Vec<Diag
     let root = match yaml::parse_one(&text) {
         Ok(n) => n,
         Err(e) => {
+            let help = yaml_help(&e.message);
             return Err(vec![Diagnostic::new(
                 &file,
                 e.pos,
                 "",
                 format!("invalid YAML: {}", e.message),
-            )])
+            )
+            .help(help)]);
         }
     };
     let mut d = Decoder::new(&file);
@@ -166,16 +168,37 @@ pub fn load(files: &dyn CommitFiles, name: &str) -> Result<Environment, Vec<Diag
         Some(env) if diags.is_empty() => Ok(env),
         _ => {
             if diags.is_empty() {
-                diags.push(Diagnostic::new(
-                    &file,
-                    root.pos,
-                    "",
-                    "the environment is invalid",
-                ));
+                diags.push(
+                    Diagnostic::new(&file, root.pos, "", "the environment is invalid")
+                        .help("see docs/environment.md for the schema"),
+                );
             }
             Err(diags)
         }
     }
+}
+
+/// What to do about a YAML syntax error, by the kind of error the parser reported.
+fn yaml_help(message: &str) -> String {
+    let m = message.to_ascii_lowercase();
+    let text = if m.contains("alias") && m.contains("nodes") {
+        "an anchor may be reused, but the document must stay under the node limit; write the values out or use fewer aliases"
+    } else if m.contains("through aliases") {
+        "an alias copies its anchor's whole subtree; nest aliases less deeply"
+    } else if m.contains("nesting") {
+        "environment files need only a few levels; flatten the structure"
+    } else if m.contains("nodes") {
+        "split the values into fewer entries; an environment file is far smaller than this"
+    } else if m.contains("several") {
+        "keep one document in environment.yaml: remove the --- separators"
+    } else if m.contains("tab") {
+        "indent with spaces; YAML does not allow tabs for indentation"
+    } else if m.contains("anchor") {
+        "define the anchor (&name) before any alias (*name) that uses it"
+    } else {
+        "fix the YAML syntax at this position: check indentation, quotes and brackets"
+    };
+    text.to_string()
 }
 
 fn decode_environment(
@@ -269,7 +292,10 @@ fn decode_environment(
     )?;
     let recovery_objective = d.opt(&spec, "recoveryObjective", Decoder::duration);
     let values = match spec.get("values") {
-        Some(n) if matches!(n.kind, Kind::Map(_)) => n.to_json(),
+        Some(n) if matches!(n.kind, Kind::Map(_)) => {
+            d.free_form_keys(n, "spec.values");
+            n.to_json()
+        }
         Some(n) => {
             d.error_help(
                 n.pos,
@@ -298,6 +324,7 @@ fn decode_environment(
         })
         .unwrap_or_default();
     Some(Environment {
+        spans: std::mem::take(&mut d.spans),
         name: name.to_string(),
         dir: dir.to_string(),
         file: file.to_string(),
@@ -352,7 +379,12 @@ fn name_field(d: &mut Decoder, o: &Obj, what: &str) -> Option<String> {
     )?;
     if let Err(why) = check_name(&n) {
         let pos = o.get("name").map(|x| x.pos).unwrap_or(o.pos);
-        d.error(pos, &o.child("name"), why);
+        d.error_help(
+            pos,
+            &o.child("name"),
+            why,
+            format!("name the {what} like public-a or web-1: the name becomes part of AWS tags and Kubernetes names"),
+        );
         return None;
     }
     Some(n)
@@ -371,6 +403,7 @@ fn named_list<T>(
     };
     let mut seen: BTreeMap<String, Pos> = BTreeMap::new();
     let mut out = Vec::new();
+    let mut kept = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = index(p, i);
         if let Some((name, pos, value)) = f(d, item, &path) {
@@ -385,8 +418,10 @@ fn named_list<T>(
             }
             seen.insert(name, pos);
             out.push(value);
+            kept.push(i);
         }
     }
+    d.spans.record_kept(p, kept);
     out
 }
 
@@ -596,6 +631,7 @@ fn decode_rules(d: &mut Decoder, n: &Node, p: &str, peer_key: &str) -> Vec<Rule>
         "toGroup"
     };
     let mut out = Vec::new();
+    let mut kept = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let path = index(p, i);
         let Some(o) = d.obj(
@@ -685,8 +721,10 @@ fn decode_rules(d: &mut Decoder, n: &Node, p: &str, peer_key: &str) -> Vec<Rule>
                 peer,
                 description,
             });
+            kept.push(i);
         }
     }
+    d.spans.record_kept(p, kept);
     out
 }
 
@@ -814,14 +852,12 @@ fn decode_instances(d: &mut Decoder, n: &Node, p: &str) -> Option<InstanceGroup>
     let tags = d
         .opt(&o, "tags", |d, n, p| Some(d.string_map(n, p)))
         .unwrap_or_default();
-    for (k, pos) in tags
-        .keys()
-        .filter(|k| k.starts_with("phoenix:"))
-        .map(|k| (k, o.pos))
-    {
+    for k in tags.keys().filter(|k| k.starts_with("phoenix:")) {
+        let field = join(&o.child("tags"), k);
+        let pos = d.spans.key(&field).unwrap_or(o.pos);
         d.error_help(
             pos,
-            &join(&o.child("tags"), k),
+            &field,
             format!("tag {k:?} uses the reserved phoenix: prefix"),
             "phoenix sets phoenix:* tags itself; choose another key",
         );
@@ -996,7 +1032,10 @@ fn decode_components(
         };
         let namespace = d.opt(&o, "namespace", Decoder::string);
         let values = match o.get("values") {
-            Some(v) if matches!(v.kind, Kind::Map(_)) => v.to_json(),
+            Some(v) if matches!(v.kind, Kind::Map(_)) => {
+                d.free_form_keys(v, &o.child("values"));
+                v.to_json()
+            }
             Some(v) => {
                 d.error_help(
                     v.pos,
@@ -1018,6 +1057,7 @@ fn decode_components(
             .opt(&o, "checks", |d, n, p| {
                 let items = d.list(n, p)?;
                 let mut out = Vec::new();
+                let mut kept = Vec::new();
                 for (i, it) in items.iter().enumerate() {
                     let cp = index(p, i);
                     let Some(c) = d.obj(it, &cp, &["http", "expect", "timeout"]) else {
@@ -1047,8 +1087,10 @@ fn decode_components(
                             expect,
                             timeout,
                         });
+                        kept.push(i);
                     }
                 }
+                d.spans.record_kept(p, kept);
                 Some(out)
             })
             .unwrap_or_default();

@@ -6,6 +6,7 @@ pub mod decode;
 pub mod diag;
 pub mod load;
 pub mod model;
+pub mod spans;
 pub mod validate;
 pub mod yaml;
 

@@ -3,6 +3,7 @@
 //! The schema is documented in docs/environment.md; keep the two in step.
 
 use super::cidr::Cidr;
+use super::spans::Spans;
 use super::yaml::Pos;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -10,6 +11,9 @@ use std::time::Duration;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Environment {
+    /// Where each field was written, for diagnostics that need the whole model.
+    #[serde(skip)]
+    pub spans: Spans,
     pub name: String,
     /// Repo-relative directory of the environment, e.g. `environments/demo`.
     pub dir: String,

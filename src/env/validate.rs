@@ -1,11 +1,12 @@
 //! Checks that need the whole model: references, address ranges, dependency cycles and the files
 //! the environment points at in the commit.
 
-use super::diag::{suggest, Diagnostic};
+use super::diag::{listing, suggest, Diagnostic};
 use super::load::CommitFiles;
 use super::model::*;
+use super::spans::Spans;
 use super::yaml::Pos;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// Default user-data template (under templates/) for instances of a role.
 pub fn default_user_data(role: &Role) -> Option<&'static str> {
@@ -17,24 +18,22 @@ pub fn default_user_data(role: &Role) -> Option<&'static str> {
 }
 
 pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnostic>) {
-    let file = env.file.as_str();
-    let mut err = |pos: Pos, field: String, msg: String, help: String| {
-        out.push(Diagnostic::new(file, pos, &field, msg).help(help));
+    let mut c = Checker {
+        file: env.file.as_str(),
+        spans: &env.spans,
+        out,
     };
-
     if let Some(cloud) = &env.cloud {
-        check_cloud(cloud, files, &mut err);
+        check_cloud(&mut c, cloud, files);
     }
     match (&env.cluster, &env.cloud) {
-        (Some(Cluster::Existing(_)), Some(_)) => err(
-            Pos { line: 1, col: 1 },
-            "spec.cloud".into(),
+        (Some(Cluster::Existing(_)), Some(_)) => c.err(
+            "spec.cloud",
             "cloud cannot be combined with cluster.existing".into(),
             "an existing cluster skips the cloud and cluster layers; remove spec.cloud or use distribution: k3s".into(),
         ),
-        (Some(Cluster::K3s(_)), None) => err(
-            Pos { line: 1, col: 1 },
-            "spec.cluster".into(),
+        (Some(Cluster::K3s(_)), None) => c.err(
+            "spec.cluster",
             "a k3s cluster needs spec.cloud instances to run on".into(),
             "add spec.cloud with a role: server instance group, or use cluster.existing".into(),
         ),
@@ -46,42 +45,57 @@ pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnosti
                 .map(|g| g.count)
                 .sum();
             if servers != 1 {
-                err(
-                    Pos { line: 1, col: 1 },
-                    "spec.cloud.instances".into(),
+                c.err(
+                    "spec.cloud.instances",
                     format!("a k3s cluster needs exactly one server instance, found {servers}"),
-                    "give one instance group role: server and count: 1 (agents use role: agent)".into(),
+                    "give one instance group role: server and count: 1 (agents use role: agent)"
+                        .into(),
                 );
             }
         }
         _ => {}
     }
     if env.cluster.is_none() && !(env.addons.is_empty() && env.apps.is_empty()) {
-        err(
-            Pos { line: 1, col: 1 },
-            "spec.cluster".into(),
+        // The field is missing, so point at the spec that should hold it.
+        c.err(
+            "spec.cluster",
             "add-ons and apps need a cluster".into(),
             "add spec.cluster: { distribution: k3s, version: ... } or cluster.existing".into(),
         );
     }
 
     let secret_names: BTreeSet<&str> = env.secrets.iter().map(|s| s.name.as_str()).collect();
-    check_components(env, files, &secret_names, &mut err);
+    check_components(&mut c, env, files, &secret_names);
 }
 
-fn check_cloud(
-    cloud: &Cloud,
-    files: &dyn CommitFiles,
-    err: &mut impl FnMut(Pos, String, String, String),
-) {
+/// Collects diagnostics, placing each at the value its field path names.
+struct Checker<'a> {
+    file: &'a str,
+    spans: &'a Spans,
+    out: &'a mut Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn err(&mut self, field: &str, msg: String, help: String) {
+        let pos = self.spans.at(field);
+        self.err_at(pos, field, msg, help);
+    }
+
+    fn err_at(&mut self, pos: Pos, field: &str, msg: String, help: String) {
+        self.out
+            .push(Diagnostic::new(self.file, pos, field, msg).help(help));
+    }
+}
+
+fn check_cloud(c: &mut Checker, cloud: &Cloud, files: &dyn CommitFiles) {
     let vpc = cloud.network.cidr;
     let subnets = &cloud.network.subnets;
     for (i, s) in subnets.iter().enumerate() {
-        let field = format!("spec.cloud.network.subnets[{i}].cidr");
+        let base = c.spans.item("spec.cloud.network.subnets", i);
+        let field = format!("{base}.cidr");
         if !vpc.contains(&s.cidr) {
-            err(
-                s.pos,
-                field.clone(),
+            c.err(
+                &field,
                 format!(
                     "subnet {} ({}) is not inside the VPC block {vpc}",
                     s.name, s.cidr
@@ -89,18 +103,16 @@ fn check_cloud(
                 format!("choose a block inside {vpc}"),
             );
         } else if !(16..=28).contains(&s.cidr.prefix) {
-            err(
-                s.pos,
-                field.clone(),
+            c.err(
+                &field,
                 format!("subnet {} has a /{} prefix", s.name, s.cidr.prefix),
                 "AWS accepts subnet blocks from /16 to /28".into(),
             );
         }
         for other in &subnets[..i] {
             if s.cidr.overlaps(&other.cidr) {
-                err(
-                    s.pos,
-                    field.clone(),
+                c.err(
+                    &field,
                     format!(
                         "subnet {} ({}) overlaps subnet {} ({})",
                         s.name, s.cidr, other.name, other.cidr
@@ -109,12 +121,14 @@ fn check_cloud(
                 );
             }
         }
-        if !s.zone.starts_with(&cloud.region) || s.zone.len() <= cloud.region.len() {
-            err(
-                s.pos,
-                format!("spec.cloud.network.subnets[{i}].zone"),
+        if !in_region(&s.zone, &cloud.region) {
+            c.err(
+                &format!("{base}.zone"),
                 format!("zone {:?} is not in region {}", s.zone, cloud.region),
-                format!("use a zone of {} such as {}a", cloud.region, cloud.region),
+                format!(
+                    "use a zone of {} such as {}a",
+                    cloud.region, cloud.region
+                ),
             );
         }
     }
@@ -125,17 +139,17 @@ fn check_cloud(
         .map(|g| g.name.as_str())
         .collect();
     for (i, g) in cloud.security_groups.iter().enumerate() {
-        let rules = g
-            .ingress
-            .iter()
-            .map(|r| ("ingress", r))
-            .chain(g.egress.iter().flatten().map(|r| ("egress", r)));
-        for (dir, r) in rules {
-            if let Peer::Group(name) = &r.peer {
+        let base = c.spans.item("spec.cloud.securityGroups", i);
+        let rules = [("ingress", "fromGroup", Some(&g.ingress)), ("egress", "toGroup", g.egress.as_ref())];
+        for (dir, key, list) in rules {
+            let Some(list) = list else { continue };
+            let list_path = format!("{base}.{dir}");
+            for (j, r) in list.iter().enumerate() {
+                let Peer::Group(name) = &r.peer else { continue };
                 if !sg_names.contains(&name.as_str()) {
-                    err(
-                        g.pos,
-                        format!("spec.cloud.securityGroups[{i}].{dir}"),
+                    let field = format!("{}.{key}", c.spans.item(&list_path, j));
+                    c.err(
+                        &field,
                         format!(
                             "security group {:?} referenced by {} does not exist",
                             name, g.name
@@ -147,47 +161,90 @@ fn check_cloud(
         }
     }
     for (i, inst) in cloud.instances.iter().enumerate() {
-        let base = format!("spec.cloud.instances[{i}]");
+        let base = c.spans.item("spec.cloud.instances", i);
         if !subnet_names.contains(&inst.subnet.as_str()) {
-            err(
-                inst.pos,
-                format!("{base}.subnet"),
+            c.err(
+                &format!("{base}.subnet"),
                 format!("subnet {:?} does not exist", inst.subnet),
                 known("subnets", &inst.subnet, &subnet_names),
             );
         }
-        for sg in &inst.security_groups {
+        let sgs_path = format!("{base}.securityGroups");
+        for (k, sg) in inst.security_groups.iter().enumerate() {
             if !sg_names.contains(&sg.as_str()) {
-                err(
-                    inst.pos,
-                    format!("{base}.securityGroups"),
+                c.err(
+                    &c.spans.item(&sgs_path, k),
                     format!("security group {sg:?} does not exist"),
                     known("security groups", sg, &sg_names),
                 );
             }
         }
-        let template = inst.user_data.as_deref().or(default_user_data(&inst.role));
-        if let Some(t) = template {
-            match super::load::resolve_path("templates", t) {
-                Ok(path) if path.starts_with("templates/") => {
-                    if !files.is_file(&path) {
-                        err(
-                            inst.pos,
-                            format!("{base}.userData"),
-                            format!("user-data template {path} does not exist in the commit"),
-                            "name a file under templates/, e.g. cloud-init/k3s-server.yaml.j2"
-                                .into(),
-                        );
-                    }
-                }
-                _ => err(
-                    inst.pos,
-                    format!("{base}.userData"),
-                    format!("user-data template {t:?} points outside templates/"),
-                    "name a file under templates/".into(),
-                ),
+        check_user_data(c, &base, inst, files);
+    }
+}
+
+/// A zone of a region is the region name followed by letters (us-east-1a, not us-east-10a), or
+/// by a dash and a Local or Wavelength Zone suffix (us-east-1-bos-1a).
+fn in_region(zone: &str, region: &str) -> bool {
+    zone.strip_prefix(region).is_some_and(|rest| {
+        let letters = !rest.is_empty() && rest.chars().all(|ch| ch.is_ascii_lowercase());
+        let local = rest.len() > 1
+            && rest.starts_with('-')
+            && rest
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-');
+        letters || local
+    })
+}
+
+fn check_user_data(c: &mut Checker, base: &str, inst: &InstanceGroup, files: &dyn CommitFiles) {
+    let field = format!("{base}.userData");
+    let (template, written) = match (&inst.user_data, default_user_data(&inst.role)) {
+        (Some(t), _) => (t.as_str(), true),
+        (None, Some(t)) => (t, false),
+        (None, None) => return,
+    };
+    // A default template is not written in the file: point at the role that chose it.
+    let pos = if written {
+        c.spans.at(&field)
+    } else {
+        c.spans.at(&format!("{base}.role"))
+    };
+    match super::load::resolve_path("templates", template) {
+        Ok(path) if path.starts_with("templates/") => {
+            if files.is_file(&path) {
+                return;
             }
+            let (msg, help) = if written {
+                (
+                    format!("user-data template {path} does not exist in the commit"),
+                    "name a file under templates/, e.g. cloud-init/k3s-server.yaml.j2".to_string(),
+                )
+            } else {
+                (
+                    format!(
+                        "user-data template {path}, the default for role {}, does not exist in the commit",
+                        role_name(&inst.role)
+                    ),
+                    format!("add {path} to the repository, or set userData to a file under templates/"),
+                )
+            };
+            c.err_at(pos, &field, msg, help);
         }
+        _ => c.err_at(
+            pos,
+            &field,
+            format!("user-data template {template:?} points outside templates/"),
+            "name a file under templates/, e.g. cloud-init/k3s-server.yaml.j2".into(),
+        ),
+    }
+}
+
+fn role_name(role: &Role) -> &'static str {
+    match role {
+        Role::Server => "server",
+        Role::Agent => "agent",
+        Role::None => "none",
     }
 }
 
@@ -196,165 +253,301 @@ fn known(what: &str, name: &str, names: &[&str]) -> String {
         return format!("no {what} are defined");
     }
     match suggest(name, names.iter().copied()) {
-        Some(s) => format!("did you mean {s:?}? defined {what}: {}", names.join(", ")),
-        None => format!("defined {what}: {}", names.join(", ")),
+        Some(s) => format!("did you mean {s:?}? defined {what}: {}", listing(names)),
+        None => format!("defined {what}: {}", listing(names)),
     }
 }
 
+/// Where a component is defined: its layer (`addons` or `apps`), the field path of its list
+/// item and the position of its name.
+struct Place<'a> {
+    layer: &'static str,
+    base: String,
+    component: &'a Component,
+}
+
 fn check_components(
+    c: &mut Checker,
     env: &Environment,
     files: &dyn CommitFiles,
     secret_names: &BTreeSet<&str>,
-    err: &mut impl FnMut(Pos, String, String, String),
 ) {
-    let mut layer_of: BTreeMap<&str, (&str, usize, Pos)> = BTreeMap::new();
+    let mut places: BTreeMap<&str, Place> = BTreeMap::new();
+    let mut all: Vec<Place> = Vec::new();
     for (layer, list) in [("addons", &env.addons), ("apps", &env.apps)] {
-        for (i, c) in list.iter().enumerate() {
-            if let Some((other, _, first)) = layer_of.get(c.name.as_str()) {
-                err(
-                    c.pos,
-                    format!("spec.{layer}[{i}].name"),
-                    format!("component name {:?} is also used in spec.{other}", c.name),
+        for (i, comp) in list.iter().enumerate() {
+            let base = c.spans.item(&format!("spec.{layer}"), i);
+            if let Some(first) = places.get(comp.name.as_str()) {
+                c.err_at(
+                    comp.pos,
+                    &format!("{base}.name"),
+                    format!(
+                        "component name {:?} is also used in spec.{}",
+                        comp.name, first.layer
+                    ),
                     format!(
                         "first defined at line {}; add-on and app names share one namespace",
-                        first.line
+                        first.component.pos.line
                     ),
                 );
-                continue;
+            } else {
+                places.insert(
+                    &comp.name,
+                    Place {
+                        layer,
+                        base: base.clone(),
+                        component: comp,
+                    },
+                );
             }
-            layer_of.insert(&c.name, (layer, i, c.pos));
+            all.push(Place {
+                layer,
+                base,
+                component: comp,
+            });
         }
     }
-    let names: Vec<&str> = layer_of.keys().copied().collect();
-    for (layer, list) in [("addons", &env.addons), ("apps", &env.apps)] {
-        for (i, c) in list.iter().enumerate() {
-            let base = format!("spec.{layer}[{i}]");
-            match &c.source {
-                Source::Template(t) => {
-                    if !files.is_dir(&c.source_dir) {
-                        err(
-                            c.pos,
-                            format!("{base}.template"),
-                            format!(
-                                "template directory {} does not exist in the commit",
-                                c.source_dir
-                            ),
-                            format!("create templates/{t}/ with .j2 or .yaml manifests"),
-                        );
-                    }
-                }
-                Source::Path(p) => {
-                    if !files.is_dir(&c.source_dir) {
-                        err(
-                            c.pos,
-                            format!("{base}.path"),
-                            format!(
-                                "manifest directory {} does not exist in the commit",
-                                c.source_dir
-                            ),
-                            format!(
-                                "paths are relative to {}; {p:?} resolved to {}",
-                                env.dir, c.source_dir
-                            ),
-                        );
-                    }
+    let names: Vec<&str> = places.keys().copied().collect();
+    let listed: Vec<&str> = secret_names.iter().copied().collect();
+    for place in &all {
+        let (layer, base, comp) = (place.layer, place.base.as_str(), place.component);
+        match &comp.source {
+            Source::Template(t) => {
+                if !files.is_dir(&comp.source_dir) {
+                    c.err(
+                        &format!("{base}.template"),
+                        format!(
+                            "template directory {} does not exist in the commit",
+                            comp.source_dir
+                        ),
+                        format!("create templates/{t}/ with .j2 or .yaml manifests"),
+                    );
                 }
             }
-            for dep in &c.depends_on {
-                match layer_of.get(dep.as_str()) {
-                    None => err(c.pos, format!("{base}.dependsOn"), format!("{:?} depends on {dep:?}, which does not exist", c.name), known("components", dep, &names)),
-                    Some(_) if dep == &c.name => err(c.pos, format!("{base}.dependsOn"), format!("{:?} depends on itself", c.name), "remove it from its own dependsOn".into()),
-                    Some(("apps", _, _)) if layer == "addons" => err(
-                        c.pos,
-                        format!("{base}.dependsOn"),
-                        format!("add-on {:?} depends on app {dep:?}, but apps start only after every add-on has converged", c.name),
-                        "move the dependency to spec.apps, or make the app an add-on".into(),
+            Source::Path(p) => {
+                if !files.is_dir(&comp.source_dir) {
+                    c.err(
+                        &format!("{base}.path"),
+                        format!(
+                            "manifest directory {} does not exist in the commit",
+                            comp.source_dir
+                        ),
+                        format!(
+                            "paths are relative to {}; {p:?} resolved to {}",
+                            env.dir, comp.source_dir
+                        ),
+                    );
+                }
+            }
+        }
+        let deps_path = format!("{base}.dependsOn");
+        for (k, dep) in comp.depends_on.iter().enumerate() {
+            let field = c.spans.item(&deps_path, k);
+            match places.get(dep.as_str()) {
+                None => c.err(
+                    &field,
+                    format!("{:?} depends on {dep:?}, which does not exist", comp.name),
+                    known("components", dep, &names),
+                ),
+                Some(_) if dep == &comp.name => c.err(
+                    &field,
+                    format!("{:?} depends on itself", comp.name),
+                    "remove it from its own dependsOn".into(),
+                ),
+                Some(target) if target.layer == "apps" && layer == "addons" => c.err(
+                    &field,
+                    format!(
+                        "add-on {:?} depends on app {dep:?}, but apps start only after every add-on has converged",
+                        comp.name
                     ),
-                    Some(_) => {}
-                }
+                    "move the dependency to spec.apps, or make the app an add-on".into(),
+                ),
+                Some(_) => {}
             }
-            for s in &c.secrets {
-                for (key, secret) in &s.data {
-                    if !secret_names.contains(secret.as_str()) {
-                        let listed: Vec<&str> = secret_names.iter().copied().collect();
-                        err(
-                            s.pos,
-                            format!("{base}.secrets.{}.data.{key}", s.name),
-                            format!("secret {secret:?} is not declared in spec.secrets"),
-                            known("secrets", secret, &listed),
-                        );
-                    }
+        }
+        let secrets_path = format!("{base}.secrets");
+        for (j, s) in comp.secrets.iter().enumerate() {
+            let secret_base = c.spans.item(&secrets_path, j);
+            for (key, secret) in &s.data {
+                if !secret_names.contains(secret.as_str()) {
+                    c.err(
+                        &format!("{secret_base}.data.{key}"),
+                        format!("secret {secret:?} is not declared in spec.secrets"),
+                        known("secrets", secret, &listed),
+                    );
                 }
             }
         }
     }
-    for cycle in find_cycles(env) {
-        let first = cycle[0];
-        let (layer, i, pos) = layer_of[first];
-        err(
-            pos,
-            format!("spec.{layer}[{i}].dependsOn"),
-            format!("dependency cycle: {}", cycle.join(" -> ")),
-            "remove one of these dependsOn entries".into(),
+    for cycle in find_cycles(&places) {
+        let (Some(first), Some(second)) = (cycle.members.first(), cycle.members.get(1)) else {
+            continue;
+        };
+        let Some(place) = places.get(first) else {
+            continue;
+        };
+        let comp = place.component;
+        // Point at the dependsOn entry that starts the cycle.
+        let k = comp
+            .depends_on
+            .iter()
+            .position(|d| d == second)
+            .unwrap_or(0);
+        let field = c.spans.item(&format!("{}.dependsOn", place.base), k);
+        let mut shown = cycle.members.clone();
+        shown.push(first);
+        let help = if cycle.knot.len() > cycle.members.len() {
+            format!(
+                "remove one of these dependsOn entries; {} components depend on each other in one knot: {}",
+                cycle.knot.len(),
+                listing(&cycle.knot)
+            )
+        } else {
+            "remove one of these dependsOn entries".to_string()
+        };
+        c.err(
+            &field,
+            format!("dependency cycle: {}", shown.join(" -> ")),
+            help,
         );
     }
 }
 
-/// Each elementary cycle found by depth-first search, reported once, starting at its smallest name.
-fn find_cycles(env: &Environment) -> Vec<Vec<&str>> {
-    let graph: BTreeMap<&str, Vec<&str>> = env
-        .addons
+/// One dependency cycle to report: the shortest cycle through the smallest name of a group of
+/// components that all reach each other (`knot`, a strongly connected component).
+struct Cycle<'a> {
+    members: Vec<&'a str>,
+    knot: Vec<&'a str>,
+}
+
+/// One cycle per strongly connected component of the dependsOn graph.
+///
+/// Listing every elementary cycle would be exponential (a complete graph of 150 components
+/// has astronomically many); one named cycle per knot is what a user needs to start untangling
+/// it, and the help line names every member of the knot. Both searches are iterative, so no
+/// input drives recursion, and linear in the size of the graph per knot.
+fn find_cycles<'a>(places: &BTreeMap<&'a str, Place<'a>>) -> Vec<Cycle<'a>> {
+    let names: Vec<&'a str> = places.keys().copied().collect();
+    let id: HashMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    // Edges in the order written, without self-loops and unknown names (reported elsewhere).
+    let edges: Vec<Vec<usize>> = names
         .iter()
-        .chain(&env.apps)
-        .map(|c| {
-            (
-                c.name.as_str(),
-                c.depends_on.iter().map(String::as_str).collect(),
-            )
+        .enumerate()
+        .map(|(i, n)| {
+            places[n]
+                .component
+                .depends_on
+                .iter()
+                .filter_map(|d| id.get(d.as_str()).copied())
+                .filter(|&j| j != i)
+                .collect()
         })
         .collect();
-    let mut cycles: Vec<Vec<&str>> = Vec::new();
-    let mut seen: BTreeSet<Vec<&str>> = BTreeSet::new();
-    let mut done: BTreeSet<&str> = BTreeSet::new();
-    for &start in graph.keys() {
-        // Iterative DFS: (node, next edge index); `path` mirrors the stack.
-        let mut stack: Vec<(&str, usize)> = vec![(start, 0)];
-        let mut on_path: Vec<&str> = vec![start];
-        while let Some((node, edge)) = stack.last_mut() {
-            let deps = graph.get(node).map(Vec::as_slice).unwrap_or(&[]);
-            if *edge >= deps.len() {
-                done.insert(node);
-                stack.pop();
-                on_path.pop();
-                continue;
-            }
-            let next = deps[*edge];
-            *edge += 1;
-            if next == *node || !graph.contains_key(next) {
-                continue; // self-dependency and unknown names are reported elsewhere
-            }
-            if let Some(at) = on_path.iter().position(|n| *n == next) {
-                let mut cycle: Vec<&str> = on_path[at..].to_vec();
-                let min = cycle
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, n)| **n)
-                    .map(|(i, _)| i)
-                    .unwrap_or(0);
-                cycle.rotate_left(min);
-                if seen.insert(cycle.clone()) {
-                    let mut shown = cycle.clone();
-                    shown.push(cycle[0]);
-                    cycles.push(shown);
+    let mut cycles = Vec::new();
+    for knot in strongly_connected(&edges) {
+        if knot.len() < 2 {
+            continue;
+        }
+        // Names are sorted, so the smallest index is the smallest name.
+        let Some(&start) = knot.iter().min() else {
+            continue;
+        };
+        let inside: HashSet<usize> = knot.iter().copied().collect();
+        let Some(path) = shortest_cycle(&edges, start, &inside) else {
+            continue;
+        };
+        let mut members_of_knot: Vec<&str> = knot.iter().map(|&i| names[i]).collect();
+        members_of_knot.sort_unstable();
+        cycles.push(Cycle {
+            members: path.iter().map(|&i| names[i]).collect(),
+            knot: members_of_knot,
+        });
+    }
+    cycles.sort_by(|a, b| a.members.cmp(&b.members));
+    cycles
+}
+
+/// Tarjan's algorithm with an explicit stack.
+fn strongly_connected(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
+    const UNSEEN: usize = usize::MAX;
+    let n = edges.len();
+    let mut order = vec![UNSEEN; n];
+    let mut low = vec![0; n];
+    let mut on_stack = vec![false; n];
+    let mut stack: Vec<usize> = Vec::new();
+    let mut next = 0;
+    let mut out = Vec::new();
+    for root in 0..n {
+        if order[root] != UNSEEN {
+            continue;
+        }
+        // (node, index of the next edge to follow)
+        let mut work: Vec<(usize, usize)> = vec![(root, 0)];
+        order[root] = next;
+        low[root] = next;
+        next += 1;
+        stack.push(root);
+        on_stack[root] = true;
+        while let Some(&mut (v, ref mut e)) = work.last_mut() {
+            if let Some(&w) = edges[v].get(*e) {
+                *e += 1;
+                if order[w] == UNSEEN {
+                    order[w] = next;
+                    low[w] = next;
+                    next += 1;
+                    stack.push(w);
+                    on_stack[w] = true;
+                    work.push((w, 0));
+                } else if on_stack[w] {
+                    low[v] = low[v].min(order[w]);
                 }
                 continue;
             }
-            if done.contains(next) {
-                continue;
+            work.pop();
+            if let Some(&(parent, _)) = work.last() {
+                low[parent] = low[parent].min(low[v]);
             }
-            stack.push((next, 0));
-            on_path.push(next);
+            if low[v] == order[v] {
+                let mut knot = Vec::new();
+                while let Some(w) = stack.pop() {
+                    on_stack[w] = false;
+                    knot.push(w);
+                    if w == v {
+                        break;
+                    }
+                }
+                out.push(knot);
+            }
         }
     }
-    cycles
+    out
+}
+
+/// The shortest path from `start` back to itself inside `inside`, by breadth-first search that
+/// follows edges in the order they were written; the result starts at `start`.
+fn shortest_cycle(edges: &[Vec<usize>], start: usize, inside: &HashSet<usize>) -> Option<Vec<usize>> {
+    let mut came_from: HashMap<usize, usize> = HashMap::new();
+    let mut queue = VecDeque::from([start]);
+    while let Some(v) = queue.pop_front() {
+        for &w in &edges[v] {
+            if !inside.contains(&w) {
+                continue;
+            }
+            if w == start {
+                let mut path = vec![v];
+                let mut at = v;
+                while at != start {
+                    at = *came_from.get(&at)?;
+                    path.push(at);
+                }
+                path.reverse();
+                return Some(path);
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = came_from.entry(w) {
+                slot.insert(v);
+                queue.push_back(w);
+            }
+        }
+    }
+    None
 }

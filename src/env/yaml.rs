@@ -175,9 +175,11 @@ impl fmt::Display for YamlError {
 
 impl std::error::Error for YamlError {}
 
+/// An open collection: where it started, its anchor id, what it holds so far and the height of
+/// its tallest child (a scalar is 0 high, a collection one more than its tallest child).
 enum Frame {
-    Seq(Pos, usize, Vec<Node>),
-    Map(Pos, usize, Vec<(Node, Node)>, Option<Node>),
+    Seq(Pos, usize, Vec<Node>, usize),
+    Map(Pos, usize, Vec<(Node, Node)>, Option<Node>, usize),
 }
 
 /// Parses a stream into its documents. An empty stream yields no documents.
@@ -185,7 +187,9 @@ pub fn parse_documents(src: &str) -> Result<Vec<Node>, YamlError> {
     let mut parser = Parser::new_from_str(src);
     let mut docs = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
-    let mut anchors: HashMap<usize, Node> = HashMap::new();
+    // Each anchored node with its height: an alias copies the whole subtree, so its height
+    // counts against the nesting limit wherever the alias is used.
+    let mut anchors: HashMap<usize, (Node, usize)> = HashMap::new();
     let mut budget = MAX_NODES;
     let mut doc_root: Option<Node> = None;
 
@@ -201,7 +205,7 @@ pub fn parse_documents(src: &str) -> Result<Vec<Node>, YamlError> {
             line: span.start.line(),
             col: span.start.col() + 1,
         };
-        let finished: Option<(Node, usize)> = match event {
+        let finished: Option<(Node, usize, usize)> = match event {
             Event::StreamStart | Event::StreamEnd | Event::Nothing => None,
             Event::DocumentStart(_) => {
                 anchors.clear();
@@ -218,7 +222,7 @@ pub fn parse_documents(src: &str) -> Result<Vec<Node>, YamlError> {
                 None
             }
             Event::Alias(id) => {
-                let Some(target) = anchors.get(&id) else {
+                let Some((target, height)) = anchors.get(&id) else {
                     return Err(YamlError {
                         pos,
                         message: "alias refers to an unknown anchor".into(),
@@ -233,10 +237,18 @@ pub fn parse_documents(src: &str) -> Result<Vec<Node>, YamlError> {
                         ),
                     });
                 }
+                if stack.len() + height > MAX_DEPTH {
+                    return Err(YamlError {
+                        pos,
+                        message: format!(
+                            "nesting deeper than {MAX_DEPTH} levels through aliases"
+                        ),
+                    });
+                }
                 budget -= size;
                 let mut copy = target.clone();
                 copy.pos = pos;
-                Some((copy, 0))
+                Some((copy, 0, *height))
             }
             Event::Scalar(text, style, anchor, _tag) => {
                 take_budget(&mut budget, pos)?;
@@ -247,14 +259,14 @@ pub fn parse_documents(src: &str) -> Result<Vec<Node>, YamlError> {
                         plain: style == ScalarStyle::Plain,
                     },
                 };
-                Some((node, anchor))
+                Some((node, anchor, 0))
             }
             Event::SequenceStart(anchor, _) => {
                 take_budget(&mut budget, pos)?;
                 if stack.len() >= MAX_DEPTH {
                     return Err(too_deep(pos));
                 }
-                stack.push(Frame::Seq(pos, anchor, Vec::new()));
+                stack.push(Frame::Seq(pos, anchor, Vec::new(), 0));
                 None
             }
             Event::MappingStart(anchor, _) => {
@@ -262,40 +274,48 @@ pub fn parse_documents(src: &str) -> Result<Vec<Node>, YamlError> {
                 if stack.len() >= MAX_DEPTH {
                     return Err(too_deep(pos));
                 }
-                stack.push(Frame::Map(pos, anchor, Vec::new(), None));
+                stack.push(Frame::Map(pos, anchor, Vec::new(), None, 0));
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq(p, anchor, items)) => Some((
+                Some(Frame::Seq(p, anchor, items, tallest)) => Some((
                     Node {
                         pos: p,
                         kind: Kind::Seq(items),
                     },
                     anchor,
+                    tallest + 1,
                 )),
                 _ => return Err(internal(pos)),
             },
             Event::MappingEnd => match stack.pop() {
-                Some(Frame::Map(p, anchor, entries, None)) => Some((
+                Some(Frame::Map(p, anchor, entries, None, tallest)) => Some((
                     Node {
                         pos: p,
                         kind: Kind::Map(entries),
                     },
                     anchor,
+                    tallest + 1,
                 )),
                 _ => return Err(internal(pos)),
             },
         };
-        if let Some((node, anchor)) = finished {
+        if let Some((node, anchor, height)) = finished {
             if anchor != 0 {
-                anchors.insert(anchor, node.clone());
+                anchors.insert(anchor, (node.clone(), height));
             }
             match stack.last_mut() {
-                Some(Frame::Seq(_, _, items)) => items.push(node),
-                Some(Frame::Map(_, _, entries, pending)) => match pending.take() {
-                    Some(key) => entries.push((key, node)),
-                    None => *pending = Some(node),
-                },
+                Some(Frame::Seq(_, _, items, tallest)) => {
+                    *tallest = (*tallest).max(height);
+                    items.push(node);
+                }
+                Some(Frame::Map(_, _, entries, pending, tallest)) => {
+                    *tallest = (*tallest).max(height);
+                    match pending.take() {
+                        Some(key) => entries.push((key, node)),
+                        None => *pending = Some(node),
+                    }
+                }
                 None => doc_root = Some(node),
             }
         }
@@ -426,6 +446,26 @@ mod tests {
         assert!(err.message.contains("nesting"), "{err}");
         let src = "[".repeat(100_000) + &"]".repeat(100_000);
         assert!(parse_one(&src).is_err());
+    }
+
+    #[test]
+    fn aliases_cannot_nest_past_the_limit() {
+        // Each anchor wraps the previous one 20 levels deeper; the fourth passes 64 levels.
+        let mut src = format!("x0: &x0 {}1{}\n", "[".repeat(20), "]".repeat(20));
+        for i in 1..4 {
+            src.push_str(&format!(
+                "x{i}: &x{i} {}*x{}{}\n",
+                "[".repeat(20),
+                i - 1,
+                "]".repeat(20)
+            ));
+        }
+        let err = parse_one(&src).unwrap_err();
+        assert!(err.message.contains("through aliases"), "{err}");
+        assert_eq!(err.pos.line, 4);
+        // Three levels of the same stay within the limit.
+        let ok: String = src.lines().take(3).map(|l| format!("{l}\n")).collect();
+        assert!(parse_one(&ok).is_ok());
     }
 
     #[test]
