@@ -125,10 +125,7 @@ fn check_cloud(c: &mut Checker, cloud: &Cloud, files: &dyn CommitFiles) {
             c.err(
                 &format!("{base}.zone"),
                 format!("zone {:?} is not in region {}", s.zone, cloud.region),
-                format!(
-                    "use a zone of {} such as {}a",
-                    cloud.region, cloud.region
-                ),
+                format!("use a zone of {} such as {}a", cloud.region, cloud.region),
             );
         }
     }
@@ -140,7 +137,10 @@ fn check_cloud(c: &mut Checker, cloud: &Cloud, files: &dyn CommitFiles) {
         .collect();
     for (i, g) in cloud.security_groups.iter().enumerate() {
         let base = c.spans.item("spec.cloud.securityGroups", i);
-        let rules = [("ingress", "fromGroup", Some(&g.ingress)), ("egress", "toGroup", g.egress.as_ref())];
+        let rules = [
+            ("ingress", "fromGroup", Some(&g.ingress)),
+            ("egress", "toGroup", g.egress.as_ref()),
+        ];
         for (dir, key, list) in rules {
             let Some(list) = list else { continue };
             let list_path = format!("{base}.{dir}");
@@ -525,7 +525,11 @@ fn strongly_connected(edges: &[Vec<usize>]) -> Vec<Vec<usize>> {
 
 /// The shortest path from `start` back to itself inside `inside`, by breadth-first search that
 /// follows edges in the order they were written; the result starts at `start`.
-fn shortest_cycle(edges: &[Vec<usize>], start: usize, inside: &HashSet<usize>) -> Option<Vec<usize>> {
+fn shortest_cycle(
+    edges: &[Vec<usize>],
+    start: usize,
+    inside: &HashSet<usize>,
+) -> Option<Vec<usize>> {
     let mut came_from: HashMap<usize, usize> = HashMap::new();
     let mut queue = VecDeque::from([start]);
     while let Some(v) = queue.pop_front() {

@@ -240,9 +240,7 @@ pub fn parse_documents(src: &str) -> Result<Vec<Node>, YamlError> {
                 if stack.len() + height > MAX_DEPTH {
                     return Err(YamlError {
                         pos,
-                        message: format!(
-                            "nesting deeper than {MAX_DEPTH} levels through aliases"
-                        ),
+                        message: format!("nesting deeper than {MAX_DEPTH} levels through aliases"),
                     });
                 }
                 budget -= size;
