@@ -9,3 +9,5 @@ pub mod cli;
 pub mod commands;
 pub mod error;
 pub mod plan;
+pub mod drift;
+pub mod watch;
