@@ -265,7 +265,7 @@ mod tests {
 +++ git ConfigMap/web/cfg
 @@ -0,0 +1,3 @@
 +data:
-+  a: "1"
++  a: \"1\"
 +kind: ConfigMap
 ";
         assert_eq!(got, want, "{got}");
