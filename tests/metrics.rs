@@ -32,7 +32,9 @@ fn check(text: &str) -> Result<(), String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("running promtool (install Debian `prometheus` or set PROMTOOL): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("running promtool (install Debian `prometheus` or set PROMTOOL): {e}")
+        });
     child
         .stdin
         .take()
@@ -48,7 +50,10 @@ fn check(text: &str) -> Result<(), String> {
     if out.status.success() && said.trim().is_empty() {
         Ok(())
     } else {
-        Err(format!("promtool ({}): {said}\n--- text ---\n{text}", out.status))
+        Err(format!(
+            "promtool ({}): {said}\n--- text ---\n{text}",
+            out.status
+        ))
     }
 }
 
@@ -84,7 +89,11 @@ fn drifted(env: &str) -> DriftReport {
     );
     r.layers[3] = LayerDrift::checked(
         Layer::Apps,
-        vec![DriftEntry::new(Layer::Apps, "Deployment/web/api", EntryKind::Missing)],
+        vec![DriftEntry::new(
+            Layer::Apps,
+            "Deployment/web/api",
+            EntryKind::Missing,
+        )],
         vec![Unhealthy {
             resource: "Deployment/web/worker".into(),
             reason: "0/1 available".into(),
@@ -108,14 +117,20 @@ fn errored(env: &str) -> DriftReport {
 #[test]
 fn in_sync_report_passes() {
     let text = render(&[&in_sync("demo")], None);
-    assert!(text.contains("phoenix_drift{env=\"demo\",layer=\"apps\"} 0\n"), "{text}");
+    assert!(
+        text.contains("phoenix_drift{env=\"demo\",layer=\"apps\"} 0\n"),
+        "{text}"
+    );
     check(&text).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]
 fn drift_report_passes() {
     let text = render(&[&drifted("demo")], None);
-    assert!(text.contains("phoenix_drift_resources{env=\"demo\",layer=\"cloud\"} 2\n"), "{text}");
+    assert!(
+        text.contains("phoenix_drift_resources{env=\"demo\",layer=\"cloud\"} 2\n"),
+        "{text}"
+    );
     check(&text).unwrap_or_else(|e| panic!("{e}"));
 }
 
@@ -124,7 +139,10 @@ fn error_report_passes_and_has_no_drift_value_for_the_failed_layer() {
     let text = render(&[&errored("demo")], None);
     assert!(text.contains("phoenix_drift_check_error{env=\"demo\",layer=\"cluster\"} 1\n"));
     assert!(!text.contains("phoenix_drift{env=\"demo\",layer=\"cluster\"}"));
-    assert!(!text.contains("layer=\"addons\""), "skipped layers have no series: {text}");
+    assert!(
+        !text.contains("layer=\"addons\""),
+        "skipped layers have no series: {text}"
+    );
     check(&text).unwrap_or_else(|e| panic!("{e}"));
 }
 
@@ -145,7 +163,10 @@ fn several_reports_with_counters_pass() {
     }
     let refs: Vec<&DriftReport> = reports.iter().collect();
     let text = render(&refs, Some(&counters));
-    assert!(text.contains("phoenix_drift_checks_total{env=\"a\"} 2\n"), "{text}");
+    assert!(
+        text.contains("phoenix_drift_checks_total{env=\"a\"} 2\n"),
+        "{text}"
+    );
     assert!(text.contains("phoenix_drift_check_errors_total{env=\"c\",layer=\"cluster\"} 1\n"));
     check(&text).unwrap_or_else(|e| panic!("{e}"));
 }
@@ -170,5 +191,8 @@ fn the_written_file_is_what_promtool_checks() {
 fn promtool_rejects_bad_text() {
     // Negative controls: if these passed, the checks above would prove nothing.
     assert!(check("phoenix_drift{env=\"unterminated} 1\n").is_err());
-    assert!(check("# HELP x_count a counter without _total\n# TYPE x_count counter\nx_count 1\n").is_err());
+    assert!(
+        check("# HELP x_count a counter without _total\n# TYPE x_count counter\nx_count 1\n")
+            .is_err()
+    );
 }

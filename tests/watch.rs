@@ -60,7 +60,11 @@ fn drift() -> Step {
     Step::Report(report(vec![
         LayerDrift::checked(
             Layer::Cloud,
-            vec![DriftEntry::new(Layer::Cloud, "sg/cluster", EntryKind::Changed)],
+            vec![DriftEntry::new(
+                Layer::Cloud,
+                "sg/cluster",
+                EntryKind::Changed,
+            )],
             vec![],
             Duration::ZERO,
         ),
@@ -79,7 +83,11 @@ fn drift() -> Step {
 fn error() -> Step {
     Step::Report(report(vec![
         LayerDrift::checked(Layer::Cloud, vec![], vec![], Duration::ZERO),
-        LayerDrift::error(Layer::Apps, "API server did not answer within 10s", Duration::ZERO),
+        LayerDrift::error(
+            Layer::Apps,
+            "API server did not answer within 10s",
+            Duration::ZERO,
+        ),
     ]))
 }
 
@@ -137,13 +145,17 @@ struct Receiver {
 /// A webhook receiver on 127.0.0.1:0. `statuses` are answered in order (then 200 forever);
 /// `delay` is waited before each answer.
 async fn receiver(statuses: Vec<u16>, delay: Duration) -> Receiver {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind receiver");
     let addr = listener.local_addr().expect("receiver addr");
     let (tx, rx) = mpsc::unbounded_channel();
     let statuses = Arc::new(Mutex::new(VecDeque::from(statuses)));
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let tx = tx.clone();
             let statuses = statuses.clone();
             tokio::spawn(async move {
@@ -190,7 +202,10 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-fn options(webhook: Option<&str>, alert_after: Duration) -> (WatchOptions, mpsc::UnboundedReceiver<WatchEvent>) {
+fn options(
+    webhook: Option<&str>,
+    alert_after: Duration,
+) -> (WatchOptions, mpsc::UnboundedReceiver<WatchEvent>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut opts = WatchOptions::new("demo", INTERVAL, "127.0.0.1:0".parse().expect("addr"));
     opts.alert_after = alert_after;
@@ -205,7 +220,11 @@ fn options(webhook: Option<&str>, alert_after: Duration) -> (WatchOptions, mpsc:
     (opts, rx)
 }
 
-async fn start(opts: WatchOptions, events: mpsc::UnboundedReceiver<WatchEvent>, checker: Arc<dyn Checker>) -> Running {
+async fn start(
+    opts: WatchOptions,
+    events: mpsc::UnboundedReceiver<WatchEvent>,
+    checker: Arc<dyn Checker>,
+) -> Running {
     let agent = Agent::bind(opts).await.expect("bind agent");
     let addr = agent.local_addr().expect("agent addr");
     let cancel = CancelToken::new();
@@ -220,7 +239,11 @@ async fn start(opts: WatchOptions, events: mpsc::UnboundedReceiver<WatchEvent>, 
 
 impl Running {
     /// Waits for the first event `pick` accepts, returning what it extracted.
-    async fn wait_for<T>(&mut self, what: &str, mut pick: impl FnMut(&WatchEvent) -> Option<T>) -> T {
+    async fn wait_for<T>(
+        &mut self,
+        what: &str,
+        mut pick: impl FnMut(&WatchEvent) -> Option<T>,
+    ) -> T {
         loop {
             match self.events.recv().await {
                 Some(e) => {
@@ -261,7 +284,10 @@ impl Running {
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.expect("connect to agent");
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send request");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read response");
     let text = String::from_utf8_lossy(&raw).into_owned();
@@ -270,7 +296,10 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -281,7 +310,10 @@ async fn bounded<F: std::future::Future<Output = ()>>(f: F) {
 }
 
 fn text_of(post: &(String, serde_json::Value)) -> String {
-    post.1["text"].as_str().unwrap_or_else(|| panic!("no text in {:?}", post.1)).to_string()
+    post.1["text"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no text in {:?}", post.1))
+        .to_string()
 }
 
 // ---------------------------------------------------------------- tests
@@ -291,7 +323,17 @@ async fn one_alert_per_episode_then_a_converged_notice() {
     bounded(async {
         let mut rx = receiver(vec![], Duration::ZERO).await;
         let (opts, events) = options(Some(&rx.url), Duration::from_millis(250));
-        let script = vec![sync(), drift(), drift(), drift(), drift(), drift(), drift(), drift(), drift()];
+        let script = vec![
+            sync(),
+            drift(),
+            drift(),
+            drift(),
+            drift(),
+            drift(),
+            drift(),
+            drift(),
+            drift(),
+        ];
         let checker = Scripted::new(script, sync());
         let mut agent = start(opts, events, checker).await;
 
@@ -300,17 +342,28 @@ async fn one_alert_per_episode_then_a_converged_notice() {
         // A few more clean checks: nothing else may be posted.
         agent.checks(3).await;
         agent.stop().await;
-        assert!(rx.posts.try_recv().is_err(), "more than one alert and one converged notice");
+        assert!(
+            rx.posts.try_recv().is_err(),
+            "more than one alert and one converged notice"
+        );
 
         assert_eq!(first.0, format!("/services/{TOKEN}?token={TOKEN}"));
         let alert = text_of(&first);
-        assert!(alert.starts_with("phoenix: demo has drifted from Git for "), "{alert}");
-        assert!(alert.contains("(commit 0123456789ab): 3 resources in cloud, apps"), "{alert}");
+        assert!(
+            alert.starts_with("phoenix: demo has drifted from Git for "),
+            "{alert}"
+        );
+        assert!(
+            alert.contains("(commit 0123456789ab): 3 resources in cloud, apps"),
+            "{alert}"
+        );
         assert!(alert.contains("• cloud changed sg/cluster"), "{alert}");
         assert!(alert.contains("• apps extra ConfigMap/web/old"), "{alert}");
         let converged = text_of(&second);
         assert!(
-            converged.starts_with("phoenix: demo has converged with Git at commit 0123456789ab (drift lasted "),
+            converged.starts_with(
+                "phoenix: demo has converged with Git at commit 0123456789ab (drift lasted "
+            ),
             "{converged}"
         );
     })
@@ -327,7 +380,10 @@ async fn no_alert_before_alert_after() {
         let verdicts = agent.checks(8).await;
         assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Drift).count(), 5);
         agent.stop().await;
-        assert!(rx.posts.try_recv().is_err(), "no post: drift never lasted alert_after, and an unalerted episode needs no all-clear");
+        assert!(
+            rx.posts.try_recv().is_err(),
+            "no post: drift never lasted alert_after, and an unalerted episode needs no all-clear"
+        );
     })
     .await;
 }
@@ -340,14 +396,24 @@ async fn check_errors_neither_alert_nor_close_an_episode() {
         // Errors first (reported, a hung check, a panicking check): no alert.
         // Then drift (alert at once), errors (no converged), then in sync (converged).
         let script = vec![
-            error(), Step::Hang, Step::Panic, error(),
-            drift(), error(), Step::Hang, error(),
+            error(),
+            Step::Hang,
+            Step::Panic,
+            error(),
+            drift(),
+            error(),
+            Step::Hang,
+            error(),
         ];
         let checker = Scripted::new(script, sync());
         let mut agent = start(opts, events, checker.clone()).await;
 
         let verdicts = agent.checks(4).await;
-        assert_eq!(verdicts, vec![Verdict::Unknown; 4], "hung and panicking checks are check errors");
+        assert_eq!(
+            verdicts,
+            vec![Verdict::Unknown; 4],
+            "hung and panicking checks are check errors"
+        );
         assert!(rx.posts.try_recv().is_err(), "errors must not alert");
 
         let (_, metrics) = get(agent.addr, "/metrics").await;
@@ -355,8 +421,14 @@ async fn check_errors_neither_alert_nor_close_an_episode() {
             metrics.contains("phoenix_drift_check_errors_total{env=\"demo\",layer=\"apps\"} 4\n"),
             "{metrics}"
         );
-        assert!(metrics.contains("phoenix_drift_check_error{env=\"demo\",layer=\"apps\"} 1\n"), "{metrics}");
-        assert!(!metrics.contains("phoenix_drift{env=\"demo\",layer=\"apps\"}"), "{metrics}");
+        assert!(
+            metrics.contains("phoenix_drift_check_error{env=\"demo\",layer=\"apps\"} 1\n"),
+            "{metrics}"
+        );
+        assert!(
+            !metrics.contains("phoenix_drift{env=\"demo\",layer=\"apps\"}"),
+            "{metrics}"
+        );
 
         let alert = rx.posts.recv().await.expect("alert");
         assert!(text_of(&alert).contains("has drifted"));
@@ -381,7 +453,8 @@ async fn metrics_and_healthz_answer() {
         assert_eq!(status, 200);
         assert!(body.contains("# TYPE phoenix_drift gauge\n"), "{body}");
         assert!(
-            body.contains("phoenix_drift{env=\"demo\",layer=\"cloud\"} ") && body.contains("phoenix_drift_checks_total{env=\"demo\"} "),
+            body.contains("phoenix_drift{env=\"demo\",layer=\"cloud\"} ")
+                && body.contains("phoenix_drift_checks_total{env=\"demo\"} "),
             "{body}"
         );
         let (status, body) = get(agent.addr, "/healthz").await;
@@ -411,10 +484,16 @@ async fn healthz_is_503_when_checks_stop_finishing() {
             if status == 503 {
                 break body;
             }
-            assert!(tokio::time::Instant::now() < deadline, "still {status}: {body}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still {status}: {body}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        assert!(body.starts_with("unhealthy: last check finished "), "{body}");
+        assert!(
+            body.starts_with("unhealthy: last check finished "),
+            "{body}"
+        );
         assert!(body.contains("(limit 300ms)"), "{body}");
         agent.stop().await;
     })
@@ -427,7 +506,11 @@ struct RecordingHealer {
 }
 
 impl Healer for RecordingHealer {
-    fn heal(&self, _report: Arc<DriftReport>, layers: Vec<Layer>) -> BoxFuture<'static, Result<(), String>> {
+    fn heal(
+        &self,
+        _report: Arc<DriftReport>,
+        layers: Vec<Layer>,
+    ) -> BoxFuture<'static, Result<(), String>> {
         self.calls.lock().expect("lock").push(layers);
         // A successful heal: from now on the live system matches Git.
         self.checker.set_then(sync());
@@ -459,7 +542,10 @@ async fn heal_is_called_for_the_drifted_layers_and_recorded() {
         // After the heal the checks are clean, and no further heal happens.
         assert_eq!(agent.checks(3).await, vec![Verdict::InSync; 3]);
         agent.stop().await;
-        assert_eq!(*healer.calls.lock().expect("lock"), vec![vec![Layer::Cloud, Layer::Apps]]);
+        assert_eq!(
+            *healer.calls.lock().expect("lock"),
+            vec![vec![Layer::Cloud, Layer::Apps]]
+        );
     })
     .await;
 }
@@ -497,7 +583,9 @@ async fn a_rejected_webhook_fails_without_showing_the_token() {
         let mut agent = start(opts, events, checker).await;
         let (attempts, error) = agent
             .wait_for("a failed delivery", |e| match e {
-                WatchEvent::WebhookFailed { attempts, error, .. } => Some((*attempts, error.clone())),
+                WatchEvent::WebhookFailed {
+                    attempts, error, ..
+                } => Some((*attempts, error.clone())),
                 _ => None,
             })
             .await;
@@ -517,11 +605,17 @@ async fn a_slow_webhook_does_not_block_the_checks() {
         let (opts, events) = options(Some(&rx.url), Duration::ZERO);
         let checker = Scripted::new(vec![], drift());
         let mut agent = start(opts, events, checker).await;
-        rx.posts.recv().await.expect("the alert reached the receiver");
+        rx.posts
+            .recv()
+            .await
+            .expect("the alert reached the receiver");
         // The receiver holds the answer for 3s; checks go on meanwhile.
         let started = tokio::time::Instant::now();
         agent.checks(5).await;
-        assert!(started.elapsed() < Duration::from_secs(3), "checks waited for the webhook");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "checks waited for the webhook"
+        );
         agent.stop().await;
     })
     .await;

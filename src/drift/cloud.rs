@@ -124,8 +124,10 @@ mod tests {
         let entries = cloud_entries(&plan(vec![c]), &[]);
         assert_eq!(
             entries,
-            vec![DriftEntry::new(Layer::Cloud, "subnet/public-b", EntryKind::Missing)
-                .with_detail("10.40.3.0/24 in us-east-1b, public")]
+            vec![
+                DriftEntry::new(Layer::Cloud, "subnet/public-b", EntryKind::Missing)
+                    .with_detail("10.40.3.0/24 in us-east-1b, public")
+            ]
         );
     }
 
@@ -149,7 +151,11 @@ mod tests {
         assert_eq!(entries[0].kind, EntryKind::Changed);
         assert_eq!(
             entries[0].fields,
-            vec![FieldDiff::new("ingress", None::<String>, Some("tcp/22 from 0.0.0.0/0"))]
+            vec![FieldDiff::new(
+                "ingress",
+                None::<String>,
+                Some("tcp/22 from 0.0.0.0/0")
+            )]
         );
         assert_eq!(entries[0].detail, None);
     }
@@ -177,7 +183,10 @@ mod tests {
         );
         let e = &cloud_entries(&plan(vec![c]), &[])[0];
         assert_eq!(e.kind, EntryKind::Stopped);
-        assert_eq!(e.fields, vec![FieldDiff::value("state", "running", "stopped")]);
+        assert_eq!(
+            e.fields,
+            vec![FieldDiff::value("state", "running", "stopped")]
+        );
     }
 
     #[test]
@@ -194,18 +203,31 @@ mod tests {
         let entries = cloud_entries(&p, &terminated);
         assert_eq!(entries[0].kind, EntryKind::Missing);
         assert_eq!(entries[1].kind, EntryKind::Stopped);
-        assert_eq!(entries[1].fields, vec![FieldDiff::value("state", "running", "terminated")]);
-        assert_eq!(entries[1].detail.as_deref(), Some("instance i-0123 is terminated"));
+        assert_eq!(
+            entries[1].fields,
+            vec![FieldDiff::value("state", "running", "terminated")]
+        );
+        assert_eq!(
+            entries[1].detail.as_deref(),
+            Some("instance i-0123 is terminated")
+        );
     }
 
     #[test]
     fn order_follows_the_plan() {
         let p = plan(vec![
             change("vpc", ChangeAction::Unchanged, vec![]),
-            change("sg/a", ChangeAction::Update, vec![fc("tag:x", Some("1"), Some("2"))]),
+            change(
+                "sg/a",
+                ChangeAction::Update,
+                vec![fc("tag:x", Some("1"), Some("2"))],
+            ),
             change("key/k", ChangeAction::Delete, vec![]),
         ]);
-        let ids: Vec<_> = cloud_entries(&p, &[]).into_iter().map(|e| e.resource).collect();
+        let ids: Vec<_> = cloud_entries(&p, &[])
+            .into_iter()
+            .map(|e| e.resource)
+            .collect();
         assert_eq!(ids, vec!["sg/a", "key/k"]);
     }
 }

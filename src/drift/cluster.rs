@@ -72,19 +72,27 @@ pub fn cluster_entries(expected: &ExpectedCluster, observed: &ObservedCluster) -
     for node in nodes {
         if !node.ready {
             entries.push(
-                DriftEntry::new(Layer::Cluster, format!("node/{}", node.name), EntryKind::NotReady)
-                    .with_fields(vec![FieldDiff::value("ready", "true", "false")]),
+                DriftEntry::new(
+                    Layer::Cluster,
+                    format!("node/{}", node.name),
+                    EntryKind::NotReady,
+                )
+                .with_fields(vec![FieldDiff::value("ready", "true", "false")]),
             );
         }
         if let (Some(want), Some(live)) = (&expected.version, &node.kubelet_version) {
             if !same_version(want, live) {
                 entries.push(
-                    DriftEntry::new(Layer::Cluster, format!("node/{}", node.name), EntryKind::Version)
-                        .with_fields(vec![FieldDiff::value(
-                            "kubeletVersion",
-                            want.as_str(),
-                            live.as_str(),
-                        )]),
+                    DriftEntry::new(
+                        Layer::Cluster,
+                        format!("node/{}", node.name),
+                        EntryKind::Version,
+                    )
+                    .with_fields(vec![FieldDiff::value(
+                        "kubeletVersion",
+                        want.as_str(),
+                        live.as_str(),
+                    )]),
                 );
             }
         }
@@ -168,7 +176,10 @@ mod tests {
         assert_eq!(entries[0].kind, EntryKind::Missing);
         assert_eq!(entries[1].resource, "node/server-0");
         assert_eq!(entries[1].kind, EntryKind::NotReady);
-        assert_eq!(entries[1].fields, vec![FieldDiff::value("ready", "true", "false")]);
+        assert_eq!(
+            entries[1].fields,
+            vec![FieldDiff::value("ready", "true", "false")]
+        );
     }
 
     #[test]
@@ -217,7 +228,10 @@ mod tests {
             nodes: vec![node("server-0", "i-1", true, "v1.31.4+k3s1")],
         };
         let entries = cluster_entries(&expected(&["i-1"]), &observed);
-        assert_eq!(entries[0].fields, vec![FieldDiff::value("version", "v1.31.4+k3s1", "unknown")]);
+        assert_eq!(
+            entries[0].fields,
+            vec![FieldDiff::value("version", "v1.31.4+k3s1", "unknown")]
+        );
     }
 
     #[test]
@@ -229,12 +243,18 @@ mod tests {
         };
         let observed = ObservedCluster {
             server_version: Some("v1.35.0".into()),
-            nodes: vec![node("a", "i-1", true, "v1.35.0"), node("b", "i-2", false, "v1.35.0")],
+            nodes: vec![
+                node("a", "i-1", true, "v1.35.0"),
+                node("b", "i-2", false, "v1.35.0"),
+            ],
         };
         let entries = cluster_entries(&want, &observed);
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].resource, "nodes");
-        assert_eq!(entries[0].fields, vec![FieldDiff::value("ready-nodes", "at least 2", "1")]);
+        assert_eq!(
+            entries[0].fields,
+            vec![FieldDiff::value("ready-nodes", "at least 2", "1")]
+        );
         assert_eq!(entries[1].kind, EntryKind::NotReady);
     }
 }

@@ -231,7 +231,10 @@ mod tests {
     #[test]
     fn equal_objects_give_an_empty_diff() {
         let v = json!({"spec": {"replicas": 2}});
-        assert_eq!(unified_diff("Deployment/web/api", Some(&v), Some(&v), false), "");
+        assert_eq!(
+            unified_diff("Deployment/web/api", Some(&v), Some(&v), false),
+            ""
+        );
     }
 
     #[test]
@@ -326,8 +329,17 @@ mod tests {
     fn a_reordered_middle_uses_the_longest_common_subsequence() {
         let got = unified_diff_text("x", "y", "a\nb\nc\nd\n", "a\nc\nb\nd\n", false);
         // One line moves; the LCS keeps three of four lines.
-        assert_eq!(got.lines().filter(|l| l.starts_with(' ')).count(), 3, "{got}");
-        assert_eq!(got.lines().filter(|l| l.starts_with('-') && !l.starts_with("---")).count(), 1);
+        assert_eq!(
+            got.lines().filter(|l| l.starts_with(' ')).count(),
+            3,
+            "{got}"
+        );
+        assert_eq!(
+            got.lines()
+                .filter(|l| l.starts_with('-') && !l.starts_with("---"))
+                .count(),
+            1
+        );
     }
 
     #[test]
@@ -337,7 +349,10 @@ mod tests {
             got,
             "\x1b[1m--- x\x1b[0m\n\x1b[1m+++ y\x1b[0m\n\x1b[36m@@ -1 +1 @@\x1b[0m\n\x1b[31m-a\x1b[0m\n\x1b[32m+b\x1b[0m\n"
         );
-        assert_eq!(colorize(&unified_diff_text("x", "y", "a\n", "b\n", false)), got);
+        assert_eq!(
+            colorize(&unified_diff_text("x", "y", "a\n", "b\n", false)),
+            got
+        );
     }
 
     #[test]

@@ -136,12 +136,19 @@ pub fn render(reports: &[&DriftReport], counters: Option<&CheckCounters>) -> Str
             .collect()
     };
     let mut out = String::new();
-    let per_layer = |out: &mut String, family: &Family, value: &dyn Fn(&DriftReport, &LayerDrift) -> Option<f64>| {
+    let per_layer = |out: &mut String,
+                     family: &Family,
+                     value: &dyn Fn(&DriftReport, &LayerDrift) -> Option<f64>| {
         let mut lines = String::new();
         for r in by_env.values() {
             for l in checked(r) {
                 if let Some(v) = value(r, &l) {
-                    sample(&mut lines, family.name, &[("env", &r.env), ("layer", l.layer.as_str())], v);
+                    sample(
+                        &mut lines,
+                        family.name,
+                        &[("env", &r.env), ("layer", l.layer.as_str())],
+                        v,
+                    );
                 }
             }
         }
@@ -150,23 +157,43 @@ pub fn render(reports: &[&DriftReport], counters: Option<&CheckCounters>) -> Str
             out.push_str(&lines);
         }
     };
-    per_layer(&mut out, &DRIFT, &|_, l| (!l.is_error()).then(|| bool_value(l.has_drift())));
-    per_layer(&mut out, &RESOURCES, &|_, l| (!l.is_error()).then_some(l.entries.len() as f64));
-    per_layer(&mut out, &UNHEALTHY, &|_, l| (!l.is_error()).then_some(l.unhealthy.len() as f64));
-    per_layer(&mut out, &CHECK_ERROR, &|_, l| Some(bool_value(l.is_error())));
-    per_layer(&mut out, &LAST_CHECK, &|r, _| Some(unix_seconds(r.checked_at)));
+    per_layer(&mut out, &DRIFT, &|_, l| {
+        (!l.is_error()).then(|| bool_value(l.has_drift()))
+    });
+    per_layer(&mut out, &RESOURCES, &|_, l| {
+        (!l.is_error()).then_some(l.entries.len() as f64)
+    });
+    per_layer(&mut out, &UNHEALTHY, &|_, l| {
+        (!l.is_error()).then_some(l.unhealthy.len() as f64)
+    });
+    per_layer(&mut out, &CHECK_ERROR, &|_, l| {
+        Some(bool_value(l.is_error()))
+    });
+    per_layer(&mut out, &LAST_CHECK, &|r, _| {
+        Some(unix_seconds(r.checked_at))
+    });
     per_layer(&mut out, &DURATION, &|_, l| Some(l.duration.as_secs_f64()));
     if !by_env.is_empty() {
         header(&mut out, &COMMIT);
         for r in by_env.values() {
-            sample(&mut out, COMMIT.name, &[("env", &r.env), ("commit", &r.commit)], 1.0);
+            sample(
+                &mut out,
+                COMMIT.name,
+                &[("env", &r.env), ("commit", &r.commit)],
+                1.0,
+            );
         }
     }
     if let Some(c) = counters {
         if !c.errors.is_empty() {
             header(&mut out, &ERRORS_TOTAL);
             for ((env, layer), n) in &c.errors {
-                sample(&mut out, ERRORS_TOTAL.name, &[("env", env), ("layer", layer.as_str())], *n as f64);
+                sample(
+                    &mut out,
+                    ERRORS_TOTAL.name,
+                    &[("env", env), ("layer", layer.as_str())],
+                    *n as f64,
+                );
             }
         }
         if !c.checks.is_empty() {
@@ -220,7 +247,11 @@ fn format_value(v: f64) -> String {
     if v.is_nan() {
         "NaN".into()
     } else if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         format!("{v}")
     }
@@ -341,14 +372,33 @@ phoenix_drift_commit_info{env=\"demo\",commit=\"abc123\"} 1
     #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        let r = report("we\"ird\\env\n", vec![LayerDrift::checked(Layer::Cloud, vec![], vec![], Duration::ZERO)]);
+        let r = report(
+            "we\"ird\\env\n",
+            vec![LayerDrift::checked(
+                Layer::Cloud,
+                vec![],
+                vec![],
+                Duration::ZERO,
+            )],
+        );
         let text = render(&[&r], None);
-        assert!(text.contains("phoenix_drift{env=\"we\\\"ird\\\\env\\n\",layer=\"cloud\"} 0\n"), "{text}");
+        assert!(
+            text.contains("phoenix_drift{env=\"we\\\"ird\\\\env\\n\",layer=\"cloud\"} 0\n"),
+            "{text}"
+        );
     }
 
     #[test]
     fn a_later_report_of_the_same_env_replaces_the_earlier_one() {
-        let a = report("demo", vec![LayerDrift::checked(Layer::Cloud, vec![], vec![], Duration::ZERO)]);
+        let a = report(
+            "demo",
+            vec![LayerDrift::checked(
+                Layer::Cloud,
+                vec![],
+                vec![],
+                Duration::ZERO,
+            )],
+        );
         let mut b = a.clone();
         b.layers[0] = LayerDrift::error(Layer::Cloud, "x", Duration::ZERO);
         let text = render(&[&a, &b], None);
@@ -358,8 +408,19 @@ phoenix_drift_commit_info{env=\"demo\",commit=\"abc123\"} 1
 
     #[test]
     fn counters_accumulate_errors_per_layer() {
-        let ok = report("demo", vec![LayerDrift::checked(Layer::Apps, vec![], vec![], Duration::ZERO)]);
-        let bad = report("demo", vec![LayerDrift::error(Layer::Apps, "x", Duration::ZERO)]);
+        let ok = report(
+            "demo",
+            vec![LayerDrift::checked(
+                Layer::Apps,
+                vec![],
+                vec![],
+                Duration::ZERO,
+            )],
+        );
+        let bad = report(
+            "demo",
+            vec![LayerDrift::error(Layer::Apps, "x", Duration::ZERO)],
+        );
         let mut c = CheckCounters::new();
         c.record(&ok);
         assert_eq!(c.errors("demo", Layer::Apps), 0);

@@ -105,8 +105,7 @@ impl LayerDrift {
     /// Whether the layer shows drift. Entries count even if a caller built the struct by hand
     /// with an inconsistent status: drift is never hidden.
     pub fn has_drift(&self) -> bool {
-        matches!(self.status, LayerStatus::Drift)
-            || (!self.entries.is_empty() && !self.is_error())
+        matches!(self.status, LayerStatus::Drift) || (!self.entries.is_empty() && !self.is_error())
     }
 
     pub fn is_error(&self) -> bool {
@@ -169,7 +168,11 @@ impl FieldDiff {
     }
 
     /// Both sides present.
-    pub fn value(path: impl Into<String>, desired: impl Into<String>, live: impl Into<String>) -> Self {
+    pub fn value(
+        path: impl Into<String>,
+        desired: impl Into<String>,
+        live: impl Into<String>,
+    ) -> Self {
         FieldDiff {
             path: path.into(),
             desired: Some(desired.into()),
@@ -347,9 +350,15 @@ mod tests {
 
     #[test]
     fn skipped_layers_do_not_change_the_code() {
-        let r = report(vec![sync(Layer::Cloud), LayerDrift::skipped(Layer::Apps, "--layers")]);
+        let r = report(vec![
+            sync(Layer::Cloud),
+            LayerDrift::skipped(Layer::Apps, "--layers"),
+        ]);
         assert_eq!(exit_code(&r), 0);
-        let r = report(vec![drift(Layer::Cloud), LayerDrift::skipped(Layer::Apps, "--layers")]);
+        let r = report(vec![
+            drift(Layer::Cloud),
+            LayerDrift::skipped(Layer::Apps, "--layers"),
+        ]);
         assert_eq!(exit_code(&r), 2);
     }
 

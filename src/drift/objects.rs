@@ -16,9 +16,13 @@ use super::model::{DriftEntry, EntryKind, FieldDiff, Unhealthy};
 pub enum ObjectState {
     InSync,
     /// In Git, not in the cluster.
-    Missing { desired: Value },
+    Missing {
+        desired: Value,
+    },
     /// In the cluster with phoenix's ownership labels, no longer in Git.
-    Extra { live: Value },
+    Extra {
+        live: Value,
+    },
     /// Both exist and differ. `fields` lists the differing paths; `desired` is the dry-run
     /// result of applying Git, `live` the object as it is.
     Changed {
@@ -63,7 +67,11 @@ pub fn object_entries(layer: Layer, results: &[ObjectResult]) -> (Vec<DriftEntry
                 let text = unified_diff(&r.resource, Some(desired), Some(live), false);
                 let e = DriftEntry::new(layer, r.resource.as_str(), EntryKind::Changed)
                     .with_fields(fields.clone());
-                Some(if text.is_empty() { e } else { e.with_unified(text) })
+                Some(if text.is_empty() {
+                    e
+                } else {
+                    e.with_unified(text)
+                })
             }
         };
         entries.extend(entry);
@@ -98,7 +106,11 @@ fn walk(path: &str, desired: &Value, live: &Value, out: &mut Vec<FieldDiff>) {
             }
             for (k, lv) in l {
                 if !d.contains_key(k) {
-                    out.push(FieldDiff::new(join(path, k), None::<String>, Some(compact(lv))));
+                    out.push(FieldDiff::new(
+                        join(path, k),
+                        None::<String>,
+                        Some(compact(lv)),
+                    ));
                 }
             }
         }
@@ -158,7 +170,10 @@ mod tests {
         let (entries, unhealthy) = object_entries(Layer::Apps, &[r]);
         assert_eq!(entries[0].kind, EntryKind::Changed);
         assert_eq!(entries[0].layer, Layer::Apps);
-        assert_eq!(entries[0].fields, vec![FieldDiff::value("spec.replicas", "2", "5")]);
+        assert_eq!(
+            entries[0].fields,
+            vec![FieldDiff::value("spec.replicas", "2", "5")]
+        );
         assert_eq!(
             entries[0].unified.as_deref(),
             Some("--- live Deployment/web/api\n+++ git Deployment/web/api\n@@ -1,2 +1,2 @@\n spec:\n-  replicas: 5\n+  replicas: 2\n")
@@ -204,14 +219,21 @@ mod tests {
         ];
         let (entries, _) = object_entries(Layer::Apps, &results);
         assert_eq!(entries[0].kind, EntryKind::Missing);
-        assert!(entries[0].unified.as_deref().is_some_and(|u| u.contains("+kind: Service")));
+        assert!(entries[0]
+            .unified
+            .as_deref()
+            .is_some_and(|u| u.contains("+kind: Service")));
         assert_eq!(entries[1].kind, EntryKind::Extra);
-        assert!(entries[1].unified.as_deref().is_some_and(|u| u.contains("-kind: ConfigMap")));
+        assert!(entries[1]
+            .unified
+            .as_deref()
+            .is_some_and(|u| u.contains("-kind: ConfigMap")));
     }
 
     #[test]
     fn field_diffs_cover_added_removed_and_changed() {
-        let desired = json!({"metadata": {"labels": {"app": "api", "tier": "web"}}, "spec": {"ports": [80]}});
+        let desired =
+            json!({"metadata": {"labels": {"app": "api", "tier": "web"}}, "spec": {"ports": [80]}});
         let live = json!({"metadata": {"labels": {"app": "api", "team": "x"}}, "spec": {"ports": [80, 81]}});
         assert_eq!(
             field_diffs(&desired, &live),

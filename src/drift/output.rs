@@ -73,10 +73,15 @@ fn layer_line(layer: &LayerDrift, paint: &impl Fn(&str, &str) -> String) -> Stri
         LayerStatus::Error(message) => {
             format!("{name}: {} ({took}): {message}\n", paint(RED, "error"))
         }
-        LayerStatus::Skipped(reason) => format!("{name}: {}\n", paint(DIM, &format!("skipped ({reason})"))),
+        LayerStatus::Skipped(reason) => {
+            format!("{name}: {}\n", paint(DIM, &format!("skipped ({reason})")))
+        }
         _ if layer.has_drift() => format!(
             "{name}: {} ({took})\n",
-            paint(RED, &format!("drift, {}", count(layer.entries.len(), "resource")))
+            paint(
+                RED,
+                &format!("drift, {}", count(layer.entries.len(), "resource"))
+            )
         ),
         _ => format!("{name}: {} ({took})\n", paint(GREEN, "in sync")),
     }
@@ -89,7 +94,11 @@ fn entry_lines(out: &mut String, entry: &DriftEntry, color: bool) {
         EntryKind::Changed | EntryKind::Version => "~",
         EntryKind::Stopped | EntryKind::NotReady => "!",
     };
-    out.push_str(&format!("  {symbol} {} {}", entry.kind.as_str(), entry.resource));
+    out.push_str(&format!(
+        "  {symbol} {} {}",
+        entry.kind.as_str(),
+        entry.resource
+    ));
     if let Some(detail) = &entry.detail {
         out.push_str(&format!(" ({detail})"));
     }
@@ -405,7 +414,12 @@ drift: 3 resources differ from Git in cloud, apps
     #[test]
     fn human_in_sync() {
         let r = DriftReport {
-            layers: vec![LayerDrift::checked(Layer::Cloud, vec![], vec![], Duration::from_secs(75))],
+            layers: vec![LayerDrift::checked(
+                Layer::Cloud,
+                vec![],
+                vec![],
+                Duration::from_secs(75),
+            )],
             ..sample()
         };
         assert_eq!(

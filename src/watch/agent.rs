@@ -26,7 +26,11 @@ pub trait Checker: Send + Sync {
 /// Re-converges drifted layers (the lead wires `rebuild --layers ...`).
 pub trait Healer: Send + Sync {
     /// Heals `layers` of the environment in `report`; `Err` carries a message for the log.
-    fn heal(&self, report: Arc<DriftReport>, layers: Vec<Layer>) -> BoxFuture<'static, Result<(), String>>;
+    fn heal(
+        &self,
+        report: Arc<DriftReport>,
+        layers: Vec<Layer>,
+    ) -> BoxFuture<'static, Result<(), String>>;
 }
 
 /// Which notice a webhook delivery carried.
@@ -51,16 +55,37 @@ pub struct HealRecord {
 /// What the agent did, for the caller (audit trail, tests). Sent on `WatchOptions::events`.
 #[derive(Clone, Debug)]
 pub enum WatchEvent {
-    Listening { addr: SocketAddr },
-    CheckFinished { report: Arc<DriftReport>, verdict: Verdict },
+    Listening {
+        addr: SocketAddr,
+    },
+    CheckFinished {
+        report: Arc<DriftReport>,
+        verdict: Verdict,
+    },
     /// A notice was handed to the webhook worker (or would have been, without a webhook).
-    Notice { kind: NoticeKind, text: String },
-    WebhookDelivered { kind: NoticeKind, attempts: u32 },
-    WebhookFailed { kind: NoticeKind, attempts: u32, error: String },
+    Notice {
+        kind: NoticeKind,
+        text: String,
+    },
+    WebhookDelivered {
+        kind: NoticeKind,
+        attempts: u32,
+    },
+    WebhookFailed {
+        kind: NoticeKind,
+        attempts: u32,
+        error: String,
+    },
     /// The webhook queue was full; the notice was dropped rather than stalling the loop.
-    WebhookDropped { kind: NoticeKind },
-    HealStarted { layers: Vec<Layer> },
-    HealFinished { record: HealRecord },
+    WebhookDropped {
+        kind: NoticeKind,
+    },
+    HealStarted {
+        layers: Vec<Layer>,
+    },
+    HealFinished {
+        record: HealRecord,
+    },
 }
 
 /// How the agent runs.
@@ -144,12 +169,13 @@ impl Agent {
             Some(w) => Some(WebhookClient::new(w.clone(), opts.delivery)?),
             None => None,
         };
-        let listener = TcpListener::bind(opts.listen)
-            .await
-            .map_err(|source| WatchError::Listen {
-                addr: opts.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(opts.listen)
+                .await
+                .map_err(|source| WatchError::Listen {
+                    addr: opts.listen,
+                    source,
+                })?;
         Ok(Agent {
             opts,
             listener,
@@ -172,7 +198,10 @@ impl Agent {
         let shared = server::shared();
         if let Ok(addr) = listener.local_addr() {
             emit(&opts, WatchEvent::Listening { addr });
-            log(&opts, format_args!("serving /metrics and /healthz on http://{addr}"));
+            log(
+                &opts,
+                format_args!("serving /metrics and /healthz on http://{addr}"),
+            );
         }
         let server_stop = CancelToken::new();
         let server = tokio::spawn(server::serve(
@@ -184,7 +213,10 @@ impl Agent {
         let (queue, worker) = match client {
             Some(client) => {
                 let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
-                (Some(tx), Some(tokio::spawn(deliver(client, rx, opts.clone()))))
+                (
+                    Some(tx),
+                    Some(tokio::spawn(deliver(client, rx, opts.clone()))),
+                )
             }
             None => (None, None),
         };
@@ -204,7 +236,11 @@ impl Agent {
 }
 
 /// Binds `opts.listen` and runs the agent until `cancel`.
-pub async fn run(opts: WatchOptions, checker: Arc<dyn Checker>, cancel: CancelToken) -> Result<(), WatchError> {
+pub async fn run(
+    opts: WatchOptions,
+    checker: Arc<dyn Checker>,
+    cancel: CancelToken,
+) -> Result<(), WatchError> {
     Agent::bind(opts).await?.run(checker, cancel).await;
     Ok(())
 }
@@ -244,11 +280,19 @@ async fn check_loop(
             status.latest = Some(report.clone());
         }
         log_check(opts, &report);
-        emit(opts, WatchEvent::CheckFinished { report: report.clone(), verdict });
+        emit(
+            opts,
+            WatchEvent::CheckFinished {
+                report: report.clone(),
+                verdict,
+            },
+        );
         if let Some(notice) = episodes.observe(Instant::now(), verdict) {
             let (kind, text) = match notice {
                 Notice::Alert { lasted } => (NoticeKind::Alert, alert_text(&report, lasted)),
-                Notice::Converged { lasted } => (NoticeKind::Converged, converged_text(&report, lasted)),
+                Notice::Converged { lasted } => {
+                    (NoticeKind::Converged, converged_text(&report, lasted))
+                }
             };
             notify(opts, queue, kind, text);
         }
@@ -268,7 +312,11 @@ async fn check_loop(
 
 /// Runs one check on its own task (so a panic in a checker is a check error, not the end of the
 /// agent) within `check_timeout`.
-async fn timed_check(opts: &WatchOptions, checker: &Arc<dyn Checker>, previous: Option<&DriftReport>) -> DriftReport {
+async fn timed_check(
+    opts: &WatchOptions,
+    checker: &Arc<dyn Checker>,
+    previous: Option<&DriftReport>,
+) -> DriftReport {
     let checked_at = SystemTime::now();
     let started = Instant::now();
     let task = tokio::spawn(checker.check());
@@ -308,7 +356,9 @@ fn failed_report(
     };
     DriftReport {
         env: opts.env.clone(),
-        commit: previous.map(|p| p.commit.clone()).unwrap_or_else(|| "unknown".into()),
+        commit: previous
+            .map(|p| p.commit.clone())
+            .unwrap_or_else(|| "unknown".into()),
         checked_at,
         duration,
         layers: layers
@@ -328,12 +378,22 @@ impl Drop for AbortOnDrop {
 
 async fn heal(opts: &WatchOptions, healer: &dyn Healer, report: &Arc<DriftReport>) -> HealRecord {
     let layers = report.drifted_layers();
-    emit(opts, WatchEvent::HealStarted { layers: layers.clone() });
+    emit(
+        opts,
+        WatchEvent::HealStarted {
+            layers: layers.clone(),
+        },
+    );
     let names: Vec<&str> = layers.iter().map(|l| l.as_str()).collect();
     log(opts, format_args!("healing {}", names.join(", ")));
     let started_at = SystemTime::now();
     let started = Instant::now();
-    let result = match tokio::time::timeout(opts.heal_timeout, healer.heal(report.clone(), layers.clone())).await {
+    let result = match tokio::time::timeout(
+        opts.heal_timeout,
+        healer.heal(report.clone(), layers.clone()),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(format!(
             "heal did not finish within {}",
@@ -342,7 +402,10 @@ async fn heal(opts: &WatchOptions, healer: &dyn Healer, report: &Arc<DriftReport
     };
     match &result {
         Ok(()) => log(opts, format_args!("healed {}", names.join(", "))),
-        Err(e) => log(opts, format_args!("heal of {} failed: {e}", names.join(", "))),
+        Err(e) => log(
+            opts,
+            format_args!("heal of {} failed: {e}", names.join(", ")),
+        ),
     }
     HealRecord {
         env: report.env.clone(),
@@ -354,31 +417,62 @@ async fn heal(opts: &WatchOptions, healer: &dyn Healer, report: &Arc<DriftReport
     }
 }
 
-fn notify(opts: &WatchOptions, queue: Option<&mpsc::Sender<(NoticeKind, String)>>, kind: NoticeKind, text: String) {
-    emit(opts, WatchEvent::Notice { kind, text: text.clone() });
+fn notify(
+    opts: &WatchOptions,
+    queue: Option<&mpsc::Sender<(NoticeKind, String)>>,
+    kind: NoticeKind,
+    text: String,
+) {
+    emit(
+        opts,
+        WatchEvent::Notice {
+            kind,
+            text: text.clone(),
+        },
+    );
     let Some(queue) = queue else {
         log(opts, format_args!("{text}"));
         return;
     };
     if queue.try_send((kind, text)).is_err() {
-        log(opts, format_args!("webhook queue full; {kind:?} notice dropped"));
+        log(
+            opts,
+            format_args!("webhook queue full; {kind:?} notice dropped"),
+        );
         emit(opts, WatchEvent::WebhookDropped { kind });
     }
 }
 
 /// Delivers queued notices in order, one at a time, so a converged notice never overtakes the
 /// alert it answers.
-async fn deliver(client: WebhookClient, mut rx: mpsc::Receiver<(NoticeKind, String)>, opts: WatchOptions) {
+async fn deliver(
+    client: WebhookClient,
+    mut rx: mpsc::Receiver<(NoticeKind, String)>,
+    opts: WatchOptions,
+) {
     while let Some((kind, text)) = rx.recv().await {
         match client.post(&text).await {
             Ok(attempts) => {
-                log(&opts, format_args!("{kind:?} sent to webhook {}", client.webhook()));
+                log(
+                    &opts,
+                    format_args!("{kind:?} sent to webhook {}", client.webhook()),
+                );
                 emit(&opts, WatchEvent::WebhookDelivered { kind, attempts });
             }
             Err((attempts, err)) => {
                 let error = err.to_string();
-                log(&opts, format_args!("{kind:?} not delivered after {attempts} attempt(s): {error}"));
-                emit(&opts, WatchEvent::WebhookFailed { kind, attempts, error });
+                log(
+                    &opts,
+                    format_args!("{kind:?} not delivered after {attempts} attempt(s): {error}"),
+                );
+                emit(
+                    &opts,
+                    WatchEvent::WebhookFailed {
+                        kind,
+                        attempts,
+                        error,
+                    },
+                );
             }
         }
     }
@@ -389,7 +483,10 @@ fn log_check(opts: &WatchOptions, report: &DriftReport) {
     let took = crate::drift::fmt_duration(report.duration);
     for l in report.layers.iter().filter(|l| l.is_error()) {
         if let LayerStatus::Error(message) = &l.status {
-            log(opts, format_args!("check error in {} at {short}: {message}", l.layer));
+            log(
+                opts,
+                format_args!("check error in {} at {short}: {message}", l.layer),
+            );
         }
     }
     if report.has_drift() {

@@ -121,7 +121,11 @@ pub const ALERT_ENTRIES: usize = 5;
 
 /// The Slack-compatible text of an alert: env, commit, drifted layers, count, first entries.
 pub fn alert_text(report: &DriftReport, lasted: Duration) -> String {
-    let layers: Vec<&str> = report.drifted_layers().iter().map(|l: &Layer| l.as_str()).collect();
+    let layers: Vec<&str> = report
+        .drifted_layers()
+        .iter()
+        .map(|l: &Layer| l.as_str())
+        .collect();
     let count = report.entry_count();
     let mut text = format!(
         "phoenix: {} has drifted from Git for {} (commit {}): {} {} in {}",
@@ -133,7 +137,12 @@ pub fn alert_text(report: &DriftReport, lasted: Duration) -> String {
         layers.join(", ")
     );
     for e in report.entries().take(ALERT_ENTRIES) {
-        text.push_str(&format!("\n• {} {} {}", e.layer, e.kind.as_str(), e.resource));
+        text.push_str(&format!(
+            "\n• {} {} {}",
+            e.layer,
+            e.kind.as_str(),
+            e.resource
+        ));
     }
     if count > ALERT_ENTRIES {
         text.push_str(&format!("\n… and {} more", count - ALERT_ENTRIES));
@@ -189,7 +198,15 @@ mod tests {
     fn one_alert_per_episode_after_alert_after() {
         let got = run(
             S * 3,
-            &[(0, InSync), (1, Drift), (2, Drift), (3, Drift), (4, Drift), (5, Drift), (6, InSync)],
+            &[
+                (0, InSync),
+                (1, Drift),
+                (2, Drift),
+                (3, Drift),
+                (4, Drift),
+                (5, Drift),
+                (6, InSync),
+            ],
         );
         assert_eq!(
             got,
@@ -209,17 +226,33 @@ mod tests {
     #[test]
     fn zero_alert_after_alerts_on_the_first_drifted_check() {
         let got = run(Duration::ZERO, &[(0, Drift), (1, Drift)]);
-        assert_eq!(got, vec![(0, Notice::Alert { lasted: Duration::ZERO })]);
+        assert_eq!(
+            got,
+            vec![(
+                0,
+                Notice::Alert {
+                    lasted: Duration::ZERO
+                }
+            )]
+        );
     }
 
     #[test]
     fn unknown_neither_opens_nor_closes() {
         assert_eq!(run(Duration::ZERO, &[(0, Unknown), (1, Unknown)]), vec![]);
-        let got = run(Duration::ZERO, &[(0, Drift), (1, Unknown), (2, Unknown), (3, InSync)]);
+        let got = run(
+            Duration::ZERO,
+            &[(0, Drift), (1, Unknown), (2, Unknown), (3, InSync)],
+        );
         assert_eq!(
             got,
             vec![
-                (0, Notice::Alert { lasted: Duration::ZERO }),
+                (
+                    0,
+                    Notice::Alert {
+                        lasted: Duration::ZERO
+                    }
+                ),
                 (3, Notice::Converged { lasted: S * 3 })
             ]
         );
@@ -233,7 +266,10 @@ mod tests {
 
     #[test]
     fn a_second_episode_alerts_again() {
-        let got = run(S, &[(0, Drift), (1, Drift), (2, InSync), (3, Drift), (4, Drift)]);
+        let got = run(
+            S,
+            &[(0, Drift), (1, Drift), (2, InSync), (3, Drift), (4, Drift)],
+        );
         assert_eq!(
             got,
             vec![
@@ -265,19 +301,32 @@ mod tests {
         );
         let err = LayerDrift::error(Layer::Cluster, "down", Duration::ZERO);
         assert_eq!(Verdict::of(&report(vec![sync.clone()])), InSync);
-        assert_eq!(Verdict::of(&report(vec![sync.clone(), err.clone()])), Unknown);
+        assert_eq!(
+            Verdict::of(&report(vec![sync.clone(), err.clone()])),
+            Unknown
+        );
         assert_eq!(Verdict::of(&report(vec![drift, err])), Drift);
     }
 
     #[test]
     fn alert_text_lists_the_first_entries() {
         let entries: Vec<_> = (0..7)
-            .map(|i| DriftEntry::new(Layer::Apps, format!("ConfigMap/web/c{i}"), EntryKind::Changed))
+            .map(|i| {
+                DriftEntry::new(
+                    Layer::Apps,
+                    format!("ConfigMap/web/c{i}"),
+                    EntryKind::Changed,
+                )
+            })
             .collect();
         let r = report(vec![
             LayerDrift::checked(
                 Layer::Cloud,
-                vec![DriftEntry::new(Layer::Cloud, "sg/cluster", EntryKind::Changed)],
+                vec![DriftEntry::new(
+                    Layer::Cloud,
+                    "sg/cluster",
+                    EntryKind::Changed,
+                )],
                 vec![],
                 Duration::ZERO,
             ),

@@ -73,7 +73,12 @@ fn ms(d: Duration) -> String {
 }
 
 /// Serves until `cancel`; then stops accepting and drops open connections.
-pub(crate) async fn serve(listener: TcpListener, shared: Shared, limit: Duration, cancel: CancelToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Shared,
+    limit: Duration,
+    cancel: CancelToken,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -109,7 +114,10 @@ pub(crate) async fn serve(listener: TcpListener, shared: Shared, limit: Duration
 
 fn respond(req: &Request<Incoming>, shared: &Shared, limit: Duration) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET and HEAD are served\n".into());
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are served\n".into(),
+        );
     }
     // A poisoned lock means a panic elsewhere already; the data is still consistent enough
     // to serve (each update is a plain field assignment).
@@ -127,9 +135,15 @@ fn respond(req: &Request<Incoming>, shared: &Shared, limit: Duration) -> Respons
         }
         "/healthz" => match health(&status, Instant::now(), limit) {
             Ok(msg) => text(StatusCode::OK, format!("{msg}\n")),
-            Err(msg) => text(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {msg}\n")),
+            Err(msg) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unhealthy: {msg}\n"),
+            ),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found; try /metrics or /healthz\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics or /healthz\n".into(),
+        ),
     }
 }
 
@@ -166,7 +180,10 @@ mod tests {
         assert!(health(&status(true, None, t0), at(301), limit).is_err());
         assert!(health(&status(true, Some(at(1000)), t0), at(1300), limit).is_ok());
         let late = health(&status(true, Some(at(1000)), t0), at(1400), limit);
-        assert_eq!(late, Err("last check finished 400ms ago (limit 300ms)".into()));
+        assert_eq!(
+            late,
+            Err("last check finished 400ms ago (limit 300ms)".into())
+        );
         assert_eq!(
             health(&status(false, Some(at(1000)), t0), at(1000), limit),
             Err("the check loop has stopped".into())

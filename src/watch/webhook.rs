@@ -185,16 +185,21 @@ impl WebhookClient {
             .method(Method::POST)
             .uri(self.webhook.uri.clone())
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::USER_AGENT, concat!("phoenix/", env!("CARGO_PKG_VERSION")))
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("phoenix/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Full::new(body))
             .map_err(|_| WebhookError::InvalidUrl)?;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                WebhookError::Request {
-                    host: host(),
-                    message: error_chain(&e),
-                }
-            })?;
+            let response =
+                self.client
+                    .request(request)
+                    .await
+                    .map_err(|e| WebhookError::Request {
+                        host: host(),
+                        message: error_chain(&e),
+                    })?;
             let status = response.status();
             // Read the answer so the connection can be reused; its content is not needed.
             let _ = response.into_body().collect().await;
@@ -246,14 +251,22 @@ mod tests {
 
     #[test]
     fn parse_rejects_without_repeating_the_url() {
-        for bad in ["ftp://x/secret-a", "not a url secret-b", "/relative/secret-c", "https:///secret-d"] {
+        for bad in [
+            "ftp://x/secret-a",
+            "not a url secret-b",
+            "/relative/secret-c",
+            "https:///secret-d",
+        ] {
             let err = Webhook::parse(bad).expect_err(bad).to_string();
             assert!(!err.contains("secret"), "{err}");
         }
         let err = Webhook::parse("https://user:pw-secret@hooks.example.com/x")
             .expect_err("credentials")
             .to_string();
-        assert!(err.contains("hooks.example.com") && !err.contains("pw-secret"), "{err}");
+        assert!(
+            err.contains("hooks.example.com") && !err.contains("pw-secret"),
+            "{err}"
+        );
     }
 
     #[test]
