@@ -1,6 +1,7 @@
 //! phoenix: rebuild a whole environment from a Git commit, layer by layer.
 pub mod cli;
 pub mod commands;
+pub mod drift;
 pub mod engine;
 pub mod env;
 pub mod error;
@@ -9,3 +10,4 @@ pub mod providers;
 pub mod render;
 pub mod report;
 pub mod source;
+pub mod watch;

@@ -1,0 +1,20 @@
+//! Drift: what differs between the commit and the live system, per layer — the model, the pure
+//! comparisons of each layer, the unified diff, the human/JSON views and Prometheus metrics.
+
+mod cloud;
+mod cluster;
+mod diff;
+pub mod metrics;
+mod model;
+mod objects;
+mod output;
+
+pub use cloud::{cloud_entries, TerminatedInstance};
+pub use cluster::{cluster_entries, ExpectedCluster, ObservedCluster, ObservedNode};
+pub use diff::{colorize, unified_diff, unified_diff_text, CONTEXT};
+pub use model::{
+    exit_code, DriftEntry, DriftReport, EntryKind, FieldDiff, LayerDrift, LayerStatus, Unhealthy,
+    EXIT_DRIFT, EXIT_ERROR, EXIT_IN_SYNC,
+};
+pub use objects::{field_diffs, object_entries, ObjectResult, ObjectState};
+pub use output::{fmt_duration, human, json, json_value, use_color, SCHEMA_VERSION};

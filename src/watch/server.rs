@@ -1,0 +1,192 @@
+//! The agent's HTTP endpoints: `/metrics` (the latest report as Prometheus text) and `/healthz`
+//! (200 while the loop runs and its last check finished recently, else 503).
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::drift::metrics::{self, CheckCounters};
+use crate::drift::DriftReport;
+use crate::engine::CancelToken;
+
+/// A client that has not sent its request headers within this is dropped.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the loop shares with the endpoints.
+#[derive(Debug)]
+pub(crate) struct Status {
+    pub started: Instant,
+    pub alive: bool,
+    pub last_finished: Option<Instant>,
+    pub latest: Option<Arc<DriftReport>>,
+    pub counters: CheckCounters,
+}
+
+pub(crate) type Shared = Arc<Mutex<Status>>;
+
+pub(crate) fn shared() -> Shared {
+    Arc::new(Mutex::new(Status {
+        started: Instant::now(),
+        alive: true,
+        last_finished: None,
+        latest: None,
+        counters: CheckCounters::new(),
+    }))
+}
+
+/// The health verdict at `now`: healthy while the loop is alive and a check finished within
+/// `limit` (before the first check, the agent's start counts, so a fresh agent is healthy for
+/// one `limit`).
+pub(crate) fn health(status: &Status, now: Instant, limit: Duration) -> Result<String, String> {
+    if !status.alive {
+        return Err("the check loop has stopped".into());
+    }
+    let reference = status.last_finished.unwrap_or(status.started);
+    let age = now.saturating_duration_since(reference);
+    match (status.last_finished, age <= limit) {
+        (Some(_), true) => Ok(format!("ok: last check finished {} ago", ms(age))),
+        (None, true) => Ok(format!("ok: first check running for {}", ms(age))),
+        (Some(_), false) => Err(format!(
+            "last check finished {} ago (limit {})",
+            ms(age),
+            ms(limit)
+        )),
+        (None, false) => Err(format!(
+            "no check has finished in {} since start (limit {})",
+            ms(age),
+            ms(limit)
+        )),
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// Serves until `cancel`; then stops accepting and drops open connections.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Shared,
+    limit: Duration,
+    cancel: CancelToken,
+) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            // Cancel-safe: `cancelled` only drops a watch receiver.
+            _ = cancel.cancelled() => break,
+            // Cancel-safe: `accept` loses no connection when dropped before completing.
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else {
+                    // Out of file descriptors or a reset before accept: the listener stays
+                    // usable; pause briefly so a persistent error does not spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let shared = shared.clone();
+                connections.spawn(async move {
+                    let service = service_fn(move |req| {
+                        let shared = shared.clone();
+                        async move { Ok::<_, Infallible>(respond(&req, &shared, limit)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            // Reap finished connections so the set does not grow for the agent's lifetime.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    connections.shutdown().await;
+}
+
+fn respond(req: &Request<Incoming>, shared: &Shared, limit: Duration) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and HEAD are served\n".into(),
+        );
+    }
+    // A poisoned lock means a panic elsewhere already; the data is still consistent enough
+    // to serve (each update is a plain field assignment).
+    let status = shared.lock().unwrap_or_else(|p| p.into_inner());
+    match req.uri().path() {
+        "/metrics" => {
+            let reports: Vec<&DriftReport> = status.latest.iter().map(|r| r.as_ref()).collect();
+            let body = metrics::render(&reports, Some(&status.counters));
+            let mut resp = text(StatusCode::OK, body);
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
+        "/healthz" => match health(&status, Instant::now(), limit) {
+            Ok(msg) => text(StatusCode::OK, format!("{msg}\n")),
+            Err(msg) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("unhealthy: {msg}\n"),
+            ),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics or /healthz\n".into(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(alive: bool, last: Option<Instant>, started: Instant) -> Status {
+        Status {
+            started,
+            alive,
+            last_finished: last,
+            latest: None,
+            counters: CheckCounters::new(),
+        }
+    }
+
+    #[test]
+    fn health_rules() {
+        let t0 = Instant::now();
+        let limit = Duration::from_millis(300);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(health(&status(true, None, t0), at(100), limit).is_ok());
+        assert!(health(&status(true, None, t0), at(301), limit).is_err());
+        assert!(health(&status(true, Some(at(1000)), t0), at(1300), limit).is_ok());
+        let late = health(&status(true, Some(at(1000)), t0), at(1400), limit);
+        assert_eq!(
+            late,
+            Err("last check finished 400ms ago (limit 300ms)".into())
+        );
+        assert_eq!(
+            health(&status(false, Some(at(1000)), t0), at(1000), limit),
+            Err("the check loop has stopped".into())
+        );
+    }
+}
