@@ -174,7 +174,7 @@ pub(crate) enum Kind {
     Unserved,
 }
 
-type KindKey = (String, String);
+pub(crate) type KindKey = (String, String);
 
 fn kind_key(id: &ObjectRef) -> KindKey {
     (id.api_version.clone(), id.kind.clone())
