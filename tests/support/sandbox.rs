@@ -27,11 +27,19 @@ pub async fn start_with(f: impl FnOnce(&mut Config)) -> SandboxHandle {
 
 /// A client for `url` with every timeout set: the provider adds none of its own.
 pub fn client(url: &str) -> kube::Client {
+    install_crypto();
     let mut cfg = kube::Config::new(url.parse().expect("sandbox url parses"));
     cfg.connect_timeout = Some(Duration::from_secs(5));
     cfg.read_timeout = Some(Duration::from_secs(15));
     cfg.write_timeout = Some(Duration::from_secs(15));
     kube::Client::try_from(cfg).expect("kube client builds")
+}
+
+/// The AWS SDK and kube both enable a rustls crypto provider, so rustls cannot pick one by
+/// itself; the process must (phoenix's main does the same).
+pub fn install_crypto() {
+    // Err only means another test already installed it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// kubectl 1.37: `$KUBECTL`, else `<repo>/.venv/bin/kubectl`, else `/work/main/.venv/bin/kubectl`.
