@@ -1,0 +1,732 @@
+//! One engine node per add-on or app: apply its objects in order, wait until every one is
+//! healthy, run its checks, prune what left Git, and keep its inventory.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+use serde_json::Value;
+
+use crate::engine::{Action, BoxFuture, Check, Layer, NodeCtx, NodeError, NodeOutcome, NodeSpec};
+use crate::render::Manifest;
+
+use super::checks::{get_status, HttpCheck};
+use super::connector::Connector;
+use super::discovery::{KindMap, Resolver, Target};
+use super::error::KubeError;
+use super::health::{health, needs_no_wait, Health};
+use super::inventory;
+use super::object::{apply_order, finish, prepare, Desired, Marks, ObjectRef, Phase};
+use super::ops;
+
+/// Everything the provider needs to converge one component.
+#[derive(Clone, Debug)]
+pub struct ComponentSpec {
+    pub env: String,
+    /// The commit the manifests were rendered from (annotated on every object).
+    pub commit: String,
+    /// [`Layer::Addons`] or [`Layer::Apps`].
+    pub layer: Layer,
+    pub name: String,
+    /// Namespace for namespaced objects that name none (`default` when unset).
+    pub namespace: Option<String>,
+    pub manifests: Vec<Manifest>,
+    /// Names of components this one waits for (add-ons or apps).
+    pub depends_on: Vec<String>,
+    /// The node's deadline: apply, health, checks and prune together.
+    pub wait: Duration,
+    pub force_conflicts: bool,
+    pub checks: Vec<HttpCheck>,
+}
+
+impl ComponentSpec {
+    pub fn marks(&self) -> Marks {
+        Marks {
+            env: self.env.clone(),
+            component: self.name.clone(),
+            layer: self.layer,
+            commit: self.commit.clone(),
+        }
+    }
+
+    pub fn node_id(&self) -> String {
+        node_id(self.layer, &self.name)
+    }
+
+    fn default_namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// The engine node id of a component: `addons/NAME` or `apps/NAME`.
+pub fn node_id(layer: Layer, name: &str) -> String {
+    format!("{}/{name}", layer.as_str())
+}
+
+/// Run-wide settings of the provider.
+#[derive(Clone, Debug)]
+pub struct ApplyOptions {
+    /// `--force-conflicts`: take ownership of conflicting fields in every component.
+    pub force_conflicts: bool,
+    /// API requests in flight at once per component.
+    pub concurrency: usize,
+    /// How often health and checks are polled.
+    pub poll_interval: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        ApplyOptions {
+            force_conflicts: false,
+            concurrency: 32,
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// One node per component, sharing one discovery cache. `dependsOn` names resolve to the same
+/// layer first, then to the other one; a name that is neither is left as `LAYER/NAME` for the
+/// graph's validation to report.
+pub fn component_nodes(
+    connector: Arc<dyn Connector>,
+    components: Vec<ComponentSpec>,
+    opts: &ApplyOptions,
+) -> Vec<(NodeSpec, Arc<dyn Action>)> {
+    let resolver = Arc::new(Resolver::new());
+    let known: HashSet<(Layer, String)> = components
+        .iter()
+        .map(|c| (c.layer, c.name.clone()))
+        .collect();
+    components
+        .into_iter()
+        .map(|spec| {
+            let deps: Vec<String> = spec
+                .depends_on
+                .iter()
+                .map(|dep| {
+                    let other = match spec.layer {
+                        Layer::Apps => Layer::Addons,
+                        _ => Layer::Apps,
+                    };
+                    if !known.contains(&(spec.layer, dep.clone()))
+                        && known.contains(&(other, dep.clone()))
+                    {
+                        node_id(other, dep)
+                    } else {
+                        node_id(spec.layer, dep)
+                    }
+                })
+                .collect();
+            let what = match spec.layer {
+                Layer::Addons => "add-on",
+                _ => "app",
+            };
+            let node = NodeSpec::new(
+                spec.node_id(),
+                spec.layer,
+                spec.wait,
+                format!("{what} {} applied and healthy", spec.name),
+            )
+            .depends_on(deps);
+            let action: Arc<dyn Action> = Arc::new(ComponentAction {
+                inner: Arc::new(Inner {
+                    connector: Arc::clone(&connector),
+                    spec,
+                    opts: opts.clone(),
+                    resolver: Arc::clone(&resolver),
+                }),
+            });
+            (node, action)
+        })
+        .collect()
+}
+
+struct Inner {
+    connector: Arc<dyn Connector>,
+    spec: ComponentSpec,
+    opts: ApplyOptions,
+    resolver: Arc<Resolver>,
+}
+
+struct ComponentAction {
+    inner: Arc<Inner>,
+}
+
+impl Action for ComponentAction {
+    fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, Result<NodeOutcome, NodeError>> {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let client = inner.connector.client().await?;
+            converge(&client, &inner.spec, &inner.opts, &inner.resolver, &ctx).await
+        })
+    }
+}
+
+/// How a kind of a component is addressed.
+#[derive(Clone, Debug)]
+pub(crate) enum Kind {
+    Served(Target),
+    /// Defined by a CRD of this component that the cluster does not serve yet.
+    FromCrd { namespaced: bool },
+    /// Not served and not defined here (only in diffs, where it means "missing").
+    Unserved,
+}
+
+pub(crate) type KindKey = (String, String);
+
+fn kind_key(id: &ObjectRef) -> KindKey {
+    (id.api_version.clone(), id.kind.clone())
+}
+
+/// Kinds defined by the component's own CRDs, with their scope.
+fn crd_kinds(objects: &[Desired]) -> HashMap<KindKey, bool> {
+    let mut out = HashMap::new();
+    for d in objects.iter().filter(|d| d.phase == Phase::Crds) {
+        let spec = &d.body["spec"];
+        let (Some(group), Some(kind)) = (spec["group"].as_str(), spec["names"]["kind"].as_str())
+        else {
+            continue;
+        };
+        let namespaced = spec["scope"].as_str() != Some("Cluster");
+        for v in spec["versions"].as_array().into_iter().flatten() {
+            if let Some(version) = v["name"].as_str() {
+                out.insert((format!("{group}/{version}"), kind.to_string()), namespaced);
+            }
+        }
+    }
+    out
+}
+
+/// Resolves every kind of the component, discovering once more before calling one unknown.
+pub(crate) async fn resolve_kinds(
+    client: &::kube::Client,
+    resolver: &Resolver,
+    objects: &[Desired],
+    allow_unserved: bool,
+) -> Result<(u64, HashMap<KindKey, Kind>), KubeError> {
+    let provided = crd_kinds(objects);
+    let (mut generation, mut map) = resolver.current(client).await?;
+    let mut refreshed = false;
+    loop {
+        let mut kinds = HashMap::new();
+        let mut missing: Option<&Desired> = None;
+        for d in objects {
+            let key = kind_key(&d.id);
+            if kinds.contains_key(&key) {
+                continue;
+            }
+            let kind = match map.get(&key.0, &key.1) {
+                Some(t) => Kind::Served(t.clone()),
+                None => match provided.get(&key) {
+                    Some(&namespaced) => Kind::FromCrd { namespaced },
+                    None => {
+                        missing.get_or_insert(d);
+                        Kind::Unserved
+                    }
+                },
+            };
+            kinds.insert(key, kind);
+        }
+        match missing {
+            None => return Ok((generation, kinds)),
+            Some(_) if !refreshed => {
+                (generation, map) = resolver.refresh(client, generation).await?;
+                refreshed = true;
+            }
+            Some(_) if allow_unserved => return Ok((generation, kinds)),
+            Some(d) => {
+                return Err(KubeError::UnknownKind {
+                    source_file: d.source.clone(),
+                    line: d.line,
+                    api_version: d.id.api_version.clone(),
+                    kind: d.id.kind.clone(),
+                })
+            }
+        }
+    }
+}
+
+/// Prepares a component's objects: stamped, namespaced and ordered, with how to address each.
+pub(crate) async fn plan_objects(
+    client: &::kube::Client,
+    resolver: &Resolver,
+    spec: &ComponentSpec,
+    allow_unserved: bool,
+) -> Result<(u64, Vec<Desired>, HashMap<KindKey, Kind>), KubeError> {
+    let marks = spec.marks();
+    let mut objects = prepare(&spec.manifests, &marks)?;
+    let (generation, kinds) = resolve_kinds(client, resolver, &objects, allow_unserved).await?;
+    finish(
+        &mut objects,
+        |id| match kinds.get(&kind_key(id)) {
+            Some(Kind::Served(t)) => t.namespaced,
+            Some(Kind::FromCrd { namespaced }) => *namespaced,
+            Some(Kind::Unserved) | None => id.namespace.is_some(),
+        },
+        spec.default_namespace(),
+    )?;
+    Ok((generation, objects, kinds))
+}
+
+/// Runs `f` over `items` with at most `limit` in flight; results in input order.
+pub(crate) async fn bounded<T, R, F, Fut>(items: Vec<T>, limit: usize, f: F) -> Vec<R>
+where
+    F: Fn(T) -> Fut,
+    Fut: Future<Output = R>,
+{
+    let mut out: Vec<(usize, R)> = stream::iter(items.into_iter().enumerate())
+        .map(|(i, item)| {
+            let fut = f(item);
+            async move { (i, fut.await) }
+        })
+        .buffer_unordered(limit.max(1))
+        .collect()
+        .await;
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The first error of a batch (in apply order), with a count of the others.
+pub(crate) fn first_error<T>(results: Vec<Result<T, KubeError>>) -> Result<Vec<T>, KubeError> {
+    let mut ok = Vec::with_capacity(results.len());
+    let mut errors: Vec<KubeError> = Vec::new();
+    for r in results {
+        match r {
+            Ok(v) => ok.push(v),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        return Ok(ok);
+    }
+    let transient = errors.iter().all(KubeError::is_transient);
+    let more = errors.len() - 1;
+    let first = errors.swap_remove(0);
+    if more == 0 {
+        return Err(first);
+    }
+    Err(KubeError::Several {
+        first: Box::new(first),
+        more,
+        transient,
+    })
+}
+
+/// What happened to one applied object.
+struct Applied {
+    index: usize,
+    changed: bool,
+    live: Value,
+}
+
+/// One idempotent attempt at converging a component.
+pub async fn converge(
+    client: &::kube::Client,
+    spec: &ComponentSpec,
+    opts: &ApplyOptions,
+    resolver: &Resolver,
+    ctx: &NodeCtx,
+) -> Result<NodeOutcome, NodeError> {
+    let marks = spec.marks();
+    let force = spec.force_conflicts || opts.force_conflicts;
+    let limit = opts.concurrency.max(1);
+    ctx.progress(format!("resolving {} manifests", spec.manifests.len()));
+    let (mut generation, objects, mut kinds) = plan_objects(client, resolver, spec, false).await?;
+
+    let previous = inventory::read(client, &marks).await?;
+
+    // Refuse before changing anything if any object exists without this component's marks.
+    ctx.progress(format!("checking ownership of {} objects", objects.len()));
+    let served: Vec<(usize, Target)> = objects
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match kinds.get(&kind_key(&d.id)) {
+            Some(Kind::Served(t)) => Some((i, t.clone())),
+            _ => None,
+        })
+        .collect();
+    let lives = bounded(served, limit, |(i, t)| {
+        let id = &objects[i].id;
+        async move { ops::get(client, &t, id).await.map(|live| (i, live)) }
+    })
+    .await;
+    let mut before: HashMap<usize, Option<Value>> = HashMap::new();
+    for (i, live) in first_error(lives)? {
+        if let Some(live) = &live {
+            if !marks.owns(live) {
+                return Err(KubeError::NotOwned {
+                    object: objects[i].id.clone(),
+                    env: marks.env.clone(),
+                    component: marks.component.clone(),
+                    found: Marks::describe_found(live),
+                }
+                .into());
+            }
+        }
+        before.insert(i, live);
+    }
+
+    // Recorded before applying, so that objects created by an attempt that fails half-way are
+    // still known (and pruned) on the next run.
+    let desired_ids: Vec<ObjectRef> = objects.iter().map(|d| d.id.clone()).collect();
+    let mut recorded = desired_ids.clone();
+    if let Some(prev) = &previous {
+        recorded.extend(prev.objects.iter().cloned());
+    }
+    inventory::write(client, &marks, &recorded).await?;
+
+    let mut applied: Vec<Applied> = Vec::with_capacity(objects.len());
+    for phase in Phase::ALL {
+        let batch: Vec<usize> = (0..objects.len())
+            .filter(|&i| objects[i].phase == phase)
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
+        if batch.iter().any(|&i| {
+            matches!(
+                kinds.get(&kind_key(&objects[i].id)),
+                Some(Kind::FromCrd { .. })
+            )
+        }) {
+            // Kinds from this component's CRDs are served now that the CRDs are Established.
+            resolver.refresh(client, generation).await?;
+            (generation, kinds) = resolve_kinds(client, resolver, &objects, false).await?;
+        }
+        ctx.progress(format!("applying {} {}", batch.len(), phase.as_str()));
+        let kinds_ref = &kinds;
+        let before_ref = &before;
+        let results = bounded(batch, limit, |i| {
+            let d = &objects[i];
+            async move {
+                let target = match kinds_ref.get(&kind_key(&d.id)) {
+                    Some(Kind::Served(t)) => t.clone(),
+                    _ => {
+                        return Err(KubeError::UnknownKind {
+                            source_file: d.source.clone(),
+                            line: d.line,
+                            api_version: d.id.api_version.clone(),
+                            kind: d.id.kind.clone(),
+                        })
+                    }
+                };
+                let live = ops::apply(client, &target, &d.id, &d.body, force, false).await?;
+                let old = before_ref.get(&i).and_then(|o| o.as_ref());
+                let changed = match old {
+                    None => true,
+                    Some(old) => ops::resource_version(old) != ops::resource_version(&live),
+                };
+                Ok(Applied {
+                    index: i,
+                    changed,
+                    live,
+                })
+            }
+        })
+        .await;
+        let done = first_error(results)?;
+        if phase == Phase::Crds {
+            wait_established(client, spec, opts, ctx, &objects, &kinds, &done).await?;
+        }
+        applied.extend(done);
+    }
+
+    wait_healthy(client, spec, opts, ctx, &objects, &kinds, &applied).await?;
+    run_checks(spec, opts, ctx).await?;
+
+    let desired_keys: HashSet<_> = desired_ids.iter().map(ObjectRef::key).collect();
+    let removed: Vec<ObjectRef> = previous
+        .as_ref()
+        .map(|p| {
+            p.objects
+                .iter()
+                .filter(|o| !desired_keys.contains(&o.key()))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    let pruned = if removed.is_empty() {
+        Vec::new()
+    } else {
+        ctx.progress(format!("pruning {} objects removed from Git", removed.len()));
+        let (_, map) = resolver.current(client).await?;
+        delete_objects(client, &map, &marks, removed, limit).await?
+    };
+    inventory::write(client, &marks, &desired_ids).await?;
+
+    let created = applied.iter().filter(|a| before.get(&a.index).is_none_or(Option::is_none)).count();
+    let changed = applied.iter().filter(|a| a.changed).count();
+    ctx.progress(format!(
+        "{} objects healthy ({created} created, {} updated, {} pruned)",
+        objects.len(),
+        changed - created,
+        pruned.len()
+    ));
+    Ok(if previous.is_none() && created == applied.len() && !applied.is_empty() {
+        NodeOutcome::Created
+    } else if changed > 0 || !pruned.is_empty() {
+        NodeOutcome::Updated
+    } else {
+        NodeOutcome::Unchanged
+    })
+}
+
+async fn wait_established(
+    client: &::kube::Client,
+    spec: &ComponentSpec,
+    opts: &ApplyOptions,
+    ctx: &NodeCtx,
+    objects: &[Desired],
+    kinds: &HashMap<KindKey, Kind>,
+    applied: &[Applied],
+) -> Result<(), NodeError> {
+    let crds: Vec<(&ObjectRef, Target)> = applied
+        .iter()
+        .filter(|a| !health(&a.live).is_healthy())
+        .filter_map(|a| {
+            let id = &objects[a.index].id;
+            match kinds.get(&kind_key(id)) {
+                Some(Kind::Served(t)) => Some((id, t.clone())),
+                _ => None,
+            }
+        })
+        .collect();
+    if crds.is_empty() {
+        return Ok(());
+    }
+    let what = format!("{} CustomResourceDefinitions Established", crds.len());
+    ctx.wait_for_state(&what, spec.wait, opts.poll_interval, || {
+        let crds = &crds;
+        async move {
+            let mut waiting = Vec::new();
+            for (id, target) in crds {
+                let live = ops::get(client, target, id).await?;
+                match live.as_ref().map(health) {
+                    Some(Health::Healthy) => {}
+                    Some(Health::Failed(why)) => {
+                        return Err(NodeError::permanent(format!("{id}: {why}")))
+                    }
+                    Some(Health::Progressing(why)) => waiting.push(format!("{id}: {why}")),
+                    None => waiting.push(format!("{id}: not found")),
+                }
+            }
+            Ok(if waiting.is_empty() {
+                Check::Ready(())
+            } else {
+                Check::Waiting(summarize(&waiting))
+            })
+        }
+    })
+    .await
+}
+
+/// "A: why; B: why; C: why; and 4 more".
+fn summarize(items: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut out = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if items.len() > SHOWN {
+        out.push_str(&format!("; and {} more", items.len() - SHOWN));
+    }
+    out
+}
+
+async fn wait_healthy(
+    client: &::kube::Client,
+    spec: &ComponentSpec,
+    opts: &ApplyOptions,
+    ctx: &NodeCtx,
+    objects: &[Desired],
+    kinds: &HashMap<KindKey, Kind>,
+    applied: &[Applied],
+) -> Result<(), NodeError> {
+    // What the apply returned is the first observation; only objects not yet healthy are polled.
+    let mut pending: Vec<usize> = Vec::new();
+    for a in applied {
+        let d = &objects[a.index];
+        if needs_no_wait(&d.id.api_version, &d.id.kind) {
+            continue;
+        }
+        match health(&a.live) {
+            Health::Healthy => {}
+            _ => pending.push(a.index),
+        }
+    }
+    if pending.is_empty() {
+        return Ok(());
+    }
+    pending.sort_by(|&a, &b| apply_order(&objects[a].id, &objects[b].id));
+    let selector = spec.marks().selector();
+    let what = format!("{} objects of {} healthy", pending.len(), spec.name);
+    let limit = opts.concurrency.max(1);
+    let pending = std::sync::Mutex::new(pending);
+    ctx.wait_for_state(&what, spec.wait, opts.poll_interval, || {
+        let selector = selector.clone();
+        let pending = &pending;
+        async move {
+            let now: Vec<usize> = pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
+            // One list per kind and namespace instead of one read per object.
+            let mut groups: BTreeMap<(String, String, Option<String>), Vec<usize>> =
+                BTreeMap::new();
+            for &i in &now {
+                let id = &objects[i].id;
+                groups
+                    .entry((id.api_version.clone(), id.kind.clone(), id.namespace.clone()))
+                    .or_default()
+                    .push(i);
+            }
+            let lists = bounded(groups.into_iter().collect(), limit, |((av, kind, ns), idx)| {
+                let selector = selector.clone();
+                async move {
+                    let Some(Kind::Served(target)) = kinds.get(&(av, kind)) else {
+                        return Ok((idx, Vec::new()));
+                    };
+                    ops::list(client, target, ns.as_deref(), &selector)
+                        .await
+                        .map(|items| (idx, items))
+                }
+            })
+            .await;
+            let mut still = Vec::new();
+            let mut reasons = Vec::new();
+            for listed in lists {
+                let (idx, items) = listed.map_err(NodeError::from)?;
+                let by_name: HashMap<&str, &Value> = items
+                    .iter()
+                    .filter_map(|o| o["metadata"]["name"].as_str().map(|n| (n, o)))
+                    .collect();
+                for i in idx {
+                    let id = &objects[i].id;
+                    match by_name.get(id.name.as_str()).map(|o| health(o)) {
+                        Some(Health::Healthy) => {}
+                        Some(Health::Failed(why)) => {
+                            return Err(NodeError::permanent(format!("{id} failed: {why}")))
+                        }
+                        Some(Health::Progressing(why)) => {
+                            still.push(i);
+                            reasons.push((i, format!("{id}: {why}")));
+                        }
+                        None => {
+                            still.push(i);
+                            reasons.push((
+                                i,
+                                format!("{id}: not found (deleted, or its phoenix labels removed)"),
+                            ));
+                        }
+                    }
+                }
+            }
+            reasons.sort_by(|a, b| apply_order(&objects[a.0].id, &objects[b.0].id));
+            let reasons: Vec<String> = reasons.into_iter().map(|(_, r)| r).collect();
+            *pending
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = still;
+            Ok(if reasons.is_empty() {
+                Check::Ready(())
+            } else {
+                Check::Waiting(summarize(&reasons))
+            })
+        }
+    })
+    .await
+}
+
+async fn run_checks(spec: &ComponentSpec, opts: &ApplyOptions, ctx: &NodeCtx) -> Result<(), NodeError> {
+    for check in &spec.checks {
+        let what = format!("GET {} to answer {}", check.url, check.expect);
+        ctx.wait_for_state(&what, spec.wait, opts.poll_interval, || async move {
+            match get_status(check).await {
+                Ok(code) if code == check.expect => Ok(Check::Ready(())),
+                Ok(code) => Ok(Check::Waiting(format!("answered {code}"))),
+                Err(e @ (super::checks::CheckError::InvalidUrl { .. }
+                | super::checks::CheckError::Https { .. })) => {
+                    Err(NodeError::permanent(e.to_string()))
+                }
+                Err(e) => Ok(Check::Waiting(error_chain(&e))),
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
+/// The kind to address `id` with, at its recorded version or, if that version is no longer
+/// served, at any served version of the same group and kind.
+pub(crate) fn target_for(map: &KindMap, id: &ObjectRef) -> Option<Target> {
+    if let Some(t) = map.get(&id.api_version, &id.kind) {
+        return Some(t.clone());
+    }
+    map.all()
+        .find(|t| t.resource.group == id.group() && t.resource.kind == id.kind)
+        .cloned()
+}
+
+/// Deletes objects in reverse apply order, phase by phase, each only if it still carries the
+/// marks (`owns`). Returns what was deleted.
+pub(crate) async fn delete_objects(
+    client: &::kube::Client,
+    map: &KindMap,
+    marks: &Marks,
+    mut ids: Vec<ObjectRef>,
+    limit: usize,
+) -> Result<Vec<ObjectRef>, KubeError> {
+    delete_where(client, map, &mut ids, limit, |live| marks.owns(live)).await
+}
+
+pub(crate) async fn delete_where(
+    client: &::kube::Client,
+    map: &KindMap,
+    ids: &mut Vec<ObjectRef>,
+    limit: usize,
+    owned: impl Fn(&Value) -> bool + Sync,
+) -> Result<Vec<ObjectRef>, KubeError> {
+    ids.sort_by(apply_order);
+    ids.dedup();
+    let mut deleted = Vec::new();
+    for phase in Phase::ALL.iter().rev() {
+        let batch: Vec<ObjectRef> = ids
+            .iter()
+            .rev()
+            .filter(|id| Phase::of(&id.api_version, &id.kind) == *phase)
+            .cloned()
+            .collect();
+        let owned = &owned;
+        let results = bounded(batch, limit, |id| async move {
+            // A kind no longer served has no objects left to delete.
+            let Some(target) = target_for(map, &id) else {
+                return Ok(None);
+            };
+            let Some(live) = ops::get(client, &target, &id).await? else {
+                return Ok(None);
+            };
+            if !owned(&live) {
+                return Ok(None);
+            }
+            let gone = ops::delete(client, &target, &id, ops::uid(&live)).await?;
+            Ok(gone.then_some(id))
+        })
+        .await;
+        deleted.extend(first_error(results)?.into_iter().flatten());
+    }
+    Ok(deleted)
+}

@@ -1,0 +1,377 @@
+//! Drift of one component, as `kubectl diff --server-side` sees it: each desired object is applied
+//! as a dry run and the result compared with the live object, so server defaults and fields other
+//! managers own are not drift; plus inventory objects that left Git but still exist.
+
+use std::collections::HashSet;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::component::{bounded, first_error, plan_objects, target_for, ComponentSpec, Kind};
+use super::discovery::Resolver;
+use super::error::KubeError;
+use super::health::{health, needs_no_wait, Health};
+use super::inventory;
+use super::object::{Marks, ObjectRef, ANNOTATION_COMMIT};
+use super::ops;
+
+/// The drift of one component.
+#[derive(Clone, Debug, Serialize)]
+pub struct ComponentDiff {
+    pub env: String,
+    pub layer: crate::engine::Layer,
+    pub component: String,
+    /// One entry per object in Git, in apply order.
+    pub objects: Vec<ObjectDiff>,
+    /// Objects in the component's inventory, no longer in Git, that still exist with its marks.
+    pub extra: Vec<ObjectRef>,
+    /// Live objects of the component that are not healthy (reported apart from drift).
+    pub unhealthy: Vec<Unhealthy>,
+}
+
+impl ComponentDiff {
+    /// Whether anything differs from Git (unhealthy objects alone are not drift).
+    pub fn has_drift(&self) -> bool {
+        !self.extra.is_empty() || self.objects.iter().any(|o| o.state != DriftState::InSync)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ObjectDiff {
+    pub object: ObjectRef,
+    /// The manifest file and line the object comes from.
+    pub source: String,
+    pub line: usize,
+    pub state: DriftState,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state", content = "fields")]
+pub enum DriftState {
+    InSync,
+    /// In Git, not in the cluster.
+    Missing,
+    /// Fields whose live value differs from what applying Git would set.
+    Changed(Vec<FieldDiff>),
+    /// An object of that name exists but is not this component's (what its labels say).
+    NotOwned(String),
+}
+
+/// One differing field. For Secrets, values under `data`/`stringData` are replaced by
+/// [`crate::render::REDACTED`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FieldDiff {
+    /// e.g. `.spec.replicas`, `.metadata.labels["app.kubernetes.io/name"]`, `.spec.ports[0].port`.
+    pub path: String,
+    /// `None`: applying Git would remove the field.
+    pub desired: Option<Value>,
+    /// `None`: the live object lacks the field.
+    pub live: Option<Value>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Unhealthy {
+    pub object: ObjectRef,
+    pub reason: String,
+    /// Failed (will not recover by itself) rather than still progressing.
+    pub failed: bool,
+}
+
+/// Fields the server owns; never drift.
+const IGNORED_METADATA: [&str; 6] = [
+    "managedFields",
+    "resourceVersion",
+    "generation",
+    "uid",
+    "creationTimestamp",
+    "selfLink",
+];
+
+fn normalize(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(root) = v.as_object_mut() {
+        root.remove("status");
+        if let Some(meta) = root.get_mut("metadata").and_then(Value::as_object_mut) {
+            for f in IGNORED_METADATA {
+                meta.remove(f);
+            }
+            let empty = match meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                Some(a) => {
+                    a.remove(ANNOTATION_COMMIT);
+                    a.is_empty()
+                }
+                None => false,
+            };
+            if empty {
+                meta.remove("annotations");
+            }
+        }
+    }
+    v
+}
+
+fn push_key(path: &str, key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if plain {
+        format!("{path}.{key}")
+    } else {
+        format!("{path}[{}]", Value::String(key.to_string()))
+    }
+}
+
+fn walk(path: &str, desired: Option<&Value>, live: Option<&Value>, out: &mut Vec<FieldDiff>) {
+    match (desired, live) {
+        (Some(Value::Object(d)), Some(Value::Object(l))) => {
+            let mut keys: Vec<&String> = d.keys().chain(l.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                walk(&push_key(path, k), d.get(k), l.get(k), out);
+            }
+        }
+        (Some(Value::Array(d)), Some(Value::Array(l))) if d.len() == l.len() => {
+            for (i, (a, b)) in d.iter().zip(l).enumerate() {
+                walk(&format!("{path}[{i}]"), Some(a), Some(b), out);
+            }
+        }
+        (d, l) if d != l => out.push(FieldDiff {
+            path: if path.is_empty() { ".".into() } else { path.into() },
+            desired: d.cloned(),
+            live: l.cloned(),
+        }),
+        _ => {}
+    }
+}
+
+/// The fields in which `live` differs from `desired` (both as the server returns them: `desired`
+/// is the dry-run result of applying Git), ignoring server-owned metadata, status and the commit
+/// annotation. Sorted by path.
+pub fn compare(desired: &Value, live: &Value) -> Vec<FieldDiff> {
+    let mut out = Vec::new();
+    walk("", Some(&normalize(desired)), Some(&normalize(live)), &mut out);
+    out
+}
+
+fn redact(mut fields: Vec<FieldDiff>) -> Vec<FieldDiff> {
+    for f in &mut fields {
+        if f.path.starts_with(".data") || f.path.starts_with(".stringData") {
+            let hide = |v: &mut Option<Value>| {
+                if v.is_some() {
+                    *v = Some(Value::String(crate::render::REDACTED.into()));
+                }
+            };
+            hide(&mut f.desired);
+            hide(&mut f.live);
+        }
+    }
+    fields
+}
+
+/// [`diff_component_with`] with its own discovery and 32 requests in flight.
+pub async fn diff_component(
+    client: &::kube::Client,
+    spec: &ComponentSpec,
+) -> Result<ComponentDiff, KubeError> {
+    diff_component_with(client, spec, &Resolver::new(), 32).await
+}
+
+/// The drift of one component. Reads only (dry-run applies store nothing); conflicts with other
+/// managers are forced in the dry run, so a field someone else took over shows as changed.
+pub async fn diff_component_with(
+    client: &::kube::Client,
+    spec: &ComponentSpec,
+    resolver: &Resolver,
+    concurrency: usize,
+) -> Result<ComponentDiff, KubeError> {
+    let marks = spec.marks();
+    let (_, objects, kinds) = plan_objects(client, resolver, spec, true).await?;
+    let results = bounded((0..objects.len()).collect(), concurrency, |i| {
+        let d = &objects[i];
+        let kind = kinds.get(&(d.id.api_version.clone(), d.id.kind.clone()));
+        let marks = &marks;
+        async move {
+            let Some(Kind::Served(target)) = kind else {
+                return Ok((DriftState::Missing, None));
+            };
+            let Some(live) = ops::get(client, target, &d.id).await? else {
+                return Ok((DriftState::Missing, None));
+            };
+            if !marks.owns(&live) {
+                return Ok((DriftState::NotOwned(Marks::describe_found(&live)), None));
+            }
+            let dry = ops::apply(client, target, &d.id, &d.body, true, true).await?;
+            let mut fields = compare(&dry, &live);
+            if d.id.is_secret() {
+                fields = redact(fields);
+            }
+            let state = if fields.is_empty() {
+                DriftState::InSync
+            } else {
+                DriftState::Changed(fields)
+            };
+            Ok::<_, KubeError>((state, Some(live)))
+        }
+    })
+    .await;
+    let results = first_error(results)?;
+    let mut diffs = Vec::with_capacity(objects.len());
+    let mut unhealthy = Vec::new();
+    for (d, (state, live)) in objects.iter().zip(results) {
+        if let Some(live) = &live {
+            if !needs_no_wait(&d.id.api_version, &d.id.kind) {
+                match health(live) {
+                    Health::Healthy => {}
+                    Health::Progressing(reason) => unhealthy.push(Unhealthy {
+                        object: d.id.clone(),
+                        reason,
+                        failed: false,
+                    }),
+                    Health::Failed(reason) => unhealthy.push(Unhealthy {
+                        object: d.id.clone(),
+                        reason,
+                        failed: true,
+                    }),
+                }
+            }
+        }
+        diffs.push(ObjectDiff {
+            object: d.id.clone(),
+            source: d.source.clone(),
+            line: d.line,
+            state,
+        });
+    }
+
+    let desired: HashSet<_> = objects.iter().map(|d| d.id.key()).collect();
+    let extra = match inventory::read(client, &marks).await {
+        Ok(Some(inv)) => {
+            let (_, map) = resolver.current(client).await?;
+            let candidates: Vec<ObjectRef> = inv
+                .objects
+                .into_iter()
+                .filter(|o| !desired.contains(&o.key()))
+                .collect();
+            let found = bounded(candidates, concurrency, |id| {
+                let map = &map;
+                let marks = &marks;
+                async move {
+                    let Some(target) = target_for(map, &id) else {
+                        return Ok(None);
+                    };
+                    Ok(ops::get(client, &target, &id)
+                        .await?
+                        .filter(|live| marks.owns(live))
+                        .map(|_| id))
+                }
+            })
+            .await;
+            first_error(found)?.into_iter().flatten().collect()
+        }
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(ComponentDiff {
+        env: spec.env.clone(),
+        layer: spec.layer,
+        component: spec.name.clone(),
+        objects: diffs,
+        extra,
+        unhealthy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn live_deployment() -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {
+                "name": "api", "namespace": "web", "uid": "u1", "resourceVersion": "7",
+                "generation": 2, "creationTimestamp": "2025-01-01T00:00:00Z",
+                "labels": {"app": "api", "app.kubernetes.io/managed-by": "phoenix"},
+                "annotations": {"phoenix.dev/commit": "old"},
+                "managedFields": [{"manager": "phoenix"}]
+            },
+            "spec": {"replicas": 3, "strategy": {"type": "RollingUpdate"},
+                     "template": {"spec": {"containers": [{"name": "c", "image": "nginx:1", "imagePullPolicy": "IfNotPresent"}]}}},
+            "status": {"availableReplicas": 1}
+        })
+    }
+
+    #[test]
+    fn server_owned_fields_and_commit_are_not_drift() {
+        let live = live_deployment();
+        let mut dry = live.clone();
+        dry["metadata"]["resourceVersion"] = "8".into();
+        dry["metadata"]["generation"] = 3.into();
+        dry["metadata"]["annotations"]["phoenix.dev/commit"] = "new".into();
+        dry["metadata"]["managedFields"] = json!([]);
+        dry["status"] = json!({"availableReplicas": 3});
+        assert_eq!(compare(&dry, &live), vec![]);
+    }
+
+    #[test]
+    fn changed_fields_are_listed_with_paths() {
+        let live = live_deployment();
+        let mut dry = live.clone();
+        dry["spec"]["replicas"] = 2.into();
+        dry["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "x".into();
+        dry["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:2".into();
+        dry["spec"]["paused"] = true.into();
+        let fields = compare(&dry, &live);
+        let paths: Vec<&str> = fields.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                ".metadata.labels[\"app.kubernetes.io/managed-by\"]",
+                ".spec.paused",
+                ".spec.replicas",
+                ".spec.template.spec.containers[0].image"
+            ]
+        );
+        assert_eq!(fields[2].desired, Some(json!(2)));
+        assert_eq!(fields[2].live, Some(json!(3)));
+        assert_eq!(fields[1].live, None);
+    }
+
+    #[test]
+    fn lists_of_different_length_differ_as_a_whole() {
+        let a = json!({"spec": {"ports": [{"port": 80}]}});
+        let b = json!({"spec": {"ports": [{"port": 80}, {"port": 443}]}});
+        let fields = compare(&a, &b);
+        assert_eq!(fields.len(), 1);
+        assert_eq!(fields[0].path, ".spec.ports");
+    }
+
+    #[test]
+    fn secret_values_are_redacted() {
+        let fields = redact(vec![
+            FieldDiff {
+                path: ".data.password".into(),
+                desired: Some(json!("aHVudGVyMg==")),
+                live: Some(json!("b2xk")),
+            },
+            FieldDiff {
+                path: ".metadata.labels.a".into(),
+                desired: Some(json!("b")),
+                live: None,
+            },
+        ]);
+        let text = serde_json::to_string(&fields).unwrap();
+        assert!(!text.contains("aHVudGVyMg==") && !text.contains("b2xk"), "{text}");
+        assert_eq!(fields[1].desired, Some(json!("b")));
+    }
+
+    #[test]
+    fn annotations_emptied_by_the_commit_are_dropped_on_both_sides() {
+        let a = json!({"metadata": {"annotations": {"phoenix.dev/commit": "x"}}});
+        let b = json!({"metadata": {}});
+        assert_eq!(compare(&a, &b), vec![]);
+    }
+}

@@ -1,0 +1,139 @@
+//! Errors of the Kubernetes provider, and how each maps onto the engine's transient/permanent split.
+
+use crate::engine::NodeError;
+
+use super::object::ObjectRef;
+
+/// What went wrong talking to a cluster or preparing the objects of a component.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// A manifest that is not a Kubernetes object (missing apiVersion, kind or metadata.name).
+    #[error("{source_file}:{line}: {problem}")]
+    InvalidManifest {
+        source_file: String,
+        line: usize,
+        problem: String,
+    },
+    /// The same object appears twice in one component.
+    #[error("{source_file}:{line}: {object} is also defined at {first}")]
+    Duplicate {
+        source_file: String,
+        line: usize,
+        object: ObjectRef,
+        first: String,
+    },
+    /// The cluster serves no such apiVersion/kind.
+    #[error(
+        "{source_file}:{line}: the cluster serves no kind {kind} in {api_version} (is its CRD \
+         installed, by this component or one it depends on?)"
+    )]
+    UnknownKind {
+        source_file: String,
+        line: usize,
+        api_version: String,
+        kind: String,
+    },
+    /// A live object with the same identity exists and lacks this component's marks.
+    #[error(
+        "{object} exists but is not managed by phoenix for environment {env} component \
+         {component} ({found}); phoenix never modifies objects it does not own: delete or rename \
+         it, or remove it from the component"
+    )]
+    NotOwned {
+        object: ObjectRef,
+        env: String,
+        component: String,
+        found: String,
+    },
+    /// Server-side apply found fields owned by another field manager.
+    #[error(
+        "{object}: field conflict with another manager: {detail}; set `forceConflicts: true` on \
+         the component or pass --force-conflicts to take ownership"
+    )]
+    Conflict { object: ObjectRef, detail: String },
+    /// The API server rejected a request or could not be reached.
+    #[error("{action} {object}: {detail}")]
+    Api {
+        action: &'static str,
+        object: String,
+        detail: String,
+        transient: bool,
+    },
+    /// Several objects of one batch failed; the first (in apply order) is shown.
+    #[error("{first} (and {more} more objects failed)")]
+    Several {
+        first: Box<KubeError>,
+        more: usize,
+        transient: bool,
+    },
+    /// The inventory ConfigMap exists but cannot be read.
+    #[error("inventory {name}: {problem}")]
+    Inventory { name: String, problem: String },
+}
+
+impl KubeError {
+    /// Whether a later attempt may succeed without a change in Git.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            KubeError::Api {
+                transient: true,
+                ..
+            } | KubeError::Several {
+                transient: true,
+                ..
+            }
+        )
+    }
+
+    /// Wraps a kube client error for `action` (e.g. "applying") on `object`. The text is built from
+    /// the API Status only (reason, code, message), never from a request body, so Secret data
+    /// cannot leak through it.
+    pub(crate) fn api(action: &'static str, object: impl ToString, err: &::kube::Error) -> Self {
+        let (detail, transient) = describe(err);
+        KubeError::Api {
+            action,
+            object: object.to_string(),
+            detail,
+            transient,
+        }
+    }
+}
+
+impl From<KubeError> for NodeError {
+    fn from(err: KubeError) -> Self {
+        if err.is_transient() {
+            NodeError::transient(err.to_string())
+        } else {
+            NodeError::permanent(err.to_string())
+        }
+    }
+}
+
+/// A one-line description of a client error and whether retrying can help.
+pub(crate) fn describe(err: &::kube::Error) -> (String, bool) {
+    match err {
+        ::kube::Error::Api(status) => {
+            let code = status.code;
+            let reason = if status.reason.is_empty() {
+                "error".to_string()
+            } else {
+                status.reason.clone()
+            };
+            let transient = matches!(code, 429 | 500 | 502 | 503 | 504)
+                || (code == 403 && status.message.contains("being terminated"))
+                || (code == 409 && reason == "AlreadyExists");
+            (format!("{reason} ({code}): {}", status.message), transient)
+        }
+        // Connection, timeout, TLS and decoding problems: the server may be starting or busy.
+        other => (other.to_string(), true),
+    }
+}
+
+/// The HTTP status of an API error, if the server answered with one.
+pub(crate) fn status_code(err: &::kube::Error) -> Option<u16> {
+    match err {
+        ::kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}

@@ -1,0 +1,41 @@
+//! The add-on and app layers on Kubernetes: discovery-driven server-side apply in a fixed order,
+//! ownership marks, health predicates, app checks, an in-cluster inventory with prune, and diff.
+//! See docs/kube.md.
+
+mod checks;
+mod component;
+mod connector;
+mod diff;
+mod discovery;
+mod error;
+pub mod health;
+mod inventory;
+mod object;
+mod ops;
+mod prune;
+
+pub use checks::{CheckError, HttpCheck};
+pub use component::{component_nodes, converge, node_id, ApplyOptions, ComponentSpec};
+pub use connector::{Connector, FixedClient};
+pub use diff::{
+    compare, diff_component, diff_component_with, ComponentDiff, DriftState, FieldDiff,
+    ObjectDiff, Unhealthy,
+};
+pub use discovery::Resolver;
+pub use error::KubeError;
+pub use health::Health;
+pub use inventory::{inventory_name, Inventory, INVENTORY_NAMESPACE, LABEL_INVENTORY};
+pub use object::{
+    Marks, ObjectRef, Phase, ANNOTATION_COMMIT, LABEL_COMPONENT, LABEL_ENV, LABEL_LAYER,
+    LABEL_MANAGED_BY, MANAGED_BY,
+};
+pub use ops::FIELD_MANAGER;
+pub use prune::{delete_component, destroy_all, prune_node_id, prune_nodes};
+
+/// Every inventory of an environment in the cluster (the components phoenix has applied there).
+pub async fn inventories(
+    client: &::kube::Client,
+    env: &str,
+) -> Result<Vec<Inventory>, KubeError> {
+    inventory::list(client, env).await
+}

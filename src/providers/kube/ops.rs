@@ -1,0 +1,191 @@
+//! The API calls the provider makes on one object: read, server-side apply (for real or as a dry
+//! run), delete with an ownership precondition, and list by label.
+
+use ::kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
+};
+use serde_json::Value;
+
+use super::discovery::Target;
+use super::error::{status_code, KubeError};
+use super::object::ObjectRef;
+
+/// The field manager phoenix applies as.
+pub const FIELD_MANAGER: &str = "phoenix";
+
+fn api(client: &::kube::Client, target: &Target, namespace: Option<&str>) -> Api<DynamicObject> {
+    match (target.namespaced, namespace) {
+        (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &target.resource),
+        _ => Api::all_with(client.clone(), &target.resource),
+    }
+}
+
+fn to_value(obj: &DynamicObject) -> Value {
+    serde_json::to_value(obj).unwrap_or(Value::Null)
+}
+
+/// The live object, if it exists.
+pub async fn get(
+    client: &::kube::Client,
+    target: &Target,
+    id: &ObjectRef,
+) -> Result<Option<Value>, KubeError> {
+    api(client, target, id.namespace.as_deref())
+        .get_opt(&id.name)
+        .await
+        .map(|o| o.as_ref().map(to_value))
+        .map_err(|e| KubeError::api("reading", id, &e))
+}
+
+/// Server-side apply of `body` as [`FIELD_MANAGER`]; returns what the server stored (or, with
+/// `dry_run`, would store). A 409 becomes [`KubeError::Conflict`] naming the other managers and
+/// fields as the server reported them. Error text about a Secret is scrubbed of its values.
+pub async fn apply(
+    client: &::kube::Client,
+    target: &Target,
+    id: &ObjectRef,
+    body: &Value,
+    force: bool,
+    dry_run: bool,
+) -> Result<Value, KubeError> {
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    if force {
+        params = params.force();
+    }
+    if dry_run {
+        params = params.dry_run();
+    }
+    match api(client, target, id.namespace.as_deref())
+        .patch(&id.name, &params, &Patch::Apply(body))
+        .await
+    {
+        Ok(obj) => Ok(to_value(&obj)),
+        Err(::kube::Error::Api(status)) if status.code == 409 && status.reason == "Conflict" => {
+            let mut detail = status.message.clone();
+            if id.is_secret() {
+                detail = scrub(&detail, body);
+            }
+            Err(KubeError::Conflict {
+                object: id.clone(),
+                detail,
+            })
+        }
+        Err(e) => {
+            let mut err = KubeError::api(if dry_run { "dry-run applying" } else { "applying" }, id, &e);
+            if id.is_secret() {
+                if let KubeError::Api { detail, .. } = &mut err {
+                    *detail = scrub(detail, body);
+                }
+            }
+            Err(err)
+        }
+    }
+}
+
+/// Deletes the object if its uid is still `uid` (so a replacement made meanwhile by someone else
+/// is left alone). `Ok(false)` if it was already gone.
+pub async fn delete(
+    client: &::kube::Client,
+    target: &Target,
+    id: &ObjectRef,
+    uid: Option<String>,
+) -> Result<bool, KubeError> {
+    let params = DeleteParams::background().preconditions(Preconditions {
+        uid,
+        resource_version: None,
+    });
+    match api(client, target, id.namespace.as_deref())
+        .delete(&id.name, &params)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if status_code(&e) == Some(404) => Ok(false),
+        Err(e) => Err(KubeError::api("deleting", id, &e)),
+    }
+}
+
+/// Objects of one kind (in one namespace, or everywhere) matching a label selector.
+pub async fn list(
+    client: &::kube::Client,
+    target: &Target,
+    namespace: Option<&str>,
+    selector: &str,
+) -> Result<Vec<Value>, KubeError> {
+    let what = match namespace {
+        Some(ns) => format!("{} in namespace {ns}", target.resource.plural),
+        None => target.resource.plural.clone(),
+    };
+    api(client, target, namespace)
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map(|list| {
+            list.items
+                .iter()
+                .map(|o| {
+                    let mut v = to_value(o);
+                    // Items of a list carry no type information of their own.
+                    if let Some(map) = v.as_object_mut() {
+                        map.entry("apiVersion")
+                            .or_insert_with(|| target.resource.api_version.clone().into());
+                        map.entry("kind")
+                            .or_insert_with(|| target.resource.kind.clone().into());
+                    }
+                    v
+                })
+                .collect()
+        })
+        .map_err(|e| KubeError::api("listing", what, &e))
+}
+
+/// The uid of a live object.
+pub fn uid(live: &Value) -> Option<String> {
+    live["metadata"]["uid"].as_str().map(str::to_string)
+}
+
+/// The resourceVersion of a live object.
+pub fn resource_version(live: &Value) -> Option<&str> {
+    live["metadata"]["resourceVersion"].as_str()
+}
+
+/// Replaces every value of a Secret's `data` (encoded and decoded) and `stringData` in `text`.
+pub fn scrub(text: &str, secret: &Value) -> String {
+    use base64::Engine as _;
+    let mut values: Vec<String> = Vec::new();
+    for field in ["data", "stringData"] {
+        if let Some(map) = secret[field].as_object() {
+            for v in map.values().filter_map(Value::as_str) {
+                values.push(v.to_string());
+                if field == "data" {
+                    if let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(v) {
+                        if let Ok(plain) = String::from_utf8(bytes) {
+                            values.push(plain);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Longest first, so a value containing another is replaced whole.
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    let mut out = text.to_string();
+    for v in values.iter().filter(|v| v.len() >= 3) {
+        out = out.replace(v.as_str(), crate::render::REDACTED);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn scrub_removes_encoded_and_plain_values() {
+        let secret = json!({"data": {"password": "aHVudGVyMg=="}, "stringData": {"token": "s3cr3t-token"}});
+        let text = "bad value aHVudGVyMg== (hunter2) and s3cr3t-token here";
+        let out = scrub(text, &secret);
+        assert!(!out.contains("hunter2"), "{out}");
+        assert!(!out.contains("aHVudGVyMg=="), "{out}");
+        assert!(!out.contains("s3cr3t-token"), "{out}");
+    }
+}

@@ -1,0 +1,900 @@
+//! The Kubernetes provider against an embedded kube-sandbox (one per test, on 127.0.0.1), through
+//! the real engine; cross-checked with kubectl 1.37 where a second client makes the point.
+
+#[path = "support/sandbox.rs"]
+mod sandbox;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DynamicObject, PatchParams};
+use kube::discovery::ApiResource;
+use phoenix::engine::{
+    self, CancelToken, EngineOptions, Graph, Layer, NodeOutcome, NodeState, Policy, RunSummary,
+};
+use phoenix::providers::kube::{
+    component_nodes, converge, destroy_all, diff_component, inventory_name, prune_nodes,
+    ApplyOptions, ComponentSpec, Connector, DriftState, FixedClient, HttpCheck, Resolver,
+};
+use phoenix::render::Manifest;
+use phoenix::report::events::EventSink;
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Manifests from a multi-document YAML string, each with its document's first line.
+fn manifests(source: &str, yaml: &str) -> Vec<Manifest> {
+    let mut out = Vec::new();
+    let mut line = 1;
+    for doc in yaml.split("\n---\n") {
+        let object: Value = serde_yaml_ng::from_str(doc).expect("test YAML parses");
+        if !object.is_null() {
+            out.push(Manifest {
+                source: source.to_string(),
+                line,
+                object,
+            });
+        }
+        line += doc.lines().count() + 1;
+    }
+    out
+}
+
+fn component(layer: Layer, name: &str, yaml: &str) -> ComponentSpec {
+    ComponentSpec {
+        env: "demo".into(),
+        commit: "c0ffee1".into(),
+        layer,
+        name: name.into(),
+        namespace: None,
+        manifests: manifests(&format!("{}/{name}/all.yaml", layer.as_str()), yaml),
+        depends_on: Vec::new(),
+        wait: Duration::from_secs(20),
+        force_conflicts: false,
+        checks: Vec::new(),
+    }
+}
+
+fn opts() -> ApplyOptions {
+    ApplyOptions {
+        poll_interval: Duration::from_millis(100),
+        ..ApplyOptions::default()
+    }
+}
+
+fn connector(client: &kube::Client) -> Arc<dyn Connector> {
+    Arc::new(FixedClient::new(client.clone()))
+}
+
+struct Run {
+    summary: RunSummary,
+    events: Vec<String>,
+}
+
+/// Runs the components (and, with `prune`, the removal nodes) through the real engine.
+async fn run(client: &kube::Client, specs: Vec<ComponentSpec>, prune: bool) -> Run {
+    run_with(client, specs, prune, opts()).await
+}
+
+async fn run_with(
+    client: &kube::Client,
+    specs: Vec<ComponentSpec>,
+    prune: bool,
+    opts: ApplyOptions,
+) -> Run {
+    let mut graph = Graph::new();
+    let mut nodes = Vec::new();
+    if prune {
+        nodes.extend(prune_nodes(
+            connector(client),
+            "demo",
+            &specs,
+            Duration::from_secs(20),
+            8,
+        ));
+    }
+    nodes.extend(component_nodes(connector(client), specs, &opts));
+    for (spec, action) in nodes {
+        graph.add(spec, action).expect("unique node ids");
+    }
+    let sink = EventSink::new();
+    let stream = sink.subscribe();
+    let engine_opts = EngineOptions {
+        backoff: Policy::fast_for_tests(),
+        ..EngineOptions::default()
+    };
+    let summary = engine::run(graph, engine_opts, sink, CancelToken::new()).await;
+    let events = stream
+        .collect()
+        .await
+        .iter()
+        .map(|r| serde_json::to_string(&r.event).expect("event serializes"))
+        .collect();
+    Run { summary, events }
+}
+
+fn node<'a>(run: &'a Run, id: &str) -> &'a phoenix::engine::NodeResult {
+    run.summary
+        .nodes
+        .iter()
+        .find(|n| n.id == id)
+        .unwrap_or_else(|| panic!("no node {id}"))
+}
+
+fn failure(run: &Run, id: &str) -> (String, bool) {
+    match &node(run, id).state {
+        NodeState::Failed { error, timed_out } => (error.clone(), *timed_out),
+        other => panic!("{id} did not fail: {other:?}"),
+    }
+}
+
+fn outcome(run: &Run, id: &str) -> NodeOutcome {
+    match &node(run, id).state {
+        NodeState::Succeeded { outcome } => *outcome,
+        other => panic!("{id} did not succeed: {other:?}\nevents: {:#?}", run.events),
+    }
+}
+
+fn ar(api_version: &str, kind: &str, plural: &str) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// A live object as JSON, or None.
+async fn get(
+    client: &kube::Client,
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Option<Value> {
+    let r = ar(api_version, kind, plural);
+    let api: Api<DynamicObject> = match ns {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &r),
+        None => Api::all_with(client.clone(), &r),
+    };
+    api.get_opt(name)
+        .await
+        .expect("get succeeds")
+        .map(|o| serde_json::to_value(o).expect("object serializes"))
+}
+
+async fn cm(client: &kube::Client, ns: &str, name: &str) -> Option<Value> {
+    get(client, "v1", "ConfigMap", "configmaps", Some(ns), name).await
+}
+
+fn rv(obj: &Value) -> String {
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("resourceVersion")
+        .to_string()
+}
+
+fn rv_num(obj: &Value) -> u64 {
+    rv(obj).parse().expect("numeric resourceVersion")
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: api, namespace: web }
+spec:
+  replicas: 2
+  selector: { matchLabels: { app: api } }
+  template:
+    metadata: { labels: { app: api } }
+    spec: { containers: [{ name: api, image: "nginx:1.27" }] }
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: settings, namespace: web, labels: { team: blue } }
+data: { mode: fast }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: api, namespace: web }
+spec: { selector: { app: api }, ports: [{ port: 80 }] }
+---
+apiVersion: v1
+kind: Namespace
+metadata: { name: web }
+"#;
+
+// ---------------------------------------------------------------------------------------------
+// Apply order, marks, inventory
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_resource_is_applied_after_its_crd_is_established_in_order() {
+    let sb = sandbox::start().await;
+    let client = sandbox::client(&sb.cluster_url("order"));
+    // Written in the reverse of apply order on purpose.
+    let yaml = r#"
+apiVersion: example.com/v1
+kind: Widget
+metadata: { name: w1, namespace: shop }
+spec: { size: 3 }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: shop, namespace: shop }
+spec:
+  selector: { matchLabels: { app: shop } }
+  template:
+    metadata: { labels: { app: shop } }
+    spec: { containers: [{ name: shop, image: "shop:1" }] }
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: shop, namespace: shop }
+data: { a: "1" }
+---
+apiVersion: v1
+kind: Namespace
+metadata: { name: shop }
+---
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: widgets.example.com }
+spec:
+  group: example.com
+  scope: Namespaced
+  names: { plural: widgets, singular: widget, kind: Widget }
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec: { type: object, properties: { size: { type: integer } } }
+"#;
+    let r = run(&client, vec![component(Layer::Addons, "shop", yaml)], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    assert_eq!(outcome(&r, "addons/shop"), NodeOutcome::Created);
+
+    let crd = get(
+        &client,
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        None,
+        "widgets.example.com",
+    )
+    .await
+    .expect("CRD exists");
+    let ns = get(&client, "v1", "Namespace", "namespaces", None, "shop")
+        .await
+        .expect("namespace exists");
+    let config = cm(&client, "shop", "shop").await.expect("configmap exists");
+    let deploy = get(&client, "apps/v1", "Deployment", "deployments", Some("shop"), "shop")
+        .await
+        .expect("deployment exists");
+    let widget = get(&client, "example.com/v1", "Widget", "widgets", Some("shop"), "w1")
+        .await
+        .expect("custom resource exists");
+    // One resourceVersion counter per cluster: creation order is readable from it for objects no
+    // controller writes to (the Deployment's status moves its resourceVersion; it shares the last
+    // phase with the Widget, whose objects are applied concurrently).
+    let order = [&crd, &ns, &config, &widget].map(rv_num);
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "creation order {order:?}");
+    assert_eq!(widget["spec"]["size"], 3);
+
+    // Marks and field manager on every object.
+    for obj in [&crd, &ns, &config, &deploy, &widget] {
+        let labels = &obj["metadata"]["labels"];
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "phoenix", "{obj}");
+        assert_eq!(labels["phoenix.dev/env"], "demo");
+        assert_eq!(labels["phoenix.dev/component"], "shop");
+        assert_eq!(labels["phoenix.dev/layer"], "addons");
+        assert_eq!(obj["metadata"]["annotations"]["phoenix.dev/commit"], "c0ffee1");
+        let managers: Vec<&str> = obj["metadata"]["managedFields"]
+            .as_array()
+            .expect("managedFields")
+            .iter()
+            .filter_map(|m| m["manager"].as_str())
+            .collect();
+        assert!(managers.contains(&"phoenix"), "{managers:?}");
+    }
+
+    // The inventory lists all five objects; kubectl reads the same ConfigMap.
+    let inv = cm(&client, "kube-system", &inventory_name("demo", Layer::Addons, "shop"))
+        .await
+        .expect("inventory exists");
+    let listed = inv["data"]["objects"].as_str().expect("objects");
+    assert_eq!(listed.lines().count(), 5, "{listed}");
+    assert!(listed.contains(r#""kind":"Widget""#), "{listed}");
+    let (ok, out, err) = sandbox::kubectl_async(
+        &sb.cluster_url("order"),
+        &["get", "widgets.example.com", "-n", "shop", "-o", "name"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "widget.example.com/w1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reapply_of_the_same_commit_changes_nothing() {
+    let sb = sandbox::start().await;
+    let client = sandbox::client(&sb.cluster_url("noop"));
+    let spec = component(Layer::Apps, "web", WEB);
+    let first = run(&client, vec![spec.clone()], false).await;
+    assert_eq!(outcome(&first, "apps/web"), NodeOutcome::Created);
+    let snapshot = |c: kube::Client| async move {
+        vec![
+            get(&c, "apps/v1", "Deployment", "deployments", Some("web"), "api").await,
+            cm(&c, "web", "settings").await,
+            get(&c, "v1", "Service", "services", Some("web"), "api").await,
+            get(&c, "v1", "Namespace", "namespaces", None, "web").await,
+            cm(&c, "kube-system", &inventory_name("demo", Layer::Apps, "web")).await,
+        ]
+        .into_iter()
+        .map(|o| rv(&o.expect("object exists")))
+        .collect::<Vec<_>>()
+    };
+    let before = snapshot(client.clone()).await;
+    let second = run(&client, vec![spec], false).await;
+    assert_eq!(outcome(&second, "apps/web"), NodeOutcome::Unchanged);
+    assert_eq!(snapshot(client.clone()).await, before);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gating through the engine
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depends_on_gates_components_through_the_engine() {
+    let sb = sandbox::start().await;
+    let client = sandbox::client(&sb.cluster_url("gates"));
+    let slow = r#"
+apiVersion: v1
+kind: Namespace
+metadata: { name: base }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: slow
+  namespace: base
+  annotations: { sandbox.phoenix.dev/ready-delay: 1500ms }
+spec:
+  selector: { matchLabels: { app: slow } }
+  template:
+    metadata: { labels: { app: slow } }
+    spec: { containers: [{ name: slow, image: "slow:1" }] }
+"#;
+    let base = component(Layer::Addons, "base", slow);
+    let mut first = component(
+        Layer::Apps,
+        "first",
+        &slow
+            .replace("name: base", "name: first")
+            .replace("namespace: base", "namespace: first"),
+    );
+    first.depends_on = vec!["base".into()];
+    let mut second = component(
+        Layer::Apps,
+        "second",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: second, namespace: first }\ndata: { a: b }\n",
+    );
+    second.depends_on = vec!["first".into()];
+    let r = run(&client, vec![second, first, base], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    let end = |id: &str| {
+        let n = node(&r, id);
+        n.start.expect("started") + n.duration.expect("finished")
+    };
+    let start = |id: &str| node(&r, id).start.expect("started");
+    assert!(start("apps/first") >= end("addons/base"));
+    assert!(start("apps/second") >= end("apps/first"));
+    // The health gate held each node until its Deployment was Available (1.5s ready delay).
+    assert!(node(&r, "addons/base").duration.unwrap() >= Duration::from_millis(1400));
+    assert!(node(&r, "apps/first").duration.unwrap() >= Duration::from_millis(1400));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_ready_deployment_fails_its_component_within_its_timeout() {
+    let sb = sandbox::start().await;
+    let client = sandbox::client(&sb.cluster_url("stuck"));
+    let mut stuck = component(
+        Layer::Addons,
+        "ingress",
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: controller
+  namespace: default
+  annotations: { sandbox.phoenix.dev/fail: never-ready }
+spec:
+  replicas: 3
+  selector: { matchLabels: { app: ingress } }
+  template:
+    metadata: { labels: { app: ingress } }
+    spec: { containers: [{ name: c, image: "ingress:1" }] }
+"#,
+    );
+    stuck.wait = Duration::from_secs(2);
+    let mut app = component(
+        Layer::Apps,
+        "web",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: web }\ndata: { a: b }\n",
+    );
+    app.depends_on = vec!["ingress".into()];
+    let t0 = Instant::now();
+    let r = run(&client, vec![stuck, app], false).await;
+    let elapsed = t0.elapsed();
+    assert!(!r.summary.converged);
+    let (error, timed_out) = failure(&r, "addons/ingress");
+    assert!(timed_out, "{error}");
+    assert!(
+        error.contains("Deployment default/controller: 0 of 3 replicas available"),
+        "{error}"
+    );
+    assert!(elapsed < Duration::from_secs(6), "took {elapsed:?}");
+    assert!(
+        matches!(node(&r, "apps/web").state, NodeState::Skipped { .. }),
+        "{:?}",
+        node(&r, "apps/web").state
+    );
+    assert!(node(&r, "apps/web").start.is_none());
+    assert!(cm(&client, "default", "web").await.is_none(), "the app never started");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_deadline_and_failed_job_fail_fast() {
+    let sb = sandbox::start().await;
+    let client = sandbox::client(&sb.cluster_url("fast"));
+    let mut deploy = component(
+        Layer::Apps,
+        "deadline",
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+  namespace: default
+  annotations: { sandbox.phoenix.dev/fail: progress-deadline, sandbox.phoenix.dev/ready-delay: 300ms }
+spec:
+  selector: { matchLabels: { app: api } }
+  template:
+    metadata: { labels: { app: api } }
+    spec: { containers: [{ name: c, image: "api:1" }] }
+"#,
+    );
+    deploy.wait = Duration::from_secs(60);
+    let mut job = component(
+        Layer::Apps,
+        "migrate",
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: migrate
+  namespace: default
+  annotations: { sandbox.phoenix.dev/fail: job-failed, sandbox.phoenix.dev/ready-delay: 300ms }
+spec:
+  template:
+    spec: { restartPolicy: Never, containers: [{ name: m, image: "migrate:1" }] }
+"#,
+    );
+    job.wait = Duration::from_secs(60);
+    let t0 = Instant::now();
+    let r = run(&client, vec![deploy, job], false).await;
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+    let (error, timed_out) = failure(&r, "apps/deadline");
+    assert!(!timed_out);
+    assert!(error.contains("Deployment default/api failed"), "{error}");
+    assert!(error.contains("ProgressDeadlineExceeded"), "{error}");
+    let (error, timed_out) = failure(&r, "apps/migrate");
+    assert!(!timed_out);
+    assert!(error.contains("Job default/migrate failed"), "{error}");
+    assert!(error.contains("BackoffLimitExceeded"), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ownership, conflicts, prune
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_without_marks_are_never_modified() {
+    let sb = sandbox::start().await;
+    let url = sb.cluster_url("foreign");
+    let client = sandbox::client(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cm.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: shared, namespace: default }\ndata: { owner: someone-else }\n",
+    )
+    .unwrap();
+    let (ok, _, err) =
+        sandbox::kubectl_async(&url, &["apply", "--server-side", "-f", file.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    let before = cm(&client, "default", "shared").await.unwrap();
+
+    let spec = component(
+        Layer::Apps,
+        "web",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: shared, namespace: default }\ndata: { owner: phoenix }\n",
+    );
+    let mut forced = opts();
+    forced.force_conflicts = true;
+    let r = run_with(&client, vec![spec], false, forced).await;
+    let (error, _) = failure(&r, "apps/web");
+    assert!(
+        error.contains("ConfigMap default/shared exists but is not managed by phoenix"),
+        "{error}"
+    );
+    assert!(error.contains("it has no phoenix labels"), "{error}");
+    let after = cm(&client, "default", "shared").await.unwrap();
+    assert_eq!(rv(&after), rv(&before), "not even force touches it");
+    assert_eq!(after["data"]["owner"], "someone-else");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflict_names_the_other_manager_and_force_takes_ownership() {
+    let sb = sandbox::start().await;
+    let url = sb.cluster_url("conflict");
+    let client = sandbox::client(&url);
+    let spec = component(
+        Layer::Apps,
+        "web",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: tuning, namespace: default }\ndata: { level: \"1\" }\n",
+    );
+    assert!(run(&client, vec![spec.clone()], false).await.summary.converged);
+
+    // Someone else takes the field over with their own server-side apply.
+    let live = cm(&client, "default", "tuning").await.unwrap();
+    let mut theirs = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "tuning", "namespace": "default", "labels": live["metadata"]["labels"]},
+        "data": {"level": "9"}});
+    theirs["metadata"]["labels"]["extra"] = "x".into();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &ar("v1", "ConfigMap", "configmaps"));
+    api.patch(
+        "tuning",
+        &PatchParams::apply("ops-team").force(),
+        &kube::api::Patch::Apply(&theirs),
+    )
+    .await
+    .expect("other manager applies");
+
+    let mut changed = spec.clone();
+    changed.commit = "c0ffee2".into();
+    changed.manifests = manifests(
+        "apps/web/all.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: tuning, namespace: default }\ndata: { level: \"2\" }\n",
+    );
+    let r = run(&client, vec![changed.clone()], false).await;
+    let (error, _) = failure(&r, "apps/web");
+    assert!(error.contains("ConfigMap default/tuning: field conflict"), "{error}");
+    assert!(error.contains("ops-team"), "{error}");
+    assert!(error.contains(".data.level"), "{error}");
+    assert!(error.contains("forceConflicts"), "{error}");
+    assert_eq!(cm(&client, "default", "tuning").await.unwrap()["data"]["level"], "9");
+
+    changed.force_conflicts = true;
+    let r = run(&client, vec![changed], false).await;
+    assert_eq!(outcome(&r, "apps/web"), NodeOutcome::Updated);
+    assert_eq!(cm(&client, "default", "tuning").await.unwrap()["data"]["level"], "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_removed_from_git_are_pruned_and_others_left_alone() {
+    let sb = sandbox::start().await;
+    let url = sb.cluster_url("prune");
+    let client = sandbox::client(&url);
+    let spec = component(Layer::Apps, "web", WEB);
+    assert!(run(&client, vec![spec.clone()], false).await.summary.converged);
+
+    // A foreign object in the same namespace, and one of ours whose marks someone removed.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("foreign.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: foreign, namespace: web }\ndata: { a: b }\n",
+    )
+    .unwrap();
+    let (ok, _, err) =
+        sandbox::kubectl_async(&url, &["apply", "--server-side", "-f", file.to_str().unwrap()]).await;
+    assert!(ok, "{err}");
+    let (ok, _, err) = sandbox::kubectl_async(
+        &url,
+        &["label", "service", "api", "-n", "web", "phoenix.dev/component-"],
+    )
+    .await;
+    assert!(ok, "{err}");
+
+    // Git now has only the namespace and the ConfigMap.
+    let mut smaller = spec.clone();
+    smaller.commit = "c0ffee2".into();
+    smaller.manifests.retain(|m| {
+        let k = m.object["kind"].as_str().unwrap_or("");
+        k == "Namespace" || k == "ConfigMap"
+    });
+    let r = run(&client, vec![smaller.clone()], false).await;
+    assert_eq!(outcome(&r, "apps/web"), NodeOutcome::Updated);
+    assert!(
+        get(&client, "apps/v1", "Deployment", "deployments", Some("web"), "api")
+            .await
+            .is_none(),
+        "the deployment was pruned"
+    );
+    assert!(
+        get(&client, "v1", "Service", "services", Some("web"), "api")
+            .await
+            .is_some(),
+        "the service lost its marks, so it is not phoenix's to delete"
+    );
+    assert!(cm(&client, "web", "foreign").await.is_some());
+    assert!(cm(&client, "web", "settings").await.is_some());
+    let inv = cm(&client, "kube-system", &inventory_name("demo", Layer::Apps, "web"))
+        .await
+        .unwrap();
+    assert_eq!(inv["data"]["objects"].as_str().unwrap().lines().count(), 2);
+    assert_eq!(inv["metadata"]["annotations"]["phoenix.dev/commit"], "c0ffee2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_that_left_git_are_removed_and_destroy_all_clears_the_env() {
+    let sb = sandbox::start().await;
+    let url = sb.cluster_url("gone");
+    let client = sandbox::client(&url);
+    let addon = component(
+        Layer::Addons,
+        "base",
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: base }\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: { name: base, namespace: base }\ndata: { a: b }\n",
+    );
+    let app = component(Layer::Apps, "web", WEB);
+    let mut other_env = component(
+        Layer::Apps,
+        "other",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: other-env, namespace: default }\ndata: { a: b }\n",
+    );
+    other_env.env = "prod".into();
+    let r = run(&client, vec![addon.clone(), app, other_env], true).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    assert_eq!(outcome(&r, "apps/.removed"), NodeOutcome::Unchanged);
+
+    // The app left Git: the apps removal node deletes it and its inventory.
+    let r = run(&client, vec![addon], true).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    assert_eq!(outcome(&r, "apps/.removed"), NodeOutcome::Deleted);
+    assert!(get(&client, "apps/v1", "Deployment", "deployments", Some("web"), "api")
+        .await
+        .is_none());
+    assert!(cm(&client, "kube-system", &inventory_name("demo", Layer::Apps, "web"))
+        .await
+        .is_none());
+    assert!(cm(&client, "base", "base").await.is_some());
+
+    // Teardown of "demo" leaves env "prod" and foreign objects alone.
+    let deleted = destroy_all(&client, "demo").await.expect("destroy succeeds");
+    assert!(deleted.iter().any(|o| o.kind == "Namespace" && o.name == "base"), "{deleted:?}");
+    assert!(cm(&client, "base", "base").await.is_none());
+    assert!(cm(&client, "kube-system", &inventory_name("demo", Layer::Addons, "base"))
+        .await
+        .is_none());
+    assert!(cm(&client, "default", "other-env").await.is_some());
+    assert!(get(&client, "apps/v1", "Deployment", "deployments", Some("kube-system"), "coredns")
+        .await
+        .is_some());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors, secrets, checks
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kind_names_the_manifest_file_and_line() {
+    let sb = sandbox::start().await;
+    let client = sandbox::client(&sb.cluster_url("unknown"));
+    let spec = component(
+        Layer::Apps,
+        "web",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: a }\n---\napiVersion: example.com/v1\nkind: Gizmo\nmetadata: { name: g }\n",
+    );
+    let r = run(&client, vec![spec], false).await;
+    let (error, timed_out) = failure(&r, "apps/web");
+    assert!(!timed_out);
+    assert!(
+        error.starts_with("apps/web/all.yaml:5: the cluster serves no kind Gizmo in example.com/v1"),
+        "{error}"
+    );
+    assert!(cm(&client, "default", "a").await.is_none(), "nothing applied before the check");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_never_reach_errors_or_progress() {
+    let sb = sandbox::start().await;
+    let client = sandbox::client(&sb.cluster_url("secrets"));
+    // "hunter2-very-secret" in base64.
+    let encoded = "aHVudGVyMi12ZXJ5LXNlY3JldA==";
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: db, namespace: default }}\ndata: {{ password: {encoded} }}\n"
+    );
+    let spec = component(Layer::Apps, "web", &yaml);
+    let r = run(&client, vec![spec.clone()], false).await;
+    assert!(r.summary.converged);
+    // Another manager takes the value over, so the next apply conflicts on it.
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &ar("v1", "Secret", "secrets"));
+    let live = get(&client, "v1", "Secret", "secrets", Some("default"), "db").await.unwrap();
+    api.patch(
+        "db",
+        &PatchParams::apply("rotator").force(),
+        &kube::api::Patch::Apply(&json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "db", "namespace": "default", "labels": live["metadata"]["labels"]},
+            "data": {"password": "cm90YXRlZA=="}})),
+    )
+    .await
+    .unwrap();
+    let mut next = spec;
+    next.commit = "c0ffee2".into();
+    let r = run(&client, vec![next.clone()], false).await;
+    let (error, _) = failure(&r, "apps/web");
+    assert!(error.contains("Secret default/db: field conflict"), "{error}");
+    let d = diff_component(&client, &next).await.unwrap();
+    let diff_text = serde_json::to_string(&d).unwrap();
+    assert!(diff_text.contains(".data.password"), "{diff_text}");
+    for text in r.events.iter().chain([&error, &diff_text]) {
+        for needle in [encoded, "hunter2-very-secret", "cm90YXRlZA==", "rotated"] {
+            assert!(!text.contains(needle), "{needle} leaked: {text}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_checks_gate_the_component() {
+    let sb = sandbox::start().await;
+    let client = sandbox::client(&sb.cluster_url("checks"));
+    let mut ok = component(
+        Layer::Apps,
+        "ok",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: ok }\ndata: { a: b }\n",
+    );
+    ok.checks = vec![HttpCheck {
+        url: format!("{}/healthz", sb.url()),
+        expect: 200,
+        timeout: Duration::from_secs(2),
+    }];
+    let mut bad = component(
+        Layer::Apps,
+        "bad",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: bad }\ndata: { a: b }\n",
+    );
+    bad.wait = Duration::from_secs(2);
+    bad.checks = vec![HttpCheck {
+        url: format!("{}/healthz", sb.url()),
+        expect: 204,
+        timeout: Duration::from_secs(1),
+    }];
+    let r = run(&client, vec![ok, bad], false).await;
+    assert_eq!(outcome(&r, "apps/ok"), NodeOutcome::Created);
+    let (error, timed_out) = failure(&r, "apps/bad");
+    assert!(timed_out);
+    assert!(error.contains("/healthz to answer 204"), "{error}");
+    assert!(error.contains("answered 200"), "{error}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Diff
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_is_in_sync_after_apply_and_reports_scale_label_and_delete() {
+    let sb = sandbox::start().await;
+    let url = sb.cluster_url("drift");
+    let client = sandbox::client(&url);
+    let spec = component(Layer::Apps, "web", WEB);
+    assert!(run(&client, vec![spec.clone()], false).await.summary.converged);
+
+    let d = diff_component(&client, &spec).await.expect("diff runs");
+    assert!(!d.has_drift(), "server defaults are not drift: {d:#?}");
+    assert!(d.objects.iter().all(|o| o.state == DriftState::InSync));
+    assert!(d.unhealthy.is_empty(), "{:?}", d.unhealthy);
+    // kubectl agrees there is nothing to change (exit 0 = no differences).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("desired.yaml");
+    let desired: Vec<String> = spec
+        .manifests
+        .iter()
+        .map(|m| {
+            let mut o = m.object.clone();
+            spec.marks().stamp(&mut o);
+            serde_json::to_string(&o).unwrap()
+        })
+        .collect();
+    std::fs::write(&file, desired.join("\n---\n")).unwrap();
+    let (same, out, err) = sandbox::kubectl_async(
+        &url,
+        &["diff", "--server-side", "--field-manager=phoenix", "-f", file.to_str().unwrap()],
+    )
+    .await;
+    assert!(same, "kubectl diff found changes: {out}{err}");
+
+    for args in [
+        vec!["scale", "deployment", "api", "-n", "web", "--replicas=4"],
+        vec!["label", "configmap", "settings", "-n", "web", "team=red", "--overwrite"],
+        vec!["delete", "service", "api", "-n", "web"],
+    ] {
+        let (ok, _, err) = sandbox::kubectl_async(&url, &args).await;
+        assert!(ok, "kubectl {args:?}: {err}");
+    }
+    let d = diff_component(&client, &spec).await.expect("diff runs");
+    assert!(d.has_drift());
+    let state = |kind: &str| {
+        &d.objects
+            .iter()
+            .find(|o| o.object.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind}"))
+            .state
+    };
+    let DriftState::Changed(fields) = state("Deployment") else {
+        panic!("deployment: {:?}", state("Deployment"));
+    };
+    assert_eq!(fields.len(), 1, "{fields:?}");
+    assert_eq!(fields[0].path, ".spec.replicas");
+    assert_eq!(fields[0].desired, Some(json!(2)));
+    assert_eq!(fields[0].live, Some(json!(4)));
+    let DriftState::Changed(fields) = state("ConfigMap") else {
+        panic!("configmap: {:?}", state("ConfigMap"));
+    };
+    assert_eq!(fields[0].path, ".metadata.labels.team");
+    assert_eq!(fields[0].live, Some(json!("red")));
+    assert_eq!(state("Service"), &DriftState::Missing);
+    assert_eq!(state("Namespace"), &DriftState::InSync);
+
+    // An object that left Git but still exists is extra.
+    let mut smaller = spec.clone();
+    smaller.manifests.retain(|m| m.object["kind"] != "ConfigMap");
+    let d = diff_component(&client, &smaller).await.expect("diff runs");
+    assert_eq!(d.extra.len(), 1, "{:?}", d.extra);
+    assert_eq!(d.extra[0].name, "settings");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_lists_unhealthy_objects_and_clusters_are_independent() {
+    let sb = sandbox::start().await;
+    let a = sandbox::client(&sb.cluster_url("alpha"));
+    let b = sandbox::client(&sb.cluster_url("beta"));
+    let mut spec = component(
+        Layer::Apps,
+        "web",
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: api
+  namespace: default
+  annotations: { sandbox.phoenix.dev/fail: never-ready }
+spec:
+  selector: { matchLabels: { app: api } }
+  template:
+    metadata: { labels: { app: api } }
+    spec: { containers: [{ name: c, image: "api:1" }] }
+"#,
+    );
+    spec.wait = Duration::from_secs(1);
+    // Converge once against alpha directly, without the health wait being satisfiable.
+    let sink = EventSink::new();
+    let ctx = phoenix::engine::NodeCtx::standalone("apps/web", Layer::Apps, sink, CancelToken::new());
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(1),
+        converge(&a, &spec, &opts(), &Resolver::new(), &ctx),
+    )
+    .await;
+    assert!(attempt.is_err(), "a never-ready deployment cannot converge");
+    let d = diff_component(&a, &spec).await.unwrap();
+    assert!(!d.has_drift(), "{d:#?}");
+    assert_eq!(d.unhealthy.len(), 1);
+    assert!(d.unhealthy[0].reason.contains("replicas"), "{:?}", d.unhealthy);
+    // beta is another cluster: nothing of it is there.
+    let d = diff_component(&b, &spec).await.unwrap();
+    assert_eq!(d.objects[0].state, DriftState::Missing);
+}
