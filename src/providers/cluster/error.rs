@@ -62,10 +62,9 @@ pub enum ClusterError {
         source: Option<BoxError>,
     },
     /// The Kubernetes API answered with an error or not at all.
-    #[error("{doing}: {endpoint}")]
+    #[error("{doing}")]
     Api {
         doing: String,
-        endpoint: String,
         #[source]
         source: kube::Error,
     },
@@ -86,7 +85,7 @@ impl ClusterError {
 impl From<ClusterError> for NodeError {
     fn from(err: ClusterError) -> Self {
         let transient = err.is_transient();
-        let message = crate::providers::cluster::error::chain(&err);
+        let message = chain(&err);
         if transient {
             NodeError::transient(message)
         } else {

@@ -72,15 +72,9 @@ pub async fn observe_cluster(
     client: &kube::Client,
     expected: &ExpectedCluster,
 ) -> Result<ClusterStatus, ClusterError> {
-    let endpoint = client.default_namespace().to_string();
     let api = |doing: &str| {
         let doing = doing.to_string();
-        let endpoint = endpoint.clone();
-        move |source| ClusterError::Api {
-            doing,
-            endpoint,
-            source,
-        }
+        move |source| ClusterError::Api { doing, source }
     };
     let version = client
         .apiserver_version()

@@ -89,8 +89,13 @@ pub fn display_context(env: &Environment, role: &Role) -> Value {
         Some(Cluster::K3s(k)) => k.version.clone(),
         _ => String::new(),
     };
+    let role = match role {
+        Role::Server => "server",
+        Role::Agent => "agent",
+        Role::None => "none",
+    };
     json!({
-        "role": match role { Role::Server => "server", Role::Agent => "agent", Role::None => "none" },
+        "role": role,
         "version": version,
         "port": API_PORT,
         "token": REDACTED,
