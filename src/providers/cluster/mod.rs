@@ -1,0 +1,31 @@
+//! The control-plane layer: the cluster's credentials, the `cluster` value for the k3s
+//! cloud-init templates, the API endpoint and admin kubeconfig, clients with explicit timeouts,
+//! the `cluster/control-plane` gate and cluster drift. See docs/cluster.md.
+
+mod access;
+mod credentials;
+mod endpoint;
+mod error;
+mod gate;
+mod kubeconfig;
+mod observe;
+mod userdata;
+
+pub use access::{client_for, config_for, ClientTimeouts, ClusterAccess, KubeconfigConnector};
+pub use credentials::{cluster_dir, Credentials, Provenance, Secret, ADMIN_GROUP, ADMIN_USER};
+pub use endpoint::{
+    endpoint_host, endpoint_override, resolve_endpoint, server_instance, server_private_address,
+    server_resource, Endpoint, EndpointOrigin, ENDPOINT_ENV,
+};
+pub use error::ClusterError;
+pub use gate::{
+    check_target, control_plane_node, deployment_unavailable, evaluate_deployments,
+    evaluate_nodes, expected_nodes, ExpectedNode, GateOptions, GateTarget, NodeExpectation,
+    NodeReport, ObservedNode, CONTROL_PLANE_NODE,
+};
+pub use kubeconfig::{kubeconfig_path, kubeconfig_value, write_kubeconfig};
+pub use observe::{compare, observe_cluster, status_of, ClusterDrift, ClusterStatus, ExpectedCluster};
+pub use userdata::{
+    agent_context, check_address, check_version, display_context, instance_context,
+    server_context, API_PORT,
+};
