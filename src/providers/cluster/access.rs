@@ -80,8 +80,20 @@ fn expand_home(path: &str) -> PathBuf {
     }
 }
 
+/// rustls has both the ring and aws-lc-rs providers compiled in (kube-rs asks for ring, the AWS
+/// SDK for aws-lc-rs), so it cannot pick one by itself and panics on the first TLS client
+/// config. phoenix picks ring, the one kube-rs is built for, once per process; if something else
+/// installed a provider first, that one stays.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// The kube-rs configuration for `access`, timeouts applied.
 pub async fn config_for(access: &ClusterAccess) -> Result<kube::Config, ClusterError> {
+    install_crypto_provider();
     let kubeconfig = Kubeconfig::read_from(&access.kubeconfig)
         .map_err(|e| access.error("cannot be read as a kubeconfig".into(), Some(Box::new(e))))?;
     if let Some(context) = &access.context {
@@ -112,6 +124,7 @@ pub async fn config_for(access: &ClusterAccess) -> Result<kube::Config, ClusterE
 
 /// A client for the cluster `access` names, with its timeouts.
 pub async fn client_for(access: &ClusterAccess) -> Result<kube::Client, ClusterError> {
+    install_crypto_provider();
     let config = config_for(access).await?;
     kube::Client::try_from(config)
         .map_err(|e| access.error("cannot make a client from it".into(), Some(Box::new(e))))

@@ -11,7 +11,7 @@ mod kubeconfig;
 mod observe;
 mod userdata;
 
-pub use access::{client_for, config_for, ClientTimeouts, ClusterAccess, KubeconfigConnector};
+pub use access::{client_for, config_for, install_crypto_provider, ClientTimeouts, ClusterAccess, KubeconfigConnector};
 pub use credentials::{cluster_dir, Credentials, Provenance, Secret, ADMIN_GROUP, ADMIN_USER};
 pub use endpoint::{
     endpoint_host, endpoint_override, resolve_endpoint, server_instance, server_private_address,
