@@ -78,7 +78,10 @@ fn cloud(agents: u32) -> Cloud {
             pos: Default::default(),
         }],
         key_pair: None,
-        instances: vec![group("server", Role::Server, 1), group("agent", Role::Agent, agents)],
+        instances: vec![
+            group("server", Role::Server, 1),
+            group("agent", Role::Agent, agents),
+        ],
         allow_stop_modify_start: false,
     }
 }
@@ -94,7 +97,13 @@ async fn ec2(moto: &Moto) -> Ec2 {
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(REGION))
         .endpoint_url(moto.endpoint())
-        .credentials_provider(AwsCredentials::new("test", "test", None, None, "phoenix-tests"))
+        .credentials_provider(AwsCredentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "phoenix-tests",
+        ))
         .load()
         .await;
     let opts = AwsOptions {
@@ -129,7 +138,9 @@ async fn sandbox(moto: Option<&Moto>, node_delay: Duration) -> kube_sandbox::San
         }),
         ..kube_sandbox::Config::default()
     };
-    kube_sandbox::Sandbox::start(config).await.expect("sandbox starts")
+    kube_sandbox::Sandbox::start(config)
+        .await
+        .expect("sandbox starts")
 }
 
 fn gate_opts(timeout: Duration) -> GateOptions {
@@ -164,12 +175,20 @@ impl Bed {
     }
 
     /// The cloud layer's nodes for the env, then the control-plane gate depending on them.
-    async fn graph(&self, override_url: Option<String>, opts: GateOptions, with_cloud: bool) -> Graph {
+    async fn graph(
+        &self,
+        override_url: Option<String>,
+        opts: GateOptions,
+        with_cloud: bool,
+    ) -> Graph {
         let (creds, _) = Credentials::ensure(self.home.path(), &self.env).unwrap();
         let mut graph = Graph::new();
         if with_cloud {
             let user_data = BTreeMap::from([
-                ("server".to_string(), format!("#!/bin/sh\n# server-ca {}\n", creds.server_ca_sha256())),
+                (
+                    "server".to_string(),
+                    format!("#!/bin/sh\n# server-ca {}\n", creds.server_ca_sha256()),
+                ),
                 ("agent".to_string(), "#!/bin/sh\necho agent\n".to_string()),
             ]);
             let desired = Arc::new(aws::desired(
@@ -183,7 +202,9 @@ impl Bed {
                 },
             ));
             let live = aws::observe(&self.ec2, &self.env).await.expect("observe");
-            for (spec, action) in aws::converge_nodes(self.ec2.clone(), desired, &live, &converge_opts()) {
+            for (spec, action) in
+                aws::converge_nodes(self.ec2.clone(), desired, &live, &converge_opts())
+            {
                 graph.add(spec, action).unwrap();
             }
         }
@@ -222,7 +243,9 @@ async fn run(graph: Graph) -> (RunSummary, Vec<String>) {
         .await
         .iter()
         .filter_map(|r| match &r.event {
-            Event::NodeProgress { id, message } if id == CONTROL_PLANE_NODE => Some(message.clone()),
+            Event::NodeProgress { id, message } if id == CONTROL_PLANE_NODE => {
+                Some(message.clone())
+            }
             _ => None,
         })
         .collect();
@@ -230,7 +253,10 @@ async fn run(graph: Graph) -> (RunSummary, Vec<String>) {
 }
 
 fn gate_state(summary: &RunSummary) -> &NodeState {
-    &summary.node(CONTROL_PLANE_NODE).expect("gate node in the summary").state
+    &summary
+        .node(CONTROL_PLANE_NODE)
+        .expect("gate node in the summary")
+        .state
 }
 
 fn failures(summary: &RunSummary) -> String {
@@ -260,13 +286,17 @@ async fn converges_only_after_the_instances_nodes_join() {
     // Nodes take 1.5 s to become Ready after their instance runs: the gate must wait for them.
     let sb = sandbox(Some(&bed.moto), Duration::from_millis(1500)).await;
     let override_url = format!("{}/clusters/{{env}}", sb.url());
-    let graph = bed.graph(Some(override_url), gate_opts(Duration::from_secs(60)), true).await;
+    let graph = bed
+        .graph(Some(override_url), gate_opts(Duration::from_secs(60)), true)
+        .await;
     let (summary, progress) = run(graph).await;
     assert!(summary.converged, "run converged:\n{}", failures(&summary));
 
     // The gate saw the nodes missing or NotReady before it passed.
     assert!(
-        progress.iter().any(|m| m.contains("of 3 nodes Ready") && !m.contains("3 of 3")),
+        progress
+            .iter()
+            .any(|m| m.contains("of 3 nodes Ready") && !m.contains("3 of 3")),
         "the gate waited for nodes: {progress:#?}"
     );
     let gate = summary.node(CONTROL_PLANE_NODE).unwrap();
@@ -277,31 +307,59 @@ async fn converges_only_after_the_instances_nodes_join() {
         .map(|n| n.start.unwrap() + n.duration.unwrap())
         .max()
         .unwrap();
-    assert!(gate.start.unwrap() >= last_instance_end, "the gate starts after every instance");
-    assert!(gate.duration.unwrap() >= Duration::from_millis(1000), "it waited for the node delay: {:?}", gate.duration);
+    assert!(
+        gate.start.unwrap() >= last_instance_end,
+        "the gate starts after every instance"
+    );
+    assert!(
+        gate.duration.unwrap() >= Duration::from_millis(1000),
+        "it waited for the node delay: {:?}",
+        gate.duration
+    );
 
     // The kubeconfig phoenix wrote works, is private and reaches this env's cluster.
     let kubeconfig = bed.home.path().join("clusters/demo/kubeconfig");
     assert_eq!(mode(&kubeconfig), 0o600);
     assert_eq!(mode(&bed.home.path().join("clusters/demo")), 0o700);
-    let client = client_for(&ClusterAccess::k3s(bed.home.path(), "demo").unwrap()).await.unwrap();
-    let nodes = Api::<Node>::all(client).list(&Default::default()).await.unwrap().items;
+    let client = client_for(&ClusterAccess::k3s(bed.home.path(), "demo").unwrap())
+        .await
+        .unwrap();
+    let nodes = Api::<Node>::all(client)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
     assert_eq!(nodes.len(), 3);
     assert!(nodes.iter().all(ready));
     let live = aws::observe(&bed.ec2, "demo").await.unwrap();
     for n in &nodes {
         let provider = n.spec.as_ref().and_then(|s| s.provider_id.clone()).unwrap();
         let id = provider.rsplit('/').next().unwrap();
-        assert!(live.resources.values().flatten().any(|r| r.aws_id == id), "{provider} is an instance of demo");
+        assert!(
+            live.resources.values().flatten().any(|r| r.aws_id == id),
+            "{provider} is an instance of demo"
+        );
     }
     // The connector the add-on layers use reads the same kubeconfig lazily.
     let connector = KubeconfigConnector::new(ClusterAccess::k3s(bed.home.path(), "demo").unwrap());
     let c = connector.client().await.unwrap();
-    assert_eq!(Api::<Node>::all(c).list(&Default::default()).await.unwrap().items.len(), 3);
+    assert_eq!(
+        Api::<Node>::all(c)
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        3
+    );
 
     // A second rebuild is a no-op for the cloud and passes the gate at once.
     let graph = bed
-        .graph(Some(format!("{}/clusters/{{env}}", sb.url())), gate_opts(Duration::from_secs(30)), true)
+        .graph(
+            Some(format!("{}/clusters/{{env}}", sb.url())),
+            gate_opts(Duration::from_secs(30)),
+            true,
+        )
         .await;
     let (summary, _) = run(graph).await;
     assert!(summary.converged, "{}", failures(&summary));
@@ -331,7 +389,9 @@ async fn a_node_that_never_joins_times_out_naming_it() {
     // No EC2 registration: the test plays the kubelets and lets one instance never join.
     let sb = sandbox(None, Duration::from_millis(100)).await;
     let url = sb.cluster_url("lonely");
-    let graph = bed.graph(Some(url.clone()), gate_opts(Duration::from_secs(3)), true).await;
+    let graph = bed
+        .graph(Some(url.clone()), gate_opts(Duration::from_secs(3)), true)
+        .await;
     // Join two of the three instances once they exist.
     let ec2 = bed.ec2.clone();
     let joiner = tokio::spawn(async move {
@@ -345,7 +405,9 @@ async fn a_node_that_never_joins_times_out_naming_it() {
                 .collect();
             if instances.len() == 3 {
                 for r in &instances[..2] {
-                    let aws::LiveState::Instance { private_ip, .. } = &r.state else { unreachable!() };
+                    let aws::LiveState::Instance { private_ip, .. } = &r.state else {
+                        unreachable!()
+                    };
                     let name = format!("ip-{}", private_ip.as_deref().unwrap().replace('.', "-"));
                     register_node(&client, &name, &format!("aws:///us-east-1a/{}", r.aws_id)).await;
                 }
@@ -357,7 +419,9 @@ async fn a_node_that_never_joins_times_out_naming_it() {
     });
     let (summary, _) = run(graph).await;
     let missing = joiner.await.unwrap();
-    let aws::LiveState::Instance { private_ip, .. } = &missing.state else { unreachable!() };
+    let aws::LiveState::Instance { private_ip, .. } = &missing.state else {
+        unreachable!()
+    };
     let host = format!("ip-{}", private_ip.as_deref().unwrap().replace('.', "-"));
     match gate_state(&summary) {
         NodeState::Failed { error, .. } => {
@@ -380,43 +444,90 @@ async fn a_not_ready_node_blocks_the_gate_until_it_is_ready() {
     let sb = sandbox(Some(&bed.moto), Duration::from_millis(100)).await;
     let override_url = Some(format!("{}/clusters/{{env}}", sb.url()));
     // First the cloud layer alone, so the nodes exist before the gate runs.
-    let graph = bed.graph(override_url.clone(), gate_opts(Duration::from_secs(20)), true).await;
+    let graph = bed
+        .graph(
+            override_url.clone(),
+            gate_opts(Duration::from_secs(20)),
+            true,
+        )
+        .await;
     let (summary, _) = run(graph).await;
     assert!(summary.converged, "{}", failures(&summary));
-    let client = client_for(&ClusterAccess::k3s(bed.home.path(), "flaky").unwrap()).await.unwrap();
-    let nodes = Api::<Node>::all(client).list(&Default::default()).await.unwrap().items;
+    let client = client_for(&ClusterAccess::k3s(bed.home.path(), "flaky").unwrap())
+        .await
+        .unwrap();
+    let nodes = Api::<Node>::all(client)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
     let agent = nodes
         .iter()
-        .find(|n| !n.metadata.labels.as_ref().is_some_and(|l| l.contains_key("node-role.kubernetes.io/control-plane")))
+        .find(|n| {
+            !n.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key("node-role.kubernetes.io/control-plane"))
+        })
         .expect("an agent node");
     let name = agent.metadata.name.clone().unwrap();
-    let instance = agent.spec.as_ref().unwrap().provider_id.clone().unwrap().rsplit('/').next().unwrap().to_string();
+    let instance = agent
+        .spec
+        .as_ref()
+        .unwrap()
+        .provider_id
+        .clone()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
     assert!(sb.set_node_ready("flaky", &name, false));
 
-    let graph = bed.graph(override_url.clone(), gate_opts(Duration::from_secs(2)), false).await;
+    let graph = bed
+        .graph(
+            override_url.clone(),
+            gate_opts(Duration::from_secs(2)),
+            false,
+        )
+        .await;
     let (summary, _) = run(graph).await;
     match gate_state(&summary) {
         NodeState::Failed { error, .. } => assert_eq!(
             error,
-            &format!("control plane of flaky: 1 of 2 nodes Ready after 2s: {name} ({instance}) NotReady")
+            &format!(
+                "control plane of flaky: 1 of 2 nodes Ready after 2s: {name} ({instance}) NotReady"
+            )
         ),
         other => panic!("a NotReady node must block the gate, got {other:?}"),
     }
 
     // Ready again while the gate waits: it converges.
-    let graph = bed.graph(override_url, gate_opts(Duration::from_secs(20)), false).await;
+    let graph = bed
+        .graph(override_url, gate_opts(Duration::from_secs(20)), false)
+        .await;
     let flip = {
         let addr = sb.addr();
         let name = name.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(800)).await;
-            let _ = moto::request(addr.port(), "POST", &format!("/sandbox/clusters/flaky/nodes/{name}/ready"), &[], "", Duration::from_secs(5));
+            let _ = moto::request(
+                addr.port(),
+                "POST",
+                &format!("/sandbox/clusters/flaky/nodes/{name}/ready"),
+                &[],
+                "",
+                Duration::from_secs(5),
+            );
         })
     };
     let (summary, progress) = run(graph).await;
     flip.await.unwrap();
     assert!(summary.converged, "{}", failures(&summary));
-    assert!(progress.iter().any(|m| m.contains("NotReady")), "it waited on the NotReady node: {progress:#?}");
+    assert!(
+        progress.iter().any(|m| m.contains("NotReady")),
+        "it waited on the NotReady node: {progress:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,11 +556,18 @@ async fn an_existing_cluster_is_gated_through_its_kubeconfig_and_context() {
             },
             gate_opts(timeout),
         );
-        assert!(spec.depends_on.is_empty(), "nothing to wait for below an existing cluster");
+        assert!(
+            spec.depends_on.is_empty(),
+            "nothing to wait for below an existing cluster"
+        );
         graph.add(spec, action).unwrap();
         graph
     };
-    let (summary, _) = run(gate(ClusterAccess::existing(&existing), Duration::from_secs(20))).await;
+    let (summary, _) = run(gate(
+        ClusterAccess::existing(&existing),
+        Duration::from_secs(20),
+    ))
+    .await;
     assert!(summary.converged, "{}", failures(&summary));
 
     // A context the kubeconfig lacks: a permanent error naming the file and the valid contexts.
@@ -457,11 +575,18 @@ async fn an_existing_cluster_is_gated_through_its_kubeconfig_and_context() {
         context: Some("prod".into()),
         ..existing.clone()
     };
-    let (summary, _) = run(gate(ClusterAccess::existing(&wrong), Duration::from_secs(20))).await;
+    let (summary, _) = run(gate(
+        ClusterAccess::existing(&wrong),
+        Duration::from_secs(20),
+    ))
+    .await;
     match gate_state(&summary) {
         NodeState::Failed { error, timed_out } => {
             assert!(!timed_out);
-            assert!(error.contains("has no context \"prod\" (contexts: staging)"), "{error}");
+            assert!(
+                error.contains("has no context \"prod\" (contexts: staging)"),
+                "{error}"
+            );
             assert!(error.contains(&kubeconfig.display().to_string()), "{error}");
         }
         other => panic!("expected a failure, got {other:?}"),
@@ -469,7 +594,11 @@ async fn an_existing_cluster_is_gated_through_its_kubeconfig_and_context() {
 
     // Its only node NotReady: the gate names that nothing is Ready.
     assert!(sb.set_node_ready("staging", "sandbox-node-1", false));
-    let (summary, _) = run(gate(ClusterAccess::existing(&existing), Duration::from_secs(2))).await;
+    let (summary, _) = run(gate(
+        ClusterAccess::existing(&existing),
+        Duration::from_secs(2),
+    ))
+    .await;
     match gate_state(&summary) {
         NodeState::Failed { error, .. } => assert_eq!(
             error,
@@ -500,14 +629,21 @@ async fn a_silent_api_server_times_out_naming_the_endpoint() {
             write: Duration::from_millis(500),
         },
     };
-    let graph = bed.graph(Some(format!("http://127.0.0.1:{port}/clusters/{{env}}")), opts, true).await;
+    let graph = bed
+        .graph(
+            Some(format!("http://127.0.0.1:{port}/clusters/{{env}}")),
+            opts,
+            true,
+        )
+        .await;
     let (summary, _) = run(graph).await;
     hold.abort();
     match gate_state(&summary) {
         NodeState::Failed { error, .. } => {
             assert!(
-                error.starts_with("control plane of silent: API server not ready after 3s: GET http://127.0.0.1:")
-                    && error.contains("/clusters/silent/readyz"),
+                error.starts_with(
+                    "control plane of silent: API server not ready after 3s: GET http://127.0.0.1:"
+                ) && error.contains("/clusters/silent/readyz"),
                 "{error}"
             );
         }

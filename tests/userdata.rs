@@ -43,7 +43,12 @@ fn files() -> MemFiles {
     let dir = repo().join("templates/cloud-init");
     let mut names: Vec<_> = std::fs::read_dir(&dir)
         .expect("templates/cloud-init exists")
-        .map(|e| e.expect("dir entry").file_name().into_string().expect("utf-8 name"))
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .into_string()
+                .expect("utf-8 name")
+        })
         .collect();
     names.sort();
     for name in names {
@@ -69,8 +74,14 @@ fn version(env: &Environment) -> String {
 /// Renders the user-data of every instance with real credentials: (instance, role, text).
 fn render_all(creds: &Credentials) -> Vec<(String, Role, String)> {
     let (files, env) = sample();
-    let renderer = Renderer::new(&files, &env, "demo", SecretValues::redacted(&env), Mode::Apply)
-        .expect("renderer");
+    let renderer = Renderer::new(
+        &files,
+        &env,
+        "demo",
+        SecretValues::redacted(&env),
+        Mode::Apply,
+    )
+    .expect("renderer");
     let cloud = env.cloud.as_ref().expect("cloud");
     let v = version(&env);
     let mut out = Vec::new();
@@ -78,7 +89,9 @@ fn render_all(creds: &Credentials) -> Vec<(String, Role, String)> {
         let template = phoenix::env::validate::default_user_data(&g.role).expect("k3s role");
         for i in 0..g.count {
             let ctx = match g.role {
-                Role::Server => server_context(creds, &v, &["api.demo.example".into()]).expect("server ctx"),
+                Role::Server => {
+                    server_context(creds, &v, &["api.demo.example".into()]).expect("server ctx")
+                }
                 Role::Agent => agent_context(creds, &v, "10.40.1.12").expect("agent ctx"),
                 Role::None => unreachable!("no plain instances in the sample"),
             };
@@ -111,7 +124,8 @@ fn tool(name: &str) -> Option<PathBuf> {
 }
 
 fn yaml(text: &str) -> serde_yaml_ng::Value {
-    serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("rendered user-data is YAML: {e}\n{text}"))
+    serde_yaml_ng::from_str(text)
+        .unwrap_or_else(|e| panic!("rendered user-data is YAML: {e}\n{text}"))
 }
 
 /// Every script the user-data carries: write_files entries starting with `#!` (decoded when
@@ -120,7 +134,11 @@ fn scripts(doc: &serde_yaml_ng::Value) -> Vec<(String, String)> {
     let mut out = Vec::new();
     if let Some(files) = doc.get("write_files").and_then(|f| f.as_sequence()) {
         for f in files {
-            let path = f.get("path").and_then(|p| p.as_str()).unwrap_or("?").to_string();
+            let path = f
+                .get("path")
+                .and_then(|p| p.as_str())
+                .unwrap_or("?")
+                .to_string();
             let raw = f.get("content").and_then(|c| c.as_str()).unwrap_or("");
             let content = match f.get("encoding").and_then(|e| e.as_str()) {
                 Some("b64") | Some("base64") => String::from_utf8(
@@ -159,8 +177,15 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
     let shellcheck = tool("shellcheck");
     let mut script_count = 0;
     for (name, role, text) in &rendered {
-        assert!(text.starts_with("#cloud-config\n"), "{name}: starts with #cloud-config");
-        assert!(text.len() < 16 * 1024, "{name}: EC2 limits user-data to 16 KiB, got {}", text.len());
+        assert!(
+            text.starts_with("#cloud-config\n"),
+            "{name}: starts with #cloud-config"
+        );
+        assert!(
+            text.len() < 16 * 1024,
+            "{name}: EC2 limits user-data to 16 KiB, got {}",
+            text.len()
+        );
         let file = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, text).unwrap();
         if let Some(ci) = &cloud_init {
@@ -169,8 +194,15 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
                 .arg(&file)
                 .output()
                 .expect("cloud-init runs");
-            let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-            assert!(out.status.success(), "cloud-init schema rejects {name}:\n{all}\n---\n{text}");
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success(),
+                "cloud-init schema rejects {name}:\n{all}\n---\n{text}"
+            );
             assert!(
                 !all.to_lowercase().contains("deprecat") && !all.to_lowercase().contains("warning"),
                 "cloud-init schema reports a problem for {name}:\n{all}"
@@ -206,26 +238,64 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
             .collect();
         match role {
             Role::Server => {
-                for f in ["server-ca.crt", "server-ca.key", "client-ca.crt", "client-ca.key"] {
+                for f in [
+                    "server-ca.crt",
+                    "server-ca.key",
+                    "client-ca.crt",
+                    "client-ca.key",
+                ] {
                     assert!(
-                        write_files.iter().any(|p| p == &format!("/var/lib/rancher/k3s/server/tls/{f}")),
+                        write_files
+                            .iter()
+                            .any(|p| p == &format!("/var/lib/rancher/k3s/server/tls/{f}")),
                         "{name}: writes {f}"
                     );
                 }
-                assert!(text.contains(creds.server_token().expose()), "{name}: server token");
-                assert!(text.contains("\"api.demo.example\""), "{name}: extra tls-san");
+                assert!(
+                    text.contains(creds.server_token().expose()),
+                    "{name}: server token"
+                );
+                assert!(
+                    text.contains("\"api.demo.example\""),
+                    "{name}: extra tls-san"
+                );
                 let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-                assert!(text.contains(&b64(creds.server_ca_cert())), "{name}: server CA byte-exact");
-                assert!(!text.contains(creds.admin_key().expose()), "{name}: no admin key");
-                assert!(!text.contains(&b64(creds.admin_key().expose())), "{name}: no admin key");
+                assert!(
+                    text.contains(&b64(creds.server_ca_cert())),
+                    "{name}: server CA byte-exact"
+                );
+                assert!(
+                    !text.contains(creds.admin_key().expose()),
+                    "{name}: no admin key"
+                );
+                assert!(
+                    !text.contains(&b64(creds.admin_key().expose())),
+                    "{name}: no admin key"
+                );
             }
             Role::Agent => {
-                assert!(text.contains("server: \"https://10.40.1.12:6443\""), "{name}: joins the server\n{text}");
-                assert!(text.contains(creds.agent_token().expose()), "{name}: pinned token");
-                assert!(!write_files.iter().any(|p| p.contains("/tls/")), "{name}: no CA files");
-                for secret in [creds.server_ca_key(), creds.client_ca_key(), creds.admin_key()] {
+                assert!(
+                    text.contains("server: \"https://10.40.1.12:6443\""),
+                    "{name}: joins the server\n{text}"
+                );
+                assert!(
+                    text.contains(creds.agent_token().expose()),
+                    "{name}: pinned token"
+                );
+                assert!(
+                    !write_files.iter().any(|p| p.contains("/tls/")),
+                    "{name}: no CA files"
+                );
+                for secret in [
+                    creds.server_ca_key(),
+                    creds.client_ca_key(),
+                    creds.admin_key(),
+                ] {
                     let b64 = base64::engine::general_purpose::STANDARD.encode(secret.expose());
-                    assert!(!text.contains(&b64) && !text.contains(secret.expose()), "{name}: no key material");
+                    assert!(
+                        !text.contains(&b64) && !text.contains(secret.expose()),
+                        "{name}: no key material"
+                    );
                 }
             }
             Role::None => {}
@@ -242,25 +312,52 @@ fn the_linters_catch_broken_user_data() {
     let dir = tempfile::tempdir().unwrap();
     if let Some(ci) = tool("cloud-init") {
         let bad = dir.path().join("bad.yaml");
-        std::fs::write(&bad, "#cloud-config\nwrite_files:\n  - path: /x\n    permissions: 600\n    encodin: b64\n").unwrap();
-        let out = Command::new(ci).args(["schema", "--config-file"]).arg(&bad).output().unwrap();
-        assert!(!out.status.success(), "cloud-init schema accepts a broken document");
+        std::fs::write(
+            &bad,
+            "#cloud-config\nwrite_files:\n  - path: /x\n    permissions: 600\n    encodin: b64\n",
+        )
+        .unwrap();
+        let out = Command::new(ci)
+            .args(["schema", "--config-file"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "cloud-init schema accepts a broken document"
+        );
     }
     if let Some(sc) = tool("shellcheck") {
         let bad = dir.path().join("bad.sh");
         std::fs::write(&bad, "#!/bin/sh\nrm -rf $dir/*\n").unwrap();
-        let out = Command::new(sc).args(["--severity=style", "--shell=sh"]).arg(&bad).output().unwrap();
-        assert!(!out.status.success(), "shellcheck accepts an unquoted expansion");
+        let out = Command::new(sc)
+            .args(["--severity=style", "--shell=sh"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "shellcheck accepts an unquoted expansion"
+        );
     }
 }
 
 #[test]
 fn display_context_renders_without_any_secret() {
     let (files, env) = sample();
-    let renderer = Renderer::new(&files, &env, "demo", SecretValues::redacted(&env), Mode::Display).unwrap();
+    let renderer = Renderer::new(
+        &files,
+        &env,
+        "demo",
+        SecretValues::redacted(&env),
+        Mode::Display,
+    )
+    .unwrap();
     for g in &env.cloud.as_ref().unwrap().instances {
         let t = phoenix::env::validate::default_user_data(&g.role).unwrap();
-        let text = renderer.user_data(&files, t, g, 0, &display_context(&env, &g.role)).unwrap();
+        let text = renderer
+            .user_data(&files, t, g, 0, &display_context(&env, &g.role))
+            .unwrap();
         assert!(text.starts_with("#cloud-config"));
         assert!(!text.contains("BEGIN"), "no PEM in display output");
     }
@@ -285,12 +382,27 @@ fn credentials_are_private_created_once_and_rotated_on_request() {
     names.sort();
     assert_eq!(
         names,
-        ["admin.crt", "admin.key", "admin.not-after", "client-ca.crt", "client-ca.key", "server-ca.crt", "server-ca.key", "token"]
+        [
+            "admin.crt",
+            "admin.key",
+            "admin.not-after",
+            "client-ca.crt",
+            "client-ca.key",
+            "server-ca.crt",
+            "server-ca.key",
+            "token"
+        ]
     );
     for n in &names {
         assert_eq!(mode(&dir.join(n)), 0o600, "{n}");
     }
-    assert!(std::fs::read_dir(home.path().join("clusters")).unwrap().count() == 1, "no staging left");
+    assert!(
+        std::fs::read_dir(home.path().join("clusters"))
+            .unwrap()
+            .count()
+            == 1,
+        "no staging left"
+    );
 
     let (again, p) = Credentials::ensure(home.path(), "demo").unwrap();
     assert_eq!(p, Provenance::Reused);
@@ -306,12 +418,21 @@ fn credentials_are_private_created_once_and_rotated_on_request() {
     assert_ne!(rotated.server_ca_cert(), first.server_ca_cert());
     assert_ne!(rotated.client_ca_cert(), first.client_ca_cert());
     assert_ne!(rotated.server_token(), first.server_token());
-    assert!(!kubeconfig.exists(), "the old kubeconfig went with the old credentials");
+    assert!(
+        !kubeconfig.exists(),
+        "the old kubeconfig went with the old credentials"
+    );
     let (loaded, p) = Credentials::ensure(home.path(), "demo").unwrap();
     assert_eq!(p, Provenance::Reused);
     assert_eq!(loaded.server_ca_cert(), rotated.server_ca_cert());
     assert_eq!(mode(&dir), 0o700);
-    assert!(std::fs::read_dir(home.path().join("clusters")).unwrap().count() == 1, "old set removed");
+    assert!(
+        std::fs::read_dir(home.path().join("clusters"))
+            .unwrap()
+            .count()
+            == 1,
+        "old set removed"
+    );
 
     // Another env (a drill copy) has its own set.
     let (drill, p) = Credentials::ensure(home.path(), "demo-drill-ab12").unwrap();
@@ -325,17 +446,35 @@ fn loose_permissions_and_partial_sets_are_refused_with_a_fix() {
     let (creds, _) = Credentials::ensure(home.path(), "demo").unwrap();
     let key = creds.dir().join("client-ca.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = Credentials::ensure(home.path(), "demo").unwrap_err().to_string();
-    assert!(err.contains("client-ca.key") && err.contains("chmod 600"), "{err}");
+    let err = Credentials::ensure(home.path(), "demo")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("client-ca.key") && err.contains("chmod 600"),
+        "{err}"
+    );
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::remove_file(creds.dir().join("token")).unwrap();
-    let err = Credentials::ensure(home.path(), "demo").unwrap_err().to_string();
-    assert!(err.contains("token missing") && err.contains("rotate"), "{err}");
+    let err = Credentials::ensure(home.path(), "demo")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("token missing") && err.contains("rotate"),
+        "{err}"
+    );
     std::fs::write(creds.dir().join("token"), "not a token!\n").unwrap();
-    std::fs::set_permissions(creds.dir().join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
-    let err = Credentials::ensure(home.path(), "demo").unwrap_err().to_string();
+    std::fs::set_permissions(
+        creds.dir().join("token"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let err = Credentials::ensure(home.path(), "demo")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("token is not valid"), "{err}");
-    let err = Credentials::ensure(home.path(), "../escape").unwrap_err().to_string();
+    let err = Credentials::ensure(home.path(), "../escape")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("cannot name a credentials directory"), "{err}");
 }
 
@@ -343,7 +482,11 @@ fn loose_permissions_and_partial_sets_are_refused_with_a_fix() {
 fn no_secret_in_debug_or_serialized_output() {
     let home = tempfile::tempdir().unwrap();
     let (creds, _) = Credentials::ensure(home.path(), "demo").unwrap();
-    let debug = format!("{creds:?} {:?} {:?}", creds.server_token(), creds.agent_token());
+    let debug = format!(
+        "{creds:?} {:?} {:?}",
+        creds.server_token(),
+        creds.agent_token()
+    );
     let json = serde_json::to_string(&creds).unwrap();
     let secrets = [
         creds.server_ca_key().expose().to_string(),
@@ -356,13 +499,21 @@ fn no_secret_in_debug_or_serialized_output() {
         let body: String = s.lines().filter(|l| !l.starts_with("-----")).collect();
         let probe = &body[..body.len().min(20)];
         assert!(!debug.contains(probe), "Debug leaks a secret: {debug}");
-        assert!(!json.contains(probe), "serialized credentials leak a secret: {json}");
+        assert!(
+            !json.contains(probe),
+            "serialized credentials leak a secret: {json}"
+        );
     }
-    assert!(debug.contains("REDACTED") || debug.contains("redacted"), "{debug}");
+    assert!(
+        debug.contains("REDACTED") || debug.contains("redacted"),
+        "{debug}"
+    );
     assert!(json.contains("serverCaSha256"), "{json}");
     // The kubeconfig does hold the admin key (it is the credential), and only for https the CA.
     let kc = kubeconfig_value(&creds, "http://127.0.0.1:1/clusters/demo");
-    assert!(kc["clusters"][0]["cluster"].get("certificate-authority-data").is_none());
+    assert!(kc["clusters"][0]["cluster"]
+        .get("certificate-authority-data")
+        .is_none());
     let kc = kubeconfig_value(&creds, "https://10.0.0.1:6443");
     assert!(kc["clusters"][0]["cluster"]["certificate-authority-data"].is_string());
 }

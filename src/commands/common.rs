@@ -12,6 +12,8 @@ pub struct Context {
     pub home: PathBuf,
     pub source: SourceOptions,
     pub verbose: u8,
+    /// `--cluster-endpoint` / `PHOENIX_CLUSTER_ENDPOINT`, with its `{env}` placeholder unresolved.
+    pub cluster_endpoint: Option<String>,
 }
 
 impl Context {
@@ -38,6 +40,7 @@ impl Context {
             },
             home,
             verbose: g.verbose,
+            cluster_endpoint: g.cluster_endpoint.clone(),
         })
     }
 
@@ -62,7 +65,7 @@ pub fn load_env(ctx: &Context, snap: &Snapshot, name: &str) -> Result<Environmen
         if ctx.json() {
             print_json(&serde_json::json!({
                 "env": name,
-                "commit": commit_json(&snap),
+                "commit": commit_json(snap),
                 "valid": false,
                 "diagnostics": diags,
             }));

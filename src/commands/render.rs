@@ -1,7 +1,6 @@
 //! `phoenix render ENV`: the rendered user-data and manifests, secrets redacted.
 
 use super::common::{commit_json, commit_line, load_env, print_json, Context, Outcome};
-use super::validate::display_cluster_context;
 use crate::env;
 use crate::error::{ExitCode, Failure};
 use crate::render::{Mode, Renderer, SecretValues};
@@ -38,8 +37,8 @@ pub async fn run(ctx: &Context, name: &str, component: Option<&str>) -> Outcome 
     }
     if component.is_none() {
         if let Some(cloud) = &env.cloud {
-            let cluster = display_cluster_context(&env);
             for g in &cloud.instances {
+                let cluster = crate::providers::cluster::display_context(&env, &g.role);
                 let Some(t) = g
                     .user_data
                     .as_deref()

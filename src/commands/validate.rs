@@ -6,21 +6,6 @@ use crate::error::{ExitCode, Failure};
 use crate::render::{Mode, RenderError, Renderer, SecretValues};
 use crate::source::Snapshot;
 
-/// What the cluster layer hands instances, as shown when secrets are not at hand.
-pub fn display_cluster_context(env: &Environment) -> serde_json::Value {
-    let version = match &env.cluster {
-        Some(env::model::Cluster::K3s(k)) => k.version.clone(),
-        _ => String::new(),
-    };
-    serde_json::json!({
-        "version": version,
-        "server": "SERVER-ADDRESS",
-        "token": crate::render::REDACTED,
-        "client_ca_cert": "CLIENT-CA-CERTIFICATE",
-        "client_ca_key": crate::render::REDACTED,
-    })
-}
-
 fn render_diag(e: RenderError) -> Diagnostic {
     Diagnostic {
         file: e.file,
@@ -49,8 +34,9 @@ pub fn check_templates(snap: &Snapshot, env: &Environment) -> (Vec<Diagnostic>, 
         Err(e) => return (vec![render_diag(e)], 0),
     };
     if let Some(cloud) = &env.cloud {
-        let cluster = display_cluster_context(env);
         for g in &cloud.instances {
+            // What the cluster layer hands this role, with markers where secrets and addresses go.
+            let cluster = crate::providers::cluster::display_context(env, &g.role);
             let Some(t) = g
                 .user_data
                 .as_deref()

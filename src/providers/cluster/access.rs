@@ -63,7 +63,11 @@ impl ClusterAccess {
         self
     }
 
-    fn error(&self, message: String, source: Option<Box<dyn std::error::Error + Send + Sync>>) -> ClusterError {
+    fn error(
+        &self,
+        message: String,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ClusterError {
         ClusterError::Kubeconfig {
             path: self.kubeconfig.clone(),
             context: self.context.clone(),
@@ -98,11 +102,19 @@ pub async fn config_for(access: &ClusterAccess) -> Result<kube::Config, ClusterE
         .map_err(|e| access.error("cannot be read as a kubeconfig".into(), Some(Box::new(e))))?;
     if let Some(context) = &access.context {
         if !kubeconfig.contexts.iter().any(|c| &c.name == context) {
-            let names: Vec<&str> = kubeconfig.contexts.iter().map(|c| c.name.as_str()).collect();
+            let names: Vec<&str> = kubeconfig
+                .contexts
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
             return Err(access.error(
                 format!(
                     "has no context {context:?} (contexts: {})",
-                    if names.is_empty() { "none".to_string() } else { names.join(", ") }
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
                 ),
                 None,
             ));

@@ -112,7 +112,10 @@ impl fmt::Debug for Credentials {
             .field("dir", &self.dir)
             .field("env", &self.env)
             .field("server_ca_sha256", &self.server_ca_sha256())
-            .field("client_ca_sha256", &sha256_hex(self.client_ca_cert.as_bytes()))
+            .field(
+                "client_ca_sha256",
+                &sha256_hex(self.client_ca_cert.as_bytes()),
+            )
             .field("admin_cert_sha256", &sha256_hex(self.admin_cert.as_bytes()))
             .field("keys", &crate::render::REDACTED)
             .field("token", &crate::render::REDACTED)
@@ -127,7 +130,10 @@ impl Serialize for Credentials {
         st.serialize_field("dir", &self.dir)?;
         st.serialize_field("env", &self.env)?;
         st.serialize_field("serverCaSha256", &self.server_ca_sha256())?;
-        st.serialize_field("clientCaSha256", &sha256_hex(self.client_ca_cert.as_bytes()))?;
+        st.serialize_field(
+            "clientCaSha256",
+            &sha256_hex(self.client_ca_cert.as_bytes()),
+        )?;
         st.serialize_field("adminCertNotAfter", &self.admin_not_after)?;
         st.end()
     }
@@ -150,7 +156,10 @@ impl Credentials {
     /// The stored credentials of `env`, or a new set when none are stored (written atomically:
     /// a crash leaves either nothing or a complete set). Re-issues the admin certificate when it
     /// expires within 30 days. `env` is the effective name (a drill copy gets its own).
-    pub fn ensure(phoenix_home: &Path, env: &str) -> Result<(Credentials, Provenance), ClusterError> {
+    pub fn ensure(
+        phoenix_home: &Path,
+        env: &str,
+    ) -> Result<(Credentials, Provenance), ClusterError> {
         let dir = cluster_dir(phoenix_home, env)?;
         if let Some(creds) = Credentials::load_dir(&dir, env)? {
             return creds.renew_if_expiring();
@@ -184,11 +193,15 @@ impl Credentials {
         fresh.write_all(&staging)?;
         if dir.exists() {
             let old = staging_dir(&dir, "old")?;
-            fs::rename(&dir, &old).map_err(ClusterError::io("moving aside the old credentials", &dir))?;
-            fs::rename(&staging, &dir).map_err(ClusterError::io("installing the new credentials", &dir))?;
-            fs::remove_dir_all(&old).map_err(ClusterError::io("removing the old credentials", &old))?;
+            fs::rename(&dir, &old)
+                .map_err(ClusterError::io("moving aside the old credentials", &dir))?;
+            fs::rename(&staging, &dir)
+                .map_err(ClusterError::io("installing the new credentials", &dir))?;
+            fs::remove_dir_all(&old)
+                .map_err(ClusterError::io("removing the old credentials", &old))?;
         } else {
-            fs::rename(&staging, &dir).map_err(ClusterError::io("installing the new credentials", &dir))?;
+            fs::rename(&staging, &dir)
+                .map_err(ClusterError::io("installing the new credentials", &dir))?;
         }
         Ok(fresh)
     }
@@ -258,11 +271,15 @@ impl Credentials {
         if self.admin_not_after - now > ADMIN_RENEW_DAYS * 86_400 {
             return Ok((self, Provenance::Reused));
         }
-        let ca_key = KeyPair::from_pem(self.client_ca_key.expose()).map_err(|e| ClusterError::Corrupt {
-            path: self.dir.join(CLIENT_CA_KEY),
-            message: format!("not a PEM private key ({e})"),
-        })?;
-        let issuer = Issuer::new(ca_params(&client_ca_name(&self.env), OffsetDateTime::now_utc())?, ca_key);
+        let ca_key =
+            KeyPair::from_pem(self.client_ca_key.expose()).map_err(|e| ClusterError::Corrupt {
+                path: self.dir.join(CLIENT_CA_KEY),
+                message: format!("not a PEM private key ({e})"),
+            })?;
+        let issuer = Issuer::new(
+            ca_params(&client_ca_name(&self.env), OffsetDateTime::now_utc())?,
+            ca_key,
+        );
         let (admin_cert, admin_key, not_after) = issue_admin(&issuer)?;
         let renewed = Credentials {
             admin_cert,
@@ -365,13 +382,14 @@ impl Credentials {
         }
         let read = |name: &str| read_private(&dir.join(name));
         let not_after_path = dir.join(ADMIN_NOT_AFTER);
-        let admin_not_after = read(ADMIN_NOT_AFTER)?
-            .trim()
-            .parse::<i64>()
-            .map_err(|_| ClusterError::Corrupt {
-                path: not_after_path,
-                message: "expected a Unix timestamp".into(),
-            })?;
+        let admin_not_after =
+            read(ADMIN_NOT_AFTER)?
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| ClusterError::Corrupt {
+                    path: not_after_path,
+                    message: "expected a Unix timestamp".into(),
+                })?;
         let token = read(TOKEN)?;
         if token.is_empty() || !token.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(ClusterError::Corrupt {
@@ -382,12 +400,32 @@ impl Credentials {
         let creds = Credentials {
             dir: dir.to_path_buf(),
             env: env.to_string(),
-            server_ca_cert: pem_of(&dir.join(SERVER_CA_CERT), read(SERVER_CA_CERT)?, "CERTIFICATE")?,
-            server_ca_key: Secret(pem_of(&dir.join(SERVER_CA_KEY), read(SERVER_CA_KEY)?, "PRIVATE KEY")?),
-            client_ca_cert: pem_of(&dir.join(CLIENT_CA_CERT), read(CLIENT_CA_CERT)?, "CERTIFICATE")?,
-            client_ca_key: Secret(pem_of(&dir.join(CLIENT_CA_KEY), read(CLIENT_CA_KEY)?, "PRIVATE KEY")?),
+            server_ca_cert: pem_of(
+                &dir.join(SERVER_CA_CERT),
+                read(SERVER_CA_CERT)?,
+                "CERTIFICATE",
+            )?,
+            server_ca_key: Secret(pem_of(
+                &dir.join(SERVER_CA_KEY),
+                read(SERVER_CA_KEY)?,
+                "PRIVATE KEY",
+            )?),
+            client_ca_cert: pem_of(
+                &dir.join(CLIENT_CA_CERT),
+                read(CLIENT_CA_CERT)?,
+                "CERTIFICATE",
+            )?,
+            client_ca_key: Secret(pem_of(
+                &dir.join(CLIENT_CA_KEY),
+                read(CLIENT_CA_KEY)?,
+                "PRIVATE KEY",
+            )?),
             admin_cert: pem_of(&dir.join(ADMIN_CERT), read(ADMIN_CERT)?, "CERTIFICATE")?,
-            admin_key: Secret(pem_of(&dir.join(ADMIN_KEY), read(ADMIN_KEY)?, "PRIVATE KEY")?),
+            admin_key: Secret(pem_of(
+                &dir.join(ADMIN_KEY),
+                read(ADMIN_KEY)?,
+                "PRIVATE KEY",
+            )?),
             admin_not_after,
             token: Secret(token),
         };
@@ -415,10 +453,11 @@ fn client_ca_name(env: &str) -> String {
 }
 
 fn ca_params(common_name: &str, now: OffsetDateTime) -> Result<CertificateParams, ClusterError> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(|source| ClusterError::Generate {
-        what: "CA parameters",
-        source,
-    })?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|source| ClusterError::Generate {
+            what: "CA parameters",
+            source,
+        })?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
     dn.push(DnType::OrganizationName, "phoenix");
@@ -438,20 +477,30 @@ fn issue_admin(issuer: &Issuer<'_, KeyPair>) -> Result<(String, Secret, i64), Cl
     let gen = |what| move |source| ClusterError::Generate { what, source };
     let now = OffsetDateTime::now_utc();
     let key = KeyPair::generate().map_err(gen("the admin key"))?;
-    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(gen("admin parameters"))?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(gen("admin parameters"))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, ADMIN_USER);
     dn.push(DnType::OrganizationName, ADMIN_GROUP);
     params.distinguished_name = dn;
     params.use_authority_key_identifier_extension = true;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     // A little slack for clocks on the server that run behind phoenix's.
     params.not_before = now - TimeDuration::hours(1);
     let not_after = now + TimeDuration::days(ADMIN_VALIDITY_DAYS);
     params.not_after = not_after;
-    let cert = params.signed_by(&key, issuer).map_err(gen("the admin certificate"))?;
-    Ok((cert.pem(), Secret(key.serialize_pem()), not_after.unix_timestamp()))
+    let cert = params
+        .signed_by(&key, issuer)
+        .map_err(gen("the admin certificate"))?;
+    Ok((
+        cert.pem(),
+        Secret(key.serialize_pem()),
+        not_after.unix_timestamp(),
+    ))
 }
 
 /// 32 random bytes as hex: alphanumeric, so it needs no quoting in YAML, shell or k3s's
@@ -463,7 +512,10 @@ fn random_token() -> Result<String, ClusterError> {
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn pem_of(path: &Path, text: String, label: &str) -> Result<String, ClusterError> {
@@ -482,7 +534,10 @@ fn pem_of(path: &Path, text: String, label: &str) -> Result<String, ClusterError
 fn staging_dir(dir: &Path, what: &str) -> Result<PathBuf, ClusterError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     create_private_dir(parent)?;
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("cluster");
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("cluster");
     let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
     Ok(parent.join(format!(".{name}.{what}-{}-{nanos}", std::process::id())))
 }
@@ -573,7 +628,11 @@ mod tests {
         let (c, p) = Credentials::ensure(dir.path(), "t").unwrap();
         assert_eq!(p, Provenance::Created);
         let token = c.agent_token();
-        let expected = format!("K10{}::server:{}", sha256_hex(c.server_ca_cert().as_bytes()), c.server_token().expose());
+        let expected = format!(
+            "K10{}::server:{}",
+            sha256_hex(c.server_ca_cert().as_bytes()),
+            c.server_token().expose()
+        );
         assert_eq!(token.expose(), expected);
         assert_eq!(c.server_token().expose().len(), 64);
     }
@@ -587,7 +646,9 @@ mod tests {
         assert_eq!(p, Provenance::Renewed);
         assert_ne!(renewed.admin_cert(), c.admin_cert());
         assert_eq!(renewed.client_ca_cert(), c.client_ca_cert());
-        assert!(renewed.admin_not_after() > OffsetDateTime::now_utc().unix_timestamp() + 300 * 86_400);
+        assert!(
+            renewed.admin_not_after() > OffsetDateTime::now_utc().unix_timestamp() + 300 * 86_400
+        );
         let (again, p) = Credentials::ensure(dir.path(), "t").unwrap();
         assert_eq!(p, Provenance::Reused);
         assert_eq!(again.admin_cert(), renewed.admin_cert());

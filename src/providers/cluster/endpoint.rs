@@ -61,7 +61,11 @@ pub fn endpoint_override(template: &str, env: &str) -> Result<String, ClusterErr
 pub fn endpoint_host(url: &str) -> Option<String> {
     let uri: http::Uri = url.parse().ok()?;
     let host = uri.host()?;
-    Some(host.trim_start_matches('[').trim_end_matches(']').to_string())
+    Some(
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+    )
 }
 
 /// Resource id of the instance that serves the API: instance 0 of the first server group.
@@ -90,7 +94,11 @@ pub fn server_instance<'a>(
         .iter()
         .find(|r| matches!(&r.state, LiveState::Instance { state, .. } if state == "running"))
         .or(copies.first())
-        .ok_or_else(|| no_server(format!("{resource} does not exist in EC2 (has the cloud layer converged?)")))
+        .ok_or_else(|| {
+            no_server(format!(
+                "{resource} does not exist in EC2 (has the cloud layer converged?)"
+            ))
+        })
 }
 
 fn instance_address(
@@ -125,8 +133,16 @@ fn instance_address(
 }
 
 /// The server's private address: what agents join (`https://ADDRESS:6443`).
-pub fn server_private_address(env: &str, cloud: &Cloud, live: &LiveCloud) -> Result<String, ClusterError> {
-    instance_address(env, server_instance(env, cloud, live)?, &EndpointKind::Private)
+pub fn server_private_address(
+    env: &str,
+    cloud: &Cloud,
+    live: &LiveCloud,
+) -> Result<String, ClusterError> {
+    instance_address(
+        env,
+        server_instance(env, cloud, live)?,
+        &EndpointKind::Private,
+    )
 }
 
 /// The endpoint: the override when given, else the live server's address.
@@ -146,7 +162,8 @@ pub fn resolve_endpoint(
     let (Some(cloud), Some(live)) = (cloud, live) else {
         return Err(ClusterError::NoServer {
             env: env.to_string(),
-            reason: "the environment has no cloud instances and no --cluster-endpoint was given".into(),
+            reason: "the environment has no cloud instances and no --cluster-endpoint was given"
+                .into(),
         });
     };
     let server = server_instance(env, cloud, live)?;
@@ -176,12 +193,28 @@ mod tests {
             endpoint_override("http://127.0.0.1:8080/clusters/{env}/", "demo-drill-1").unwrap(),
             "http://127.0.0.1:8080/clusters/demo-drill-1"
         );
-        assert_eq!(endpoint_override("https://api.example:443", "d").unwrap(), "https://api.example:443");
-        for bad in ["127.0.0.1:6443", "ftp://x", "http://", "https://x?y=1", "https://x/{name}", "not a url"] {
+        assert_eq!(
+            endpoint_override("https://api.example:443", "d").unwrap(),
+            "https://api.example:443"
+        );
+        for bad in [
+            "127.0.0.1:6443",
+            "ftp://x",
+            "http://",
+            "https://x?y=1",
+            "https://x/{name}",
+            "not a url",
+        ] {
             let err = endpoint_override(bad, "d").unwrap_err().to_string();
             assert!(err.contains("expected e.g."), "{bad}: {err}");
         }
-        assert_eq!(endpoint_host("https://[fd00::1]:6443").as_deref(), Some("fd00::1"));
-        assert_eq!(endpoint_host("http://127.0.0.1:9/clusters/x").as_deref(), Some("127.0.0.1"));
+        assert_eq!(
+            endpoint_host("https://[fd00::1]:6443").as_deref(),
+            Some("fd00::1")
+        );
+        assert_eq!(
+            endpoint_host("http://127.0.0.1:9/clusters/x").as_deref(),
+            Some("127.0.0.1")
+        );
     }
 }

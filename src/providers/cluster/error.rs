@@ -71,9 +71,16 @@ pub enum ClusterError {
 }
 
 impl ClusterError {
-    pub(crate) fn io(doing: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ClusterError {
+    pub(crate) fn io(
+        doing: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> ClusterError {
         let path = path.into();
-        move |source| ClusterError::Io { doing, path, source }
+        move |source| ClusterError::Io {
+            doing,
+            path,
+            source,
+        }
     }
 
     /// Whether retrying the same attempt may help: only API and I/O trouble may pass.

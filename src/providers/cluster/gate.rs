@@ -57,10 +57,9 @@ impl ExpectedNode {
 
     fn matches(&self, node: &ObservedNode) -> bool {
         if let Some(id) = &self.instance_id {
-            let by_provider = node
-                .provider_id
-                .as_deref()
-                .is_some_and(|p| p.starts_with("aws://") && p.rsplit('/').next() == Some(id.as_str()));
+            let by_provider = node.provider_id.as_deref().is_some_and(|p| {
+                p.starts_with("aws://") && p.rsplit('/').next() == Some(id.as_str())
+            });
             if by_provider || node.name == *id {
                 return true;
             }
@@ -202,7 +201,9 @@ pub fn evaluate_nodes(expect: &NodeExpectation, nodes: &[ObservedNode]) -> NodeR
                         } else if n.name == e.host_name().unwrap_or_default() {
                             report.not_ready.push(e.label());
                         } else {
-                            report.not_ready.push(format!("{} as node {}", e.label(), n.name));
+                            report
+                                .not_ready
+                                .push(format!("{} as node {}", e.label(), n.name));
                         }
                     }
                     None => report.missing.push(e.label()),
@@ -238,7 +239,10 @@ pub fn deployment_unavailable(d: &Deployment) -> Option<String> {
         Some(c) if c.status != "True" => Some(format!(
             "{available}/{desired} available, Available={}{}",
             c.status,
-            c.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+            c.reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
         )),
         _ => Some(format!("{available}/{desired} available")),
     }
@@ -282,12 +286,16 @@ pub fn expected_nodes(cloud: &Cloud, live: &LiveCloud) -> Vec<ExpectedNode> {
             let copies = live.get(&resource);
             let pick = copies
                 .iter()
-                .find(|r| matches!(&r.state, LiveState::Instance { state, .. } if state == "running"))
+                .find(
+                    |r| matches!(&r.state, LiveState::Instance { state, .. } if state == "running"),
+                )
                 .or(copies.first())
                 .filter(|r| r.tags.get(TAG_ROLE).is_none_or(|t| t == role));
             let (instance_id, private_ip) = match pick {
                 Some(r) => match &r.state {
-                    LiveState::Instance { private_ip, .. } => (Some(r.aws_id.clone()), private_ip.clone()),
+                    LiveState::Instance { private_ip, .. } => {
+                        (Some(r.aws_id.clone()), private_ip.clone())
+                    }
                     _ => (None, None),
                 },
                 None => (None, None),
@@ -338,21 +346,29 @@ pub enum GateTarget {
         endpoint_override: Option<String>,
     },
     /// An existing cluster (`cluster.existing`): nothing is created; the gate checks readiness.
-    Existing { env_name: String, access: ClusterAccess },
+    Existing {
+        env_name: String,
+        access: ClusterAccess,
+    },
 }
 
 /// The `cluster/control-plane` node. For k3s it depends on every server and agent instance node
 /// (`cloud/instance/<group>/<i>`); for an existing cluster on nothing.
 pub fn control_plane_node(target: GateTarget, opts: GateOptions) -> (NodeSpec, Arc<dyn Action>) {
     let (deps, description) = match &target {
-        GateTarget::K3s { cloud, env_name, .. } => {
+        GateTarget::K3s {
+            cloud, env_name, ..
+        } => {
             let deps: Vec<String> = cloud
                 .instances
                 .iter()
                 .filter(|g| g.role != Role::None)
                 .flat_map(|g| (0..g.count).map(move |i| format!("cloud/instance/{}/{i}", g.name)))
                 .collect();
-            (deps, format!("control plane of {env_name}: /readyz, nodes Ready, kube-system available"))
+            (
+                deps,
+                format!("control plane of {env_name}: /readyz, nodes Ready, kube-system available"),
+            )
         }
         GateTarget::Existing { env_name, .. } => (
             Vec::new(),
@@ -389,7 +405,11 @@ struct Pending {
     detail: String,
 }
 
-async fn gate(ctx: &NodeCtx, target: GateTarget, opts: GateOptions) -> Result<NodeOutcome, NodeError> {
+async fn gate(
+    ctx: &NodeCtx,
+    target: GateTarget,
+    opts: GateOptions,
+) -> Result<NodeOutcome, NodeError> {
     let (env_name, access, expect, required) = match target {
         GateTarget::K3s {
             phoenix_home,
@@ -490,7 +510,13 @@ async fn poll(
     match client.request_text(request).await {
         Ok(body) if body.trim() == "ok" => {}
         Ok(body) => {
-            let first: String = body.lines().next().unwrap_or("").chars().take(200).collect();
+            let first: String = body
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(200)
+                .collect();
             return Err(api_down(format!("GET {url}/readyz answered {first:?}")));
         }
         Err(e) => return Err(api_down(format!("GET {url}/readyz: {}", chain(&e)))),
@@ -510,7 +536,12 @@ async fn poll(
     let deployments = Api::<Deployment>::namespaced(client.clone(), "kube-system")
         .list(&ListParams::default())
         .await
-        .map_err(|e| api_down(format!("listing kube-system Deployments at {url}: {}", chain(&e))))?;
+        .map_err(|e| {
+            api_down(format!(
+                "listing kube-system Deployments at {url}: {}",
+                chain(&e)
+            ))
+        })?;
     let problems = evaluate_deployments(required, &deployments.items);
     if !problems.is_empty() {
         return Err(Pending {
@@ -626,7 +657,10 @@ mod tests {
 
     #[test]
     fn at_least_counts_ready_nodes() {
-        let r = evaluate_nodes(&NodeExpectation::AtLeast(1), &[ready_node("a", None, false)]);
+        let r = evaluate_nodes(
+            &NodeExpectation::AtLeast(1),
+            &[ready_node("a", None, false)],
+        );
         assert!(!r.ok());
         assert_eq!(r.headline(), "0 of at least 1 nodes Ready");
         assert!(evaluate_nodes(&NodeExpectation::AtLeast(1), &[ready_node("a", None, true)]).ok());
@@ -646,7 +680,10 @@ mod tests {
         let stale = deployment(
             "metadata: {name: coredns, generation: 3}\nspec: {replicas: 1, selector: {}, template: {}}\nstatus: {observedGeneration: 2, availableReplicas: 1, conditions: [{type: Available, status: 'True'}]}",
         );
-        assert_eq!(deployment_unavailable(&stale).as_deref(), Some("generation 3 not observed yet"));
+        assert_eq!(
+            deployment_unavailable(&stale).as_deref(),
+            Some("generation 3 not observed yet")
+        );
         let down = deployment(
             "metadata: {name: coredns, generation: 1}\nspec: {replicas: 2, selector: {}, template: {}}\nstatus: {observedGeneration: 1, availableReplicas: 0, conditions: [{type: Available, status: 'False', reason: MinimumReplicasUnavailable}]}",
         );

@@ -11,7 +11,10 @@ mod kubeconfig;
 mod observe;
 mod userdata;
 
-pub use access::{client_for, config_for, install_crypto_provider, ClientTimeouts, ClusterAccess, KubeconfigConnector};
+pub use access::{
+    client_for, config_for, install_crypto_provider, ClientTimeouts, ClusterAccess,
+    KubeconfigConnector,
+};
 pub use credentials::{cluster_dir, Credentials, Provenance, Secret, ADMIN_GROUP, ADMIN_USER};
 pub use endpoint::{
     endpoint_host, endpoint_override, resolve_endpoint, server_instance, server_private_address,
@@ -19,13 +22,15 @@ pub use endpoint::{
 };
 pub use error::ClusterError;
 pub use gate::{
-    check_target, control_plane_node, deployment_unavailable, evaluate_deployments,
-    evaluate_nodes, expected_nodes, ExpectedNode, GateOptions, GateTarget, NodeExpectation,
-    NodeReport, ObservedNode, CONTROL_PLANE_NODE,
+    check_target, control_plane_node, deployment_unavailable, evaluate_deployments, evaluate_nodes,
+    expected_nodes, ExpectedNode, GateOptions, GateTarget, NodeExpectation, NodeReport,
+    ObservedNode, CONTROL_PLANE_NODE,
 };
 pub use kubeconfig::{kubeconfig_path, kubeconfig_value, write_kubeconfig};
-pub use observe::{compare, observe_cluster, status_of, ClusterDrift, ClusterStatus, ExpectedCluster};
+pub use observe::{
+    compare, observe_cluster, status_of, ClusterDrift, ClusterStatus, ExpectedCluster,
+};
 pub use userdata::{
-    agent_context, check_address, check_version, display_context, instance_context,
-    server_context, API_PORT,
+    agent_context, check_address, check_version, display_context, instance_context, server_context,
+    API_PORT,
 };

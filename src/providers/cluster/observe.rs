@@ -22,14 +22,30 @@ pub struct ExpectedCluster {
 #[serde(tag = "kind", rename_all = "camelCase")]
 pub enum ClusterDrift {
     /// An expected instance has no node (label as in the gate: `ip-10-40-1-12 (i-0abc)`).
-    NodeMissing { node: String },
-    NodeNotReady { node: String },
+    NodeMissing {
+        node: String,
+    },
+    NodeNotReady {
+        node: String,
+    },
     /// Fewer Ready nodes than an existing cluster needs.
-    TooFewReady { ready: usize, expected: usize },
+    TooFewReady {
+        ready: usize,
+        expected: usize,
+    },
     /// A node that matches none of the env's instances.
-    UnexpectedNode { name: String },
-    ServerVersion { desired: String, live: String },
-    KubeletVersion { node: String, desired: String, live: String },
+    UnexpectedNode {
+        name: String,
+    },
+    ServerVersion {
+        desired: String,
+        live: String,
+    },
+    KubeletVersion {
+        node: String,
+        desired: String,
+        live: String,
+    },
 }
 
 impl std::fmt::Display for ClusterDrift {
@@ -46,7 +62,11 @@ impl std::fmt::Display for ClusterDrift {
             ClusterDrift::ServerVersion { desired, live } => {
                 write!(f, "API server version {live}, desired {desired}")
             }
-            ClusterDrift::KubeletVersion { node, desired, live } => {
+            ClusterDrift::KubeletVersion {
+                node,
+                desired,
+                live,
+            } => {
                 write!(f, "node {node} runs kubelet {live}, desired {desired}")
             }
         }
@@ -112,9 +132,24 @@ pub fn compare(
     let report = evaluate_nodes(&expected.nodes, nodes);
     match &expected.nodes {
         NodeExpectation::Instances(_) => {
-            drift.extend(report.missing.iter().map(|n| ClusterDrift::NodeMissing { node: n.clone() }));
-            drift.extend(report.not_ready.iter().map(|n| ClusterDrift::NodeNotReady { node: n.clone() }));
-            drift.extend(report.unexpected.iter().map(|n| ClusterDrift::UnexpectedNode { name: n.clone() }));
+            drift.extend(
+                report
+                    .missing
+                    .iter()
+                    .map(|n| ClusterDrift::NodeMissing { node: n.clone() }),
+            );
+            drift.extend(
+                report
+                    .not_ready
+                    .iter()
+                    .map(|n| ClusterDrift::NodeNotReady { node: n.clone() }),
+            );
+            drift.extend(
+                report
+                    .unexpected
+                    .iter()
+                    .map(|n| ClusterDrift::UnexpectedNode { name: n.clone() }),
+            );
         }
         NodeExpectation::AtLeast(_) => {
             if !report.ok() {
@@ -167,8 +202,18 @@ mod tests {
     fn expected() -> ExpectedCluster {
         ExpectedCluster {
             nodes: NodeExpectation::Instances(vec![
-                ExpectedNode { resource: "instance/server/0".into(), instance_id: Some("i-1".into()), private_ip: Some("10.0.0.1".into()), role: "server".into() },
-                ExpectedNode { resource: "instance/agent/0".into(), instance_id: Some("i-2".into()), private_ip: Some("10.0.0.2".into()), role: "agent".into() },
+                ExpectedNode {
+                    resource: "instance/server/0".into(),
+                    instance_id: Some("i-1".into()),
+                    private_ip: Some("10.0.0.1".into()),
+                    role: "server".into(),
+                },
+                ExpectedNode {
+                    resource: "instance/agent/0".into(),
+                    instance_id: Some("i-2".into()),
+                    private_ip: Some("10.0.0.2".into()),
+                    role: "agent".into(),
+                },
             ]),
             version: Some("v1.31.4+k3s1".into()),
         }
@@ -176,13 +221,19 @@ mod tests {
 
     #[test]
     fn in_sync() {
-        let nodes = vec![n("ip-10-0-0-1", true, "v1.31.4+k3s1"), n("ip-10-0-0-2", true, "v1.31.4+k3s1")];
+        let nodes = vec![
+            n("ip-10-0-0-1", true, "v1.31.4+k3s1"),
+            n("ip-10-0-0-2", true, "v1.31.4+k3s1"),
+        ];
         assert!(compare(Some("v1.31.4+k3s1"), &nodes, &expected()).is_empty());
     }
 
     #[test]
     fn every_kind_of_drift_is_reported() {
-        let nodes = vec![n("ip-10-0-0-1", false, "v1.30.0+k3s1"), n("extra", true, "v1.31.4+k3s1")];
+        let nodes = vec![
+            n("ip-10-0-0-1", false, "v1.30.0+k3s1"),
+            n("extra", true, "v1.31.4+k3s1"),
+        ];
         let d = compare(Some("v1.30.0+k3s1"), &nodes, &expected());
         let text: Vec<String> = d.iter().map(ToString::to_string).collect();
         assert_eq!(
@@ -199,10 +250,16 @@ mod tests {
 
     #[test]
     fn existing_cluster_needs_one_ready_node_and_ignores_versions() {
-        let e = ExpectedCluster { nodes: NodeExpectation::AtLeast(1), version: None };
+        let e = ExpectedCluster {
+            nodes: NodeExpectation::AtLeast(1),
+            version: None,
+        };
         assert_eq!(
             compare(Some("v1.2.3"), &[n("a", false, "x")], &e),
-            vec![ClusterDrift::TooFewReady { ready: 0, expected: 1 }]
+            vec![ClusterDrift::TooFewReady {
+                ready: 0,
+                expected: 1
+            }]
         );
         assert!(compare(Some("v1.2.3"), &[n("a", true, "x")], &e).is_empty());
     }

@@ -127,9 +127,7 @@ pub fn check_version(version: &str) -> Result<(), ClusterError> {
         return Err(invalid());
     }
     if let Some(s) = suffix {
-        let ok = s
-            .strip_prefix("k3s")
-            .is_some_and(|n| numeric(n));
+        let ok = s.strip_prefix("k3s").is_some_and(numeric);
         if !ok {
             return Err(invalid());
         }
@@ -177,7 +175,15 @@ mod tests {
         for ok in ["v1.31.4+k3s1", "v1.30.0", "v1.32.10+k3s12"] {
             assert!(check_version(ok).is_ok(), "{ok}");
         }
-        for bad in ["1.31.4", "v1.31", "v1.31.4+rke2r1", "v1.31.4+k3s", "v1.31.4;rm -rf /", "v1.31.4+k3s1 x", ""] {
+        for bad in [
+            "1.31.4",
+            "v1.31",
+            "v1.31.4+rke2r1",
+            "v1.31.4+k3s",
+            "v1.31.4;rm -rf /",
+            "v1.31.4+k3s1 x",
+            "",
+        ] {
             assert!(check_version(bad).is_err(), "{bad}");
         }
     }
