@@ -4,6 +4,8 @@ use clap::Parser;
 use phoenix::cli::{Cli, Output};
 
 fn main() -> std::process::ExitCode {
+    // ring and aws-lc-rs are both compiled into rustls; pick one before any TLS client exists.
+    phoenix::providers::cluster::install_crypto_provider();
     let cli = Cli::parse();
     let json = cli.global.output == Output::Json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()

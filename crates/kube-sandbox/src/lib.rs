@@ -119,9 +119,21 @@ pub struct SandboxHandle {
     thread_stop: Option<std::sync::mpsc::Sender<()>>,
 }
 
+/// Makes ring the process-wide rustls provider, once. When rustls is built with both ring and
+/// aws-lc-rs (a workspace build that also compiles the AWS SDK unifies both features), rustls
+/// cannot pick a default and panics on the first TLS config; the sandbox's TLS listener and the
+/// kube-rs clients of its tests both need one.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 impl Sandbox {
     /// Start serving on the current tokio runtime.
     pub async fn start(config: Config) -> Result<SandboxHandle, Error> {
+        install_crypto_provider();
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::Bind(config.listen, e))?;
@@ -185,6 +197,7 @@ impl Sandbox {
 
     /// Start on a dedicated thread with its own runtime (for synchronous tests and tools).
     pub fn start_in_thread(config: Config) -> Result<SandboxHandle, Error> {
+        install_crypto_provider();
         let (tx, rx) = std::sync::mpsc::channel::<Result<SandboxHandle, Error>>();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
         std::thread::Builder::new()

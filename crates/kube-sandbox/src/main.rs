@@ -53,6 +53,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
+    kube_sandbox::install_crypto_provider();
     let cli = Cli::parse();
     let config = kube_sandbox::Config {
         listen: cli.listen,
