@@ -8,6 +8,8 @@ use kube::api::Api;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 async fn start(args: &[&str]) -> (tokio::process::Child, String, Vec<String>) {
+    // The kube-rs clients these tests build need a rustls provider (see install_crypto_provider).
+    kube_sandbox::install_crypto_provider();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_kube-sandbox"))
         .args(args)
         .stdout(std::process::Stdio::piped())
