@@ -76,7 +76,8 @@ fn components(namespaces: usize, per: usize) -> Vec<ComponentSpec> {
     (0..namespaces)
         .map(|n| {
             let ns = format!("bench-{n:02}");
-            let mut objects = vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})];
+            let mut objects =
+                vec![json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})];
             for i in 0..per {
                 objects.push(json!({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": {"name": format!("config-{i:03}"), "namespace": ns},
@@ -122,7 +123,12 @@ fn write_dir(dir: &Path, specs: &[ComponentSpec]) -> Result<(), String> {
     };
     let namespaces: Vec<String> = specs
         .iter()
-        .flat_map(|s| s.manifests.iter().filter(|m| m.object["kind"] == "Namespace").map(|m| stamp(s, m)))
+        .flat_map(|s| {
+            s.manifests
+                .iter()
+                .filter(|m| m.object["kind"] == "Namespace")
+                .map(|m| stamp(s, m))
+        })
         .collect();
     write(&dir.join("00-namespaces.yaml"), &namespaces)?;
     for s in specs {
@@ -155,7 +161,13 @@ async fn phoenix_apply(url: &str, specs: &[ComponentSpec]) -> Result<Duration, S
     ) {
         graph.add(spec, action).map_err(|e| e.to_string())?;
     }
-    let summary = engine::run(graph, EngineOptions::default(), EventSink::new(), CancelToken::new()).await;
+    let summary = engine::run(
+        graph,
+        EngineOptions::default(),
+        EventSink::new(),
+        CancelToken::new(),
+    )
+    .await;
     let elapsed = t0.elapsed();
     if !summary.converged {
         let failed: Vec<String> = summary
@@ -259,14 +271,27 @@ async fn real_main() -> Result<(), String> {
         let (wait, _) = kubectl(
             &args,
             &theirs,
-            &["wait", "--for=condition=Available", "deploy", "--all", "-A", "--timeout=300s"],
+            &[
+                "wait",
+                "--for=condition=Available",
+                "deploy",
+                "--all",
+                "-A",
+                "--timeout=300s",
+            ],
         )?;
         ka.push(apply + wait);
         pd.push(phoenix_diff(&ours, &specs).await?);
         let (diff, same) = kubectl(
             &args,
             &ours,
-            &["diff", "--server-side", "--field-manager=phoenix", "-f", &dir_arg],
+            &[
+                "diff",
+                "--server-side",
+                "--field-manager=phoenix",
+                "-f",
+                &dir_arg,
+            ],
         )?;
         if !same {
             return Err("kubectl diff reported differences on the phoenix-applied cluster".into());

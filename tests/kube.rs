@@ -275,17 +275,34 @@ spec:
         .await
         .expect("namespace exists");
     let config = cm(&client, "shop", "shop").await.expect("configmap exists");
-    let deploy = get(&client, "apps/v1", "Deployment", "deployments", Some("shop"), "shop")
-        .await
-        .expect("deployment exists");
-    let widget = get(&client, "example.com/v1", "Widget", "widgets", Some("shop"), "w1")
-        .await
-        .expect("custom resource exists");
+    let deploy = get(
+        &client,
+        "apps/v1",
+        "Deployment",
+        "deployments",
+        Some("shop"),
+        "shop",
+    )
+    .await
+    .expect("deployment exists");
+    let widget = get(
+        &client,
+        "example.com/v1",
+        "Widget",
+        "widgets",
+        Some("shop"),
+        "w1",
+    )
+    .await
+    .expect("custom resource exists");
     // One resourceVersion counter per cluster: creation order is readable from it for objects no
     // controller writes to (the Deployment's status moves its resourceVersion; it shares the last
     // phase with the Widget, whose objects are applied concurrently).
     let order = [&crd, &ns, &config, &widget].map(rv_num);
-    assert!(order.windows(2).all(|w| w[0] < w[1]), "creation order {order:?}");
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "creation order {order:?}"
+    );
     assert_eq!(widget["spec"]["size"], 3);
 
     // Marks and field manager on every object.
@@ -295,7 +312,10 @@ spec:
         assert_eq!(labels["phoenix.dev/env"], "demo");
         assert_eq!(labels["phoenix.dev/component"], "shop");
         assert_eq!(labels["phoenix.dev/layer"], "addons");
-        assert_eq!(obj["metadata"]["annotations"]["phoenix.dev/commit"], "c0ffee1");
+        assert_eq!(
+            obj["metadata"]["annotations"]["phoenix.dev/commit"],
+            "c0ffee1"
+        );
         let managers: Vec<&str> = obj["metadata"]["managedFields"]
             .as_array()
             .expect("managedFields")
@@ -306,9 +326,13 @@ spec:
     }
 
     // The inventory lists all five objects; kubectl reads the same ConfigMap.
-    let inv = cm(&client, "kube-system", &inventory_name("demo", Layer::Addons, "shop"))
-        .await
-        .expect("inventory exists");
+    let inv = cm(
+        &client,
+        "kube-system",
+        &inventory_name("demo", Layer::Addons, "shop"),
+    )
+    .await
+    .expect("inventory exists");
     let listed = inv["data"]["objects"].as_str().expect("objects");
     assert_eq!(listed.lines().count(), 5, "{listed}");
     assert!(listed.contains(r#""kind":"Widget""#), "{listed}");
@@ -330,11 +354,24 @@ async fn reapply_of_the_same_commit_changes_nothing() {
     assert_eq!(outcome(&first, "apps/web"), NodeOutcome::Created);
     let snapshot = |c: kube::Client| async move {
         vec![
-            get(&c, "apps/v1", "Deployment", "deployments", Some("web"), "api").await,
+            get(
+                &c,
+                "apps/v1",
+                "Deployment",
+                "deployments",
+                Some("web"),
+                "api",
+            )
+            .await,
             cm(&c, "web", "settings").await,
             get(&c, "v1", "Service", "services", Some("web"), "api").await,
             get(&c, "v1", "Namespace", "namespaces", None, "web").await,
-            cm(&c, "kube-system", &inventory_name("demo", Layer::Apps, "web")).await,
+            cm(
+                &c,
+                "kube-system",
+                &inventory_name("demo", Layer::Apps, "web"),
+            )
+            .await,
         ]
         .into_iter()
         .map(|o| rv(&o.expect("object exists")))
@@ -445,7 +482,10 @@ spec:
         node(&r, "apps/web").state
     );
     assert!(node(&r, "apps/web").start.is_none());
-    assert!(cm(&client, "default", "web").await.is_none(), "the app never started");
+    assert!(
+        cm(&client, "default", "web").await.is_none(),
+        "the app never started"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -514,8 +554,11 @@ async fn objects_without_marks_are_never_modified() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: shared, namespace: default }\ndata: { owner: someone-else }\n",
     )
     .unwrap();
-    let (ok, _, err) =
-        sandbox::kubectl_async(&url, &["apply", "--server-side", "-f", file.to_str().unwrap()]).await;
+    let (ok, _, err) = sandbox::kubectl_async(
+        &url,
+        &["apply", "--server-side", "-f", file.to_str().unwrap()],
+    )
+    .await;
     assert!(ok, "{err}");
     let before = cm(&client, "default", "shared").await.unwrap();
 
@@ -548,7 +591,12 @@ async fn conflict_names_the_other_manager_and_force_takes_ownership() {
         "web",
         "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: tuning, namespace: default }\ndata: { level: \"1\" }\n",
     );
-    assert!(run(&client, vec![spec.clone()], false).await.summary.converged);
+    assert!(
+        run(&client, vec![spec.clone()], false)
+            .await
+            .summary
+            .converged
+    );
 
     // Someone else takes the field over with their own server-side apply.
     let live = cm(&client, "default", "tuning").await.unwrap();
@@ -556,8 +604,11 @@ async fn conflict_names_the_other_manager_and_force_takes_ownership() {
         "metadata": {"name": "tuning", "namespace": "default", "labels": live["metadata"]["labels"]},
         "data": {"level": "9"}});
     theirs["metadata"]["labels"]["extra"] = "x".into();
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), "default", &ar("v1", "ConfigMap", "configmaps"));
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ar("v1", "ConfigMap", "configmaps"),
+    );
     api.patch(
         "tuning",
         &PatchParams::apply("ops-team").force(),
@@ -574,16 +625,25 @@ async fn conflict_names_the_other_manager_and_force_takes_ownership() {
     );
     let r = run(&client, vec![changed.clone()], false).await;
     let (error, _) = failure(&r, "apps/web");
-    assert!(error.contains("ConfigMap default/tuning: field conflict"), "{error}");
+    assert!(
+        error.contains("ConfigMap default/tuning: field conflict"),
+        "{error}"
+    );
     assert!(error.contains("ops-team"), "{error}");
     assert!(error.contains(".data.level"), "{error}");
     assert!(error.contains("forceConflicts"), "{error}");
-    assert_eq!(cm(&client, "default", "tuning").await.unwrap()["data"]["level"], "9");
+    assert_eq!(
+        cm(&client, "default", "tuning").await.unwrap()["data"]["level"],
+        "9"
+    );
 
     changed.force_conflicts = true;
     let r = run(&client, vec![changed], false).await;
     assert_eq!(outcome(&r, "apps/web"), NodeOutcome::Updated);
-    assert_eq!(cm(&client, "default", "tuning").await.unwrap()["data"]["level"], "2");
+    assert_eq!(
+        cm(&client, "default", "tuning").await.unwrap()["data"]["level"],
+        "2"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -592,7 +652,12 @@ async fn objects_removed_from_git_are_pruned_and_others_left_alone() {
     let url = sb.cluster_url("prune");
     let client = sandbox::client(&url);
     let spec = component(Layer::Apps, "web", WEB);
-    assert!(run(&client, vec![spec.clone()], false).await.summary.converged);
+    assert!(
+        run(&client, vec![spec.clone()], false)
+            .await
+            .summary
+            .converged
+    );
 
     // A foreign object in the same namespace, and one of ours whose marks someone removed.
     let dir = tempfile::tempdir().unwrap();
@@ -602,12 +667,22 @@ async fn objects_removed_from_git_are_pruned_and_others_left_alone() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: foreign, namespace: web }\ndata: { a: b }\n",
     )
     .unwrap();
-    let (ok, _, err) =
-        sandbox::kubectl_async(&url, &["apply", "--server-side", "-f", file.to_str().unwrap()]).await;
+    let (ok, _, err) = sandbox::kubectl_async(
+        &url,
+        &["apply", "--server-side", "-f", file.to_str().unwrap()],
+    )
+    .await;
     assert!(ok, "{err}");
     let (ok, _, err) = sandbox::kubectl_async(
         &url,
-        &["label", "service", "api", "-n", "web", "phoenix.dev/component-"],
+        &[
+            "label",
+            "service",
+            "api",
+            "-n",
+            "web",
+            "phoenix.dev/component-",
+        ],
     )
     .await;
     assert!(ok, "{err}");
@@ -622,9 +697,16 @@ async fn objects_removed_from_git_are_pruned_and_others_left_alone() {
     let r = run(&client, vec![smaller.clone()], false).await;
     assert_eq!(outcome(&r, "apps/web"), NodeOutcome::Updated);
     assert!(
-        get(&client, "apps/v1", "Deployment", "deployments", Some("web"), "api")
-            .await
-            .is_none(),
+        get(
+            &client,
+            "apps/v1",
+            "Deployment",
+            "deployments",
+            Some("web"),
+            "api"
+        )
+        .await
+        .is_none(),
         "the deployment was pruned"
     );
     assert!(
@@ -635,11 +717,18 @@ async fn objects_removed_from_git_are_pruned_and_others_left_alone() {
     );
     assert!(cm(&client, "web", "foreign").await.is_some());
     assert!(cm(&client, "web", "settings").await.is_some());
-    let inv = cm(&client, "kube-system", &inventory_name("demo", Layer::Apps, "web"))
-        .await
-        .unwrap();
+    let inv = cm(
+        &client,
+        "kube-system",
+        &inventory_name("demo", Layer::Apps, "web"),
+    )
+    .await
+    .unwrap();
     assert_eq!(inv["data"]["objects"].as_str().unwrap().lines().count(), 2);
-    assert_eq!(inv["metadata"]["annotations"]["phoenix.dev/commit"], "c0ffee2");
+    assert_eq!(
+        inv["metadata"]["annotations"]["phoenix.dev/commit"],
+        "c0ffee2"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,25 +756,54 @@ async fn components_that_left_git_are_removed_and_destroy_all_clears_the_env() {
     let r = run(&client, vec![addon], true).await;
     assert!(r.summary.converged, "{:#?}", r.events);
     assert_eq!(outcome(&r, "apps/.removed"), NodeOutcome::Deleted);
-    assert!(get(&client, "apps/v1", "Deployment", "deployments", Some("web"), "api")
-        .await
-        .is_none());
-    assert!(cm(&client, "kube-system", &inventory_name("demo", Layer::Apps, "web"))
-        .await
-        .is_none());
+    assert!(get(
+        &client,
+        "apps/v1",
+        "Deployment",
+        "deployments",
+        Some("web"),
+        "api"
+    )
+    .await
+    .is_none());
+    assert!(cm(
+        &client,
+        "kube-system",
+        &inventory_name("demo", Layer::Apps, "web")
+    )
+    .await
+    .is_none());
     assert!(cm(&client, "base", "base").await.is_some());
 
     // Teardown of "demo" leaves env "prod" and foreign objects alone.
-    let deleted = destroy_all(&client, "demo").await.expect("destroy succeeds");
-    assert!(deleted.iter().any(|o| o.kind == "Namespace" && o.name == "base"), "{deleted:?}");
+    let deleted = destroy_all(&client, "demo")
+        .await
+        .expect("destroy succeeds");
+    assert!(
+        deleted
+            .iter()
+            .any(|o| o.kind == "Namespace" && o.name == "base"),
+        "{deleted:?}"
+    );
     assert!(cm(&client, "base", "base").await.is_none());
-    assert!(cm(&client, "kube-system", &inventory_name("demo", Layer::Addons, "base"))
-        .await
-        .is_none());
+    assert!(cm(
+        &client,
+        "kube-system",
+        &inventory_name("demo", Layer::Addons, "base")
+    )
+    .await
+    .is_none());
     assert!(cm(&client, "default", "other-env").await.is_some());
-    assert!(get(&client, "apps/v1", "Deployment", "deployments", Some("kube-system"), "coredns")
-        .await
-        .is_some());
+    assert!(get(
+        &client,
+        "apps/v1",
+        "Deployment",
+        "deployments",
+        Some("kube-system"),
+        "coredns"
+    )
+    .await
+    .is_some());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -704,10 +822,14 @@ async fn unknown_kind_names_the_manifest_file_and_line() {
     let (error, timed_out) = failure(&r, "apps/web");
     assert!(!timed_out);
     assert!(
-        error.starts_with("apps/web/all.yaml:5: the cluster serves no kind Gizmo in example.com/v1"),
+        error
+            .starts_with("apps/web/all.yaml:5: the cluster serves no kind Gizmo in example.com/v1"),
         "{error}"
     );
-    assert!(cm(&client, "default", "a").await.is_none(), "nothing applied before the check");
+    assert!(
+        cm(&client, "default", "a").await.is_none(),
+        "nothing applied before the check"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -725,7 +847,9 @@ async fn secret_values_never_reach_errors_or_progress() {
     // Another manager takes the value over, so the next apply conflicts on it.
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), "default", &ar("v1", "Secret", "secrets"));
-    let live = get(&client, "v1", "Secret", "secrets", Some("default"), "db").await.unwrap();
+    let live = get(&client, "v1", "Secret", "secrets", Some("default"), "db")
+        .await
+        .unwrap();
     api.patch(
         "db",
         &PatchParams::apply("rotator").force(),
@@ -739,7 +863,10 @@ async fn secret_values_never_reach_errors_or_progress() {
     next.commit = "c0ffee2".into();
     let r = run(&client, vec![next.clone()], false).await;
     let (error, _) = failure(&r, "apps/web");
-    assert!(error.contains("Secret default/db: field conflict"), "{error}");
+    assert!(
+        error.contains("Secret default/db: field conflict"),
+        "{error}"
+    );
     let d = diff_component(&client, &next).await.unwrap();
     let diff_text = serde_json::to_string(&d).unwrap();
     assert!(diff_text.contains(".data.password"), "{diff_text}");
@@ -792,7 +919,12 @@ async fn diff_is_in_sync_after_apply_and_reports_scale_label_and_delete() {
     let url = sb.cluster_url("drift");
     let client = sandbox::client(&url);
     let spec = component(Layer::Apps, "web", WEB);
-    assert!(run(&client, vec![spec.clone()], false).await.summary.converged);
+    assert!(
+        run(&client, vec![spec.clone()], false)
+            .await
+            .summary
+            .converged
+    );
 
     let d = diff_component(&client, &spec).await.expect("diff runs");
     assert!(!d.has_drift(), "server defaults are not drift: {d:#?}");
@@ -813,14 +945,28 @@ async fn diff_is_in_sync_after_apply_and_reports_scale_label_and_delete() {
     std::fs::write(&file, desired.join("\n---\n")).unwrap();
     let (same, out, err) = sandbox::kubectl_async(
         &url,
-        &["diff", "--server-side", "--field-manager=phoenix", "-f", file.to_str().unwrap()],
+        &[
+            "diff",
+            "--server-side",
+            "--field-manager=phoenix",
+            "-f",
+            file.to_str().unwrap(),
+        ],
     )
     .await;
     assert!(same, "kubectl diff found changes: {out}{err}");
 
     for args in [
         vec!["scale", "deployment", "api", "-n", "web", "--replicas=4"],
-        vec!["label", "configmap", "settings", "-n", "web", "team=red", "--overwrite"],
+        vec![
+            "label",
+            "configmap",
+            "settings",
+            "-n",
+            "web",
+            "team=red",
+            "--overwrite",
+        ],
         vec!["delete", "service", "api", "-n", "web"],
     ] {
         let (ok, _, err) = sandbox::kubectl_async(&url, &args).await;
@@ -852,7 +998,9 @@ async fn diff_is_in_sync_after_apply_and_reports_scale_label_and_delete() {
 
     // An object that left Git but still exists is extra.
     let mut smaller = spec.clone();
-    smaller.manifests.retain(|m| m.object["kind"] != "ConfigMap");
+    smaller
+        .manifests
+        .retain(|m| m.object["kind"] != "ConfigMap");
     let d = diff_component(&client, &smaller).await.expect("diff runs");
     assert_eq!(d.extra.len(), 1, "{:?}", d.extra);
     assert_eq!(d.extra[0].name, "settings");
@@ -883,7 +1031,8 @@ spec:
     spec.wait = Duration::from_secs(1);
     // Converge once against alpha directly, without the health wait being satisfiable.
     let sink = EventSink::new();
-    let ctx = phoenix::engine::NodeCtx::standalone("apps/web", Layer::Apps, sink, CancelToken::new());
+    let ctx =
+        phoenix::engine::NodeCtx::standalone("apps/web", Layer::Apps, sink, CancelToken::new());
     let attempt = tokio::time::timeout(
         Duration::from_secs(1),
         converge(&a, &spec, &opts(), &Resolver::new(), &ctx),
@@ -893,7 +1042,11 @@ spec:
     let d = diff_component(&a, &spec).await.unwrap();
     assert!(!d.has_drift(), "{d:#?}");
     assert_eq!(d.unhealthy.len(), 1);
-    assert!(d.unhealthy[0].reason.contains("replicas"), "{:?}", d.unhealthy);
+    assert!(
+        d.unhealthy[0].reason.contains("replicas"),
+        "{:?}",
+        d.unhealthy
+    );
     // beta is another cluster: nothing of it is there.
     let d = diff_component(&b, &spec).await.unwrap();
     assert_eq!(d.objects[0].state, DriftState::Missing);

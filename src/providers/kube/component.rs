@@ -169,7 +169,9 @@ impl Action for ComponentAction {
 pub(crate) enum Kind {
     Served(Target),
     /// Defined by a CRD of this component that the cluster does not serve yet.
-    FromCrd { namespaced: bool },
+    FromCrd {
+        namespaced: bool,
+    },
     /// Not served and not defined here (only in diffs, where it means "missing").
     Unserved,
 }
@@ -450,13 +452,19 @@ pub async fn converge(
     let pruned = if removed.is_empty() {
         Vec::new()
     } else {
-        ctx.progress(format!("pruning {} objects removed from Git", removed.len()));
+        ctx.progress(format!(
+            "pruning {} objects removed from Git",
+            removed.len()
+        ));
         let (_, map) = resolver.current(client).await?;
         delete_objects(client, &map, &marks, removed, limit).await?
     };
     inventory::write(client, &marks, &desired_ids).await?;
 
-    let created = applied.iter().filter(|a| before.get(&a.index).is_none_or(Option::is_none)).count();
+    let created = applied
+        .iter()
+        .filter(|a| before.get(&a.index).is_none_or(Option::is_none))
+        .count();
     let changed = applied.iter().filter(|a| a.changed).count();
     ctx.progress(format!(
         "{} objects healthy ({created} created, {} updated, {} pruned)",
@@ -464,13 +472,15 @@ pub async fn converge(
         changed - created,
         pruned.len()
     ));
-    Ok(if previous.is_none() && created == applied.len() && !applied.is_empty() {
-        NodeOutcome::Created
-    } else if changed > 0 || !pruned.is_empty() {
-        NodeOutcome::Updated
-    } else {
-        NodeOutcome::Unchanged
-    })
+    Ok(
+        if previous.is_none() && created == applied.len() && !applied.is_empty() {
+            NodeOutcome::Created
+        } else if changed > 0 || !pruned.is_empty() {
+            NodeOutcome::Updated
+        } else {
+            NodeOutcome::Unchanged
+        },
+    )
 }
 
 async fn wait_established(
@@ -580,21 +590,29 @@ async fn wait_healthy(
             for &i in &now {
                 let id = &objects[i].id;
                 groups
-                    .entry((id.api_version.clone(), id.kind.clone(), id.namespace.clone()))
+                    .entry((
+                        id.api_version.clone(),
+                        id.kind.clone(),
+                        id.namespace.clone(),
+                    ))
                     .or_default()
                     .push(i);
             }
-            let lists = bounded(groups.into_iter().collect(), limit, |((av, kind, ns), idx)| {
-                let selector = selector.clone();
-                async move {
-                    let Some(Kind::Served(target)) = kinds.get(&(av, kind)) else {
-                        return Ok((idx, Vec::new()));
-                    };
-                    ops::list(client, target, ns.as_deref(), &selector)
-                        .await
-                        .map(|items| (idx, items))
-                }
-            })
+            let lists = bounded(
+                groups.into_iter().collect(),
+                limit,
+                |((av, kind, ns), idx)| {
+                    let selector = selector.clone();
+                    async move {
+                        let Some(Kind::Served(target)) = kinds.get(&(av, kind)) else {
+                            return Ok((idx, Vec::new()));
+                        };
+                        ops::list(client, target, ns.as_deref(), &selector)
+                            .await
+                            .map(|items| (idx, items))
+                    }
+                },
+            )
             .await;
             let mut still = Vec::new();
             let mut reasons = Vec::new();
@@ -640,17 +658,21 @@ async fn wait_healthy(
     .await
 }
 
-async fn run_checks(spec: &ComponentSpec, opts: &ApplyOptions, ctx: &NodeCtx) -> Result<(), NodeError> {
+async fn run_checks(
+    spec: &ComponentSpec,
+    opts: &ApplyOptions,
+    ctx: &NodeCtx,
+) -> Result<(), NodeError> {
     for check in &spec.checks {
         let what = format!("GET {} to answer {}", check.url, check.expect);
         ctx.wait_for_state(&what, spec.wait, opts.poll_interval, || async move {
             match get_status(check).await {
                 Ok(code) if code == check.expect => Ok(Check::Ready(())),
                 Ok(code) => Ok(Check::Waiting(format!("answered {code}"))),
-                Err(e @ (super::checks::CheckError::InvalidUrl { .. }
-                | super::checks::CheckError::Https { .. })) => {
-                    Err(NodeError::permanent(e.to_string()))
-                }
+                Err(
+                    e @ (super::checks::CheckError::InvalidUrl { .. }
+                    | super::checks::CheckError::Https { .. }),
+                ) => Err(NodeError::permanent(e.to_string())),
                 Err(e) => Ok(Check::Waiting(error_chain(&e))),
             }
         })

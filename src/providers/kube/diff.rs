@@ -138,7 +138,11 @@ fn walk(path: &str, desired: Option<&Value>, live: Option<&Value>, out: &mut Vec
             }
         }
         (d, l) if d != l => out.push(FieldDiff {
-            path: if path.is_empty() { ".".into() } else { path.into() },
+            path: if path.is_empty() {
+                ".".into()
+            } else {
+                path.into()
+            },
             desired: d.cloned(),
             live: l.cloned(),
         }),
@@ -151,7 +155,12 @@ fn walk(path: &str, desired: Option<&Value>, live: Option<&Value>, out: &mut Vec
 /// annotation. Sorted by path.
 pub fn compare(desired: &Value, live: &Value) -> Vec<FieldDiff> {
     let mut out = Vec::new();
-    walk("", Some(&normalize(desired)), Some(&normalize(live)), &mut out);
+    walk(
+        "",
+        Some(&normalize(desired)),
+        Some(&normalize(live)),
+        &mut out,
+    );
     out
 }
 
@@ -364,7 +373,10 @@ mod tests {
             },
         ]);
         let text = serde_json::to_string(&fields).unwrap();
-        assert!(!text.contains("aHVudGVyMg==") && !text.contains("b2xk"), "{text}");
+        assert!(
+            !text.contains("aHVudGVyMg==") && !text.contains("b2xk"),
+            "{text}"
+        );
         assert_eq!(fields[1].desired, Some(json!("b")));
     }
 

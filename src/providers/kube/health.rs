@@ -449,12 +449,15 @@ status: {}
 "#);
         assert!(matches!(health(&pending), Health::Progressing(_)));
 
-        let ns = y("{apiVersion: v1, kind: Namespace, metadata: {name: a}, status: {phase: Terminating}}");
+        let ns = y(
+            "{apiVersion: v1, kind: Namespace, metadata: {name: a}, status: {phase: Terminating}}",
+        );
         assert_eq!(
             health(&ns),
             Health::Progressing("namespace is terminating".into())
         );
-        let ns = y("{apiVersion: v1, kind: Namespace, metadata: {name: a}, status: {phase: Active}}");
+        let ns =
+            y("{apiVersion: v1, kind: Namespace, metadata: {name: a}, status: {phase: Active}}");
         assert_eq!(health(&ns), Health::Healthy);
 
         let pvc = y("{apiVersion: v1, kind: PersistentVolumeClaim, metadata: {name: d}, status: {phase: Pending}}");
@@ -462,7 +465,8 @@ status: {}
         let pvc = y("{apiVersion: v1, kind: PersistentVolumeClaim, metadata: {name: d}, status: {phase: Bound}}");
         assert_eq!(health(&pvc), Health::Healthy);
 
-        let svc = y("{apiVersion: v1, kind: Service, metadata: {name: s}, spec: {type: ClusterIP}}");
+        let svc =
+            y("{apiVersion: v1, kind: Service, metadata: {name: s}, spec: {type: ClusterIP}}");
         assert_eq!(health(&svc), Health::Healthy);
         let lb = y("{apiVersion: v1, kind: Service, metadata: {name: s}, spec: {type: LoadBalancer}, status: {loadBalancer: {}}}");
         assert!(matches!(health(&lb), Health::Progressing(_)));
@@ -496,7 +500,8 @@ metadata: { name: tls, generation: 3 }
 status: { observedGeneration: 2, conditions: [{ type: Ready, status: "True" }] }
 "#);
         assert!(matches!(health(&stale), Health::Progressing(_)));
-        let plain = y("{apiVersion: example.com/v1, kind: Widget, metadata: {name: w}, spec: {size: 1}}");
+        let plain =
+            y("{apiVersion: example.com/v1, kind: Widget, metadata: {name: w}, spec: {size: 1}}");
         assert_eq!(health(&plain), Health::Healthy);
         let available = y(r#"
 apiVersion: apiregistration.k8s.io/v1

@@ -9,7 +9,10 @@ use crate::engine::Layer;
 
 use super::discovery::Target;
 use super::error::KubeError;
-use super::object::{Marks, ObjectRef, ANNOTATION_COMMIT, LABEL_COMPONENT, LABEL_ENV, LABEL_LAYER, LABEL_MANAGED_BY, MANAGED_BY};
+use super::object::{
+    Marks, ObjectRef, ANNOTATION_COMMIT, LABEL_COMPONENT, LABEL_ENV, LABEL_LAYER, LABEL_MANAGED_BY,
+    MANAGED_BY,
+};
 use super::ops;
 
 /// Namespace holding the inventories (exists in every cluster).
@@ -113,7 +116,11 @@ pub fn parse(cm: &Value) -> Result<Option<Inventory>, KubeError> {
         .map_err(|e: crate::engine::UnknownLayer| bad(e.to_string()))?;
     let text = cm["data"][KEY_OBJECTS].as_str().unwrap_or("");
     let mut objects = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let obj: ObjectRef = serde_json::from_str(line)
             .map_err(|e| bad(format!("line {} of data.{KEY_OBJECTS}: {e}", i + 1)))?;
         objects.push(obj);
@@ -155,13 +162,22 @@ pub async fn write(
     objects: &[ObjectRef],
 ) -> Result<(), KubeError> {
     let id = inventory_ref(&marks.env, marks.layer, &marks.component);
-    ops::apply(client, &configmaps(), &id, &body(marks, objects), true, false).await?;
+    ops::apply(
+        client,
+        &configmaps(),
+        &id,
+        &body(marks, objects),
+        true,
+        false,
+    )
+    .await?;
     Ok(())
 }
 
 /// Every inventory of `env` in the cluster.
 pub async fn list(client: &::kube::Client, env: &str) -> Result<Vec<Inventory>, KubeError> {
-    let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ENV}={env},{LABEL_INVENTORY}=true");
+    let selector =
+        format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ENV}={env},{LABEL_INVENTORY}=true");
     let items = ops::list(client, &configmaps(), Some(INVENTORY_NAMESPACE), &selector).await?;
     let mut out = Vec::new();
     for cm in &items {
@@ -208,7 +224,10 @@ mod tests {
         let mut want = objects.clone();
         want.sort();
         assert_eq!(inv.objects, want);
-        assert_eq!(body(&marks, &objects), body(&marks, &objects.iter().rev().cloned().collect::<Vec<_>>()));
+        assert_eq!(
+            body(&marks, &objects),
+            body(&marks, &objects.iter().rev().cloned().collect::<Vec<_>>())
+        );
     }
 
     #[test]
@@ -222,6 +241,9 @@ mod tests {
         let mut cm = body(&marks, &[]);
         cm["data"]["objects"] = "{not json".into();
         let err = parse(&cm).unwrap_err().to_string();
-        assert!(err.starts_with("inventory phoenix-inventory-demo-apps-web: line 1"), "{err}");
+        assert!(
+            err.starts_with("inventory phoenix-inventory-demo-apps-web: line 1"),
+            "{err}"
+        );
     }
 }

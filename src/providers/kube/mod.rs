@@ -18,8 +18,8 @@ pub use checks::{CheckError, HttpCheck};
 pub use component::{component_nodes, converge, node_id, ApplyOptions, ComponentSpec};
 pub use connector::{Connector, FixedClient};
 pub use diff::{
-    compare, diff_component, diff_component_with, ComponentDiff, DriftState, FieldDiff,
-    ObjectDiff, Unhealthy,
+    compare, diff_component, diff_component_with, ComponentDiff, DriftState, FieldDiff, ObjectDiff,
+    Unhealthy,
 };
 pub use discovery::Resolver;
 pub use error::KubeError;
@@ -33,9 +33,6 @@ pub use ops::FIELD_MANAGER;
 pub use prune::{delete_component, destroy_all, prune_node_id, prune_nodes};
 
 /// Every inventory of an environment in the cluster (the components phoenix has applied there).
-pub async fn inventories(
-    client: &::kube::Client,
-    env: &str,
-) -> Result<Vec<Inventory>, KubeError> {
+pub async fn inventories(client: &::kube::Client, env: &str) -> Result<Vec<Inventory>, KubeError> {
     inventory::list(client, env).await
 }

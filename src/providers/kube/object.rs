@@ -150,7 +150,12 @@ impl Marks {
         let labels = &live["metadata"]["labels"];
         let found: Vec<String> = [LABEL_MANAGED_BY, LABEL_ENV, LABEL_COMPONENT, LABEL_LAYER]
             .iter()
-            .filter_map(|k| labels.get(*k).and_then(Value::as_str).map(|v| format!("{k}={v}")))
+            .filter_map(|k| {
+                labels
+                    .get(*k)
+                    .and_then(Value::as_str)
+                    .map(|v| format!("{k}={v}"))
+            })
             .collect();
         if found.is_empty() {
             "it has no phoenix labels".to_string()
@@ -388,7 +393,11 @@ mod tests {
             ("v1", "ConfigMap", "c"),
             ("rbac.authorization.k8s.io/v1", "ClusterRole", "r"),
             ("v1", "Namespace", "n"),
-            ("apiextensions.k8s.io/v1", "CustomResourceDefinition", "widgets.example.com"),
+            (
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                "widgets.example.com",
+            ),
         ]
         .iter()
         .map(|(a, k, n)| ObjectRef {

@@ -71,7 +71,15 @@ pub async fn apply(
             })
         }
         Err(e) => {
-            let mut err = KubeError::api(if dry_run { "dry-run applying" } else { "applying" }, id, &e);
+            let mut err = KubeError::api(
+                if dry_run {
+                    "dry-run applying"
+                } else {
+                    "applying"
+                },
+                id,
+                &e,
+            );
             if id.is_secret() {
                 if let KubeError::Api { detail, .. } = &mut err {
                     *detail = scrub(detail, body);
@@ -181,7 +189,8 @@ mod tests {
 
     #[test]
     fn scrub_removes_encoded_and_plain_values() {
-        let secret = json!({"data": {"password": "aHVudGVyMg=="}, "stringData": {"token": "s3cr3t-token"}});
+        let secret =
+            json!({"data": {"password": "aHVudGVyMg=="}, "stringData": {"token": "s3cr3t-token"}});
         let text = "bad value aHVudGVyMg== (hunter2) and s3cr3t-token here";
         let out = scrub(text, &secret);
         assert!(!out.contains("hunter2"), "{out}");

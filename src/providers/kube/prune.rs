@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use crate::engine::{Action, BoxFuture, Layer, NodeCtx, NodeError, NodeOutcome, NodeSpec};
 
-use super::component::{bounded, delete_objects, delete_where, first_error, node_id, ComponentSpec};
+use super::component::{
+    bounded, delete_objects, delete_where, first_error, node_id, ComponentSpec,
+};
 use super::connector::Connector;
 use super::discovery::{discover, Resolver};
 use super::error::KubeError;
@@ -167,6 +169,11 @@ pub async fn destroy_all(client: &::kube::Client, env: &str) -> Result<Vec<Objec
         .filter(|o| owned_by_env(o, env))
         .filter_map(|o: Value| ObjectRef::of(&o))
         .collect();
-    deleted.extend(delete_where(client, &map, &mut left, LIMIT, |live| owned_by_env(live, env)).await?);
+    deleted.extend(
+        delete_where(client, &map, &mut left, LIMIT, |live| {
+            owned_by_env(live, env)
+        })
+        .await?,
+    );
     Ok(deleted)
 }
