@@ -359,7 +359,7 @@ pub async fn converge(
         if let Some(live) = &live {
             if !marks.owns(live) {
                 return Err(KubeError::NotOwned {
-                    object: objects[i].id.clone(),
+                    object: Box::new(objects[i].id.clone()),
                     env: marks.env.clone(),
                     component: marks.component.clone(),
                     found: Marks::describe_found(live),

@@ -19,7 +19,7 @@ pub enum KubeError {
     Duplicate {
         source_file: String,
         line: usize,
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         first: String,
     },
     /// The cluster serves no such apiVersion/kind.
@@ -40,7 +40,7 @@ pub enum KubeError {
          it, or remove it from the component"
     )]
     NotOwned {
-        object: ObjectRef,
+        object: Box<ObjectRef>,
         env: String,
         component: String,
         found: String,
@@ -50,7 +50,10 @@ pub enum KubeError {
         "{object}: field conflict with another manager: {detail}; set `forceConflicts: true` on \
          the component or pass --force-conflicts to take ownership"
     )]
-    Conflict { object: ObjectRef, detail: String },
+    Conflict {
+        object: Box<ObjectRef>,
+        detail: String,
+    },
     /// The API server rejected a request or could not be reached.
     #[error("{action} {object}: {detail}")]
     Api {

@@ -147,7 +147,7 @@ pub async fn read(client: &::kube::Client, marks: &Marks) -> Result<Option<Inven
     if !marks.owns(&live) {
         return Err(KubeError::NotOwned {
             found: Marks::describe_found(&live),
-            object: id,
+            object: Box::new(id),
             env: marks.env.clone(),
             component: marks.component.clone(),
         });

@@ -345,7 +345,7 @@ pub fn finish(
             return Err(KubeError::Duplicate {
                 source_file: d.source.clone(),
                 line: d.line,
-                object: d.id.clone(),
+                object: Box::new(d.id.clone()),
                 first: first.clone(),
             });
         }

@@ -66,7 +66,7 @@ pub async fn apply(
                 detail = scrub(&detail, body);
             }
             Err(KubeError::Conflict {
-                object: id.clone(),
+                object: Box::new(id.clone()),
                 detail,
             })
         }
