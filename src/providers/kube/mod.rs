@@ -1,9 +1,6 @@
 //! The add-on and app layers on Kubernetes: discovery-driven server-side apply in a fixed order,
 //! ownership marks, health predicates, app checks, an in-cluster inventory with prune, and diff.
 //! See docs/kube.md.
-// Errors carry the identities of the objects they name (for messages an operator can act on); they
-// are built once per failed apply, never on a hot path, so their size does not matter.
-#![allow(clippy::result_large_err)]
 
 mod checks;
 mod component;
