@@ -565,3 +565,29 @@ fn a_dead_ec2_endpoint_is_a_bounded_error_naming_it() {
         start.elapsed()
     );
 }
+
+#[test]
+fn a_k3s_cloud_layer_says_the_control_plane_wiring_is_missing_instead_of_failing_a_template() {
+    let sb = Sandbox::new();
+    let repo = sketch_repo(&sb);
+    let port = moto::free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+        .current_dir(&repo.dir)
+        .env("HOME", sb.home())
+        .env("PHOENIX_HOME", sb.phoenix_home())
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .args(["rebuild", "design-sketch", "--layers", "cloud"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(code(&out), 1, "{stderr}");
+    assert!(
+        stderr.contains("instance group server (role server) needs the k3s user-data"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("undefined"), "{stderr}");
+}

@@ -85,6 +85,21 @@ impl Deployment {
         let key = aws::key_material(cloud, &self.name, &ctx.home)
             .map_err(|e| Failure::from_error("cannot prepare the key pair", &e))?;
         let mut user_data = BTreeMap::new();
+        if let Some(g) = cloud
+            .instances
+            .iter()
+            .find(|g| g.user_data.is_none() && g.role != Role::None)
+        {
+            // The default k3s user-data carries the cluster's CA and join token, and agents the
+            // server's address: that comes from the control-plane layer, which rebuild and plan
+            // do not wire yet. Say so rather than fail on an undefined template variable.
+            return Err(Failure::new(format!(
+                "instance group {} (role {}) needs the k3s user-data of the control-plane layer, which this build does not wire into rebuild and plan yet",
+                g.name,
+                if g.role == Role::Server { "server" } else { "agent" }
+            ))
+            .help("`phoenix plan --offline` and `phoenix render` show the whole environment; a group with its own `userData` template or without a role can be converged now"));
+        }
         for g in &cloud.instances {
             let template = match (&g.user_data, &g.role) {
                 (Some(t), _) => t.clone(),
