@@ -12,9 +12,11 @@ use support_git::{Repo, Sandbox};
 
 const SKETCH: &str = "tests/fixtures/valid/design-sketch";
 
-fn phoenix(sb: &Sandbox, dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_phoenix"))
-        .current_dir(dir)
+/// The binary in `dir`, hermetic: the sandbox's HOME and PHOENIX_HOME, dummy AWS credentials, no
+/// endpoint, profile or phoenix settings inherited from the machine.
+fn command(sb: &Sandbox, dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_phoenix"));
+    cmd.current_dir(dir)
         .env("HOME", sb.home())
         .env("PHOENIX_HOME", sb.phoenix_home())
         .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -28,8 +30,19 @@ fn phoenix(sb: &Sandbox, dir: &Path, args: &[&str]) -> Output {
         .env_remove("PHOENIX_CLUSTER_ENDPOINT")
         .env_remove("PHOENIX_TRUSTED_KEYS")
         .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn phoenix(sb: &Sandbox, dir: &Path, args: &[&str]) -> Output {
+    command(sb, dir).args(args).output().expect("run phoenix")
+}
+
+/// Like [`phoenix`], with EC2 at `endpoint` (moto, or a port nothing listens on).
+fn phoenix_at(sb: &Sandbox, dir: &Path, endpoint: &str, args: &[&str]) -> Output {
+    command(sb, dir)
+        .env("AWS_ENDPOINT_URL", endpoint)
         .args(args)
-        .stdin(Stdio::null())
         .output()
         .expect("run phoenix")
 }
@@ -377,10 +390,7 @@ fn render_redacts_secrets_and_history_is_empty_before_any_run() {
     );
     repo.commit("secret");
     let secret = "s3cr3t-value-that-must-not-leak";
-    let out = Command::new(env!("CARGO_BIN_EXE_phoenix"))
-        .current_dir(&repo.dir)
-        .env("HOME", sb.home())
-        .env("PHOENIX_HOME", sb.phoenix_home())
+    let out = command(&sb, &repo.dir)
         .env("PHOENIX_TEST_TOKEN", secret)
         .args(["render", "s"])
         .output()
@@ -411,20 +421,7 @@ fn cloud_repo(sb: &Sandbox, protected: bool) -> Repo<'_> {
 }
 
 fn phoenix_moto(sb: &Sandbox, dir: &Path, moto: &moto::Moto, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_phoenix"))
-        .current_dir(dir)
-        .env("HOME", sb.home())
-        .env("PHOENIX_HOME", sb.phoenix_home())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_ENDPOINT_URL", moto.endpoint())
-        .env_remove("AWS_PROFILE")
-        .env_remove("PHOENIX_CLUSTER_ENDPOINT")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run phoenix")
+    phoenix_at(sb, dir, &moto.endpoint(), args)
 }
 
 fn outcomes(out: &Output) -> Vec<String> {
@@ -542,17 +539,8 @@ fn a_dead_ec2_endpoint_is_a_bounded_error_naming_it() {
     let repo = cloud_repo(&sb, false);
     let port = moto::free_port();
     let start = std::time::Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_phoenix"))
-        .current_dir(&repo.dir)
-        .env("HOME", sb.home())
-        .env("PHOENIX_HOME", sb.phoenix_home())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
-        .args(["plan", "c1"])
-        .output()
-        .unwrap();
+    let dead = format!("http://127.0.0.1:{port}");
+    let out = phoenix_at(&sb, &repo.dir, &dead, &["plan", "c1"]);
     let (_, stderr) = text(&out);
     assert_eq!(code(&out), 1, "{stderr}");
     assert!(
@@ -571,18 +559,13 @@ fn a_k3s_cloud_layer_says_the_control_plane_wiring_is_missing_instead_of_failing
     let sb = Sandbox::new();
     let repo = sketch_repo(&sb);
     let port = moto::free_port();
-    let out = Command::new(env!("CARGO_BIN_EXE_phoenix"))
-        .current_dir(&repo.dir)
-        .env("HOME", sb.home())
-        .env("PHOENIX_HOME", sb.phoenix_home())
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
-        .args(["rebuild", "design-sketch", "--layers", "cloud"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let dead = format!("http://127.0.0.1:{port}");
+    let out = phoenix_at(
+        &sb,
+        &repo.dir,
+        &dead,
+        &["rebuild", "design-sketch", "--layers", "cloud"],
+    );
     let (_, stderr) = text(&out);
     assert_eq!(code(&out), 1, "{stderr}");
     assert!(

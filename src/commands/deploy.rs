@@ -85,11 +85,9 @@ impl Deployment {
         let key = aws::key_material(cloud, &self.name, &ctx.home)
             .map_err(|e| Failure::from_error("cannot prepare the key pair", &e))?;
         let mut user_data = BTreeMap::new();
-        if let Some(g) = cloud
-            .instances
-            .iter()
-            .find(|g| g.user_data.is_none() && g.role != Role::None)
-        {
+        if let Some(g) = cloud.instances.iter().find(|g| {
+            g.user_data.is_none() && crate::env::validate::default_user_data(&g.role).is_some()
+        }) {
             // The default k3s user-data carries the cluster's CA and join token, and agents the
             // server's address: that comes from the control-plane layer, which rebuild and plan
             // do not wire yet. Say so rather than fail on an undefined template variable.
@@ -101,14 +99,12 @@ impl Deployment {
             .help("`phoenix plan --offline` and `phoenix render` show the whole environment; a group with its own `userData` template or without a role can be converged now"));
         }
         for g in &cloud.instances {
-            let template = match (&g.user_data, &g.role) {
-                (Some(t), _) => t.clone(),
-                (None, Role::Server) => "cloud-init/k3s-server.yaml.j2".to_string(),
-                (None, Role::Agent) => "cloud-init/k3s-agent.yaml.j2".to_string(),
-                (None, Role::None) => continue,
+            // Groups without their own template were either refused above (k3s roles) or have none.
+            let Some(template) = g.user_data.as_deref() else {
+                continue;
             };
             let rendered = renderer
-                .user_data(&*self.snap, &template, g, 0, cluster)
+                .user_data(&*self.snap, template, g, 0, cluster)
                 .map_err(|e| {
                     Failure::new(format!(
                         "cannot render the user-data of instance group {}",
@@ -128,6 +124,16 @@ impl Deployment {
                 extra_tags: self.extra_tags.clone(),
             },
         )))
+    }
+
+    /// The live cloud state of this deployment, found by its ownership tags.
+    pub async fn observe_cloud(&self, ec2: &Ec2) -> Result<aws::LiveCloud, Failure> {
+        aws::observe(ec2, &self.name).await.map_err(|e| {
+            Failure::from_error(
+                format!("cannot read the live cloud state of {}", self.name),
+                &e,
+            )
+        })
     }
 
     pub fn run_info(&self, ctx: &Context, command: &str) -> RunInfo {

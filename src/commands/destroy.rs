@@ -70,12 +70,7 @@ pub async fn destroy(
 ) -> Result<crate::engine::RunSummary, Failure> {
     let mut graph = Graph::new();
     if let Some(ec2) = dep.ec2().await? {
-        let live = aws::observe(&ec2, &dep.name).await.map_err(|e| {
-            Failure::from_error(
-                format!("cannot read the live cloud state of {}", dep.name),
-                &e,
-            )
-        })?;
+        let live = dep.observe_cloud(&ec2).await?;
         for (spec, action) in aws::destroy_nodes(ec2, &dep.name, &live, &ConvergeOptions::default())
         {
             graph

@@ -61,12 +61,7 @@ pub async fn converge(
                 .desired_cloud(ctx, &renderer, &cluster_value)?
                 .map(Arc::new)
                 .ok_or_else(|| Failure::new("the environment has no cloud section"))?;
-            let live = aws::observe(&ec2, &dep.name).await.map_err(|e| {
-                Failure::from_error(
-                    format!("cannot read the live cloud state of {}", dep.name),
-                    &e,
-                )
-            })?;
+            let live = dep.observe_cloud(&ec2).await?;
             for (spec, action) in
                 aws::converge_nodes(ec2, desired, &live, &ConvergeOptions::default())
             {
