@@ -105,6 +105,22 @@ impl Failure {
     }
 }
 
+/// An error and its causes on one line, joined with ": "; a cause whose text is already in the line
+/// (many errors repeat their source in their own message) is not repeated.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 pub type Result<T, E = Failure> = std::result::Result<T, E>;
 
 #[cfg(test)]

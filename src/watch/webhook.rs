@@ -198,7 +198,9 @@ impl WebhookClient {
                     .await
                     .map_err(|e| WebhookError::Request {
                         host: host(),
-                        message: error_chain(&e),
+                        // hyper's errors name the failure kind and the socket address at most,
+                        // never the request URI, so the token cannot leak through the chain.
+                        message: crate::error::chain(&e),
                     })?;
             let status = response.status();
             // Read the answer so the connection can be reused; its content is not needed.
@@ -220,18 +222,6 @@ impl WebhookClient {
             }),
         }
     }
-}
-
-/// The cause chain of a client error, one line. hyper's errors name the failure kind and the
-/// socket address at most, never the request URI, so the token cannot leak through here.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut parts = vec![err.to_string()];
-    let mut source = err.source();
-    while let Some(s) = source {
-        parts.push(s.to_string());
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

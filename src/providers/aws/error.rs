@@ -1,6 +1,7 @@
 //! Errors of the cloud layer: every one names what phoenix was doing (the resource) and, for API
 //! failures, the EC2 endpoint; each knows whether a retry can help.
 
+use crate::error::chain;
 use std::error::Error as StdError;
 use std::time::Duration;
 
@@ -225,19 +226,4 @@ impl From<AwsError> for NodeError {
     fn from(err: AwsError) -> Self {
         err.into_node_error()
     }
-}
-
-/// The message followed by every cause, joined with ": ".
-pub(crate) fn chain(err: &(dyn StdError + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
 }

@@ -1,6 +1,7 @@
 //! Errors of the control-plane layer: each names the file, endpoint or object involved and what
 //! would be valid, and never contains key material or the join token.
 
+use crate::error::chain;
 use std::path::PathBuf;
 
 use crate::engine::NodeError;
@@ -99,19 +100,4 @@ impl From<ClusterError> for NodeError {
             NodeError::permanent(message)
         }
     }
-}
-
-/// The message followed by every distinct cause, joined with ": ".
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
 }

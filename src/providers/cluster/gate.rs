@@ -16,10 +16,11 @@ use serde::Serialize;
 use super::access::{client_for, ClientTimeouts, ClusterAccess};
 use super::credentials::Credentials;
 use super::endpoint::resolve_endpoint;
-use super::error::{chain, ClusterError};
+use super::error::ClusterError;
 use super::kubeconfig::write_kubeconfig;
 use crate::engine::{Action, BoxFuture, Check, Layer, NodeCtx, NodeError, NodeOutcome, NodeSpec};
 use crate::env::model::{Cloud, K3s, Role};
+use crate::error::chain;
 use crate::providers::aws::{self, Ec2, LiveCloud, LiveState, TAG_ROLE};
 use crate::report::events::format_duration;
 

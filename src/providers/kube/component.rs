@@ -673,23 +673,12 @@ async fn run_checks(
                     e @ (super::checks::CheckError::InvalidUrl { .. }
                     | super::checks::CheckError::Https { .. }),
                 ) => Err(NodeError::permanent(e.to_string())),
-                Err(e) => Ok(Check::Waiting(error_chain(&e))),
+                Err(e) => Ok(Check::Waiting(crate::error::chain(&e))),
             }
         })
         .await?;
     }
     Ok(())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
 }
 
 /// The kind to address `id` with, at its recorded version or, if that version is no longer
