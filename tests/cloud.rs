@@ -147,6 +147,7 @@ fn desired_for(cloud: &Cloud, env: &str, commit: &str) -> Arc<DesiredCloud> {
         ]),
         key: Some(key()),
         extra_tags: BTreeMap::new(),
+        late_user_data: BTreeMap::new(),
     };
     Arc::new(aws::desired(cloud, env, &inputs))
 }

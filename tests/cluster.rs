@@ -199,6 +199,7 @@ impl Bed {
                     user_data,
                     key: None::<KeyMaterial>,
                     extra_tags: BTreeMap::new(),
+                    late_user_data: BTreeMap::new(),
                 },
             ));
             let live = aws::observe(&self.ec2, &self.env).await.expect("observe");

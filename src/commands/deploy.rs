@@ -3,9 +3,11 @@
 
 use super::common::{load_env, Context};
 use crate::engine::{self, CancelToken, EngineOptions, Graph, Layer, RunSummary};
-use crate::env::model::{Environment, Role};
+use crate::env::model::{Cloud, Cluster, Environment, InstanceGroup, Role};
 use crate::error::Failure;
 use crate::providers::aws::{self, AwsOptions, DesiredCloud, DesiredInputs, Ec2};
+use crate::providers::cluster as cl;
+use crate::providers::kube::{ComponentSpec, HttpCheck};
 use crate::render::{Mode, Renderer, SecretValues};
 use crate::report::events::{EventSink, RunInfo};
 use crate::report::{audit, jsonl, progress};
@@ -73,46 +75,133 @@ impl Deployment {
     }
 
     /// The desired cloud state: user-data rendered per instance group, the key pair's public key.
+    /// With `late_agents`, k3s agents' user-data is rendered during the run, once their server
+    /// exists (rebuild); without, from the server in `live` if there is one (plan).
     pub fn desired_cloud(
         &self,
         ctx: &Context,
-        renderer: &Renderer,
-        cluster: &serde_json::Value,
+        renderer: &Arc<Renderer>,
+        live: &aws::LiveCloud,
+        late_agents: bool,
     ) -> Result<Option<DesiredCloud>, Failure> {
         let Some(cloud) = &self.env.cloud else {
             return Ok(None);
         };
         let key = aws::key_material(cloud, &self.name, &ctx.home)
             .map_err(|e| Failure::from_error("cannot prepare the key pair", &e))?;
+        let k3s = match &self.env.cluster {
+            Some(Cluster::K3s(k)) => Some(k),
+            _ => None,
+        };
+        let creds = match k3s {
+            Some(_) => Some(Arc::new(
+                cl::Credentials::ensure(&ctx.home, &self.name)
+                    .map_err(|e| {
+                        Failure::from_error(
+                            format!("cannot prepare the cluster credentials of {}", self.name),
+                            &e,
+                        )
+                    })?
+                    .0,
+            )),
+            None => None,
+        };
+        let sans: Vec<String> = ctx
+            .cluster_endpoint
+            .as_deref()
+            .and_then(|u| cl::endpoint_override(u, &self.name).ok())
+            .and_then(|u| cl::endpoint_host(&u))
+            .into_iter()
+            .collect();
+        let servers: Vec<String> = cloud
+            .instances
+            .iter()
+            .filter(|g| g.role == Role::Server)
+            .flat_map(|g| (0..g.count).map(move |i| format!("instance/{}/{i}", g.name)))
+            .collect();
+        let live_server = cl::server_private_address(&self.name, cloud, live).ok();
+        let shared_cloud = Arc::new(cloud.clone());
         let mut user_data = BTreeMap::new();
-        if let Some(g) = cloud.instances.iter().find(|g| {
-            g.user_data.is_none() && crate::env::validate::default_user_data(&g.role).is_some()
-        }) {
-            // The default k3s user-data carries the cluster's CA and join token, and agents the
-            // server's address: that comes from the control-plane layer, which rebuild and plan
-            // do not wire yet. Say so rather than fail on an undefined template variable.
-            return Err(Failure::new(format!(
-                "instance group {} (role {}) needs the k3s user-data of the control-plane layer, which this build does not wire into rebuild and plan yet",
-                g.name,
-                if g.role == Role::Server { "server" } else { "agent" }
-            ))
-            .help("`phoenix plan --offline` and `phoenix render` show the whole environment; a group with its own `userData` template or without a role can be converged now"));
-        }
+        let mut late_user_data = BTreeMap::new();
         for g in &cloud.instances {
-            // Groups without their own template were either refused above (k3s roles) or have none.
-            let Some(template) = g.user_data.as_deref() else {
+            let template = match g.user_data.as_deref() {
+                Some(t) => t,
+                None => match (k3s, crate::env::validate::default_user_data(&g.role)) {
+                    (Some(_), Some(t)) => t,
+                    _ => continue,
+                },
+            };
+            let render = |cluster: &serde_json::Value| {
+                renderer
+                    .user_data(&*self.snap, template, g, 0, cluster)
+                    .map_err(|e| {
+                        Failure::new(format!(
+                            "cannot render the user-data of instance group {}",
+                            g.name
+                        ))
+                        .cause(e.to_string())
+                    })
+            };
+            let cluster_err = |e: cl::ClusterError| {
+                Failure::from_error(
+                    format!(
+                        "cannot prepare the k3s settings of instance group {}",
+                        g.name
+                    ),
+                    &e,
+                )
+            };
+            let (Some(k), Some(creds)) = (k3s, &creds) else {
+                user_data.insert(g.name.clone(), render(&serde_json::json!({}))?);
                 continue;
             };
-            let rendered = renderer
-                .user_data(&*self.snap, template, g, 0, cluster)
-                .map_err(|e| {
-                    Failure::new(format!(
-                        "cannot render the user-data of instance group {}",
-                        g.name
-                    ))
-                    .cause(e.to_string())
-                })?;
-            user_data.insert(g.name.clone(), rendered);
+            match g.role {
+                Role::None => {
+                    user_data.insert(g.name.clone(), render(&serde_json::json!({}))?);
+                }
+                Role::Server => {
+                    let value =
+                        cl::server_context(creds, &k.version, &sans).map_err(cluster_err)?;
+                    user_data.insert(g.name.clone(), render(&value)?);
+                }
+                Role::Agent => {
+                    // Render once with a stand-in address so a template error shows now, not
+                    // after the servers have booted.
+                    let probe =
+                        cl::agent_context(creds, &k.version, "10.0.0.1").map_err(cluster_err)?;
+                    render(&probe)?;
+                    match (&live_server, late_agents) {
+                        (Some(addr), false) => {
+                            let value =
+                                cl::agent_context(creds, &k.version, addr).map_err(cluster_err)?;
+                            user_data.insert(g.name.clone(), render(&value)?);
+                        }
+                        (None, false) if servers.is_empty() => {
+                            return Err(Failure::new(format!(
+                                "instance group {} (role agent) has no server group to join",
+                                g.name
+                            ))
+                            .help("add an instance group with role: server"));
+                        }
+                        _ => {
+                            late_user_data.insert(
+                                g.name.clone(),
+                                self.late_agent(
+                                    renderer,
+                                    &LateAgent {
+                                        creds: Arc::clone(creds),
+                                        version: k.version.clone(),
+                                        cloud: Arc::clone(&shared_cloud),
+                                        group: g.clone(),
+                                        template: template.to_string(),
+                                    },
+                                    servers.clone(),
+                                ),
+                            );
+                        }
+                    }
+                }
+            }
         }
         Ok(Some(aws::desired(
             cloud,
@@ -120,10 +209,123 @@ impl Deployment {
             &DesiredInputs {
                 commit: self.commit().to_string(),
                 user_data,
+                late_user_data,
                 key,
                 extra_tags: self.extra_tags.clone(),
             },
         )))
+    }
+
+    /// An agent group's user-data, rendered by its instance nodes once the servers converged:
+    /// the server's private address is read from EC2 then.
+    fn late_agent(
+        &self,
+        renderer: &Arc<Renderer>,
+        agent: &LateAgent,
+        after: Vec<String>,
+    ) -> aws::LateUserData {
+        let renderer = Arc::clone(renderer);
+        let snap = Arc::clone(&self.snap);
+        let name = self.name.clone();
+        let agent = Arc::new(agent.clone());
+        aws::LateUserData {
+            after,
+            render: Arc::new(move |ec2: Ec2| {
+                let (renderer, snap, name, agent) = (
+                    Arc::clone(&renderer),
+                    Arc::clone(&snap),
+                    name.clone(),
+                    Arc::clone(&agent),
+                );
+                Box::pin(async move {
+                    let live = aws::observe(&ec2, &name)
+                        .await
+                        .map_err(|e| crate::error::chain(&e))?;
+                    let addr = cl::server_private_address(&name, &agent.cloud, &live)
+                        .map_err(|e| crate::error::chain(&e))?;
+                    let value = cl::agent_context(&agent.creds, &agent.version, &addr)
+                        .map_err(|e| crate::error::chain(&e))?;
+                    renderer
+                        .user_data(&*snap, &agent.template, &agent.group, 0, &value)
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        }
+    }
+
+    /// How phoenix reaches the cluster: the kubeconfig it writes for k3s, or the env's own.
+    pub fn cluster_access(&self, ctx: &Context) -> Result<Option<cl::ClusterAccess>, Failure> {
+        match &self.env.cluster {
+            Some(Cluster::K3s(_)) => cl::ClusterAccess::k3s(&ctx.home, &self.name)
+                .map(Some)
+                .map_err(|e| Failure::from_error("cannot locate the cluster's kubeconfig", &e)),
+            Some(Cluster::Existing(e)) => Ok(Some(cl::ClusterAccess::existing(e))),
+            None => Ok(None),
+        }
+    }
+
+    /// The control-plane gate for the env's cluster.
+    pub fn gate_target(
+        &self,
+        ctx: &Context,
+        access: &cl::ClusterAccess,
+        ec2: Option<&Ec2>,
+    ) -> Result<Option<cl::GateTarget>, Failure> {
+        Ok(match &self.env.cluster {
+            Some(Cluster::K3s(k)) => {
+                let (Some(cloud), Some(ec2)) = (&self.env.cloud, ec2) else {
+                    return Err(Failure::new(format!(
+                        "the k3s cluster of {} needs instances, and the environment has no cloud section",
+                        self.name
+                    )));
+                };
+                Some(cl::GateTarget::K3s {
+                    phoenix_home: ctx.home.clone(),
+                    env_name: self.name.clone(),
+                    cloud: Arc::new(cloud.clone()),
+                    k3s: k.clone(),
+                    ec2: ec2.clone(),
+                    endpoint_override: ctx.cluster_endpoint.clone(),
+                })
+            }
+            Some(Cluster::Existing(_)) => Some(cl::GateTarget::Existing {
+                env_name: self.name.clone(),
+                access: access.clone(),
+            }),
+            None => None,
+        })
+    }
+
+    /// Every add-on and app, rendered, as the Kubernetes provider converges them.
+    pub fn components(
+        &self,
+        renderer: &Renderer,
+        force_conflicts: bool,
+    ) -> Result<Vec<ComponentSpec>, Failure> {
+        let mut out = Vec::new();
+        for (layer, list) in [
+            (Layer::Addons, &self.env.addons),
+            (Layer::Apps, &self.env.apps),
+        ] {
+            for c in list {
+                let manifests = renderer.manifests(&*self.snap, c).map_err(|e| {
+                    Failure::new(format!("cannot render component {}", c.name)).cause(e.to_string())
+                })?;
+                out.push(ComponentSpec {
+                    env: self.name.clone(),
+                    commit: self.commit().to_string(),
+                    layer,
+                    name: c.name.clone(),
+                    namespace: c.namespace.clone(),
+                    manifests,
+                    depends_on: c.depends_on.clone(),
+                    wait: c.wait,
+                    force_conflicts: c.force_conflicts || force_conflicts,
+                    checks: c.checks.iter().map(HttpCheck::from).collect(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The live cloud state of this deployment, found by its ownership tags.
@@ -143,6 +345,16 @@ impl Deployment {
             None => info,
         }
     }
+}
+
+/// What an agent group's late user-data is rendered from.
+#[derive(Clone)]
+struct LateAgent {
+    creds: Arc<cl::Credentials>,
+    version: String,
+    cloud: Arc<Cloud>,
+    group: InstanceGroup,
+    template: String,
 }
 
 /// How a command runs its graph.

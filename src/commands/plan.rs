@@ -20,7 +20,7 @@ pub async fn run(ctx: &Context, name: &str, offline: bool, detailed_exitcode: bo
 async fn live_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcome {
     let dep = Deployment::open(ctx, name, None).await?;
     let secrets = dep.secrets()?;
-    let renderer = dep.renderer(secrets, Mode::Apply)?;
+    let renderer = std::sync::Arc::new(dep.renderer(secrets, Mode::Apply)?);
     let mut changes = 0usize;
     let mut out =
         serde_json::json!({ "env": dep.name, "commit": commit_json(&dep.snap), "offline": false });
@@ -29,8 +29,9 @@ async fn live_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcom
         println!("plan for {} against live state", dep.name);
     }
     if let Some(ec2) = dep.ec2().await? {
+        let live = dep.observe_cloud(&ec2).await?;
         let desired = dep
-            .desired_cloud(ctx, &renderer, &serde_json::json!({}))?
+            .desired_cloud(ctx, &renderer, &live, false)?
             .ok_or_else(|| Failure::new("the environment has no cloud section"))?;
         let plan = aws::plan_live(&ec2, &desired).await.map_err(|e| {
             Failure::from_error(

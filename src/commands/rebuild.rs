@@ -3,12 +3,15 @@
 use super::common::{commit_line, Context, Outcome};
 use super::deploy::{run_graph, Deployment, RunSettings};
 use crate::cli::RebuildArgs;
-use crate::engine::{Graph, Layer, RunSummary};
+use crate::engine::{Action, Graph, Layer, NodeSpec, RunSummary};
 use crate::error::{ExitCode, Failure};
 use crate::providers::aws::{self, ConvergeOptions};
+use crate::providers::cluster::{self as cl, GateOptions};
+use crate::providers::kube::{self, ApplyOptions, Connector};
 use crate::render::Mode;
 use crate::report::summary;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What a converge run may do beyond the defaults.
 #[derive(Clone, Debug, Default)]
@@ -43,35 +46,14 @@ pub async fn run(ctx: &Context, args: &RebuildArgs) -> Outcome {
     })
 }
 
-/// Builds the graph of every selected layer and runs it.
+/// Builds the graph of every layer and runs the selected ones.
 pub async fn converge(
     ctx: &Context,
     dep: &Deployment,
     settings: &ConvergeSettings,
     command: &'static str,
 ) -> Result<RunSummary, Failure> {
-    let secrets = dep.secrets()?;
-    let renderer = dep.renderer(secrets, Mode::Apply)?;
-    let mut graph = Graph::new();
-
-    if settings.wants(Layer::Cloud) {
-        if let Some(ec2) = dep.ec2().await? {
-            let cluster_value = serde_json::json!({});
-            let desired = dep
-                .desired_cloud(ctx, &renderer, &cluster_value)?
-                .map(Arc::new)
-                .ok_or_else(|| Failure::new("the environment has no cloud section"))?;
-            let live = dep.observe_cloud(&ec2).await?;
-            for (spec, action) in
-                aws::converge_nodes(ec2, desired, &live, &ConvergeOptions::default())
-            {
-                graph
-                    .add(spec, action)
-                    .map_err(|e| Failure::from_error("cannot build the run graph", &e))?;
-            }
-        }
-    }
-
+    let graph = build_graph(ctx, dep, settings).await?;
     run_graph(
         ctx,
         dep,
@@ -83,6 +65,90 @@ pub async fn converge(
         },
     )
     .await
+}
+
+/// One graph over the layers: cloud resources → control-plane gate → add-ons → apps, each
+/// component after its `dependsOn`, then the prunes of what left Git.
+async fn build_graph(
+    ctx: &Context,
+    dep: &Deployment,
+    settings: &ConvergeSettings,
+) -> Result<Graph, Failure> {
+    let secrets = dep.secrets()?;
+    let renderer = Arc::new(dep.renderer(secrets, Mode::Apply)?);
+    // Every component is rendered before anything changes: a template error stops the run here.
+    let components = dep.components(&renderer, settings.force_conflicts)?;
+    let mut graph = Graph::new();
+    let add = |graph: &mut Graph, nodes: Vec<(NodeSpec, Arc<dyn Action>)>| {
+        nodes.into_iter().try_for_each(|(spec, action)| {
+            graph
+                .add(spec, action)
+                .map_err(|e| Failure::from_error("cannot build the run graph", &e))
+        })
+    };
+
+    let ec2 = dep.ec2().await?;
+    let with_cloud = settings.wants(Layer::Cloud) && ec2.is_some();
+    if let (true, Some(ec2)) = (with_cloud, &ec2) {
+        let live = dep.observe_cloud(ec2).await?;
+        let desired = dep
+            .desired_cloud(ctx, &renderer, &live, true)?
+            .map(Arc::new)
+            .ok_or_else(|| Failure::new("the environment has no cloud section"))?;
+        let opts = ConvergeOptions {
+            node_timeout: dep.env.timeouts.cloud,
+            instance_ready_timeout: dep.env.timeouts.cloud,
+            instance_stop_timeout: dep.env.timeouts.cloud,
+            poll_interval: Duration::from_secs(1),
+        };
+        add(
+            &mut graph,
+            aws::converge_nodes(ec2.clone(), desired, &live, &opts),
+        )?;
+    }
+
+    let Some(access) = dep.cluster_access(ctx)? else {
+        if !components.is_empty() {
+            return Err(Failure::new(format!(
+                "{} has add-ons or apps but no cluster section",
+                dep.name
+            )));
+        }
+        return Ok(graph);
+    };
+    if let Some(target) = dep.gate_target(ctx, &access, ec2.as_ref())? {
+        let opts = GateOptions {
+            timeout: dep.env.timeouts.cluster,
+            ..GateOptions::default()
+        };
+        let (mut spec, action) = cl::control_plane_node(target, opts);
+        if !with_cloud {
+            // The instances are not part of this run (`--layers`): the gate checks what runs.
+            spec.depends_on.clear();
+        }
+        add(&mut graph, vec![(spec, action)])?;
+    }
+    let connector: Arc<dyn Connector> = Arc::new(cl::KubeconfigConnector::new(access));
+    let apply = ApplyOptions {
+        force_conflicts: settings.force_conflicts,
+        ..ApplyOptions::default()
+    };
+    let prune_timeout = dep.env.timeouts.addons.max(dep.env.timeouts.apps);
+    add(
+        &mut graph,
+        kube::prune_nodes(
+            Arc::clone(&connector),
+            &dep.name,
+            &components,
+            prune_timeout,
+            apply.concurrency,
+        ),
+    )?;
+    add(
+        &mut graph,
+        kube::component_nodes(connector, components, &apply),
+    )?;
+    Ok(graph)
 }
 
 /// The final report: per-layer status and timing, then what failed and why.

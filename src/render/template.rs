@@ -335,7 +335,14 @@ impl Renderer {
                     line: Some(s.pos.line),
                     message: format!("secret {secret:?} is not declared in spec.secrets"),
                 })?;
-                data.insert(key.clone(), json!(value));
+                // `data`, not `stringData`: the API server folds stringData into data and
+                // keeps no stringData, so applying it would read as drift on every diff.
+                // Display output keeps the redaction marker readable.
+                let encoded = match self.mode {
+                    Mode::Apply => base64_encode(value.as_bytes()),
+                    Mode::Display => value.to_string(),
+                };
+                data.insert(key.clone(), json!(encoded));
             }
             out.push(Manifest {
                 source: format!("spec.secrets of component {}", comp.name),
@@ -345,7 +352,7 @@ impl Renderer {
                     "kind": "Secret",
                     "metadata": { "name": s.name, "namespace": s.namespace },
                     "type": "Opaque",
-                    "stringData": data,
+                    "data": data,
                 }),
             });
         }
@@ -433,7 +440,7 @@ mod tests {
             m[0].object
         );
         assert_eq!(m[1].kind(), "Secret");
-        assert!(m[1].object["stringData"]["password"]
+        assert!(m[1].object["data"]["password"]
             .as_str()
             .unwrap()
             .starts_with("**redacted**"));

@@ -284,6 +284,18 @@ pub fn builtin_types() -> Vec<ResourceType> {
             false,
         ),
         rt(
+            "networking.k8s.io",
+            "v1",
+            "ingressclasses",
+            "ingressclass",
+            "IngressClass",
+            false,
+            &[],
+            &[],
+            false,
+            false,
+        ),
+        rt(
             "rbac.authorization.k8s.io",
             "v1",
             "roles",

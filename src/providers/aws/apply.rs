@@ -831,6 +831,25 @@ impl Exec {
         spec: &InstanceSpec,
     ) -> Res<NodeOutcome> {
         let doing = format!("converging {}", d.id);
+        let rendered;
+        let (d, spec) = match &spec.late_user_data {
+            Some(late) => {
+                ctx.progress(format!(
+                    "rendering the user-data of {} now that {} exists",
+                    d.id,
+                    late.after.join(", ")
+                ));
+                let text = (late.render)(self.ec2.clone())
+                    .await
+                    .map_err(|why| AwsError::not_ready(&doing, why))?;
+                rendered = d.with_user_data(text);
+                match &rendered.spec {
+                    ResourceSpec::Instance(s) => (&rendered, s.as_ref()),
+                    _ => (d, spec),
+                }
+            }
+            None => (d, spec),
+        };
         let image = self.images.get(&self.ec2, &spec.image).await?;
         let mut deps: Vec<String> = vec![spec.subnet.clone()];
         deps.extend(spec.security_groups.iter().cloned());

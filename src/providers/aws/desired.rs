@@ -33,6 +33,26 @@ pub struct KeyMaterial {
     pub private_key_path: Option<std::path::PathBuf>,
 }
 
+/// Renders a group's user-data once the resources it waits for exist; the error is a message.
+pub type RenderLate =
+    dyn Fn(super::Ec2) -> crate::engine::BoxFuture<'static, Result<String, String>> + Send + Sync;
+
+/// User-data that can only be rendered while converging: a k3s agent needs the private address
+/// of its server, which exists only once the server instance does.
+#[derive(Clone)]
+pub struct LateUserData {
+    /// Resource ids (e.g. `instance/server/0`) whose nodes must converge first.
+    pub after: Vec<String>,
+    /// Called by the instance's node before it compares or launches.
+    pub render: std::sync::Arc<RenderLate>,
+}
+
+impl fmt::Debug for LateUserData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<rendered after {}>", self.after.join(", "))
+    }
+}
+
 /// What [`desired`] needs besides the model.
 #[derive(Clone, Debug, Default)]
 pub struct DesiredInputs {
@@ -40,6 +60,8 @@ pub struct DesiredInputs {
     pub commit: String,
     /// Rendered user-data per instance group name.
     pub user_data: BTreeMap<String, String>,
+    /// User-data per group name rendered during the run (a group is in one map or neither).
+    pub late_user_data: BTreeMap<String, LateUserData>,
     /// The key pair's public key, when the model has a key pair.
     pub key: Option<KeyMaterial>,
     /// Extra tags on every resource (e.g. `phoenix:expires` for ephemeral environments). They
@@ -88,6 +110,10 @@ pub struct InstanceSpec {
     #[serde(skip)]
     pub user_data: Option<Sensitive>,
     pub user_data_sha256: Option<String>,
+    /// Set when the user-data is rendered during the run; `user_data` is then `None` until
+    /// [`DesiredResource::with_user_data`] fills it in.
+    #[serde(skip)]
+    pub late_user_data: Option<LateUserData>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -149,6 +175,22 @@ pub struct DesiredResource {
     /// Every tag the resource must carry, ownership tags and `Name` included.
     pub tags: BTreeMap<String, String>,
     pub spec: ResourceSpec,
+}
+
+impl DesiredResource {
+    /// This instance with its late user-data rendered as `text`: the spec carries it and the
+    /// hash tag says which it is, exactly as if it had been rendered up front.
+    pub fn with_user_data(&self, text: String) -> DesiredResource {
+        let mut out = self.clone();
+        if let ResourceSpec::Instance(spec) = &mut out.spec {
+            let sha = sha256_hex(text.as_bytes());
+            out.tags.insert(TAG_USER_DATA_SHA256.into(), sha.clone());
+            spec.user_data_sha256 = Some(sha);
+            spec.user_data = Some(Sensitive(text));
+            spec.late_user_data = None;
+        }
+        out
+    }
 }
 
 /// The whole desired cloud of one environment, in dependency order.
@@ -297,6 +339,7 @@ pub fn desired(cloud: &Cloud, env_name: &str, inputs: &DesiredInputs) -> Desired
             .iter()
             .any(|s| s.name == g.subnet && s.public);
         let user_data = inputs.user_data.get(&g.name).cloned();
+        let late_user_data = inputs.late_user_data.get(&g.name).cloned();
         let user_data_sha256 = user_data.as_deref().map(|u| sha256_hex(u.as_bytes()));
         for i in 0..g.count {
             let id = format!("instance/{}/{i}", g.name);
@@ -338,6 +381,7 @@ pub fn desired(cloud: &Cloud, env_name: &str, inputs: &DesiredInputs) -> Desired
                     instance_profile: g.instance_profile.clone(),
                     user_data: user_data.clone().map(Sensitive),
                     user_data_sha256: user_data_sha256.clone(),
+                    late_user_data: late_user_data.clone(),
                 })),
             });
         }

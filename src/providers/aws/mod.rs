@@ -18,7 +18,7 @@ pub use apply::ConvergeOptions;
 pub use client::{connect, AwsOptions, Ec2, SDK_RETRY};
 pub use desired::{
     desired, DesiredCloud, DesiredInputs, DesiredResource, ImageSpec, InstanceSpec, KeyMaterial,
-    ResourceSpec, Sensitive,
+    LateUserData, RenderLate, ResourceSpec, Sensitive,
 };
 pub use error::AwsError;
 pub use keys::key_material;

@@ -150,6 +150,9 @@ pub fn converge_nodes(
                 if let Some(k) = &i.key {
                     deps.push(node_id(k));
                 }
+                if let Some(late) = &i.late_user_data {
+                    deps.extend(late.after.iter().map(|a| node_id(a)));
+                }
                 // A public instance boots with a working route to the internet.
                 if i.public_ip && desired.get("rtb/public").is_some() {
                     deps.push(node_id("rtb/public"));

@@ -165,3 +165,9 @@ impl KubeconfigConnector {
         Box::pin(async move { client_for(&access).await.map_err(NodeError::from) })
     }
 }
+
+impl crate::providers::kube::Connector for KubeconfigConnector {
+    fn client(&self) -> BoxFuture<'static, Result<kube::Client, NodeError>> {
+        KubeconfigConnector::client(self)
+    }
+}
