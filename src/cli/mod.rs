@@ -88,6 +88,10 @@ pub enum Command {
     Destroy(DestroyArgs),
     /// List past runs of an environment from the audit trail
     History(HistoryArgs),
+    /// Print a shell completion script for phoenix to stdout
+    Completions(CompletionsArgs),
+    /// Print the man pages of phoenix and its subcommands (roff) to stdout, or write them to --dir
+    Man(ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -159,4 +163,19 @@ pub struct HistoryArgs {
     /// Show at most this many runs, newest first
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// Shell to generate the script for
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write phoenix.1 and one phoenix-COMMAND.1 per subcommand into this directory (created if
+    /// missing) instead of printing them
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }

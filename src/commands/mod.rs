@@ -1,6 +1,7 @@
 //! One module per command; each turns parsed arguments into work and an exit code.
 
 pub mod common;
+mod completions;
 pub mod deploy;
 pub mod destroy;
 mod history;
@@ -21,5 +22,7 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Rebuild(a) => rebuild::run(&ctx, &a).await,
         Command::Destroy(a) => destroy::run(&ctx, &a).await,
         Command::History(a) => history::run(&ctx, &a.env.env, a.limit).await,
+        Command::Completions(a) => completions::completions(a.shell),
+        Command::Man(a) => completions::man(&ctx, a.dir.as_deref()),
     }
 }

@@ -1,0 +1,174 @@
+//! `phoenix completions SHELL` and `phoenix man`: shell scripts and roff pages generated from the
+//! clap definition, so every subcommand and flag appears in them without a second list to keep.
+
+use super::common::{Context, Outcome};
+use crate::cli::Cli;
+use crate::error::{ExitCode, Failure};
+use clap::CommandFactory;
+use clap_mangen::roff::{bold, roman, Roff};
+use clap_mangen::Man;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const BIN: &str = "phoenix";
+
+/// One man page: its file name (`phoenix-rebuild.1`) and roff text.
+struct Page {
+    file: String,
+    roff: Vec<u8>,
+}
+
+pub fn completions(shell: clap_complete::Shell) -> Outcome {
+    let mut cmd = Cli::command();
+    // The generators panic on a failed write; a Vec cannot fail, stdout can (a closed pipe).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, BIN, &mut script);
+    print(&script, "the completion script")
+}
+
+pub fn man(ctx: &Context, dir: Option<&Path>) -> Outcome {
+    let pages = pages().map_err(|e| Failure::from_error("cannot render the man pages", &e))?;
+    let Some(dir) = dir else {
+        // One stream, one `.TH` per page: `phoenix man | man -l -` shows them in order.
+        let all: Vec<u8> = pages.into_iter().flat_map(|p| p.roff).collect();
+        return print(&all, "the man pages");
+    };
+    fs::create_dir_all(dir).map_err(|e| {
+        Failure::from_error(format!("cannot create {}", dir.display()), &e)
+            .help("pass --dir a directory you can write to")
+    })?;
+    let mut written = Vec::new();
+    for page in &pages {
+        let path = dir.join(&page.file);
+        write_page(dir, &path, &page.roff).map_err(|e| {
+            Failure::from_error(format!("cannot write {}", path.display()), &e)
+                .help("pass --dir a directory you can write to")
+        })?;
+        written.push(path);
+    }
+    let listing = if ctx.json() {
+        let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+        format!("{}\n", serde_json::json!({ "files": files }))
+    } else {
+        written
+            .iter()
+            .map(|p| format!("wrote {}\n", p.display()))
+            .collect()
+    };
+    print(listing.as_bytes(), "the list of written files")
+}
+
+/// The top page, then every visible subcommand's, depth first.
+fn pages() -> std::io::Result<Vec<Page>> {
+    // `help` is clap's own subcommand: `--help` is on every page already.
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    // Building the parent first propagates the global options and gives each subcommand its
+    // display name (`phoenix-rebuild`), which names its page.
+    cmd.build();
+    let source = format!("{BIN} {}", env!("CARGO_PKG_VERSION"));
+    let mut pages = Vec::new();
+    let top = Man::new(cmd.clone()).source(&source);
+    let mut roff = Vec::new();
+    top.render(&mut roff)?;
+    top_sections().to_writer(&mut roff)?;
+    pages.push(Page {
+        file: top.get_filename(),
+        roff,
+    });
+    subcommand_pages(&cmd, &source, &mut pages)?;
+    Ok(pages)
+}
+
+fn subcommand_pages(
+    parent: &clap::Command,
+    source: &str,
+    pages: &mut Vec<Page>,
+) -> std::io::Result<()> {
+    for sub in parent.get_subcommands().filter(|s| !s.is_hide_set()) {
+        // Without it the footer would name the subcommand as the package (`rebuild 0.1.0`).
+        let man = Man::new(sub.clone()).source(source);
+        let mut roff = Vec::new();
+        man.render(&mut roff)?;
+        pages.push(Page {
+            file: man.get_filename(),
+            roff,
+        });
+        subcommand_pages(sub, source, pages)?;
+    }
+    Ok(())
+}
+
+/// What clap does not know: the exit-code contract and where the procedures are.
+fn top_sections() -> Roff {
+    let mut roff = Roff::new();
+    roff.control("SH", ["EXIT STATUS"]);
+    for (code, meaning) in [
+        ("0", "done: valid, converged, in sync, or a drill within its recovery objective"),
+        (
+            "1",
+            "error: invalid input, a failed run, or a check that could not be made (never reported as in sync)",
+        ),
+        (
+            "2",
+            "changes pending (plan --detailed-exitcode) or drift (diff)",
+        ),
+        (
+            "3",
+            "a drill converged but took longer than the environment's recoveryObjective",
+        ),
+    ] {
+        roff.control("TP", []);
+        roff.text([bold(code)]);
+        roff.text([roman(meaning)]);
+    }
+    roff.control("SH", ["FILES"]);
+    roff.control("TP", []);
+    roff.text([bold("$PHOENIX_HOME")]);
+    roff.text([roman(
+        "state: kubeconfigs and generated credentials (clusters/ENV/), audit records, the clone cache",
+    )]);
+    roff.control("SH", ["SEE ALSO"]);
+    roff.text([roman(
+        "The runbooks in the repository's runbooks/ directory (exit-codes.md, total-wipeout.md, \
+         drift-alert.md, scheduled-drill.md, ephemeral-environments.md) and the documentation in docs/.",
+    )]);
+    roff
+}
+
+/// Writes a world-readable page through a temporary file and a rename, so a reader never sees a
+/// half-written page and the mode does not depend on the caller's umask.
+fn write_page(dir: &Path, path: &Path, roff: &[u8]) -> std::io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp: PathBuf = dir.join(format!(
+        ".{}.tmp-{}",
+        name.unwrap_or_default(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(roff)?;
+        file.sync_all()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(0o644))?;
+        }
+        drop(file);
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes to stdout. A reader that closed the pipe early (`| head`) got what it wanted.
+fn print(bytes: &[u8], what: &str) -> Outcome {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(ExitCode::Ok),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::Ok),
+        Err(e) => Err(Failure::from_error(format!("cannot print {what}"), &e)),
+    }
+}

@@ -1,0 +1,355 @@
+//! `phoenix completions` and `phoenix man` through the real binary: the scripts load in their
+//! shell and complete phoenix's subcommands and flags, the man pages are valid roff with every
+//! subcommand's options, and `--dir` writes world-readable pages whatever the umask.
+
+use clap::CommandFactory;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// The binary in `dir` with a throwaway HOME and PHOENIX_HOME and no phoenix settings from the
+/// machine. `dir` is not a Git repository: neither command reads one.
+fn command(home: &Path, dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_phoenix"));
+    cmd.current_dir(dir)
+        .env("HOME", home)
+        .env("PHOENIX_HOME", home.join("phoenix"))
+        .env_remove("PHOENIX_REPO")
+        .env_remove("PHOENIX_CLUSTER_ENDPOINT")
+        .env_remove("PHOENIX_TRUSTED_KEYS")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
+}
+
+struct Bed {
+    root: tempfile::TempDir,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(root.path().join("home")).expect("mkdir home");
+        std::fs::create_dir_all(root.path().join("work")).expect("mkdir work");
+        Bed { root }
+    }
+
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.root.path().join(rel)
+    }
+
+    fn phoenix(&self, args: &[&str]) -> Output {
+        command(&self.path("home"), &self.path("work"))
+            .args(args)
+            .output()
+            .expect("run phoenix")
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{what}\nstdout:\n{}\nstderr:\n{}",
+        stdout(out),
+        stderr(out)
+    );
+}
+
+/// Every visible subcommand of the clap definition, so commands added later are covered too.
+fn subcommands() -> Vec<String> {
+    phoenix::cli::Cli::command()
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .map(|s| s.get_name().to_string())
+        .collect()
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs bash with the completion script loaded and asks it to complete `words`, the last being
+/// the word under the cursor; returns the candidates.
+fn bash_complete(script: &Path, words: &[&str]) -> Vec<String> {
+    let cword = words.len() - 1;
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let prev = if cword > 0 { words[cword - 1] } else { "" };
+    let program = format!(
+        "source '{}'\nCOMP_WORDS=({})\nCOMP_CWORD={cword}\nCOMP_LINE='{}'\nCOMP_POINT=${{#COMP_LINE}}\n\
+         _phoenix phoenix '{}' '{prev}'\nprintf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        script.display(),
+        quoted.join(" "),
+        words.join(" "),
+        words[cword],
+    );
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash");
+    assert_ok(&out, &format!("bash completing {words:?}"));
+    stdout(&out)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn bash_completions_parse_and_complete_subcommands_and_flags() {
+    let bed = Bed::new();
+    let out = bed.phoenix(&["completions", "bash"]);
+    assert_ok(&out, "phoenix completions bash");
+    let script = stdout(&out);
+    let path = bed.path("phoenix.bash");
+    std::fs::write(&path, &script).expect("write script");
+
+    let check = Command::new("bash")
+        .arg("-n")
+        .arg(&path)
+        .output()
+        .expect("run bash -n");
+    assert_ok(&check, "bash -n on the completion script");
+
+    let names = subcommands();
+    for must in [
+        "validate", "plan", "render", "rebuild", "destroy", "history",
+    ] {
+        assert!(
+            names.iter().any(|n| n == must),
+            "{must} is a subcommand: {names:?}"
+        );
+    }
+    let offered = bash_complete(&path, &["phoenix", ""]);
+    for name in &names {
+        assert!(
+            offered.contains(name),
+            "`phoenix <TAB>` offers {name}: {offered:?}"
+        );
+    }
+    assert_eq!(
+        bash_complete(&path, &["phoenix", "reb"]),
+        vec!["rebuild".to_string()]
+    );
+    let flags = bash_complete(&path, &["phoenix", "rebuild", "--"]);
+    for flag in [
+        "--layers",
+        "--concurrency",
+        "--force-conflicts",
+        "--ref",
+        "--repo",
+    ] {
+        assert!(
+            flags.iter().any(|f| f == flag),
+            "`phoenix rebuild --<TAB>` offers {flag}: {flags:?}"
+        );
+    }
+    // A flag of another subcommand is not offered.
+    assert!(
+        !flags.iter().any(|f| f == "--detailed-exitcode"),
+        "{flags:?}"
+    );
+    assert_eq!(
+        bash_complete(&path, &["phoenix", "completions", "fi"]),
+        vec!["fish".to_string()]
+    );
+}
+
+#[test]
+fn every_shell_gets_a_script_naming_every_subcommand() {
+    let bed = Bed::new();
+    let names = subcommands();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = bed.phoenix(&["completions", shell]);
+        assert_ok(&out, &format!("phoenix completions {shell}"));
+        let script = stdout(&out);
+        for name in &names {
+            assert!(
+                script.contains(name.as_str()),
+                "the {shell} script names {name}"
+            );
+        }
+        // Syntax check where the shell is installed; the tests do not install shells.
+        let path = bed.path(&format!("phoenix.{shell}"));
+        std::fs::write(&path, &script).expect("write script");
+        let check: Option<(&str, Vec<&str>)> = match shell {
+            "zsh" => Some(("zsh", vec!["-n"])),
+            "fish" => Some(("fish", vec!["--no-execute"])),
+            _ => None,
+        };
+        if let Some((tool, args)) = check {
+            if have(tool) {
+                let out = Command::new(tool)
+                    .args(&args)
+                    .arg(&path)
+                    .output()
+                    .expect("run the shell");
+                assert_ok(&out, &format!("{tool} {args:?} on the {shell} script"));
+            } else {
+                println!("note: {tool} is not installed; the {shell} script is not syntax-checked");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_unknown_shell_is_refused_with_the_valid_ones() {
+    let bed = Bed::new();
+    let out = bed.phoenix(&["completions", "tcsh"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty(), "no script: {}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("tcsh") && err.contains("bash") && err.contains("zsh"),
+        "{err}"
+    );
+}
+
+#[test]
+fn man_prints_one_page_per_command_with_the_rebuild_options() {
+    let bed = Bed::new();
+    let out = bed.phoenix(&["man"]);
+    assert_ok(&out, "phoenix man");
+    let roff = stdout(&out);
+    assert!(roff.contains(".TH phoenix 1 "), "{roff}");
+    for name in subcommands() {
+        assert!(
+            roff.contains(&format!(".TH phoenix-{name} 1 ")),
+            "a page for {name}"
+        );
+    }
+    // roff escapes '-' in text as "\-".
+    let rebuild = page(&roff, "phoenix-rebuild");
+    for opt in [
+        r"\fB\-\-layers\fR",
+        r"\fB\-\-concurrency\fR",
+        r"\fB\-\-force\-conflicts\fR",
+        r"\fB\-\-ref\fR",
+    ] {
+        assert!(
+            rebuild.contains(opt),
+            "rebuild's page has {opt}:\n{rebuild}"
+        );
+    }
+    assert!(!rebuild.contains(r"\-\-detailed\-exitcode"), "{rebuild}");
+    let top = page(&roff, "phoenix");
+    assert!(top.contains(".SH \"EXIT STATUS\""), "{top}");
+    assert!(top.contains("PHOENIX_HOME"), "{top}");
+    assert!(
+        !top.contains("\"validate 0.1.0\"") && !rebuild.contains("\"rebuild 0.1.0\""),
+        "the footer names phoenix, not the subcommand"
+    );
+
+    if have("groff") {
+        let path = bed.path("all.roff");
+        std::fs::write(&path, &roff).expect("write roff");
+        let out = Command::new("groff")
+            .args(["-man", "-Tutf8", "-ww", "-z"])
+            .arg(&path)
+            .output()
+            .expect("run groff");
+        assert_ok(&out, "groff");
+        assert!(out.stderr.is_empty(), "groff warnings:\n{}", stderr(&out));
+    } else {
+        println!("note: groff is not installed; the pages are not run through it");
+    }
+}
+
+/// The text of one page (from its `.TH` to the next page's preamble) in a `phoenix man` stream.
+fn page<'a>(all: &'a str, title: &str) -> &'a str {
+    let marker = format!(".TH {title} 1 ");
+    let start = all
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no page {title}"));
+    let rest = &all[start..];
+    let end = rest[1..].find(".TH ").map(|i| i + 1).unwrap_or(rest.len());
+    &rest[..end]
+}
+
+#[cfg(unix)]
+#[test]
+fn man_dir_writes_world_readable_pages_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let bed = Bed::new();
+    let dir = bed.path("out/man1");
+    // A strict umask would make plain File::create give 0600 pages nobody else can read.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("umask 077 && exec \"$0\" man --dir \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_phoenix"))
+        .arg(&dir)
+        .current_dir(bed.path("work"))
+        .env("HOME", bed.path("home"))
+        .env("PHOENIX_HOME", bed.path("home/phoenix"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run phoenix under sh");
+    assert_ok(&out, "phoenix man --dir under umask 077");
+
+    let mut expected: Vec<String> = vec!["phoenix.1".into()];
+    expected.extend(subcommands().iter().map(|n| format!("phoenix-{n}.1")));
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .expect("read the man dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    expected.sort();
+    assert_eq!(
+        found, expected,
+        "exactly one page per command, no temp files"
+    );
+
+    let listing = stdout(&out);
+    let printed = bed.phoenix(&["man"]);
+    let all = stdout(&printed);
+    for name in &expected {
+        let path = dir.join(name);
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644, "{name} is 0644, got {mode:o}");
+        let text = std::fs::read_to_string(&path).expect("read page");
+        assert!(
+            all.contains(&text),
+            "{name} is the same page `phoenix man` prints"
+        );
+        assert!(
+            listing.contains(&path.display().to_string()),
+            "the listing names {name}:\n{listing}"
+        );
+    }
+    assert!(std::fs::read_to_string(dir.join("phoenix-rebuild.1"))
+        .expect("read")
+        .contains(r"\-\-force\-conflicts"));
+
+    // Again, into the same directory, with --output json: replaces the pages, lists them as JSON.
+    let out = bed.phoenix(&["man", "--dir", &dir.display().to_string(), "-o", "json"]);
+    assert_ok(&out, "phoenix man --dir again, json");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON listing");
+    let files = v["files"].as_array().expect("files array");
+    assert_eq!(files.len(), expected.len(), "{v}");
+}
+
+#[test]
+fn man_dir_that_is_a_file_fails_naming_it() {
+    let bed = Bed::new();
+    let file = bed.path("not-a-dir");
+    std::fs::write(&file, "x").expect("write");
+    let out = bed.phoenix(&["man", "--dir", &file.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1), "stderr:\n{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("not-a-dir") && err.contains("--dir"), "{err}");
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), "x");
+}
