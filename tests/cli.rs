@@ -574,3 +574,28 @@ fn a_k3s_cloud_layer_says_the_control_plane_wiring_is_missing_instead_of_failing
     );
     assert!(!stderr.contains("undefined"), "{stderr}");
 }
+
+#[test]
+fn every_environment_shipped_in_the_repository_validates() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("shipped");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in ["environments", "templates"] {
+        std::fs::create_dir_all(repo.dir.join(dir)).expect("mkdir");
+        copy_tree(&root.join(dir), &repo.dir.join(dir));
+    }
+    repo.commit("shipped environments");
+    let mut names: Vec<String> = std::fs::read_dir(root.join("environments"))
+        .expect("environments/")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("environment.yaml").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 2, "{names:?}");
+    for name in &names {
+        let out = phoenix(&sb, &repo.dir, &["validate", name]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(code(&out), 0, "{name}:\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    }
+}

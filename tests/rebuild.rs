@@ -278,6 +278,23 @@ fn rebuild_converges_the_demo_on_moto_and_kube_sandbox_then_changes_nothing() {
         );
     }
     assert_eq!(bed.nodes("demo").len(), 3, "no instance was replaced");
+
+    // Destroy: the objects first, then every cloud resource; nothing owned by demo is left.
+    assert!(bed.live_cloud("demo") > 0);
+    let out = bed.phoenix(&repo.dir, &["destroy", "demo", "--yes", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = report(&out);
+    assert_eq!(
+        node_outcome(&r, "cluster/objects")["state"]["outcome"],
+        "deleted",
+        "{r}"
+    );
+    assert!(bed.deployments("demo", "web").is_empty());
+    assert_eq!(
+        bed.live_cloud("demo"),
+        0,
+        "every cloud resource of demo is gone"
+    );
 }
 
 #[test]
@@ -444,6 +461,38 @@ fn an_existing_cluster_is_reached_through_its_kubeconfig_and_context() {
 }
 
 impl Bed {
+    /// How many live cloud resources carry `env`'s ownership tags.
+    fn live_cloud(&self, env: &str) -> usize {
+        use aws_config::{BehaviorVersion, Region};
+        let config = self.rt.block_on(
+            aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new(REGION))
+                .endpoint_url(self.moto.endpoint())
+                .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                    "test",
+                    "test",
+                    None,
+                    None,
+                    "phoenix-tests",
+                ))
+                .load(),
+        );
+        let opts = phoenix::providers::aws::AwsOptions {
+            connect_timeout: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            profile: None,
+            endpoint_url: None,
+        };
+        let ec2 = phoenix::providers::aws::Ec2::from_sdk_config(&config, &opts).expect("ec2");
+        let live = self
+            .rt
+            .block_on(phoenix::providers::aws::observe(&ec2, env))
+            .expect("observe");
+        live.resources.values().map(Vec::len).sum()
+    }
+
     fn phoenix_home_has(&self, rel: &str) -> bool {
         self.git.phoenix_home().join(rel).exists()
     }

@@ -7,12 +7,12 @@ use super::rebuild::report;
 use crate::cli::DestroyArgs;
 use crate::engine::{Action, BoxFuture, Graph, Layer, NodeCtx, NodeError, NodeOutcome, NodeSpec};
 use crate::env::model::Cluster;
-use crate::providers::cluster as cl;
-use crate::providers::kube;
-use std::sync::Arc;
 use crate::error::{ExitCode, Failure};
 use crate::providers::aws::{self, ConvergeOptions};
+use crate::providers::cluster as cl;
+use crate::providers::kube;
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
 
 pub async fn run(ctx: &Context, args: &DestroyArgs) -> Outcome {
     let dep = Deployment::open(ctx, &args.env.env, None).await?;
@@ -80,7 +80,10 @@ pub async fn destroy(
                 OBJECTS_NODE,
                 Layer::Cloud,
                 dep.env.timeouts.addons + dep.env.timeouts.apps,
-                format!("every Kubernetes object phoenix applied for {} deleted", dep.name),
+                format!(
+                    "every Kubernetes object phoenix applied for {} deleted",
+                    dep.name
+                ),
             );
             let action: Arc<dyn Action> = Arc::new(DeleteObjects {
                 connector: cl::KubeconfigConnector::new(access),
