@@ -74,6 +74,16 @@ impl Failure {
         self
     }
 
+    /// Message and causes on one line, for reports that hold errors as text.
+    pub fn summary(&self) -> String {
+        let mut out = self.message.clone();
+        for c in self.causes.iter().filter(|c| **c != self.message) {
+            out.push_str(": ");
+            out.push_str(c);
+        }
+        out
+    }
+
     pub fn exit(mut self, exit: ExitCode) -> Self {
         self.exit = exit;
         self

@@ -555,27 +555,6 @@ fn a_dead_ec2_endpoint_is_a_bounded_error_naming_it() {
 }
 
 #[test]
-fn a_k3s_cloud_layer_says_the_control_plane_wiring_is_missing_instead_of_failing_a_template() {
-    let sb = Sandbox::new();
-    let repo = sketch_repo(&sb);
-    let port = moto::free_port();
-    let dead = format!("http://127.0.0.1:{port}");
-    let out = phoenix_at(
-        &sb,
-        &repo.dir,
-        &dead,
-        &["rebuild", "design-sketch", "--layers", "cloud"],
-    );
-    let (_, stderr) = text(&out);
-    assert_eq!(code(&out), 1, "{stderr}");
-    assert!(
-        stderr.contains("instance group server (role server) needs the k3s user-data"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains("undefined"), "{stderr}");
-}
-
-#[test]
 fn every_environment_shipped_in_the_repository_validates() {
     let sb = Sandbox::new();
     let repo = sb.repo("shipped");
@@ -596,6 +575,10 @@ fn every_environment_shipped_in_the_repository_validates() {
     for name in &names {
         let out = phoenix(&sb, &repo.dir, &["validate", name]);
         let (stdout, stderr) = text(&out);
-        assert_eq!(code(&out), 0, "{name}:\nstdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_eq!(
+            code(&out),
+            0,
+            "{name}:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
     }
 }

@@ -5,6 +5,8 @@
 //! fails within its wait and nothing after it starts, objects that left Git are pruned (rollback
 //! to an older commit), and an existing cluster is reached through a kubeconfig and context.
 
+#[path = "support/bed.rs"]
+mod bed;
 #[path = "support/moto.rs"]
 mod moto;
 #[path = "support/sandbox.rs"]
@@ -13,161 +15,12 @@ mod sandbox;
 mod support_git;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use bed::{copy_tree, names, node_outcome, report, text, Bed, DB_PASSWORD};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Secret};
-use kube::api::{Api, ListParams};
-use moto::Moto;
-use support_git::{Repo, Sandbox as GitSandbox};
-
-const REGION: &str = "us-east-1";
-const DB_PASSWORD: &str = "demo-db-password-for-tests";
-
-/// moto + a kube-sandbox fed by it + a git repo with the demo.
-struct Bed {
-    moto: Moto,
-    kube: kube_sandbox::SandboxHandle,
-    git: GitSandbox,
-    rt: tokio::runtime::Runtime,
-}
-
-impl Bed {
-    fn new() -> Bed {
-        let moto = Moto::start();
-        let kube = kube_sandbox::Sandbox::start_in_thread(kube_sandbox::Config {
-            nodes: 0,
-            node_delay: Duration::from_millis(300),
-            ready_delay: Duration::from_millis(300),
-            kubernetes_version: "v1.31.4+k3s1".into(),
-            ec2: Some(kube_sandbox::Ec2Config {
-                endpoint: moto.endpoint(),
-                region: REGION.into(),
-                poll_interval: Duration::from_millis(200),
-            }),
-            ..kube_sandbox::Config::default()
-        })
-        .expect("kube-sandbox starts");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        Bed {
-            moto,
-            kube,
-            git: GitSandbox::new(),
-            rt,
-        }
-    }
-
-    /// A repo holding this project's demo environment and templates, committed.
-    fn demo_repo(&self) -> Repo<'_> {
-        let repo = self.git.repo("envs");
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        copy_tree(
-            &root.join("environments/demo"),
-            &repo.dir.join("environments/demo"),
-        );
-        copy_tree(&root.join("templates"), &repo.dir.join("templates"));
-        repo.commit("the demo");
-        repo
-    }
-
-    fn command(&self, dir: &Path) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_phoenix"));
-        cmd.current_dir(dir)
-            .env("HOME", self.git.home())
-            .env("PHOENIX_HOME", self.git.phoenix_home())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", REGION)
-            .env("AWS_ENDPOINT_URL", self.moto.endpoint())
-            .env(
-                "PHOENIX_CLUSTER_ENDPOINT",
-                format!("{}/clusters/{{env}}", self.kube.url()),
-            )
-            .env("PHOENIX_DEMO_DB_PASSWORD", DB_PASSWORD)
-            .env_remove("AWS_PROFILE")
-            .env_remove("PHOENIX_REPO")
-            .env_remove("PHOENIX_TRUSTED_KEYS")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null());
-        cmd
-    }
-
-    fn phoenix(&self, dir: &Path, args: &[&str]) -> Output {
-        self.command(dir).args(args).output().expect("run phoenix")
-    }
-
-    fn client(&self, cluster: &str) -> kube::Client {
-        let _guard = self.rt.enter();
-        sandbox::client(&self.kube.cluster_url(cluster))
-    }
-
-    fn deployments(&self, cluster: &str, ns: &str) -> Vec<Deployment> {
-        let api: Api<Deployment> = Api::namespaced(self.client(cluster), ns);
-        self.rt
-            .block_on(api.list(&ListParams::default()))
-            .expect("list deployments")
-            .items
-    }
-
-    fn nodes(&self, cluster: &str) -> Vec<Node> {
-        let api: Api<Node> = Api::all(self.client(cluster));
-        self.rt
-            .block_on(api.list(&ListParams::default()))
-            .expect("list nodes")
-            .items
-    }
-}
-
-fn copy_tree(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).expect("mkdir");
-    for entry in std::fs::read_dir(src).expect("read dir") {
-        let entry = entry.expect("dir entry");
-        let to = dst.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            copy_tree(&entry.path(), &to);
-        } else {
-            std::fs::copy(entry.path(), &to).expect("copy file");
-        }
-    }
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// The last stdout line of `--output json`: the run report.
-fn report(out: &Output) -> serde_json::Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).unwrap_or_else(|e| panic!("report line is JSON ({e}):\n{last}"))
-}
-
-fn node_outcome<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    report["summary"]["nodes"]
-        .as_array()
-        .and_then(|nodes| nodes.iter().find(|n| n["id"] == id))
-        .unwrap_or_else(|| panic!("node {id} in the report: {report}"))
-}
-
-fn names(deployments: &[Deployment]) -> Vec<String> {
-    let mut v: Vec<String> = deployments
-        .iter()
-        .filter_map(|d| d.metadata.name.clone())
-        .collect();
-    v.sort();
-    v
-}
+use kube::api::Api;
 
 #[test]
 fn rebuild_converges_the_demo_on_moto_and_kube_sandbox_then_changes_nothing() {
@@ -458,42 +311,4 @@ fn an_existing_cluster_is_reached_through_its_kubeconfig_and_context() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("nope") && all.contains(&context), "{all}");
-}
-
-impl Bed {
-    /// How many live cloud resources carry `env`'s ownership tags.
-    fn live_cloud(&self, env: &str) -> usize {
-        use aws_config::{BehaviorVersion, Region};
-        let config = self.rt.block_on(
-            aws_config::defaults(BehaviorVersion::latest())
-                .region(Region::new(REGION))
-                .endpoint_url(self.moto.endpoint())
-                .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                    "test",
-                    "test",
-                    None,
-                    None,
-                    "phoenix-tests",
-                ))
-                .load(),
-        );
-        let opts = phoenix::providers::aws::AwsOptions {
-            connect_timeout: Duration::from_secs(2),
-            attempt_timeout: Duration::from_secs(10),
-            operation_timeout: Duration::from_secs(30),
-            max_attempts: 3,
-            profile: None,
-            endpoint_url: None,
-        };
-        let ec2 = phoenix::providers::aws::Ec2::from_sdk_config(&config, &opts).expect("ec2");
-        let live = self
-            .rt
-            .block_on(phoenix::providers::aws::observe(&ec2, env))
-            .expect("observe");
-        live.resources.values().map(Vec::len).sum()
-    }
-
-    fn phoenix_home_has(&self, rel: &str) -> bool {
-        self.git.phoenix_home().join(rel).exists()
-    }
 }

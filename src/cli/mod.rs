@@ -86,6 +86,8 @@ pub enum Command {
     Rebuild(RebuildArgs),
     /// Tear an environment down in reverse layer order (asks for confirmation)
     Destroy(DestroyArgs),
+    /// Compare Git with the live system in every layer: exit 0 in sync, 2 drift, 1 not checked
+    Diff(DiffArgs),
     /// List past runs of an environment from the audit trail
     History(HistoryArgs),
     /// Print a shell completion script for phoenix to stdout
@@ -133,6 +135,15 @@ pub struct EnvArg {
     /// Environment name (a directory under environments/)
     #[arg(value_name = "ENV")]
     pub env: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// Also write Prometheus text metrics (node-exporter textfile format) to this file
+    #[arg(long, value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -4,6 +4,7 @@ pub mod common;
 mod completions;
 pub mod deploy;
 pub mod destroy;
+pub mod diff;
 mod history;
 mod plan;
 pub mod rebuild;
@@ -21,6 +22,7 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Render(a) => render::run(&ctx, &a.env.env, a.component.as_deref()).await,
         Command::Rebuild(a) => rebuild::run(&ctx, &a).await,
         Command::Destroy(a) => destroy::run(&ctx, &a).await,
+        Command::Diff(a) => diff::run(&ctx, &a.env.env, a.metrics_file.as_deref()).await,
         Command::History(a) => history::run(&ctx, &a.env.env, a.limit).await,
         Command::Completions(a) => completions::completions(a.shell),
         Command::Man(a) => completions::man(&ctx, a.dir.as_deref()),

@@ -2,9 +2,9 @@
 
 use super::common::{commit_json, commit_line, load_env, print_json, Context, Outcome};
 use super::deploy::Deployment;
+use crate::drift::{EntryKind, LayerStatus};
 use crate::engine::Layer;
 use crate::error::{ExitCode, Failure};
-use crate::providers::aws;
 use crate::render::{Mode, Renderer, SecretValues};
 use std::collections::BTreeMap;
 
@@ -16,51 +16,64 @@ pub async fn run(ctx: &Context, name: &str, offline: bool, detailed_exitcode: bo
     }
 }
 
-/// The plan against live state, layer by layer.
+/// The plan against live state, layer by layer: the same comparison as `phoenix diff`.
 async fn live_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcome {
     let dep = Deployment::open(ctx, name, None).await?;
-    let secrets = dep.secrets()?;
-    let renderer = std::sync::Arc::new(dep.renderer(secrets, Mode::Apply)?);
-    let mut changes = 0usize;
-    let mut out =
-        serde_json::json!({ "env": dep.name, "commit": commit_json(&dep.snap), "offline": false });
-    if !ctx.json() {
-        println!("{}", commit_line(&dep.snap));
-        println!("plan for {} against live state", dep.name);
-    }
-    if let Some(ec2) = dep.ec2().await? {
-        let live = dep.observe_cloud(&ec2).await?;
-        let desired = dep
-            .desired_cloud(ctx, &renderer, &live, false)?
-            .ok_or_else(|| Failure::new("the environment has no cloud section"))?;
-        let plan = aws::plan_live(&ec2, &desired).await.map_err(|e| {
-            Failure::from_error(
-                format!("cannot compare the cloud layer of {} with EC2", dep.name),
-                &e,
-            )
-        })?;
-        changes += plan
-            .changes
-            .iter()
-            .filter(|c| c.action != aws::ChangeAction::Unchanged)
-            .count();
-        if ctx.json() {
-            out["cloud"] = serde_json::to_value(&plan).unwrap_or_default();
-        } else {
-            println!("\ncloud ({}):\n{plan}", ec2.endpoint());
-        }
-    }
-    if dep.env.cluster.is_some() {
-        return Err(Failure::new(format!(
-            "a live plan of the cluster, addons and apps layers of {} is not available in this build",
+    let checked = super::diff::check(ctx, &dep).await;
+    let report = &checked.report;
+    let errors: Vec<String> = report
+        .layers
+        .iter()
+        .filter_map(|l| match &l.status {
+            LayerStatus::Error(e) => Some(format!("{}: {e}", l.layer)),
+            _ => None,
+        })
+        .collect();
+    if !errors.is_empty() {
+        let mut f = Failure::new(format!(
+            "cannot plan {}: not every layer could be compared",
             dep.name
-        ))
-        .help("the Kubernetes providers have not landed; `phoenix plan --offline` shows the whole graph"));
+        ));
+        for e in errors {
+            f = f.cause(e);
+        }
+        return Err(
+            f.help("`phoenix plan --offline` shows the whole graph without contacting anything")
+        );
     }
+    let changes: usize = report.entry_count();
     if ctx.json() {
-        out["changes"] = changes.into();
+        let mut out = serde_json::json!({
+            "env": dep.name,
+            "commit": commit_json(&dep.snap),
+            "offline": false,
+            "changes": changes,
+            "drift": crate::drift::json_value(report),
+        });
+        if let Some(plan) = &checked.cloud_plan {
+            out["cloud"] = serde_json::to_value(plan).unwrap_or_default();
+        }
         print_json(&out);
     } else {
+        println!("{}", commit_line(&dep.snap));
+        println!("plan for {} against live state", dep.name);
+        for l in &report.layers {
+            match (&l.status, l.layer) {
+                (LayerStatus::Skipped(why), layer) => println!("\n{layer}: nothing to do ({why})"),
+                (_, Layer::Cloud) => {
+                    if let Some(plan) = &checked.cloud_plan {
+                        println!("\ncloud:\n{plan}");
+                    }
+                }
+                (_, layer) if l.entries.is_empty() => println!("\n{layer}: no changes"),
+                (_, layer) => {
+                    println!("\n{layer}:");
+                    for e in &l.entries {
+                        println!("  {} {}{}", action_of(e.kind), e.resource, describe(e));
+                    }
+                }
+            }
+        }
         println!(
             "\n{changes} change{} pending.",
             if changes == 1 { "" } else { "s" }
@@ -70,6 +83,38 @@ async fn live_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcom
         return Ok(ExitCode::Changes);
     }
     Ok(ExitCode::Ok)
+}
+
+/// What a rebuild does about one divergence.
+fn action_of(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Missing => "+ create",
+        EntryKind::Extra => "- delete",
+        EntryKind::Changed => "~ update",
+        EntryKind::Stopped => "~ start ",
+        EntryKind::NotReady => "? wait  ",
+        EntryKind::Version => "! version",
+    }
+}
+
+fn describe(e: &crate::drift::DriftEntry) -> String {
+    let fields: Vec<String> = e
+        .fields
+        .iter()
+        .map(|f| {
+            format!(
+                "{}: {} -> {}",
+                f.path,
+                f.live.as_deref().unwrap_or("(none)"),
+                f.desired.as_deref().unwrap_or("(none)")
+            )
+        })
+        .collect();
+    match (&e.detail, fields.is_empty()) {
+        (Some(d), true) => format!(" ({d})"),
+        (_, false) => format!(" ({})", fields.join("; ")),
+        (None, true) => String::new(),
+    }
 }
 
 /// The graph as built from nothing, without contacting anything.

@@ -42,7 +42,7 @@ pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// kubectl 1.37: `$KUBECTL`, else `<repo>/.venv/bin/kubectl`, else `/work/main/.venv/bin/kubectl`.
+/// kubectl 1.37: `$KUBECTL`, else `<repo>/.venv/bin/kubectl` (installed by scripts/setup).
 pub fn kubectl_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("KUBECTL") {
         return PathBuf::from(p);
@@ -50,10 +50,6 @@ pub fn kubectl_binary() -> PathBuf {
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/kubectl");
     if venv.is_file() {
         return venv;
-    }
-    let shared = PathBuf::from("/work/main/.venv/bin/kubectl");
-    if shared.is_file() {
-        return shared;
     }
     panic!(
         "kubectl not found: set KUBECTL, or install it with \

@@ -506,6 +506,52 @@ pub(crate) async fn instances(
     Ok(items)
 }
 
+/// Instances of `env` that are `shutting-down` or `terminated` (EC2 lists them for about an
+/// hour): (resource id, instance id, state). [`observe`] leaves them out; drift names them.
+pub async fn gone_instances(
+    ec2: &Ec2,
+    env: &str,
+) -> Result<Vec<(String, String, String)>, AwsError> {
+    let d = doing(env, "terminated instances", None);
+    let mut filters: Vec<Filter> = owner_filters(env, None);
+    filters.push(
+        Filter::builder()
+            .name("instance-state-name")
+            .values("shutting-down")
+            .values("terminated")
+            .build(),
+    );
+    let mut items = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let out = ec2
+            .client()
+            .describe_instances()
+            .set_filters(Some(filters.clone()))
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(ec2.err(&d))?;
+        for i in out.reservations().iter().flat_map(|r| r.instances()) {
+            let tags = tags::from_sdk(Some(i.tags()));
+            let (Some(resource), Some(id)) = (tags.get(TAG_RESOURCE), i.instance_id()) else {
+                continue;
+            };
+            let state = i
+                .state()
+                .and_then(|s| s.name())
+                .map(|n| n.as_str().to_string())
+                .unwrap_or_else(|| "terminated".into());
+            items.push((resource.clone(), id.to_string(), state));
+        }
+        match out.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    Ok(items)
+}
+
 pub(crate) fn instance(i: &aws_sdk_ec2::types::Instance) -> Option<LiveResource> {
     let tags = tags::from_sdk(Some(i.tags()));
     let state = i

@@ -22,7 +22,7 @@ pub use desired::{
 };
 pub use error::AwsError;
 pub use keys::key_material;
-pub use live::{observe, LiveCloud, LiveResource, LiveState};
+pub use live::{gone_instances, observe, LiveCloud, LiveResource, LiveState};
 pub use nodes::{converge_nodes, destroy_nodes};
 pub use plan::{plan, plan_live, ChangeAction, CloudPlan, FieldChange, ResourceChange};
 pub use rules::{RuleKey, RulePeer};

@@ -25,6 +25,9 @@ pub struct ComponentDiff {
     pub objects: Vec<ObjectDiff>,
     /// Objects in the component's inventory, no longer in Git, that still exist with its marks.
     pub extra: Vec<ObjectRef>,
+    /// The live objects of `extra`, in the same order (normalized, Secret values redacted).
+    #[serde(skip)]
+    pub extra_live: Vec<Value>,
     /// Live objects of the component that are not healthy (reported apart from drift).
     pub unhealthy: Vec<Unhealthy>,
 }
@@ -43,6 +46,13 @@ pub struct ObjectDiff {
     pub source: String,
     pub line: usize,
     pub state: DriftState,
+    /// What applying Git would make of the object (the dry-run result when it exists, else the
+    /// manifest), normalized like the comparison; Secret values redacted. For showing a diff.
+    #[serde(skip)]
+    pub desired: Value,
+    /// The live object, normalized the same way; `None` when missing.
+    #[serde(skip)]
+    pub live: Option<Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -164,6 +174,21 @@ pub fn compare(desired: &Value, live: &Value) -> Vec<FieldDiff> {
     out
 }
 
+/// An object as a diff shows it: without what is never drift, Secret values hidden.
+fn for_display(obj: &Value, secret: bool) -> Value {
+    let mut v = normalize(obj);
+    if secret {
+        for field in ["data", "stringData"] {
+            if let Some(map) = v.get_mut(field).and_then(Value::as_object_mut) {
+                for value in map.values_mut() {
+                    *value = Value::String(crate::render::REDACTED.into());
+                }
+            }
+        }
+    }
+    v
+}
+
 fn redact(mut fields: Vec<FieldDiff>) -> Vec<FieldDiff> {
     for f in &mut fields {
         if f.path.starts_with(".data") || f.path.starts_with(".stringData") {
@@ -202,18 +227,24 @@ pub async fn diff_component_with(
         let kind = kinds.get(&(d.id.api_version.clone(), d.id.kind.clone()));
         let marks = &marks;
         async move {
+            let secret = d.id.is_secret();
             let Some(Kind::Served(target)) = kind else {
-                return Ok((DriftState::Missing, None));
+                return Ok((DriftState::Missing, None, for_display(&d.body, secret)));
             };
             let Some(live) = ops::get(client, target, &d.id).await? else {
-                return Ok((DriftState::Missing, None));
+                return Ok((DriftState::Missing, None, for_display(&d.body, secret)));
             };
             if !marks.owns(&live) {
-                return Ok((DriftState::NotOwned(Marks::describe_found(&live)), None));
+                let found = Marks::describe_found(&live);
+                return Ok((
+                    DriftState::NotOwned(found),
+                    Some(live),
+                    for_display(&d.body, secret),
+                ));
             }
             let dry = ops::apply(client, target, &d.id, &d.body, true, true).await?;
             let mut fields = compare(&dry, &live);
-            if d.id.is_secret() {
+            if secret {
                 fields = redact(fields);
             }
             let state = if fields.is_empty() {
@@ -221,14 +252,14 @@ pub async fn diff_component_with(
             } else {
                 DriftState::Changed(fields)
             };
-            Ok::<_, KubeError>((state, Some(live)))
+            Ok::<_, KubeError>((state, Some(live), for_display(&dry, secret)))
         }
     })
     .await;
     let results = first_error(results)?;
     let mut diffs = Vec::with_capacity(objects.len());
     let mut unhealthy = Vec::new();
-    for (d, (state, live)) in objects.iter().zip(results) {
+    for (d, (state, live, desired)) in objects.iter().zip(results) {
         if let Some(live) = &live {
             if !needs_no_wait(&d.id.api_version, &d.id.kind) {
                 match health(live) {
@@ -246,11 +277,14 @@ pub async fn diff_component_with(
                 }
             }
         }
+        let live = live.map(|l| for_display(&l, d.id.is_secret()));
         diffs.push(ObjectDiff {
             object: d.id.clone(),
             source: d.source.clone(),
             line: d.line,
             state,
+            desired,
+            live,
         });
     }
 
@@ -273,7 +307,10 @@ pub async fn diff_component_with(
                     Ok(ops::get(client, &target, &id)
                         .await?
                         .filter(|live| marks.owns(live))
-                        .map(|_| id))
+                        .map(|live| {
+                            let shown = for_display(&live, id.is_secret());
+                            (id, shown)
+                        }))
                 }
             })
             .await;
@@ -282,12 +319,14 @@ pub async fn diff_component_with(
         Ok(None) => Vec::new(),
         Err(e) => return Err(e),
     };
+    let (extra, extra_live): (Vec<ObjectRef>, Vec<Value>) = extra.into_iter().unzip();
     Ok(ComponentDiff {
         env: spec.env.clone(),
         layer: spec.layer,
         component: spec.name.clone(),
         objects: diffs,
         extra,
+        extra_live,
         unhealthy,
     })
 }

@@ -1,0 +1,385 @@
+//! `phoenix diff ENV`: Git against the live system in every layer. Exit 0 in sync, 2 drift, 1 when
+//! any layer could not be checked. The same check serves `plan`, `watch` and `drill`.
+
+use super::common::{Context, Outcome};
+use super::deploy::Deployment;
+use crate::drift::{
+    self, DriftEntry, DriftReport, EntryKind, FieldDiff, LayerDrift, ObjectResult, ObjectState,
+    TerminatedInstance, Unhealthy,
+};
+use crate::engine::Layer;
+use crate::env::model::Cluster;
+use crate::error::{ExitCode, Failure};
+use crate::providers::aws::{self, CloudPlan, LiveCloud};
+use crate::providers::cluster::{self as cl, ClusterDrift, NodeExpectation};
+use crate::providers::kube::{self, ComponentDiff, ComponentSpec, DriftState, Resolver};
+use crate::render::Mode;
+use futures::stream::{self, StreamExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub async fn run(ctx: &Context, name: &str, metrics_file: Option<&Path>) -> Outcome {
+    let dep = Deployment::open(ctx, name, None).await?;
+    let report = check(ctx, &dep).await.report;
+    if ctx.json() {
+        print!("{}", drift::json(&report));
+    } else {
+        print!("{}", drift::human(&report, drift::use_color()));
+    }
+    if let Some(path) = metrics_file {
+        drift::metrics::write_file(path, &drift::metrics::render(&[&report], None)).map_err(
+            |e| {
+                Failure::from_error(
+                    format!("cannot write the metrics file {}", path.display()),
+                    &e,
+                )
+            },
+        )?;
+    }
+    Ok(match drift::exit_code(&report) {
+        0 => ExitCode::Ok,
+        2 => ExitCode::Changes,
+        _ => ExitCode::Error,
+    })
+}
+
+/// A drift check and what it read on the way (for `plan`, which shows the cloud plan itself).
+pub struct Checked {
+    pub report: DriftReport,
+    pub cloud_plan: Option<CloudPlan>,
+    pub components: Vec<ComponentDiff>,
+}
+
+/// Compares every layer of `dep` with the live system. Never fails: what could not be checked
+/// is an error in its layer (and the layers that needed it), so the exit code is 1.
+pub async fn check(ctx: &Context, dep: &Deployment) -> Checked {
+    let started = Instant::now();
+    let checked_at = SystemTime::now();
+    let mut checked = Checked {
+        report: DriftReport {
+            env: dep.name.clone(),
+            commit: dep.commit().to_string(),
+            checked_at,
+            duration: Duration::ZERO,
+            layers: Vec::new(),
+        },
+        cloud_plan: None,
+        components: Vec::new(),
+    };
+    let layers = match check_layers(ctx, dep, &mut checked).await {
+        Ok(layers) => layers,
+        Err(failure) => Layer::ALL
+            .iter()
+            .map(|&l| LayerDrift::error(l, failure.summary(), Duration::ZERO))
+            .collect(),
+    };
+    checked.report.layers = layers;
+    checked.report.duration = started.elapsed();
+    checked
+}
+
+async fn check_layers(
+    ctx: &Context,
+    dep: &Deployment,
+    checked: &mut Checked,
+) -> Result<Vec<LayerDrift>, Failure> {
+    let secrets = dep.secrets()?;
+    let renderer = Arc::new(dep.renderer(secrets, Mode::Apply)?);
+    let components = dep.components(&renderer, false)?;
+    let mut out = Vec::new();
+
+    // Cloud.
+    let t = Instant::now();
+    let mut live_cloud: Option<LiveCloud> = None;
+    match dep.ec2().await {
+        Ok(None) => out.push(LayerDrift::skipped(Layer::Cloud, "not in the environment")),
+        Err(e) => out.push(LayerDrift::error(Layer::Cloud, e.summary(), t.elapsed())),
+        Ok(Some(ec2)) => match cloud_drift(ctx, dep, &renderer, &ec2).await {
+            Ok((plan, live, entries)) => {
+                out.push(LayerDrift::checked(
+                    Layer::Cloud,
+                    entries,
+                    vec![],
+                    t.elapsed(),
+                ));
+                checked.cloud_plan = Some(plan);
+                live_cloud = Some(live);
+            }
+            Err(e) => out.push(LayerDrift::error(Layer::Cloud, e.summary(), t.elapsed())),
+        },
+    }
+
+    // Cluster.
+    let t = Instant::now();
+    let access = dep.cluster_access(ctx)?;
+    let Some(access) = access else {
+        for l in [Layer::Cluster, Layer::Addons, Layer::Apps] {
+            out.push(LayerDrift::skipped(l, "not in the environment"));
+        }
+        return Ok(out);
+    };
+    let k3s = match &dep.env.cluster {
+        Some(Cluster::K3s(k)) => Some(k),
+        _ => None,
+    };
+    let expected = match (k3s, &dep.env.cloud, &live_cloud) {
+        (Some(k), Some(cloud), Some(live)) => Some(cl::ExpectedCluster {
+            nodes: NodeExpectation::Instances(cl::expected_nodes(cloud, live)),
+            version: Some(k.version.clone()),
+        }),
+        (Some(_), _, _) => None,
+        (None, _, _) => Some(cl::ExpectedCluster {
+            nodes: NodeExpectation::AtLeast(1),
+            version: None,
+        }),
+    };
+    let client = match cl::client_for(&access).await {
+        Ok(c) => c,
+        Err(e) => {
+            let why = format!("cannot reach the cluster: {}", crate::error::chain(&e));
+            out.push(LayerDrift::error(Layer::Cluster, why.clone(), t.elapsed()));
+            for l in [Layer::Addons, Layer::Apps] {
+                out.push(LayerDrift::error(
+                    l,
+                    format!("not checked: {why}"),
+                    Duration::ZERO,
+                ));
+            }
+            return Ok(out);
+        }
+    };
+    match expected {
+        None => out.push(LayerDrift::error(
+            Layer::Cluster,
+            "not checked: the cloud layer could not be checked, so the expected nodes are unknown",
+            Duration::ZERO,
+        )),
+        Some(expected) => match cl::observe_cluster(&client, &expected).await {
+            Ok(status) => out.push(LayerDrift::checked(
+                Layer::Cluster,
+                status.drift.iter().map(cluster_entry).collect(),
+                vec![],
+                t.elapsed(),
+            )),
+            Err(e) => out.push(LayerDrift::error(
+                Layer::Cluster,
+                crate::error::chain(&e),
+                t.elapsed(),
+            )),
+        },
+    }
+
+    // Add-ons and apps: every component compared concurrently, one discovery cache.
+    let resolver = Resolver::new();
+    for layer in [Layer::Addons, Layer::Apps] {
+        let t = Instant::now();
+        let specs: Vec<&ComponentSpec> = components.iter().filter(|c| c.layer == layer).collect();
+        let results: Vec<_> = stream::iter(specs.iter().map(|spec| {
+            let (client, resolver) = (&client, &resolver);
+            async move { kube::diff_component_with(client, spec, resolver, 16).await }
+        }))
+        .buffered(4)
+        .collect()
+        .await;
+        let mut diffs = Vec::new();
+        let mut errors = Vec::new();
+        for (spec, r) in specs.iter().zip(results) {
+            match r {
+                Ok(d) => diffs.push(d),
+                Err(e) => errors.push(format!("{}: {}", spec.name, crate::error::chain(&e))),
+            }
+        }
+        let removed = match removed_components(&client, dep, layer, &components).await {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(e);
+                Vec::new()
+            }
+        };
+        if !errors.is_empty() {
+            out.push(LayerDrift::error(layer, errors.join("; "), t.elapsed()));
+        } else {
+            let (mut entries, unhealthy) = object_drift(layer, &diffs);
+            entries.extend(removed);
+            out.push(LayerDrift::checked(layer, entries, unhealthy, t.elapsed()));
+        }
+        checked.components.extend(diffs);
+    }
+    Ok(out)
+}
+
+async fn cloud_drift(
+    ctx: &Context,
+    dep: &Deployment,
+    renderer: &Arc<crate::render::Renderer>,
+    ec2: &aws::Ec2,
+) -> Result<(CloudPlan, LiveCloud, Vec<DriftEntry>), Failure> {
+    let live = dep.observe_cloud(ec2).await?;
+    let desired = dep
+        .desired_cloud(ctx, renderer, &live, false)?
+        .ok_or_else(|| Failure::new("the environment has no cloud section"))?;
+    let plan = aws::plan_live(ec2, &desired).await.map_err(|e| {
+        Failure::from_error(
+            format!("cannot compare the cloud layer of {} with EC2", dep.name),
+            &e,
+        )
+    })?;
+    let gone = aws::gone_instances(ec2, &dep.name)
+        .await
+        .map_err(|e| Failure::from_error("cannot list terminated instances", &e))?
+        .into_iter()
+        .map(|(resource, instance_id, state)| TerminatedInstance {
+            resource,
+            instance_id,
+            state,
+        })
+        .collect::<Vec<_>>();
+    let entries = drift::cloud_entries(&plan, &gone);
+    Ok((plan, live, entries))
+}
+
+fn cluster_entry(d: &ClusterDrift) -> DriftEntry {
+    let entry = |resource: String, kind| DriftEntry::new(Layer::Cluster, resource, kind);
+    match d {
+        ClusterDrift::NodeMissing { node } => entry(format!("node/{node}"), EntryKind::Missing)
+            .with_detail(format!("no Ready node has registered for {node}")),
+        ClusterDrift::NodeNotReady { node } => entry(format!("node/{node}"), EntryKind::NotReady)
+            .with_fields(vec![FieldDiff::value("ready", "true", "false")]),
+        ClusterDrift::TooFewReady { ready, expected } => entry("nodes".into(), EntryKind::Missing)
+            .with_fields(vec![FieldDiff::value(
+                "ready-nodes",
+                format!("at least {expected}"),
+                ready.to_string(),
+            )]),
+        ClusterDrift::UnexpectedNode { name } => entry(format!("node/{name}"), EntryKind::Extra)
+            .with_detail("matches no instance of the environment"),
+        ClusterDrift::ServerVersion { desired, live } => {
+            entry("control-plane".into(), EntryKind::Version).with_fields(vec![FieldDiff::value(
+                "version",
+                desired.as_str(),
+                live.as_str(),
+            )])
+        }
+        ClusterDrift::KubeletVersion {
+            node,
+            desired,
+            live,
+        } => entry(format!("node/{node}"), EntryKind::Version).with_fields(vec![FieldDiff::value(
+            "kubeletVersion",
+            desired.as_str(),
+            live.as_str(),
+        )]),
+    }
+}
+
+fn resource_of(o: &kube::ObjectRef) -> String {
+    match &o.namespace {
+        Some(ns) => format!("{}/{ns}/{}", o.kind, o.name),
+        None => format!("{}/{}", o.kind, o.name),
+    }
+}
+
+fn shown(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The provider's per-object comparison as drift entries (with a unified diff each) and the
+/// unhealthy objects, reported apart.
+fn object_drift(layer: Layer, diffs: &[ComponentDiff]) -> (Vec<DriftEntry>, Vec<Unhealthy>) {
+    let mut results = Vec::new();
+    let mut not_owned = Vec::new();
+    for d in diffs {
+        for o in &d.objects {
+            let resource = resource_of(&o.object);
+            let state = match &o.state {
+                DriftState::InSync => ObjectState::InSync,
+                DriftState::Missing => ObjectState::Missing {
+                    desired: o.desired.clone(),
+                },
+                DriftState::Changed(fields) => ObjectState::Changed {
+                    fields: fields
+                        .iter()
+                        .map(|f| {
+                            FieldDiff::new(
+                                f.path.trim_start_matches('.'),
+                                f.desired.as_ref().map(shown),
+                                f.live.as_ref().map(shown),
+                            )
+                        })
+                        .collect(),
+                    desired: o.desired.clone(),
+                    live: o.live.clone().unwrap_or_default(),
+                },
+                DriftState::NotOwned(found) => {
+                    not_owned.push(
+                        DriftEntry::new(layer, resource, EntryKind::Changed)
+                            .with_fields(vec![FieldDiff::value(
+                                "owner",
+                                format!("phoenix ({} {})", d.env, d.component),
+                                found.as_str(),
+                            )])
+                            .with_detail(format!(
+                                "exists without phoenix's marks; a rebuild of {} will refuse to touch it",
+                                d.component
+                            )),
+                    );
+                    continue;
+                }
+            };
+            let unhealthy = d
+                .unhealthy
+                .iter()
+                .find(|u| u.object == o.object)
+                .map(|u| u.reason.clone());
+            results.push(ObjectResult {
+                resource,
+                state,
+                unhealthy,
+            });
+        }
+        for (o, live) in d.extra.iter().zip(&d.extra_live) {
+            results.push(ObjectResult {
+                resource: resource_of(o),
+                state: ObjectState::Extra { live: live.clone() },
+                unhealthy: None,
+            });
+        }
+    }
+    let (mut entries, unhealthy) = drift::object_entries(layer, &results);
+    entries.extend(not_owned);
+    (entries, unhealthy)
+}
+
+/// Components of `layer` recorded in the cluster's inventories but no longer in Git: each is an
+/// extra entry (the next rebuild deletes them).
+async fn removed_components(
+    client: &::kube::Client,
+    dep: &Deployment,
+    layer: Layer,
+    components: &[ComponentSpec],
+) -> Result<Vec<DriftEntry>, String> {
+    let inventories = kube::inventories(client, &dep.name)
+        .await
+        .map_err(|e| format!("cannot read the inventories: {}", crate::error::chain(&e)))?;
+    Ok(inventories
+        .iter()
+        .filter(|inv| inv.layer == layer)
+        .filter(|inv| {
+            !components
+                .iter()
+                .any(|c| c.layer == layer && c.name == inv.component)
+        })
+        .flat_map(|inv| {
+            inv.objects.iter().map(move |o| {
+                DriftEntry::new(layer, resource_of(o), EntryKind::Extra).with_detail(format!(
+                    "component {} is no longer in Git; the next rebuild deletes it",
+                    inv.component
+                ))
+            })
+        })
+        .collect())
+}

@@ -1,0 +1,313 @@
+//! `phoenix diff` end to end on moto + kube-sandbox: after a rebuild the demo is in sync (exit 0);
+//! each kind of drift made behind phoenix's back — kubectl scale, label, edit and delete; an SG
+//! rule added and an instance terminated through the EC2 API; a node NotReady; an object left
+//! after a Git change — gives exit 2 with the right entry; an unreachable API gives exit 1;
+//! the metrics file passes promtool; `plan --detailed-exitcode` agrees.
+
+#[path = "support/bed.rs"]
+mod bed;
+#[path = "support/moto.rs"]
+mod moto;
+#[path = "support/sandbox.rs"]
+mod sandbox;
+#[path = "support_git/mod.rs"]
+mod support_git;
+
+use std::process::Output;
+
+use bed::{text, Bed};
+use serde_json::Value;
+
+/// `phoenix diff demo --output json`: (exit code, the document).
+fn diff(bed: &Bed, dir: &std::path::Path) -> (i32, Value, Output) {
+    let out = bed.phoenix(dir, &["diff", "demo", "--output", "json"]);
+    let doc: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("diff --output json is JSON ({e}): {}", text(&out)));
+    (out.status.code().unwrap_or(-1), doc, out)
+}
+
+fn layer<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["layers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["layer"] == name))
+        .unwrap_or_else(|| panic!("layer {name} in {doc:#}"))
+}
+
+/// The entry for `resource` in `layer`, with its kind.
+fn entry<'a>(doc: &'a Value, layer_name: &str, resource: &str) -> &'a Value {
+    layer(doc, layer_name)["entries"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["resource"] == resource))
+        .unwrap_or_else(|| panic!("entry {resource} in layer {layer_name}: {doc:#}"))
+}
+
+fn converged_demo(bed: &Bed) -> support_git::Repo<'_> {
+    let repo = bed.demo_repo();
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    repo
+}
+
+#[test]
+fn kubectl_changes_are_drift_and_a_rebuild_clears_them() {
+    let bed = Bed::new();
+    let repo = converged_demo(&bed);
+    let (code, doc, out) = diff(&bed, &repo.dir);
+    assert_eq!(code, 0, "in sync after a rebuild: {}", text(&out));
+    for l in ["cloud", "cluster", "addons", "apps"] {
+        assert_eq!(layer(&doc, l)["status"], "in-sync", "{l}: {doc:#}");
+    }
+
+    bed.kubectl(
+        "demo",
+        &["-n", "web", "scale", "deploy/web", "--replicas=5"],
+    );
+    bed.kubectl(
+        "demo",
+        &[
+            "-n",
+            "web",
+            "label",
+            "--overwrite",
+            "deploy/worker",
+            "app=renamed",
+        ],
+    );
+    bed.kubectl("demo", &["-n", "web", "delete", "configmap", "web-config"]);
+    bed.kubectl(
+        "demo",
+        &[
+            "-n",
+            "web",
+            "patch",
+            "deploy/web",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/template/spec/containers/0/image","value":"nginx:edited"}]"#,
+        ],
+    );
+    let (code, doc, out) = diff(&bed, &repo.dir);
+    assert_eq!(code, 2, "{}", text(&out));
+    assert_eq!(layer(&doc, "apps")["status"], "drift");
+    let web = entry(&doc, "apps", "Deployment/web/web");
+    assert_eq!(web["kind"], "changed", "{web:#}");
+    let fields = web["fields"].to_string();
+    assert!(fields.contains("spec.replicas"), "{fields}");
+    assert!(fields.contains("nginx:edited"), "{fields}");
+    let worker = entry(&doc, "apps", "Deployment/web/worker");
+    assert!(
+        worker["fields"].to_string().contains("renamed"),
+        "{worker:#}"
+    );
+    assert_eq!(
+        entry(&doc, "apps", "ConfigMap/web/web-config")["kind"],
+        "missing"
+    );
+    // The other layers are still checked and in sync.
+    assert_eq!(layer(&doc, "cloud")["status"], "in-sync");
+    // Human output: a readable unified diff, no colour codes with NO_COLOR.
+    let human = bed.phoenix(&repo.dir, &["diff", "demo"]);
+    assert_eq!(human.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        stdout.contains("-  replicas: 5") && stdout.contains("+  replicas: 2"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains('\u{1b}'), "NO_COLOR is respected");
+
+    // kubectl now owns those fields: a rebuild refuses, naming the manager and the fields...
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "apps"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("\"kubectl\"") && all.contains(".spec.replicas"),
+        "{all}"
+    );
+    // ...unless told to take them back.
+    let out = bed.phoenix(
+        &repo.dir,
+        &["rebuild", "demo", "--layers", "apps", "--force-conflicts"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (code, _, out) = diff(&bed, &repo.dir);
+    assert_eq!(code, 0, "a rebuild clears the drift: {}", text(&out));
+}
+
+#[test]
+fn cloud_and_node_drift_made_through_ec2_and_the_sandbox() {
+    let bed = Bed::new();
+    let repo = converged_demo(&bed);
+    let ec2 = bed.ec2_client();
+    // An SG rule added by hand.
+    let groups = bed
+        .rt
+        .block_on(
+            ec2.describe_security_groups()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("tag:phoenix:resource")
+                        .values("sg/cluster")
+                        .build(),
+                )
+                .send(),
+        )
+        .expect("describe groups");
+    let sg = groups.security_groups()[0]
+        .group_id()
+        .expect("group id")
+        .to_string();
+    bed.rt
+        .block_on(
+            ec2.authorize_security_group_ingress()
+                .group_id(&sg)
+                .ip_protocol("tcp")
+                .from_port(22)
+                .to_port(22)
+                .cidr_ip("0.0.0.0/0")
+                .send(),
+        )
+        .expect("authorize");
+    let (code, doc, out) = diff(&bed, &repo.dir);
+    assert_eq!(code, 2, "{}", text(&out));
+    let rules = layer(&doc, "cloud")["entries"].to_string();
+    assert!(
+        rules.contains("sg/cluster") && rules.contains("22"),
+        "{rules}"
+    );
+
+    // A node NotReady in the cluster.
+    let node = bed.nodes("demo")[0]
+        .metadata
+        .name
+        .clone()
+        .expect("node name");
+    assert!(bed.kube.set_node_ready("demo", &node, false));
+    let (code, doc, out) = diff(&bed, &repo.dir);
+    assert_eq!(code, 2, "{}", text(&out));
+    let cluster = layer(&doc, "cluster");
+    assert_eq!(cluster["status"], "drift", "{cluster:#}");
+    assert!(
+        cluster["entries"].to_string().contains("not-ready"),
+        "{cluster:#}"
+    );
+    assert!(bed.kube.set_node_ready("demo", &node, true));
+
+    // An agent instance terminated through the EC2 API.
+    let reservations = bed
+        .rt
+        .block_on(
+            ec2.describe_instances()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("tag:phoenix:resource")
+                        .values("instance/agent/1")
+                        .build(),
+                )
+                .send(),
+        )
+        .expect("describe instances");
+    let id = reservations.reservations()[0].instances()[0]
+        .instance_id()
+        .expect("instance id")
+        .to_string();
+    bed.rt
+        .block_on(ec2.terminate_instances().instance_ids(&id).send())
+        .expect("terminate");
+    let (code, doc, out) = diff(&bed, &repo.dir);
+    assert_eq!(code, 2, "{}", text(&out));
+    let gone = entry(&doc, "cloud", "instance/agent/1");
+    assert!(
+        gone["kind"] == "stopped" || gone["kind"] == "missing",
+        "{gone:#}"
+    );
+    assert!(
+        gone.to_string().contains(&id) || gone.to_string().contains("terminated"),
+        "{gone:#}"
+    );
+}
+
+#[test]
+fn an_object_left_after_a_git_change_is_extra_and_metrics_pass_promtool() {
+    let bed = Bed::new();
+    let repo = converged_demo(&bed);
+    // The worker's Job leaves Git; the live Job is now extra.
+    let worker = repo.dir.join("environments/demo/apps/worker/worker.yaml");
+    let text_now = std::fs::read_to_string(&worker).expect("read worker");
+    let docs: Vec<&str> = text_now.split("\n---\n").collect();
+    let kept: Vec<&str> = docs
+        .iter()
+        .copied()
+        .filter(|d| !d.contains("kind: Job"))
+        .collect();
+    assert!(kept.len() < docs.len(), "the fixture has a Job");
+    std::fs::write(&worker, kept.join("\n---\n")).expect("write worker");
+    repo.commit("the migration job is done");
+
+    let metrics = bed.git.path("drift.prom");
+    let out = bed.phoenix(
+        &repo.dir,
+        &[
+            "diff",
+            "demo",
+            "--output",
+            "json",
+            "--metrics-file",
+            metrics.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        entry(&doc, "apps", "Job/web/migrate-v1")["kind"],
+        "extra",
+        "{doc:#}"
+    );
+    let prom = std::fs::read_to_string(&metrics).expect("metrics written");
+    assert!(prom.contains("env=\"demo\""), "{prom}");
+    let promtool = std::process::Command::new(
+        std::env::var_os("PROMTOOL").unwrap_or_else(|| "promtool".into()),
+    )
+    .args(["check", "metrics"])
+    .stdin(std::fs::File::open(&metrics).expect("open metrics"))
+    .output()
+    .expect("promtool runs (Debian package prometheus, installed by scripts/setup)");
+    assert!(
+        promtool.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&promtool.stdout),
+        String::from_utf8_lossy(&promtool.stderr)
+    );
+
+    // plan --detailed-exitcode agrees: changes pending (the prune), exit 2.
+    let out = bed.phoenix(&repo.dir, &["plan", "demo", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Job/web/migrate-v1"));
+    // After the rebuild prunes it, both say nothing is left to do.
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = bed.phoenix(&repo.dir, &["plan", "demo", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (code, _, out) = diff(&bed, &repo.dir);
+    assert_eq!(code, 0, "{}", text(&out));
+}
+
+#[test]
+fn an_unreachable_api_is_an_error_not_drift() {
+    let bed = Bed::new();
+    let repo = converged_demo(&bed);
+    let dead = format!("http://127.0.0.1:{}", moto::free_port());
+    let out = bed
+        .command(&repo.dir)
+        .env("AWS_ENDPOINT_URL", &dead)
+        .args(["diff", "demo", "--output", "json"])
+        .output()
+        .expect("run phoenix");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("json even on error");
+    assert_eq!(layer(&doc, "cloud")["status"], "error", "{doc:#}");
+    assert_eq!(
+        layer(&doc, "cluster")["status"],
+        "error",
+        "the cluster's expected nodes come from the cloud layer: {doc:#}"
+    );
+}

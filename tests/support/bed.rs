@@ -1,0 +1,233 @@
+//! The end-to-end test bed: moto, a kube-sandbox that registers nodes from moto's instances
+//! (so the cluster's nodes join only after the cloud layer launched them), and a git repo with
+//! this project's demo environment; the real `phoenix` binary pointed at all three.
+//!
+//! Use with `#[path = "support/bed.rs"] mod bed;` next to the moto, sandbox and support_git
+//! modules (declared by the test file: `mod moto; mod sandbox; mod support_git;`).
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, ListParams};
+
+use super::moto::Moto;
+use super::sandbox;
+use super::support_git::{Repo, Sandbox as GitSandbox};
+
+pub const REGION: &str = "us-east-1";
+pub const DB_PASSWORD: &str = "demo-db-password-for-tests";
+
+/// moto + a kube-sandbox fed by it + a git repo with the demo.
+pub struct Bed {
+    pub moto: Moto,
+    pub kube: kube_sandbox::SandboxHandle,
+    pub git: GitSandbox,
+    pub rt: tokio::runtime::Runtime,
+}
+
+impl Bed {
+    pub fn new() -> Bed {
+        let moto = Moto::start();
+        let kube = kube_sandbox::Sandbox::start_in_thread(kube_sandbox::Config {
+            nodes: 0,
+            node_delay: Duration::from_millis(300),
+            ready_delay: Duration::from_millis(300),
+            kubernetes_version: "v1.31.4+k3s1".into(),
+            ec2: Some(kube_sandbox::Ec2Config {
+                endpoint: moto.endpoint(),
+                region: REGION.into(),
+                poll_interval: Duration::from_millis(200),
+            }),
+            ..kube_sandbox::Config::default()
+        })
+        .expect("kube-sandbox starts");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Bed {
+            moto,
+            kube,
+            git: GitSandbox::new(),
+            rt,
+        }
+    }
+
+    /// A repo holding this project's demo environment and templates, committed.
+    pub fn demo_repo(&self) -> Repo<'_> {
+        let repo = self.git.repo("envs");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        copy_tree(
+            &root.join("environments/demo"),
+            &repo.dir.join("environments/demo"),
+        );
+        copy_tree(&root.join("templates"), &repo.dir.join("templates"));
+        repo.commit("the demo");
+        repo
+    }
+
+    pub fn command(&self, dir: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_phoenix"));
+        cmd.current_dir(dir)
+            .env("HOME", self.git.home())
+            .env("PHOENIX_HOME", self.git.phoenix_home())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", REGION)
+            .env("AWS_ENDPOINT_URL", self.moto.endpoint())
+            .env(
+                "PHOENIX_CLUSTER_ENDPOINT",
+                format!("{}/clusters/{{env}}", self.kube.url()),
+            )
+            .env("PHOENIX_DEMO_DB_PASSWORD", DB_PASSWORD)
+            .env_remove("AWS_PROFILE")
+            .env_remove("PHOENIX_REPO")
+            .env_remove("PHOENIX_TRUSTED_KEYS")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    pub fn phoenix(&self, dir: &Path, args: &[&str]) -> Output {
+        self.command(dir).args(args).output().expect("run phoenix")
+    }
+
+    pub fn client(&self, cluster: &str) -> kube::Client {
+        let _guard = self.rt.enter();
+        sandbox::client(&self.kube.cluster_url(cluster))
+    }
+
+    pub fn deployments(&self, cluster: &str, ns: &str) -> Vec<Deployment> {
+        let api: Api<Deployment> = Api::namespaced(self.client(cluster), ns);
+        self.rt
+            .block_on(api.list(&ListParams::default()))
+            .expect("list deployments")
+            .items
+    }
+
+    pub fn nodes(&self, cluster: &str) -> Vec<Node> {
+        let api: Api<Node> = Api::all(self.client(cluster));
+        self.rt
+            .block_on(api.list(&ListParams::default()))
+            .expect("list nodes")
+            .items
+    }
+}
+
+pub fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).expect("mkdir");
+    for entry in std::fs::read_dir(src).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let to = dst.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).expect("copy file");
+        }
+    }
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The last stdout line of `--output json`: the run report.
+pub fn report(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("report line is JSON ({e}):\n{last}"))
+}
+
+pub fn node_outcome<'a>(report: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    report["summary"]["nodes"]
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|n| n["id"] == id))
+        .unwrap_or_else(|| panic!("node {id} in the report: {report}"))
+}
+
+pub fn names(deployments: &[Deployment]) -> Vec<String> {
+    let mut v: Vec<String> = deployments
+        .iter()
+        .filter_map(|d| d.metadata.name.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+impl Bed {
+    /// The SDK's EC2 client on moto (for changing things behind phoenix's back).
+    pub fn sdk_config(&self) -> aws_config::SdkConfig {
+        use aws_config::{BehaviorVersion, Region};
+        self.rt.block_on(
+            aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new(REGION))
+                .endpoint_url(self.moto.endpoint())
+                .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                    "test",
+                    "test",
+                    None,
+                    None,
+                    "phoenix-tests",
+                ))
+                .load(),
+        )
+    }
+
+    pub fn ec2_client(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.sdk_config())
+    }
+
+    /// How many live cloud resources carry `env`'s ownership tags.
+    pub fn live_cloud(&self, env: &str) -> usize {
+        let opts = phoenix::providers::aws::AwsOptions {
+            connect_timeout: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(10),
+            operation_timeout: Duration::from_secs(30),
+            max_attempts: 3,
+            profile: None,
+            endpoint_url: None,
+        };
+        let ec2 =
+            phoenix::providers::aws::Ec2::from_sdk_config(&self.sdk_config(), &opts).expect("ec2");
+        let live = self
+            .rt
+            .block_on(phoenix::providers::aws::observe(&ec2, env))
+            .expect("observe");
+        live.resources.values().map(Vec::len).sum()
+    }
+
+    /// kubectl with the kubeconfig phoenix wrote for `env`.
+    pub fn kubectl(&self, env: &str, args: &[&str]) -> String {
+        let kubeconfig = self
+            .git
+            .phoenix_home()
+            .join(format!("clusters/{env}/kubeconfig"));
+        let out = Command::new(sandbox::kubectl_binary())
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg("--request-timeout=20s")
+            .args(args)
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn phoenix_home_has(&self, rel: &str) -> bool {
+        self.git.phoenix_home().join(rel).exists()
+    }
+}
