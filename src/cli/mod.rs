@@ -88,6 +88,8 @@ pub enum Command {
     Destroy(DestroyArgs),
     /// Compare Git with the live system in every layer: exit 0 in sync, 2 drift, 1 not checked
     Diff(DiffArgs),
+    /// Run the drift agent: check every interval, serve /metrics, alert a webhook, optionally heal
+    Watch(WatchArgs),
     /// List past runs of an environment from the audit trail
     History(HistoryArgs),
     /// Print a shell completion script for phoenix to stdout
@@ -144,6 +146,44 @@ pub struct DiffArgs {
     /// Also write Prometheus text metrics (node-exporter textfile format) to this file
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// Time between checks (each re-reads Git at --ref)
+    #[arg(long, default_value = "1m", value_parser = positive_duration)]
+    pub interval: std::time::Duration,
+    /// How long drift must persist before the webhook alert (one per episode)
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub alert_after: std::time::Duration,
+    /// Address for /metrics and /healthz
+    #[arg(long, default_value = "127.0.0.1:9477")]
+    pub listen: std::net::SocketAddr,
+    /// Slack-compatible webhook URL (prefer PHOENIX_WEBHOOK_URL or --webhook-file: argv is
+    /// visible to other users in `ps`)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "PHOENIX_WEBHOOK_URL",
+        hide_env_values = true
+    )]
+    pub webhook: Option<String>,
+    /// Read the webhook URL from the first line of this file
+    #[arg(long, value_name = "FILE", conflicts_with = "webhook")]
+    pub webhook_file: Option<PathBuf>,
+    /// Re-converge drifted layers after each drifted check (recorded as `heal` runs)
+    #[arg(long)]
+    pub heal: bool,
+}
+
+fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ use crate::source::{self, Snapshot, SourceOptions};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+#[derive(Clone)]
 pub struct Context {
     pub output: Output,
     pub home: PathBuf,

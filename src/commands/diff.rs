@@ -175,13 +175,13 @@ async fn check_layers(
     for layer in [Layer::Addons, Layer::Apps] {
         let t = Instant::now();
         let specs: Vec<&ComponentSpec> = components.iter().filter(|c| c.layer == layer).collect();
-        let results: Vec<_> = stream::iter(specs.iter().map(|spec| {
-            let (client, resolver) = (&client, &resolver);
-            async move { kube::diff_component_with(client, spec, resolver, 16).await }
-        }))
-        .buffered(4)
-        .collect()
-        .await;
+        // The futures are made up front (not by a closure inside the stream), so the check
+        // stays Send for the watch agent.
+        let futures: Vec<_> = specs
+            .iter()
+            .map(|spec| kube::diff_component_with(&client, spec, &resolver, 16))
+            .collect();
+        let results: Vec<_> = stream::iter(futures).buffered(4).collect().await;
         let mut diffs = Vec::new();
         let mut errors = Vec::new();
         for (spec, r) in specs.iter().zip(results) {

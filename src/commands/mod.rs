@@ -10,6 +10,7 @@ mod plan;
 pub mod rebuild;
 mod render;
 mod validate;
+mod watch;
 
 use crate::cli::{Cli, Command};
 use common::{Context, Outcome};
@@ -23,6 +24,7 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Rebuild(a) => rebuild::run(&ctx, &a).await,
         Command::Destroy(a) => destroy::run(&ctx, &a).await,
         Command::Diff(a) => diff::run(&ctx, &a.env.env, a.metrics_file.as_deref()).await,
+        Command::Watch(a) => watch::run(&ctx, &a).await,
         Command::History(a) => history::run(&ctx, &a.env.env, a.limit).await,
         Command::Completions(a) => completions::completions(a.shell),
         Command::Man(a) => completions::man(&ctx, a.dir.as_deref()),

@@ -1,0 +1,146 @@
+//! `phoenix watch ENV`: the agent. Every interval it re-reads Git at the configured ref and runs
+//! the same check as `phoenix diff`; serves `/metrics` and `/healthz`; posts a webhook when drift
+//! persists and when it clears; with `--heal`, re-converges the drifted layers (each heal is a
+//! `heal` run in the audit trail, shown by `phoenix history`).
+
+use super::common::{Context, Outcome};
+use super::deploy::Deployment;
+use super::rebuild::{converge, ConvergeSettings};
+use crate::cli::WatchArgs;
+use crate::drift::{DriftReport, LayerDrift};
+use crate::engine::{BoxFuture, CancelToken, Layer};
+use crate::error::{ExitCode, Failure};
+use crate::watch::{self, Checker, Healer, WatchOptions, Webhook};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+pub async fn run(ctx: &Context, args: &WatchArgs) -> Outcome {
+    let mut opts = WatchOptions::new(args.env.env.clone(), args.interval, args.listen);
+    opts.alert_after = args.alert_after;
+    opts.webhook = webhook_url(args)?
+        .map(|url| Webhook::parse(&url))
+        .transpose()
+        .map_err(|e| {
+            // The error never repeats the URL: it may carry a token.
+            Failure::from_error("the webhook URL is not usable", &e)
+                .help("give an http:// or https:// URL with a host")
+        })?;
+    if args.heal {
+        opts.healer = Some(Arc::new(RebuildHealer { ctx: ctx.clone() }) as Arc<dyn Healer>);
+    }
+    // A check re-reads Git and every layer; it may take longer than a short interval.
+    opts.check_timeout = args.interval.max(Duration::from_secs(60));
+    let checker = Arc::new(GitChecker {
+        ctx: ctx.clone(),
+        env: args.env.env.clone(),
+    });
+    eprintln!(
+        "watching {} every {} (alert after {}{}); metrics on http://{}/metrics",
+        args.env.env,
+        humantime::format_duration(args.interval),
+        humantime::format_duration(args.alert_after),
+        if args.heal { ", healing drift" } else { "" },
+        args.listen,
+    );
+    watch::run(opts, checker, CancelToken::on_ctrl_c())
+        .await
+        .map_err(|e| Failure::from_error("the watch agent cannot start", &e))?;
+    Ok(ExitCode::Ok)
+}
+
+/// `--webhook-file` (first line) or `--webhook` / `PHOENIX_WEBHOOK_URL`.
+fn webhook_url(args: &WatchArgs) -> Result<Option<String>, Failure> {
+    if let Some(path) = &args.webhook_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Failure::new(format!(
+                "cannot read the webhook URL from {}",
+                path.display()
+            ))
+            .cause(e.to_string())
+        })?;
+        let url = text.lines().next().unwrap_or("").trim().to_string();
+        if url.is_empty() {
+            return Err(Failure::new(format!(
+                "{} is empty; it must hold the webhook URL on its first line",
+                path.display()
+            )));
+        }
+        return Ok(Some(url));
+    }
+    Ok(args.webhook.clone())
+}
+
+/// Re-reads the commit at the configured ref for every check.
+struct GitChecker {
+    ctx: Context,
+    env: String,
+}
+
+impl Checker for GitChecker {
+    fn check(&self) -> BoxFuture<'static, DriftReport> {
+        let ctx = self.ctx.clone();
+        let env = self.env.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            match Deployment::open(&ctx, &env, None).await {
+                Ok(dep) => super::diff::check(&ctx, &dep).await.report,
+                Err(f) => DriftReport {
+                    env,
+                    commit: String::new(),
+                    checked_at: SystemTime::now(),
+                    duration: started.elapsed(),
+                    layers: Layer::ALL
+                        .iter()
+                        .map(|&l| LayerDrift::error(l, f.summary(), started.elapsed()))
+                        .collect(),
+                },
+            }
+        })
+    }
+}
+
+/// Heals by converging the drifted layers at the commit the check compared with.
+struct RebuildHealer {
+    ctx: Context,
+}
+
+impl Healer for RebuildHealer {
+    fn heal(
+        &self,
+        report: Arc<DriftReport>,
+        layers: Vec<Layer>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let mut ctx = self.ctx.clone();
+        Box::pin(async move {
+            if !report.commit.is_empty() {
+                ctx.source.reference = Some(report.commit.clone());
+            }
+            let dep = Deployment::open(&ctx, &report.env, None)
+                .await
+                .map_err(|f| f.summary())?;
+            let settings = ConvergeSettings {
+                layers,
+                concurrency: 16,
+                force_conflicts: false,
+            };
+            let summary = converge(&ctx, &dep, &settings, "heal")
+                .await
+                .map_err(|f| f.summary())?;
+            if summary.converged {
+                Ok(())
+            } else {
+                let failed: Vec<String> = summary
+                    .nodes
+                    .iter()
+                    .filter_map(|n| match &n.state {
+                        crate::engine::NodeState::Failed { error, .. } => {
+                            Some(format!("{}: {error}", n.id))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                Err(format!("the heal did not converge: {}", failed.join("; ")))
+            }
+        })
+    }
+}
