@@ -90,6 +90,14 @@ pub enum Command {
     Diff(DiffArgs),
     /// Run the drift agent: check every interval, serve /metrics, alert a webhook, optionally heal
     Watch(WatchArgs),
+    /// Bring up an ephemeral copy of an environment under a suffixed name, with an expiry
+    Up(UpArgs),
+    /// Tear down every drill or ephemeral copy whose expiry has passed
+    Gc(GcArgs),
+    /// List drill and ephemeral copies: name, age, expiry, commit
+    List,
+    /// Rehearse recovery: rebuild an isolated copy, verify it, time it, tear it down, report
+    Drill(DrillArgs),
     /// List past runs of an environment from the audit trail
     History(HistoryArgs),
     /// Print a shell completion script for phoenix to stdout
@@ -127,6 +135,9 @@ pub struct DestroyArgs {
     /// Do not ask: destroy without typing the environment name
     #[arg(long)]
     pub yes: bool,
+    /// Destroy the ephemeral copy NAME of ENV (made by `phoenix up ENV --ephemeral NAME`)
+    #[arg(long, value_name = "NAME")]
+    pub ephemeral: Option<String>,
     /// Nodes in flight at once
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
@@ -184,6 +195,49 @@ fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
         return Err("must be greater than zero".into());
     }
     Ok(d)
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// Name of the copy: resources and the cluster are named ENV-NAME
+    #[arg(long, value_name = "NAME")]
+    pub ephemeral: String,
+    /// How long the copy may live before `phoenix gc` removes it
+    #[arg(long, default_value = "8h", value_parser = positive_duration)]
+    pub ttl: std::time::Duration,
+    /// Nodes in flight at once
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Only list what would be torn down
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Nodes in flight at once
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// Leave the copy running after the drill (it still expires: see --ttl)
+    #[arg(long)]
+    pub keep: bool,
+    /// Expiry of the copy, so `phoenix gc` removes it if the teardown cannot run
+    #[arg(long, default_value = "2h", value_parser = positive_duration)]
+    pub ttl: std::time::Duration,
+    /// Directory for the Markdown and JSON reports (default: $PHOENIX_HOME/drills/ENV)
+    #[arg(long, value_name = "DIR")]
+    pub report_dir: Option<PathBuf>,
+    /// Nodes in flight at once
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
 }
 
 #[derive(Debug, Args)]

@@ -15,8 +15,13 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::sync::Arc;
 
 pub async fn run(ctx: &Context, args: &DestroyArgs) -> Outcome {
-    let dep = Deployment::open(ctx, &args.env.env, None).await?;
-    if dep.env.protected {
+    let effective = match &args.ephemeral {
+        Some(n) => Some(super::copies::copy_name(&args.env.env, n)?),
+        None => None,
+    };
+    let dep = Deployment::open(ctx, &args.env.env, effective.clone()).await?;
+    // A copy is never the protected environment itself.
+    if dep.env.protected && effective.is_none() {
         return Err(Failure::new(format!(
             "environment {} is protected; phoenix will not destroy it",
             dep.name
@@ -34,6 +39,9 @@ pub async fn run(ctx: &Context, args: &DestroyArgs) -> Outcome {
     }
     let summary = destroy(ctx, &dep, args.concurrency as usize).await?;
     report(ctx, &dep, &summary);
+    if summary.converged && effective.is_some() {
+        super::copies::forget_local_state(ctx, &dep.name);
+    }
     Ok(if summary.converged {
         ExitCode::Ok
     } else {

@@ -2,9 +2,11 @@
 
 pub mod common;
 mod completions;
+mod copies;
 pub mod deploy;
 pub mod destroy;
 pub mod diff;
+mod drill;
 mod history;
 mod plan;
 pub mod rebuild;
@@ -25,6 +27,10 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Destroy(a) => destroy::run(&ctx, &a).await,
         Command::Diff(a) => diff::run(&ctx, &a.env.env, a.metrics_file.as_deref()).await,
         Command::Watch(a) => watch::run(&ctx, &a).await,
+        Command::Up(a) => copies::up(&ctx, &a).await,
+        Command::Gc(a) => copies::gc(&ctx, &a).await,
+        Command::List => copies::list(&ctx).await,
+        Command::Drill(a) => drill::run(&ctx, &a).await,
         Command::History(a) => history::run(&ctx, &a.env.env, a.limit).await,
         Command::Completions(a) => completions::completions(a.shell),
         Command::Man(a) => completions::man(&ctx, a.dir.as_deref()),

@@ -679,3 +679,66 @@ pub(crate) async fn foreign_in_vpc(
     }
     Ok(foreign)
 }
+
+/// A drill or ephemeral copy, found by the tags on its VPC (created first, deleted last).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CopyInfo {
+    /// The copy's effective env name.
+    pub env: String,
+    pub base_env: Option<String>,
+    pub copy: Option<String>,
+    pub created: Option<String>,
+    pub expires: Option<String>,
+    pub commit: Option<String>,
+    pub vpc_id: String,
+}
+
+/// Every copy in the client's region: VPCs carrying phoenix's env and expiry tags.
+pub async fn copies(ec2: &Ec2) -> Result<Vec<CopyInfo>, AwsError> {
+    let d = "listing the drill and ephemeral copies (VPCs tagged phoenix:expires)".to_string();
+    let filters = vec![
+        Filter::builder()
+            .name("tag-key")
+            .values(tags::TAG_EXPIRES)
+            .build(),
+        Filter::builder()
+            .name("tag-key")
+            .values(tags::TAG_ENV)
+            .build(),
+    ];
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = ec2
+            .client()
+            .describe_vpcs()
+            .set_filters(Some(filters.clone()))
+            .set_next_token(token.take())
+            .send()
+            .await
+            .map_err(ec2.err(&d))?;
+        for vpc in page.vpcs() {
+            let t = tags::from_sdk(Some(vpc.tags()));
+            // Checked here too: not every EC2 implementation honours `tag-key` filters.
+            let (Some(env), true) = (t.get(tags::TAG_ENV), t.contains_key(tags::TAG_EXPIRES))
+            else {
+                continue;
+            };
+            out.push(CopyInfo {
+                env: env.clone(),
+                base_env: t.get(tags::TAG_BASE_ENV).cloned(),
+                copy: t.get(tags::TAG_COPY).cloned(),
+                created: t.get(tags::TAG_CREATED).cloned(),
+                expires: t.get(tags::TAG_EXPIRES).cloned(),
+                commit: t.get(tags::TAG_COMMIT).cloned(),
+                vpc_id: vpc.vpc_id().unwrap_or_default().to_string(),
+            });
+        }
+        match page.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_string()),
+            _ => break,
+        }
+    }
+    out.sort_by(|a, b| a.env.cmp(&b.env));
+    Ok(out)
+}

@@ -22,11 +22,11 @@ pub use desired::{
 };
 pub use error::AwsError;
 pub use keys::key_material;
-pub use live::{gone_instances, observe, LiveCloud, LiveResource, LiveState};
+pub use live::{copies, gone_instances, observe, CopyInfo, LiveCloud, LiveResource, LiveState};
 pub use nodes::{converge_nodes, destroy_nodes};
 pub use plan::{plan, plan_live, ChangeAction, CloudPlan, FieldChange, ResourceChange};
 pub use rules::{RuleKey, RulePeer};
 pub use tags::{
-    TAG_COMMIT, TAG_ENV, TAG_GROUP, TAG_NAME, TAG_PUBLIC_KEY_SHA256, TAG_RESOURCE, TAG_ROLE,
-    TAG_USER_DATA_SHA256,
+    TAG_BASE_ENV, TAG_COMMIT, TAG_COPY, TAG_CREATED, TAG_ENV, TAG_EXPIRES, TAG_GROUP, TAG_NAME,
+    TAG_PUBLIC_KEY_SHA256, TAG_RESOURCE, TAG_ROLE, TAG_USER_DATA_SHA256,
 };

@@ -20,6 +20,14 @@ pub const TAG_USER_DATA_SHA256: &str = "phoenix:user-data-sha256";
 /// Key pairs: SHA-256 of the OpenSSH public key line.
 pub const TAG_PUBLIC_KEY_SHA256: &str = "phoenix:public-key-sha256";
 pub const TAG_NAME: &str = "Name";
+/// Copies (drills, ephemeral environments): the environment definition they were made from.
+pub const TAG_BASE_ENV: &str = "phoenix:base-env";
+/// Copies: `drill` or `ephemeral`.
+pub const TAG_COPY: &str = "phoenix:copy";
+/// Copies: when the copy was (last) brought up, RFC 3339 UTC.
+pub const TAG_CREATED: &str = "phoenix:created";
+/// Copies: after this instant (RFC 3339 UTC) `phoenix gc` tears the copy down.
+pub const TAG_EXPIRES: &str = "phoenix:expires";
 
 /// Tags compared by plan: every desired tag except the commit; of the live tags only those the
 /// desired set names plus any stale `phoenix:` key (tags people add by hand are left alone).

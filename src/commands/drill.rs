@@ -1,0 +1,352 @@
+//! `phoenix drill ENV`: rehearse recovery. Rebuild an isolated copy of the environment from the
+//! commit (its own name on every resource, its own VPC and cluster), verify it (every layer
+//! converged, app checks passed, a diff of the copy is clean), time each layer, tear the copy
+//! down even when the drill failed (unless `--keep`), and write a Markdown and a JSON report.
+//! Exit 0 within the recovery objective, 3 converged but over it, 1 failed.
+
+use super::common::{commit_line, Context, Outcome};
+use super::copies::{forget_local_state, open_copy};
+use super::rebuild::{converge, ConvergeSettings};
+use crate::cli::DrillArgs;
+use crate::drift::LayerStatus as DriftStatus;
+use crate::engine::{Layer, NodeState, RunSummary};
+use crate::error::{ExitCode, Failure};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+pub async fn run(ctx: &Context, args: &DrillArgs) -> Outcome {
+    let started_at = SystemTime::now();
+    let suffix = format!(
+        "drill-{:06x}",
+        started_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64 & 0xff_ffff)
+            .unwrap_or(0)
+    );
+    let dep = open_copy(ctx, &args.env.env, &suffix, "drill", args.ttl).await?;
+    let objective = dep.env.recovery_objective;
+    if !ctx.json() {
+        eprintln!("{}", commit_line(&dep.snap));
+        eprintln!(
+            "drill of {}: rebuilding the isolated copy {} (recovery objective {})",
+            args.env.env,
+            dep.name,
+            objective
+                .map(|o| humantime::format_duration(o).to_string())
+                .unwrap_or_else(|| "not set".into())
+        );
+    }
+
+    // 1. Rebuild the copy from nothing.
+    let t = Instant::now();
+    let settings = ConvergeSettings {
+        layers: Vec::new(),
+        concurrency: args.concurrency as usize,
+        force_conflicts: false,
+    };
+    let rebuild = converge(ctx, &dep, &settings, "drill").await;
+    let rebuild_time = t.elapsed();
+
+    // 2. Verify: a diff of the copy must be clean.
+    let t = Instant::now();
+    let verify = match &rebuild {
+        Ok(s) if s.converged => {
+            if !ctx.json() {
+                eprintln!("\nverifying {}: diff against the commit", dep.name);
+            }
+            Some(super::diff::check(ctx, &dep).await.report)
+        }
+        _ => None,
+    };
+    let verify_time = t.elapsed();
+
+    // 3. Tear down, whatever happened (unless kept).
+    let t = Instant::now();
+    let teardown = if args.keep {
+        None
+    } else {
+        if !ctx.json() {
+            eprintln!("\ntearing down {}", dep.name);
+        }
+        let r = super::destroy::destroy(ctx, &dep, args.concurrency as usize).await;
+        if matches!(&r, Ok(s) if s.converged) {
+            forget_local_state(ctx, &dep.name);
+        }
+        Some(r)
+    };
+    let teardown_time = t.elapsed();
+
+    // Verdict.
+    let recovery = rebuild_time + verify_time;
+    let mut failures: Vec<String> = Vec::new();
+    match &rebuild {
+        Err(f) => failures.push(format!("rebuild: {}", f.summary())),
+        Ok(s) if !s.converged => failures.extend(failed_nodes(s)),
+        Ok(_) => {}
+    }
+    if let Some(r) = &verify {
+        for l in &r.layers {
+            match &l.status {
+                DriftStatus::Drift => failures.push(format!(
+                    "verify: {} drifted right after the rebuild: {}",
+                    l.layer,
+                    l.entries
+                        .iter()
+                        .map(|e| e.resource.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                DriftStatus::Error(e) => {
+                    failures.push(format!("verify: {} could not be checked: {e}", l.layer))
+                }
+                _ => {}
+            }
+        }
+    }
+    let teardown_failure = match &teardown {
+        Some(Err(f)) => Some(format!("teardown: {}", f.summary())),
+        Some(Ok(s)) if !s.converged => Some(format!(
+            "teardown did not finish: {}; `phoenix gc` removes the copy after it expires",
+            failed_nodes(s).join("; ")
+        )),
+        _ => None,
+    };
+    let verdict = if !failures.is_empty() || teardown_failure.is_some() {
+        Verdict::Failed
+    } else if objective.is_some_and(|o| recovery > o) {
+        Verdict::OverObjective
+    } else {
+        Verdict::Passed
+    };
+    failures.extend(teardown_failure);
+
+    let doc = json!({
+        "report": "drill",
+        "env": args.env.env,
+        "copy": dep.name,
+        "commit": super::common::commit_json(&dep.snap),
+        "started_at": humantime::format_rfc3339_seconds(started_at).to_string(),
+        "verdict": verdict.as_str(),
+        "recovery_objective_ms": objective.map(|o| o.as_millis() as u64),
+        "recovery_ms": recovery.as_millis() as u64,
+        "rebuild_ms": rebuild_time.as_millis() as u64,
+        "verify_ms": verify_time.as_millis() as u64,
+        "teardown_ms": (!args.keep).then_some(teardown_time.as_millis() as u64),
+        "kept": args.keep,
+        "rebuild": rebuild.as_ref().ok(),
+        "verify": verify.as_ref().map(crate::drift::json_value),
+        "teardown": teardown.as_ref().and_then(|t| t.as_ref().ok()),
+        "failures": failures,
+    });
+    let markdown = markdown(&doc);
+    let dir = args
+        .report_dir
+        .clone()
+        .unwrap_or_else(|| ctx.home.join("drills").join(&args.env.env));
+    let (md_path, json_path) = write_reports(&dir, &dep.name, &markdown, &doc)?;
+    if ctx.json() {
+        println!("{doc}");
+    } else {
+        println!("\n{markdown}");
+        eprintln!("reports: {} and {}", md_path.display(), json_path.display());
+    }
+    Ok(match verdict {
+        Verdict::Passed => ExitCode::Ok,
+        Verdict::OverObjective => ExitCode::OverObjective,
+        Verdict::Failed => ExitCode::Error,
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Passed,
+    OverObjective,
+    Failed,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::OverObjective => "over-objective",
+            Verdict::Failed => "failed",
+        }
+    }
+}
+
+fn failed_nodes(s: &RunSummary) -> Vec<String> {
+    let mut out: Vec<String> = s
+        .nodes
+        .iter()
+        .filter_map(|n| match &n.state {
+            NodeState::Failed { error, .. } => Some(format!("{}: {error}", n.id)),
+            _ => None,
+        })
+        .collect();
+    if let Some(e) = &s.error {
+        out.push(e.clone());
+    }
+    if out.is_empty() && s.cancelled {
+        out.push("cancelled".into());
+    }
+    out
+}
+
+/// Writes `<dir>/<timestamp>-<copy>.md` and `.json`, and `last.json` (read by `phoenix runbook`).
+fn write_reports(
+    dir: &Path,
+    copy: &str,
+    markdown: &str,
+    doc: &Value,
+) -> Result<(PathBuf, PathBuf), Failure> {
+    let err = |path: &Path, e: std::io::Error| {
+        Failure::new(format!("cannot write the drill report {}", path.display()))
+            .cause(e.to_string())
+    };
+    std::fs::create_dir_all(dir).map_err(|e| err(dir, e))?;
+    let stamp = humantime::format_rfc3339_seconds(SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let md = dir.join(format!("{stamp}-{copy}.md"));
+    let js = dir.join(format!("{stamp}-{copy}.json"));
+    let text = serde_json::to_string_pretty(doc).unwrap_or_else(|_| doc.to_string());
+    std::fs::write(&md, markdown).map_err(|e| err(&md, e))?;
+    std::fs::write(&js, &text).map_err(|e| err(&js, e))?;
+    let last = dir.join("last.json");
+    std::fs::write(&last, &text).map_err(|e| err(&last, e))?;
+    Ok((md, js))
+}
+
+fn ms(v: &Value) -> String {
+    match v.as_u64() {
+        Some(n) => crate::drift::fmt_duration(Duration::from_millis(n)),
+        None => "-".into(),
+    }
+}
+
+/// The report for people.
+fn markdown(doc: &Value) -> String {
+    let mut md = String::new();
+    let verdict = doc["verdict"].as_str().unwrap_or("?");
+    let _ = writeln!(
+        md,
+        "# Recovery drill of {}\n",
+        doc["env"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        md,
+        "- **Verdict: {}** — recovery took {} against an objective of {}",
+        match verdict {
+            "passed" => "passed",
+            "over-objective" => "converged, over the recovery objective",
+            _ => "failed",
+        },
+        ms(&doc["recovery_ms"]),
+        if doc["recovery_objective_ms"].is_null() {
+            "none (set spec.recoveryObjective)".to_string()
+        } else {
+            ms(&doc["recovery_objective_ms"])
+        }
+    );
+    let _ = writeln!(
+        md,
+        "- Commit: `{}` {}",
+        doc["commit"]["sha"].as_str().unwrap_or("?"),
+        doc["commit"]["summary"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        md,
+        "- Copy: `{}` (started {})",
+        doc["copy"].as_str().unwrap_or("?"),
+        doc["started_at"].as_str().unwrap_or("?")
+    );
+    let _ = writeln!(
+        md,
+        "- Rebuild {}, verify {}, teardown {}\n",
+        ms(&doc["rebuild_ms"]),
+        ms(&doc["verify_ms"]),
+        if doc["kept"] == true {
+            "skipped (--keep: the copy is still running)".to_string()
+        } else {
+            ms(&doc["teardown_ms"])
+        }
+    );
+    let rebuild = &doc["rebuild"];
+    if let Some(layers) = rebuild["layers"].as_array() {
+        md.push_str("## Layers\n\n| layer | status | time | nodes |\n|---|---|---|---|\n");
+        for l in layers {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                l["layer"].as_str().unwrap_or("?"),
+                l["status"].as_str().unwrap_or("?"),
+                ms(&l["duration_ms"]),
+                l["nodes"]
+            );
+        }
+        md.push('\n');
+    }
+    if let Some(nodes) = rebuild["nodes"].as_array() {
+        let comps: Vec<&Value> = nodes
+            .iter()
+            .filter(|n| {
+                let layer = n["layer"].as_str().unwrap_or("");
+                (layer == Layer::Addons.as_str() || layer == Layer::Apps.as_str())
+                    && !n["id"].as_str().unwrap_or("").ends_with("/.removed")
+            })
+            .collect();
+        if !comps.is_empty() {
+            md.push_str("## Components\n\n| component | result | time |\n|---|---|---|\n");
+            for n in comps {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} |",
+                    n["id"].as_str().unwrap_or("?"),
+                    n["state"]["status"].as_str().unwrap_or("?"),
+                    ms(&n["duration_ms"])
+                );
+            }
+            md.push('\n');
+        }
+    }
+    if let Some(path) = rebuild["critical_path"].as_array() {
+        if !path.is_empty() {
+            let steps: Vec<String> = path
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} ({})",
+                        s["id"].as_str().unwrap_or("?"),
+                        ms(&s["duration_ms"])
+                    )
+                })
+                .collect();
+            let _ = writeln!(md, "## Critical path\n\n{}\n", steps.join(" → "));
+        }
+    }
+    if let Some(v) = doc["verify"].as_object() {
+        let layers = v.get("layers").and_then(Value::as_array);
+        let summary: Vec<String> = layers
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    l["layer"].as_str().unwrap_or("?"),
+                    l["status"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "## Verification\n\n{}\n", summary.join(", "));
+    }
+    if let Some(f) = doc["failures"].as_array().filter(|f| !f.is_empty()) {
+        md.push_str("## What failed\n\n");
+        for why in f {
+            let _ = writeln!(md, "- {}", why.as_str().unwrap_or("?"));
+        }
+        md.push('\n');
+    }
+    md
+}

@@ -1,0 +1,256 @@
+//! Drills and ephemeral environments end to end on moto + kube-sandbox: a drill next to the live
+//! demo touches none of its resources, writes both reports and leaves nothing behind; a drill
+//! with a never-ready component exits 1 and still tears down; one over its recovery objective
+//! exits 3; an ephemeral copy with a 1-second TTL is removed by gc; `destroy --ephemeral`.
+
+#[path = "support/bed.rs"]
+mod bed;
+#[path = "support/moto.rs"]
+mod moto;
+#[path = "support/sandbox.rs"]
+mod sandbox;
+#[path = "support_git/mod.rs"]
+mod support_git;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use bed::{text, Bed};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, ListParams};
+use serde_json::Value;
+
+/// Every live cloud resource of `env` by resource id → AWS ids, and every Deployment of the
+/// env's cluster by name → resourceVersion: what a drill must not change.
+fn fingerprint(bed: &Bed, env: &str) -> (BTreeMap<String, Vec<String>>, BTreeMap<String, String>) {
+    let opts = phoenix::providers::aws::AwsOptions {
+        connect_timeout: std::time::Duration::from_secs(2),
+        attempt_timeout: std::time::Duration::from_secs(10),
+        operation_timeout: std::time::Duration::from_secs(30),
+        max_attempts: 3,
+        profile: None,
+        endpoint_url: None,
+    };
+    let ec2 = phoenix::providers::aws::Ec2::from_sdk_config(&bed.sdk_config(), &opts).expect("ec2");
+    let live = bed
+        .rt
+        .block_on(phoenix::providers::aws::observe(&ec2, env))
+        .expect("observe");
+    let cloud = live
+        .resources
+        .iter()
+        .map(|(id, copies)| {
+            (
+                id.clone(),
+                copies.iter().map(|c| c.aws_id.clone()).collect(),
+            )
+        })
+        .collect();
+    let api: Api<Deployment> = Api::all(bed.client(env));
+    let objects = bed
+        .rt
+        .block_on(api.list(&ListParams::default()))
+        .expect("list deployments")
+        .items
+        .into_iter()
+        .map(|d| {
+            (
+                format!(
+                    "{}/{}",
+                    d.metadata.namespace.unwrap_or_default(),
+                    d.metadata.name.unwrap_or_default()
+                ),
+                d.metadata.resource_version.unwrap_or_default(),
+            )
+        })
+        .collect();
+    (cloud, objects)
+}
+
+fn drill(bed: &Bed, dir: &Path, reports: &Path) -> (i32, Value, String) {
+    let out = bed.phoenix(
+        dir,
+        &[
+            "drill",
+            "demo",
+            "--output",
+            "json",
+            "--report-dir",
+            reports.to_str().expect("utf-8"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default().to_string();
+    let doc: Value = serde_json::from_str(&last).unwrap_or_else(|e| {
+        panic!(
+            "the drill report is the last JSON line ({e}): {}",
+            text(&out)
+        )
+    });
+    (out.status.code().unwrap_or(-1), doc, text(&out))
+}
+
+fn copies_listed(bed: &Bed, dir: &Path) -> Vec<String> {
+    let out = bed.phoenix(dir, &["list", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("list json");
+    doc["copies"]
+        .as_array()
+        .expect("copies")
+        .iter()
+        .filter_map(|c| c["env"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn a_drill_next_to_the_live_env_touches_nothing_of_it_and_leaves_nothing() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let before = fingerprint(&bed, "demo");
+    assert!(!before.0.is_empty() && !before.1.is_empty());
+
+    let reports = bed.git.path("reports");
+    let (code, doc, all) = drill(&bed, &repo.dir, &reports);
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(doc["verdict"], "passed", "{doc:#}");
+    let copy = doc["copy"].as_str().expect("copy name").to_string();
+    assert!(copy.starts_with("demo-drill-"), "{copy}");
+    assert_eq!(doc["rebuild"]["converged"], true);
+    for l in doc["verify"]["layers"].as_array().expect("verify layers") {
+        assert_eq!(l["status"], "in-sync", "{l:#}");
+    }
+
+    // The live environment is exactly as it was.
+    assert_eq!(
+        fingerprint(&bed, "demo"),
+        before,
+        "the drill changed the live env"
+    );
+    // The copy is gone: no cloud resource, no copy listed, no local credentials.
+    assert_eq!(bed.live_cloud(&copy), 0, "{copy} left cloud resources");
+    assert!(copies_listed(&bed, &repo.dir).is_empty());
+    assert!(!bed.phoenix_home_has(&format!("clusters/{copy}")));
+    // Both reports, for people and for machines.
+    let files: Vec<String> = std::fs::read_dir(&reports)
+        .expect("report dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let md = files
+        .iter()
+        .find(|f| f.ends_with(&format!("{copy}.md")))
+        .expect("markdown report");
+    assert!(
+        files.iter().any(|f| f.ends_with(&format!("{copy}.json"))),
+        "{files:?}"
+    );
+    let text_md = std::fs::read_to_string(reports.join(md)).expect("read md");
+    for needle in [
+        "Verdict: passed",
+        "## Layers",
+        "## Critical path",
+        "apps/web",
+        &repo.head(),
+    ] {
+        assert!(text_md.contains(needle), "{needle:?} missing:\n{text_md}");
+    }
+    assert!(!text_md.contains(bed::DB_PASSWORD) && !all.contains(bed::DB_PASSWORD));
+}
+
+#[test]
+fn a_failed_drill_exits_1_and_still_tears_down() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let env_file = repo.dir.join("environments/demo/environment.yaml");
+    let env = std::fs::read_to_string(&env_file).expect("read env")
+        + "    - { name: stuck, path: apps/stuck, namespace: web, dependsOn: [web], wait: 5s }\n";
+    std::fs::write(&env_file, env).expect("write env");
+    repo.write(
+        "environments/demo/apps/stuck/deploy.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: stuck\n  namespace: web\n  annotations: { sandbox.phoenix.dev/fail: never-ready }\nspec:\n  selector: { matchLabels: { app: stuck } }\n  template:\n    metadata: { labels: { app: stuck } }\n    spec: { containers: [{ name: stuck, image: busybox }] }\n",
+    );
+    repo.commit("a stuck app");
+    let reports = bed.git.path("reports");
+    let (code, doc, all) = drill(&bed, &repo.dir, &reports);
+    assert_eq!(code, 1, "{all}");
+    assert_eq!(doc["verdict"], "failed");
+    let failures = doc["failures"].to_string();
+    assert!(failures.contains("apps/stuck"), "{failures}");
+    let copy = doc["copy"].as_str().expect("copy");
+    assert_eq!(doc["teardown"]["converged"], true, "{doc:#}");
+    assert_eq!(bed.live_cloud(copy), 0, "torn down after the failure");
+}
+
+#[test]
+fn a_drill_over_its_recovery_objective_exits_3() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let env_file = repo.dir.join("environments/demo/environment.yaml");
+    let env = std::fs::read_to_string(&env_file)
+        .expect("read env")
+        .replace("recoveryObjective: 5m", "recoveryObjective: 1s");
+    std::fs::write(&env_file, env).expect("write env");
+    repo.commit("an objective nobody meets");
+    let reports = bed.git.path("reports");
+    let (code, doc, all) = drill(&bed, &repo.dir, &reports);
+    assert_eq!(code, 3, "{all}");
+    assert_eq!(doc["verdict"], "over-objective");
+    assert_eq!(doc["recovery_objective_ms"], 1000);
+    assert_eq!(bed.live_cloud(doc["copy"].as_str().expect("copy")), 0);
+}
+
+#[test]
+fn an_expired_ephemeral_env_is_collected_and_destroy_removes_one_now() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let out = bed.phoenix(
+        &repo.dir,
+        &["up", "demo", "--ephemeral", "pr-1", "--ttl", "1s"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = bed.phoenix(
+        &repo.dir,
+        &["up", "demo", "--ephemeral", "pr-2", "--ttl", "1h"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(bed.live_cloud("demo-pr-1") > 0);
+    assert_eq!(
+        copies_listed(&bed, &repo.dir),
+        vec!["demo-pr-1", "demo-pr-2"]
+    );
+    let human = bed.phoenix(&repo.dir, &["list"]);
+    let listing = String::from_utf8_lossy(&human.stdout).into_owned();
+    assert!(
+        listing.contains("expired") && listing.contains(&repo.head()[..12]),
+        "{listing}"
+    );
+
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let out = bed.phoenix(&repo.dir, &["gc"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        bed.live_cloud("demo-pr-1"),
+        0,
+        "gc removed the expired copy"
+    );
+    assert!(
+        bed.live_cloud("demo-pr-2") > 0,
+        "gc leaves an unexpired copy alone"
+    );
+    assert_eq!(copies_listed(&bed, &repo.dir), vec!["demo-pr-2"]);
+
+    let out = bed.phoenix(
+        &repo.dir,
+        &["destroy", "demo", "--ephemeral", "pr-2", "--yes"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(bed.live_cloud("demo-pr-2"), 0);
+    assert!(copies_listed(&bed, &repo.dir).is_empty());
+    assert_eq!(
+        bed.live_cloud("demo"),
+        0,
+        "the live env was never built nor touched"
+    );
+}
