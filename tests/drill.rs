@@ -67,18 +67,12 @@ fn fingerprint(bed: &Bed, env: &str) -> (BTreeMap<String, Vec<String>>, BTreeMap
     (cloud, objects)
 }
 
-fn drill(bed: &Bed, dir: &Path, reports: &Path) -> (i32, Value, String) {
-    let out = bed.phoenix(
-        dir,
-        &[
-            "drill",
-            "demo",
-            "--output",
-            "json",
-            "--report-dir",
-            reports.to_str().expect("utf-8"),
-        ],
-    );
+fn drill(bed: &Bed, dir: &Path, reports: Option<&Path>) -> (i32, Value, String) {
+    let mut args = vec!["drill", "demo", "--output", "json"];
+    if let Some(r) = reports {
+        args.extend(["--report-dir", r.to_str().expect("utf-8")]);
+    }
+    let out = bed.phoenix(dir, &args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().last().unwrap_or_default().to_string();
     let doc: Value = serde_json::from_str(&last).unwrap_or_else(|e| {
@@ -112,7 +106,7 @@ fn a_drill_next_to_the_live_env_touches_nothing_of_it_and_leaves_nothing() {
     assert!(!before.0.is_empty() && !before.1.is_empty());
 
     let reports = bed.git.path("reports");
-    let (code, doc, all) = drill(&bed, &repo.dir, &reports);
+    let (code, doc, all) = drill(&bed, &repo.dir, Some(&reports));
     assert_eq!(code, 0, "{all}");
     assert_eq!(doc["verdict"], "passed", "{doc:#}");
     let copy = doc["copy"].as_str().expect("copy name").to_string();
@@ -173,7 +167,7 @@ fn a_failed_drill_exits_1_and_still_tears_down() {
     );
     repo.commit("a stuck app");
     let reports = bed.git.path("reports");
-    let (code, doc, all) = drill(&bed, &repo.dir, &reports);
+    let (code, doc, all) = drill(&bed, &repo.dir, Some(&reports));
     assert_eq!(code, 1, "{all}");
     assert_eq!(doc["verdict"], "failed");
     let failures = doc["failures"].to_string();
@@ -193,12 +187,24 @@ fn a_drill_over_its_recovery_objective_exits_3() {
         .replace("recoveryObjective: 5m", "recoveryObjective: 1s");
     std::fs::write(&env_file, env).expect("write env");
     repo.commit("an objective nobody meets");
-    let reports = bed.git.path("reports");
-    let (code, doc, all) = drill(&bed, &repo.dir, &reports);
+    let (code, doc, all) = drill(&bed, &repo.dir, None);
     assert_eq!(code, 3, "{all}");
     assert_eq!(doc["verdict"], "over-objective");
     assert_eq!(doc["recovery_objective_ms"], 1000);
     assert_eq!(bed.live_cloud(doc["copy"].as_str().expect("copy")), 0);
+    // The generated runbook carries the objective, the order and this drill's verdict.
+    let out = bed.phoenix(&repo.dir, &["runbook", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let runbook = String::from_utf8_lossy(&out.stdout).into_owned();
+    for needle in [
+        "Recovery objective: 1s",
+        "Last drill: **over-objective**",
+        "`cluster/control-plane`",
+        "`worker` from `environments/demo/apps/worker` in namespace web, after web, backup-operator",
+        "phoenix rebuild demo --ref",
+    ] {
+        assert!(runbook.contains(needle), "{needle:?} missing:\n{runbook}");
+    }
 }
 
 #[test]

@@ -98,6 +98,8 @@ pub enum Command {
     List,
     /// Rehearse recovery: rebuild an isolated copy, verify it, time it, tear it down, report
     Drill(DrillArgs),
+    /// Print a recovery runbook for an environment, generated from its graph and last drill
+    Runbook(RunbookArgs),
     /// List past runs of an environment from the audit trail
     History(HistoryArgs),
     /// Print a shell completion script for phoenix to stdout
@@ -238,6 +240,12 @@ pub struct DrillArgs {
     /// Nodes in flight at once
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct RunbookArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ mod history;
 mod plan;
 pub mod rebuild;
 mod render;
+mod runbook;
 mod validate;
 mod watch;
 
@@ -31,6 +32,7 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Gc(a) => copies::gc(&ctx, &a).await,
         Command::List => copies::list(&ctx).await,
         Command::Drill(a) => drill::run(&ctx, &a).await,
+        Command::Runbook(a) => runbook::run(&ctx, &a.env.env).await,
         Command::History(a) => history::run(&ctx, &a.env.env, a.limit).await,
         Command::Completions(a) => completions::completions(a.shell),
         Command::Man(a) => completions::man(&ctx, a.dir.as_deref()),
