@@ -18,6 +18,11 @@ pub fn render(summary: &RunSummary) -> String {
     };
     let _ = writeln!(out, "{:<9} {:<10} {:>9}  nodes", "layer", "status", "time");
     for layer in &summary.layers {
+        if layer.nodes == 0 {
+            // Not part of this environment (or this command): nothing ran there.
+            let _ = writeln!(out, "{:<9} {:<10} {:>9}  0", layer.layer.as_str(), "-", "-");
+            continue;
+        }
         let time = match layer.status {
             LayerStatus::Excluded | LayerStatus::Skipped => "-".to_string(),
             _ if layer.start.is_none() => "-".to_string(),
