@@ -34,7 +34,7 @@ fn parse_args() -> Result<Args, String> {
         namespaces: 20,
         per_namespace: 25,
         kubectl: PathBuf::from(
-            std::env::var("KUBECTL").unwrap_or_else(|_| "/work/main/.venv/bin/kubectl".into()),
+            std::env::var("KUBECTL").unwrap_or_else(|_| ".venv/bin/kubectl".into()),
         ),
     };
     let mut it = std::env::args().skip(1);

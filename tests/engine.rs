@@ -1624,7 +1624,7 @@ fn summary_report_shows_layers_failures_and_what_a_cancel_left() {
     let expected = "\
 layer     status          time  nodes
 cloud     failed      1s 500ms  2
-cluster   cancelled          -  0
+cluster   -                  -  0
 addons    excluded           -  0
 apps      cancelled          -  1
 total     cancelled   1s 520ms

@@ -134,6 +134,46 @@ async fn check_layers(
             version: None,
         }),
     };
+    // A k3s cluster without a server instance does not exist: everything above the cloud is
+    // missing, which is known without asking anything (a rebuild creates it all).
+    if let (Some(_), Some(cloud), Some(live)) = (k3s, &dep.env.cloud, &live_cloud) {
+        if cl::server_instance(&dep.name, cloud, live).is_err() {
+            out.push(LayerDrift::checked(
+                Layer::Cluster,
+                vec![
+                    DriftEntry::new(Layer::Cluster, "control-plane", EntryKind::Missing)
+                        .with_detail("no k3s server instance exists, so neither does the cluster"),
+                ],
+                vec![],
+                t.elapsed(),
+            ));
+            for layer in [Layer::Addons, Layer::Apps] {
+                let results: Vec<ObjectResult> = components
+                    .iter()
+                    .filter(|c| c.layer == layer)
+                    .flat_map(|c| c.manifests.iter())
+                    .map(|m| ObjectResult {
+                        resource: match m.namespace() {
+                            Some(ns) => format!("{}/{ns}/{}", m.kind(), m.name()),
+                            None => format!("{}/{}", m.kind(), m.name()),
+                        },
+                        state: ObjectState::Missing {
+                            desired: redacted(&m.object),
+                        },
+                        unhealthy: None,
+                    })
+                    .collect();
+                let (entries, unhealthy) = drift::object_entries(layer, &results);
+                out.push(LayerDrift::checked(
+                    layer,
+                    entries,
+                    unhealthy,
+                    Duration::ZERO,
+                ));
+            }
+            return Ok(out);
+        }
+    }
     let client = match cl::client_for(&access).await {
         Ok(c) => c,
         Err(e) => {
@@ -382,4 +422,19 @@ async fn removed_components(
             })
         })
         .collect())
+}
+
+/// A manifest as a diff may show it: Secret values replaced.
+fn redacted(obj: &serde_json::Value) -> serde_json::Value {
+    let mut v = obj.clone();
+    if v["kind"] == "Secret" {
+        for field in ["data", "stringData"] {
+            if let Some(map) = v.get_mut(field).and_then(serde_json::Value::as_object_mut) {
+                for value in map.values_mut() {
+                    *value = serde_json::Value::String(crate::render::REDACTED.into());
+                }
+            }
+        }
+    }
+    v
 }

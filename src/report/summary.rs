@@ -18,7 +18,7 @@ pub fn render(summary: &RunSummary) -> String {
     };
     let _ = writeln!(out, "{:<9} {:<10} {:>9}  nodes", "layer", "status", "time");
     for layer in &summary.layers {
-        if layer.nodes == 0 {
+        if layer.nodes == 0 && layer.status != LayerStatus::Excluded {
             // Not part of this environment (or this command): nothing ran there.
             let _ = writeln!(out, "{:<9} {:<10} {:>9}  0", layer.layer.as_str(), "-", "-");
             continue;

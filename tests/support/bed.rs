@@ -32,7 +32,22 @@ pub struct Bed {
 impl Bed {
     pub fn new() -> Bed {
         let moto = Moto::start();
-        let kube = kube_sandbox::Sandbox::start_in_thread(kube_sandbox::Config {
+        let kube = Bed::sandbox_for(&moto);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Bed {
+            moto,
+            kube,
+            git: GitSandbox::new(),
+            rt,
+        }
+    }
+
+    /// A kube-sandbox registering nodes from `moto`'s instances, with short delays.
+    pub fn sandbox_for(moto: &Moto) -> kube_sandbox::SandboxHandle {
+        kube_sandbox::Sandbox::start_in_thread(kube_sandbox::Config {
             nodes: 0,
             node_delay: Duration::from_millis(300),
             ready_delay: Duration::from_millis(300),
@@ -44,17 +59,7 @@ impl Bed {
             }),
             ..kube_sandbox::Config::default()
         })
-        .expect("kube-sandbox starts");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        Bed {
-            moto,
-            kube,
-            git: GitSandbox::new(),
-            rt,
-        }
+        .expect("kube-sandbox starts")
     }
 
     /// A repo holding this project's demo environment and templates, committed.

@@ -116,6 +116,21 @@ pub fn apply_defaults(kind: &str, obj: &mut Value, alloc: &mut dyn Allocator) {
         "Secret" => {
             if let Some(m) = obj.as_object_mut() {
                 set_default(m, "type", json!("Opaque"));
+                // As the API server does: stringData is write-only, folded into data (base64)
+                // and not stored.
+                if let Some(Value::Object(plain)) = m.remove("stringData") {
+                    use base64::Engine as _;
+                    let data = m.entry("data").or_insert_with(|| json!({}));
+                    if let Some(data) = data.as_object_mut() {
+                        for (k, v) in plain {
+                            if let Some(text) = v.as_str() {
+                                let encoded =
+                                    base64::engine::general_purpose::STANDARD.encode(text);
+                                data.insert(k, Value::String(encoded));
+                            }
+                        }
+                    }
+                }
             }
         }
         _ => {}
@@ -351,6 +366,16 @@ mod tests {
         fn node_port(&mut self) -> i64 {
             30000
         }
+    }
+
+    #[test]
+    fn secret_string_data_is_folded_into_data() {
+        let mut s = json!({"data": {"a": "eA=="}, "stringData": {"b": "hunter2"}});
+        apply_defaults("Secret", &mut s, &mut A(0));
+        assert_eq!(s["data"]["a"], "eA==");
+        assert_eq!(s["data"]["b"], "aHVudGVyMg==");
+        assert!(s.get("stringData").is_none());
+        assert_eq!(s["type"], "Opaque");
     }
 
     #[test]
