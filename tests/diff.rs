@@ -131,6 +131,28 @@ fn kubectl_changes_are_drift_and_a_rebuild_clears_them() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let (code, _, out) = diff(&bed, &repo.dir);
     assert_eq!(code, 0, "a rebuild clears the drift: {}", text(&out));
+
+    // An object of the same name made by hand is not phoenix's: drift, and a rebuild refuses
+    // to touch it.
+    bed.kubectl("demo", &["-n", "web", "delete", "configmap", "web-config"]);
+    let manifest = bed.git.path("foreign.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: web-config, namespace: web}\ndata: {a: b}\n",
+    )
+    .expect("write manifest");
+    bed.kubectl("demo", &["create", "-f", manifest.to_str().expect("utf-8")]);
+    let (code, doc, out) = diff(&bed, &repo.dir);
+    assert_eq!(code, 2, "{}", text(&out));
+    let foreign = entry(&doc, "apps", "ConfigMap/web/web-config");
+    assert!(
+        foreign["fields"].to_string().contains("owner"),
+        "{foreign:#}"
+    );
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "apps"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains("not managed by phoenix"), "{all}");
 }
 
 #[test]

@@ -112,15 +112,7 @@ pub fn forget_local_state(ctx: &Context, name: &str) {
 /// Every copy in the regions of the environments in the commit.
 async fn all_copies(ctx: &Context) -> Result<Vec<(String, CopyInfo)>, Failure> {
     let snap = ctx.open().await?;
-    let names: Vec<String> = crate::env::CommitFiles::files_under(&*snap, "environments")
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|p| {
-            p.strip_prefix("environments/")?
-                .strip_suffix("/environment.yaml")
-                .map(str::to_string)
-        })
-        .collect();
+    let names = crate::env::load::names(&*snap);
     let mut regions = BTreeSet::new();
     for name in &names {
         if let Ok(env) = super::common::load_env(ctx, &snap, name) {

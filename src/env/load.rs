@@ -57,6 +57,20 @@ impl CommitFiles for MemFiles {
     }
 }
 
+/// The environments in a commit: every `environments/<name>/environment.yaml`.
+pub fn names(files: &dyn CommitFiles) -> Vec<String> {
+    files
+        .files_under("environments")
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| {
+            p.strip_prefix("environments/")?
+                .strip_suffix("/environment.yaml")
+                .map(str::to_string)
+        })
+        .collect()
+}
+
 /// Environment names are also directory names, tag values and DNS labels.
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
@@ -125,16 +139,7 @@ pub fn load(files: &dyn CommitFiles, name: &str) -> Result<Environment, Vec<Diag
         Err(why) => {
             let mut d = Diagnostic::new(&file, Pos { line: 0, col: 0 }, "", why);
             if !files.is_file(&file) {
-                let known: Vec<String> = files
-                    .files_under("environments")
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|p| {
-                        p.strip_prefix("environments/")?
-                            .strip_suffix("/environment.yaml")
-                            .map(str::to_string)
-                    })
-                    .collect();
+                let known = names(files);
                 d = d.help(if known.is_empty() {
                     "no environments/<name>/environment.yaml exists in this commit".to_string()
                 } else {

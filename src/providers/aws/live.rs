@@ -467,23 +467,20 @@ pub(crate) async fn key_pairs(
         .collect())
 }
 
-/// Instances that are not terminated or shutting down.
-pub(crate) async fn instances(
+/// Every instance of `env` (and `resource`) in one of `states`, all pages.
+async fn described_instances(
     ec2: &Ec2,
     env: &str,
     resource: Option<&str>,
-) -> Result<Vec<LiveResource>, AwsError> {
-    let d = doing(env, "instances", resource);
+    states: &[&str],
+    doing: &str,
+) -> Result<Vec<aws_sdk_ec2::types::Instance>, AwsError> {
     let mut filters: Vec<Filter> = owner_filters(env, resource);
-    filters.push(
-        Filter::builder()
-            .name("instance-state-name")
-            .values("pending")
-            .values("running")
-            .values("stopping")
-            .values("stopped")
-            .build(),
-    );
+    let mut state = Filter::builder().name("instance-state-name");
+    for s in states {
+        state = state.values(*s);
+    }
+    filters.push(state.build());
     let mut items = Vec::new();
     let mut token: Option<String> = None;
     loop {
@@ -494,9 +491,9 @@ pub(crate) async fn instances(
             .set_next_token(token.take())
             .send()
             .await
-            .map_err(ec2.err(&d))?;
+            .map_err(ec2.err(doing))?;
         for reservation in out.reservations() {
-            items.extend(reservation.instances().iter().filter_map(instance));
+            items.extend(reservation.instances().iter().cloned());
         }
         match out.next_token() {
             Some(t) if !t.is_empty() => token = Some(t.to_string()),
@@ -506,6 +503,21 @@ pub(crate) async fn instances(
     Ok(items)
 }
 
+/// Instances that are not terminated or shutting down.
+pub(crate) async fn instances(
+    ec2: &Ec2,
+    env: &str,
+    resource: Option<&str>,
+) -> Result<Vec<LiveResource>, AwsError> {
+    let d = doing(env, "instances", resource);
+    let states = ["pending", "running", "stopping", "stopped"];
+    Ok(described_instances(ec2, env, resource, &states, &d)
+        .await?
+        .iter()
+        .filter_map(instance)
+        .collect())
+}
+
 /// Instances of `env` that are `shutting-down` or `terminated` (EC2 lists them for about an
 /// hour): (resource id, instance id, state). [`observe`] leaves them out; drift names them.
 pub async fn gone_instances(
@@ -513,43 +525,23 @@ pub async fn gone_instances(
     env: &str,
 ) -> Result<Vec<(String, String, String)>, AwsError> {
     let d = doing(env, "terminated instances", None);
-    let mut filters: Vec<Filter> = owner_filters(env, None);
-    filters.push(
-        Filter::builder()
-            .name("instance-state-name")
-            .values("shutting-down")
-            .values("terminated")
-            .build(),
-    );
-    let mut items = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let out = ec2
-            .client()
-            .describe_instances()
-            .set_filters(Some(filters.clone()))
-            .set_next_token(token.take())
-            .send()
-            .await
-            .map_err(ec2.err(&d))?;
-        for i in out.reservations().iter().flat_map(|r| r.instances()) {
+    let found = described_instances(ec2, env, None, &["shutting-down", "terminated"], &d).await?;
+    Ok(found
+        .iter()
+        .filter_map(|i| {
             let tags = tags::from_sdk(Some(i.tags()));
-            let (Some(resource), Some(id)) = (tags.get(TAG_RESOURCE), i.instance_id()) else {
-                continue;
-            };
             let state = i
                 .state()
                 .and_then(|s| s.name())
                 .map(|n| n.as_str().to_string())
                 .unwrap_or_else(|| "terminated".into());
-            items.push((resource.clone(), id.to_string(), state));
-        }
-        match out.next_token() {
-            Some(t) if !t.is_empty() => token = Some(t.to_string()),
-            _ => break,
-        }
-    }
-    Ok(items)
+            Some((
+                tags.get(TAG_RESOURCE)?.clone(),
+                i.instance_id()?.to_string(),
+                state,
+            ))
+        })
+        .collect())
 }
 
 pub(crate) fn instance(i: &aws_sdk_ec2::types::Instance) -> Option<LiveResource> {

@@ -222,6 +222,48 @@ pub async fn diff_component_with(
 ) -> Result<ComponentDiff, KubeError> {
     let marks = spec.marks();
     let (_, objects, kinds) = plan_objects(client, resolver, spec, true).await?;
+    // One list per kind and namespace (by the component's labels) instead of a GET per object;
+    // an object the list does not return is read on its own (missing, or not phoenix's).
+    let mut groups: Vec<((String, String, Option<String>), &super::discovery::Target)> = Vec::new();
+    for d in &objects {
+        if let Some(Kind::Served(target)) =
+            kinds.get(&(d.id.api_version.clone(), d.id.kind.clone()))
+        {
+            let key = (
+                d.id.api_version.clone(),
+                d.id.kind.clone(),
+                d.id.namespace.clone(),
+            );
+            if !groups.iter().any(|(k, _)| *k == key) {
+                groups.push((key, target));
+            }
+        }
+    }
+    let selector = marks.selector();
+    let listed = bounded(groups, concurrency, |(key, target)| {
+        let selector = &selector;
+        async move {
+            let items = ops::list(client, target, key.2.as_deref(), selector).await?;
+            Ok::<_, KubeError>((key, items))
+        }
+    })
+    .await;
+    let mut prefetched: std::collections::HashMap<(String, String, Option<String>, String), Value> =
+        std::collections::HashMap::new();
+    for (key, items) in first_error(listed)? {
+        for mut item in items {
+            // List items need not carry their type (real API servers leave it out).
+            let Some(obj) = item.as_object_mut() else {
+                continue;
+            };
+            obj.insert("apiVersion".into(), Value::String(key.0.clone()));
+            obj.insert("kind".into(), Value::String(key.1.clone()));
+            if let Some(name) = item["metadata"]["name"].as_str().map(str::to_string) {
+                prefetched.insert((key.0.clone(), key.1.clone(), key.2.clone(), name), item);
+            }
+        }
+    }
+    let prefetched = &prefetched;
     let results = bounded((0..objects.len()).collect(), concurrency, |i| {
         let d = &objects[i];
         let kind = kinds.get(&(d.id.api_version.clone(), d.id.kind.clone()));
@@ -231,7 +273,17 @@ pub async fn diff_component_with(
             let Some(Kind::Served(target)) = kind else {
                 return Ok((DriftState::Missing, None, for_display(&d.body, secret)));
             };
-            let Some(live) = ops::get(client, target, &d.id).await? else {
+            let key = (
+                d.id.api_version.clone(),
+                d.id.kind.clone(),
+                d.id.namespace.clone(),
+                d.id.name.clone(),
+            );
+            let live = match prefetched.get(&key) {
+                Some(live) => Some(live.clone()),
+                None => ops::get(client, target, &d.id).await?,
+            };
+            let Some(live) = live else {
                 return Ok((DriftState::Missing, None, for_display(&d.body, secret)));
             };
             if !marks.owns(&live) {
