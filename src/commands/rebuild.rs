@@ -117,8 +117,10 @@ async fn build_graph(
         return Ok(graph);
     };
     if let Some(target) = dep.gate_target(ctx, &access, ec2.as_ref())? {
+        // Short polls: each is three small reads, and the gate's lag adds to every rebuild.
         let opts = GateOptions {
             timeout: dep.env.timeouts.cluster,
+            poll_interval: Duration::from_millis(500),
             ..GateOptions::default()
         };
         let (mut spec, action) = cl::control_plane_node(target, opts);
@@ -131,6 +133,7 @@ async fn build_graph(
     let connector: Arc<dyn Connector> = Arc::new(cl::KubeconfigConnector::new(access));
     let apply = ApplyOptions {
         force_conflicts: settings.force_conflicts,
+        poll_interval: Duration::from_millis(250),
         ..ApplyOptions::default()
     };
     let prune_timeout = dep.env.timeouts.addons.max(dep.env.timeouts.apps);
