@@ -204,6 +204,9 @@ fn redact(mut fields: Vec<FieldDiff>) -> Vec<FieldDiff> {
     fields
 }
 
+/// apiVersion, kind and namespace: what one list request covers.
+type KindInNamespace = (String, String, Option<String>);
+
 /// [`diff_component_with`] with its own discovery and 32 requests in flight.
 pub async fn diff_component(
     client: &::kube::Client,
@@ -224,7 +227,7 @@ pub async fn diff_component_with(
     let (_, objects, kinds) = plan_objects(client, resolver, spec, true).await?;
     // One list per kind and namespace (by the component's labels) instead of a GET per object;
     // an object the list does not return is read on its own (missing, or not phoenix's).
-    let mut groups: Vec<((String, String, Option<String>), &super::discovery::Target)> = Vec::new();
+    let mut groups: Vec<(KindInNamespace, &super::discovery::Target)> = Vec::new();
     for d in &objects {
         if let Some(Kind::Served(target)) =
             kinds.get(&(d.id.api_version.clone(), d.id.kind.clone()))
@@ -248,7 +251,7 @@ pub async fn diff_component_with(
         }
     })
     .await;
-    let mut prefetched: std::collections::HashMap<(String, String, Option<String>, String), Value> =
+    let mut prefetched: std::collections::HashMap<(KindInNamespace, String), Value> =
         std::collections::HashMap::new();
     for (key, items) in first_error(listed)? {
         for mut item in items {
@@ -259,7 +262,7 @@ pub async fn diff_component_with(
             obj.insert("apiVersion".into(), Value::String(key.0.clone()));
             obj.insert("kind".into(), Value::String(key.1.clone()));
             if let Some(name) = item["metadata"]["name"].as_str().map(str::to_string) {
-                prefetched.insert((key.0.clone(), key.1.clone(), key.2.clone(), name), item);
+                prefetched.insert((key.clone(), name), item);
             }
         }
     }
@@ -274,9 +277,11 @@ pub async fn diff_component_with(
                 return Ok((DriftState::Missing, None, for_display(&d.body, secret)));
             };
             let key = (
-                d.id.api_version.clone(),
-                d.id.kind.clone(),
-                d.id.namespace.clone(),
+                (
+                    d.id.api_version.clone(),
+                    d.id.kind.clone(),
+                    d.id.namespace.clone(),
+                ),
                 d.id.name.clone(),
             );
             let live = match prefetched.get(&key) {
