@@ -82,7 +82,7 @@ impl Moto {
             port,
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Some(child) = moto.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
@@ -99,7 +99,7 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(100));
         }
         Err(format!(
-            "moto_server did not answer on port {port} within 30s: {}",
+            "moto_server did not answer on port {port} within 60s: {}",
             moto.log_tail()
         ))
     }

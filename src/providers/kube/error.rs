@@ -125,7 +125,9 @@ pub(crate) fn describe(err: &::kube::Error) -> (String, bool) {
             };
             let transient = matches!(code, 429 | 500 | 502 | 503 | 504)
                 || (code == 403 && status.message.contains("being terminated"))
-                || (code == 409 && reason == "AlreadyExists");
+                || (code == 409 && reason == "AlreadyExists")
+                // Its namespace may come from a component applied at the same time.
+                || (code == 404 && status.message.starts_with("namespaces \""));
             (format!("{reason} ({code}): {}", status.message), transient)
         }
         // Connection, timeout, TLS and decoding problems: the server may be starting or busy.
@@ -138,5 +140,26 @@ pub(crate) fn status_code(err: &::kube::Error) -> Option<u16> {
     match err {
         ::kube::Error::Api(status) => Some(status.code),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, reason: &str, message: &str) -> ::kube::Error {
+        let status: ::kube::core::Status = serde_json::from_value(serde_json::json!({
+            "code": code, "reason": reason, "message": message
+        }))
+        .expect("status");
+        ::kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn a_missing_namespace_is_retried_and_a_missing_object_is_not() {
+        assert!(describe(&api(404, "NotFound", "namespaces \"web\" not found")).1);
+        assert!(!describe(&api(404, "NotFound", "deployments.apps \"x\" not found")).1);
+        assert!(describe(&api(503, "ServiceUnavailable", "busy")).1);
+        assert!(!describe(&api(422, "Invalid", "spec.replicas: bad")).1);
     }
 }
