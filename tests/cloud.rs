@@ -1101,6 +1101,7 @@ async fn a_stopped_then_restarted_endpoint() {
 
     // Restarted (empty, as after losing the region's state): a re-run rebuilds everything.
     moto.restart();
+    proxy.set_backend(moto.port);
     assert_converged(&converge(&ec2, &desired).await);
     assert_clean_converged(&moto).await;
 
@@ -1128,6 +1129,7 @@ async fn a_stopped_then_restarted_endpoint() {
     moto.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
     moto.restart();
+    proxy.set_backend(moto.port);
     let started = Instant::now();
     let _ = run.await.expect("run task");
     assert!(started.elapsed() < Duration::from_secs(120));

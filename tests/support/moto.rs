@@ -158,20 +158,12 @@ impl Moto {
         }
     }
 
-    /// Starts a fresh server on the same port.
+    /// Starts a fresh server (state is lost) on a new port: reusing the old one races with
+    /// other tests picking free ports. Point a proxy in front of it at [`Moto::port`] again.
     pub fn restart(&mut self) {
         self.stop();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match Moto::start_on(self.port) {
-                Ok(mut fresh) => {
-                    self.child = fresh.child.take();
-                    return;
-                }
-                Err(e) if Instant::now() > deadline => panic!("restarting moto: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
+        let fresh = Moto::start();
+        *self = fresh;
     }
 
     fn log_tail(&self) -> String {
