@@ -428,13 +428,7 @@ async fn removed_components(
 fn redacted(obj: &serde_json::Value) -> serde_json::Value {
     let mut v = obj.clone();
     if v["kind"] == "Secret" {
-        for field in ["data", "stringData"] {
-            if let Some(map) = v.get_mut(field).and_then(serde_json::Value::as_object_mut) {
-                for value in map.values_mut() {
-                    *value = serde_json::Value::String(crate::render::REDACTED.into());
-                }
-            }
-        }
+        kube::hide_secret_values(&mut v);
     }
     v
 }

@@ -178,15 +178,20 @@ pub fn compare(desired: &Value, live: &Value) -> Vec<FieldDiff> {
 fn for_display(obj: &Value, secret: bool) -> Value {
     let mut v = normalize(obj);
     if secret {
-        for field in ["data", "stringData"] {
-            if let Some(map) = v.get_mut(field).and_then(Value::as_object_mut) {
-                for value in map.values_mut() {
-                    *value = Value::String(crate::render::REDACTED.into());
-                }
+        hide_secret_values(&mut v);
+    }
+    v
+}
+
+/// Replaces every value under a Secret's `data` and `stringData` with the redaction marker.
+pub fn hide_secret_values(secret: &mut Value) {
+    for field in ["data", "stringData"] {
+        if let Some(map) = secret.get_mut(field).and_then(Value::as_object_mut) {
+            for value in map.values_mut() {
+                *value = Value::String(crate::render::REDACTED.into());
             }
         }
     }
-    v
 }
 
 fn redact(mut fields: Vec<FieldDiff>) -> Vec<FieldDiff> {

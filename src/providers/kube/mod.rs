@@ -18,8 +18,8 @@ pub use checks::{CheckError, HttpCheck};
 pub use component::{component_nodes, converge, node_id, ApplyOptions, ComponentSpec};
 pub use connector::{Connector, FixedClient};
 pub use diff::{
-    compare, diff_component, diff_component_with, ComponentDiff, DriftState, FieldDiff, ObjectDiff,
-    Unhealthy,
+    compare, diff_component, diff_component_with, hide_secret_values, ComponentDiff, DriftState,
+    FieldDiff, ObjectDiff, Unhealthy,
 };
 pub use discovery::Resolver;
 pub use error::KubeError;
