@@ -88,6 +88,19 @@ fn bursts_of_5xx_and_throttling_are_retried_to_convergence() {
 }
 
 #[test]
+fn an_observation_throttled_past_the_sdk_retries_is_retried_as_a_whole() {
+    let p = Proxied::new();
+    let repo = p.bed.demo_repo();
+    // The SDK makes 3 attempts per call: the first observation fails on the security groups,
+    // the second one gets the last two throttles, then an answer.
+    p.ec2
+        .inject(Fault::Throttle, 5, Some("DescribeSecurityGroups"));
+    let out = p.phoenix(&repo.dir, &["plan", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(p.ec2.injected(), 5, "every throttle was answered");
+}
+
+#[test]
 fn dropped_connections_are_retried_to_convergence() {
     let p = Proxied::new();
     let repo = p.bed.demo_repo();

@@ -152,8 +152,29 @@ impl LiveCloud {
     }
 }
 
-/// Reads every resource tagged `phoenix:env=<env_name>` (the describes run concurrently).
+/// Attempts of a whole observation when EC2 keeps answering with a transient error (throttling,
+/// 5xx, a dropped connection) after the SDK's own retries; the delays between them follow
+/// `engine::Policy::THROTTLED` (about 1, 2, 4, 8 s with jitter), so a throttled account gets
+/// about 15 s more before the command reports the error.
+pub const OBSERVE_ATTEMPTS: u32 = 5;
+
+/// Reads every resource tagged `phoenix:env=<env_name>` (the describes run concurrently),
+/// retrying transient errors [`OBSERVE_ATTEMPTS`] times in all; a permanent error is returned at
+/// once.
 pub async fn observe(ec2: &Ec2, env_name: &str) -> Result<LiveCloud, AwsError> {
+    let mut attempt = 1;
+    loop {
+        match observe_once(ec2, env_name).await {
+            Err(e) if e.is_transient() && attempt < OBSERVE_ATTEMPTS => {
+                tokio::time::sleep(crate::engine::Policy::THROTTLED.delay(attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn observe_once(ec2: &Ec2, env_name: &str) -> Result<LiveCloud, AwsError> {
     let (vpcs, subnets, igws, rtbs, sgs, keys, instances) = tokio::try_join!(
         vpcs(ec2, env_name, None),
         subnets(ec2, env_name, None),
