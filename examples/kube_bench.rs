@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use phoenix::engine::{self, CancelToken, EngineOptions, Graph, Layer};
 use phoenix::providers::kube::{
     component_nodes, diff_component_with, ApplyOptions, ComponentSpec, FixedClient, Resolver,
+    SealStore,
 };
 use phoenix::render::Manifest;
 use phoenix::report::events::EventSink;
@@ -147,7 +148,11 @@ fn write(path: &Path, docs: &[String]) -> Result<(), String> {
     std::fs::write(path, docs.join("\n---\n")).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-async fn phoenix_apply(url: &str, specs: &[ComponentSpec]) -> Result<Duration, String> {
+async fn phoenix_apply(
+    url: &str,
+    specs: &[ComponentSpec],
+    seals: &SealStore,
+) -> Result<Duration, String> {
     let client = client(url)?;
     let t0 = Instant::now();
     let mut graph = Graph::new();
@@ -156,6 +161,7 @@ async fn phoenix_apply(url: &str, specs: &[ComponentSpec]) -> Result<Duration, S
         specs.to_vec(),
         &ApplyOptions {
             poll_interval: Duration::from_millis(200),
+            seals: seals.clone(),
             ..ApplyOptions::default()
         },
     ) {
@@ -181,14 +187,18 @@ async fn phoenix_apply(url: &str, specs: &[ComponentSpec]) -> Result<Duration, S
     Ok(elapsed)
 }
 
-async fn phoenix_diff(url: &str, specs: &[ComponentSpec]) -> Result<Duration, String> {
+async fn phoenix_diff(
+    url: &str,
+    specs: &[ComponentSpec],
+    seals: &SealStore,
+) -> Result<Duration, String> {
     let client = client(url)?;
     let t0 = Instant::now();
     let resolver = Resolver::new();
     let diffs = futures::future::join_all(
         specs
             .iter()
-            .map(|s| diff_component_with(&client, s, &resolver, 32)),
+            .map(|s| diff_component_with(&client, s, &resolver, 32, seals)),
     )
     .await;
     let elapsed = t0.elapsed();
@@ -262,11 +272,14 @@ async fn real_main() -> Result<(), String> {
         "objects: {total} ({} namespaces, {deployments} ConfigMaps, {deployments} Deployments); runs: {}",
         args.namespaces, args.runs
     );
-    let (mut pa, mut ka, mut pd, mut kd) = (vec![], vec![], vec![], vec![]);
+    let (mut pa, mut ka, mut pd, mut pc, mut kd) = (vec![], vec![], vec![], vec![], vec![]);
     for run in 0..args.runs {
         let ours = format!("{}/clusters/bench-{run}-phoenix", args.url);
         let theirs = format!("{}/clusters/bench-{run}-kubectl", args.url);
-        pa.push(phoenix_apply(&ours, &specs).await?);
+        // Where a rebuild keeps its seals ($PHOENIX_HOME/cache/seals/ENV); the diff reads them
+        // from the files, as `phoenix diff` after a rebuild does.
+        let seals = SealStore::in_dir(dir.join(format!("seals-{run}")));
+        pa.push(phoenix_apply(&ours, &specs, &seals).await?);
         let (apply, _) = kubectl(&args, &theirs, &["apply", "--server-side", "-f", &dir_arg])?;
         let (wait, _) = kubectl(
             &args,
@@ -281,7 +294,10 @@ async fn real_main() -> Result<(), String> {
             ],
         )?;
         ka.push(apply + wait);
-        pd.push(phoenix_diff(&ours, &specs).await?);
+        // Without seals first (every object through a dry run, like kubectl), then with the
+        // rebuild's seals.
+        pc.push(phoenix_diff(&ours, &specs, &SealStore::none()).await?);
+        pd.push(phoenix_diff(&ours, &specs, &seals).await?);
         let (diff, same) = kubectl(
             &args,
             &ours,
@@ -298,19 +314,21 @@ async fn real_main() -> Result<(), String> {
         }
         kd.push(diff);
         eprintln!(
-            "run {}: apply+wait phoenix {:.3}s kubectl {:.3}s (apply {:.3}s + wait {:.3}s); diff phoenix {:.3}s kubectl {:.3}s",
+            "run {}: apply+wait phoenix {:.3}s kubectl {:.3}s (apply {:.3}s + wait {:.3}s); diff phoenix {:.3}s (no seals {:.3}s) kubectl {:.3}s",
             run + 1,
             pa[run].as_secs_f64(),
             ka[run].as_secs_f64(),
             apply.as_secs_f64(),
             wait.as_secs_f64(),
             pd[run].as_secs_f64(),
+            pc[run].as_secs_f64(),
             kd[run].as_secs_f64()
         );
     }
     println!("median (min-max) over {} runs:", args.runs);
     row(&format!("apply+wait {total} objects"), &pa, &ka);
     row(&format!("diff {total} objects"), &pd, &kd);
+    row(&format!("diff {total}, no seals"), &pc, &kd);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! The Kubernetes provider against an embedded kube-sandbox (one per test, on 127.0.0.1), through
 //! the real engine; cross-checked with kubectl 1.37 where a second client makes the point.
 
+#[path = "support/kube_proxy.rs"]
+mod kube_proxy;
 #[path = "support/sandbox.rs"]
 mod sandbox;
 
@@ -13,8 +15,9 @@ use phoenix::engine::{
     self, CancelToken, EngineOptions, Graph, Layer, NodeOutcome, NodeState, Policy, RunSummary,
 };
 use phoenix::providers::kube::{
-    component_nodes, converge, destroy_all, diff_component, inventory_name, prune_nodes,
-    ApplyOptions, ComponentSpec, Connector, DriftState, FixedClient, HttpCheck, Resolver,
+    component_nodes, converge, destroy_all, diff_component, diff_component_with, inventory_name,
+    prune_nodes, ApplyOptions, ComponentSpec, Connector, DriftState, FixedClient, HttpCheck,
+    Resolver, SealStore,
 };
 use phoenix::render::Manifest;
 use phoenix::report::events::EventSink;
@@ -1050,4 +1053,90 @@ spec:
     // beta is another cluster: nothing of it is there.
     let d = diff_component(&b, &spec).await.unwrap();
     assert_eq!(d.objects[0].state, DriftState::Missing);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_objects_skip_the_dry_run_until_anything_writes_them() {
+    let sb = sandbox::start().await;
+    let proxy = kube_proxy::KubeProxy::start(sb.addr().port());
+    let url = format!("{}/clusters/sealed", proxy.url());
+    let client = sandbox::client(&url);
+    let dir = tempfile::tempdir().unwrap();
+    let seals = SealStore::in_dir(dir.path());
+    let spec = component(Layer::Apps, "web", WEB);
+    let applied = run_with(
+        &client,
+        vec![spec.clone()],
+        false,
+        ApplyOptions {
+            seals: seals.clone(),
+            ..opts()
+        },
+    )
+    .await;
+    assert!(applied.summary.converged);
+    let dry_runs = || proxy.count("dryRun=All");
+    let diff = || async { diff_component_with(&client, &spec, &Resolver::new(), 8, &seals).await };
+
+    // The rebuild sealed what it applied (the Deployment's status moved after the apply; only
+    // status): no dry run at all, and in sync.
+    let d = diff().await.expect("diff runs");
+    assert!(!d.has_drift(), "{d:#?}");
+    assert_eq!(dry_runs(), 0, "every object was sealed by the rebuild: {:?}", proxy.lines());
+
+    // A write by someone else moves the resourceVersion: that object goes through the dry run
+    // and its drift is found; the others stay sealed.
+    let (ok, _, err) = sandbox::kubectl_async(
+        &url,
+        &["scale", "deployment", "api", "-n", "web", "--replicas=4"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let d = diff().await.expect("diff runs");
+    assert!(d.has_drift());
+    let changed: Vec<_> = d
+        .objects
+        .iter()
+        .filter(|o| o.state != DriftState::InSync)
+        .map(|o| o.object.kind.as_str())
+        .collect();
+    assert_eq!(changed, ["Deployment"]);
+    assert_eq!(dry_runs(), 1);
+    // Still drifted on the next diff: a drifted object is never sealed.
+    assert!(diff().await.unwrap().has_drift());
+    assert_eq!(dry_runs(), 2);
+
+    // Scaled back by hand (a write that ends in sync): the dry run proves it once, then it is
+    // sealed again.
+    let (ok, _, err) = sandbox::kubectl_async(
+        &url,
+        &["scale", "deployment", "api", "-n", "web", "--replicas=2"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(!diff().await.unwrap().has_drift());
+    assert_eq!(dry_runs(), 3);
+    assert!(!diff().await.unwrap().has_drift());
+    assert_eq!(dry_runs(), 3);
+
+    // A change in Git (another body) is not covered by the seals.
+    let mut next = spec.clone();
+    for m in &mut next.manifests {
+        if m.object["kind"] == "ConfigMap" {
+            m.object["data"]["mode"] = json!("slow");
+        }
+    }
+    let d = diff_component_with(&client, &next, &Resolver::new(), 8, &seals)
+        .await
+        .unwrap();
+    assert!(d.has_drift());
+    assert_eq!(dry_runs(), 4, "only the ConfigMap's body changed");
+
+    // Without seals every object goes through the dry run.
+    let before = dry_runs();
+    let d = diff_component_with(&client, &spec, &Resolver::new(), 8, &SealStore::none())
+        .await
+        .unwrap();
+    assert!(!d.has_drift());
+    assert_eq!(dry_runs() - before, spec.manifests.len());
 }

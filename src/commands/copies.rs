@@ -98,8 +98,12 @@ pub async fn up(ctx: &Context, args: &UpArgs) -> Outcome {
     })
 }
 
-/// Removes the local state of a copy that is gone (its cluster credentials and kubeconfig).
+/// Removes the local state of a copy that is gone (its cluster credentials and kubeconfig, and
+/// its diff seals).
 pub fn forget_local_state(ctx: &Context, name: &str) {
+    if let Err(e) = crate::providers::kube::SealStore::under(&ctx.home, name).forget_all() {
+        eprintln!("warning: cannot remove the diff seals of {name}: {e}");
+    }
     if let Ok(dir) = cl::cluster_dir(&ctx.home, name) {
         if dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {

@@ -212,6 +212,7 @@ async fn check_layers(
 
     // Add-ons and apps: every component compared concurrently, one discovery cache.
     let resolver = Resolver::new();
+    let seals = kube::SealStore::under(&ctx.home, &dep.name);
     for layer in [Layer::Addons, Layer::Apps] {
         let t = Instant::now();
         let specs: Vec<&ComponentSpec> = components.iter().filter(|c| c.layer == layer).collect();
@@ -219,7 +220,7 @@ async fn check_layers(
         // stays Send for the watch agent.
         let futures: Vec<_> = specs
             .iter()
-            .map(|spec| kube::diff_component_with(&client, spec, &resolver, 16))
+            .map(|spec| kube::diff_component_with(&client, spec, &resolver, 16, &seals))
             .collect();
         let results: Vec<_> = stream::iter(futures).buffered(4).collect().await;
         let mut diffs = Vec::new();

@@ -134,6 +134,7 @@ async fn build_graph(
     let apply = ApplyOptions {
         force_conflicts: settings.force_conflicts,
         poll_interval: Duration::from_millis(250),
+        seals: kube::SealStore::under(&ctx.home, &dep.name),
         ..ApplyOptions::default()
     };
     let prune_timeout = dep.env.timeouts.addons.max(dep.env.timeouts.apps);

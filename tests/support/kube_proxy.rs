@@ -33,6 +33,8 @@ struct State {
     rule: Option<(KubeFault, Option<u32>)>,
     injected: usize,
     requests: usize,
+    /// The request line of every request (`PATCH /api/v1/...?dryRun=All&... HTTP/1.1`).
+    lines: Vec<String>,
 }
 
 pub struct KubeProxy {
@@ -109,6 +111,20 @@ impl KubeProxy {
     pub fn requests(&self) -> usize {
         self.lock().requests
     }
+
+    /// Every request line so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lock().lines.clone()
+    }
+
+    /// How many requests so far had `needle` in their request line.
+    pub fn count(&self, needle: &str) -> usize {
+        self.lock()
+            .lines
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
 }
 
 async fn read_request(client: &mut TcpStream) -> std::io::Result<Option<(String, Vec<u8>)>> {
@@ -180,6 +196,8 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
     let (fault, backend) = {
         let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
         s.requests += 1;
+        s.lines
+            .push(head.lines().next().unwrap_or_default().to_string());
         let fault = match &mut s.rule {
             Some((f, Some(n))) if *n > 0 => {
                 *n -= 1;

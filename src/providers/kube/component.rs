@@ -20,6 +20,7 @@ use super::health::{health, needs_no_wait, Health};
 use super::inventory;
 use super::object::{apply_order, finish, prepare, Desired, Marks, ObjectRef, Phase};
 use super::ops;
+use super::seals::{self, body_hash, SealStore, Seals};
 
 /// Everything the provider needs to converge one component.
 #[derive(Clone, Debug)]
@@ -74,6 +75,8 @@ pub struct ApplyOptions {
     pub concurrency: usize,
     /// How often health and checks are polled.
     pub poll_interval: Duration,
+    /// Where a converged component records what it proved in sync, for diffs (see `seals`).
+    pub seals: SealStore,
 }
 
 impl Default for ApplyOptions {
@@ -82,6 +85,7 @@ impl Default for ApplyOptions {
             force_conflicts: false,
             concurrency: 32,
             poll_interval: Duration::from_millis(500),
+            seals: SealStore::none(),
         }
     }
 }
@@ -435,8 +439,20 @@ pub async fn converge(
         applied.extend(done);
     }
 
-    wait_healthy(client, spec, opts, ctx, &objects, &kinds, &applied).await?;
+    let last_seen = wait_healthy(client, spec, opts, ctx, &objects, &kinds, &applied).await?;
     run_checks(spec, opts, ctx).await?;
+    // What phoenix's own applies returned is in sync; so is what the health wait saw last when
+    // only status and what Git leaves to others moved since.
+    let sealed = Seals::default();
+    for a in &applied {
+        let now = last_seen.get(&a.index).unwrap_or(&a.live);
+        let body = &objects[a.index].body;
+        if ops::resource_version(now) == ops::resource_version(&a.live)
+            || seals::only_others_moved(body, &a.live, now)
+        {
+            sealed.seal(now, &body_hash(body));
+        }
+    }
 
     let desired_keys: HashSet<_> = desired_ids.iter().map(ObjectRef::key).collect();
     let removed: Vec<ObjectRef> = previous
@@ -460,6 +476,8 @@ pub async fn converge(
         delete_objects(client, &map, &marks, removed, limit).await?
     };
     inventory::write(client, &marks, &desired_ids).await?;
+    // A cache: when it cannot be written, the next diff sends every dry run.
+    let _ = opts.seals.save(&marks, sealed);
 
     let created = applied
         .iter()
@@ -555,8 +573,9 @@ async fn wait_healthy(
     objects: &[Desired],
     kinds: &HashMap<KindKey, Kind>,
     applied: &[Applied],
-) -> Result<(), NodeError> {
+) -> Result<HashMap<usize, Value>, NodeError> {
     // What the apply returned is the first observation; only objects not yet healthy are polled.
+    // Returns the last observation of each polled object.
     let mut pending: Vec<usize> = Vec::new();
     for a in applied {
         let d = &objects[a.index];
@@ -569,9 +588,10 @@ async fn wait_healthy(
         }
     }
     if pending.is_empty() {
-        return Ok(());
+        return Ok(HashMap::new());
     }
     pending.sort_by(|&a, &b| apply_order(&objects[a].id, &objects[b].id));
+    let seen: std::sync::Mutex<HashMap<usize, Value>> = std::sync::Mutex::new(HashMap::new());
     let selector = spec.marks().selector();
     let what = format!("{} objects of {} healthy", pending.len(), spec.name);
     let limit = opts.concurrency.max(1);
@@ -579,6 +599,7 @@ async fn wait_healthy(
     ctx.wait_for_state(&what, spec.wait, opts.poll_interval, || {
         let selector = selector.clone();
         let pending = &pending;
+        let seen = &seen;
         async move {
             let now: Vec<usize> = pending
                 .lock()
@@ -624,6 +645,11 @@ async fn wait_healthy(
                     .collect();
                 for i in idx {
                     let id = &objects[i].id;
+                    if let Some(o) = by_name.get(id.name.as_str()) {
+                        seen.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(i, (*o).clone());
+                    }
                     match by_name.get(id.name.as_str()).map(|o| health(o)) {
                         Some(Health::Healthy) => {}
                         Some(Health::Failed(why)) => {
@@ -655,7 +681,10 @@ async fn wait_healthy(
             })
         }
     })
-    .await
+    .await?;
+    Ok(seen
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 async fn run_checks(

@@ -14,6 +14,7 @@ use super::health::{health, needs_no_wait, Health};
 use super::inventory;
 use super::object::{Marks, ObjectRef, ANNOTATION_COMMIT};
 use super::ops;
+use super::seals::{body_hash, SealStore};
 
 /// The drift of one component.
 #[derive(Clone, Debug, Serialize)]
@@ -212,23 +213,28 @@ fn redact(mut fields: Vec<FieldDiff>) -> Vec<FieldDiff> {
 /// apiVersion, kind and namespace: what one list request covers.
 type KindInNamespace = (String, String, Option<String>);
 
-/// [`diff_component_with`] with its own discovery and 32 requests in flight.
+/// [`diff_component_with`] with its own discovery, 32 requests in flight and no seals.
 pub async fn diff_component(
     client: &::kube::Client,
     spec: &ComponentSpec,
 ) -> Result<ComponentDiff, KubeError> {
-    diff_component_with(client, spec, &Resolver::new(), 32).await
+    diff_component_with(client, spec, &Resolver::new(), 32, &SealStore::none()).await
 }
 
-/// The drift of one component. Reads only (dry-run applies store nothing); conflicts with other
-/// managers are forced in the dry run, so a field someone else took over shows as changed.
+/// The drift of one component. Reads only from the cluster (dry-run applies store nothing);
+/// conflicts with other managers are forced in the dry run, so a field someone else took over
+/// shows as changed. An object sealed in sync at its current resourceVersion for the same
+/// desired body (see `seals`) is in sync without a dry run; the seals are updated with what
+/// this diff proved.
 pub async fn diff_component_with(
     client: &::kube::Client,
     spec: &ComponentSpec,
     resolver: &Resolver,
     concurrency: usize,
+    seal_store: &SealStore,
 ) -> Result<ComponentDiff, KubeError> {
     let marks = spec.marks();
+    let seals = seal_store.load(&marks);
     let (_, objects, kinds) = plan_objects(client, resolver, spec, true).await?;
     // One list per kind and namespace (by the component's labels) instead of a GET per object;
     // an object the list does not return is read on its own (missing, or not phoenix's).
@@ -272,10 +278,12 @@ pub async fn diff_component_with(
         }
     }
     let prefetched = &prefetched;
+    let seals_ref = &seals;
     let results = bounded((0..objects.len()).collect(), concurrency, |i| {
         let d = &objects[i];
         let kind = kinds.get(&(d.id.api_version.clone(), d.id.kind.clone()));
         let marks = &marks;
+        let seals = seals_ref;
         async move {
             let secret = d.id.is_secret();
             let Some(Kind::Served(target)) = kind else {
@@ -304,14 +312,21 @@ pub async fn diff_component_with(
                     for_display(&d.body, secret),
                 ));
             }
+            let hash = body_hash(&d.body);
+            if seals.holds(&live, &hash) {
+                let shown = for_display(&live, secret);
+                return Ok((DriftState::InSync, Some(live), shown));
+            }
             let dry = ops::apply(client, target, &d.id, &d.body, true, true).await?;
             let mut fields = compare(&dry, &live);
             if secret {
                 fields = redact(fields);
             }
             let state = if fields.is_empty() {
+                seals.seal(&live, &hash);
                 DriftState::InSync
             } else {
+                seals.unseal(&live);
                 DriftState::Changed(fields)
             };
             Ok::<_, KubeError>((state, Some(live), for_display(&dry, secret)))
@@ -319,6 +334,13 @@ pub async fn diff_component_with(
     })
     .await;
     let results = first_error(results)?;
+    let current: HashSet<String> = results
+        .iter()
+        .filter_map(|(_, live, _)| live.as_ref().and_then(ops::uid))
+        .collect();
+    seals.retain(&current);
+    // A cache: when it cannot be written, the next diff sends the dry runs again.
+    let _ = seal_store.save(&marks, seals);
     let mut diffs = Vec::with_capacity(objects.len());
     let mut unhealthy = Vec::new();
     for (d, (state, live, desired)) in objects.iter().zip(results) {

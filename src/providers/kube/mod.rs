@@ -13,6 +13,7 @@ mod inventory;
 mod object;
 mod ops;
 mod prune;
+mod seals;
 
 pub use checks::{CheckError, HttpCheck};
 pub use component::{component_nodes, converge, node_id, ApplyOptions, ComponentSpec};
@@ -31,6 +32,7 @@ pub use object::{
 };
 pub use ops::FIELD_MANAGER;
 pub use prune::{delete_component, destroy_all, prune_node_id, prune_nodes};
+pub use seals::SealStore;
 
 /// Every inventory of an environment in the cluster (the components phoenix has applied there).
 pub async fn inventories(client: &::kube::Client, env: &str) -> Result<Vec<Inventory>, KubeError> {
