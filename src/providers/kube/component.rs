@@ -447,10 +447,13 @@ pub async fn converge(
     for a in &applied {
         let now = last_seen.get(&a.index).unwrap_or(&a.live);
         let body = &objects[a.index].body;
+        let Some(hash) = body_hash(body) else {
+            continue;
+        };
         if ops::resource_version(now) == ops::resource_version(&a.live)
             || seals::only_others_moved(body, &a.live, now)
         {
-            sealed.seal(now, &body_hash(body));
+            sealed.seal(now, &hash);
         }
     }
 

@@ -313,7 +313,7 @@ pub async fn diff_component_with(
                 ));
             }
             let hash = body_hash(&d.body);
-            if seals.holds(&live, &hash) {
+            if hash.as_ref().is_some_and(|h| seals.holds(&live, h)) {
                 let shown = for_display(&live, secret);
                 return Ok((DriftState::InSync, Some(live), shown));
             }
@@ -323,7 +323,9 @@ pub async fn diff_component_with(
                 fields = redact(fields);
             }
             let state = if fields.is_empty() {
-                seals.seal(&live, &hash);
+                if let Some(hash) = &hash {
+                    seals.seal(&live, hash);
+                }
                 DriftState::InSync
             } else {
                 seals.unseal(&live);

@@ -207,11 +207,16 @@ impl Seals {
     }
 }
 
-/// The hash a seal is made for: SHA-256 of the body phoenix sends.
-pub(crate) fn body_hash(body: &Value) -> String {
+/// The hash a seal is made for: SHA-256 of the body phoenix sends. `None` for Secrets, which are
+/// never sealed: a hash of a body whose only unknown is a short password would let anyone who
+/// reads the cache guess the password offline.
+pub(crate) fn body_hash(body: &Value) -> Option<String> {
+    if body["kind"] == "Secret" && body["apiVersion"] == "v1" {
+        return None;
+    }
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let digest = Sha256::digest(&bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Whether `now` is `applied` (what phoenix's apply of `desired` returned) with nothing changed
@@ -305,10 +310,16 @@ mod tests {
         assert!(only_others_moved(&desired, &applied, &moved));
         let mut label = moved.clone();
         label["metadata"]["labels"]["team"] = json!("red");
-        assert!(!only_others_moved(&desired, &applied, &label), "a key Git sets");
+        assert!(
+            !only_others_moved(&desired, &applied, &label),
+            "a key Git sets"
+        );
         let mut removed = moved.clone();
         removed["metadata"]["labels"] = json!({});
-        assert!(!only_others_moved(&desired, &applied, &removed), "a key Git sets, gone");
+        assert!(
+            !only_others_moved(&desired, &applied, &removed),
+            "a key Git sets, gone"
+        );
         let mut data = moved.clone();
         data["data"]["k"] = json!("w");
         assert!(!only_others_moved(&desired, &applied, &data));
@@ -354,8 +365,11 @@ mod tests {
     }
 
     #[test]
-    fn the_body_hash_follows_the_body() {
+    fn the_body_hash_follows_the_body_and_secrets_have_none() {
         assert_eq!(body_hash(&object("1")), body_hash(&object("1")));
         assert_ne!(body_hash(&object("1")), body_hash(&object("2")));
+        let mut secret = object("1");
+        secret["kind"] = json!("Secret");
+        assert_eq!(body_hash(&secret), None);
     }
 }
