@@ -2,7 +2,6 @@
 //! comparisons of each layer, the unified diff, the human/JSON views and Prometheus metrics.
 
 mod cloud;
-mod cluster;
 mod diff;
 pub mod metrics;
 mod model;
@@ -10,7 +9,6 @@ mod objects;
 mod output;
 
 pub use cloud::{cloud_entries, TerminatedInstance};
-pub use cluster::{cluster_entries, ExpectedCluster, ObservedCluster, ObservedNode};
 pub use diff::{colorize, unified_diff, unified_diff_text, CONTEXT};
 pub use model::{
     exit_code, DriftEntry, DriftReport, EntryKind, FieldDiff, LayerDrift, LayerStatus, Unhealthy,
