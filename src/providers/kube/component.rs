@@ -320,11 +320,23 @@ pub(crate) fn first_error<T>(results: Vec<Result<T, KubeError>>) -> Result<Vec<T
     })
 }
 
+/// What the ownership check saw of an existing object.
+struct Before {
+    rv: String,
+    /// What its labels say, when it is not this component's.
+    foreign: Option<String>,
+}
+
 /// What happened to one applied object.
 struct Applied {
     index: usize,
     changed: bool,
-    live: Value,
+    /// The uid and resourceVersion the apply returned.
+    uid: String,
+    rv: String,
+    /// What the apply returned, kept only for an object not healthy yet (it is waited for, and
+    /// what moved since is judged against it).
+    pending: Option<Value>,
 }
 
 /// One idempotent attempt at converging a component.
@@ -353,25 +365,34 @@ pub async fn converge(
             _ => None,
         })
         .collect();
+    // Only what is needed is kept of each live object (its resourceVersion, or what its labels
+    // say when it is not ours): a component of 10,000 objects must not hold them all.
     let lives = bounded(served, limit, |(i, t)| {
         let id = &objects[i].id;
-        async move { ops::get(client, &t, id).await.map(|live| (i, live)) }
+        let marks = &marks;
+        async move {
+            ops::get(client, &t, id).await.map(|live| {
+                let seen = live.as_ref().map(|live| Before {
+                    rv: ops::resource_version(live).unwrap_or_default().to_string(),
+                    foreign: (!marks.owns(live)).then(|| Marks::describe_found(live)),
+                });
+                (i, seen)
+            })
+        }
     })
     .await;
-    let mut before: HashMap<usize, Option<Value>> = HashMap::new();
-    for (i, live) in first_error(lives)? {
-        if let Some(live) = &live {
-            if !marks.owns(live) {
-                return Err(KubeError::NotOwned {
-                    object: Box::new(objects[i].id.clone()),
-                    env: marks.env.clone(),
-                    component: marks.component.clone(),
-                    found: Marks::describe_found(live),
-                }
-                .into());
+    let mut before: HashMap<usize, Option<Before>> = HashMap::new();
+    for (i, seen) in first_error(lives)? {
+        if let Some(found) = seen.as_ref().and_then(|b| b.foreign.clone()) {
+            return Err(KubeError::NotOwned {
+                object: Box::new(objects[i].id.clone()),
+                env: marks.env.clone(),
+                component: marks.component.clone(),
+                found,
             }
+            .into());
         }
-        before.insert(i, live);
+        before.insert(i, seen);
     }
 
     // Recorded before applying, so that objects created by an attempt that fails half-way are
@@ -420,14 +441,15 @@ pub async fn converge(
                 };
                 let live = ops::apply(client, &target, &d.id, &d.body, force, false).await?;
                 let old = before_ref.get(&i).and_then(|o| o.as_ref());
-                let changed = match old {
-                    None => true,
-                    Some(old) => ops::resource_version(old) != ops::resource_version(&live),
-                };
+                let rv = ops::resource_version(&live).unwrap_or_default().to_string();
+                let changed = old.is_none_or(|old| old.rv != rv);
+                let healthy = health(&live).is_healthy();
                 Ok(Applied {
                     index: i,
                     changed,
-                    live,
+                    uid: ops::uid(&live).unwrap_or_default(),
+                    rv,
+                    pending: (!healthy).then_some(live),
                 })
             }
         })
@@ -445,15 +467,20 @@ pub async fn converge(
     // only status and what Git leaves to others moved since.
     let sealed = Seals::default();
     for a in &applied {
-        let now = last_seen.get(&a.index).unwrap_or(&a.live);
         let body = &objects[a.index].body;
         let Some(hash) = body_hash(body) else {
             continue;
         };
-        if ops::resource_version(now) == ops::resource_version(&a.live)
-            || seals::only_others_moved(body, &a.live, now)
-        {
-            sealed.seal(now, &hash);
+        match &a.pending {
+            None => sealed.seal_id(&a.uid, &a.rv, &hash),
+            Some(returned) => {
+                let now = last_seen.get(&a.index).unwrap_or(returned);
+                if ops::resource_version(now) == Some(a.rv.as_str())
+                    || seals::only_others_moved(body, returned, now)
+                {
+                    sealed.seal(now, &hash);
+                }
+            }
         }
     }
 
@@ -515,7 +542,7 @@ async fn wait_established(
 ) -> Result<(), NodeError> {
     let crds: Vec<(&ObjectRef, Target)> = applied
         .iter()
-        .filter(|a| !health(&a.live).is_healthy())
+        .filter(|a| a.pending.is_some())
         .filter_map(|a| {
             let id = &objects[a.index].id;
             match kinds.get(&kind_key(id)) {
@@ -585,9 +612,8 @@ async fn wait_healthy(
         if needs_no_wait(&d.id.api_version, &d.id.kind) {
             continue;
         }
-        match health(&a.live) {
-            Health::Healthy => {}
-            _ => pending.push(a.index),
+        if a.pending.is_some() {
+            pending.push(a.index);
         }
     }
     if pending.is_empty() {

@@ -179,14 +179,22 @@ impl Seals {
     /// Seals `live` (as it is now) as in sync for the body with hash `hash`.
     pub(crate) fn seal(&self, live: &Value, hash: &str) {
         if let (Some(uid), Some(rv)) = (ops::uid(live), ops::resource_version(live)) {
-            self.lock().insert(
-                uid,
-                Seal {
-                    rv: rv.to_string(),
-                    hash: hash.to_string(),
-                },
-            );
+            self.seal_id(&uid, rv, hash);
         }
+    }
+
+    /// Seals the object `uid` at `rv` (what phoenix's own apply returned).
+    pub(crate) fn seal_id(&self, uid: &str, rv: &str, hash: &str) {
+        if uid.is_empty() || rv.is_empty() {
+            return;
+        }
+        self.lock().insert(
+            uid.to_string(),
+            Seal {
+                rv: rv.to_string(),
+                hash: hash.to_string(),
+            },
+        );
     }
 
     /// Drops the seal of `live`, if any.
