@@ -152,20 +152,27 @@ impl LiveCloud {
     }
 }
 
-/// Attempts of a whole observation when EC2 keeps answering with a transient error (throttling,
-/// 5xx, a dropped connection) after the SDK's own retries; the delays between them follow
-/// `engine::Policy::THROTTLED` (about 1, 2, 4, 8 s with jitter), so a throttled account gets
-/// about 15 s more before the command reports the error.
+/// Attempts of a whole observation when EC2 keeps answering with a transient error code
+/// (throttling such as `RequestLimitExceeded`, 5xx) or breaks the connection after the SDK's own
+/// retries; the delays between them follow `engine::Policy::THROTTLED` (about 1, 2, 4, 8 s with
+/// jitter), so a throttled account gets about 15 s more before the command reports the error.
+/// An endpoint that does not answer at all is not retried here: the SDK's operation timeout
+/// already bounds it, and waiting longer would not help.
 pub const OBSERVE_ATTEMPTS: u32 = 5;
 
 /// Reads every resource tagged `phoenix:env=<env_name>` (the describes run concurrently),
-/// retrying transient errors [`OBSERVE_ATTEMPTS`] times in all; a permanent error is returned at
-/// once.
+/// retrying throttling, 5xx and broken answers [`OBSERVE_ATTEMPTS`] times in all; anything else
+/// is returned at once.
 pub async fn observe(ec2: &Ec2, env_name: &str) -> Result<LiveCloud, AwsError> {
     let mut attempt = 1;
     loop {
         match observe_once(ec2, env_name).await {
-            Err(e) if e.is_transient() && attempt < OBSERVE_ATTEMPTS => {
+            Err(
+                AwsError::Service {
+                    transient: true, ..
+                }
+                | AwsError::Response { .. },
+            ) if attempt < OBSERVE_ATTEMPTS => {
                 tokio::time::sleep(crate::engine::Policy::THROTTLED.delay(attempt)).await;
                 attempt += 1;
             }
