@@ -6,6 +6,8 @@
 
 #[path = "support/bed.rs"]
 mod bed;
+#[path = "support/kube_proxy.rs"]
+mod kube_proxy;
 #[path = "support/moto.rs"]
 mod moto;
 #[path = "support/sandbox.rs"]
@@ -331,5 +333,86 @@ fn an_unreachable_api_is_an_error_not_drift() {
         layer(&doc, "cluster")["status"],
         "error",
         "the cluster's expected nodes come from the cloud layer: {doc:#}"
+    );
+}
+
+/// The seals a rebuild writes spare the next diffs their dry runs, through the real binary:
+/// counted at a proxy in front of the API server.
+#[test]
+fn a_diff_after_a_rebuild_dry_runs_only_secrets_and_what_was_written_since() {
+    let bed = Bed::new();
+    let proxy = kube_proxy::KubeProxy::start(bed.kube.addr().port());
+    let repo = bed.demo_repo();
+    let run = |args: &[&str]| {
+        bed.command(&repo.dir)
+            .env(
+                "PHOENIX_CLUSTER_ENDPOINT",
+                format!("{}/clusters/{{env}}", proxy.url()),
+            )
+            .args(args)
+            .output()
+            .expect("run phoenix")
+    };
+    let out = run(&["rebuild", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let seals = bed.git.phoenix_home().join("cache/seals/demo");
+    let files: Vec<_> = std::fs::read_dir(&seals)
+        .unwrap_or_else(|e| panic!("{}: {e}", seals.display()))
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert!(!files.is_empty());
+    for f in &files {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(f).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", f.display());
+    }
+    let secrets = bed
+        .kubectl(
+            "demo",
+            &[
+                "get",
+                "secrets",
+                "-A",
+                "-l",
+                "app.kubernetes.io/managed-by=phoenix",
+                "-o",
+                "name",
+            ],
+        )
+        .lines()
+        .count();
+    let dry_runs = || proxy.count("dryRun=All");
+
+    let before = dry_runs();
+    let out = run(&["diff", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        dry_runs() - before,
+        secrets,
+        "only Secrets, which are never sealed"
+    );
+
+    bed.kubectl(
+        "demo",
+        &["-n", "web", "scale", "deploy/web", "--replicas=5"],
+    );
+    let before = dry_runs();
+    let out = run(&["diff", "demo"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert_eq!(
+        dry_runs() - before,
+        secrets + 1,
+        "and the scaled Deployment"
+    );
+
+    // Without the cache every object is proved again, and the verdict is the same.
+    std::fs::remove_dir_all(&seals).expect("remove seals");
+    let before = dry_runs();
+    let out = run(&["diff", "demo"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        dry_runs() - before > secrets + 5,
+        "{} dry runs",
+        dry_runs() - before
     );
 }
