@@ -203,8 +203,10 @@ async fn phoenix_diff(
     .await;
     let elapsed = t0.elapsed();
     let mut objects = 0;
+    let mut dry_runs = 0;
     for d in diffs {
         let d = d.map_err(|e| format!("diff: {e}"))?;
+        dry_runs += d.dry_runs;
         if d.has_drift() {
             return Err(format!("unexpected drift in {}", d.component));
         }
@@ -213,6 +215,15 @@ async fn phoenix_diff(
     if objects != specs.iter().map(|s| s.manifests.len()).sum::<usize>() {
         return Err(format!("diff covered {objects} objects"));
     }
+    eprintln!(
+        "diff ({}): {objects} objects, {dry_runs} through a dry run, {:.3}s",
+        if seals.dir().is_some() {
+            "with the rebuild's seals"
+        } else {
+            "no seals"
+        },
+        elapsed.as_secs_f64()
+    );
     Ok(elapsed)
 }
 

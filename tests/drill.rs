@@ -126,7 +126,10 @@ fn a_drill_next_to_the_live_env_touches_nothing_of_it_and_leaves_nothing() {
     assert_eq!(bed.live_cloud(&copy), 0, "{copy} left cloud resources");
     assert!(copies_listed(&bed, &repo.dir).is_empty());
     assert!(!bed.phoenix_home_has(&format!("clusters/{copy}")));
-    assert!(bed.phoenix_home_has("cache/seals/demo"), "the live env's seals stay");
+    assert!(
+        bed.phoenix_home_has("cache/seals/demo"),
+        "the live env's seals stay"
+    );
     assert!(
         !bed.phoenix_home_has(&format!("cache/seals/{copy}")),
         "the copy's diff seals go with it"

@@ -1117,6 +1117,7 @@ async fn sealed_objects_skip_the_dry_run_until_anything_writes_them() {
         "every object was sealed by the rebuild: {:?}",
         proxy.lines()
     );
+    assert_eq!(d.dry_runs, 0, "the diff counts what it sends");
 
     // A write by someone else moves the resourceVersion: that object goes through the dry run
     // and its drift is found; the others stay sealed.
@@ -1136,6 +1137,7 @@ async fn sealed_objects_skip_the_dry_run_until_anything_writes_them() {
         .collect();
     assert_eq!(changed, ["Deployment"]);
     assert_eq!(dry_runs(), 1);
+    assert_eq!(d.dry_runs, 1);
     // Still drifted on the next diff: a drifted object is never sealed.
     assert!(diff().await.unwrap().has_drift());
     assert_eq!(dry_runs(), 2);

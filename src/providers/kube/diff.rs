@@ -31,6 +31,10 @@ pub struct ComponentDiff {
     pub extra_live: Vec<Value>,
     /// Live objects of the component that are not healthy (reported apart from drift).
     pub unhealthy: Vec<Unhealthy>,
+    /// How many objects went through a server-side dry run (the others were missing, not
+    /// phoenix's, or sealed in sync).
+    #[serde(skip)]
+    pub dry_runs: usize,
 }
 
 impl ComponentDiff {
@@ -279,6 +283,8 @@ pub async fn diff_component_with(
     }
     let prefetched = &prefetched;
     let seals_ref = &seals;
+    let dry_runs = std::sync::atomic::AtomicUsize::new(0);
+    let dry_runs_ref = &dry_runs;
     let results = bounded((0..objects.len()).collect(), concurrency, |i| {
         let d = &objects[i];
         let kind = kinds.get(&(d.id.api_version.clone(), d.id.kind.clone()));
@@ -317,6 +323,7 @@ pub async fn diff_component_with(
                 let shown = for_display(&live, secret);
                 return Ok((DriftState::InSync, Some(live), shown));
             }
+            dry_runs_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let dry = ops::apply(client, target, &d.id, &d.body, true, true).await?;
             let mut fields = compare(&dry, &live);
             if secret {
@@ -414,6 +421,7 @@ pub async fn diff_component_with(
         extra,
         extra_live,
         unhealthy,
+        dry_runs: dry_runs.into_inner(),
     })
 }
 
