@@ -1,7 +1,7 @@
 //! One engine node per add-on or app: apply its objects in order, wait until every one is
 //! healthy, run its checks, prune what left Git, and keep its inventory.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -276,6 +276,62 @@ pub(crate) async fn plan_objects(
     Ok((generation, objects, kinds))
 }
 
+/// apiVersion, kind and namespace: what one list request covers.
+pub(crate) type KindInNamespace = (String, String, Option<String>);
+
+/// The key [`list_live`] files an object under.
+pub(crate) fn live_key(id: &ObjectRef) -> (KindInNamespace, String) {
+    (
+        (
+            id.api_version.clone(),
+            id.kind.clone(),
+            id.namespace.clone(),
+        ),
+        id.name.clone(),
+    )
+}
+
+/// The live objects among `ids` that carry the component's labels (`selector`), read with one
+/// list per kind and namespace instead of one read per object; kinds the cluster does not serve
+/// are skipped. Keyed by [`live_key`]; each item gets its apiVersion and kind back (real API
+/// servers leave them out of list items).
+pub(crate) async fn list_live<'a>(
+    client: &::kube::Client,
+    kinds: &HashMap<KindKey, Kind>,
+    ids: impl Iterator<Item = &'a ObjectRef>,
+    selector: &str,
+    limit: usize,
+) -> Result<HashMap<(KindInNamespace, String), Value>, KubeError> {
+    let mut groups: Vec<(KindInNamespace, &Target)> = Vec::new();
+    for id in ids {
+        if let Some(Kind::Served(target)) = kinds.get(&kind_key(id)) {
+            let (key, _) = live_key(id);
+            if !groups.iter().any(|(k, _)| *k == key) {
+                groups.push((key, target));
+            }
+        }
+    }
+    let listed = bounded(groups, limit, |(key, target)| async move {
+        let items = ops::list(client, target, key.2.as_deref(), selector).await?;
+        Ok::<_, KubeError>((key, items))
+    })
+    .await;
+    let mut live = HashMap::new();
+    for (key, items) in first_error(listed)? {
+        for mut item in items {
+            let Some(obj) = item.as_object_mut() else {
+                continue;
+            };
+            obj.insert("apiVersion".into(), Value::String(key.0.clone()));
+            obj.insert("kind".into(), Value::String(key.1.clone()));
+            if let Some(name) = item["metadata"]["name"].as_str().map(str::to_string) {
+                live.insert((key.clone(), name), item);
+            }
+        }
+    }
+    Ok(live)
+}
+
 /// Runs `f` over `items` with at most `limit` in flight; results in input order.
 pub(crate) async fn bounded<T, R, F, Fut>(items: Vec<T>, limit: usize, f: F) -> Vec<R>
 where
@@ -468,7 +524,7 @@ pub async fn converge(
     let sealed = Seals::default();
     for a in &applied {
         let body = &objects[a.index].body;
-        let Some(hash) = body_hash(body) else {
+        let Some(hash) = body_hash(&objects[a.index].id, body) else {
             continue;
         };
         match &a.pending {
@@ -626,7 +682,7 @@ async fn wait_healthy(
     let limit = opts.concurrency.max(1);
     let pending = std::sync::Mutex::new(pending);
     ctx.wait_for_state(&what, spec.wait, opts.poll_interval, || {
-        let selector = selector.clone();
+        let selector = &selector;
         let pending = &pending;
         let seen = &seen;
         async move {
@@ -634,67 +690,40 @@ async fn wait_healthy(
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            // One list per kind and namespace instead of one read per object.
-            let mut groups: BTreeMap<(String, String, Option<String>), Vec<usize>> =
-                BTreeMap::new();
-            for &i in &now {
-                let id = &objects[i].id;
-                groups
-                    .entry((
-                        id.api_version.clone(),
-                        id.kind.clone(),
-                        id.namespace.clone(),
-                    ))
-                    .or_default()
-                    .push(i);
-            }
-            let lists = bounded(
-                groups.into_iter().collect(),
+            let live = list_live(
+                client,
+                kinds,
+                now.iter().map(|&i| &objects[i].id),
+                selector,
                 limit,
-                |((av, kind, ns), idx)| {
-                    let selector = selector.clone();
-                    async move {
-                        let Some(Kind::Served(target)) = kinds.get(&(av, kind)) else {
-                            return Ok((idx, Vec::new()));
-                        };
-                        ops::list(client, target, ns.as_deref(), &selector)
-                            .await
-                            .map(|items| (idx, items))
-                    }
-                },
             )
-            .await;
+            .await
+            .map_err(NodeError::from)?;
             let mut still = Vec::new();
             let mut reasons = Vec::new();
-            for listed in lists {
-                let (idx, items) = listed.map_err(NodeError::from)?;
-                let by_name: HashMap<&str, &Value> = items
-                    .iter()
-                    .filter_map(|o| o["metadata"]["name"].as_str().map(|n| (n, o)))
-                    .collect();
-                for i in idx {
-                    let id = &objects[i].id;
-                    if let Some(o) = by_name.get(id.name.as_str()) {
-                        seen.lock()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .insert(i, (*o).clone());
+            for i in now {
+                let id = &objects[i].id;
+                let found = live.get(&live_key(id));
+                if let Some(o) = found {
+                    seen.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .insert(i, o.clone());
+                }
+                match found.map(health) {
+                    Some(Health::Healthy) => {}
+                    Some(Health::Failed(why)) => {
+                        return Err(NodeError::permanent(format!("{id} failed: {why}")))
                     }
-                    match by_name.get(id.name.as_str()).map(|o| health(o)) {
-                        Some(Health::Healthy) => {}
-                        Some(Health::Failed(why)) => {
-                            return Err(NodeError::permanent(format!("{id} failed: {why}")))
-                        }
-                        Some(Health::Progressing(why)) => {
-                            still.push(i);
-                            reasons.push((i, format!("{id}: {why}")));
-                        }
-                        None => {
-                            still.push(i);
-                            reasons.push((
-                                i,
-                                format!("{id}: not found (deleted, or its phoenix labels removed)"),
-                            ));
-                        }
+                    Some(Health::Progressing(why)) => {
+                        still.push(i);
+                        reasons.push((i, format!("{id}: {why}")));
+                    }
+                    None => {
+                        still.push(i);
+                        reasons.push((
+                            i,
+                            format!("{id}: not found (deleted, or its phoenix labels removed)"),
+                        ));
                     }
                 }
             }

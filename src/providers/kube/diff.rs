@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::component::{bounded, first_error, plan_objects, target_for, ComponentSpec, Kind};
+use super::component::{
+    bounded, first_error, list_live, live_key, plan_objects, target_for, ComponentSpec, Kind,
+};
 use super::discovery::Resolver;
 use super::error::KubeError;
 use super::health::{health, needs_no_wait, Health};
@@ -214,9 +216,6 @@ fn redact(mut fields: Vec<FieldDiff>) -> Vec<FieldDiff> {
     fields
 }
 
-/// apiVersion, kind and namespace: what one list request covers.
-type KindInNamespace = (String, String, Option<String>);
-
 /// [`diff_component_with`] with its own discovery, 32 requests in flight and no seals.
 pub async fn diff_component(
     client: &::kube::Client,
@@ -240,47 +239,16 @@ pub async fn diff_component_with(
     let marks = spec.marks();
     let seals = seal_store.load(&marks);
     let (_, objects, kinds) = plan_objects(client, resolver, spec, true).await?;
-    // One list per kind and namespace (by the component's labels) instead of a GET per object;
-    // an object the list does not return is read on its own (missing, or not phoenix's).
-    let mut groups: Vec<(KindInNamespace, &super::discovery::Target)> = Vec::new();
-    for d in &objects {
-        if let Some(Kind::Served(target)) =
-            kinds.get(&(d.id.api_version.clone(), d.id.kind.clone()))
-        {
-            let key = (
-                d.id.api_version.clone(),
-                d.id.kind.clone(),
-                d.id.namespace.clone(),
-            );
-            if !groups.iter().any(|(k, _)| *k == key) {
-                groups.push((key, target));
-            }
-        }
-    }
-    let selector = marks.selector();
-    let listed = bounded(groups, concurrency, |(key, target)| {
-        let selector = &selector;
-        async move {
-            let items = ops::list(client, target, key.2.as_deref(), selector).await?;
-            Ok::<_, KubeError>((key, items))
-        }
-    })
-    .await;
-    let mut prefetched: std::collections::HashMap<(KindInNamespace, String), Value> =
-        std::collections::HashMap::new();
-    for (key, items) in first_error(listed)? {
-        for mut item in items {
-            // List items need not carry their type (real API servers leave it out).
-            let Some(obj) = item.as_object_mut() else {
-                continue;
-            };
-            obj.insert("apiVersion".into(), Value::String(key.0.clone()));
-            obj.insert("kind".into(), Value::String(key.1.clone()));
-            if let Some(name) = item["metadata"]["name"].as_str().map(str::to_string) {
-                prefetched.insert((key.clone(), name), item);
-            }
-        }
-    }
+    // The component's objects by one list per kind and namespace; an object the lists do not
+    // return is read on its own (missing, or not phoenix's).
+    let prefetched = list_live(
+        client,
+        &kinds,
+        objects.iter().map(|d| &d.id),
+        &marks.selector(),
+        concurrency,
+    )
+    .await?;
     let prefetched = &prefetched;
     let seals_ref = &seals;
     let dry_runs = std::sync::atomic::AtomicUsize::new(0);
@@ -295,15 +263,7 @@ pub async fn diff_component_with(
             let Some(Kind::Served(target)) = kind else {
                 return Ok((DriftState::Missing, None, for_display(&d.body, secret)));
             };
-            let key = (
-                (
-                    d.id.api_version.clone(),
-                    d.id.kind.clone(),
-                    d.id.namespace.clone(),
-                ),
-                d.id.name.clone(),
-            );
-            let live = match prefetched.get(&key) {
+            let live = match prefetched.get(&live_key(&d.id)) {
                 Some(live) => Some(live.clone()),
                 None => ops::get(client, target, &d.id).await?,
             };
@@ -318,7 +278,7 @@ pub async fn diff_component_with(
                     for_display(&d.body, secret),
                 ));
             }
-            let hash = body_hash(&d.body);
+            let hash = body_hash(&d.id, &d.body);
             if hash.as_ref().is_some_and(|h| seals.holds(&live, h)) {
                 let shown = for_display(&live, secret);
                 return Ok((DriftState::InSync, Some(live), shown));
