@@ -32,7 +32,6 @@ struct State {
     /// Requests still to fault (`None`: every request until `pass`).
     rule: Option<(KubeFault, Option<u32>)>,
     injected: usize,
-    requests: usize,
     /// The request line of every request (`PATCH /api/v1/...?dryRun=All&... HTTP/1.1`).
     lines: Vec<String>,
 }
@@ -109,7 +108,7 @@ impl KubeProxy {
     }
 
     pub fn requests(&self) -> usize {
-        self.lock().requests
+        self.lock().lines.len()
     }
 
     /// Every request line so far.
@@ -195,7 +194,6 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
     };
     let (fault, backend) = {
         let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
-        s.requests += 1;
         s.lines
             .push(head.lines().next().unwrap_or_default().to_string());
         let fault = match &mut s.rule {

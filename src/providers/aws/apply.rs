@@ -12,7 +12,7 @@ use aws_sdk_ec2::types::{
 };
 
 use super::client::Ec2;
-use super::desired::{sha256_hex, DesiredCloud, DesiredResource, InstanceSpec, ResourceSpec};
+use super::desired::{DesiredCloud, DesiredResource, InstanceSpec, ResourceSpec};
 use super::error::AwsError;
 use super::images::ImageCache;
 use super::live::{self, observe_kind, LiveResource, LiveState};
@@ -20,6 +20,7 @@ use super::plan::{rank, ChangeAction, CompareCtx, FieldChange, Verdict};
 use super::rules::{RuleKey, RulePeer};
 use super::tags::{self, filter, TAG_COMMIT};
 use crate::engine::{Check, NodeCtx, NodeError, NodeOutcome};
+use crate::providers::sha256_hex;
 
 /// Waits and polls of the cloud layer (the engine owns the overall node deadline).
 #[derive(Clone, Debug)]

@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::providers::sha256_hex;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use super::rules::RuleKey;
 use super::tags::{
@@ -219,11 +219,6 @@ impl DesiredCloud {
             })
             .collect()
     }
-}
-
-pub(crate) fn sha256_hex(data: &[u8]) -> String {
-    let digest = Sha256::digest(data);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Builds the desired cloud of `env_name` from the model. Pure: no I/O.

@@ -9,12 +9,12 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::providers::sha256_hex;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose,
 };
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use time::{Duration as TimeDuration, OffsetDateTime};
 
 use super::error::ClusterError;
@@ -509,13 +509,6 @@ fn random_token() -> Result<String, ClusterError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| ClusterError::Random(e.to_string()))?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 fn pem_of(path: &Path, text: String, label: &str) -> Result<String, ClusterError> {

@@ -356,11 +356,12 @@ pub fn finish(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
 
-    fn marks() -> Marks {
+    /// The marks of component `web` (apps) of env `demo`, for unit tests of the provider.
+    pub(crate) fn marks() -> Marks {
         Marks {
             env: "demo".into(),
             component: "web".into(),

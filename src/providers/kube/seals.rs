@@ -24,9 +24,8 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
-use super::object::Marks;
+use super::object::{Marks, ObjectRef};
 use super::ops;
 
 const FORMAT: u32 = 1;
@@ -215,16 +214,15 @@ impl Seals {
     }
 }
 
-/// The hash a seal is made for: SHA-256 of the body phoenix sends. `None` for Secrets, which are
-/// never sealed: a hash of a body whose only unknown is a short password would let anyone who
-/// reads the cache guess the password offline.
-pub(crate) fn body_hash(body: &Value) -> Option<String> {
-    if body["kind"] == "Secret" && body["apiVersion"] == "v1" {
+/// The hash a seal is made for: SHA-256 of the body phoenix sends for `id`. `None` for Secrets,
+/// which are never sealed: a hash of a body whose only unknown is a short password would let
+/// anyone who reads the cache guess the password offline.
+pub(crate) fn body_hash(id: &ObjectRef, body: &Value) -> Option<String> {
+    if id.is_secret() {
         return None;
     }
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    let digest = Sha256::digest(&bytes);
-    Some(digest.iter().map(|b| format!("{b:02x}")).collect())
+    Some(crate::providers::sha256_hex(&bytes))
 }
 
 /// Whether `now` is `applied` (what phoenix's apply of `desired` returned) with nothing changed
@@ -267,18 +265,9 @@ fn strip(object: &Value, desired: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use super::super::object::tests::marks;
     use super::*;
-    use crate::engine::Layer;
     use serde_json::json;
-
-    fn marks() -> Marks {
-        Marks {
-            env: "demo".into(),
-            component: "web".into(),
-            layer: Layer::Apps,
-            commit: "abc".into(),
-        }
-    }
 
     fn object(rv: &str) -> Value {
         json!({"apiVersion": "v1", "kind": "ConfigMap",
@@ -374,10 +363,17 @@ mod tests {
 
     #[test]
     fn the_body_hash_follows_the_body_and_secrets_have_none() {
-        assert_eq!(body_hash(&object("1")), body_hash(&object("1")));
-        assert_ne!(body_hash(&object("1")), body_hash(&object("2")));
+        let id = |kind: &str| ObjectRef {
+            api_version: "v1".into(),
+            kind: kind.into(),
+            namespace: Some("n".into()),
+            name: "a".into(),
+        };
+        let cm = id("ConfigMap");
+        assert_eq!(body_hash(&cm, &object("1")), body_hash(&cm, &object("1")));
+        assert_ne!(body_hash(&cm, &object("1")), body_hash(&cm, &object("2")));
         let mut secret = object("1");
         secret["kind"] = json!("Secret");
-        assert_eq!(body_hash(&secret), None);
+        assert_eq!(body_hash(&id("Secret"), &secret), None);
     }
 }
