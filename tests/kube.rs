@@ -1,10 +1,10 @@
 //! The Kubernetes provider against an embedded kube-sandbox (one per test, on 127.0.0.1), through
 //! the real engine; cross-checked with kubectl 1.37 where a second client makes the point.
 
+#[path = "support/control_plane.rs"]
+mod control_plane;
 #[path = "support/kube_proxy.rs"]
 mod kube_proxy;
-#[path = "support/sandbox.rs"]
-mod sandbox;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -216,8 +216,8 @@ metadata: { name: web }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_resource_is_applied_after_its_crd_is_established_in_order() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("order"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("order"));
     // Written in the reverse of apply order on purpose.
     let yaml = r#"
 apiVersion: example.com/v1
@@ -339,7 +339,7 @@ spec:
     let listed = inv["data"]["objects"].as_str().expect("objects");
     assert_eq!(listed.lines().count(), 5, "{listed}");
     assert!(listed.contains(r#""kind":"Widget""#), "{listed}");
-    let (ok, out, err) = sandbox::kubectl_async(
+    let (ok, out, err) = control_plane::kubectl_async(
         &sb.cluster_url("order"),
         &["get", "widgets.example.com", "-n", "shop", "-o", "name"],
     )
@@ -350,8 +350,8 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reapply_of_the_same_commit_changes_nothing() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("noop"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("noop"));
     let spec = component(Layer::Apps, "web", WEB);
     let first = run(&client, vec![spec.clone()], false).await;
     assert_eq!(outcome(&first, "apps/web"), NodeOutcome::Created);
@@ -391,8 +391,8 @@ async fn reapply_of_the_same_commit_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depends_on_gates_components_through_the_engine() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("gates"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("gates"));
     let slow = r#"
 apiVersion: v1
 kind: Namespace
@@ -403,11 +403,10 @@ kind: Deployment
 metadata:
   name: slow
   namespace: base
-  annotations: { sandbox.phoenix.dev/ready-delay: 1500ms }
 spec:
   selector: { matchLabels: { app: slow } }
   template:
-    metadata: { labels: { app: slow } }
+    metadata: { labels: { app: slow }, annotations: { testenv.phoenix.dev/ready-delay: 1500ms } }
     spec: { containers: [{ name: slow, image: "slow:1" }] }
 "#;
     let base = component(Layer::Addons, "base", slow);
@@ -441,8 +440,8 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_ready_deployment_fails_its_component_within_its_timeout() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("stuck"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("stuck"));
     let mut stuck = component(
         Layer::Addons,
         "ingress",
@@ -452,12 +451,11 @@ kind: Deployment
 metadata:
   name: controller
   namespace: default
-  annotations: { sandbox.phoenix.dev/fail: never-ready }
 spec:
   replicas: 3
   selector: { matchLabels: { app: ingress } }
   template:
-    metadata: { labels: { app: ingress } }
+    metadata: { labels: { app: ingress }, annotations: { testenv.phoenix.dev/ready: never } }
     spec: { containers: [{ name: c, image: "ingress:1" }] }
 "#,
     );
@@ -493,8 +491,8 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_deadline_and_failed_job_fail_fast() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("fast"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("fast"));
     let mut deploy = component(
         Layer::Apps,
         "deadline",
@@ -504,11 +502,11 @@ kind: Deployment
 metadata:
   name: api
   namespace: default
-  annotations: { sandbox.phoenix.dev/fail: progress-deadline, sandbox.phoenix.dev/ready-delay: 300ms }
 spec:
+  progressDeadlineSeconds: 2
   selector: { matchLabels: { app: api } }
   template:
-    metadata: { labels: { app: api } }
+    metadata: { labels: { app: api }, annotations: { testenv.phoenix.dev/ready: never } }
     spec: { containers: [{ name: c, image: "api:1" }] }
 "#,
     );
@@ -522,9 +520,10 @@ kind: Job
 metadata:
   name: migrate
   namespace: default
-  annotations: { sandbox.phoenix.dev/fail: job-failed, sandbox.phoenix.dev/ready-delay: 300ms }
 spec:
+  backoffLimit: 0
   template:
+    metadata: { annotations: { testenv.phoenix.dev/exit-code: "1" } }
     spec: { restartPolicy: Never, containers: [{ name: m, image: "migrate:1" }] }
 "#,
     );
@@ -547,9 +546,9 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_without_marks_are_never_modified() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let url = sb.cluster_url("foreign");
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cm.yaml");
     std::fs::write(
@@ -557,7 +556,7 @@ async fn objects_without_marks_are_never_modified() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: shared, namespace: default }\ndata: { owner: someone-else }\n",
     )
     .unwrap();
-    let (ok, _, err) = sandbox::kubectl_async(
+    let (ok, _, err) = control_plane::kubectl_async(
         &url,
         &["apply", "--server-side", "-f", file.to_str().unwrap()],
     )
@@ -586,9 +585,9 @@ async fn objects_without_marks_are_never_modified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflict_names_the_other_manager_and_force_takes_ownership() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let url = sb.cluster_url("conflict");
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let spec = component(
         Layer::Apps,
         "web",
@@ -651,9 +650,9 @@ async fn conflict_names_the_other_manager_and_force_takes_ownership() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_removed_from_git_are_pruned_and_others_left_alone() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let url = sb.cluster_url("prune");
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let spec = component(Layer::Apps, "web", WEB);
     assert!(
         run(&client, vec![spec.clone()], false)
@@ -670,13 +669,13 @@ async fn objects_removed_from_git_are_pruned_and_others_left_alone() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: foreign, namespace: web }\ndata: { a: b }\n",
     )
     .unwrap();
-    let (ok, _, err) = sandbox::kubectl_async(
+    let (ok, _, err) = control_plane::kubectl_async(
         &url,
         &["apply", "--server-side", "-f", file.to_str().unwrap()],
     )
     .await;
     assert!(ok, "{err}");
-    let (ok, _, err) = sandbox::kubectl_async(
+    let (ok, _, err) = control_plane::kubectl_async(
         &url,
         &[
             "label",
@@ -736,9 +735,9 @@ async fn objects_removed_from_git_are_pruned_and_others_left_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_that_left_git_are_removed_and_destroy_all_clears_the_env() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let url = sb.cluster_url("gone");
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let addon = component(
         Layer::Addons,
         "base",
@@ -797,13 +796,17 @@ async fn components_that_left_git_are_removed_and_destroy_all_clears_the_env() {
     .await
     .is_none());
     assert!(cm(&client, "default", "other-env").await.is_some());
+    // The cluster's own objects (published by the controller manager) are not phoenix's.
+    assert!(cm(&client, "kube-system", "kube-root-ca.crt")
+        .await
+        .is_some());
     assert!(get(
         &client,
-        "apps/v1",
-        "Deployment",
-        "deployments",
-        Some("kube-system"),
-        "coredns"
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        Some("default"),
+        "default"
     )
     .await
     .is_some());
@@ -814,8 +817,8 @@ async fn components_that_left_git_are_removed_and_destroy_all_clears_the_env() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_kind_names_the_manifest_file_and_line() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("unknown"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("unknown"));
     let spec = component(
         Layer::Apps,
         "web",
@@ -837,8 +840,8 @@ async fn unknown_kind_names_the_manifest_file_and_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_values_never_reach_errors_or_progress() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("secrets"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("secrets"));
     // "hunter2-very-secret" in base64.
     let encoded = "aHVudGVyMi12ZXJ5LXNlY3JldA==";
     let yaml = format!(
@@ -882,8 +885,8 @@ async fn secret_values_never_reach_errors_or_progress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_checks_gate_the_component() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("checks"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("checks"));
     let mut ok = component(
         Layer::Apps,
         "ok",
@@ -918,9 +921,9 @@ async fn http_checks_gate_the_component() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_is_in_sync_after_apply_and_reports_scale_label_and_delete() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let url = sb.cluster_url("drift");
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let spec = component(Layer::Apps, "web", WEB);
     assert!(
         run(&client, vec![spec.clone()], false)
@@ -946,7 +949,7 @@ async fn diff_is_in_sync_after_apply_and_reports_scale_label_and_delete() {
         })
         .collect();
     std::fs::write(&file, desired.join("\n---\n")).unwrap();
-    let (same, out, err) = sandbox::kubectl_async(
+    let (same, out, err) = control_plane::kubectl_async(
         &url,
         &[
             "diff",
@@ -972,7 +975,7 @@ async fn diff_is_in_sync_after_apply_and_reports_scale_label_and_delete() {
         ],
         vec!["delete", "service", "api", "-n", "web"],
     ] {
-        let (ok, _, err) = sandbox::kubectl_async(&url, &args).await;
+        let (ok, _, err) = control_plane::kubectl_async(&url, &args).await;
         assert!(ok, "kubectl {args:?}: {err}");
     }
     let d = diff_component(&client, &spec).await.expect("diff runs");
@@ -1011,9 +1014,9 @@ async fn diff_is_in_sync_after_apply_and_reports_scale_label_and_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_lists_unhealthy_objects_and_clusters_are_independent() {
-    let sb = sandbox::start().await;
-    let a = sandbox::client(&sb.cluster_url("alpha"));
-    let b = sandbox::client(&sb.cluster_url("beta"));
+    let sb = control_plane::start().await;
+    let a = control_plane::client(&sb.cluster_url("alpha"));
+    let b = control_plane::client(&sb.cluster_url("beta"));
     let mut spec = component(
         Layer::Apps,
         "web",
@@ -1023,11 +1026,10 @@ kind: Deployment
 metadata:
   name: api
   namespace: default
-  annotations: { sandbox.phoenix.dev/fail: never-ready }
 spec:
   selector: { matchLabels: { app: api } }
   template:
-    metadata: { labels: { app: api } }
+    metadata: { labels: { app: api }, annotations: { testenv.phoenix.dev/ready: never } }
     spec: { containers: [{ name: c, image: "api:1" }] }
 "#,
     );
@@ -1086,10 +1088,10 @@ async fn settled(client: &kube::Client, ns: &str, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_objects_skip_the_dry_run_until_anything_writes_them() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let proxy = kube_proxy::KubeProxy::start(sb.addr().port());
     let url = format!("{}/clusters/sealed", proxy.url());
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let dir = tempfile::tempdir().unwrap();
     let seals = SealStore::in_dir(dir.path());
     let spec = component(Layer::Apps, "web", WEB);
@@ -1121,7 +1123,7 @@ async fn sealed_objects_skip_the_dry_run_until_anything_writes_them() {
 
     // A write by someone else moves the resourceVersion: that object goes through the dry run
     // and its drift is found; the others stay sealed.
-    let (ok, _, err) = sandbox::kubectl_async(
+    let (ok, _, err) = control_plane::kubectl_async(
         &url,
         &["scale", "deployment", "api", "-n", "web", "--replicas=4"],
     )
@@ -1144,7 +1146,7 @@ async fn sealed_objects_skip_the_dry_run_until_anything_writes_them() {
 
     // Scaled back by hand (a write that ends in sync): the dry run proves it once, then it is
     // sealed again.
-    let (ok, _, err) = sandbox::kubectl_async(
+    let (ok, _, err) = control_plane::kubectl_async(
         &url,
         &["scale", "deployment", "api", "-n", "web", "--replicas=2"],
     )

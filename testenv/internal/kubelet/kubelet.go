@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log"
+	"strconv"
 	"sync"
 	"time"
 
@@ -30,6 +31,19 @@ import (
 // ReadyAnnotation on a Node set to "false" makes the kubelet report it NotReady (the harness's switch for
 // tests); any other value or none means the node follows its instance.
 const ReadyAnnotation = "testenv.phoenix.dev/ready"
+
+// Pod annotations (set them in a workload's pod template) that change what the simulated containers do:
+//   - ReadyDelayAnnotation: a Go duration instead of the kubelet's --ready-delay;
+//   - ReadyAnnotation "never": the containers run but never pass readiness;
+//   - ExitCodeAnnotation: the containers exit with this code (the pod fails, or crash-loops under restartPolicy
+//     Always).
+//
+// The controllers react to the resulting status as they would on a real node (progress deadlines, Job backoff).
+const (
+	PodReadyDelayAnnotation = "testenv.phoenix.dev/ready-delay"
+	PodReadyAnnotation      = "testenv.phoenix.dev/ready"
+	PodExitCodeAnnotation   = "testenv.phoenix.dev/exit-code"
+)
 
 // InstanceLabel names the EC2 instance a Node stands for.
 const InstanceLabel = "node.kubernetes.io/instance-id"
@@ -64,6 +78,9 @@ type Kubelet struct {
 	nodes map[string]*nodeState
 	queue workqueue.TypedDelayingInterface[string]
 	pods  cache.Indexer
+	// boundAt is when this kubelet first saw each pod bound to one of its nodes (API timestamps have only
+	// second precision, too coarse for the delays tests ask for).
+	boundAt map[types.UID]time.Time
 }
 
 // New builds a kubelet over client.
@@ -71,7 +88,7 @@ func New(cfg Config, client kubernetes.Interface) *Kubelet {
 	if cfg.Poll <= 0 {
 		cfg.Poll = 500 * time.Millisecond
 	}
-	return &Kubelet{cfg: cfg, client: client, nodes: map[string]*nodeState{}, queue: workqueue.NewTypedDelayingQueue[string]()}
+	return &Kubelet{cfg: cfg, client: client, nodes: map[string]*nodeState{}, boundAt: map[types.UID]time.Time{}, queue: workqueue.NewTypedDelayingQueue[string]()}
 }
 
 // Run keeps nodes and pods until ctx ends.
@@ -86,6 +103,16 @@ func (k *Kubelet) Run(ctx context.Context) error {
 	if _, err := podInformer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    enqueue,
 		UpdateFunc: func(_, obj any) { enqueue(obj) },
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			if pod, ok := obj.(*corev1.Pod); ok {
+				k.mu.Lock()
+				delete(k.boundAt, pod.UID)
+				k.mu.Unlock()
+			}
+		},
 	}); err != nil {
 		return fmt.Errorf("watching pods: %w", err)
 	}
@@ -413,11 +440,18 @@ func (k *Kubelet) syncPod(ctx context.Context, key string) (time.Duration, error
 	if pod.Status.Phase == corev1.PodRunning {
 		return 0, nil
 	}
-	scheduled := pod.CreationTimestamp.Time
-	if c := findPodCondition(pod.Status.Conditions, corev1.PodScheduled); c != nil && c.Status == corev1.ConditionTrue && c.LastTransitionTime.After(scheduled) {
-		scheduled = c.LastTransitionTime.Time
+	k.mu.Lock()
+	scheduled, seen := k.boundAt[pod.UID]
+	if !seen {
+		scheduled = time.Now()
+		k.boundAt[pod.UID] = scheduled
 	}
-	if wait := time.Until(scheduled.Add(k.cfg.ReadyDelay)); wait > 0 {
+	k.mu.Unlock()
+	delay := k.cfg.ReadyDelay
+	if d, err := time.ParseDuration(pod.Annotations[PodReadyDelayAnnotation]); err == nil {
+		delay = d
+	}
+	if wait := time.Until(scheduled.Add(delay)); wait > 0 {
 		return wait, nil
 	}
 	k.mu.Lock()
@@ -426,6 +460,11 @@ func (k *Kubelet) syncPod(ctx context.Context, key string) (time.Duration, error
 	hostIP := node.ip
 	k.mu.Unlock()
 	status := runningStatus(pod, hostIP, podIP(pod.Spec.NodeName, ipIndex), isJobPod(pod))
+	if code, err := strconv.Atoi(pod.Annotations[PodExitCodeAnnotation]); err == nil && code != 0 {
+		failStatus(pod, &status, int32(code))
+	} else if pod.Annotations[PodReadyAnnotation] == "never" {
+		notReadyStatus(&status)
+	}
 	updated := pod.DeepCopy()
 	updated.Status = status
 	if _, err := pods.UpdateStatus(ctx, updated, metav1.UpdateOptions{}); err != nil {
@@ -449,15 +488,6 @@ func isJobPod(pod *corev1.Pod) bool {
 		}
 	}
 	return false
-}
-
-func findPodCondition(conds []corev1.PodCondition, t corev1.PodConditionType) *corev1.PodCondition {
-	for i := range conds {
-		if conds[i].Type == t {
-			return &conds[i]
-		}
-	}
-	return nil
 }
 
 func runningStatus(pod *corev1.Pod, hostIP, ip string, complete bool) corev1.PodStatus {
@@ -506,6 +536,48 @@ func runningStatus(pod *corev1.Pod, hostIP, ip string, complete bool) corev1.Pod
 		st.ContainerStatuses = append(st.ContainerStatuses, cs)
 	}
 	return st
+}
+
+// failStatus makes every container exit with code: the pod fails, or under restartPolicy Always it crash-loops.
+func failStatus(pod *corev1.Pod, st *corev1.PodStatus, code int32) {
+	now := metav1.Now()
+	crashLoop := pod.Spec.RestartPolicy == corev1.RestartPolicyAlways || pod.Spec.RestartPolicy == ""
+	st.Phase = corev1.PodFailed
+	if crashLoop {
+		st.Phase = corev1.PodRunning
+	}
+	for i := range st.ContainerStatuses {
+		cs := &st.ContainerStatuses[i]
+		notStarted := false
+		cs.Ready = false
+		cs.Started = &notStarted
+		terminated := &corev1.ContainerStateTerminated{ExitCode: code, Reason: "Error", StartedAt: now, FinishedAt: now}
+		if crashLoop {
+			cs.RestartCount = 1
+			cs.LastTerminationState = corev1.ContainerState{Terminated: terminated}
+			cs.State = corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "CrashLoopBackOff", Message: fmt.Sprintf("back-off restarting failed container %s", cs.Name)}}
+		} else {
+			cs.State = corev1.ContainerState{Terminated: terminated}
+		}
+	}
+	notReady(st, "ContainersNotReady")
+}
+
+// notReadyStatus leaves the containers running but failing readiness.
+func notReadyStatus(st *corev1.PodStatus) {
+	for i := range st.ContainerStatuses {
+		st.ContainerStatuses[i].Ready = false
+	}
+	notReady(st, "ContainersNotReady")
+}
+
+func notReady(st *corev1.PodStatus, reason string) {
+	for i := range st.Conditions {
+		if t := st.Conditions[i].Type; t == corev1.PodReady || t == corev1.ContainersReady {
+			st.Conditions[i].Status = corev1.ConditionFalse
+			st.Conditions[i].Reason = reason
+		}
+	}
 }
 
 func setPodCondition(st *corev1.PodStatus, c corev1.PodCondition) {
