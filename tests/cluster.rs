@@ -133,6 +133,7 @@ async fn sandbox(moto: Option<&Moto>, node_delay: Duration) -> control_plane::Co
         ec2_endpoint: moto.map(|m| m.endpoint()),
         region: REGION.into(),
         static_nodes: 0,
+        k3s_addons: true,
         node_delay,
         ready_delay: Duration::from_millis(200),
         ..control_plane::Options::default()

@@ -51,10 +51,11 @@ impl Bed {
         ControlPlane::start_with(control_plane::Options {
             ec2_endpoint: Some(moto.endpoint()),
             region: REGION.into(),
-            node_version: "v1.31.4+k3s1".into(),
+            node_version: "v1.37.2+k3s1".into(),
             node_delay: Duration::from_millis(300),
             ready_delay: Duration::from_millis(300),
             static_nodes: 0,
+            k3s_addons: true,
             ..control_plane::Options::default()
         })
     }

@@ -25,6 +25,8 @@ pub struct Options {
     pub node_version: String,
     pub node_delay: Duration,
     pub ready_delay: Duration,
+    /// Every cluster gets what a k3s server deploys at boot (CoreDNS, which phoenix's k3s gate waits for).
+    pub k3s_addons: bool,
 }
 
 impl Default for Options {
@@ -36,6 +38,7 @@ impl Default for Options {
             node_version: "v1.37.2".into(),
             node_delay: Duration::from_millis(200),
             ready_delay: Duration::from_millis(200),
+            k3s_addons: false,
         }
     }
 }
@@ -89,6 +92,9 @@ impl ControlPlane {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
+        if opts.k3s_addons {
+            cmd.arg("--k3s-addons");
+        }
         if let Some(ep) = &opts.ec2_endpoint {
             cmd.arg(format!("--ec2-endpoint={ep}"))
                 .arg(format!("--ec2-region={}", opts.region));

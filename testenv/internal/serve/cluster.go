@@ -32,8 +32,12 @@ type Cluster struct {
 	proxy      *httputil.ReverseProxy
 	client     kubernetes.Interface
 
-	ready chan struct{}
-	err   error
+	// apiReady is closed once the API server answers /readyz (the router proxies from then on, as a real
+	// endpoint answers before its nodes and add-ons are there); ready once the whole boot has finished.
+	apiReady chan struct{}
+	apiOnce  sync.Once
+	ready    chan struct{}
+	err      error
 
 	mu      sync.Mutex
 	procs   []*proc.Process
@@ -42,7 +46,7 @@ type Cluster struct {
 }
 
 func newCluster(h *Harness, name string) *Cluster {
-	return &Cluster{h: h, name: name, dir: filepath.Join(h.opts.Dir, "clusters", name), ready: make(chan struct{})}
+	return &Cluster{h: h, name: name, dir: filepath.Join(h.opts.Dir, "clusters", name), apiReady: make(chan struct{}), ready: make(chan struct{})}
 }
 
 func (c *Cluster) markEC2() {
@@ -93,6 +97,7 @@ func (c *Cluster) start(ctx context.Context) {
 	} else {
 		fmt.Fprintf(os.Stderr, "testenv: cluster %s ready in %s\n", c.name, time.Since(start).Round(time.Millisecond))
 	}
+	c.apiOnce.Do(func() { close(c.apiReady) })
 	close(c.ready)
 }
 
@@ -159,6 +164,7 @@ func (c *Cluster) boot(ctx context.Context) error {
 	c.server = fmt.Sprintf("https://127.0.0.1:%d", port)
 	target, _ := url.Parse(c.server)
 	c.proxy = newProxy(target, "/clusters/"+c.name, h.tokens.admin, h.caPool)
+	c.apiOnce.Do(func() { close(c.apiReady) })
 
 	c.kubeconfig = filepath.Join(c.dir, "kubeconfig")
 	if err := writeKubeconfig(c.kubeconfig, c.name, c.server, h.pki.CACert, h.tokens.admin); err != nil {
@@ -241,6 +247,11 @@ func (c *Cluster) boot(ctx context.Context) error {
 		_, last = c.client.CoreV1().ServiceAccounts("default").Get(cctx, "default", metav1.GetOptions{})
 		cancel()
 		if last == nil {
+			if h.opts.K3sAddons {
+				actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				defer cancel()
+				return k3sAddons(actx, c.client)
+			}
 			return nil
 		}
 		if !apierrors.IsNotFound(last) && time.Now().After(deadline) {

@@ -51,6 +51,7 @@ type Options struct {
 	DeleteTerminated bool
 	StartTimeout     time.Duration
 	APIServerArgs    []string
+	K3sAddons        bool
 }
 
 // Harness owns etcd, the clusters and the router.
@@ -93,6 +94,7 @@ func Main(args []string) int {
 	fs.BoolVar(&o.DefaultCluster, "default-cluster", false, "start the cluster named default at once and print its kubeconfig")
 	fs.BoolVar(&o.DeleteTerminated, "delete-terminated-nodes", true, "delete the Node of an instance that terminated")
 	fs.DurationVar(&o.StartTimeout, "start-timeout", 3*time.Minute, "how long one cluster may take to start")
+	fs.BoolVar(&o.K3sAddons, "k3s-addons", false, "give every cluster what a k3s server deploys at boot (CoreDNS in kube-system)")
 	fs.Var(&extra, "apiserver-arg", "extra kube-apiserver flag (--key=value), repeatable")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -166,7 +168,7 @@ func Run(ctx context.Context, o Options) error {
 	}()
 	fmt.Printf("endpoint: http://%s/clusters/{env}\n", ln.Addr())
 	if o.DefaultCluster {
-		c, err := h.cluster(ctx, "default", true)
+		c, err := h.cluster(ctx, "default", booted)
 		if err != nil {
 			return err
 		}
@@ -256,8 +258,16 @@ func (h *Harness) shutdown() {
 	}
 }
 
-// cluster returns the named cluster, starting it if needed; with wait, it blocks until it is ready.
-func (h *Harness) cluster(ctx context.Context, name string, wait bool) (*Cluster, error) {
+type waitFor int
+
+const (
+	noWait   waitFor = iota
+	apiReady         // the API server answers
+	booted           // everything, including the default ServiceAccount and the k3s add-ons
+)
+
+// cluster returns the named cluster, starting it if needed, after waiting as asked.
+func (h *Harness) cluster(ctx context.Context, name string, wait waitFor) (*Cluster, error) {
 	if !clusterName.MatchString(name) {
 		return nil, fmt.Errorf("cluster name %q is not a DNS-1123 label", name)
 	}
@@ -273,13 +283,26 @@ func (h *Harness) cluster(ctx context.Context, name string, wait bool) (*Cluster
 		go c.start(context.Background())
 	}
 	h.mu.Unlock()
-	if !wait {
+	ch := c.ready
+	switch wait {
+	case noWait:
 		return c, nil
+	case apiReady:
+		ch = c.apiReady
 	}
 	select {
-	case <-c.ready:
+	case <-ch:
 	case <-ctx.Done():
 		return nil, fmt.Errorf("waiting for cluster %s to start: %w", name, ctx.Err())
+	}
+	if wait == apiReady {
+		select {
+		case <-c.ready:
+		default:
+			if c.proxy != nil {
+				return c, nil
+			}
+		}
 	}
 	if c.err != nil {
 		return nil, c.err
@@ -335,7 +358,7 @@ func (h *Harness) watchEC2(ctx context.Context) {
 			switch i.State {
 			case "running":
 				alive[env] = true
-				if c, err := h.cluster(ctx, env, false); err == nil {
+				if c, err := h.cluster(ctx, env, noWait); err == nil {
 					c.markEC2()
 				}
 			case "pending", "stopping", "stopped":
@@ -367,13 +390,13 @@ func (h *Harness) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(path, "/clusters/"):
 		rest := strings.TrimPrefix(path, "/clusters/")
 		name, sub, _ := strings.Cut(rest, "/")
-		c, err := h.cluster(r.Context(), name, true)
+		c, err := h.cluster(r.Context(), name, apiReady)
 		if err != nil {
 			writeStatus(w, http.StatusServiceUnavailable, err.Error())
 			return
 		}
-		c.proxy.ServeHTTP(w, r)
 		_ = sub
+		c.proxy.ServeHTTP(w, r)
 	case strings.HasPrefix(path, "/testenv/"):
 		h.control(w, r, strings.TrimPrefix(path, "/testenv/"))
 	default:
@@ -408,27 +431,27 @@ func (h *Harness) control(w http.ResponseWriter, r *http.Request, path string) {
 	name := parts[1]
 	switch {
 	case len(parts) == 2 && r.Method == http.MethodDelete:
-		if !h.wipe(r.Context(), name) {
+		if !h.wipe(context.WithoutCancel(r.Context()), name) {
 			writeStatus(w, http.StatusNotFound, "no cluster "+name)
 			return
 		}
 		writeStatus(w, http.StatusOK, "wiped "+name)
 	case len(parts) == 2 && r.Method == http.MethodPost:
-		c, err := h.cluster(r.Context(), name, true)
+		c, err := h.cluster(r.Context(), name, booted)
 		if err != nil {
 			writeStatus(w, http.StatusServiceUnavailable, err.Error())
 			return
 		}
 		writeJSON(w, map[string]string{"server": c.server, "kubeconfig": c.kubeconfig})
 	case len(parts) == 3 && parts[2] == "kubeconfig" && r.Method == http.MethodGet:
-		c, err := h.cluster(r.Context(), name, true)
+		c, err := h.cluster(r.Context(), name, booted)
 		if err != nil {
 			writeStatus(w, http.StatusServiceUnavailable, err.Error())
 			return
 		}
 		http.ServeFile(w, r, c.kubeconfig)
 	case len(parts) == 5 && parts[2] == "nodes" && parts[4] == "ready" && r.Method == http.MethodPost:
-		c, err := h.cluster(r.Context(), name, true)
+		c, err := h.cluster(r.Context(), name, booted)
 		if err != nil {
 			writeStatus(w, http.StatusServiceUnavailable, err.Error())
 			return
@@ -438,7 +461,10 @@ func (h *Harness) control(w http.ResponseWriter, r *http.Request, path string) {
 			writeStatus(w, http.StatusBadRequest, "value must be true or false")
 			return
 		}
-		found, err := c.setReady(r.Context(), parts[3], ready)
+		// Not the request's context: a client that half-closes its connection must not cancel the change.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
+		defer cancel()
+		found, err := c.setReady(ctx, parts[3], ready)
 		switch {
 		case err != nil:
 			writeStatus(w, http.StatusInternalServerError, err.Error())
