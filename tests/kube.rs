@@ -838,6 +838,48 @@ async fn unknown_kind_names_the_manifest_file_and_line() {
     );
 }
 
+/// Regression (real API server): without strict field validation a misspelled field was dropped
+/// with only a warning header, the component "converged", and the replicas Git asked for never
+/// took effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelled_field_fails_the_component_naming_object_and_field() {
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("strict"));
+    let spec = component(
+        Layer::Apps,
+        "web",
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: typo, namespace: default }
+spec:
+  replica: 3
+  selector: { matchLabels: { app: typo } }
+  template:
+    metadata: { labels: { app: typo } }
+    spec: { containers: [{ name: c, image: "typo:1" }] }
+"#,
+    );
+    let r = run(&client, vec![spec.clone()], false).await;
+    let (error, timed_out) = failure(&r, "apps/web");
+    assert!(!timed_out, "{error}");
+    assert!(error.contains("Deployment default/typo"), "{error}");
+    assert!(error.contains("replica"), "{error}");
+    assert!(
+        get(
+            &client,
+            "apps/v1",
+            "Deployment",
+            "deployments",
+            Some("default"),
+            "typo"
+        )
+        .await
+        .is_none(),
+        "nothing half-applied"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_values_never_reach_errors_or_progress() {
     let sb = control_plane::start().await;

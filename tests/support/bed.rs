@@ -56,7 +56,6 @@ impl Bed {
             ready_delay: Duration::from_millis(300),
             static_nodes: 0,
             k3s_addons: true,
-            ..control_plane::Options::default()
         })
     }
 
