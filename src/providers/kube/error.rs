@@ -123,7 +123,15 @@ pub(crate) fn describe(err: &::kube::Error) -> (String, bool) {
             } else {
                 status.reason.clone()
             };
-            let transient = matches!(code, 429 | 500 | 502 | 503 | 504)
+            // A real API server answers a server-side apply whose body does not fit the schema (an
+            // unknown field under strict validation) with a 500 "failed to create typed patch
+            // object": the manifest is wrong, and no retry will fix it.
+            let schema_error = code == 500
+                && (status
+                    .message
+                    .contains("failed to create typed patch object")
+                    || status.message.contains("field not declared in schema"));
+            let transient = (matches!(code, 429 | 500 | 502 | 503 | 504) && !schema_error)
                 || (code == 403 && status.message.contains("being terminated"))
                 || (code == 409 && reason == "AlreadyExists")
                 // Its namespace may come from a component applied at the same time.
@@ -161,5 +169,13 @@ mod tests {
         assert!(!describe(&api(404, "NotFound", "deployments.apps \"x\" not found")).1);
         assert!(describe(&api(503, "ServiceUnavailable", "busy")).1);
         assert!(!describe(&api(422, "Invalid", "spec.replicas: bad")).1);
+        // What kube-apiserver 1.37 answers to a strict apply with a misspelled field.
+        assert!(!describe(&api(
+            500,
+            "",
+            "failed to create typed patch object (default/typo; apps/v1, Kind=Deployment): .spec.replica: field not declared in schema"
+        ))
+        .1);
+        assert!(describe(&api(500, "InternalError", "etcdserver: request timed out")).1);
     }
 }
