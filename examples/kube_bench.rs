@@ -1,4 +1,4 @@
-//! Benchmark of the Kubernetes provider against kubectl on one kube-sandbox: apply and wait for
+//! Benchmark of the Kubernetes provider against kubectl on the real control plane (testenv): apply and wait for
 //! 1,000 objects (ConfigMaps and Deployments over 20 namespaces), then diff them.
 //!
 //! Run through `scripts/bench-kube`, which builds this in release and starts the sandbox:

@@ -1,4 +1,4 @@
-//! `phoenix diff` end to end on moto + kube-sandbox: after a rebuild the demo is in sync (exit 0);
+//! `phoenix diff` end to end on moto + the real control plane: after a rebuild the demo is in sync (exit 0);
 //! each kind of drift made behind phoenix's back — kubectl scale, label, edit and delete; an SG
 //! rule added and an instance terminated through the EC2 API; a node NotReady; an object left
 //! after a Git change — gives exit 2 with the right entry; an unreachable API gives exit 1;

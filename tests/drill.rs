@@ -1,4 +1,4 @@
-//! Drills and ephemeral environments end to end on moto + kube-sandbox: a drill next to the live
+//! Drills and ephemeral environments end to end on moto + the real control plane: a drill next to the live
 //! demo touches none of its resources, writes both reports and leaves nothing behind; a drill
 //! with a never-ready component exits 1 and still tears down; one over its recovery objective
 //! exits 3; an ephemeral copy with a 1-second TTL is removed by gc; `destroy --ephemeral`.

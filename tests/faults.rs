@@ -1,5 +1,5 @@
 //! API faults during `phoenix rebuild demo`: loopback fault proxies in front of moto (EC2) and
-//! kube-sandbox (Kubernetes) inject 5xx bursts, throttling, dropped connections, a silent
+//! the real control plane (Kubernetes) inject 5xx bursts, throttling, dropped connections, a silent
 //! endpoint and a restarted API server. Each run ends converged or with a clear failure within
 //! its timeouts, and a re-run converges.
 

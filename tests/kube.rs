@@ -1,4 +1,4 @@
-//! The Kubernetes provider against an embedded kube-sandbox (one per test, on 127.0.0.1), through
+//! The Kubernetes provider against the real control plane (testenv, one per test, on 127.0.0.1), through
 //! the real engine; cross-checked with kubectl 1.37 where a second client makes the point.
 
 #[path = "support/control_plane.rs"]

@@ -1,6 +1,6 @@
 //! `phoenix rebuild` end to end: the real binary converges the demo environment (this
 //! repository's `environments/demo` and `templates/`, committed into a temp repo) on moto and a
-//! kube-sandbox that registers nodes from moto's instances, so the cluster's nodes join only
+//! real control plane that registers nodes from moto's instances, so the cluster's nodes join only
 //! after the cloud layer launched them. Then: a second run changes nothing, a never-ready app
 //! fails within its wait and nothing after it starts, objects that left Git are pruned (rollback
 //! to an older commit), and an existing cluster is reached through a kubeconfig and context.
@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::Api;
 
 #[test]
-fn rebuild_converges_the_demo_on_moto_and_kube_sandbox_then_changes_nothing() {
+fn rebuild_converges_the_demo_on_moto_and_the_real_control_plane_then_changes_nothing() {
     let bed = Bed::new();
     let repo = bed.demo_repo();
     assert!(

@@ -1,4 +1,4 @@
-//! Kill and resume: `phoenix rebuild demo` on moto + kube-sandbox is SIGKILLed at 20 points
+//! Kill and resume: `phoenix rebuild demo` on moto + the real control plane is SIGKILLed at 20 points
 //! spread over a run (seeded, so a failure reproduces with the same seed: `PHOENIX_KILL_SEED`);
 //! after each kill a re-run converges with one copy of every cloud resource, and the next point
 //! starts from nothing. After the last: exactly one live copy

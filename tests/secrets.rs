@@ -1,4 +1,4 @@
-//! Secrets never leak: every command runs against the demo on moto + kube-sandbox with its
+//! Secrets never leak: every command runs against the demo on moto + the real control plane with its
 //! secret reference set, and stdout, stderr, the JSON event streams, drill reports, audit
 //! records and every other file phoenix writes are scanned for the secret value and for the
 //! cluster's join token and private keys. Zero occurrences. The kubeconfig, the credentials and

@@ -1,4 +1,4 @@
-//! `phoenix watch` end to end: the real binary watching the demo on moto + kube-sandbox, with a
+//! `phoenix watch` end to end: the real binary watching the demo on moto + the real control plane, with a
 //! webhook receiver on 127.0.0.1. Drift made with kubectl gives one alert per episode and a
 //! converged notice once it is fixed; `/metrics` serves the drift gauges; with `--heal` the
 //! agent re-converges by itself and the heal is in `phoenix history`.

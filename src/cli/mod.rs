@@ -53,7 +53,7 @@ pub struct Global {
     pub home: Option<PathBuf>,
 
     /// Kubernetes API endpoint instead of the one derived from the server instance
-    /// (https://ADDRESS:6443): a tunnel, a load balancer, or kube-sandbox. `{env}` is replaced by
+    /// (https://ADDRESS:6443): a tunnel, a load balancer, or the test control plane's router. `{env}` is replaced by
     /// the environment's effective name, e.g. http://127.0.0.1:PORT/clusters/{env}
     #[arg(
         long,

@@ -1,4 +1,4 @@
-//! A loopback HTTP proxy in front of a Kubernetes API server (kube-sandbox) that injects faults
+//! A loopback HTTP proxy in front of a Kubernetes API server (the real control plane's router) that injects faults
 //! on command: 500 and 503 Status answers, 429 throttling with Retry-After, dropped
 //! connections, a silent endpoint, and a switch to another backend (a restarted server).
 //! Each client connection carries one request: the proxy asks the backend to close after its

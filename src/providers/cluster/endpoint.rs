@@ -1,7 +1,7 @@
 //! The API endpoint: `https://<server address>:6443` from the live server instance (its public
 //! or private address, per `cluster.endpoint`), or an override (`--cluster-endpoint URL` /
 //! `PHOENIX_CLUSTER_ENDPOINT`, `{env}` replaced by the effective env name) for a tunnel, a load
-//! balancer or kube-sandbox.
+//! balancer or the test control plane's router.
 
 use serde::Serialize;
 

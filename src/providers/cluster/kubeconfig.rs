@@ -21,7 +21,7 @@ pub fn kubeconfig_value(creds: &Credentials, endpoint_url: &str) -> Value {
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s.as_bytes());
     let name = creds.env();
     let mut cluster = json!({ "server": endpoint_url });
-    // Over plain HTTP (kube-sandbox, a local tunnel) there is no certificate to verify.
+    // Over plain HTTP (the test control plane's router, a local tunnel) there is no certificate to verify.
     if endpoint_url.starts_with("https://") {
         cluster["certificate-authority-data"] = json!(b64(creds.server_ca_cert()));
     }
