@@ -22,7 +22,7 @@ use phoenix::env::model::*;
 use phoenix::providers::aws::{self, AwsOptions, ConvergeOptions, DesiredInputs, Ec2, KeyMaterial};
 use phoenix::providers::cluster::{
     client_for, control_plane_node, ClusterAccess, Credentials, GateOptions, GateTarget,
-    KubeconfigConnector, CONTROL_PLANE_NODE,
+    KubeconfigConnector, Secret, CONTROL_PLANE_NODE,
 };
 use phoenix::report::events::{Event, EventSink};
 
@@ -90,6 +90,8 @@ fn k3s() -> K3s {
     K3s {
         version: "v1.31.4+k3s1".into(),
         endpoint: EndpointKind::Public,
+        secret: SecretSource::Env("PHOENIX_TEST_CLUSTER_SECRET".into()),
+        tls_sans: Vec::new(),
     }
 }
 
@@ -181,7 +183,14 @@ impl Bed {
         opts: GateOptions,
         with_cloud: bool,
     ) -> Graph {
-        let (creds, _) = Credentials::ensure(self.home.path(), &self.env).unwrap();
+        let creds = Arc::new(
+            Credentials::derive(
+                self.home.path(),
+                &self.env,
+                &Secret::new("cluster-test-secret-0123456789abcdef"),
+            )
+            .unwrap(),
+        );
         let mut graph = Graph::new();
         if with_cloud {
             let user_data = BTreeMap::from([
@@ -212,6 +221,7 @@ impl Bed {
         let (mut spec, action) = control_plane_node(
             GateTarget::K3s {
                 phoenix_home: self.home.path().to_path_buf(),
+                creds,
                 env_name: self.env.clone(),
                 cloud: Arc::clone(&self.cloud),
                 k3s: k3s(),

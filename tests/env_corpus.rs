@@ -364,6 +364,11 @@ fn full_fixture_decodes_every_field() {
         Cluster::K3s(k) => {
             assert_eq!(k.version, "v1.31.4+k3s1");
             assert_eq!(k.endpoint, EndpointKind::Private);
+            assert_eq!(
+                k.secret,
+                SecretSource::Env("PHOENIX_TEST_CLUSTER_SECRET".into())
+            );
+            assert_eq!(k.tls_sans, ["api.every-field.example", "203.0.113.10"]);
         }
         other => panic!("expected k3s, got {other:?}"),
     }

@@ -93,26 +93,10 @@ impl Deployment {
             Some(Cluster::K3s(k)) => Some(k),
             _ => None,
         };
-        let creds = match k3s {
-            Some(_) => Some(Arc::new(
-                cl::Credentials::ensure(&ctx.home, &self.name)
-                    .map_err(|e| {
-                        Failure::from_error(
-                            format!("cannot prepare the cluster credentials of {}", self.name),
-                            &e,
-                        )
-                    })?
-                    .0,
-            )),
-            None => None,
-        };
-        let sans: Vec<String> = ctx
-            .cluster_endpoint
-            .as_deref()
-            .and_then(|u| cl::endpoint_override(u, &self.name).ok())
-            .and_then(|u| cl::endpoint_host(&u))
-            .into_iter()
-            .collect();
+        let creds = self.cluster_credentials(ctx)?;
+        // Only what Git declares goes into the certificate: `--cluster-endpoint` is how phoenix
+        // reaches the API, never part of what is deployed.
+        let sans: Vec<String> = k3s.map(|k| k.tls_sans.clone()).unwrap_or_default();
         let servers: Vec<String> = cloud
             .instances
             .iter()
@@ -253,6 +237,61 @@ impl Deployment {
         }
     }
 
+    /// The k3s cluster's credentials, derived from the env's cluster secret (`None` without a
+    /// k3s cluster). The same on every machine with the secret; nothing is read from or written
+    /// to `$PHOENIX_HOME`.
+    pub fn cluster_credentials(
+        &self,
+        ctx: &Context,
+    ) -> Result<Option<Arc<cl::Credentials>>, Failure> {
+        let Some(Cluster::K3s(k)) = &self.env.cluster else {
+            return Ok(None);
+        };
+        let secret = crate::render::resolve_secret(&k.secret).map_err(|why| {
+            Failure::new(format!(
+                "cannot read the cluster secret of {} ({})",
+                self.env.name, k.secret
+            ))
+            .cause(why)
+            .help("set the variable / create the file spec.cluster.secret names: every machine that runs phoenix for this env needs the same value (docs/cluster.md)")
+        })?;
+        let creds = cl::Credentials::derive(&ctx.home, &self.name, &cl::Secret::new(secret))
+            .map_err(|e| {
+                Failure::from_error(
+                    format!("cannot derive the cluster credentials of {}", self.name),
+                    &e,
+                )
+            })?;
+        Ok(Some(Arc::new(creds)))
+    }
+
+    /// Writes the k3s admin kubeconfig (a cache under `$PHOENIX_HOME`: derived from the cluster
+    /// secret and the live server's address, rewritten by every run) so that any machine reaches
+    /// the cluster, whatever its `$PHOENIX_HOME` held. Nothing without a k3s cluster, or without
+    /// a server instance (there is no cluster to reach then).
+    pub fn refresh_kubeconfig(&self, ctx: &Context, live: &aws::LiveCloud) -> Result<(), Failure> {
+        let (Some(Cluster::K3s(k)), Some(cloud)) = (&self.env.cluster, &self.env.cloud) else {
+            return Ok(());
+        };
+        if cl::server_instance(&self.name, cloud, live).is_err() {
+            return Ok(());
+        }
+        let Some(creds) = self.cluster_credentials(ctx)? else {
+            return Ok(());
+        };
+        let endpoint = cl::resolve_endpoint(
+            &self.name,
+            ctx.cluster_endpoint.as_deref(),
+            Some(cloud),
+            Some(live),
+            &k.endpoint,
+        )
+        .map_err(|e| Failure::from_error("cannot find the cluster's API endpoint", &e))?;
+        cl::write_kubeconfig(&creds, &endpoint.url)
+            .map_err(|e| Failure::from_error("cannot write the cluster's kubeconfig", &e))?;
+        Ok(())
+    }
+
     /// How phoenix reaches the cluster: the kubeconfig it writes for k3s, or the env's own.
     pub fn cluster_access(&self, ctx: &Context) -> Result<Option<cl::ClusterAccess>, Failure> {
         match &self.env.cluster {
@@ -279,8 +318,12 @@ impl Deployment {
                         self.name
                     )));
                 };
+                let creds = self.cluster_credentials(ctx)?.ok_or_else(|| {
+                    Failure::new("a k3s cluster without credentials (a bug in phoenix)")
+                })?;
                 Some(cl::GateTarget::K3s {
                     phoenix_home: ctx.home.clone(),
+                    creds,
                     env_name: self.name.clone(),
                     cloud: Arc::new(cloud.clone()),
                     k3s: k.clone(),

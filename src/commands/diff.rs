@@ -174,6 +174,22 @@ async fn check_layers(
             return Ok(out);
         }
     }
+    // The kubeconfig is derived, not stored: a machine that never ran phoenix for this env
+    // (a colleague's laptop, CI, the replacement for a lost one) reaches the cluster too.
+    if let Some(live) = &live_cloud {
+        if let Err(e) = dep.refresh_kubeconfig(ctx, live) {
+            let why = format!("cannot reach the cluster: {}", e.summary());
+            out.push(LayerDrift::error(Layer::Cluster, why.clone(), t.elapsed()));
+            for l in [Layer::Addons, Layer::Apps] {
+                out.push(LayerDrift::error(
+                    l,
+                    format!("not checked: {why}"),
+                    Duration::ZERO,
+                ));
+            }
+            return Ok(out);
+        }
+    }
     let client = match cl::client_for(&access).await {
         Ok(c) => c,
         Err(e) => {

@@ -885,9 +885,20 @@ fn decode_instances(d: &mut Decoder, n: &Node, p: &str) -> Option<InstanceGroup>
 }
 
 fn decode_cluster(d: &mut Decoder, n: &Node, p: &str) -> Option<Cluster> {
-    let o = d.obj(n, p, &["distribution", "version", "endpoint", "existing"])?;
+    let o = d.obj(
+        n,
+        p,
+        &[
+            "distribution",
+            "version",
+            "endpoint",
+            "secret",
+            "tlsSans",
+            "existing",
+        ],
+    )?;
     if let Some(ex) = o.get("existing") {
-        for k in ["distribution", "version", "endpoint"] {
+        for k in ["distribution", "version", "endpoint", "secret", "tlsSans"] {
             if let Some(node) = o.get(k) {
                 d.error_help(
                     node.pos,
@@ -932,22 +943,17 @@ fn decode_cluster(d: &mut Decoder, n: &Node, p: &str) -> Option<Cluster> {
         "write the k3s version, e.g. version: v1.31.4+k3s1",
         Decoder::string,
     )?;
-    let valid_version = version.strip_prefix('v').is_some_and(|v| {
-        let core = v.split('+').next().unwrap_or("");
-        core.split('.').count() == 3
-            && core
-                .split('.')
-                .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
-    });
-    if !valid_version {
+    // The full release name: k3s publishes `v1.31.4+k3s1`, and the install script 404s on
+    // `v1.31.4` (then the node reports that version forever, which would be drift).
+    let version_ok = crate::providers::cluster::check_version(&version).is_ok();
+    if !version_ok {
         let pos = o.get("version").map(|x| x.pos).unwrap_or(o.pos);
         d.error_help(
             pos,
             &o.child("version"),
-            format!("{version:?} is not a k3s version"),
-            "write a version like v1.31.4+k3s1",
+            format!("{version:?} is not a k3s release name"),
+            "write the full release name vMAJOR.MINOR.PATCH+k3sN, e.g. v1.31.4+k3s1 (see https://github.com/k3s-io/k3s/releases)",
         );
-        return None;
     }
     let endpoint = match d.opt(&o, "endpoint", Decoder::string).as_deref() {
         None | Some("public") => EndpointKind::Public,
@@ -963,7 +969,41 @@ fn decode_cluster(d: &mut Decoder, n: &Node, p: &str) -> Option<Cluster> {
             return None;
         }
     };
-    Some(Cluster::K3s(K3s { version, endpoint }))
+    let secret = d.req(
+        &o,
+        "secret",
+        "write secret: env:VARIABLE (or file:PATH) naming at least 32 random characters, e.g. from `openssl rand -hex 32`: the cluster's CAs and join tokens are derived from it (docs/cluster.md)",
+        secret_source,
+    );
+    let tls_sans: Vec<String> = match o.get("tlsSans") {
+        Some(list) => {
+            let path = o.child("tlsSans");
+            let mut out = Vec::new();
+            for (i, (pos, san)) in d.strings(list, &path).into_iter().enumerate() {
+                if crate::providers::cluster::check_address("tls-san", &san).is_err() {
+                    d.error_help(
+                        pos,
+                        &index(&path, i),
+                        format!("{san:?} is not a host name or IP address"),
+                        "write a DNS name (letters, digits, '-', '.') or an IPv4/IPv6 address",
+                    );
+                } else {
+                    out.push(san);
+                }
+            }
+            out
+        }
+        None => Vec::new(),
+    };
+    if !version_ok {
+        return None;
+    }
+    Some(Cluster::K3s(K3s {
+        version,
+        endpoint,
+        secret: secret?,
+        tls_sans,
+    }))
 }
 
 fn decode_components(

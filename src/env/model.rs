@@ -237,6 +237,12 @@ pub struct K3s {
     pub version: String,
     /// Whether the API endpoint is the server's public or private address.
     pub endpoint: EndpointKind,
+    /// The one secret every cluster credential (CAs, server token, agent token) is derived
+    /// from, so any machine with the commit and this secret renders the same user-data.
+    pub secret: SecretSource,
+    /// Extra names in the API server's certificate (a load balancer or tunnel host), declared
+    /// here so that no run-time setting changes what is deployed.
+    pub tls_sans: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

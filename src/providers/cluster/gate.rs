@@ -335,10 +335,12 @@ impl Default for GateOptions {
 /// The cluster the gate is for.
 #[derive(Clone, Debug)]
 pub enum GateTarget {
-    /// k3s on the env's instances: credentials under `phoenix_home`, the endpoint from the live
-    /// server instance or `endpoint_override` (`{env}` allowed).
+    /// k3s on the env's instances: the credentials derived from the env's cluster secret, the
+    /// kubeconfig written under `phoenix_home`, the endpoint from the live server instance or
+    /// `endpoint_override` (`{env}` allowed).
     K3s {
         phoenix_home: PathBuf,
+        creds: Arc<Credentials>,
         /// The effective env name (a drill copy's own).
         env_name: String,
         cloud: Arc<Cloud>,
@@ -414,13 +416,13 @@ async fn gate(
     let (env_name, access, expect, required) = match target {
         GateTarget::K3s {
             phoenix_home,
+            creds,
             env_name,
             cloud,
             k3s,
             ec2,
             endpoint_override,
         } => {
-            let (creds, _) = Credentials::ensure(&phoenix_home, &env_name)?;
             ctx.progress(format!("observing the instances of {env_name}"));
             let live = aws::observe(&ec2, &env_name).await?;
             let endpoint = resolve_endpoint(
