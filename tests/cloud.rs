@@ -1239,3 +1239,143 @@ async fn instances_wait_for_running_and_status_checks_with_a_named_timeout() {
     assert_eq!(instance_ids(&ec2, ENV).await, before, "no second launch");
     no_duplicates(&tagged(&ec2, ENV).await);
 }
+
+/// Issue 14, item 7: instances launch with IMDSv2 required and a hop limit of 1, so a pod cannot
+/// read the user-data (the cluster's CA keys) from the metadata service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_launch_with_imdsv2_required_and_a_hop_limit_of_one() {
+    let moto = Moto::start();
+    let ec2 = client(&moto.endpoint(), &fast_opts()).await;
+    let desired = desired_for(&model(), ENV, "c1");
+    assert_converged(&converge(&ec2, &desired).await);
+    let ids: Vec<String> = instance_ids(&ec2, ENV).await.into_values().collect();
+    assert!(!ids.is_empty());
+    let out = ec2
+        .client()
+        .describe_instances()
+        .set_instance_ids(Some(ids.clone()))
+        .send()
+        .await
+        .expect("describe instances");
+    let instances: Vec<_> = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .collect();
+    assert_eq!(instances.len(), ids.len());
+    for i in instances {
+        let m = i.metadata_options().expect("metadata options");
+        assert_eq!(
+            m.http_tokens(),
+            Some(&aws_sdk_ec2::types::HttpTokensState::Required),
+            "{:?}: {m:?}",
+            i.instance_id()
+        );
+        assert_eq!(m.http_put_response_hop_limit(), Some(1), "{m:?}");
+    }
+}
+
+/// Issue 14, item 2: the client token covers every RunInstances parameter. Behind a proxy that
+/// enforces EC2's ClientToken semantics (moto ignores them), instances of the same commit
+/// relaunched after a wipeout with other parameters (new user-data) are launched, not refused
+/// with IdempotentParameterMismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relaunch_of_the_same_commit_with_other_parameters_gets_a_new_client_token() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.port);
+    proxy.enforce_client_tokens();
+    let ec2 = client(&proxy.endpoint(), &fast_opts()).await;
+
+    // The proxy enforces what EC2 documents: same token and parameters → the earlier instance;
+    // same token, other parameters → IdempotentParameterMismatch.
+    let live = {
+        assert_converged(&converge(&ec2, &desired_for(&model(), ENV, "c1")).await);
+        aws::observe(&ec2, ENV).await.expect("observe")
+    };
+    let subnet = live.get("subnet/public-a")[0].aws_id.clone();
+    let launch = |user_data: &'static str| {
+        ec2.client()
+            .run_instances()
+            .image_id(AMI_1)
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(&subnet)
+            .user_data(user_data)
+            .client_token("proxy-self-check")
+    };
+    let first = launch("YQ==").send().await.expect("first launch");
+    let again = launch("YQ==")
+        .send()
+        .await
+        .expect("same token, same parameters");
+    let id = |o: &aws_sdk_ec2::operation::run_instances::RunInstancesOutput| {
+        o.instances()[0].instance_id().map(str::to_string)
+    };
+    assert_eq!(
+        id(&first),
+        id(&again),
+        "the earlier instance, not a new one"
+    );
+    let err = launch("Yg==").send().await.expect_err("other parameters");
+    assert_eq!(
+        aws_sdk_ec2::error::ProvideErrorMetadata::code(&err),
+        Some("IdempotentParameterMismatch"),
+        "{err:?}"
+    );
+    assert_eq!(proxy.client_token_mismatches(), 1);
+    let direct = client(&moto.endpoint(), &fast_opts()).await;
+    direct
+        .client()
+        .terminate_instances()
+        .set_instance_ids(id(&first).map(|i| vec![i]))
+        .send()
+        .await
+        .expect("terminate the self-check instance");
+
+    // A wipeout of the instances (out of band), then the same commit with other user-data (a
+    // new server address for the agents, say).
+    let before = instance_ids(&ec2, ENV).await;
+    direct
+        .client()
+        .terminate_instances()
+        .set_instance_ids(Some(before.values().cloned().collect()))
+        .send()
+        .await
+        .expect("terminate every instance");
+    let mut inputs = DesiredInputs {
+        commit: "c1".into(),
+        user_data: BTreeMap::from([
+            (
+                "server".to_string(),
+                "#!/bin/sh\necho server v2\n".to_string(),
+            ),
+            (
+                "agent".to_string(),
+                "#!/bin/sh\necho agent 10.40.1.99\n".to_string(),
+            ),
+        ]),
+        key: Some(key()),
+        extra_tags: BTreeMap::new(),
+        late_user_data: BTreeMap::new(),
+    };
+    let desired = Arc::new(aws::desired(&model(), ENV, &inputs));
+    let run = converge(&ec2, &desired).await;
+    assert_converged(&run);
+    assert_eq!(
+        proxy.client_token_mismatches(),
+        1,
+        "no relaunch was refused with IdempotentParameterMismatch"
+    );
+    let after = instance_ids(&ec2, ENV).await;
+    assert_eq!(after.len(), before.len());
+    for (resource, old) in &before {
+        assert_ne!(after.get(resource), Some(old), "{resource} relaunched");
+    }
+    // And a plain re-run changes nothing (the same parameters would reuse the same tokens).
+    inputs.extra_tags.clear();
+    assert!(!aws::plan_live(&ec2, &desired)
+        .await
+        .expect("plan")
+        .has_changes());
+}
