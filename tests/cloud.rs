@@ -1144,7 +1144,7 @@ async fn generated_key_is_imported_and_stopped_instances_are_started() {
     let home = tempfile::tempdir().expect("tempdir");
     let mut cloud = model();
     cloud.instances.truncate(1);
-    let material = aws::key_material(&cloud, ENV, home.path())
+    let material = aws::key_material(&cloud, ENV, home.path(), home.path())
         .expect("key")
         .expect("some");
     let inputs = DesiredInputs {

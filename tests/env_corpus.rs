@@ -321,7 +321,7 @@ fn full_fixture_decodes_every_field() {
     assert_eq!(env.secrets.len(), 3);
     assert_eq!(
         env.secrets[1].source,
-        SecretSource::File("~/.phoenix/db-password".into())
+        SecretSource::File("every-field/db-password".into())
     );
     let cloud = env.cloud.as_ref().expect("cloud");
     assert_eq!(cloud.region, "eu-west-2");

@@ -47,11 +47,11 @@ impl Deployment {
     }
 
     /// Reads every secret the environment declares; the error names the secret, never a value.
-    pub fn secrets(&self) -> Result<SecretValues, Failure> {
-        SecretValues::resolve(&self.env).map_err(|why| {
+    pub fn secrets(&self, ctx: &Context) -> Result<SecretValues, Failure> {
+        SecretValues::resolve(&self.env, &ctx.secrets_dir).map_err(|why| {
             Failure::new(format!("cannot read the secrets of {}", self.env.name))
                 .cause(why)
-                .help("set the environment variables / create the files the spec.secrets entries name")
+                .help("set the environment variables / create the files the spec.secrets entries name (file: ones under --secrets-dir / PHOENIX_SECRETS_DIR)")
         })
     }
 
@@ -87,7 +87,7 @@ impl Deployment {
         let Some(cloud) = &self.env.cloud else {
             return Ok(None);
         };
-        let key = aws::key_material(cloud, &self.name, &ctx.home)
+        let key = aws::key_material(cloud, &self.name, &ctx.home, &ctx.secrets_dir)
             .map_err(|e| Failure::from_error("cannot prepare the key pair", &e))?;
         let k3s = match &self.env.cluster {
             Some(Cluster::K3s(k)) => Some(k),
@@ -247,7 +247,7 @@ impl Deployment {
         let Some(Cluster::K3s(k)) = &self.env.cluster else {
             return Ok(None);
         };
-        let secret = crate::render::resolve_secret(&k.secret).map_err(|why| {
+        let secret = crate::render::resolve_secret(&k.secret, &ctx.secrets_dir).map_err(|why| {
             Failure::new(format!(
                 "cannot read the cluster secret of {} ({})",
                 self.env.name, k.secret

@@ -84,7 +84,7 @@ async fn check_layers(
     dep: &Deployment,
     checked: &mut Checked,
 ) -> Result<Vec<LayerDrift>, Failure> {
-    let secrets = dep.secrets()?;
+    let secrets = dep.secrets(ctx)?;
     let renderer = Arc::new(dep.renderer(secrets, Mode::Apply)?);
     let components = dep.components(&renderer, false)?;
     let mut out = Vec::new();

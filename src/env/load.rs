@@ -368,7 +368,7 @@ fn secret_source(d: &mut Decoder, n: &Node, p: &str) -> Option<SecretSource> {
                 n.pos,
                 p,
                 format!("{text:?} is not a secret reference: {why}"),
-                "write env:VARIABLE or file:/path/to/file (values never go in Git)",
+                "write env:VARIABLE or file:NAME (a file under --secrets-dir; values never go in Git)",
             );
             None
         }

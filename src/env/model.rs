@@ -62,7 +62,9 @@ impl Default for Timeouts {
 pub enum SecretSource {
     /// `env:NAME`: an environment variable of the phoenix process.
     Env(String),
-    /// `file:PATH`: a local file (not in the commit); `~/` expands to the home directory.
+    /// `file:NAME`: a file under the secrets directory of the machine running phoenix
+    /// (`--secrets-dir`, not the commit): a relative path without `..`, so a commit cannot make
+    /// phoenix read any other file (an AWS credentials file, a private key).
     File(String),
 }
 
@@ -81,9 +83,34 @@ impl SecretSource {
             if path.is_empty() {
                 return Err("the file path is empty".into());
             }
+            check_secret_path(path)?;
             return Ok(SecretSource::File(path.to_string()));
         }
         Err("a secret reference starts with env: or file:".into())
+    }
+}
+
+/// A `file:` reference names a file under the secrets directory: relative, no `..`, no `~`.
+fn check_secret_path(path: &str) -> Result<(), String> {
+    let why = if path.starts_with('/') || path.starts_with('\\') {
+        Some("it is absolute")
+    } else if path.starts_with('~') {
+        Some("it starts with ~")
+    } else if path.contains('\\') || path.contains('\0') {
+        Some("it contains a backslash or NUL")
+    } else if path
+        .split('/')
+        .any(|c| c == ".." || c == "." || c.is_empty())
+    {
+        Some("it has a '..', '.' or empty component")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "{path:?} is not a path inside the secrets directory ({why}); file: references are relative to --secrets-dir / PHOENIX_SECRETS_DIR (default ~/.config/phoenix/secrets), e.g. file:shop/db-password"
+        )),
     }
 }
 
