@@ -52,6 +52,32 @@ pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnosti
                         .into(),
                 );
             }
+            // A k3s node downloads k3s (get.k3s.io, GitHub releases) at boot. A private subnet
+            // has no route to the internet here: phoenix builds no NAT gateway, so the node
+            // would boot without k3s and the gate would time out much later.
+            for (i, g) in cloud.instances.iter().enumerate() {
+                if g.role == Role::None {
+                    continue;
+                }
+                let Some(subnet) = cloud.network.subnets.iter().find(|s| s.name == g.subnet) else {
+                    continue;
+                };
+                if !subnet.public {
+                    c.err(
+                        &format!("{}.subnet", c.spans.item("spec.cloud.instances", i)),
+                        format!(
+                            "instance group {} (role {}) is in subnet {}, which is private: a k3s node downloads k3s at boot and a private subnet has no route to the internet (phoenix builds no NAT gateway)",
+                            g.name,
+                            role_name(&g.role),
+                            subnet.name
+                        ),
+                        format!(
+                            "put the group in a public subnet, or set public: true on subnet {}",
+                            subnet.name
+                        ),
+                    );
+                }
+            }
         }
         _ => {}
     }
