@@ -1379,3 +1379,195 @@ async fn a_relaunch_of_the_same_commit_with_other_parameters_gets_a_new_client_t
         .expect("plan")
         .has_changes());
 }
+
+fn ec2_error(status: u16, code: &str, message: &str) -> Fault {
+    Fault::Answer {
+        status,
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+/// Issue 14, item 10: no capacity of the type in the zone is retried a bounded number of
+/// times, then fails at once naming type and zone (not after the node timeout); a short
+/// shortage is ridden out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insufficient_capacity_is_retried_a_few_times_then_named_with_type_and_zone() {
+    let capacity = || {
+        ec2_error(
+            500,
+            "InsufficientInstanceCapacity",
+            "We currently do not have sufficient t3.medium capacity in the Availability Zone you requested (us-east-1a).",
+        )
+    };
+    // A short shortage: two refusals, then capacity.
+    let (moto, proxy, run) = converge_through(capacity(), 2, Some("RunInstances")).await;
+    assert_converged(&run);
+    assert_eq!(proxy.injected(), 2);
+    drop((moto, proxy));
+
+    // A lasting one: every launch refused.
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.port);
+    let ec2 = client(&proxy.endpoint(), &fast_opts()).await;
+    proxy.always(capacity(), Some("RunInstances"));
+    let started = Instant::now();
+    let run = converge(&ec2, &desired_for(&model(), ENV, "c1")).await;
+    assert!(!run.converged);
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "bounded, not the 60 s node timeout: {:?}",
+        started.elapsed()
+    );
+    let node = run.node("cloud/instance/server/0").expect("server node");
+    let error = node.state.detail().unwrap_or_default().to_string();
+    assert!(
+        matches!(
+            node.state,
+            NodeState::Failed {
+                timed_out: false,
+                ..
+            }
+        ),
+        "{:?}",
+        node.state
+    );
+    for needle in [
+        "no t3.medium capacity in us-east-1a",
+        "after 5 attempts",
+        "InsufficientInstanceCapacity",
+        "another instance type",
+    ] {
+        assert!(error.contains(needle), "{needle:?} in {error}");
+    }
+    let launches = proxy
+        .log()
+        .iter()
+        .filter(|(a, _)| a == "RunInstances")
+        .count();
+    let instances = model()
+        .instances
+        .iter()
+        .map(|g| g.count as usize)
+        .sum::<usize>();
+    // Five engine attempts per instance, each of which the SDK tries max_attempts times (a 500).
+    assert_eq!(
+        launches,
+        5 * fast_opts().max_attempts as usize * instances,
+        "five attempts per instance"
+    );
+}
+
+/// Issue 14, item 10: a quota error names the quota, where to see what uses it and how to
+/// raise it, and fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_error_names_the_quota_and_fails_at_once() {
+    let (_moto, _proxy, run) = converge_through(
+        ec2_error(
+            400,
+            "VpcLimitExceeded",
+            "The maximum number of VPCs has been reached.",
+        ),
+        1,
+        Some("CreateVpc"),
+    )
+    .await;
+    assert!(!run.converged);
+    let node = run.node("cloud/vpc").expect("vpc node");
+    let error = node.state.detail().unwrap_or_default().to_string();
+    for needle in [
+        "VpcLimitExceeded",
+        "VPCs per Region",
+        "L-F678F1CE",
+        "aws ec2 describe-vpcs",
+        "phoenix gc",
+    ] {
+        assert!(error.contains(needle), "{needle:?} in {error}");
+    }
+    assert!(
+        matches!(
+            node.state,
+            NodeState::Failed {
+                timed_out: false,
+                ..
+            }
+        ),
+        "{:?}",
+        node.state
+    );
+}
+
+/// Issue 14, item 10: network interfaces and VPC endpoints that keep a VPC from being deleted
+/// (DeleteVpc would answer DependencyViolation) are named among the foreign resources, and the
+/// delete is refused at once instead of retried until the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_network_interfaces_and_endpoints_in_the_vpc_are_named() {
+    let moto = Moto::start();
+    let ec2 = client(&moto.endpoint(), &fast_opts()).await;
+    assert_converged(&converge(&ec2, &desired_for(&model(), ENV, "c1")).await);
+    let vpc_id = aws::observe(&ec2, ENV).await.expect("observe").get("vpc")[0]
+        .aws_id
+        .clone();
+    let c = ec2.client();
+    let subnet = c
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.40.200.0/24")
+        .send()
+        .await
+        .expect("foreign subnet")
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("subnet id")
+        .to_string();
+    let eni = c
+        .create_network_interface()
+        .subnet_id(&subnet)
+        .description("ELB app/someone-elses-alb")
+        .send()
+        .await
+        .expect("foreign network interface")
+        .network_interface()
+        .and_then(|n| n.network_interface_id())
+        .expect("eni id")
+        .to_string();
+    let endpoint = c
+        .create_vpc_endpoint()
+        .vpc_id(&vpc_id)
+        .service_name("com.amazonaws.us-east-1.s3")
+        .send()
+        .await
+        .expect("foreign endpoint")
+        .vpc_endpoint()
+        .and_then(|e| e.vpc_endpoint_id())
+        .expect("endpoint id")
+        .to_string();
+
+    let run = destroy(&ec2, ENV).await;
+    assert!(!run.converged);
+    let node = run.node("cloud/delete/vpc").expect("vpc node");
+    let error = node.state.detail().unwrap_or_default().to_string();
+    assert!(
+        error.contains(&format!(
+            "network interface {eni} (ELB app/someone-elses-alb"
+        )),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!(
+            "VPC endpoint {endpoint} (com.amazonaws.us-east-1.s3)"
+        )),
+        "{error}"
+    );
+    assert!(
+        matches!(
+            node.state,
+            NodeState::Failed {
+                timed_out: false,
+                ..
+            }
+        ),
+        "refused at once: {:?}",
+        node.state
+    );
+}

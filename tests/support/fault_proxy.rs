@@ -30,6 +30,13 @@ pub enum Fault {
     /// The request is forwarded, the answer thrown away and the connection closed: the call
     /// took effect but the client never learns it (the lost-response case).
     LoseResponse,
+    /// An EC2 error document with this HTTP status, code and message (e.g. 500
+    /// InsufficientInstanceCapacity, 400 VpcLimitExceeded).
+    Answer {
+        status: u16,
+        code: String,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -306,6 +313,20 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
                 "InternalError",
                 "An internal error has occurred.",
             );
+            client.write_all(&r).await?;
+            client.shutdown().await
+        }
+        Some(Fault::Answer {
+            status,
+            code,
+            message,
+        }) => {
+            let reason = if status >= 500 {
+                "Internal Server Error"
+            } else {
+                "Bad Request"
+            };
+            let r = error_response(status, reason, &code, &message);
             client.write_all(&r).await?;
             client.shutdown().await
         }

@@ -14,7 +14,7 @@ use aws_sdk_ec2::types::{
 
 use super::client::Ec2;
 use super::desired::{DesiredCloud, DesiredResource, InstanceSpec, ResourceSpec};
-use super::error::AwsError;
+use super::error::{AwsError, Bounded, BOUNDED_ATTEMPTS};
 use super::images::ImageCache;
 use super::live::{self, observe_kind, LiveResource, LiveState};
 use super::plan::{rank, ChangeAction, CompareCtx, FieldChange, Verdict};
@@ -889,7 +889,10 @@ impl Exec {
                     format!("launching a replacement for {}", d.id)
                 });
                 let replacing: Vec<String> = others.iter().map(|o| o.aws_id.clone()).collect();
-                let id = self.launch(d, spec, &image, &map, &replacing).await?;
+                let id = match self.launch(d, spec, &image, &map, &replacing).await {
+                    Ok(id) => id,
+                    Err(e) => return Err(self.bounded_launch_error(ctx, d, spec, e)),
+                };
                 let outcome = if others.is_empty() {
                     NodeOutcome::Created
                 } else {
@@ -1060,6 +1063,60 @@ impl Exec {
             doing,
             "EC2 keeps answering with terminated instances launched earlier with the same client token",
         ))
+    }
+
+    /// A capacity or IAM-propagation error is retried like any transient one, but only for
+    /// [`BOUNDED_ATTEMPTS`] attempts: then the node fails with what to do, naming the type and
+    /// zone (capacity) or the instance profile (IAM), instead of retrying until its timeout.
+    fn bounded_launch_error(
+        &self,
+        ctx: &NodeCtx,
+        d: &DesiredResource,
+        spec: &InstanceSpec,
+        e: AwsError,
+    ) -> AwsError {
+        let Some(kind) = e.bounded() else {
+            return e;
+        };
+        let attempt = ctx.attempt();
+        let zone = self
+            .desired
+            .as_deref()
+            .and_then(|all| all.get(&spec.subnet))
+            .and_then(|s| match &s.spec {
+                ResourceSpec::Subnet { zone, .. } => Some(zone.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "its zone".to_string());
+        if attempt < BOUNDED_ATTEMPTS {
+            ctx.progress(match kind {
+                Bounded::Capacity => format!(
+                    "no {} capacity in {zone} (attempt {attempt} of {BOUNDED_ATTEMPTS}); retrying",
+                    spec.instance_type
+                ),
+                Bounded::IamPropagation => format!(
+                    "instance profile not visible to EC2 yet (attempt {attempt} of {BOUNDED_ATTEMPTS}); retrying"
+                ),
+            });
+            return e;
+        }
+        let cause = match &e {
+            AwsError::Service { code, message, .. } => format!("{code}: {message}"),
+            other => other.to_string(),
+        };
+        AwsError::refused(
+            format!("launching {}", d.id),
+            match kind {
+                Bounded::Capacity => format!(
+                    "EC2 has no {} capacity in {zone} after {attempt} attempts ({cause}); choose another instance type for the group, or put its subnet in another zone, or run again later",
+                    spec.instance_type
+                ),
+                Bounded::IamPropagation => format!(
+                    "the instance profile {} is still not usable after {attempt} attempts ({cause}); check that it exists and that its role may be passed (iam:PassRole), then run again",
+                    spec.instance_profile.as_deref().unwrap_or("(none)")
+                ),
+            },
+        )
     }
 
     /// Derived from env, resource id, commit, every launch parameter and the live copies being
