@@ -116,6 +116,8 @@ fn model() -> Cloud {
                 Image::Lookup {
                     owner: "amazon".into(),
                     name: "al2023-ami-2023*-kernel-6.1-x86_64".into(),
+                    architecture: "x86_64".into(),
+                    update: ImageUpdate::Pinned,
                 },
             ),
             group(
@@ -1570,4 +1572,112 @@ async fn foreign_network_interfaces_and_endpoints_in_the_vpc_are_named() {
         "refused at once: {:?}",
         node.state
     );
+}
+
+/// An image of this account made from a throwaway instance, named `name`.
+async fn own_image(ec2: &Ec2, subnet: &str, name: &str) -> String {
+    let c = ec2.client();
+    let source = c
+        .run_instances()
+        .image_id(AMI_1)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(subnet)
+        .send()
+        .await
+        .expect("source instance");
+    let source_id = source.instances()[0]
+        .instance_id()
+        .expect("instance id")
+        .to_string();
+    let image = c
+        .create_image()
+        .instance_id(&source_id)
+        .name(name)
+        .send()
+        .await
+        .expect("create image")
+        .image_id()
+        .expect("image id")
+        .to_string();
+    c.terminate_instances()
+        .instance_ids(source_id)
+        .send()
+        .await
+        .expect("terminate the source");
+    image
+}
+
+/// Issue 14, item 3: the image an instance was launched from a lookup is recorded on it; a
+/// newer image matching the lookup is shown as available and changes nothing, unless the env
+/// says `update: latest`; lookups filter by architecture (and state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_image_is_available_not_drift_and_taken_only_with_update_latest() {
+    let moto = Moto::start();
+    let ec2 = client(&moto.endpoint(), &fast_opts()).await;
+    // The network first, so that images can be made from an instance in it.
+    let with_lookup = |update: ImageUpdate, architecture: &str| {
+        let mut m = model();
+        m.instances.truncate(1);
+        m.instances[0].image = Image::Lookup {
+            owner: "123456789012".into(),
+            name: "phoenix-test-*".into(),
+            architecture: architecture.into(),
+            update,
+        };
+        m
+    };
+    let mut network = model();
+    network.instances.clear();
+    assert_converged(&converge(&ec2, &desired_for(&network, ENV, "c1")).await);
+    let subnet = aws::observe(&ec2, ENV)
+        .await
+        .expect("observe")
+        .get("subnet/public-a")[0]
+        .aws_id
+        .clone();
+    let first = own_image(&ec2, &subnet, "phoenix-test-1").await;
+
+    let pinned = desired_for(&with_lookup(ImageUpdate::Pinned, "x86_64"), ENV, "c1");
+    assert_converged(&converge(&ec2, &pinned).await);
+    let live = aws::observe(&ec2, ENV).await.expect("observe");
+    let server = live.get("instance/server/0")[0].clone();
+    assert_eq!(
+        server.tags.get("phoenix:image-lookup").map(String::as_str),
+        Some("123456789012/phoenix-test-* (x86_64)")
+    );
+    match &server.state {
+        aws::LiveState::Instance { image_id, .. } => assert_eq!(image_id, &first),
+        other => panic!("{other:?}"),
+    }
+
+    // A newer image is published: available, not a change; a converge keeps the instance.
+    let second = own_image(&ec2, &subnet, "phoenix-test-2").await;
+    let plan = aws::plan_live(&ec2, &pinned).await.expect("plan");
+    assert!(!plan.has_changes(), "{plan}");
+    let line = plan.get("instance/server/0").expect("instance").to_string();
+    assert!(
+        line.contains(&format!("newer image available: {second}")),
+        "{line}"
+    );
+    assert_converged(&converge(&ec2, &pinned).await);
+    assert_eq!(
+        instance_ids(&ec2, ENV).await.get("instance/server/0"),
+        Some(&server.aws_id),
+        "not replaced"
+    );
+
+    // Asked for: update: latest replaces it with the newest.
+    let latest = desired_for(&with_lookup(ImageUpdate::Latest, "x86_64"), ENV, "c1");
+    let plan = aws::plan_live(&ec2, &latest).await.expect("plan");
+    let change = plan.get("instance/server/0").expect("instance");
+    assert_eq!(change.action, ChangeAction::Replace, "{change}");
+
+    // Only images of the architecture asked for are candidates.
+    let arm = desired_for(&with_lookup(ImageUpdate::Pinned, "arm64"), ENV, "c1");
+    let err = aws::plan_live(&ec2, &arm)
+        .await
+        .expect_err("no arm64 image");
+    assert!(err.to_string().contains("no image matches"), "{err}");
 }

@@ -43,6 +43,8 @@ fn cloud(agents: u32) -> Cloud {
         image: Image::Lookup {
             owner: "amazon".into(),
             name: "al2023-ami-2023*-kernel-6.1-x86_64".into(),
+            architecture: "x86_64".into(),
+            update: ImageUpdate::Pinned,
         },
         subnet: "public-a".into(),
         security_groups: vec!["cluster".into()],

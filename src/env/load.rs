@@ -816,7 +816,14 @@ fn decode_instances(d: &mut Decoder, n: &Node, p: &str) -> Option<InstanceGroup>
         }
     }
     let image = d.req(&o, "image", "write image: { id: ami-... } or image: { owner: amazon, name: \"al2023-ami-*\" }", |d, n, p| {
-        let io = d.obj(n, p, &["id", "owner", "name"])?;
+        let io = d.obj(n, p, &["id", "owner", "name", "architecture", "update"])?;
+        if io.get("id").is_some() {
+            for k in ["architecture", "update"] {
+                if let Some(node) = io.get(k) {
+                    d.error_help(node.pos, &io.child(k), format!("{k} applies to an image lookup, not to an image id"), "remove it, or look the image up with owner and name");
+                }
+            }
+        }
         match (io.get("id"), io.get("owner"), io.get("name")) {
             (Some(id), None, None) => {
                 let id = d.string(id, &io.child("id"))?;
@@ -830,7 +837,25 @@ fn decode_instances(d: &mut Decoder, n: &Node, p: &str) -> Option<InstanceGroup>
             (None, Some(owner), Some(name)) => {
                 let owner = d.string(owner, &io.child("owner"))?;
                 let name = d.string(name, &io.child("name"))?;
-                Some(Image::Lookup { owner, name })
+                let architecture = match d.opt(&io, "architecture", Decoder::string) {
+                    None => "x86_64".to_string(),
+                    Some(a) if a == "x86_64" || a == "arm64" => a,
+                    Some(other) => {
+                        let pos = io.get("architecture").map(|x| x.pos).unwrap_or(io.pos);
+                        d.error_help(pos, &io.child("architecture"), format!("unknown architecture {other:?}"), "use x86_64 or arm64 (the instance type must match it)");
+                        return None;
+                    }
+                };
+                let update = match d.opt(&io, "update", Decoder::string).as_deref() {
+                    None | Some("pinned") => ImageUpdate::Pinned,
+                    Some("latest") => ImageUpdate::Latest,
+                    Some(other) => {
+                        let pos = io.get("update").map(|x| x.pos).unwrap_or(io.pos);
+                        d.error_help(pos, &io.child("update"), format!("unknown image update policy {other:?}"), "use pinned (running instances keep their image; a newer one is shown as available) or latest (a newer image replaces them)");
+                        return None;
+                    }
+                };
+                Some(Image::Lookup { owner, name, architecture, update })
             }
             _ => {
                 d.error_help(io.pos, p, "image needs either id, or owner and name", "write image: { id: ami-... } or image: { owner: amazon, name: \"al2023-ami-*\" }");

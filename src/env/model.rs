@@ -219,11 +219,28 @@ pub struct KeyPair {
 #[serde(rename_all = "camelCase")]
 pub enum Image {
     Id(String),
-    /// Newest image of this owner whose name matches the pattern (`*` and `?` wildcards).
+    /// Newest available image of this owner and architecture whose name matches the pattern
+    /// (`*` and `?` wildcards).
     Lookup {
         owner: String,
         name: String,
+        /// `x86_64` (default) or `arm64`.
+        architecture: String,
+        /// Whether a newer match replaces running instances.
+        update: ImageUpdate,
     },
+}
+
+/// What a newer image matching a lookup does to instances launched from an older one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageUpdate {
+    /// Running instances keep the image they were launched with; a newer one is shown by
+    /// `plan` and `diff` as available, not as drift. New instances get the newest.
+    #[default]
+    Pinned,
+    /// A newer match replaces the instances (the k3s server included).
+    Latest,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

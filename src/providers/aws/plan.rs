@@ -12,7 +12,7 @@ use super::error::AwsError;
 use super::images::{self, ResolvedImage};
 use super::live::{observe, LiveCloud, LiveResource, LiveState};
 use super::rules::{describe, RuleKey, RulePeer};
-use super::tags::{self, TAG_PUBLIC_KEY_SHA256, TAG_USER_DATA_SHA256};
+use super::tags::{self, TAG_IMAGE_LOOKUP, TAG_PUBLIC_KEY_SHA256, TAG_USER_DATA_SHA256};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -103,6 +103,9 @@ pub struct ResourceChange {
     pub fields: Vec<FieldChange>,
     /// The AWS ids of the live copies (more than one means duplicates to remove).
     pub live_ids: Vec<String>,
+    /// What is worth knowing but is no change, e.g. a newer image matching a pinned lookup.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The plan of the whole cloud layer of one environment.
@@ -161,6 +164,9 @@ impl fmt::Display for ResourceChange {
                 }
             }
             ChangeAction::Unchanged => {}
+        }
+        if !self.notes.is_empty() {
+            write!(f, " ({})", self.notes.join("; "))?;
         }
         Ok(())
     }
@@ -225,6 +231,7 @@ pub(crate) struct Verdict {
     pub action: ChangeAction,
     pub reason: Option<String>,
     pub fields: Vec<FieldChange>,
+    pub notes: Vec<String>,
 }
 
 /// Compares one live copy with the desired resource. `Update` lists only fields that can change
@@ -234,6 +241,7 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
     let mut replace: Vec<FieldChange> = Vec::new();
     let mut reason: Option<String> = None;
     let mut tag_skip: Vec<&str> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     match (&d.spec, &l.state) {
         (
             ResourceSpec::Vpc { cidr },
@@ -426,9 +434,21 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
                 ImageSpec::Id(id) => Some(id.clone()),
                 lookup => ctx.images.get(lookup).map(|i| i.id.clone()),
             };
+            // An instance launched from this same lookup keeps its image unless the env asks
+            // for the latest: a newly published image is not a change of Git, and replacing the
+            // k3s server for it would be a new, empty cluster.
+            let pinned = !want.image_latest
+                && want.image.lookup_tag().is_some()
+                && want.image.lookup_tag().as_ref() == l.tags.get(TAG_IMAGE_LOOKUP);
             if let Some(image) = image {
                 if &image != image_id {
-                    replace.push(FieldChange::value("image", image, image_id));
+                    if pinned {
+                        notes.push(format!(
+                            "newer image available: {image} (running {image_id}; image.update: latest takes it)"
+                        ));
+                    } else {
+                        replace.push(FieldChange::value("image", image, image_id));
+                    }
                 }
             }
             let subnet = subnet_id.as_deref().map(|s| ctx.name_of(s));
@@ -515,18 +535,21 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
             action: ChangeAction::Replace,
             reason,
             fields: replace,
+            notes,
         }
     } else if !update.is_empty() {
         Verdict {
             action: ChangeAction::Update,
             reason: None,
             fields: update,
+            notes,
         }
     } else {
         Verdict {
             action: ChangeAction::Unchanged,
             reason: None,
             fields: Vec::new(),
+            notes,
         }
     }
 }
@@ -633,6 +656,7 @@ pub fn plan(desired: &DesiredCloud, live: &LiveCloud) -> CloudPlan {
                 reason: None,
                 fields: Vec::new(),
                 live_ids,
+                notes: Vec::new(),
             },
             Some((_, verdict)) => {
                 let mut fields = verdict.fields.clone();
@@ -650,6 +674,7 @@ pub fn plan(desired: &DesiredCloud, live: &LiveCloud) -> CloudPlan {
                     reason: verdict.reason.clone(),
                     fields,
                     live_ids,
+                    notes: verdict.notes.clone(),
                 }
             }
         };
@@ -666,6 +691,7 @@ pub fn plan(desired: &DesiredCloud, live: &LiveCloud) -> CloudPlan {
             reason: None,
             fields: Vec::new(),
             live_ids: copies.iter().map(|c| c.aws_id.clone()).collect(),
+            notes: Vec::new(),
         })
         .collect();
     deletes.sort_by_key(|c| {
@@ -910,6 +936,64 @@ mod tests {
         assert_eq!(
             i.to_string(),
             "-/+ replace instance/server/0: image ami-1 → ami-2"
+        );
+    }
+
+    /// Issue 14, item 3: a newly published image matching the lookup is "available", not a
+    /// replace, for an instance launched from that lookup; `update: latest` takes it; an instance
+    /// not launched from this lookup (no tag, or another lookup) is compared as before.
+    #[test]
+    fn a_newer_image_of_the_same_lookup_is_available_not_a_replace_unless_latest() {
+        let lookup = |update| Image::Lookup {
+            owner: "amazon".into(),
+            name: "al2023-ami-*".into(),
+            architecture: "x86_64".into(),
+            update,
+        };
+        let mut c = cloud();
+        c.instances[0].image = lookup(ImageUpdate::Pinned);
+        let d = desired(&c, "demo", &DesiredInputs::default());
+        let mut live = live_from(&d);
+        assert_eq!(
+            live.get("instance/server/0")[0]
+                .tags
+                .get(TAG_IMAGE_LOOKUP)
+                .map(String::as_str),
+            Some("amazon/al2023-ami-* (x86_64)")
+        );
+        let spec = d.image_lookups().into_iter().next().expect("one lookup");
+        live.images.insert(
+            spec,
+            ResolvedImage {
+                id: "ami-2".into(),
+                name: Some("al2023-ami-2".into()),
+                root_device_name: None,
+            },
+        );
+        let p = plan(&d, &live);
+        let i = p.get("instance/server/0").expect("instance");
+        assert_eq!(i.action, ChangeAction::Unchanged, "{i}");
+        assert!(!p.has_changes(), "{p}");
+        assert_eq!(
+            i.to_string(),
+            "    unchanged instance/server/0 (newer image available: ami-2 (running ami-1; image.update: latest takes it))"
+        );
+
+        let mut latest = c.clone();
+        latest.instances[0].image = lookup(ImageUpdate::Latest);
+        let p = plan(&desired(&latest, "demo", &DesiredInputs::default()), &live);
+        let i = p.get("instance/server/0").expect("instance");
+        assert_eq!(i.action, ChangeAction::Replace, "{i}");
+        assert!(i.to_string().contains("image ami-1 → ami-2"), "{i}");
+
+        // Launched without the lookup tag (by an older phoenix, or from another lookup).
+        for copy in live.resources.get_mut("instance/server/0").expect("live") {
+            copy.tags.remove(TAG_IMAGE_LOOKUP);
+        }
+        let p = plan(&d, &live);
+        assert_eq!(
+            p.get("instance/server/0").expect("instance").action,
+            ChangeAction::Replace
         );
     }
 
