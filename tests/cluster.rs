@@ -94,6 +94,7 @@ fn k3s() -> K3s {
         endpoint: EndpointKind::Public,
         secret: SecretSource::Env("PHOENIX_TEST_CLUSTER_SECRET".into()),
         tls_sans: Vec::new(),
+        disable: Vec::new(),
     }
 }
 

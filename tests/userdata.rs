@@ -14,8 +14,8 @@ use base64::Engine;
 use phoenix::env::model::{Cluster, Environment, Role};
 use phoenix::env::{load, MemFiles};
 use phoenix::providers::cluster::{
-    agent_context, display_context, kubeconfig_value, server_context, write_kubeconfig,
-    Credentials, Secret,
+    agent_context, display_context, kubeconfig_value, server_context, with_disabled,
+    write_kubeconfig, Credentials, Secret,
 };
 use phoenix::render::{Mode, Renderer, SecretValues};
 
@@ -31,7 +31,7 @@ spec:
     instances:
       - { name: server, role: server, count: 1, type: t3.medium, image: { owner: amazon, name: \"al2023-ami-2023*-x86_64\" }, subnet: public-a, securityGroups: [cluster] }
       - { name: agent, role: agent, count: 2, type: t3.medium, image: { owner: amazon, name: \"al2023-ami-2023*-x86_64\" }, subnet: public-a, securityGroups: [cluster] }
-  cluster: { distribution: k3s, version: v1.31.4+k3s1, secret: env:PHOENIX_TEST_CLUSTER_SECRET, tlsSans: [api.demo.example] }
+  cluster: { distribution: k3s, version: v1.31.4+k3s1, secret: env:PHOENIX_TEST_CLUSTER_SECRET, tlsSans: [api.demo.example], disable: [traefik, servicelb] }
 ";
 
 /// A cluster secret for the tests (never a real one).
@@ -102,7 +102,14 @@ fn render_all(creds: &Credentials) -> Vec<(String, Role, String)> {
                         Some(Cluster::K3s(k)) => k.tls_sans.clone(),
                         _ => Vec::new(),
                     };
-                    server_context(creds, &v, &sans).expect("server ctx")
+                    let disable = match &env.cluster {
+                        Some(Cluster::K3s(k)) => k.disable.clone(),
+                        _ => Vec::new(),
+                    };
+                    with_disabled(
+                        server_context(creds, &v, &sans).expect("server ctx"),
+                        &disable,
+                    )
                 }
                 Role::Agent => agent_context(creds, &v, "10.40.1.12").expect("agent ctx"),
                 Role::None => unreachable!("no plain instances in the sample"),
@@ -270,6 +277,32 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
                 assert!(
                     text.contains("\"api.demo.example\""),
                     "{name}: extra tls-san"
+                );
+                assert!(
+                    text.contains(&format!(
+                        "agent-token: \"{}\"",
+                        creds.agent_secret().expose()
+                    )),
+                    "{name}: the server accepts agents with the agent token"
+                );
+                // The env brings its own ingress: k3s's Traefik and ServiceLB are disabled.
+                let config = yaml(
+                    doc["write_files"]
+                        .as_sequence()
+                        .and_then(|files| {
+                            files.iter().find(|f| {
+                                f.get("path").and_then(|p| p.as_str())
+                                    == Some("/etc/rancher/k3s/config.yaml")
+                            })
+                        })
+                        .and_then(|f| f.get("content"))
+                        .and_then(|c| c.as_str())
+                        .expect("config.yaml"),
+                );
+                assert_eq!(
+                    config["disable"],
+                    yaml("[traefik, servicelb]"),
+                    "{name}: {config:?}"
                 );
                 let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
                 assert!(

@@ -144,8 +144,10 @@ impl Deployment {
                     user_data.insert(g.name.clone(), render(&serde_json::json!({}))?);
                 }
                 Role::Server => {
-                    let value =
-                        cl::server_context(creds, &k.version, &sans).map_err(cluster_err)?;
+                    let value = cl::with_disabled(
+                        cl::server_context(creds, &k.version, &sans).map_err(cluster_err)?,
+                        &k.disable,
+                    );
                     user_data.insert(g.name.clone(), render(&value)?);
                 }
                 Role::Agent => {
@@ -364,7 +366,27 @@ impl Deployment {
                     depends_on: c.depends_on.clone(),
                     wait: c.wait,
                     force_conflicts: c.force_conflicts || force_conflicts,
-                    checks: c.checks.iter().map(HttpCheck::from).collect(),
+                    checks: c
+                        .checks
+                        .iter()
+                        .map(|check| {
+                            let mut h = HttpCheck::from(check);
+                            if let Some(ca) = &check.ca {
+                                let path = format!("{}/{ca}", self.env.dir);
+                                h.ca_pem = Some(
+                                    crate::env::CommitFiles::read_text(&*self.snap, &path)
+                                        .map_err(|why| {
+                                            Failure::new(format!(
+                                                "cannot read the CA bundle {path} of a check of {}",
+                                                c.name
+                                            ))
+                                            .cause(why)
+                                        })?,
+                                );
+                            }
+                            Ok(h)
+                        })
+                        .collect::<Result<Vec<_>, Failure>>()?,
                 });
             }
         }

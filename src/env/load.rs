@@ -919,11 +919,19 @@ fn decode_cluster(d: &mut Decoder, n: &Node, p: &str) -> Option<Cluster> {
             "endpoint",
             "secret",
             "tlsSans",
+            "disable",
             "existing",
         ],
     )?;
     if let Some(ex) = o.get("existing") {
-        for k in ["distribution", "version", "endpoint", "secret", "tlsSans"] {
+        for k in [
+            "distribution",
+            "version",
+            "endpoint",
+            "secret",
+            "tlsSans",
+            "disable",
+        ] {
             if let Some(node) = o.get(k) {
                 d.error_help(
                     node.pos,
@@ -1020,6 +1028,22 @@ fn decode_cluster(d: &mut Decoder, n: &Node, p: &str) -> Option<Cluster> {
         }
         None => Vec::new(),
     };
+    let mut disable = Vec::new();
+    if let Some(list) = o.get("disable") {
+        let path = o.child("disable");
+        for (i, (pos, name)) in d.strings(list, &path).into_iter().enumerate() {
+            if K3S_PACKAGED.contains(&name.as_str()) {
+                disable.push(name);
+            } else {
+                d.error_help(
+                    pos,
+                    &index(&path, i),
+                    format!("{name:?} is not a k3s packaged component"),
+                    format!("use {}", K3S_PACKAGED.join(", ")),
+                );
+            }
+        }
+    }
     if !version_ok {
         return None;
     }
@@ -1028,8 +1052,12 @@ fn decode_cluster(d: &mut Decoder, n: &Node, p: &str) -> Option<Cluster> {
         endpoint,
         secret: secret?,
         tls_sans,
+        disable,
     }))
 }
+
+/// What k3s deploys by itself and can be told not to (its `--disable` flag).
+const K3S_PACKAGED: &[&str] = &["traefik", "servicelb", "metrics-server", "local-storage"];
 
 fn decode_components(
     d: &mut Decoder,
@@ -1130,17 +1158,35 @@ fn decode_components(
                 let mut kept = Vec::new();
                 for (i, it) in items.iter().enumerate() {
                     let cp = index(p, i);
-                    let Some(c) = d.obj(it, &cp, &["http", "expect", "timeout"]) else {
+                    let Some(c) = d.obj(it, &cp, &["http", "expect", "timeout", "ca"]) else {
                         continue;
                     };
                     let url = d.req(&c, "http", "write http: http://host/path", Decoder::string);
                     if let (Some(u), Some(node)) = (&url, c.get("http")) {
-                        if !(u.starts_with("http://") || u.starts_with("https://")) {
+                        // Exactly what the run can do: http, or https verified with rustls.
+                        let parsed = u.parse::<http::Uri>().ok();
+                        let scheme = parsed.as_ref().and_then(|x| x.scheme_str().map(str::to_string));
+                        let host = parsed.as_ref().and_then(|x| x.host().map(str::to_string));
+                        if !matches!(scheme.as_deref(), Some("http") | Some("https")) || host.is_none_or(|h| h.is_empty()) {
                             d.error_help(
                                 node.pos,
                                 &c.child("http"),
-                                format!("{u:?} is not an http(s) URL"),
-                                "write a URL starting with http:// or https://",
+                                format!("{u:?} is not an http(s) URL with a host"),
+                                "write a URL like http://host[:port]/path or https://host[:port]/path (other schemes cannot be checked)",
+                            );
+                            continue;
+                        }
+                    }
+                    let ca = d.opt(&c, "ca", Decoder::string);
+                    if let (Some(ca), Some(node)) = (&ca, c.get("ca")) {
+                        let https = url.as_deref().is_some_and(|u| u.starts_with("https://"));
+                        let inside = !ca.is_empty() && !ca.starts_with('/') && ca.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
+                        if !https || !inside {
+                            d.error_help(
+                                node.pos,
+                                &c.child("ca"),
+                                if https { format!("{ca:?} is not a path inside the environment directory") } else { "ca applies to https checks only".to_string() },
+                                "write ca: a PEM file in the commit relative to the environment directory, e.g. ca: certs/internal-ca.pem, on an https:// check",
                             );
                             continue;
                         }
@@ -1156,6 +1202,7 @@ fn decode_components(
                             url,
                             expect,
                             timeout,
+                            ca,
                         });
                         kept.push(i);
                     }

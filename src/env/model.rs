@@ -287,6 +287,10 @@ pub struct K3s {
     /// Extra names in the API server's certificate (a load balancer or tunnel host), declared
     /// here so that no run-time setting changes what is deployed.
     pub tls_sans: Vec<String>,
+    /// k3s packaged components not to deploy (`traefik`, `servicelb`, `metrics-server`,
+    /// `local-storage`): an env that brings its own ingress disables traefik and servicelb,
+    /// which would otherwise take ports 80 and 443 on every node.
+    pub disable: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -318,6 +322,9 @@ pub struct Check {
     pub expect: u16,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// For an https URL: a PEM CA bundle in the commit, relative to the environment directory,
+    /// trusted instead of the system's roots (a private CA).
+    pub ca: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

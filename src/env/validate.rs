@@ -92,6 +92,27 @@ pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnosti
 
     let secret_names: BTreeSet<&str> = env.secrets.iter().map(|s| s.name.as_str()).collect();
     check_components(&mut c, env, files, &secret_names);
+
+    // A check's CA bundle is read from the commit when the check runs: it must be there.
+    for (list, key) in [(&env.addons, "spec.addons"), (&env.apps, "spec.apps")] {
+        for (i, comp) in list.iter().enumerate() {
+            for (j, check) in comp.checks.iter().enumerate() {
+                let Some(ca) = &check.ca else { continue };
+                let path = format!("{}/{ca}", env.dir);
+                if !files.is_file(&path) {
+                    let field = format!(
+                        "{}.ca",
+                        c.spans.item(&format!("{}.checks", c.spans.item(key, i)), j)
+                    );
+                    c.err(
+                        &field,
+                        format!("CA file {path} does not exist in the commit"),
+                        "commit the PEM CA bundle, with the path relative to the environment directory".into(),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Collects diagnostics, placing each at the value its field path names.

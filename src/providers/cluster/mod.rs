@@ -32,5 +32,5 @@ pub use observe::{
 };
 pub use userdata::{
     agent_context, check_address, check_version, display_context, instance_context, server_context,
-    API_PORT,
+    with_disabled, API_PORT,
 };

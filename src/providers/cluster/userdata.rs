@@ -39,7 +39,14 @@ pub fn server_context(
         "client_ca_cert": creds.client_ca_cert(),
         "client_ca_key": creds.client_ca_key().expose(),
         "tls_sans": tls_sans,
+        "disable": [],
     }))
+}
+
+/// [`server_context`] with the k3s packaged components the env disables (`cluster.disable`).
+pub fn with_disabled(mut value: Value, disable: &[String]) -> Value {
+    value["disable"] = json!(disable);
+    value
 }
 
 /// The `cluster` value for an agent: the k3s version, the server's address (its private
@@ -111,6 +118,10 @@ pub fn display_context(env: &Environment, role: &Role) -> Value {
         "client_ca_key": REDACTED,
         "tls_sans": match &env.cluster {
             Some(Cluster::K3s(k)) => k.tls_sans.clone(),
+            _ => Vec::new(),
+        },
+        "disable": match &env.cluster {
+            Some(Cluster::K3s(k)) => k.disable.clone(),
             _ => Vec::new(),
         },
     })
