@@ -491,9 +491,14 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
             }
             if &want.instance_type != instance_type {
                 let change = FieldChange::value("type", &want.instance_type, instance_type);
-                if ctx.allow_stop_modify_start {
+                // Not for the k3s server: a stop gives it a new public address, which its
+                // certificate (written at first boot) does not name and clients do not use.
+                if ctx.allow_stop_modify_start && want.role != "server" {
                     update.push(change);
                 } else {
+                    if ctx.allow_stop_modify_start {
+                        reason = Some("allowStopModifyStart does not apply to the k3s server: a stop and start gives it a new public address, which its certificate does not name; replacing it makes a new cluster".into());
+                    }
                     replace.push(change);
                 }
             }
@@ -997,6 +1002,36 @@ mod tests {
         );
     }
 
+    /// Issue 14, item 5: stop/modify/start would move the k3s server's public address out of
+    /// its certificate, so allowStopModifyStart applies to other instances only.
+    #[test]
+    fn allow_stop_modify_start_does_not_change_the_server_in_place() {
+        let mut c = cloud();
+        c.allow_stop_modify_start = true;
+        let mut worker = c.instances[0].clone();
+        worker.name = "worker".into();
+        worker.role = Role::None;
+        c.instances.push(worker);
+        let live = live_from(&desired(&c, "demo", &DesiredInputs::default()));
+        for g in &mut c.instances {
+            g.instance_type = "t3.large".into();
+        }
+        let p = plan(&desired(&c, "demo", &DesiredInputs::default()), &live);
+        assert_eq!(
+            p.get("instance/worker/0").expect("worker").action,
+            ChangeAction::Update
+        );
+        let server = p.get("instance/server/0").expect("server");
+        assert_eq!(server.action, ChangeAction::Replace, "{server}");
+        assert!(
+            server
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("new public address")),
+            "{server:?}"
+        );
+    }
+
     #[test]
     fn removed_resources_are_deleted_dependents_first() {
         let d = desired(&cloud(), "demo", &DesiredInputs::default());
@@ -1022,9 +1057,10 @@ mod tests {
 
     #[test]
     fn type_change_is_update_only_with_stop_modify_start() {
-        let d = desired(&cloud(), "demo", &DesiredInputs::default());
-        let live = live_from(&d);
         let mut c = cloud();
+        c.instances[0].role = Role::None;
+        let d = desired(&c, "demo", &DesiredInputs::default());
+        let live = live_from(&d);
         c.instances[0].instance_type = "t3.large".into();
         let p = plan(&desired(&c, "demo", &DesiredInputs::default()), &live);
         assert_eq!(
