@@ -402,3 +402,31 @@ fn a_new_phoenix_home_plans_no_change_rebuilds_nothing_and_recovers_cluster_acce
         .expect("a cloud layer");
     assert_eq!(cloud["status"], "in-sync", "{cloud}");
 }
+
+/// The cluster secret lost too: destroy still tears the cloud down (for k3s, deleting the
+/// cluster's objects first is best effort), warning that the cluster cannot be reached.
+#[test]
+fn destroy_without_the_cluster_secret_still_removes_the_cloud() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "cloud"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(bed.live_cloud("demo") > 0);
+    let fresh = bed.git.path("no-secret-home");
+    std::fs::create_dir_all(&fresh).expect("mkdir");
+    let out = bed
+        .command(&repo.dir)
+        .env("PHOENIX_HOME", &fresh)
+        .env_remove("PHOENIX_DEMO_CLUSTER_SECRET")
+        .args(["destroy", "demo", "--yes"])
+        .output()
+        .expect("run phoenix");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("PHOENIX_DEMO_CLUSTER_SECRET"), "{all}");
+    assert_eq!(
+        bed.live_cloud("demo"),
+        0,
+        "every cloud resource of demo is gone"
+    );
+}

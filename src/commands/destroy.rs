@@ -88,8 +88,15 @@ pub async fn destroy(
         None => None,
     };
     if let Some(live) = &live {
-        // From any machine: the kubeconfig is derived from the cluster secret, not kept.
-        dep.refresh_kubeconfig(ctx, live)?;
+        // From any machine: the kubeconfig is derived from the cluster secret, not kept. Without
+        // it (the secret lost too) the cloud still goes: for k3s the objects step is best effort.
+        if let Err(e) = dep.refresh_kubeconfig(ctx, live) {
+            eprintln!(
+                "warning: the cluster of {} cannot be reached to delete its objects first: {}",
+                dep.name,
+                e.summary()
+            );
+        }
     }
     let objects = match dep.cluster_access(ctx)? {
         Some(access) => {
