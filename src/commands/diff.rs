@@ -97,12 +97,14 @@ async fn check_layers(
         Err(e) => out.push(LayerDrift::error(Layer::Cloud, e.summary(), t.elapsed())),
         Ok(Some(ec2)) => match cloud_drift(ctx, dep, &renderer, &ec2).await {
             Ok((plan, live, entries)) => {
-                out.push(LayerDrift::checked(
-                    Layer::Cloud,
-                    entries,
-                    vec![],
-                    t.elapsed(),
-                ));
+                let mut layer = LayerDrift::checked(Layer::Cloud, entries, vec![], t.elapsed());
+                // Not drift, but worth knowing (a newer image for a pinned lookup).
+                layer.notes = plan
+                    .changes
+                    .iter()
+                    .flat_map(|c| c.notes.iter().map(move |n| format!("{}: {n}", c.resource)))
+                    .collect();
+                out.push(layer);
                 checked.cloud_plan = Some(plan);
                 live_cloud = Some(live);
             }
