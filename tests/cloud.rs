@@ -116,6 +116,8 @@ fn model() -> Cloud {
                 Image::Lookup {
                     owner: "amazon".into(),
                     name: "al2023-ami-2023*-kernel-6.1-x86_64".into(),
+                    architecture: "x86_64".into(),
+                    update: ImageUpdate::Pinned,
                 },
             ),
             group(
@@ -1144,7 +1146,9 @@ async fn generated_key_is_imported_and_stopped_instances_are_started() {
     let home = tempfile::tempdir().expect("tempdir");
     let mut cloud = model();
     cloud.instances.truncate(1);
-    let material = aws::key_material(&cloud, ENV, home.path())
+    // Not a k3s server: stop-modify-start never applies to one (its address would move).
+    cloud.instances[0].role = Role::None;
+    let material = aws::key_material(&cloud, ENV, home.path(), home.path())
         .expect("key")
         .expect("some");
     let inputs = DesiredInputs {
@@ -1238,4 +1242,444 @@ async fn instances_wait_for_running_and_status_checks_with_a_named_timeout() {
     assert_converged(&converge(&ec2, &desired).await);
     assert_eq!(instance_ids(&ec2, ENV).await, before, "no second launch");
     no_duplicates(&tagged(&ec2, ENV).await);
+}
+
+/// Issue 14, item 7: instances launch with IMDSv2 required and a hop limit of 1, so a pod cannot
+/// read the user-data (the cluster's CA keys) from the metadata service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_launch_with_imdsv2_required_and_a_hop_limit_of_one() {
+    let moto = Moto::start();
+    let ec2 = client(&moto.endpoint(), &fast_opts()).await;
+    let desired = desired_for(&model(), ENV, "c1");
+    assert_converged(&converge(&ec2, &desired).await);
+    let ids: Vec<String> = instance_ids(&ec2, ENV).await.into_values().collect();
+    assert!(!ids.is_empty());
+    let out = ec2
+        .client()
+        .describe_instances()
+        .set_instance_ids(Some(ids.clone()))
+        .send()
+        .await
+        .expect("describe instances");
+    let instances: Vec<_> = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .collect();
+    assert_eq!(instances.len(), ids.len());
+    for i in instances {
+        let m = i.metadata_options().expect("metadata options");
+        assert_eq!(
+            m.http_tokens(),
+            Some(&aws_sdk_ec2::types::HttpTokensState::Required),
+            "{:?}: {m:?}",
+            i.instance_id()
+        );
+        assert_eq!(m.http_put_response_hop_limit(), Some(1), "{m:?}");
+    }
+}
+
+/// Issue 14, item 2: the client token covers every RunInstances parameter. Behind a proxy that
+/// enforces EC2's ClientToken semantics (moto ignores them), instances of the same commit
+/// relaunched after a wipeout with other parameters (new user-data) are launched, not refused
+/// with IdempotentParameterMismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relaunch_of_the_same_commit_with_other_parameters_gets_a_new_client_token() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.port);
+    proxy.enforce_client_tokens();
+    let ec2 = client(&proxy.endpoint(), &fast_opts()).await;
+
+    // The proxy enforces what EC2 documents: same token and parameters → the earlier instance;
+    // same token, other parameters → IdempotentParameterMismatch.
+    let live = {
+        assert_converged(&converge(&ec2, &desired_for(&model(), ENV, "c1")).await);
+        aws::observe(&ec2, ENV).await.expect("observe")
+    };
+    let subnet = live.get("subnet/public-a")[0].aws_id.clone();
+    let launch = |user_data: &'static str| {
+        ec2.client()
+            .run_instances()
+            .image_id(AMI_1)
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(&subnet)
+            .user_data(user_data)
+            .client_token("proxy-self-check")
+    };
+    let first = launch("YQ==").send().await.expect("first launch");
+    let again = launch("YQ==")
+        .send()
+        .await
+        .expect("same token, same parameters");
+    let id = |o: &aws_sdk_ec2::operation::run_instances::RunInstancesOutput| {
+        o.instances()[0].instance_id().map(str::to_string)
+    };
+    assert_eq!(
+        id(&first),
+        id(&again),
+        "the earlier instance, not a new one"
+    );
+    let err = launch("Yg==").send().await.expect_err("other parameters");
+    assert_eq!(
+        aws_sdk_ec2::error::ProvideErrorMetadata::code(&err),
+        Some("IdempotentParameterMismatch"),
+        "{err:?}"
+    );
+    assert_eq!(proxy.client_token_mismatches(), 1);
+    let direct = client(&moto.endpoint(), &fast_opts()).await;
+    direct
+        .client()
+        .terminate_instances()
+        .set_instance_ids(id(&first).map(|i| vec![i]))
+        .send()
+        .await
+        .expect("terminate the self-check instance");
+
+    // A wipeout of the instances (out of band), then the same commit with other user-data (a
+    // new server address for the agents, say).
+    let before = instance_ids(&ec2, ENV).await;
+    direct
+        .client()
+        .terminate_instances()
+        .set_instance_ids(Some(before.values().cloned().collect()))
+        .send()
+        .await
+        .expect("terminate every instance");
+    let mut inputs = DesiredInputs {
+        commit: "c1".into(),
+        user_data: BTreeMap::from([
+            (
+                "server".to_string(),
+                "#!/bin/sh\necho server v2\n".to_string(),
+            ),
+            (
+                "agent".to_string(),
+                "#!/bin/sh\necho agent 10.40.1.99\n".to_string(),
+            ),
+        ]),
+        key: Some(key()),
+        extra_tags: BTreeMap::new(),
+        late_user_data: BTreeMap::new(),
+    };
+    let desired = Arc::new(aws::desired(&model(), ENV, &inputs));
+    let run = converge(&ec2, &desired).await;
+    assert_converged(&run);
+    assert_eq!(
+        proxy.client_token_mismatches(),
+        1,
+        "no relaunch was refused with IdempotentParameterMismatch"
+    );
+    let after = instance_ids(&ec2, ENV).await;
+    assert_eq!(after.len(), before.len());
+    for (resource, old) in &before {
+        assert_ne!(after.get(resource), Some(old), "{resource} relaunched");
+    }
+    // And a plain re-run changes nothing (the same parameters would reuse the same tokens).
+    inputs.extra_tags.clear();
+    assert!(!aws::plan_live(&ec2, &desired)
+        .await
+        .expect("plan")
+        .has_changes());
+}
+
+fn ec2_error(status: u16, code: &str, message: &str) -> Fault {
+    Fault::Answer {
+        status,
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+/// Issue 14, item 10: no capacity of the type in the zone is retried a bounded number of
+/// times, then fails at once naming type and zone (not after the node timeout); a short
+/// shortage is ridden out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insufficient_capacity_is_retried_a_few_times_then_named_with_type_and_zone() {
+    let capacity = || {
+        ec2_error(
+            500,
+            "InsufficientInstanceCapacity",
+            "We currently do not have sufficient t3.medium capacity in the Availability Zone you requested (us-east-1a).",
+        )
+    };
+    // A short shortage: two refusals, then capacity.
+    let (moto, proxy, run) = converge_through(capacity(), 2, Some("RunInstances")).await;
+    assert_converged(&run);
+    assert_eq!(proxy.injected(), 2);
+    drop((moto, proxy));
+
+    // A lasting one: every launch refused.
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.port);
+    let ec2 = client(&proxy.endpoint(), &fast_opts()).await;
+    proxy.always(capacity(), Some("RunInstances"));
+    let started = Instant::now();
+    let run = converge(&ec2, &desired_for(&model(), ENV, "c1")).await;
+    assert!(!run.converged);
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "bounded, not the 60 s node timeout: {:?}",
+        started.elapsed()
+    );
+    let node = run.node("cloud/instance/server/0").expect("server node");
+    let error = node.state.detail().unwrap_or_default().to_string();
+    assert!(
+        matches!(
+            node.state,
+            NodeState::Failed {
+                timed_out: false,
+                ..
+            }
+        ),
+        "{:?}",
+        node.state
+    );
+    for needle in [
+        "no t3.medium capacity in us-east-1a",
+        "after 5 attempts",
+        "InsufficientInstanceCapacity",
+        "another instance type",
+    ] {
+        assert!(error.contains(needle), "{needle:?} in {error}");
+    }
+    let launches = proxy
+        .log()
+        .iter()
+        .filter(|(a, _)| a == "RunInstances")
+        .count();
+    let instances = model()
+        .instances
+        .iter()
+        .map(|g| g.count as usize)
+        .sum::<usize>();
+    // Five engine attempts per instance, each of which the SDK tries max_attempts times (a 500).
+    assert_eq!(
+        launches,
+        5 * fast_opts().max_attempts as usize * instances,
+        "five attempts per instance"
+    );
+}
+
+/// Issue 14, item 10: a quota error names the quota, where to see what uses it and how to
+/// raise it, and fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_error_names_the_quota_and_fails_at_once() {
+    let (_moto, _proxy, run) = converge_through(
+        ec2_error(
+            400,
+            "VpcLimitExceeded",
+            "The maximum number of VPCs has been reached.",
+        ),
+        1,
+        Some("CreateVpc"),
+    )
+    .await;
+    assert!(!run.converged);
+    let node = run.node("cloud/vpc").expect("vpc node");
+    let error = node.state.detail().unwrap_or_default().to_string();
+    for needle in [
+        "VpcLimitExceeded",
+        "VPCs per Region",
+        "L-F678F1CE",
+        "aws ec2 describe-vpcs",
+        "phoenix gc",
+    ] {
+        assert!(error.contains(needle), "{needle:?} in {error}");
+    }
+    assert!(
+        matches!(
+            node.state,
+            NodeState::Failed {
+                timed_out: false,
+                ..
+            }
+        ),
+        "{:?}",
+        node.state
+    );
+}
+
+/// Issue 14, item 10: network interfaces and VPC endpoints that keep a VPC from being deleted
+/// (DeleteVpc would answer DependencyViolation) are named among the foreign resources, and the
+/// delete is refused at once instead of retried until the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_network_interfaces_and_endpoints_in_the_vpc_are_named() {
+    let moto = Moto::start();
+    let ec2 = client(&moto.endpoint(), &fast_opts()).await;
+    assert_converged(&converge(&ec2, &desired_for(&model(), ENV, "c1")).await);
+    let vpc_id = aws::observe(&ec2, ENV).await.expect("observe").get("vpc")[0]
+        .aws_id
+        .clone();
+    let c = ec2.client();
+    let subnet = c
+        .create_subnet()
+        .vpc_id(&vpc_id)
+        .cidr_block("10.40.200.0/24")
+        .send()
+        .await
+        .expect("foreign subnet")
+        .subnet()
+        .and_then(|s| s.subnet_id())
+        .expect("subnet id")
+        .to_string();
+    let eni = c
+        .create_network_interface()
+        .subnet_id(&subnet)
+        .description("ELB app/someone-elses-alb")
+        .send()
+        .await
+        .expect("foreign network interface")
+        .network_interface()
+        .and_then(|n| n.network_interface_id())
+        .expect("eni id")
+        .to_string();
+    let endpoint = c
+        .create_vpc_endpoint()
+        .vpc_id(&vpc_id)
+        .service_name("com.amazonaws.us-east-1.s3")
+        .send()
+        .await
+        .expect("foreign endpoint")
+        .vpc_endpoint()
+        .and_then(|e| e.vpc_endpoint_id())
+        .expect("endpoint id")
+        .to_string();
+
+    let run = destroy(&ec2, ENV).await;
+    assert!(!run.converged);
+    let node = run.node("cloud/delete/vpc").expect("vpc node");
+    let error = node.state.detail().unwrap_or_default().to_string();
+    assert!(
+        error.contains(&format!(
+            "network interface {eni} (ELB app/someone-elses-alb"
+        )),
+        "{error}"
+    );
+    assert!(
+        error.contains(&format!(
+            "VPC endpoint {endpoint} (com.amazonaws.us-east-1.s3)"
+        )),
+        "{error}"
+    );
+    assert!(
+        matches!(
+            node.state,
+            NodeState::Failed {
+                timed_out: false,
+                ..
+            }
+        ),
+        "refused at once: {:?}",
+        node.state
+    );
+}
+
+/// An image of this account made from a throwaway instance, named `name`.
+async fn own_image(ec2: &Ec2, subnet: &str, name: &str) -> String {
+    let c = ec2.client();
+    let source = c
+        .run_instances()
+        .image_id(AMI_1)
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(subnet)
+        .send()
+        .await
+        .expect("source instance");
+    let source_id = source.instances()[0]
+        .instance_id()
+        .expect("instance id")
+        .to_string();
+    let image = c
+        .create_image()
+        .instance_id(&source_id)
+        .name(name)
+        .send()
+        .await
+        .expect("create image")
+        .image_id()
+        .expect("image id")
+        .to_string();
+    c.terminate_instances()
+        .instance_ids(source_id)
+        .send()
+        .await
+        .expect("terminate the source");
+    image
+}
+
+/// Issue 14, item 3: the image an instance was launched from a lookup is recorded on it; a
+/// newer image matching the lookup is shown as available and changes nothing, unless the env
+/// says `update: latest`; lookups filter by architecture (and state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_image_is_available_not_drift_and_taken_only_with_update_latest() {
+    let moto = Moto::start();
+    let ec2 = client(&moto.endpoint(), &fast_opts()).await;
+    // The network first, so that images can be made from an instance in it.
+    let with_lookup = |update: ImageUpdate, architecture: &str| {
+        let mut m = model();
+        m.instances.truncate(1);
+        m.instances[0].image = Image::Lookup {
+            owner: "123456789012".into(),
+            name: "phoenix-test-*".into(),
+            architecture: architecture.into(),
+            update,
+        };
+        m
+    };
+    let mut network = model();
+    network.instances.clear();
+    assert_converged(&converge(&ec2, &desired_for(&network, ENV, "c1")).await);
+    let subnet = aws::observe(&ec2, ENV)
+        .await
+        .expect("observe")
+        .get("subnet/public-a")[0]
+        .aws_id
+        .clone();
+    let first = own_image(&ec2, &subnet, "phoenix-test-1").await;
+
+    let pinned = desired_for(&with_lookup(ImageUpdate::Pinned, "x86_64"), ENV, "c1");
+    assert_converged(&converge(&ec2, &pinned).await);
+    let live = aws::observe(&ec2, ENV).await.expect("observe");
+    let server = live.get("instance/server/0")[0].clone();
+    assert_eq!(
+        server.tags.get("phoenix:image-lookup").map(String::as_str),
+        Some("123456789012/phoenix-test-* (x86_64)")
+    );
+    match &server.state {
+        aws::LiveState::Instance { image_id, .. } => assert_eq!(image_id, &first),
+        other => panic!("{other:?}"),
+    }
+
+    // A newer image is published: available, not a change; a converge keeps the instance.
+    let second = own_image(&ec2, &subnet, "phoenix-test-2").await;
+    let plan = aws::plan_live(&ec2, &pinned).await.expect("plan");
+    assert!(!plan.has_changes(), "{plan}");
+    let line = plan.get("instance/server/0").expect("instance").to_string();
+    assert!(
+        line.contains(&format!("newer image available: {second}")),
+        "{line}"
+    );
+    assert_converged(&converge(&ec2, &pinned).await);
+    assert_eq!(
+        instance_ids(&ec2, ENV).await.get("instance/server/0"),
+        Some(&server.aws_id),
+        "not replaced"
+    );
+
+    // Asked for: update: latest replaces it with the newest.
+    let latest = desired_for(&with_lookup(ImageUpdate::Latest, "x86_64"), ENV, "c1");
+    let plan = aws::plan_live(&ec2, &latest).await.expect("plan");
+    let change = plan.get("instance/server/0").expect("instance");
+    assert_eq!(change.action, ChangeAction::Replace, "{change}");
+
+    // Only images of the architecture asked for are candidates.
+    let arm = desired_for(&with_lookup(ImageUpdate::Pinned, "arm64"), ENV, "c1");
+    let err = aws::plan_live(&ec2, &arm)
+        .await
+        .expect_err("no arm64 image");
+    assert!(err.to_string().contains("no image matches"), "{err}");
 }

@@ -24,7 +24,7 @@ use phoenix::env::model::*;
 use phoenix::providers::aws::{self, AwsOptions, ConvergeOptions, DesiredInputs, Ec2, KeyMaterial};
 use phoenix::providers::cluster::{
     client_for, control_plane_node, ClusterAccess, Credentials, GateOptions, GateTarget,
-    KubeconfigConnector, CONTROL_PLANE_NODE,
+    KubeconfigConnector, Secret, CONTROL_PLANE_NODE,
 };
 use phoenix::report::events::{Event, EventSink};
 
@@ -45,6 +45,8 @@ fn cloud(agents: u32) -> Cloud {
         image: Image::Lookup {
             owner: "amazon".into(),
             name: "al2023-ami-2023*-kernel-6.1-x86_64".into(),
+            architecture: "x86_64".into(),
+            update: ImageUpdate::Pinned,
         },
         subnet: "public-a".into(),
         security_groups: vec!["cluster".into()],
@@ -92,6 +94,9 @@ fn k3s() -> K3s {
     K3s {
         version: "v1.31.4+k3s1".into(),
         endpoint: EndpointKind::Public,
+        secret: SecretSource::Env("PHOENIX_TEST_CLUSTER_SECRET".into()),
+        tls_sans: Vec::new(),
+        disable: Vec::new(),
     }
 }
 
@@ -179,7 +184,14 @@ impl Bed {
         opts: GateOptions,
         with_cloud: bool,
     ) -> Graph {
-        let (creds, _) = Credentials::ensure(self.home.path(), &self.env).unwrap();
+        let creds = Arc::new(
+            Credentials::derive(
+                self.home.path(),
+                &self.env,
+                &Secret::new("cluster-test-secret-0123456789abcdef"),
+            )
+            .unwrap(),
+        );
         let mut graph = Graph::new();
         if with_cloud {
             let user_data = BTreeMap::from([
@@ -210,6 +222,7 @@ impl Bed {
         let (mut spec, action) = control_plane_node(
             GateTarget::K3s {
                 phoenix_home: self.home.path().to_path_buf(),
+                creds,
                 env_name: self.env.clone(),
                 cloud: Arc::clone(&self.cloud),
                 k3s: k3s(),
@@ -647,4 +660,106 @@ async fn a_silent_api_server_times_out_naming_the_endpoint() {
         }
         other => panic!("expected a failure, got {other:?}"),
     }
+}
+
+/// A running-then-terminated instance, tagged as a copy of `instance/agent/0` of `env` when
+/// `env` is given (an instance phoenix replaced), untagged otherwise (someone else's).
+async fn terminated_instance(bed: &Bed, env: Option<&str>) -> String {
+    let live = aws::observe(&bed.ec2, &bed.env).await.unwrap();
+    let subnet = live.get("subnet/public-a")[0].aws_id.clone();
+    let mut req = bed
+        .ec2
+        .client()
+        .run_instances()
+        .image_id("ami-03c3da4cfa8e8943a")
+        .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(subnet);
+    if let Some(env) = env {
+        let tag = |k: &str, v: &str| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build();
+        req = req.tag_specifications(
+            aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+                .tags(tag("phoenix:env", env))
+                .tags(tag("phoenix:resource", "instance/agent/0"))
+                .tags(tag("phoenix:role", "agent"))
+                .build(),
+        );
+    }
+    let id = req.send().await.unwrap().instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    bed.ec2
+        .client()
+        .terminate_instances()
+        .instance_ids(&id)
+        .send()
+        .await
+        .unwrap();
+    id
+}
+
+/// Issue 14, item 4: k3s keeps the Node of a terminated instance (no cloud controller). The
+/// gate deletes the Nodes of instances phoenix terminated, and leaves every other Node alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_of_instances_phoenix_terminated_are_deleted_and_no_others() {
+    let bed = Bed::new("demo", 1).await;
+    let sb = sandbox(Some(&bed.moto), Duration::from_millis(200)).await;
+    let override_url = format!("{}/clusters/{{env}}", sb.url());
+    let graph = bed
+        .graph(
+            Some(override_url.clone()),
+            gate_opts(Duration::from_secs(60)),
+            true,
+        )
+        .await;
+    let (summary, _) = run(graph).await;
+    assert!(summary.converged, "{}", failures(&summary));
+
+    let ours = terminated_instance(&bed, Some("demo")).await;
+    let theirs = terminated_instance(&bed, None).await;
+    let client = client_for(&ClusterAccess::k3s(bed.home.path(), "demo").unwrap())
+        .await
+        .unwrap();
+    let nodes = Api::<Node>::all(client.clone());
+    for (name, id) in [("stale-agent", &ours), ("someone-elses", &theirs)] {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": { "name": name },
+            "spec": { "providerID": format!("aws:///us-east-1a/{id}") },
+        }))
+        .unwrap();
+        nodes.create(&PostParams::default(), &node).await.unwrap();
+    }
+
+    let graph = bed
+        .graph(
+            Some(override_url),
+            gate_opts(Duration::from_secs(60)),
+            false,
+        )
+        .await;
+    let (summary, progress) = run(graph).await;
+    assert!(summary.converged, "{}", failures(&summary));
+    assert!(
+        progress
+            .iter()
+            .any(|m| m.contains(&format!("deleted Node stale-agent of instance {ours}"))),
+        "{progress:#?}"
+    );
+    let names: Vec<String> = nodes
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert!(!names.contains(&"stale-agent".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"someone-elses".to_string()),
+        "a Node of an instance phoenix does not own stays: {names:?}"
+    );
 }

@@ -416,3 +416,76 @@ fn a_diff_after_a_rebuild_dry_runs_only_secrets_and_what_was_written_since() {
         dry_runs() - before
     );
 }
+
+/// An image of moto's account, made from a throwaway instance, named `name`.
+fn own_image(bed: &Bed, name: &str) -> String {
+    let c = bed.ec2_client();
+    bed.rt.block_on(async {
+        let source = c
+            .run_instances()
+            .image_id("ami-03c3da4cfa8e8943a")
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .send()
+            .await
+            .expect("source instance");
+        let id = source.instances()[0].instance_id().expect("id").to_string();
+        let image = c
+            .create_image()
+            .instance_id(&id)
+            .name(name)
+            .send()
+            .await
+            .expect("create image")
+            .image_id()
+            .expect("image id")
+            .to_string();
+        c.terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .expect("terminate the source");
+        image
+    })
+}
+
+/// Issue 14, item 3: after a rebuild, a newly published image matching the server's lookup is
+/// no drift and no change: `diff` and `plan` exit 0 and name it as available.
+#[test]
+fn a_newer_image_for_a_pinned_lookup_is_a_note_not_drift() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    own_image(&bed, "phoenix-demo-1");
+    let env_file = repo.dir.join("environments/demo/environment.yaml");
+    let env = std::fs::read_to_string(&env_file)
+        .expect("read env")
+        .replacen(
+            "image: { owner: amazon, name: \"al2023-ami-2023*-kernel-6.1-x86_64\" }",
+            "image: { owner: \"123456789012\", name: \"phoenix-demo-*\" }",
+            1,
+        );
+    assert!(env.contains("phoenix-demo-*"));
+    std::fs::write(&env_file, env).expect("write env");
+    repo.commit("the server from our own image");
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let newer = own_image(&bed, "phoenix-demo-2");
+    let out = bed.phoenix(&repo.dir, &["diff", "demo"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "no drift:\n{all}");
+    assert!(
+        all.contains(&format!(
+            "note instance/server/0: newer image available: {newer}"
+        )),
+        "{all}"
+    );
+    let out = bed.phoenix(&repo.dir, &["diff", "demo", "--output", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["exitCode"], 0, "{v}");
+    let out = bed.phoenix(&repo.dir, &["plan", "demo", "--detailed-exitcode"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "no change pending:\n{all}");
+    assert!(all.contains("newer image available"), "{all}");
+}

@@ -210,6 +210,8 @@ fn a_drill_over_its_recovery_objective_exits_3() {
         "`cluster/control-plane`",
         "`worker` from `environments/demo/apps/worker` in namespace web, after web, backup-operator",
         "phoenix rebuild demo --ref",
+        // What a new machine needs for the cluster: the secret, not a $PHOENIX_HOME.
+        "the cluster secret from env:PHOENIX_DEMO_CLUSTER_SECRET",
     ] {
         assert!(runbook.contains(needle), "{needle:?} missing:\n{runbook}");
     }

@@ -239,6 +239,7 @@ spec:
     distribution: k3s
     version: v1.31.4+k3s1
     endpoint: public
+    secret: env:PHOENIX_TEST_CLUSTER_SECRET
   addons:
     - name: ingress
       template: addons/ingress

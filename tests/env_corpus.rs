@@ -321,7 +321,7 @@ fn full_fixture_decodes_every_field() {
     assert_eq!(env.secrets.len(), 3);
     assert_eq!(
         env.secrets[1].source,
-        SecretSource::File("~/.phoenix/db-password".into())
+        SecretSource::File("every-field/db-password".into())
     );
     let cloud = env.cloud.as_ref().expect("cloud");
     assert_eq!(cloud.region, "eu-west-2");
@@ -364,6 +364,11 @@ fn full_fixture_decodes_every_field() {
         Cluster::K3s(k) => {
             assert_eq!(k.version, "v1.31.4+k3s1");
             assert_eq!(k.endpoint, EndpointKind::Private);
+            assert_eq!(
+                k.secret,
+                SecretSource::Env("PHOENIX_TEST_CLUSTER_SECRET".into())
+            );
+            assert_eq!(k.tls_sans, ["api.every-field.example", "203.0.113.10"]);
         }
         other => panic!("expected k3s, got {other:?}"),
     }

@@ -938,6 +938,7 @@ async fn http_checks_gate_the_component() {
         url: format!("{}/healthz", sb.url()),
         expect: 200,
         timeout: Duration::from_secs(2),
+        ca_pem: None,
     }];
     let mut bad = component(
         Layer::Apps,
@@ -949,6 +950,7 @@ async fn http_checks_gate_the_component() {
         url: format!("{}/healthz", sb.url()),
         expect: 204,
         timeout: Duration::from_secs(1),
+        ca_pem: None,
     }];
     let r = run(&client, vec![ok, bad], false).await;
     assert_eq!(outcome(&r, "apps/ok"), NodeOutcome::Created);

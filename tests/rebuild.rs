@@ -312,3 +312,121 @@ fn an_existing_cluster_is_reached_through_its_kubeconfig_and_context() {
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("nope") && all.contains(&context), "{all}");
 }
+
+/// Issue 14, item 1: nothing in `$PHOENIX_HOME` decides what is deployed. After a rebuild from one
+/// machine, a second machine (a new, empty `PHOENIX_HOME`) with the same commit and cluster
+/// secret plans no change, finds no drift, rebuilds without replacing anything and reaches the
+/// cluster; and `--cluster-endpoint` (how phoenix reaches the API) changes no user-data.
+#[test]
+fn a_new_phoenix_home_plans_no_change_rebuilds_nothing_and_recovers_cluster_access() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    let fresh = bed.git.path("second-machine-home");
+    std::fs::create_dir_all(&fresh).expect("mkdir");
+    let on_fresh = |args: &[&str]| {
+        bed.command(&repo.dir)
+            .env("PHOENIX_HOME", &fresh)
+            .args(args)
+            .output()
+            .expect("run phoenix")
+    };
+
+    let out = on_fresh(&["plan", "demo", "--detailed-exitcode"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "no change pending:\n{all}");
+    assert!(!all.contains("-/+ replace"), "{all}");
+    assert!(all.contains("0 to replace"), "{all}");
+
+    let out = on_fresh(&["diff", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "in sync:\n{}", text(&out));
+
+    let out = on_fresh(&["rebuild", "demo", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = report(&out);
+    for id in [
+        "cloud/instance/server/0",
+        "cloud/instance/agent/0",
+        "cloud/instance/agent/1",
+    ] {
+        assert_eq!(
+            node_outcome(&r, id)["state"]["outcome"],
+            "unchanged",
+            "{id} kept from the other machine's rebuild: {r}"
+        );
+    }
+    assert_eq!(bed.nodes("demo").len(), 3, "no instance was replaced");
+
+    // kubectl works with the kubeconfig the second machine derived.
+    let kubeconfig = fresh.join("clusters/demo/kubeconfig");
+    let out = std::process::Command::new(control_plane::kubectl_binary())
+        .arg(format!("--kubeconfig={}", kubeconfig.display()))
+        .args([
+            "--request-timeout=20s",
+            "get",
+            "deployments",
+            "-n",
+            "web",
+            "-o",
+            "name",
+        ])
+        .output()
+        .expect("kubectl runs");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listed.contains("deployment.apps/web"),
+        "kubectl through the new home: {listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Another endpoint override (a tunnel on another address) reaches nothing here, but the
+    // cloud layer still compares in sync: the override is not in the user-data.
+    let out = bed
+        .command(&repo.dir)
+        .env("PHOENIX_HOME", &fresh)
+        .env(
+            "PHOENIX_CLUSTER_ENDPOINT",
+            "https://tunnel.example.invalid:16443",
+        )
+        .args(["diff", "demo", "--output", "json"])
+        .output()
+        .expect("run phoenix");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("diff --output json: {e}\n{}", text(&out)));
+    let cloud = v["layers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["layer"] == "cloud"))
+        .cloned()
+        .expect("a cloud layer");
+    assert_eq!(cloud["status"], "in-sync", "{cloud}");
+}
+
+/// The cluster secret lost too: destroy still tears the cloud down (for k3s, deleting the
+/// cluster's objects first is best effort), warning that the cluster cannot be reached.
+#[test]
+fn destroy_without_the_cluster_secret_still_removes_the_cloud() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "cloud"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(bed.live_cloud("demo") > 0);
+    let fresh = bed.git.path("no-secret-home");
+    std::fs::create_dir_all(&fresh).expect("mkdir");
+    let out = bed
+        .command(&repo.dir)
+        .env("PHOENIX_HOME", &fresh)
+        .env_remove("PHOENIX_DEMO_CLUSTER_SECRET")
+        .args(["destroy", "demo", "--yes"])
+        .output()
+        .expect("run phoenix");
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains("PHOENIX_DEMO_CLUSTER_SECRET"), "{all}");
+    assert_eq!(
+        bed.live_cloud("demo"),
+        0,
+        "every cloud resource of demo is gone"
+    );
+}

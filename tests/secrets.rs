@@ -1,7 +1,7 @@
 //! Secrets never leak: every command runs against the demo on moto + the real control plane with its
 //! secret reference set, and stdout, stderr, the JSON event streams, drill reports, audit
-//! records and every other file phoenix writes are scanned for the secret value and for the
-//! cluster's join token and private keys. Zero occurrences. The kubeconfig, the credentials and
+//! records and every other file phoenix writes are scanned for the secret values, the cluster
+//! secret and the tokens and CA private keys derived from it. Zero occurrences. The kubeconfig, the credentials and
 //! generated keys are 0600.
 
 #[path = "support/bed.rs"]
@@ -16,7 +16,7 @@ mod support_git;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use bed::{text, Bed, DB_PASSWORD};
+use bed::{text, Bed, CLUSTER_SECRET, DB_PASSWORD};
 
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -32,26 +32,36 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The values that must never appear outside the files that hold them.
-fn secret_values(bed: &Bed) -> Vec<(String, String)> {
-    let mut values = vec![("the db password".to_string(), DB_PASSWORD.to_string())];
-    let dir = bed.git.phoenix_home().join("clusters/demo");
-    let mut files = Vec::new();
-    files_under(&dir, &mut files);
-    for f in files {
-        let name = f
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        if name.ends_with(".key") || name.contains("token") {
-            let content = std::fs::read_to_string(&f).unwrap_or_default();
-            // A PEM key: its base64 body lines are what could leak; the token: its value.
-            for line in content.lines() {
-                let line = line.trim();
-                if line.len() >= 16 && !line.starts_with("-----") {
-                    values.push((format!("{name} from {}", f.display()), line.to_string()));
-                }
+/// The values that must never appear outside the files that hold them: the db password, the
+/// cluster secret and what phoenix derives from it (tokens, CA private keys).
+fn secret_values(_bed: &Bed) -> Vec<(String, String)> {
+    let mut values = vec![
+        ("the db password".to_string(), DB_PASSWORD.to_string()),
+        ("the cluster secret".to_string(), CLUSTER_SECRET.to_string()),
+    ];
+    let creds = phoenix::providers::cluster::Credentials::derive(
+        Path::new("/nonexistent"),
+        "demo",
+        &phoenix::providers::cluster::Secret::new(CLUSTER_SECRET),
+    )
+    .expect("the demo's credentials derive");
+    values.push((
+        "the server token".to_string(),
+        creds.server_token().expose().to_string(),
+    ));
+    values.push((
+        "the agent token".to_string(),
+        creds.agent_secret().expose().to_string(),
+    ));
+    for (name, key) in [
+        ("the server CA key", creds.server_ca_key()),
+        ("the client CA key", creds.client_ca_key()),
+    ] {
+        // A PEM key: its base64 body lines are what could leak.
+        for line in key.expose().lines() {
+            let line = line.trim();
+            if line.len() >= 16 && !line.starts_with("-----") {
+                values.push((name.to_string(), line.to_string()));
             }
         }
     }
@@ -120,16 +130,13 @@ fn no_command_output_report_or_record_contains_a_secret() {
             leaks.push(format!("the hand-set Secret value in the output of {what}"));
         }
     }
-    // Every file phoenix wrote, except the credential files themselves and the kubeconfig
-    // (which holds the admin key by design, 0600).
+    // Every file phoenix wrote, the kubeconfig cache included: it holds the per-run admin key by
+    // design (0600), but never a token, a CA key or the cluster secret.
     let mut files = Vec::new();
     files_under(&bed.git.phoenix_home(), &mut files);
     let cluster_dir = bed.git.phoenix_home().join("clusters");
     let mut scanned = 0;
     for f in &files {
-        if f.starts_with(&cluster_dir) {
-            continue;
-        }
         let Ok(content) = std::fs::read(f) else {
             continue;
         };
@@ -147,7 +154,7 @@ fn no_command_output_report_or_record_contains_a_secret() {
     );
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
 
-    // Credentials, the kubeconfig and generated keys are readable by their owner only.
+    // The kubeconfig and generated keys are readable by their owner only.
     let mut private = Vec::new();
     files_under(&cluster_dir, &mut private);
     files_under(&bed.git.phoenix_home().join("keys"), &mut private);

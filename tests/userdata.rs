@@ -1,6 +1,7 @@
 //! The k3s cloud-init templates rendered for a sample environment with real credentials, checked
-//! with `cloud-init schema` and `shellcheck` (every embedded script); and the credentials store:
-//! file modes, idempotence, rotation, and no secret in Debug or serialized output.
+//! with `cloud-init schema` and `shellcheck` (every embedded script); and the derived credentials:
+//! the same bytes from the same secret on any machine, certificates openssl accepts, a separate
+//! agent token, and no secret in Debug or serialized output.
 //!
 //! A missing `cloud-init` or `shellcheck` skips those checks with a loud message; set
 //! `PHOENIX_REQUIRE_LINTERS=1` (CI does) to make a missing tool a failure instead.
@@ -13,8 +14,8 @@ use base64::Engine;
 use phoenix::env::model::{Cluster, Environment, Role};
 use phoenix::env::{load, MemFiles};
 use phoenix::providers::cluster::{
-    agent_context, display_context, kubeconfig_value, server_context, write_kubeconfig,
-    Credentials, Provenance,
+    agent_context, display_context, kubeconfig_value, server_context, with_disabled,
+    write_kubeconfig, Credentials, Secret,
 };
 use phoenix::render::{Mode, Renderer, SecretValues};
 
@@ -30,8 +31,15 @@ spec:
     instances:
       - { name: server, role: server, count: 1, type: t3.medium, image: { owner: amazon, name: \"al2023-ami-2023*-x86_64\" }, subnet: public-a, securityGroups: [cluster] }
       - { name: agent, role: agent, count: 2, type: t3.medium, image: { owner: amazon, name: \"al2023-ami-2023*-x86_64\" }, subnet: public-a, securityGroups: [cluster] }
-  cluster: { distribution: k3s, version: v1.31.4+k3s1 }
+  cluster: { distribution: k3s, version: v1.31.4+k3s1, secret: env:PHOENIX_TEST_CLUSTER_SECRET, tlsSans: [api.demo.example], disable: [traefik, servicelb] }
 ";
+
+/// A cluster secret for the tests (never a real one).
+const CLUSTER_SECRET: &str = "userdata-test-cluster-secret-0123456789abcdef";
+
+fn derive(home: &Path, env: &str) -> Credentials {
+    Credentials::derive(home, env, &Secret::new(CLUSTER_SECRET)).expect("credentials derive")
+}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -90,7 +98,18 @@ fn render_all(creds: &Credentials) -> Vec<(String, Role, String)> {
         for i in 0..g.count {
             let ctx = match g.role {
                 Role::Server => {
-                    server_context(creds, &v, &["api.demo.example".into()]).expect("server ctx")
+                    let sans = match &env.cluster {
+                        Some(Cluster::K3s(k)) => k.tls_sans.clone(),
+                        _ => Vec::new(),
+                    };
+                    let disable = match &env.cluster {
+                        Some(Cluster::K3s(k)) => k.disable.clone(),
+                        _ => Vec::new(),
+                    };
+                    with_disabled(
+                        server_context(creds, &v, &sans).expect("server ctx"),
+                        &disable,
+                    )
                 }
                 Role::Agent => agent_context(creds, &v, "10.40.1.12").expect("agent ctx"),
                 Role::None => unreachable!("no plain instances in the sample"),
@@ -169,7 +188,7 @@ fn scripts(doc: &serde_yaml_ng::Value) -> Vec<(String, String)> {
 #[test]
 fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
     let home = tempfile::tempdir().unwrap();
-    let (creds, _) = Credentials::ensure(home.path(), "demo").unwrap();
+    let creds = derive(home.path(), "demo");
     let rendered = render_all(&creds);
     assert_eq!(rendered.len(), 3, "one server, two agents");
     let dir = tempfile::tempdir().unwrap();
@@ -259,6 +278,32 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
                     text.contains("\"api.demo.example\""),
                     "{name}: extra tls-san"
                 );
+                assert!(
+                    text.contains(&format!(
+                        "agent-token: \"{}\"",
+                        creds.agent_secret().expose()
+                    )),
+                    "{name}: the server accepts agents with the agent token"
+                );
+                // The env brings its own ingress: k3s's Traefik and ServiceLB are disabled.
+                let config = yaml(
+                    doc["write_files"]
+                        .as_sequence()
+                        .and_then(|files| {
+                            files.iter().find(|f| {
+                                f.get("path").and_then(|p| p.as_str())
+                                    == Some("/etc/rancher/k3s/config.yaml")
+                            })
+                        })
+                        .and_then(|f| f.get("content"))
+                        .and_then(|c| c.as_str())
+                        .expect("config.yaml"),
+                );
+                assert_eq!(
+                    config["disable"],
+                    yaml("[traefik, servicelb]"),
+                    "{name}: {config:?}"
+                );
                 let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
                 assert!(
                     text.contains(&b64(creds.server_ca_cert())),
@@ -279,8 +324,12 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
                     "{name}: joins the server\n{text}"
                 );
                 assert!(
-                    text.contains(creds.agent_token().expose()),
-                    "{name}: pinned token"
+                    text.contains(&format!("token: \"{}\"", creds.agent_token().expose())),
+                    "{name}: the agent token, pinning the server CA\n{text}"
+                );
+                assert!(
+                    !text.contains(creds.server_token().expose()),
+                    "{name}: an agent never gets the server token"
                 );
                 assert!(
                     !write_files.iter().any(|p| p.contains("/tls/")),
@@ -367,121 +416,105 @@ fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
 }
 
+/// Item 1 of issue 14: the user-data (whose hash decides whether the server is replaced) is the
+/// same bytes from two empty homes, so a new machine computes the same plan.
 #[test]
-fn credentials_are_private_created_once_and_rotated_on_request() {
-    let home = tempfile::tempdir().unwrap();
-    let (first, p) = Credentials::ensure(home.path(), "demo").unwrap();
-    assert_eq!(p, Provenance::Created);
-    let dir = home.path().join("clusters/demo");
-    assert_eq!(first.dir(), dir);
-    assert_eq!(mode(&dir), 0o700);
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
-    assert_eq!(
-        names,
-        [
-            "admin.crt",
-            "admin.key",
-            "admin.not-after",
-            "client-ca.crt",
-            "client-ca.key",
-            "server-ca.crt",
-            "server-ca.key",
-            "token"
-        ]
-    );
-    for n in &names {
-        assert_eq!(mode(&dir.join(n)), 0o600, "{n}");
+fn two_machines_with_the_same_secret_render_the_same_user_data_and_store_nothing() {
+    let one = tempfile::tempdir().unwrap();
+    let two = tempfile::tempdir().unwrap();
+    let a = render_all(&derive(one.path(), "demo"));
+    let b = render_all(&derive(two.path(), "demo"));
+    assert_eq!(a, b, "the same commit and secret render the same user-data");
+    for home in [&one, &two] {
+        assert_eq!(
+            std::fs::read_dir(home.path()).unwrap().count(),
+            0,
+            "deriving credentials writes nothing"
+        );
     }
-    assert!(
-        std::fs::read_dir(home.path().join("clusters"))
-            .unwrap()
-            .count()
-            == 1,
-        "no staging left"
-    );
-
-    let (again, p) = Credentials::ensure(home.path(), "demo").unwrap();
-    assert_eq!(p, Provenance::Reused);
-    assert_eq!(again.server_ca_cert(), first.server_ca_cert());
-    assert_eq!(again.server_token(), first.server_token());
-    assert_eq!(again.admin_key(), first.admin_key());
-
-    let kubeconfig = write_kubeconfig(&again, "https://10.40.1.12:6443").unwrap();
-    assert_eq!(kubeconfig, dir.join("kubeconfig"));
-    assert_eq!(mode(&kubeconfig), 0o600);
-
-    let rotated = Credentials::rotate(home.path(), "demo").unwrap();
-    assert_ne!(rotated.server_ca_cert(), first.server_ca_cert());
-    assert_ne!(rotated.client_ca_cert(), first.client_ca_cert());
-    assert_ne!(rotated.server_token(), first.server_token());
-    assert!(
-        !kubeconfig.exists(),
-        "the old kubeconfig went with the old credentials"
-    );
-    let (loaded, p) = Credentials::ensure(home.path(), "demo").unwrap();
-    assert_eq!(p, Provenance::Reused);
-    assert_eq!(loaded.server_ca_cert(), rotated.server_ca_cert());
-    assert_eq!(mode(&dir), 0o700);
-    assert!(
-        std::fs::read_dir(home.path().join("clusters"))
-            .unwrap()
-            .count()
-            == 1,
-        "old set removed"
-    );
-
-    // Another env (a drill copy) has its own set.
-    let (drill, p) = Credentials::ensure(home.path(), "demo-drill-ab12").unwrap();
-    assert_eq!(p, Provenance::Created);
-    assert_ne!(drill.server_ca_cert(), loaded.server_ca_cert());
-}
-
-#[test]
-fn loose_permissions_and_partial_sets_are_refused_with_a_fix() {
-    let home = tempfile::tempdir().unwrap();
-    let (creds, _) = Credentials::ensure(home.path(), "demo").unwrap();
-    let key = creds.dir().join("client-ca.key");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let err = Credentials::ensure(home.path(), "demo")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("client-ca.key") && err.contains("chmod 600"),
-        "{err}"
-    );
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::remove_file(creds.dir().join("token")).unwrap();
-    let err = Credentials::ensure(home.path(), "demo")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("token missing") && err.contains("rotate"),
-        "{err}"
-    );
-    std::fs::write(creds.dir().join("token"), "not a token!\n").unwrap();
-    std::fs::set_permissions(
-        creds.dir().join("token"),
-        std::fs::Permissions::from_mode(0o600),
+    // A drill copy, or another secret, gets other credentials.
+    let drill = render_all(&derive(one.path(), "demo-drill-ab12"));
+    assert_ne!(a[0].2, drill[0].2);
+    let other = Credentials::derive(
+        one.path(),
+        "demo",
+        &Secret::new(format!("{CLUSTER_SECRET}-rotated")),
     )
     .unwrap();
-    let err = Credentials::ensure(home.path(), "demo")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("token is not valid"), "{err}");
-    let err = Credentials::ensure(home.path(), "../escape")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("cannot name a credentials directory"), "{err}");
+    assert_ne!(a[0].2, render_all(&other)[0].2);
+    // The kubeconfig is the only file, written on request, private.
+    let creds = derive(one.path(), "demo");
+    let kubeconfig = write_kubeconfig(&creds, "https://10.40.1.12:6443").unwrap();
+    assert_eq!(kubeconfig, one.path().join("clusters/demo/kubeconfig"));
+    assert_eq!(mode(&kubeconfig), 0o600);
+    assert_eq!(mode(&one.path().join("clusters/demo")), 0o700);
+}
+
+/// The derived certificates are real: openssl checks the CAs are self-signed with the keys
+/// k3s is given, and the admin certificate chains to the client CA.
+#[test]
+fn derived_certificates_verify_with_openssl() {
+    let home = tempfile::tempdir().unwrap();
+    let creds = derive(home.path(), "demo");
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let server_ca = write("server-ca.crt", creds.server_ca_cert());
+    let server_key = write("server-ca.key", creds.server_ca_key().expose());
+    let client_ca = write("client-ca.crt", creds.client_ca_cert());
+    let client_key = write("client-ca.key", creds.client_ca_key().expose());
+    let admin = write("admin.crt", creds.admin_cert());
+    let openssl = |args: &[&std::ffi::OsStr]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    for (ca, key) in [(&server_ca, &server_key), (&client_ca, &client_key)] {
+        openssl(&[os("verify"), os("-CAfile"), ca.as_os_str(), ca.as_os_str()]);
+        let cert_pub = openssl(&[
+            os("x509"),
+            os("-noout"),
+            os("-pubkey"),
+            os("-in"),
+            ca.as_os_str(),
+        ]);
+        let key_pub = openssl(&[os("pkey"), os("-pubout"), os("-in"), key.as_os_str()]);
+        assert_eq!(cert_pub, key_pub, "{} matches its key", ca.display());
+    }
+    openssl(&[
+        os("verify"),
+        os("-CAfile"),
+        client_ca.as_os_str(),
+        admin.as_os_str(),
+    ]);
+    let text = openssl(&[
+        os("x509"),
+        os("-noout"),
+        os("-text"),
+        os("-in"),
+        server_ca.as_os_str(),
+    ]);
+    assert!(
+        text.contains("CA:TRUE") && text.contains("prime256v1"),
+        "{text}"
+    );
 }
 
 #[test]
 fn no_secret_in_debug_or_serialized_output() {
     let home = tempfile::tempdir().unwrap();
-    let (creds, _) = Credentials::ensure(home.path(), "demo").unwrap();
+    let creds = derive(home.path(), "demo");
     let debug = format!(
         "{creds:?} {:?} {:?}",
         creds.server_token(),
@@ -493,6 +526,7 @@ fn no_secret_in_debug_or_serialized_output() {
         creds.client_ca_key().expose().to_string(),
         creds.admin_key().expose().to_string(),
         creds.server_token().expose().to_string(),
+        creds.agent_secret().expose().to_string(),
     ];
     for s in &secrets {
         // Any 20-character run of a key's body would betray it; the token is checked whole.

@@ -52,6 +52,11 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DIR", env = "PHOENIX_HOME")]
     pub home: Option<PathBuf>,
 
+    /// Directory `file:` secret references are read from (relative names only; nothing outside it
+    /// is read, symlinks included) (default: ~/.config/phoenix/secrets)
+    #[arg(long, global = true, value_name = "DIR", env = "PHOENIX_SECRETS_DIR")]
+    pub secrets_dir: Option<PathBuf>,
+
     /// Kubernetes API endpoint instead of the one derived from the server instance
     /// (https://ADDRESS:6443): a tunnel, a load balancer, or the test control plane's router. `{env}` is replaced by
     /// the environment's effective name, e.g. http://127.0.0.1:PORT/clusters/{env}

@@ -15,6 +15,8 @@ pub struct Context {
     pub verbose: u8,
     /// `--cluster-endpoint` / `PHOENIX_CLUSTER_ENDPOINT`, with its `{env}` placeholder unresolved.
     pub cluster_endpoint: Option<String>,
+    /// `--secrets-dir` / `PHOENIX_SECRETS_DIR`: the only place `file:` references are read from.
+    pub secrets_dir: PathBuf,
 }
 
 impl Context {
@@ -42,6 +44,13 @@ impl Context {
             home,
             verbose: g.verbose,
             cluster_endpoint: g.cluster_endpoint.clone(),
+            secrets_dir: match &g.secrets_dir {
+                Some(d) => d.clone(),
+                None => crate::render::default_secrets_dir().ok_or_else(|| {
+                    Failure::new("cannot find a secrets directory")
+                        .help("set PHOENIX_SECRETS_DIR or pass --secrets-dir DIR")
+                })?,
+            },
         })
     }
 

@@ -47,11 +47,11 @@ impl Deployment {
     }
 
     /// Reads every secret the environment declares; the error names the secret, never a value.
-    pub fn secrets(&self) -> Result<SecretValues, Failure> {
-        SecretValues::resolve(&self.env).map_err(|why| {
+    pub fn secrets(&self, ctx: &Context) -> Result<SecretValues, Failure> {
+        SecretValues::resolve(&self.env, &ctx.secrets_dir).map_err(|why| {
             Failure::new(format!("cannot read the secrets of {}", self.env.name))
                 .cause(why)
-                .help("set the environment variables / create the files the spec.secrets entries name")
+                .help("set the environment variables / create the files the spec.secrets entries name (file: ones under --secrets-dir / PHOENIX_SECRETS_DIR)")
         })
     }
 
@@ -87,32 +87,16 @@ impl Deployment {
         let Some(cloud) = &self.env.cloud else {
             return Ok(None);
         };
-        let key = aws::key_material(cloud, &self.name, &ctx.home)
+        let key = aws::key_material(cloud, &self.name, &ctx.home, &ctx.secrets_dir)
             .map_err(|e| Failure::from_error("cannot prepare the key pair", &e))?;
         let k3s = match &self.env.cluster {
             Some(Cluster::K3s(k)) => Some(k),
             _ => None,
         };
-        let creds = match k3s {
-            Some(_) => Some(Arc::new(
-                cl::Credentials::ensure(&ctx.home, &self.name)
-                    .map_err(|e| {
-                        Failure::from_error(
-                            format!("cannot prepare the cluster credentials of {}", self.name),
-                            &e,
-                        )
-                    })?
-                    .0,
-            )),
-            None => None,
-        };
-        let sans: Vec<String> = ctx
-            .cluster_endpoint
-            .as_deref()
-            .and_then(|u| cl::endpoint_override(u, &self.name).ok())
-            .and_then(|u| cl::endpoint_host(&u))
-            .into_iter()
-            .collect();
+        let creds = self.cluster_credentials(ctx)?;
+        // Only what Git declares goes into the certificate: `--cluster-endpoint` is how phoenix
+        // reaches the API, never part of what is deployed.
+        let sans: Vec<String> = k3s.map(|k| k.tls_sans.clone()).unwrap_or_default();
         let servers: Vec<String> = cloud
             .instances
             .iter()
@@ -160,8 +144,10 @@ impl Deployment {
                     user_data.insert(g.name.clone(), render(&serde_json::json!({}))?);
                 }
                 Role::Server => {
-                    let value =
-                        cl::server_context(creds, &k.version, &sans).map_err(cluster_err)?;
+                    let value = cl::with_disabled(
+                        cl::server_context(creds, &k.version, &sans).map_err(cluster_err)?,
+                        &k.disable,
+                    );
                     user_data.insert(g.name.clone(), render(&value)?);
                 }
                 Role::Agent => {
@@ -253,6 +239,61 @@ impl Deployment {
         }
     }
 
+    /// The k3s cluster's credentials, derived from the env's cluster secret (`None` without a
+    /// k3s cluster). The same on every machine with the secret; nothing is read from or written
+    /// to `$PHOENIX_HOME`.
+    pub fn cluster_credentials(
+        &self,
+        ctx: &Context,
+    ) -> Result<Option<Arc<cl::Credentials>>, Failure> {
+        let Some(Cluster::K3s(k)) = &self.env.cluster else {
+            return Ok(None);
+        };
+        let secret = crate::render::resolve_secret(&k.secret, &ctx.secrets_dir).map_err(|why| {
+            Failure::new(format!(
+                "cannot read the cluster secret of {} ({})",
+                self.env.name, k.secret
+            ))
+            .cause(why)
+            .help("set the variable / create the file spec.cluster.secret names: every machine that runs phoenix for this env needs the same value (docs/cluster.md)")
+        })?;
+        let creds = cl::Credentials::derive(&ctx.home, &self.name, &cl::Secret::new(secret))
+            .map_err(|e| {
+                Failure::from_error(
+                    format!("cannot derive the cluster credentials of {}", self.name),
+                    &e,
+                )
+            })?;
+        Ok(Some(Arc::new(creds)))
+    }
+
+    /// Writes the k3s admin kubeconfig (a cache under `$PHOENIX_HOME`: derived from the cluster
+    /// secret and the live server's address, rewritten by every run) so that any machine reaches
+    /// the cluster, whatever its `$PHOENIX_HOME` held. Nothing without a k3s cluster, or without
+    /// a server instance (there is no cluster to reach then).
+    pub fn refresh_kubeconfig(&self, ctx: &Context, live: &aws::LiveCloud) -> Result<(), Failure> {
+        let (Some(Cluster::K3s(k)), Some(cloud)) = (&self.env.cluster, &self.env.cloud) else {
+            return Ok(());
+        };
+        if cl::server_instance(&self.name, cloud, live).is_err() {
+            return Ok(());
+        }
+        let Some(creds) = self.cluster_credentials(ctx)? else {
+            return Ok(());
+        };
+        let endpoint = cl::resolve_endpoint(
+            &self.name,
+            ctx.cluster_endpoint.as_deref(),
+            Some(cloud),
+            Some(live),
+            &k.endpoint,
+        )
+        .map_err(|e| Failure::from_error("cannot find the cluster's API endpoint", &e))?;
+        cl::write_kubeconfig(&creds, &endpoint.url)
+            .map_err(|e| Failure::from_error("cannot write the cluster's kubeconfig", &e))?;
+        Ok(())
+    }
+
     /// How phoenix reaches the cluster: the kubeconfig it writes for k3s, or the env's own.
     pub fn cluster_access(&self, ctx: &Context) -> Result<Option<cl::ClusterAccess>, Failure> {
         match &self.env.cluster {
@@ -279,8 +320,12 @@ impl Deployment {
                         self.name
                     )));
                 };
+                let creds = self.cluster_credentials(ctx)?.ok_or_else(|| {
+                    Failure::new("a k3s cluster without credentials (a bug in phoenix)")
+                })?;
                 Some(cl::GateTarget::K3s {
                     phoenix_home: ctx.home.clone(),
+                    creds,
                     env_name: self.name.clone(),
                     cloud: Arc::new(cloud.clone()),
                     k3s: k.clone(),
@@ -321,7 +366,27 @@ impl Deployment {
                     depends_on: c.depends_on.clone(),
                     wait: c.wait,
                     force_conflicts: c.force_conflicts || force_conflicts,
-                    checks: c.checks.iter().map(HttpCheck::from).collect(),
+                    checks: c
+                        .checks
+                        .iter()
+                        .map(|check| {
+                            let mut h = HttpCheck::from(check);
+                            if let Some(ca) = &check.ca {
+                                let path = format!("{}/{ca}", self.env.dir);
+                                h.ca_pem = Some(
+                                    crate::env::CommitFiles::read_text(&*self.snap, &path)
+                                        .map_err(|why| {
+                                            Failure::new(format!(
+                                                "cannot read the CA bundle {path} of a check of {}",
+                                                c.name
+                                            ))
+                                            .cause(why)
+                                        })?,
+                                );
+                            }
+                            Ok(h)
+                        })
+                        .collect::<Result<Vec<_>, Failure>>()?,
                 });
             }
         }

@@ -82,6 +82,22 @@ pub async fn destroy(
     concurrency: usize,
 ) -> Result<crate::engine::RunSummary, Failure> {
     let mut graph = Graph::new();
+    let ec2 = dep.ec2().await?;
+    let live = match &ec2 {
+        Some(ec2) => Some(dep.observe_cloud(ec2).await?),
+        None => None,
+    };
+    if let Some(live) = &live {
+        // From any machine: the kubeconfig is derived from the cluster secret, not kept. Without
+        // it (the secret lost too) the cloud still goes: for k3s the objects step is best effort.
+        if let Err(e) = dep.refresh_kubeconfig(ctx, live) {
+            eprintln!(
+                "warning: the cluster of {} cannot be reached to delete its objects first: {}",
+                dep.name,
+                e.summary()
+            );
+        }
+    }
     let objects = match dep.cluster_access(ctx)? {
         Some(access) => {
             let spec = NodeSpec::new(
@@ -105,8 +121,7 @@ pub async fn destroy(
         }
         None => false,
     };
-    if let Some(ec2) = dep.ec2().await? {
-        let live = dep.observe_cloud(&ec2).await?;
+    if let (Some(ec2), Some(live)) = (ec2, live) {
         let opts = ConvergeOptions {
             node_timeout: dep.env.timeouts.cloud,
             poll_interval: std::time::Duration::from_secs(1),

@@ -84,7 +84,7 @@ async fn check_layers(
     dep: &Deployment,
     checked: &mut Checked,
 ) -> Result<Vec<LayerDrift>, Failure> {
-    let secrets = dep.secrets()?;
+    let secrets = dep.secrets(ctx)?;
     let renderer = Arc::new(dep.renderer(secrets, Mode::Apply)?);
     let components = dep.components(&renderer, false)?;
     let mut out = Vec::new();
@@ -97,12 +97,14 @@ async fn check_layers(
         Err(e) => out.push(LayerDrift::error(Layer::Cloud, e.summary(), t.elapsed())),
         Ok(Some(ec2)) => match cloud_drift(ctx, dep, &renderer, &ec2).await {
             Ok((plan, live, entries)) => {
-                out.push(LayerDrift::checked(
-                    Layer::Cloud,
-                    entries,
-                    vec![],
-                    t.elapsed(),
-                ));
+                let mut layer = LayerDrift::checked(Layer::Cloud, entries, vec![], t.elapsed());
+                // Not drift, but worth knowing (a newer image for a pinned lookup).
+                layer.notes = plan
+                    .changes
+                    .iter()
+                    .flat_map(|c| c.notes.iter().map(move |n| format!("{}: {n}", c.resource)))
+                    .collect();
+                out.push(layer);
                 checked.cloud_plan = Some(plan);
                 live_cloud = Some(live);
             }
@@ -168,6 +170,22 @@ async fn check_layers(
                     layer,
                     entries,
                     unhealthy,
+                    Duration::ZERO,
+                ));
+            }
+            return Ok(out);
+        }
+    }
+    // The kubeconfig is derived, not stored: a machine that never ran phoenix for this env
+    // (a colleague's laptop, CI, the replacement for a lost one) reaches the cluster too.
+    if let Some(live) = &live_cloud {
+        if let Err(e) = dep.refresh_kubeconfig(ctx, live) {
+            let why = format!("cannot reach the cluster: {}", e.summary());
+            out.push(LayerDrift::error(Layer::Cluster, why.clone(), t.elapsed()));
+            for l in [Layer::Addons, Layer::Apps] {
+                out.push(LayerDrift::error(
+                    l,
+                    format!("not checked: {why}"),
                     Duration::ZERO,
                 ));
             }

@@ -74,7 +74,7 @@ async fn build_graph(
     dep: &Deployment,
     settings: &ConvergeSettings,
 ) -> Result<Graph, Failure> {
-    let secrets = dep.secrets()?;
+    let secrets = dep.secrets(ctx)?;
     let renderer = Arc::new(dep.renderer(secrets, Mode::Apply)?);
     // Every component is rendered before anything changes: a template error stops the run here.
     let components = dep.components(&renderer, settings.force_conflicts)?;

@@ -80,7 +80,8 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
             e.context.as_deref().unwrap_or("current")
         )),
         Some(Cluster::K3s(k)) => needs.push(format!(
-            "the cluster credentials under $PHOENIX_HOME/clusters/{name} (without them phoenix makes new ones and the servers are replaced); API endpoint: the server's {} address, k3s {}",
+            "the cluster secret from {} (every cluster credential is derived from it: with another value the plan replaces the servers; nothing from $PHOENIX_HOME is needed); API endpoint: the server's {} address, k3s {}",
+            k.secret,
             match k.endpoint {
                 EndpointKind::Public => "public",
                 EndpointKind::Private => "private",

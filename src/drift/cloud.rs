@@ -93,6 +93,7 @@ mod tests {
             reason: None,
             fields,
             live_ids: vec![],
+            notes: vec![],
         }
     }
 

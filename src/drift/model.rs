@@ -56,6 +56,8 @@ pub struct LayerDrift {
     pub unhealthy: Vec<Unhealthy>,
     /// How long this layer's check took.
     pub duration: Duration,
+    /// What is worth knowing but is not drift (e.g. a newer image for a pinned lookup).
+    pub notes: Vec<String>,
 }
 
 impl LayerDrift {
@@ -77,6 +79,7 @@ impl LayerDrift {
             entries,
             unhealthy,
             duration,
+            notes: Vec::new(),
         }
     }
 
@@ -88,6 +91,7 @@ impl LayerDrift {
             entries: Vec::new(),
             unhealthy: Vec::new(),
             duration,
+            notes: Vec::new(),
         }
     }
 
@@ -99,6 +103,7 @@ impl LayerDrift {
             entries: Vec::new(),
             unhealthy: Vec::new(),
             duration: Duration::ZERO,
+            notes: Vec::new(),
         }
     }
 

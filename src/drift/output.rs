@@ -59,6 +59,9 @@ pub fn human(report: &DriftReport, color: bool) -> String {
                 u.reason
             ));
         }
+        for n in &layer.notes {
+            out.push_str(&format!("  note {n}\n"));
+        }
     }
     out.push('\n');
     out.push_str(&verdict(report, &paint));
@@ -214,6 +217,9 @@ struct LayerDoc<'a> {
     duration_seconds: f64,
     entries: Vec<EntryDoc<'a>>,
     unhealthy: Vec<UnhealthyDoc<'a>>,
+    /// Not drift; absent when empty (schema version 1 unchanged).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -298,6 +304,7 @@ fn layer_doc(layer: &LayerDrift) -> LayerDoc<'_> {
                 reason: &u.reason,
             })
             .collect(),
+        notes: layer.notes.iter().map(String::as_str).collect(),
     }
 }
 

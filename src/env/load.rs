@@ -368,7 +368,7 @@ fn secret_source(d: &mut Decoder, n: &Node, p: &str) -> Option<SecretSource> {
                 n.pos,
                 p,
                 format!("{text:?} is not a secret reference: {why}"),
-                "write env:VARIABLE or file:/path/to/file (values never go in Git)",
+                "write env:VARIABLE or file:NAME (a file under --secrets-dir; values never go in Git)",
             );
             None
         }
@@ -816,7 +816,14 @@ fn decode_instances(d: &mut Decoder, n: &Node, p: &str) -> Option<InstanceGroup>
         }
     }
     let image = d.req(&o, "image", "write image: { id: ami-... } or image: { owner: amazon, name: \"al2023-ami-*\" }", |d, n, p| {
-        let io = d.obj(n, p, &["id", "owner", "name"])?;
+        let io = d.obj(n, p, &["id", "owner", "name", "architecture", "update"])?;
+        if io.get("id").is_some() {
+            for k in ["architecture", "update"] {
+                if let Some(node) = io.get(k) {
+                    d.error_help(node.pos, &io.child(k), format!("{k} applies to an image lookup, not to an image id"), "remove it, or look the image up with owner and name");
+                }
+            }
+        }
         match (io.get("id"), io.get("owner"), io.get("name")) {
             (Some(id), None, None) => {
                 let id = d.string(id, &io.child("id"))?;
@@ -830,7 +837,25 @@ fn decode_instances(d: &mut Decoder, n: &Node, p: &str) -> Option<InstanceGroup>
             (None, Some(owner), Some(name)) => {
                 let owner = d.string(owner, &io.child("owner"))?;
                 let name = d.string(name, &io.child("name"))?;
-                Some(Image::Lookup { owner, name })
+                let architecture = match d.opt(&io, "architecture", Decoder::string) {
+                    None => "x86_64".to_string(),
+                    Some(a) if a == "x86_64" || a == "arm64" => a,
+                    Some(other) => {
+                        let pos = io.get("architecture").map(|x| x.pos).unwrap_or(io.pos);
+                        d.error_help(pos, &io.child("architecture"), format!("unknown architecture {other:?}"), "use x86_64 or arm64 (the instance type must match it)");
+                        return None;
+                    }
+                };
+                let update = match d.opt(&io, "update", Decoder::string).as_deref() {
+                    None | Some("pinned") => ImageUpdate::Pinned,
+                    Some("latest") => ImageUpdate::Latest,
+                    Some(other) => {
+                        let pos = io.get("update").map(|x| x.pos).unwrap_or(io.pos);
+                        d.error_help(pos, &io.child("update"), format!("unknown image update policy {other:?}"), "use pinned (running instances keep their image; a newer one is shown as available) or latest (a newer image replaces them)");
+                        return None;
+                    }
+                };
+                Some(Image::Lookup { owner, name, architecture, update })
             }
             _ => {
                 d.error_help(io.pos, p, "image needs either id, or owner and name", "write image: { id: ami-... } or image: { owner: amazon, name: \"al2023-ami-*\" }");
@@ -885,9 +910,28 @@ fn decode_instances(d: &mut Decoder, n: &Node, p: &str) -> Option<InstanceGroup>
 }
 
 fn decode_cluster(d: &mut Decoder, n: &Node, p: &str) -> Option<Cluster> {
-    let o = d.obj(n, p, &["distribution", "version", "endpoint", "existing"])?;
+    let o = d.obj(
+        n,
+        p,
+        &[
+            "distribution",
+            "version",
+            "endpoint",
+            "secret",
+            "tlsSans",
+            "disable",
+            "existing",
+        ],
+    )?;
     if let Some(ex) = o.get("existing") {
-        for k in ["distribution", "version", "endpoint"] {
+        for k in [
+            "distribution",
+            "version",
+            "endpoint",
+            "secret",
+            "tlsSans",
+            "disable",
+        ] {
             if let Some(node) = o.get(k) {
                 d.error_help(
                     node.pos,
@@ -932,22 +976,17 @@ fn decode_cluster(d: &mut Decoder, n: &Node, p: &str) -> Option<Cluster> {
         "write the k3s version, e.g. version: v1.31.4+k3s1",
         Decoder::string,
     )?;
-    let valid_version = version.strip_prefix('v').is_some_and(|v| {
-        let core = v.split('+').next().unwrap_or("");
-        core.split('.').count() == 3
-            && core
-                .split('.')
-                .all(|x| !x.is_empty() && x.bytes().all(|b| b.is_ascii_digit()))
-    });
-    if !valid_version {
+    // The full release name: k3s publishes `v1.31.4+k3s1`, and the install script 404s on
+    // `v1.31.4` (then the node reports that version forever, which would be drift).
+    let version_ok = crate::providers::cluster::check_version(&version).is_ok();
+    if !version_ok {
         let pos = o.get("version").map(|x| x.pos).unwrap_or(o.pos);
         d.error_help(
             pos,
             &o.child("version"),
-            format!("{version:?} is not a k3s version"),
-            "write a version like v1.31.4+k3s1",
+            format!("{version:?} is not a k3s release name"),
+            "write the full release name vMAJOR.MINOR.PATCH+k3sN, e.g. v1.31.4+k3s1 (see https://github.com/k3s-io/k3s/releases)",
         );
-        return None;
     }
     let endpoint = match d.opt(&o, "endpoint", Decoder::string).as_deref() {
         None | Some("public") => EndpointKind::Public,
@@ -963,8 +1002,62 @@ fn decode_cluster(d: &mut Decoder, n: &Node, p: &str) -> Option<Cluster> {
             return None;
         }
     };
-    Some(Cluster::K3s(K3s { version, endpoint }))
+    let secret = d.req(
+        &o,
+        "secret",
+        "write secret: env:VARIABLE (or file:PATH) naming at least 32 random characters, e.g. from `openssl rand -hex 32`: the cluster's CAs and join tokens are derived from it (docs/cluster.md)",
+        secret_source,
+    );
+    let tls_sans: Vec<String> = match o.get("tlsSans") {
+        Some(list) => {
+            let path = o.child("tlsSans");
+            let mut out = Vec::new();
+            for (i, (pos, san)) in d.strings(list, &path).into_iter().enumerate() {
+                if crate::providers::cluster::check_address("tls-san", &san).is_err() {
+                    d.error_help(
+                        pos,
+                        &index(&path, i),
+                        format!("{san:?} is not a host name or IP address"),
+                        "write a DNS name (letters, digits, '-', '.') or an IPv4/IPv6 address",
+                    );
+                } else {
+                    out.push(san);
+                }
+            }
+            out
+        }
+        None => Vec::new(),
+    };
+    let mut disable = Vec::new();
+    if let Some(list) = o.get("disable") {
+        let path = o.child("disable");
+        for (i, (pos, name)) in d.strings(list, &path).into_iter().enumerate() {
+            if K3S_PACKAGED.contains(&name.as_str()) {
+                disable.push(name);
+            } else {
+                d.error_help(
+                    pos,
+                    &index(&path, i),
+                    format!("{name:?} is not a k3s packaged component"),
+                    format!("use {}", K3S_PACKAGED.join(", ")),
+                );
+            }
+        }
+    }
+    if !version_ok {
+        return None;
+    }
+    Some(Cluster::K3s(K3s {
+        version,
+        endpoint,
+        secret: secret?,
+        tls_sans,
+        disable,
+    }))
 }
+
+/// What k3s deploys by itself and can be told not to (its `--disable` flag).
+const K3S_PACKAGED: &[&str] = &["traefik", "servicelb", "metrics-server", "local-storage"];
 
 fn decode_components(
     d: &mut Decoder,
@@ -1065,17 +1158,35 @@ fn decode_components(
                 let mut kept = Vec::new();
                 for (i, it) in items.iter().enumerate() {
                     let cp = index(p, i);
-                    let Some(c) = d.obj(it, &cp, &["http", "expect", "timeout"]) else {
+                    let Some(c) = d.obj(it, &cp, &["http", "expect", "timeout", "ca"]) else {
                         continue;
                     };
                     let url = d.req(&c, "http", "write http: http://host/path", Decoder::string);
                     if let (Some(u), Some(node)) = (&url, c.get("http")) {
-                        if !(u.starts_with("http://") || u.starts_with("https://")) {
+                        // Exactly what the run can do: http, or https verified with rustls.
+                        let parsed = u.parse::<http::Uri>().ok();
+                        let scheme = parsed.as_ref().and_then(|x| x.scheme_str().map(str::to_string));
+                        let host = parsed.as_ref().and_then(|x| x.host().map(str::to_string));
+                        if !matches!(scheme.as_deref(), Some("http") | Some("https")) || host.is_none_or(|h| h.is_empty()) {
                             d.error_help(
                                 node.pos,
                                 &c.child("http"),
-                                format!("{u:?} is not an http(s) URL"),
-                                "write a URL starting with http:// or https://",
+                                format!("{u:?} is not an http(s) URL with a host"),
+                                "write a URL like http://host[:port]/path or https://host[:port]/path (other schemes cannot be checked)",
+                            );
+                            continue;
+                        }
+                    }
+                    let ca = d.opt(&c, "ca", Decoder::string);
+                    if let (Some(ca), Some(node)) = (&ca, c.get("ca")) {
+                        let https = url.as_deref().is_some_and(|u| u.starts_with("https://"));
+                        let inside = !ca.is_empty() && !ca.starts_with('/') && ca.split('/').all(|p| !p.is_empty() && p != "." && p != "..");
+                        if !https || !inside {
+                            d.error_help(
+                                node.pos,
+                                &c.child("ca"),
+                                if https { format!("{ca:?} is not a path inside the environment directory") } else { "ca applies to https checks only".to_string() },
+                                "write ca: a PEM file in the commit relative to the environment directory, e.g. ca: certs/internal-ca.pem, on an https:// check",
                             );
                             continue;
                         }
@@ -1091,6 +1202,7 @@ fn decode_components(
                             url,
                             expect,
                             timeout,
+                            ca,
                         });
                         kept.push(i);
                     }

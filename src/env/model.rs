@@ -62,7 +62,9 @@ impl Default for Timeouts {
 pub enum SecretSource {
     /// `env:NAME`: an environment variable of the phoenix process.
     Env(String),
-    /// `file:PATH`: a local file (not in the commit); `~/` expands to the home directory.
+    /// `file:NAME`: a file under the secrets directory of the machine running phoenix
+    /// (`--secrets-dir`, not the commit): a relative path without `..`, so a commit cannot make
+    /// phoenix read any other file (an AWS credentials file, a private key).
     File(String),
 }
 
@@ -81,9 +83,34 @@ impl SecretSource {
             if path.is_empty() {
                 return Err("the file path is empty".into());
             }
+            check_secret_path(path)?;
             return Ok(SecretSource::File(path.to_string()));
         }
         Err("a secret reference starts with env: or file:".into())
+    }
+}
+
+/// A `file:` reference names a file under the secrets directory: relative, no `..`, no `~`.
+fn check_secret_path(path: &str) -> Result<(), String> {
+    let why = if path.starts_with('/') || path.starts_with('\\') {
+        Some("it is absolute")
+    } else if path.starts_with('~') {
+        Some("it starts with ~")
+    } else if path.contains('\\') || path.contains('\0') {
+        Some("it contains a backslash or NUL")
+    } else if path
+        .split('/')
+        .any(|c| c == ".." || c == "." || c.is_empty())
+    {
+        Some("it has a '..', '.' or empty component")
+    } else {
+        None
+    };
+    match why {
+        None => Ok(()),
+        Some(why) => Err(format!(
+            "{path:?} is not a path inside the secrets directory ({why}); file: references are relative to --secrets-dir / PHOENIX_SECRETS_DIR (default ~/.config/phoenix/secrets), e.g. file:shop/db-password"
+        )),
     }
 }
 
@@ -192,11 +219,28 @@ pub struct KeyPair {
 #[serde(rename_all = "camelCase")]
 pub enum Image {
     Id(String),
-    /// Newest image of this owner whose name matches the pattern (`*` and `?` wildcards).
+    /// Newest available image of this owner and architecture whose name matches the pattern
+    /// (`*` and `?` wildcards).
     Lookup {
         owner: String,
         name: String,
+        /// `x86_64` (default) or `arm64`.
+        architecture: String,
+        /// Whether a newer match replaces running instances.
+        update: ImageUpdate,
     },
+}
+
+/// What a newer image matching a lookup does to instances launched from an older one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageUpdate {
+    /// Running instances keep the image they were launched with; a newer one is shown by
+    /// `plan` and `diff` as available, not as drift. New instances get the newest.
+    #[default]
+    Pinned,
+    /// A newer match replaces the instances (the k3s server included).
+    Latest,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -237,6 +281,16 @@ pub struct K3s {
     pub version: String,
     /// Whether the API endpoint is the server's public or private address.
     pub endpoint: EndpointKind,
+    /// The one secret every cluster credential (CAs, server token, agent token) is derived
+    /// from, so any machine with the commit and this secret renders the same user-data.
+    pub secret: SecretSource,
+    /// Extra names in the API server's certificate (a load balancer or tunnel host), declared
+    /// here so that no run-time setting changes what is deployed.
+    pub tls_sans: Vec<String>,
+    /// k3s packaged components not to deploy (`traefik`, `servicelb`, `metrics-server`,
+    /// `local-storage`): an env that brings its own ingress disables traefik and servicelb,
+    /// which would otherwise take ports 80 and 443 on every node.
+    pub disable: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -268,6 +322,9 @@ pub struct Check {
     pub expect: u16,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// For an https URL: a PEM CA bundle in the commit, relative to the environment directory,
+    /// trusted instead of the system's roots (a private CA).
+    pub ca: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -52,6 +52,32 @@ pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnosti
                         .into(),
                 );
             }
+            // A k3s node downloads k3s (get.k3s.io, GitHub releases) at boot. A private subnet
+            // has no route to the internet here: phoenix builds no NAT gateway, so the node
+            // would boot without k3s and the gate would time out much later.
+            for (i, g) in cloud.instances.iter().enumerate() {
+                if g.role == Role::None {
+                    continue;
+                }
+                let Some(subnet) = cloud.network.subnets.iter().find(|s| s.name == g.subnet) else {
+                    continue;
+                };
+                if !subnet.public {
+                    c.err(
+                        &format!("{}.subnet", c.spans.item("spec.cloud.instances", i)),
+                        format!(
+                            "instance group {} (role {}) is in subnet {}, which is private: a k3s node downloads k3s at boot and a private subnet has no route to the internet (phoenix builds no NAT gateway)",
+                            g.name,
+                            role_name(&g.role),
+                            subnet.name
+                        ),
+                        format!(
+                            "put the group in a public subnet, or set public: true on subnet {}",
+                            subnet.name
+                        ),
+                    );
+                }
+            }
         }
         _ => {}
     }
@@ -66,6 +92,27 @@ pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnosti
 
     let secret_names: BTreeSet<&str> = env.secrets.iter().map(|s| s.name.as_str()).collect();
     check_components(&mut c, env, files, &secret_names);
+
+    // A check's CA bundle is read from the commit when the check runs: it must be there.
+    for (list, key) in [(&env.addons, "spec.addons"), (&env.apps, "spec.apps")] {
+        for (i, comp) in list.iter().enumerate() {
+            for (j, check) in comp.checks.iter().enumerate() {
+                let Some(ca) = &check.ca else { continue };
+                let path = format!("{}/{ca}", env.dir);
+                if !files.is_file(&path) {
+                    let field = format!(
+                        "{}.ca",
+                        c.spans.item(&format!("{}.checks", c.spans.item(key, i)), j)
+                    );
+                    c.err(
+                        &field,
+                        format!("CA file {path} does not exist in the commit"),
+                        "commit the PEM CA bundle, with the path relative to the environment directory".into(),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Collects diagnostics, placing each at the value its field path names.

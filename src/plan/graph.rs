@@ -187,8 +187,13 @@ pub fn build(env: &Environment) -> PlanGraph {
                 }
                 let image = match &g.image {
                     crate::env::model::Image::Id(id) => id.clone(),
-                    crate::env::model::Image::Lookup { owner, name } => {
-                        format!("newest {owner}/{name}")
+                    crate::env::model::Image::Lookup {
+                        owner,
+                        name,
+                        architecture,
+                        ..
+                    } => {
+                        format!("newest {owner}/{name} ({architecture})")
                     }
                 };
                 let role = match g.role {

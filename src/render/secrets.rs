@@ -3,6 +3,7 @@
 use crate::env::model::{Environment, SecretSource};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path;
 
 /// What a redacted secret renders as in `phoenix render` and any other display.
 pub const REDACTED: &str = "**redacted**";
@@ -35,12 +36,13 @@ impl SecretValues {
         )
     }
 
-    /// Reads every declared secret. The error names the secret and its reference, never a value.
-    pub fn resolve(env: &Environment) -> Result<Self, String> {
+    /// Reads every declared secret (`file:` ones under `secrets_dir`). The error names the
+    /// secret and its reference, never a value.
+    pub fn resolve(env: &Environment, secrets_dir: &Path) -> Result<Self, String> {
         let mut out = BTreeMap::new();
         let mut missing = Vec::new();
         for s in &env.secrets {
-            match resolve_secret(&s.source) {
+            match resolve_secret(&s.source, secrets_dir) {
                 Ok(v) => {
                     out.insert(s.name.clone(), v);
                 }
@@ -84,7 +86,10 @@ impl SecretValues {
 }
 
 /// Reads one secret reference. A trailing newline of a file is dropped (as `$(cat f)` would).
-pub fn resolve_secret(source: &SecretSource) -> Result<String, String> {
+/// A `file:` reference is read only from inside `secrets_dir`: the model already refuses absolute
+/// paths, `~` and `..`, and here a symlink (of the file or a directory on the way) that leads out
+/// of the directory is refused too.
+pub fn resolve_secret(source: &SecretSource, secrets_dir: &Path) -> Result<String, String> {
     match source {
         SecretSource::Env(name) => std::env::var(name).map_err(|e| match e {
             std::env::VarError::NotPresent => format!("environment variable {name} is not set"),
@@ -93,15 +98,108 @@ pub fn resolve_secret(source: &SecretSource) -> Result<String, String> {
             }
         }),
         SecretSource::File(path) => {
-            let expanded = match path.strip_prefix("~/") {
-                Some(rest) => dirs::home_dir()
-                    .ok_or_else(|| "cannot expand ~: no home directory".to_string())?
-                    .join(rest),
-                None => std::path::PathBuf::from(path),
+            let inside = |p: &Path| {
+                p.components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
             };
-            let text = std::fs::read_to_string(&expanded)
-                .map_err(|e| format!("cannot read {}: {e}", expanded.display()))?;
+            if !inside(Path::new(path)) {
+                return Err(format!(
+                    "{path:?} is not a relative path inside the secrets directory {}",
+                    secrets_dir.display()
+                ));
+            }
+            let root = secrets_dir.canonicalize().map_err(|e| {
+                format!(
+                    "the secrets directory {} cannot be used: {e} (set --secrets-dir or PHOENIX_SECRETS_DIR)",
+                    secrets_dir.display()
+                )
+            })?;
+            let joined = root.join(path);
+            let real = joined
+                .canonicalize()
+                .map_err(|e| format!("cannot read {}: {e}", joined.display()))?;
+            if !real.starts_with(&root) {
+                return Err(format!(
+                    "{} leads out of the secrets directory {} (a symlink to {}): refused",
+                    joined.display(),
+                    root.display(),
+                    real.display()
+                ));
+            }
+            let text = std::fs::read_to_string(&real)
+                .map_err(|e| format!("cannot read {}: {e}", joined.display()))?;
             Ok(text.strip_suffix('\n').unwrap_or(&text).to_string())
         }
+    }
+}
+
+/// The secrets directory when none is given: `<config dir>/phoenix/secrets`
+/// (`~/.config/phoenix/secrets` on Linux).
+pub fn default_secrets_dir() -> Option<std::path::PathBuf> {
+    dirs::config_dir()
+        .or_else(|| dirs::home_dir().map(|h| h.join(".config")))
+        .map(|d| d.join("phoenix").join("secrets"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str) -> SecretSource {
+        SecretSource::File(path.to_string())
+    }
+
+    #[test]
+    fn file_references_are_read_only_inside_the_secrets_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("secrets");
+        std::fs::create_dir_all(dir.join("shop")).unwrap();
+        std::fs::write(dir.join("shop/db"), "s3cret\n").unwrap();
+        assert_eq!(resolve_secret(&file("shop/db"), &dir).unwrap(), "s3cret");
+
+        // Outside the directory: an absolute path or `..` (the model refuses both already;
+        // this is the run-time guard) and a symlink, of the file or of a directory, leading out.
+        std::fs::write(root.path().join("aws-credentials"), "AKIA...").unwrap();
+        for bad in [
+            "../aws-credentials",
+            "/etc/hostname",
+            "shop/../../aws-credentials",
+        ] {
+            let err = resolve_secret(&file(bad), &dir).unwrap_err();
+            assert!(err.contains("secrets directory"), "{bad}: {err}");
+        }
+        std::os::unix::fs::symlink(root.path().join("aws-credentials"), dir.join("link")).unwrap();
+        let err = resolve_secret(&file("link"), &dir).unwrap_err();
+        assert!(err.contains("leads out of the secrets directory"), "{err}");
+        assert!(!err.contains("AKIA"), "{err}");
+        std::os::unix::fs::symlink(root.path(), dir.join("up")).unwrap();
+        let err = resolve_secret(&file("up/aws-credentials"), &dir).unwrap_err();
+        assert!(err.contains("leads out of the secrets directory"), "{err}");
+        // A symlink that stays inside is fine.
+        std::os::unix::fs::symlink(dir.join("shop/db"), dir.join("alias")).unwrap();
+        assert_eq!(resolve_secret(&file("alias"), &dir).unwrap(), "s3cret");
+        // A missing directory names itself and the way to set it.
+        let err = resolve_secret(&file("shop/db"), &root.path().join("nope")).unwrap_err();
+        assert!(err.contains("PHOENIX_SECRETS_DIR"), "{err}");
+    }
+
+    #[test]
+    fn the_model_refuses_file_references_that_could_leave_the_directory() {
+        for bad in [
+            "/home/ops/.aws/credentials",
+            "~/.ssh/id_ed25519",
+            "../x",
+            "a/../../x",
+            "./x",
+            "a//b",
+            "a\\b",
+        ] {
+            let err = SecretSource::parse(&format!("file:{bad}")).unwrap_err();
+            assert!(err.contains("secrets directory"), "{bad}: {err}");
+        }
+        assert_eq!(
+            SecretSource::parse("file:shop/db-password").unwrap(),
+            file("shop/db-password")
+        );
     }
 }

@@ -20,6 +20,8 @@ use super::support_git::{Repo, Sandbox as GitSandbox};
 
 pub const REGION: &str = "us-east-1";
 pub const DB_PASSWORD: &str = "demo-db-password-for-tests";
+/// The demo's cluster secret (`spec.cluster.secret`): every cluster credential derives from it.
+pub const CLUSTER_SECRET: &str = "demo-cluster-secret-for-tests-0123456789abcdef";
 
 /// moto + the real control plane fed by it + a git repo with the demo.
 pub struct Bed {
@@ -88,6 +90,7 @@ impl Bed {
                 format!("{}/clusters/{{env}}", self.kube.url()),
             )
             .env("PHOENIX_DEMO_DB_PASSWORD", DB_PASSWORD)
+            .env("PHOENIX_DEMO_CLUSTER_SECRET", CLUSTER_SECRET)
             .env_remove("AWS_PROFILE")
             .env_remove("PHOENIX_REPO")
             .env_remove("PHOENIX_TRUSTED_KEYS")

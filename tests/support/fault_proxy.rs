@@ -1,6 +1,7 @@
 //! A loopback HTTP proxy in front of a test server that injects faults on command: EC2
 //! throttling (503 RequestLimitExceeded), 500 InternalError, dropped connections, and a silent
-//! endpoint that accepts and never answers.
+//! endpoint that accepts and never answers. It can also enforce RunInstances `ClientToken`
+//! semantics as EC2 documents them, which moto ignores.
 //!
 //! Use from any test file with `#[path = "support/fault_proxy.rs"] mod fault_proxy;`.
 //! Self-contained: tokio and std only; it runs on its own thread and runtime, so sync and async
@@ -29,6 +30,13 @@ pub enum Fault {
     /// The request is forwarded, the answer thrown away and the connection closed: the call
     /// took effect but the client never learns it (the lost-response case).
     LoseResponse,
+    /// An EC2 error document with this HTTP status, code and message (e.g. 500
+    /// InsufficientInstanceCapacity, 400 VpcLimitExceeded).
+    Answer {
+        status: u16,
+        code: String,
+        message: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -50,6 +58,11 @@ struct State {
     /// DescribeInstanceStatus until this long after its RunInstances answer passed the proxy.
     boot_delay: Option<Duration>,
     launched: HashMap<String, Instant>,
+    /// With [`FaultProxy::enforce_client_tokens`]: RunInstances client token → (the request's
+    /// other parameters, the answer EC2 gave).
+    client_tokens: Option<HashMap<String, (String, Vec<u8>)>>,
+    /// IdempotentParameterMismatch answers given.
+    mismatches: usize,
 }
 
 /// The proxy; stops when dropped.
@@ -137,6 +150,18 @@ impl FaultProxy {
         self.lock().boot_delay = delay;
     }
 
+    /// From now on RunInstances behaves as EC2 documents `ClientToken`: a token seen before
+    /// with the same parameters gets the earlier answer (no new instance), with other
+    /// parameters a 400 `IdempotentParameterMismatch`.
+    pub fn enforce_client_tokens(&self) {
+        self.lock().client_tokens.get_or_insert_with(HashMap::new);
+    }
+
+    /// How many RunInstances were refused with IdempotentParameterMismatch.
+    pub fn client_token_mismatches(&self) -> usize {
+        self.lock().mismatches
+    }
+
     /// Clears every fault: requests pass through.
     pub fn pass(&self) {
         self.lock().rules.clear();
@@ -221,6 +246,22 @@ fn action_of(request: &[u8]) -> String {
         .to_string()
 }
 
+/// The `ClientToken` of a form-encoded request and its other parameters (sorted), if it has one.
+fn client_token(request: &[u8]) -> Option<(String, String)> {
+    let start = find(request, b"\r\n\r\n")? + 4;
+    let body = String::from_utf8_lossy(&request[start..]);
+    let mut token = None;
+    let mut rest: Vec<&str> = Vec::new();
+    for pair in body.split('&') {
+        match pair.strip_prefix("ClientToken=") {
+            Some(t) => token = Some(t.to_string()),
+            None => rest.push(pair),
+        }
+    }
+    rest.sort_unstable();
+    token.map(|t| (t, rest.join("&")))
+}
+
 fn error_response(status: u16, reason: &str, code: &str, message: &str) -> Vec<u8> {
     let body = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fault-proxy</RequestID></Response>"
@@ -275,6 +316,20 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
             client.write_all(&r).await?;
             client.shutdown().await
         }
+        Some(Fault::Answer {
+            status,
+            code,
+            message,
+        }) => {
+            let reason = if status >= 500 {
+                "Internal Server Error"
+            } else {
+                "Bad Request"
+            };
+            let r = error_response(status, reason, &code, &message);
+            client.write_all(&r).await?;
+            client.shutdown().await
+        }
         Some(Fault::Drop) => Ok(()),
         Some(Fault::Silent) => {
             // Hold the connection open without answering until the proxy stops.
@@ -290,6 +345,34 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
             Ok(())
         }
         None => {
+            let token = match action.as_str() {
+                "RunInstances" => client_token(&request),
+                _ => None,
+            };
+            if let Some((token, params)) = &token {
+                // The answer is decided under the lock and written after it is released.
+                let answer = {
+                    let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                    let known = s.client_tokens.as_ref().and_then(|t| t.get(token)).cloned();
+                    match known {
+                        Some((earlier, _)) if &earlier != params => {
+                            s.mismatches += 1;
+                            Some(error_response(
+                                400,
+                                "Bad Request",
+                                "IdempotentParameterMismatch",
+                                "The client token you have provided is associated with a resource that is already deleted or was created with different parameters.",
+                            ))
+                        }
+                        Some((_, answer)) => Some(answer),
+                        None => None,
+                    }
+                };
+                if let Some(answer) = answer {
+                    client.write_all(&answer).await?;
+                    return client.shutdown().await;
+                }
+            }
             let Ok(mut upstream) = TcpStream::connect(("127.0.0.1", backend)).await else {
                 // The backend is down: the connection closes unanswered, as behind a dead host.
                 return Ok(());
@@ -297,6 +380,14 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
             upstream.write_all(&request).await?;
             let mut response = Vec::new();
             upstream.read_to_end(&mut response).await?;
+            if let Some((token, params)) = token {
+                let ok =
+                    response.starts_with(b"HTTP/1.1 200") || response.starts_with(b"HTTP/1.0 200");
+                let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+                if let (true, Some(tokens)) = (ok, s.client_tokens.as_mut()) {
+                    tokens.insert(token, (params, response.clone()));
+                }
+            }
             let response = simulate_boot(&state, &action, response);
             client.write_all(&response).await?;
             client.shutdown().await

@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{
-    AttributeBooleanValue, BlockDeviceMapping, EbsBlockDevice, IamInstanceProfileSpecification,
+    AttributeBooleanValue, BlockDeviceMapping, EbsBlockDevice, HttpTokensState,
+    IamInstanceProfileSpecification, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
     InstanceStateName, InstanceType, ResourceType, SummaryStatus, VolumeType,
 };
 
 use super::client::Ec2;
 use super::desired::{DesiredCloud, DesiredResource, InstanceSpec, ResourceSpec};
-use super::error::AwsError;
+use super::error::{AwsError, Bounded, BOUNDED_ATTEMPTS};
 use super::images::ImageCache;
 use super::live::{self, observe_kind, LiveResource, LiveState};
 use super::plan::{rank, ChangeAction, CompareCtx, FieldChange, Verdict};
@@ -888,7 +889,10 @@ impl Exec {
                     format!("launching a replacement for {}", d.id)
                 });
                 let replacing: Vec<String> = others.iter().map(|o| o.aws_id.clone()).collect();
-                let id = self.launch(d, spec, &image, &map, &replacing).await?;
+                let id = match self.launch(d, spec, &image, &map, &replacing).await {
+                    Ok(id) => id,
+                    Err(e) => return Err(self.bounded_launch_error(ctx, d, spec, e)),
+                };
                 let outcome = if others.is_empty() {
                     NodeOutcome::Created
                 } else {
@@ -936,6 +940,36 @@ impl Exec {
             Some(k) => Some(self.dep_id(map, k, &doing)?),
             None => None,
         };
+        // Every parameter of the launch, for the client token: EC2 answers a reused token with
+        // other parameters with IdempotentParameterMismatch, so the token must change whenever
+        // any of them does (a new server address in an agent's user-data, a new image...).
+        let mut params: Vec<(&str, String)> = vec![
+            ("image", image.id.clone()),
+            ("type", spec.instance_type.clone()),
+            ("subnet", subnet.clone()),
+            ("security-groups", {
+                let mut g = groups.clone();
+                g.sort_unstable();
+                g.join(",")
+            }),
+            ("key", key_name.clone().unwrap_or_default()),
+            (
+                "tags",
+                d.tags
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            (
+                "user-data-sha256",
+                spec.user_data
+                    .as_ref()
+                    .map(|ud| sha256_hex(ud.0.as_bytes()))
+                    .unwrap_or_default(),
+            ),
+            ("metadata", IMDS_OPTIONS.to_string()),
+        ];
         let mut req = self
             .ec2
             .client()
@@ -948,7 +982,17 @@ impl Exec {
             .set_security_group_ids(Some(groups))
             .set_key_name(key_name)
             .tag_specifications(tags::spec(ResourceType::Instance, &d.tags))
-            .tag_specifications(tags::spec(ResourceType::Volume, &d.tags));
+            .tag_specifications(tags::spec(ResourceType::Volume, &d.tags))
+            // IMDSv2 only, one hop: a pod (one hop further than the node) gets no answer from
+            // the metadata service, so it cannot read the user-data (the cluster's CA keys on a
+            // server) or the instance role's credentials.
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_tokens(HttpTokensState::Required)
+                    .http_put_response_hop_limit(1)
+                    .build(),
+            );
         if let Some(ud) = &spec.user_data {
             req = req.user_data(aws_smithy_types::base64::encode(ud.0.as_bytes()));
         }
@@ -962,6 +1006,7 @@ impl Exec {
                     ),
                 )
             })?;
+            params.push(("root-volume", format!("{device}:{gib}:gp3")));
             req = req.block_device_mappings(
                 BlockDeviceMapping::builder()
                     .device_name(device)
@@ -976,6 +1021,7 @@ impl Exec {
             );
         }
         if let Some(profile) = &spec.instance_profile {
+            params.push(("instance-profile", profile.clone()));
             let p = IamInstanceProfileSpecification::builder();
             let p = if profile.starts_with("arn:") {
                 p.arn(profile)
@@ -988,7 +1034,7 @@ impl Exec {
         // instance; salting with its id gives a fresh, still deterministic token.
         let mut salt = String::new();
         for _ in 0..3 {
-            let token = self.client_token(d, replacing, &salt);
+            let token = self.client_token(d, &params, replacing, &salt);
             let out = req
                 .clone()
                 .client_token(token)
@@ -1019,20 +1065,73 @@ impl Exec {
         ))
     }
 
-    /// Derived from env, resource id, commit and the live copies being replaced, so a launch
-    /// retried by the SDK is recognised by real EC2 while a replacement gets a new token. moto
-    /// ignores tokens; the tag lookup is what prevents duplicates.
-    fn client_token(&self, d: &DesiredResource, replacing: &[String], salt: &str) -> String {
-        let mut ids: Vec<&str> = replacing.iter().map(String::as_str).collect();
-        ids.sort_unstable();
-        let seed = format!(
-            "{}\n{}\n{}\n{}\n{salt}",
-            self.env,
-            d.id,
-            self.commit,
-            ids.join(",")
-        );
-        format!("phx-{}", &sha256_hex(seed.as_bytes())[..48])
+    /// A capacity or IAM-propagation error is retried like any transient one, but only for
+    /// [`BOUNDED_ATTEMPTS`] attempts: then the node fails with what to do, naming the type and
+    /// zone (capacity) or the instance profile (IAM), instead of retrying until its timeout.
+    fn bounded_launch_error(
+        &self,
+        ctx: &NodeCtx,
+        d: &DesiredResource,
+        spec: &InstanceSpec,
+        e: AwsError,
+    ) -> AwsError {
+        let Some(kind) = e.bounded() else {
+            return e;
+        };
+        let attempt = ctx.attempt();
+        let zone = self
+            .desired
+            .as_deref()
+            .and_then(|all| all.get(&spec.subnet))
+            .and_then(|s| match &s.spec {
+                ResourceSpec::Subnet { zone, .. } => Some(zone.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "its zone".to_string());
+        if attempt < BOUNDED_ATTEMPTS {
+            ctx.progress(match kind {
+                Bounded::Capacity => format!(
+                    "no {} capacity in {zone} (attempt {attempt} of {BOUNDED_ATTEMPTS}); retrying",
+                    spec.instance_type
+                ),
+                Bounded::IamPropagation => format!(
+                    "instance profile not visible to EC2 yet (attempt {attempt} of {BOUNDED_ATTEMPTS}); retrying"
+                ),
+            });
+            return e;
+        }
+        let cause = match &e {
+            AwsError::Service { code, message, .. } => format!("{code}: {message}"),
+            other => other.to_string(),
+        };
+        AwsError::refused(
+            format!("launching {}", d.id),
+            match kind {
+                Bounded::Capacity => format!(
+                    "EC2 has no {} capacity in {zone} after {attempt} attempts ({cause}); choose another instance type for the group, or put its subnet in another zone, or run again later",
+                    spec.instance_type
+                ),
+                Bounded::IamPropagation => format!(
+                    "the instance profile {} is still not usable after {attempt} attempts ({cause}); check that it exists and that its role may be passed (iam:PassRole), then run again",
+                    spec.instance_profile.as_deref().unwrap_or("(none)")
+                ),
+            },
+        )
+    }
+
+    /// Derived from env, resource id, commit, every launch parameter and the live copies being
+    /// replaced: a launch retried by the SDK (same parameters) is recognised by real EC2, while
+    /// the same resource launched with anything different (after a wipeout, a new server
+    /// address, a new image) gets a new token instead of IdempotentParameterMismatch. moto
+    /// ignores tokens; the tag lookup is what prevents duplicates there.
+    fn client_token(
+        &self,
+        d: &DesiredResource,
+        params: &[(&str, String)],
+        replacing: &[String],
+        salt: &str,
+    ) -> String {
+        client_token(&self.env, &d.id, &self.commit, params, replacing, salt)
     }
 
     async fn update_instance(
@@ -1477,4 +1576,54 @@ async fn instance_state(ec2: &Ec2, id: &str, doing: &str) -> Res<Option<(String,
         state,
         ok(status.instance_status()) && ok(status.system_status()),
     )))
+}
+/// The metadata options every instance is launched with (part of the client token).
+const IMDS_OPTIONS: &str = "endpoint=enabled,tokens=required,hop-limit=1";
+
+fn client_token(
+    env: &str,
+    id: &str,
+    commit: &str,
+    params: &[(&str, String)],
+    replacing: &[String],
+    salt: &str,
+) -> String {
+    let mut ids: Vec<&str> = replacing.iter().map(String::as_str).collect();
+    ids.sort_unstable();
+    let mut seed = format!("{env}\n{id}\n{commit}\n{}\n{salt}\n", ids.join(","));
+    for (name, value) in params {
+        seed.push_str(&format!("{name}={}\n", sha256_hex(value.as_bytes())));
+    }
+    format!("phx-{}", &sha256_hex(seed.as_bytes())[..48])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(user_data: &str, image: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("image", image.to_string()),
+            ("type", "t3.medium".to_string()),
+            ("user-data-sha256", sha256_hex(user_data.as_bytes())),
+            ("metadata", IMDS_OPTIONS.to_string()),
+        ]
+    }
+
+    #[test]
+    fn the_client_token_covers_every_launch_parameter() {
+        let token = |p: &[(&str, String)], salt: &str| {
+            client_token("demo", "instance/agent/0", "abc123", p, &[], salt)
+        };
+        let base = token(&params("server 10.40.1.12", "ami-1"), "");
+        assert_eq!(base, token(&params("server 10.40.1.12", "ami-1"), ""));
+        assert!(base.starts_with("phx-") && base.len() <= 64, "{base}");
+        // The same commit and resource, launched with another server address or image.
+        assert_ne!(base, token(&params("server 10.40.1.99", "ami-1"), ""));
+        assert_ne!(base, token(&params("server 10.40.1.12", "ami-2"), ""));
+        let mut extra = params("server 10.40.1.12", "ami-1");
+        extra.push(("instance-profile", "nodes".to_string()));
+        assert_ne!(base, token(&extra, ""));
+        assert_ne!(base, token(&params("server 10.40.1.12", "ami-1"), "i-0old"));
+    }
 }

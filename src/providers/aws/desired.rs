@@ -9,10 +9,10 @@ use serde::Serialize;
 
 use super::rules::RuleKey;
 use super::tags::{
-    TAG_COMMIT, TAG_ENV, TAG_GROUP, TAG_NAME, TAG_PUBLIC_KEY_SHA256, TAG_RESOURCE, TAG_ROLE,
-    TAG_USER_DATA_SHA256,
+    TAG_COMMIT, TAG_ENV, TAG_GROUP, TAG_IMAGE_LOOKUP, TAG_NAME, TAG_PUBLIC_KEY_SHA256,
+    TAG_RESOURCE, TAG_ROLE, TAG_USER_DATA_SHA256,
 };
-use crate::env::model::{Cloud, Image, Role};
+use crate::env::model::{Cloud, Image, ImageUpdate, Role};
 
 /// A value that must never be shown: `Debug` prints its size only, and it is not serialized.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -74,18 +74,38 @@ pub struct DesiredInputs {
 #[serde(rename_all = "camelCase")]
 pub enum ImageSpec {
     Id(String),
-    /// Newest image (by CreationDate, then name, then id) of `owner` whose name matches `name`.
+    /// Newest available image (by CreationDate, then name, then id) of `owner` and
+    /// `architecture` whose name matches `name`.
     Lookup {
         owner: String,
         name: String,
+        architecture: String,
     },
+}
+
+impl ImageSpec {
+    /// What the `phoenix:image-lookup` tag of an instance launched from this lookup says.
+    pub fn lookup_tag(&self) -> Option<String> {
+        match self {
+            ImageSpec::Id(_) => None,
+            ImageSpec::Lookup {
+                owner,
+                name,
+                architecture,
+            } => Some(format!("{owner}/{name} ({architecture})")),
+        }
+    }
 }
 
 impl fmt::Display for ImageSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ImageSpec::Id(id) => f.write_str(id),
-            ImageSpec::Lookup { owner, name } => write!(f, "newest {owner}/{name}"),
+            ImageSpec::Lookup {
+                owner,
+                name,
+                architecture,
+            } => write!(f, "newest {owner}/{name} ({architecture})"),
         }
     }
 }
@@ -97,6 +117,9 @@ pub struct InstanceSpec {
     pub role: String,
     pub instance_type: String,
     pub image: ImageSpec,
+    /// With a lookup: whether a newer match replaces the instance (`update: latest`), or is only
+    /// shown as available (`pinned`, the default).
+    pub image_latest: bool,
     /// Resource id of the subnet, e.g. `subnet/public-a`.
     pub subnet: String,
     /// Whether the subnet is public (the instance gets a public IP).
@@ -349,6 +372,24 @@ pub fn desired(cloud: &Cloud, env_name: &str, inputs: &DesiredInputs) -> Desired
             if let Some(sha) = &user_data_sha256 {
                 tags.insert(TAG_USER_DATA_SHA256.into(), sha.clone());
             }
+            let image = match &g.image {
+                Image::Id(id) => ImageSpec::Id(id.clone()),
+                Image::Lookup {
+                    owner,
+                    name,
+                    architecture,
+                    ..
+                } => ImageSpec::Lookup {
+                    owner: owner.clone(),
+                    name: name.clone(),
+                    architecture: architecture.clone(),
+                },
+            };
+            // Which lookup the instance's image came from: while it is the same lookup, a newer
+            // match is only "available" (unless update: latest).
+            if let Some(lookup) = image.lookup_tag() {
+                tags.insert(TAG_IMAGE_LOOKUP.into(), lookup);
+            }
             resources.push(DesiredResource {
                 id,
                 tags,
@@ -357,13 +398,14 @@ pub fn desired(cloud: &Cloud, env_name: &str, inputs: &DesiredInputs) -> Desired
                     index: i,
                     role: role.into(),
                     instance_type: g.instance_type.clone(),
-                    image: match &g.image {
-                        Image::Id(id) => ImageSpec::Id(id.clone()),
-                        Image::Lookup { owner, name } => ImageSpec::Lookup {
-                            owner: owner.clone(),
-                            name: name.clone(),
-                        },
-                    },
+                    image,
+                    image_latest: matches!(
+                        g.image,
+                        Image::Lookup {
+                            update: ImageUpdate::Latest,
+                            ..
+                        }
+                    ),
                     subnet: format!("subnet/{}", g.subnet),
                     public_ip,
                     security_groups: g

@@ -26,7 +26,16 @@ pub(crate) async fn resolve(ec2: &Ec2, spec: &ImageSpec) -> Result<ResolvedImage
     let req = ec2.client().describe_images();
     let req = match spec {
         ImageSpec::Id(id) => req.image_ids(id),
-        ImageSpec::Lookup { owner, name } => req.owners(owner).filters(filter("name", name)),
+        // Only images that can be launched, of the architecture the instance type runs.
+        ImageSpec::Lookup {
+            owner,
+            name,
+            architecture,
+        } => req
+            .owners(owner)
+            .filters(filter("name", name))
+            .filters(filter("architecture", architecture))
+            .filters(filter("state", "available")),
     };
     let out = match req.send().await {
         Ok(out) => out,

@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ssh_key::rand_core::OsRng;
 use ssh_key::{Algorithm, LineEnding, PrivateKey, PublicKey};
@@ -15,7 +15,7 @@ use crate::env::model::{Cloud, SecretSource};
 
 /// The public key for the model's key pair, or `None` when the model has none.
 ///
-/// With `publicKey: env:NAME` or `file:PATH`, that OpenSSH public key is used. Without one,
+/// With `publicKey: env:NAME` or `file:NAME` (under `secrets_dir`), that OpenSSH public key is used. Without one,
 /// phoenix generates an ed25519 key pair on first use, stores the private key 0600 at
 /// `<phoenix_home>/keys/<env_name>/<name>` (and the public key next to it as `.pub`), and reuses
 /// it afterwards. `env_name` is the effective name, so a drill copy gets its own key.
@@ -23,6 +23,7 @@ pub fn key_material(
     cloud: &Cloud,
     env_name: &str,
     phoenix_home: &Path,
+    secrets_dir: &Path,
 ) -> Result<Option<KeyMaterial>, AwsError> {
     let Some(kp) = &cloud.key_pair else {
         return Ok(None);
@@ -44,15 +45,8 @@ pub fn key_material(
                         None,
                     )
                 })?,
-                SecretSource::File(path) => {
-                    let path = expand_home(path);
-                    fs::read_to_string(&path).map_err(|e| {
-                        err(
-                            format!("cannot read the public key file {}", path.display()),
-                            Some(Box::new(e)),
-                        )
-                    })?
-                }
+                SecretSource::File(_) => crate::render::resolve_secret(source, secrets_dir)
+                    .map_err(|why| err(format!("cannot read publicKey {source}: {why}"), None))?,
             };
             let key = PublicKey::from_openssh(text.trim()).map_err(|e| {
                 err(
@@ -159,13 +153,6 @@ fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-fn expand_home(path: &str) -> PathBuf {
-    match (path.strip_prefix("~/"), dirs::home_dir()) {
-        (Some(rest), Some(home)) => home.join(rest),
-        _ => PathBuf::from(path),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,7 +179,7 @@ mod tests {
     #[test]
     fn generates_once_and_stores_private_key_0600() {
         let home = tempfile::tempdir().expect("tempdir");
-        let first = key_material(&cloud(None), "demo", home.path())
+        let first = key_material(&cloud(None), "demo", home.path(), home.path())
             .expect("generate")
             .expect("some");
         assert!(first.public_key.starts_with("ssh-ed25519 "));
@@ -204,11 +191,11 @@ mod tests {
             let mode = fs::metadata(&path).expect("meta").permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
         }
-        let second = key_material(&cloud(None), "demo", home.path())
+        let second = key_material(&cloud(None), "demo", home.path(), home.path())
             .expect("reuse")
             .expect("some");
         assert_eq!(first.public_key, second.public_key);
-        let other = key_material(&cloud(None), "demo-drill-1", home.path())
+        let other = key_material(&cloud(None), "demo-drill-1", home.path(), home.path())
             .expect("drill")
             .expect("some");
         assert_ne!(first.public_key, other.public_key);
@@ -217,12 +204,11 @@ mod tests {
     #[test]
     fn imports_from_file_and_rejects_garbage() {
         let home = tempfile::tempdir().expect("tempdir");
-        let generated = key_material(&cloud(None), "demo", home.path())
+        let generated = key_material(&cloud(None), "demo", home.path(), home.path())
             .expect("generate")
             .expect("some");
-        let pub_file = home.path().join("keys/demo/admin.pub");
-        let src = SecretSource::File(pub_file.display().to_string());
-        let imported = key_material(&cloud(Some(src)), "x", home.path())
+        let src = SecretSource::File("keys/demo/admin.pub".into());
+        let imported = key_material(&cloud(Some(src)), "x", home.path(), home.path())
             .expect("import")
             .expect("some");
         assert_eq!(imported.public_key, generated.public_key);
@@ -230,8 +216,9 @@ mod tests {
         let bad = home.path().join("bad.pub");
         fs::write(&bad, "not a key").expect("write");
         let err = key_material(
-            &cloud(Some(SecretSource::File(bad.display().to_string()))),
+            &cloud(Some(SecretSource::File("bad.pub".into()))),
             "x",
+            home.path(),
             home.path(),
         )
         .expect_err("garbage");

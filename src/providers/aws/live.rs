@@ -622,7 +622,7 @@ pub(crate) async fn foreign_in_vpc(
 ) -> Result<Vec<String>, AwsError> {
     let by_vpc = || vec![filter("vpc-id", vpc_id)];
     let c = ec2.client();
-    let (subnets, sgs, rtbs, instances, igws) = tokio::try_join!(
+    let (subnets, sgs, rtbs, instances, igws, enis, endpoints) = tokio::try_join!(
         async {
             c.describe_subnets()
                 .set_filters(Some(by_vpc()))
@@ -658,6 +658,22 @@ pub(crate) async fn foreign_in_vpc(
                 .await
                 .map_err(ec2.err(doing))
         },
+        // What makes DeleteVpc answer DependencyViolation without anything above in it: the
+        // network interfaces of load balancers, Lambda functions, NAT gateways, endpoints...
+        async {
+            c.describe_network_interfaces()
+                .set_filters(Some(by_vpc()))
+                .send()
+                .await
+                .map_err(ec2.err(doing))
+        },
+        async {
+            c.describe_vpc_endpoints()
+                .set_filters(Some(by_vpc()))
+                .send()
+                .await
+                .map_err(ec2.err(doing))
+        },
     )?;
     let mine = |t: &[aws_sdk_ec2::types::Tag]| tags::owned_by(&tags::from_sdk(Some(t)), env);
     let mut foreign = Vec::new();
@@ -678,8 +694,12 @@ pub(crate) async fn foreign_in_vpc(
             foreign.push(format!("route table {}", t.route_table_id().unwrap_or("?")));
         }
     }
+    // Interfaces of any instance are the instance's (named above if foreign, deleted with it
+    // if phoenix's); every other interface blocks the VPC and is named.
+    let mut instance_ids = std::collections::BTreeSet::new();
     for r in instances.reservations() {
         for i in r.instances() {
+            instance_ids.extend(i.instance_id().map(str::to_string));
             let gone = i
                 .state()
                 .and_then(|s| s.name())
@@ -687,6 +707,50 @@ pub(crate) async fn foreign_in_vpc(
             if !gone && !mine(i.tags()) {
                 foreign.push(format!("instance {}", i.instance_id().unwrap_or("?")));
             }
+        }
+    }
+    for n in enis.network_interfaces() {
+        let of_instance = n
+            .attachment()
+            .and_then(|a| a.instance_id())
+            .is_some_and(|id| instance_ids.contains(id));
+        if of_instance || mine(n.tag_set()) {
+            continue;
+        }
+        let what = [
+            n.description().filter(|d| !d.is_empty()),
+            n.requester_id().map(|r| r.trim()).filter(|r| !r.is_empty()),
+            n.interface_type().map(|t| t.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect::<Vec<_>>()
+        .join(", ");
+        foreign.push(if what.is_empty() {
+            format!(
+                "network interface {}",
+                n.network_interface_id().unwrap_or("?")
+            )
+        } else {
+            format!(
+                "network interface {} ({what})",
+                n.network_interface_id().unwrap_or("?")
+            )
+        });
+    }
+    for e in endpoints.vpc_endpoints() {
+        let deleted = e.state().is_some_and(|s| {
+            matches!(
+                s.as_str().to_ascii_lowercase().as_str(),
+                "deleted" | "deleting"
+            )
+        });
+        if !deleted && !mine(e.tags()) {
+            foreign.push(format!(
+                "VPC endpoint {} ({})",
+                e.vpc_endpoint_id().unwrap_or("?"),
+                e.service_name().unwrap_or("?")
+            ));
         }
     }
     for g in igws.internet_gateways() {

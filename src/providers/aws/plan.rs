@@ -12,7 +12,7 @@ use super::error::AwsError;
 use super::images::{self, ResolvedImage};
 use super::live::{observe, LiveCloud, LiveResource, LiveState};
 use super::rules::{describe, RuleKey, RulePeer};
-use super::tags::{self, TAG_PUBLIC_KEY_SHA256, TAG_USER_DATA_SHA256};
+use super::tags::{self, TAG_IMAGE_LOOKUP, TAG_PUBLIC_KEY_SHA256, TAG_USER_DATA_SHA256};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -103,6 +103,9 @@ pub struct ResourceChange {
     pub fields: Vec<FieldChange>,
     /// The AWS ids of the live copies (more than one means duplicates to remove).
     pub live_ids: Vec<String>,
+    /// What is worth knowing but is no change, e.g. a newer image matching a pinned lookup.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The plan of the whole cloud layer of one environment.
@@ -161,6 +164,9 @@ impl fmt::Display for ResourceChange {
                 }
             }
             ChangeAction::Unchanged => {}
+        }
+        if !self.notes.is_empty() {
+            write!(f, " ({})", self.notes.join("; "))?;
         }
         Ok(())
     }
@@ -225,6 +231,7 @@ pub(crate) struct Verdict {
     pub action: ChangeAction,
     pub reason: Option<String>,
     pub fields: Vec<FieldChange>,
+    pub notes: Vec<String>,
 }
 
 /// Compares one live copy with the desired resource. `Update` lists only fields that can change
@@ -234,6 +241,7 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
     let mut replace: Vec<FieldChange> = Vec::new();
     let mut reason: Option<String> = None;
     let mut tag_skip: Vec<&str> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     match (&d.spec, &l.state) {
         (
             ResourceSpec::Vpc { cidr },
@@ -426,9 +434,21 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
                 ImageSpec::Id(id) => Some(id.clone()),
                 lookup => ctx.images.get(lookup).map(|i| i.id.clone()),
             };
+            // An instance launched from this same lookup keeps its image unless the env asks
+            // for the latest: a newly published image is not a change of Git, and replacing the
+            // k3s server for it would be a new, empty cluster.
+            let pinned = !want.image_latest
+                && want.image.lookup_tag().is_some()
+                && want.image.lookup_tag().as_ref() == l.tags.get(TAG_IMAGE_LOOKUP);
             if let Some(image) = image {
                 if &image != image_id {
-                    replace.push(FieldChange::value("image", image, image_id));
+                    if pinned {
+                        notes.push(format!(
+                            "newer image available: {image} (running {image_id}; image.update: latest takes it)"
+                        ));
+                    } else {
+                        replace.push(FieldChange::value("image", image, image_id));
+                    }
                 }
             }
             let subnet = subnet_id.as_deref().map(|s| ctx.name_of(s));
@@ -471,9 +491,14 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
             }
             if &want.instance_type != instance_type {
                 let change = FieldChange::value("type", &want.instance_type, instance_type);
-                if ctx.allow_stop_modify_start {
+                // Not for the k3s server: a stop gives it a new public address, which its
+                // certificate (written at first boot) does not name and clients do not use.
+                if ctx.allow_stop_modify_start && want.role != "server" {
                     update.push(change);
                 } else {
+                    if ctx.allow_stop_modify_start {
+                        reason = Some("allowStopModifyStart does not apply to the k3s server: a stop and start gives it a new public address, which its certificate does not name; replacing it makes a new cluster".into());
+                    }
                     replace.push(change);
                 }
             }
@@ -515,18 +540,21 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
             action: ChangeAction::Replace,
             reason,
             fields: replace,
+            notes,
         }
     } else if !update.is_empty() {
         Verdict {
             action: ChangeAction::Update,
             reason: None,
             fields: update,
+            notes,
         }
     } else {
         Verdict {
             action: ChangeAction::Unchanged,
             reason: None,
             fields: Vec::new(),
+            notes,
         }
     }
 }
@@ -633,6 +661,7 @@ pub fn plan(desired: &DesiredCloud, live: &LiveCloud) -> CloudPlan {
                 reason: None,
                 fields: Vec::new(),
                 live_ids,
+                notes: Vec::new(),
             },
             Some((_, verdict)) => {
                 let mut fields = verdict.fields.clone();
@@ -650,6 +679,7 @@ pub fn plan(desired: &DesiredCloud, live: &LiveCloud) -> CloudPlan {
                     reason: verdict.reason.clone(),
                     fields,
                     live_ids,
+                    notes: verdict.notes.clone(),
                 }
             }
         };
@@ -666,6 +696,7 @@ pub fn plan(desired: &DesiredCloud, live: &LiveCloud) -> CloudPlan {
             reason: None,
             fields: Vec::new(),
             live_ids: copies.iter().map(|c| c.aws_id.clone()).collect(),
+            notes: Vec::new(),
         })
         .collect();
     deletes.sort_by_key(|c| {
@@ -913,6 +944,94 @@ mod tests {
         );
     }
 
+    /// Issue 14, item 3: a newly published image matching the lookup is "available", not a
+    /// replace, for an instance launched from that lookup; `update: latest` takes it; an instance
+    /// not launched from this lookup (no tag, or another lookup) is compared as before.
+    #[test]
+    fn a_newer_image_of_the_same_lookup_is_available_not_a_replace_unless_latest() {
+        let lookup = |update| Image::Lookup {
+            owner: "amazon".into(),
+            name: "al2023-ami-*".into(),
+            architecture: "x86_64".into(),
+            update,
+        };
+        let mut c = cloud();
+        c.instances[0].image = lookup(ImageUpdate::Pinned);
+        let d = desired(&c, "demo", &DesiredInputs::default());
+        let mut live = live_from(&d);
+        assert_eq!(
+            live.get("instance/server/0")[0]
+                .tags
+                .get(TAG_IMAGE_LOOKUP)
+                .map(String::as_str),
+            Some("amazon/al2023-ami-* (x86_64)")
+        );
+        let spec = d.image_lookups().into_iter().next().expect("one lookup");
+        live.images.insert(
+            spec,
+            ResolvedImage {
+                id: "ami-2".into(),
+                name: Some("al2023-ami-2".into()),
+                root_device_name: None,
+            },
+        );
+        let p = plan(&d, &live);
+        let i = p.get("instance/server/0").expect("instance");
+        assert_eq!(i.action, ChangeAction::Unchanged, "{i}");
+        assert!(!p.has_changes(), "{p}");
+        assert_eq!(
+            i.to_string(),
+            "    unchanged instance/server/0 (newer image available: ami-2 (running ami-1; image.update: latest takes it))"
+        );
+
+        let mut latest = c.clone();
+        latest.instances[0].image = lookup(ImageUpdate::Latest);
+        let p = plan(&desired(&latest, "demo", &DesiredInputs::default()), &live);
+        let i = p.get("instance/server/0").expect("instance");
+        assert_eq!(i.action, ChangeAction::Replace, "{i}");
+        assert!(i.to_string().contains("image ami-1 → ami-2"), "{i}");
+
+        // Launched without the lookup tag (by an older phoenix, or from another lookup).
+        for copy in live.resources.get_mut("instance/server/0").expect("live") {
+            copy.tags.remove(TAG_IMAGE_LOOKUP);
+        }
+        let p = plan(&d, &live);
+        assert_eq!(
+            p.get("instance/server/0").expect("instance").action,
+            ChangeAction::Replace
+        );
+    }
+
+    /// Issue 14, item 5: stop/modify/start would move the k3s server's public address out of
+    /// its certificate, so allowStopModifyStart applies to other instances only.
+    #[test]
+    fn allow_stop_modify_start_does_not_change_the_server_in_place() {
+        let mut c = cloud();
+        c.allow_stop_modify_start = true;
+        let mut worker = c.instances[0].clone();
+        worker.name = "worker".into();
+        worker.role = Role::None;
+        c.instances.push(worker);
+        let live = live_from(&desired(&c, "demo", &DesiredInputs::default()));
+        for g in &mut c.instances {
+            g.instance_type = "t3.large".into();
+        }
+        let p = plan(&desired(&c, "demo", &DesiredInputs::default()), &live);
+        assert_eq!(
+            p.get("instance/worker/0").expect("worker").action,
+            ChangeAction::Update
+        );
+        let server = p.get("instance/server/0").expect("server");
+        assert_eq!(server.action, ChangeAction::Replace, "{server}");
+        assert!(
+            server
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("new public address")),
+            "{server:?}"
+        );
+    }
+
     #[test]
     fn removed_resources_are_deleted_dependents_first() {
         let d = desired(&cloud(), "demo", &DesiredInputs::default());
@@ -938,9 +1057,10 @@ mod tests {
 
     #[test]
     fn type_change_is_update_only_with_stop_modify_start() {
-        let d = desired(&cloud(), "demo", &DesiredInputs::default());
-        let live = live_from(&d);
         let mut c = cloud();
+        c.instances[0].role = Role::None;
+        let d = desired(&c, "demo", &DesiredInputs::default());
+        let live = live_from(&d);
         c.instances[0].instance_type = "t3.large".into();
         let p = plan(&desired(&c, "demo", &DesiredInputs::default()), &live);
         assert_eq!(

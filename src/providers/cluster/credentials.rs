@@ -1,8 +1,11 @@
-//! The cluster's credentials, made locally with rcgen: a server CA (the API server's serving
+//! The cluster's credentials, derived from the environment's one cluster secret
+//! (`spec.cluster.secret`, an `env:`/`file:` reference): a server CA (the API server's serving
 //! certificates chain to it, so phoenix and the agents can verify the server), a client CA (it
-//! signs the admin certificate phoenix authenticates with), an admin client certificate in
-//! `system:masters`, and a join token. Kept under `$PHOENIX_HOME/clusters/<env>/` (directory
-//! 0700, files 0600), created once and reused; [`Credentials::rotate`] replaces them.
+//! signs the admin certificate phoenix authenticates with), a server token and a separate agent
+//! token. The same secret and env name give byte-identical CAs and tokens on every machine, so
+//! the rendered user-data and the plan never depend on `$PHOENIX_HOME`: nothing is stored, and
+//! rotating means changing the secret (runbooks/rotate-credentials.md). The admin client
+//! certificate is the one thing issued per run (a fresh key, signed by the derived client CA).
 
 use std::fmt;
 use std::fs;
@@ -10,11 +13,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::providers::sha256_hex;
+use hmac::{Hmac, Mac};
+use p256::ecdsa::signature::Signer;
+use p256::pkcs8::EncodePrivateKey;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SerialNumber, SignatureAlgorithm, SigningKey,
 };
 use serde::Serialize;
+use sha2::Sha256;
 use time::{Duration as TimeDuration, OffsetDateTime};
 
 use super::error::ClusterError;
@@ -24,32 +31,19 @@ pub const ADMIN_GROUP: &str = "system:masters";
 /// Common name of the admin client certificate (the user name the API server sees).
 pub const ADMIN_USER: &str = "phoenix-admin";
 
-const SERVER_CA_CERT: &str = "server-ca.crt";
-const SERVER_CA_KEY: &str = "server-ca.key";
-const CLIENT_CA_CERT: &str = "client-ca.crt";
-const CLIENT_CA_KEY: &str = "client-ca.key";
-const ADMIN_CERT: &str = "admin.crt";
-const ADMIN_KEY: &str = "admin.key";
-const ADMIN_NOT_AFTER: &str = "admin.not-after";
-const TOKEN: &str = "token";
-const FILES: [&str; 8] = [
-    SERVER_CA_CERT,
-    SERVER_CA_KEY,
-    CLIENT_CA_CERT,
-    CLIENT_CA_KEY,
-    ADMIN_CERT,
-    ADMIN_KEY,
-    ADMIN_NOT_AFTER,
-    TOKEN,
-];
+/// The shortest cluster secret accepted: 32 characters (e.g. `openssl rand -hex 32` gives 64).
+pub const MIN_SECRET_LEN: usize = 32;
 
-/// CAs outlive many rebuilds; rotating them means replacing the server (see the runbook).
-const CA_VALIDITY_DAYS: i64 = 3650;
-/// The admin certificate is short-lived compared with the CAs, because Kubernetes cannot revoke
-/// a client certificate: a stolen copy works until it expires or the client CA is rotated.
-const ADMIN_VALIDITY_DAYS: i64 = 365;
-/// [`Credentials::ensure`] re-issues the admin certificate when less than this remains.
-const ADMIN_RENEW_DAYS: i64 = 30;
+/// Versions the derivation: changing it changes every credential, so it never changes silently.
+const DERIVATION: &str = "phoenix/cluster-credentials/v1";
+/// The CAs' validity is fixed (not "now"), so that the certificates are the same bytes on every
+/// machine. Rotating them means a new cluster secret (and new servers; see the runbook).
+const CA_NOT_BEFORE: i64 = 1_704_067_200; // 2024-01-01T00:00:00Z
+const CA_NOT_AFTER: i64 = 4_859_827_200; // 2124-01-01T00:00:00Z
+/// The admin certificate is issued afresh by every run that writes the kubeconfig, and short
+/// lived, because Kubernetes cannot revoke a client certificate: a stolen copy works until it
+/// expires or the cluster secret is rotated.
+const ADMIN_VALIDITY_DAYS: i64 = 30;
 
 /// A secret string: usable by the code that needs it, invisible to `Debug`, `Display` and serde.
 #[derive(Clone, PartialEq, Eq)]
@@ -78,22 +72,11 @@ impl Serialize for Secret {
     }
 }
 
-/// What [`Credentials::ensure`] did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Provenance {
-    /// Nothing was stored: a new set was generated.
-    Created,
-    /// The stored set was used as is.
-    Reused,
-    /// The stored set was used with a newly issued admin certificate (the old one was expiring).
-    Renewed,
-}
-
-/// One cluster's credentials. Certificates are public; keys and the token are [`Secret`]s.
+/// One cluster's credentials. Certificates are public; keys and tokens are [`Secret`]s.
 /// `Debug` and `Serialize` show only certificate fingerprints and the directory.
 #[derive(Clone)]
 pub struct Credentials {
+    /// `$PHOENIX_HOME/clusters/<env>`: where the kubeconfig (a cache) is written.
     dir: PathBuf,
     env: String,
     server_ca_cert: String,
@@ -103,7 +86,8 @@ pub struct Credentials {
     admin_cert: String,
     admin_key: Secret,
     admin_not_after: i64,
-    token: Secret,
+    server_token: Secret,
+    agent_secret: Secret,
 }
 
 impl fmt::Debug for Credentials {
@@ -118,7 +102,7 @@ impl fmt::Debug for Credentials {
             )
             .field("admin_cert_sha256", &sha256_hex(self.admin_cert.as_bytes()))
             .field("keys", &crate::render::REDACTED)
-            .field("token", &crate::render::REDACTED)
+            .field("tokens", &crate::render::REDACTED)
             .finish()
     }
 }
@@ -139,7 +123,7 @@ impl Serialize for Credentials {
     }
 }
 
-/// `$PHOENIX_HOME/clusters/<env>`: the cluster's credentials and kubeconfig.
+/// `$PHOENIX_HOME/clusters/<env>`: the cluster's kubeconfig.
 pub fn cluster_dir(phoenix_home: &Path, env: &str) -> Result<PathBuf, ClusterError> {
     let ok = !env.is_empty()
         && !env.starts_with('.')
@@ -153,57 +137,55 @@ pub fn cluster_dir(phoenix_home: &Path, env: &str) -> Result<PathBuf, ClusterErr
 }
 
 impl Credentials {
-    /// The stored credentials of `env`, or a new set when none are stored (written atomically:
-    /// a crash leaves either nothing or a complete set). Re-issues the admin certificate when it
-    /// expires within 30 days. `env` is the effective name (a drill copy gets its own).
-    pub fn ensure(
+    /// The credentials of the cluster of `env` (the effective name: a drill copy's differ from
+    /// the live env's), derived from `secret`: the CAs and tokens are the same bytes for the same
+    /// secret and name, wherever and whenever this runs. Reads and writes nothing; the admin
+    /// certificate is issued now (30 days) by the derived client CA.
+    pub fn derive(
         phoenix_home: &Path,
         env: &str,
-    ) -> Result<(Credentials, Provenance), ClusterError> {
+        secret: &Secret,
+    ) -> Result<Credentials, ClusterError> {
         let dir = cluster_dir(phoenix_home, env)?;
-        if let Some(creds) = Credentials::load_dir(&dir, env)? {
-            return creds.renew_if_expiring();
+        let len = secret.expose().chars().count();
+        if len < MIN_SECRET_LEN {
+            return Err(ClusterError::WeakSecret {
+                env: env.to_string(),
+                len,
+            });
         }
-        match Credentials::create(&dir, env) {
-            Ok(creds) => Ok((creds, Provenance::Created)),
-            // Another phoenix process created them between the load and the rename: use theirs.
-            Err(CreateError::Exists) => match Credentials::load_dir(&dir, env)? {
-                Some(creds) => creds.renew_if_expiring(),
-                None => Err(ClusterError::Incomplete {
-                    dir,
-                    missing: FILES.iter().map(|f| f.to_string()).collect(),
-                }),
-            },
-            Err(CreateError::Other(e)) => Err(e),
-        }
-    }
-
-    /// The stored credentials, or `None` when the directory holds none.
-    pub fn load(phoenix_home: &Path, env: &str) -> Result<Option<Credentials>, ClusterError> {
-        Credentials::load_dir(&cluster_dir(phoenix_home, env)?, env)
-    }
-
-    /// Replaces the stored credentials (and the kubeconfig next to them) with a new set. The
-    /// running cluster keeps trusting the old CAs until its instances are replaced; see
-    /// runbooks/rotate-credentials.md.
-    pub fn rotate(phoenix_home: &Path, env: &str) -> Result<Credentials, ClusterError> {
-        let dir = cluster_dir(phoenix_home, env)?;
-        let fresh = Credentials::generate(&dir, env)?;
-        let staging = staging_dir(&dir, "new")?;
-        fresh.write_all(&staging)?;
-        if dir.exists() {
-            let old = staging_dir(&dir, "old")?;
-            fs::rename(&dir, &old)
-                .map_err(ClusterError::io("moving aside the old credentials", &dir))?;
-            fs::rename(&staging, &dir)
-                .map_err(ClusterError::io("installing the new credentials", &dir))?;
-            fs::remove_dir_all(&old)
-                .map_err(ClusterError::io("removing the old credentials", &old))?;
-        } else {
-            fs::rename(&staging, &dir)
-                .map_err(ClusterError::io("installing the new credentials", &dir))?;
-        }
-        Ok(fresh)
+        let seed = Seed {
+            secret: secret.expose().as_bytes(),
+            env,
+        };
+        let gen = |what| move |source| ClusterError::Generate { what, source };
+        let server_key = seed.key("server-ca")?;
+        let server_params = ca_params(&server_ca_name(env), seed.serial("server-ca"))?;
+        let server_cert = server_params
+            .self_signed(&server_key)
+            .map_err(gen("the server CA certificate"))?;
+        let client_key = seed.key("client-ca")?;
+        let client_params = ca_params(&client_ca_name(env), seed.serial("client-ca"))?;
+        let client_cert = client_params
+            .self_signed(&client_key)
+            .map_err(gen("the client CA certificate"))?;
+        let server_ca_key = server_key.pem()?;
+        let client_ca_key = client_key.pem()?;
+        let issuer = Issuer::new(client_params, client_key);
+        let (admin_cert, admin_key, admin_not_after) = issue_admin(&issuer)?;
+        Ok(Credentials {
+            dir,
+            env: env.to_string(),
+            server_ca_cert: server_cert.pem(),
+            server_ca_key,
+            client_ca_cert: client_cert.pem(),
+            client_ca_key,
+            admin_cert,
+            admin_key,
+            admin_not_after,
+            server_token: Secret(hex(&seed.bytes("server-token", 0))),
+            agent_secret: Secret(hex(&seed.bytes("agent-token", 0))),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -246,18 +228,26 @@ impl Credentials {
         self.admin_not_after
     }
 
-    /// The server's `--token` (the shared secret alone).
+    /// The server's `token` (the shared secret alone): only servers get it. With it a machine
+    /// can join as a server and read the CA keys, so agents never see it.
     pub fn server_token(&self) -> &Secret {
-        &self.token
+        &self.server_token
     }
 
-    /// The agents' token in k3s's secure format `K10<sha256 of the server CA>::server:<secret>`:
-    /// an agent checks the CA the server presents against the hash before it trusts the server.
+    /// The server's `agent-token` (the secret alone): the server accepts agents with it, and
+    /// nothing more (an agent token cannot join a server).
+    pub fn agent_secret(&self) -> &Secret {
+        &self.agent_secret
+    }
+
+    /// The agents' token in k3s's secure format `K10<sha256 of the server CA>::node:<agent
+    /// secret>`: an agent checks the CA the server presents against the hash before it trusts
+    /// the server, and joins with the agent secret (not the server token).
     pub fn agent_token(&self) -> Secret {
         Secret(format!(
-            "K10{}::server:{}",
+            "K10{}::node:{}",
             self.server_ca_sha256(),
-            self.token.expose()
+            self.agent_secret.expose()
         ))
     }
 
@@ -265,183 +255,99 @@ impl Credentials {
     pub fn server_ca_sha256(&self) -> String {
         sha256_hex(self.server_ca_cert.as_bytes())
     }
+}
 
-    fn renew_if_expiring(self) -> Result<(Credentials, Provenance), ClusterError> {
-        let now = OffsetDateTime::now_utc().unix_timestamp();
-        if self.admin_not_after - now > ADMIN_RENEW_DAYS * 86_400 {
-            return Ok((self, Provenance::Reused));
+/// What every derived value is computed from: HMAC-SHA256 keyed with the secret, over the
+/// derivation version, the env name and what is derived.
+struct Seed<'a> {
+    secret: &'a [u8],
+    env: &'a str,
+}
+
+impl Seed<'_> {
+    fn bytes(&self, label: &str, counter: u32) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.secret)
+            .expect("HMAC takes a key of any length");
+        for part in [DERIVATION, self.env, label] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
         }
-        let ca_key =
-            KeyPair::from_pem(self.client_ca_key.expose()).map_err(|e| ClusterError::Corrupt {
-                path: self.dir.join(CLIENT_CA_KEY),
-                message: format!("not a PEM private key ({e})"),
-            })?;
-        let issuer = Issuer::new(
-            ca_params(&client_ca_name(&self.env), OffsetDateTime::now_utc())?,
-            ca_key,
-        );
-        let (admin_cert, admin_key, not_after) = issue_admin(&issuer)?;
-        let renewed = Credentials {
-            admin_cert,
-            admin_key,
-            admin_not_after: not_after,
-            ..self
-        };
-        for (name, content) in [
-            (ADMIN_KEY, renewed.admin_key.expose().to_string()),
-            (ADMIN_CERT, renewed.admin_cert.clone()),
-            (ADMIN_NOT_AFTER, format!("{not_after}\n")),
-        ] {
-            write_private(&renewed.dir.join(name), content.as_bytes())?;
-        }
-        Ok((renewed, Provenance::Renewed))
+        mac.update(&counter.to_be_bytes());
+        mac.finalize().into_bytes().into()
     }
 
-    fn create(dir: &Path, env: &str) -> Result<Credentials, CreateError> {
-        let creds = Credentials::generate(dir, env)?;
-        let staging = staging_dir(dir, "new")?;
-        creds.write_all(&staging)?;
-        match fs::rename(&staging, dir) {
-            Ok(()) => Ok(creds),
-            Err(e) => {
-                let _ = fs::remove_dir_all(&staging);
-                if dir.exists() {
-                    Err(CreateError::Exists)
-                } else {
-                    Err(ClusterError::io("installing the new credentials", dir)(e).into())
-                }
+    /// A P-256 key: the first derived value that is a valid scalar (all but ~2^-32 are).
+    fn key(&self, label: &str) -> Result<DerivedKey, ClusterError> {
+        for counter in 0..16 {
+            if let Ok(key) = p256::SecretKey::from_slice(&self.bytes(label, counter)) {
+                return Ok(DerivedKey::new(key));
             }
         }
+        Err(ClusterError::Derive(format!(
+            "no valid P-256 key for {label}"
+        )))
     }
 
-    fn generate(dir: &Path, env: &str) -> Result<Credentials, ClusterError> {
-        let now = OffsetDateTime::now_utc();
-        let gen = |what| move |source| ClusterError::Generate { what, source };
-        let server_key = KeyPair::generate().map_err(gen("the server CA key"))?;
-        let server_cert = ca_params(&server_ca_name(env), now)?
-            .self_signed(&server_key)
-            .map_err(gen("the server CA certificate"))?;
-        let client_key = KeyPair::generate().map_err(gen("the client CA key"))?;
-        let client_params = ca_params(&client_ca_name(env), now)?;
-        let client_cert = client_params
-            .self_signed(&client_key)
-            .map_err(gen("the client CA certificate"))?;
-        let client_ca_key = Secret(client_key.serialize_pem());
-        let issuer = Issuer::new(client_params, client_key);
-        let (admin_cert, admin_key, admin_not_after) = issue_admin(&issuer)?;
-        Ok(Credentials {
-            dir: dir.to_path_buf(),
-            env: env.to_string(),
-            server_ca_cert: server_cert.pem(),
-            server_ca_key: Secret(server_key.serialize_pem()),
-            client_ca_cert: client_cert.pem(),
-            client_ca_key,
-            admin_cert,
-            admin_key,
-            admin_not_after,
-            token: Secret(random_token()?),
-        })
-    }
-
-    fn write_all(&self, dir: &Path) -> Result<(), ClusterError> {
-        create_private_dir(dir)?;
-        for (name, content) in [
-            (SERVER_CA_CERT, self.server_ca_cert.as_str()),
-            (SERVER_CA_KEY, self.server_ca_key.expose()),
-            (CLIENT_CA_CERT, self.client_ca_cert.as_str()),
-            (CLIENT_CA_KEY, self.client_ca_key.expose()),
-            (ADMIN_CERT, self.admin_cert.as_str()),
-            (ADMIN_KEY, self.admin_key.expose()),
-            (TOKEN, self.token.expose()),
-        ] {
-            write_private(&dir.join(name), content.as_bytes())?;
-        }
-        write_private(
-            &dir.join(ADMIN_NOT_AFTER),
-            format!("{}\n", self.admin_not_after).as_bytes(),
-        )
-    }
-
-    fn load_dir(dir: &Path, env: &str) -> Result<Option<Credentials>, ClusterError> {
-        if !dir.exists() {
-            return Ok(None);
-        }
-        let missing: Vec<String> = FILES
-            .iter()
-            .filter(|f| !dir.join(f).is_file())
-            .map(|f| f.to_string())
-            .collect();
-        if missing.len() == FILES.len() {
-            return Ok(None);
-        }
-        if !missing.is_empty() {
-            return Err(ClusterError::Incomplete {
-                dir: dir.to_path_buf(),
-                missing,
-            });
-        }
-        let read = |name: &str| read_private(&dir.join(name));
-        let not_after_path = dir.join(ADMIN_NOT_AFTER);
-        let admin_not_after =
-            read(ADMIN_NOT_AFTER)?
-                .trim()
-                .parse::<i64>()
-                .map_err(|_| ClusterError::Corrupt {
-                    path: not_after_path,
-                    message: "expected a Unix timestamp".into(),
-                })?;
-        let token = read(TOKEN)?;
-        if token.is_empty() || !token.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(ClusterError::Corrupt {
-                path: dir.join(TOKEN),
-                message: "expected the hex token phoenix generated".into(),
-            });
-        }
-        let creds = Credentials {
-            dir: dir.to_path_buf(),
-            env: env.to_string(),
-            server_ca_cert: pem_of(
-                &dir.join(SERVER_CA_CERT),
-                read(SERVER_CA_CERT)?,
-                "CERTIFICATE",
-            )?,
-            server_ca_key: Secret(pem_of(
-                &dir.join(SERVER_CA_KEY),
-                read(SERVER_CA_KEY)?,
-                "PRIVATE KEY",
-            )?),
-            client_ca_cert: pem_of(
-                &dir.join(CLIENT_CA_CERT),
-                read(CLIENT_CA_CERT)?,
-                "CERTIFICATE",
-            )?,
-            client_ca_key: Secret(pem_of(
-                &dir.join(CLIENT_CA_KEY),
-                read(CLIENT_CA_KEY)?,
-                "PRIVATE KEY",
-            )?),
-            admin_cert: pem_of(&dir.join(ADMIN_CERT), read(ADMIN_CERT)?, "CERTIFICATE")?,
-            admin_key: Secret(pem_of(
-                &dir.join(ADMIN_KEY),
-                read(ADMIN_KEY)?,
-                "PRIVATE KEY",
-            )?),
-            admin_not_after,
-            token: Secret(token),
-        };
-        Ok(Some(creds))
+    /// A positive 16-byte certificate serial number.
+    fn serial(&self, label: &str) -> SerialNumber {
+        let mut bytes = self.bytes(&format!("{label}/serial"), 0)[..16].to_vec();
+        bytes[0] &= 0x7f;
+        bytes[0] |= 0x01;
+        SerialNumber::from_slice(&bytes)
     }
 }
 
-enum CreateError {
-    Exists,
-    Other(ClusterError),
+/// A derived P-256 key that signs with RFC 6979 (deterministic) ECDSA, so a certificate it
+/// signs is the same bytes every time (ring's ECDSA uses a random nonce).
+struct DerivedKey {
+    signing: p256::ecdsa::SigningKey,
+    secret: p256::SecretKey,
+    public: Vec<u8>,
 }
 
-impl From<ClusterError> for CreateError {
-    fn from(e: ClusterError) -> Self {
-        CreateError::Other(e)
+impl DerivedKey {
+    fn new(secret: p256::SecretKey) -> DerivedKey {
+        let signing = p256::ecdsa::SigningKey::from(&secret);
+        let public = signing
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        DerivedKey {
+            signing,
+            secret,
+            public,
+        }
     }
+
+    /// PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`), as k3s reads its CA keys.
+    fn pem(&self) -> Result<Secret, ClusterError> {
+        self.secret
+            .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+            .map(|pem| Secret(pem.to_string()))
+            .map_err(|e| ClusterError::Derive(format!("encoding a CA key: {e}")))
+    }
+}
+
+impl PublicKeyData for DerivedKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.public
+    }
+
+    fn algorithm(&self) -> &'static SignatureAlgorithm {
+        &rcgen::PKCS_ECDSA_P256_SHA256
+    }
+}
+
+impl SigningKey for DerivedKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let signature: p256::ecdsa::Signature = self.signing.sign(msg);
+        Ok(signature.to_der().as_bytes().to_vec())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn server_ca_name(env: &str) -> String {
@@ -452,7 +358,7 @@ fn client_ca_name(env: &str) -> String {
     format!("phoenix-{env}-client-ca")
 }
 
-fn ca_params(common_name: &str, now: OffsetDateTime) -> Result<CertificateParams, ClusterError> {
+fn ca_params(common_name: &str, serial: SerialNumber) -> Result<CertificateParams, ClusterError> {
     let mut params =
         CertificateParams::new(Vec::<String>::new()).map_err(|source| ClusterError::Generate {
             what: "CA parameters",
@@ -468,12 +374,13 @@ fn ca_params(common_name: &str, now: OffsetDateTime) -> Result<CertificateParams
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
     ];
-    params.not_before = now - TimeDuration::hours(1);
-    params.not_after = now + TimeDuration::days(CA_VALIDITY_DAYS);
+    params.serial_number = Some(serial);
+    params.not_before = OffsetDateTime::from_unix_timestamp(CA_NOT_BEFORE).expect("valid time");
+    params.not_after = OffsetDateTime::from_unix_timestamp(CA_NOT_AFTER).expect("valid time");
     Ok(params)
 }
 
-fn issue_admin(issuer: &Issuer<'_, KeyPair>) -> Result<(String, Secret, i64), ClusterError> {
+fn issue_admin(issuer: &Issuer<'_, DerivedKey>) -> Result<(String, Secret, i64), ClusterError> {
     let gen = |what| move |source| ClusterError::Generate { what, source };
     let now = OffsetDateTime::now_utc();
     let key = KeyPair::generate().map_err(gen("the admin key"))?;
@@ -501,38 +408,6 @@ fn issue_admin(issuer: &Issuer<'_, KeyPair>) -> Result<(String, Secret, i64), Cl
         Secret(key.serialize_pem()),
         not_after.unix_timestamp(),
     ))
-}
-
-/// 32 random bytes as hex: alphanumeric, so it needs no quoting in YAML, shell or k3s's
-/// `K10...::server:<secret>` format.
-fn random_token() -> Result<String, ClusterError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| ClusterError::Random(e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn pem_of(path: &Path, text: String, label: &str) -> Result<String, ClusterError> {
-    let begin = format!("-----BEGIN {label}-----");
-    if text.trim_start().starts_with(&begin) && text.contains(&format!("-----END {label}-----")) {
-        Ok(text)
-    } else {
-        Err(ClusterError::Corrupt {
-            path: path.to_path_buf(),
-            message: format!("expected a PEM {label}"),
-        })
-    }
-}
-
-/// A sibling of `dir` to build a new set in before it is renamed into place.
-fn staging_dir(dir: &Path, what: &str) -> Result<PathBuf, ClusterError> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    create_private_dir(parent)?;
-    let name = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("cluster");
-    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
-    Ok(parent.join(format!(".{name}.{what}-{}-{nanos}", std::process::id())))
 }
 
 pub(crate) fn create_private_dir(dir: &Path) -> Result<(), ClusterError> {
@@ -583,25 +458,15 @@ pub(crate) fn write_private(path: &Path, content: &[u8]) -> Result<(), ClusterEr
     })
 }
 
-fn read_private(path: &Path) -> Result<String, ClusterError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = fs::metadata(path).map_err(ClusterError::io("reading", path))?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(ClusterError::Permissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-    }
-    fs::read_to_string(path).map_err(ClusterError::io("reading", path))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
+
+    fn derive(home: &Path, env: &str, secret: &str) -> Credentials {
+        Credentials::derive(home, env, &Secret::new(secret)).unwrap()
+    }
 
     #[test]
     fn env_names_that_escape_the_directory_are_refused() {
@@ -616,34 +481,68 @@ mod tests {
     }
 
     #[test]
-    fn agent_token_pins_the_server_ca() {
-        let dir = tempfile::tempdir().unwrap();
-        let (c, p) = Credentials::ensure(dir.path(), "t").unwrap();
-        assert_eq!(p, Provenance::Created);
+    fn the_same_secret_and_env_give_the_same_cas_and_tokens_on_any_home() {
+        let a = derive(Path::new("/tmp/one"), "demo", SECRET);
+        let b = derive(Path::new("/elsewhere"), "demo", SECRET);
+        assert_eq!(a.server_ca_cert(), b.server_ca_cert());
+        assert_eq!(a.server_ca_key(), b.server_ca_key());
+        assert_eq!(a.client_ca_cert(), b.client_ca_cert());
+        assert_eq!(a.client_ca_key(), b.client_ca_key());
+        assert_eq!(a.server_token(), b.server_token());
+        assert_eq!(a.agent_token(), b.agent_token());
+        // The admin certificate is issued per run (its own key), by the same client CA.
+        assert_ne!(a.admin_key(), b.admin_key());
+        assert!(a
+            .server_ca_key()
+            .expose()
+            .starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert!(a
+            .server_ca_cert()
+            .starts_with("-----BEGIN CERTIFICATE-----"));
+    }
+
+    #[test]
+    fn another_secret_or_another_env_gives_other_credentials() {
+        let a = derive(Path::new("/h"), "demo", SECRET);
+        let other_secret = derive(Path::new("/h"), "demo", &format!("{SECRET}x"));
+        let drill = derive(Path::new("/h"), "demo-drill-ab12", SECRET);
+        for other in [&other_secret, &drill] {
+            assert_ne!(a.server_ca_cert(), other.server_ca_cert());
+            assert_ne!(a.client_ca_key(), other.client_ca_key());
+            assert_ne!(a.server_token(), other.server_token());
+            assert_ne!(a.agent_secret(), other.agent_secret());
+        }
+    }
+
+    #[test]
+    fn agents_get_their_own_token_pinning_the_server_ca() {
+        let c = derive(Path::new("/h"), "t", SECRET);
         let token = c.agent_token();
         let expected = format!(
-            "K10{}::server:{}",
+            "K10{}::node:{}",
             sha256_hex(c.server_ca_cert().as_bytes()),
-            c.server_token().expose()
+            c.agent_secret().expose()
         );
         assert_eq!(token.expose(), expected);
+        assert_ne!(c.agent_secret(), c.server_token());
+        assert!(!token.expose().contains(c.server_token().expose()));
         assert_eq!(c.server_token().expose().len(), 64);
     }
 
     #[test]
-    fn an_expiring_admin_certificate_is_reissued_by_the_same_ca() {
-        let dir = tempfile::tempdir().unwrap();
-        let (c, _) = Credentials::ensure(dir.path(), "t").unwrap();
-        write_private(&c.dir().join(ADMIN_NOT_AFTER), b"1000\n").unwrap();
-        let (renewed, p) = Credentials::ensure(dir.path(), "t").unwrap();
-        assert_eq!(p, Provenance::Renewed);
-        assert_ne!(renewed.admin_cert(), c.admin_cert());
-        assert_eq!(renewed.client_ca_cert(), c.client_ca_cert());
-        assert!(
-            renewed.admin_not_after() > OffsetDateTime::now_utc().unix_timestamp() + 300 * 86_400
-        );
-        let (again, p) = Credentials::ensure(dir.path(), "t").unwrap();
-        assert_eq!(p, Provenance::Reused);
-        assert_eq!(again.admin_cert(), renewed.admin_cert());
+    fn a_short_secret_is_refused_without_showing_it() {
+        let err = Credentials::derive(Path::new("/h"), "demo", &Secret::new("short-secret"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("demo") && err.contains("32"), "{err}");
+        assert!(!err.contains("short-secret"), "{err}");
+    }
+
+    #[test]
+    fn the_admin_certificate_is_short_lived() {
+        let c = derive(Path::new("/h"), "t", SECRET);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!(c.admin_not_after() > now + 29 * 86_400);
+        assert!(c.admin_not_after() <= now + 31 * 86_400);
     }
 }

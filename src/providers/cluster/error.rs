@@ -21,12 +21,12 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
-    /// A credentials file is readable by others than its owner.
-    #[error("{} is readable by group or others (mode {mode:o}); run `chmod 600 {}` or rotate the credentials", path.display(), path.display())]
-    Permissions { path: PathBuf, mode: u32 },
-    /// The credentials directory exists but lacks files (a partial copy, or hand-edited).
-    #[error("the credentials in {} are incomplete: {} missing; restore them or rotate (see runbooks/rotate-credentials.md)", dir.display(), missing.join(", "))]
-    Incomplete { dir: PathBuf, missing: Vec<String> },
+    /// The cluster secret is too short to derive keys from.
+    #[error("the cluster secret of {env} (spec.cluster.secret) has {len} characters; at least 32 are needed (e.g. `openssl rand -hex 32`)")]
+    WeakSecret { env: String, len: usize },
+    /// Deriving a key or encoding it failed.
+    #[error("deriving the cluster credentials: {0}")]
+    Derive(String),
     /// Certificate or key generation failed.
     #[error("generating {what}")]
     Generate {
@@ -34,12 +34,6 @@ pub enum ClusterError {
         #[source]
         source: rcgen::Error,
     },
-    /// The operating system gave no randomness for the join token.
-    #[error("generating the join token: no randomness from the operating system: {0}")]
-    Random(String),
-    /// A stored file holds something other than what phoenix wrote.
-    #[error("{} is not valid: {message}", path.display())]
-    Corrupt { path: PathBuf, message: String },
     /// A value handed to the instances (version, address) would not be safe in user-data.
     #[error("{field} {value:?} is not valid: {expected}")]
     InvalidValue {

@@ -335,10 +335,12 @@ impl Default for GateOptions {
 /// The cluster the gate is for.
 #[derive(Clone, Debug)]
 pub enum GateTarget {
-    /// k3s on the env's instances: credentials under `phoenix_home`, the endpoint from the live
-    /// server instance or `endpoint_override` (`{env}` allowed).
+    /// k3s on the env's instances: the credentials derived from the env's cluster secret, the
+    /// kubeconfig written under `phoenix_home`, the endpoint from the live server instance or
+    /// `endpoint_override` (`{env}` allowed).
     K3s {
         phoenix_home: PathBuf,
+        creds: Arc<Credentials>,
         /// The effective env name (a drill copy's own).
         env_name: String,
         cloud: Arc<Cloud>,
@@ -414,13 +416,13 @@ async fn gate(
     let (env_name, access, expect, required) = match target {
         GateTarget::K3s {
             phoenix_home,
+            creds,
             env_name,
             cloud,
             k3s,
             ec2,
             endpoint_override,
         } => {
-            let (creds, _) = Credentials::ensure(&phoenix_home, &env_name)?;
             ctx.progress(format!("observing the instances of {env_name}"));
             let live = aws::observe(&ec2, &env_name).await?;
             let endpoint = resolve_endpoint(
@@ -433,7 +435,17 @@ async fn gate(
             write_kubeconfig(&creds, &endpoint.url)?;
             ctx.progress(format!("kubeconfig for {} written", endpoint.url));
             let access = ClusterAccess::k3s(&phoenix_home, &env_name)?.with_timeouts(opts.client);
-            let expect = NodeExpectation::Instances(expected_nodes(&cloud, &live));
+            let expected = expected_nodes(&cloud, &live);
+            // k3s runs no cloud controller: the Node of an instance phoenix terminated (a
+            // replaced or removed instance) stays forever, and drift would report it forever.
+            let gone = aws::gone_instances(&ec2, &env_name).await?;
+            let client = client_for(&access).await?;
+            for (node, instance) in prune_stale_nodes(&client, &expected, &gone).await? {
+                ctx.progress(format!(
+                    "deleted Node {node} of instance {instance}, which phoenix terminated"
+                ));
+            }
+            let expect = NodeExpectation::Instances(expected);
             (env_name, access, expect, vec!["coredns".to_string()])
         }
         GateTarget::Existing { env_name, access } => (
@@ -553,6 +565,70 @@ async fn poll(
     Ok(report)
 }
 
+/// The instance id in a Node's `spec.providerID` (`aws:///ZONE/i-...`).
+fn provider_instance(provider_id: &str) -> Option<&str> {
+    provider_id
+        .strip_prefix("aws://")
+        .and_then(|rest| rest.rsplit('/').next())
+        .filter(|id| id.starts_with("i-"))
+}
+
+/// Deletes the Nodes whose `providerID` names an instance of the env that phoenix terminated
+/// (`gone`: tagged `phoenix:env`, `shutting-down` or `terminated`) and that is no expected
+/// instance. Nodes of any other instance, or without a providerID, are left alone: phoenix
+/// deletes only what its own tags mark. Returns (node, instance) of each deleted Node.
+async fn prune_stale_nodes(
+    client: &kube::Client,
+    expected: &[ExpectedNode],
+    gone: &[(String, String, String)],
+) -> Result<Vec<(String, String)>, ClusterError> {
+    let gone: BTreeSet<&str> = gone.iter().map(|(_, id, _)| id.as_str()).collect();
+    if gone.is_empty() {
+        return Ok(Vec::new());
+    }
+    let current: BTreeSet<&str> = expected
+        .iter()
+        .filter_map(|e| e.instance_id.as_deref())
+        .collect();
+    let api: Api<Node> = Api::all(client.clone());
+    let nodes = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| ClusterError::Api {
+            doing: "listing nodes to find those of terminated instances".into(),
+            source,
+        })?;
+    let mut deleted = Vec::new();
+    for n in nodes.items {
+        let Some(name) = n.metadata.name.clone() else {
+            continue;
+        };
+        let Some(instance) = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.provider_id.as_deref())
+            .and_then(provider_instance)
+            .map(str::to_string)
+        else {
+            continue;
+        };
+        if !gone.contains(instance.as_str()) || current.contains(instance.as_str()) {
+            continue;
+        }
+        match api.delete(&name, &Default::default()).await {
+            Ok(_) => deleted.push((name, instance)),
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => {
+                return Err(ClusterError::Api {
+                    doing: format!("deleting Node {name} of terminated instance {instance}"),
+                    source,
+                })
+            }
+        }
+    }
+    Ok(deleted)
+}
+
 /// Fails fast with a readable message when the gate cannot even start (bad target input).
 pub fn check_target(target: &GateTarget) -> Result<(), ClusterError> {
     match target {
@@ -600,6 +676,17 @@ mod tests {
             private_ip: Some(ip.into()),
             role: "agent".into(),
         }
+    }
+
+    #[test]
+    fn provider_ids_name_their_instance() {
+        assert_eq!(
+            provider_instance("aws:///us-east-1a/i-0abc"),
+            Some("i-0abc")
+        );
+        assert_eq!(provider_instance("aws:///us-east-1a/"), None);
+        assert_eq!(provider_instance("k3s://node-1"), None);
+        assert_eq!(provider_instance("i-0abc"), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub use access::{
     client_for, config_for, install_crypto_provider, ClientTimeouts, ClusterAccess,
     KubeconfigConnector,
 };
-pub use credentials::{cluster_dir, Credentials, Provenance, Secret, ADMIN_GROUP, ADMIN_USER};
+pub use credentials::{cluster_dir, Credentials, Secret, ADMIN_GROUP, ADMIN_USER, MIN_SECRET_LEN};
 pub use endpoint::{
     endpoint_host, endpoint_override, resolve_endpoint, server_instance, server_private_address,
     server_resource, Endpoint, EndpointOrigin, ENDPOINT_ENV,
@@ -32,5 +32,5 @@ pub use observe::{
 };
 pub use userdata::{
     agent_context, check_address, check_version, display_context, instance_context, server_context,
-    API_PORT,
+    with_disabled, API_PORT,
 };

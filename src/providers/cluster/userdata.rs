@@ -12,12 +12,13 @@ use crate::render::REDACTED;
 /// The port the k3s API server (and the agents' join endpoint) listens on.
 pub const API_PORT: u16 = 6443;
 
-/// The `cluster` value for a server instance: the k3s version, the join token, the two CAs
-/// k3s must be given (certificates and keys: it signs its own serving and component
-/// certificates with them) and extra names for its serving certificate.
+/// The `cluster` value for a server instance: the k3s version, the server token, the agent
+/// token's secret (the server accepts agents with it), the two CAs k3s must be given
+/// (certificates and keys: it signs its own serving and component certificates with them) and
+/// extra names for its serving certificate.
 ///
 /// `tls_sans` are names or addresses clients use besides the instance's own addresses (which
-/// the template adds at boot): e.g. the host of a `--cluster-endpoint` load balancer.
+/// the template adds at boot): `cluster.tlsSans` of the env, never a run-time setting.
 pub fn server_context(
     creds: &Credentials,
     version: &str,
@@ -32,17 +33,26 @@ pub fn server_context(
         "version": version,
         "port": API_PORT,
         "token": creds.server_token().expose(),
+        "agent_token": creds.agent_secret().expose(),
         "server_ca_cert": creds.server_ca_cert(),
         "server_ca_key": creds.server_ca_key().expose(),
         "client_ca_cert": creds.client_ca_cert(),
         "client_ca_key": creds.client_ca_key().expose(),
         "tls_sans": tls_sans,
+        "disable": [],
     }))
 }
 
+/// [`server_context`] with the k3s packaged components the env disables (`cluster.disable`).
+pub fn with_disabled(mut value: Value, disable: &[String]) -> Value {
+    value["disable"] = json!(disable);
+    value
+}
+
 /// The `cluster` value for an agent: the k3s version, the server's address (its private
-/// address, reachable inside the VPC) and the token in the secure format that pins the server
-/// CA. No key material: an agent gets its kubelet certificate from the server after joining.
+/// address, reachable inside the VPC) and the agent token in the secure format that pins the
+/// server CA. No key material and not the server token: an agent gets its kubelet certificate
+/// from the server after joining, and cannot join as a server.
 pub fn agent_context(
     creds: &Credentials,
     version: &str,
@@ -99,17 +109,26 @@ pub fn display_context(env: &Environment, role: &Role) -> Value {
         "version": version,
         "port": API_PORT,
         "token": REDACTED,
+        "agent_token": REDACTED,
         "server": "SERVER-PRIVATE-ADDRESS",
         "server_url": format!("https://SERVER-PRIVATE-ADDRESS:{API_PORT}"),
         "server_ca_cert": "SERVER-CA-CERTIFICATE",
         "server_ca_key": REDACTED,
         "client_ca_cert": "CLIENT-CA-CERTIFICATE",
         "client_ca_key": REDACTED,
-        "tls_sans": [],
+        "tls_sans": match &env.cluster {
+            Some(Cluster::K3s(k)) => k.tls_sans.clone(),
+            _ => Vec::new(),
+        },
+        "disable": match &env.cluster {
+            Some(Cluster::K3s(k)) => k.disable.clone(),
+            _ => Vec::new(),
+        },
     })
 }
 
-/// k3s release tags: `v1.31.4+k3s1`; also plain `v1.31.4` (the install script resolves it).
+/// k3s release names: `v1.31.4+k3s1`, the `+k3sN` suffix included (the install script fails on
+/// a bare `v1.31.4`, and the nodes would never report it).
 pub fn check_version(version: &str) -> Result<(), ClusterError> {
     let invalid = || ClusterError::InvalidValue {
         field: "cluster.version",
@@ -117,20 +136,14 @@ pub fn check_version(version: &str) -> Result<(), ClusterError> {
         expected: "a k3s release such as v1.31.4+k3s1",
     };
     let rest = version.strip_prefix('v').ok_or_else(invalid)?;
-    let (numbers, suffix) = match rest.split_once('+') {
-        Some((n, s)) => (n, Some(s)),
-        None => (rest, None),
-    };
+    let (numbers, suffix) = rest.split_once('+').ok_or_else(invalid)?;
     let parts: Vec<&str> = numbers.split('.').collect();
     let numeric = |s: &str| !s.is_empty() && s.len() <= 5 && s.chars().all(|c| c.is_ascii_digit());
     if parts.len() != 3 || !parts.iter().all(|p| numeric(p)) {
         return Err(invalid());
     }
-    if let Some(s) = suffix {
-        let ok = s.strip_prefix("k3s").is_some_and(numeric);
-        if !ok {
-            return Err(invalid());
-        }
+    if !suffix.strip_prefix("k3s").is_some_and(numeric) {
+        return Err(invalid());
     }
     Ok(())
 }
@@ -172,11 +185,12 @@ mod tests {
 
     #[test]
     fn versions() {
-        for ok in ["v1.31.4+k3s1", "v1.30.0", "v1.32.10+k3s12"] {
+        for ok in ["v1.31.4+k3s1", "v1.32.10+k3s12"] {
             assert!(check_version(ok).is_ok(), "{ok}");
         }
         for bad in [
             "1.31.4",
+            "v1.30.0",
             "v1.31",
             "v1.31.4+rke2r1",
             "v1.31.4+k3s",

@@ -758,7 +758,7 @@ async fn run_checks(
                 Ok(code) => Ok(Check::Waiting(format!("answered {code}"))),
                 Err(
                     e @ (super::checks::CheckError::InvalidUrl { .. }
-                    | super::checks::CheckError::Https { .. }),
+                    | super::checks::CheckError::Tls { .. }),
                 ) => Err(NodeError::permanent(e.to_string())),
                 Err(e) => Ok(Check::Waiting(crate::error::chain(&e))),
             }
