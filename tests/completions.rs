@@ -167,6 +167,10 @@ fn bash_completions_parse_and_complete_subcommands_and_flags() {
         bash_complete(&path, &["phoenix", "completions", "fi"]),
         vec!["fish".to_string()]
     );
+    assert_eq!(
+        bash_complete(&path, &["phoenix", "rebuild", "demo", "--layers", "c"]),
+        vec!["cloud".to_string(), "cluster".to_string()]
+    );
 }
 
 #[test]
@@ -248,6 +252,18 @@ fn man_prints_one_page_per_command_with_the_rebuild_options() {
     assert!(!rebuild.contains(r"\-\-detailed\-exitcode"), "{rebuild}");
     let top = page(&roff, "phoenix");
     assert!(top.contains(".SH \"EXIT STATUS\""), "{top}");
+    for name in subcommands() {
+        let sub = page(&roff, &format!("phoenix-{name}"));
+        assert!(
+            sub.contains(".SH \"EXIT STATUS\""),
+            "{name}'s page has an EXIT STATUS section:\n{sub}"
+        );
+    }
+    let diff = page(&roff, "phoenix-diff");
+    assert!(
+        diff.contains("\\fB2\\fR") && diff.contains("drift"),
+        "diff's page gives exit 2 for drift:\n{diff}"
+    );
     assert!(top.contains("PHOENIX_HOME"), "{top}");
     assert!(
         !top.contains("\"validate 0.1.0\"") && !rebuild.contains("\"rebuild 0.1.0\""),

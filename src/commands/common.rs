@@ -91,7 +91,7 @@ pub fn print_diagnostics(diags: &[Diagnostic]) {
 
 pub fn print_json(value: &serde_json::Value) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => crate::outln!("{s}"),
         Err(e) => eprintln!("error: cannot encode output as JSON: {e}"),
     }
 }

@@ -308,9 +308,17 @@ impl Deployment {
             (Layer::Apps, &self.env.apps),
         ] {
             for c in list {
-                let manifests = renderer.manifests(&*self.snap, c).map_err(|e| {
+                let mut manifests = renderer.manifests(&*self.snap, c).map_err(|e| {
                     Failure::new(format!("cannot render component {}", c.name)).cause(e.to_string())
                 })?;
+                // Fields left to other managers are neither applied nor claimed.
+                for m in &mut manifests {
+                    for left in &c.leave_fields {
+                        if left.matches(&m.object) {
+                            left.strip(&mut m.object);
+                        }
+                    }
+                }
                 out.push(ComponentSpec {
                     env: self.name.clone(),
                     commit: self.commit().to_string(),
@@ -321,6 +329,7 @@ impl Deployment {
                     depends_on: c.depends_on.clone(),
                     wait: c.wait,
                     force_conflicts: c.force_conflicts || force_conflicts,
+                    leave_fields: c.leave_fields.clone(),
                     checks: c.checks.iter().map(HttpCheck::from).collect(),
                 });
             }

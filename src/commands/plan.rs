@@ -2,24 +2,31 @@
 
 use super::common::{commit_json, commit_line, load_env, print_json, Context, Outcome};
 use super::deploy::Deployment;
+use crate::cli::PlanArgs;
 use crate::drift::{EntryKind, LayerStatus};
 use crate::engine::Layer;
 use crate::error::{ExitCode, Failure};
 use crate::render::{Mode, Renderer, SecretValues};
 use std::collections::BTreeMap;
 
-pub async fn run(ctx: &Context, name: &str, offline: bool, detailed_exitcode: bool) -> Outcome {
-    if offline {
-        offline_plan(ctx, name, detailed_exitcode).await
+pub async fn run(ctx: &Context, args: &PlanArgs) -> Outcome {
+    let name = &args.env.env;
+    if args.offline {
+        offline_plan(ctx, name, &args.layers, args.detailed_exitcode).await
     } else {
-        live_plan(ctx, name, detailed_exitcode).await
+        live_plan(ctx, name, &args.layers, args.detailed_exitcode).await
     }
 }
 
 /// The plan against live state, layer by layer: the same comparison as `phoenix diff`.
-async fn live_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcome {
+async fn live_plan(
+    ctx: &Context,
+    name: &str,
+    layers: &[Layer],
+    detailed_exitcode: bool,
+) -> Outcome {
     let dep = Deployment::open(ctx, name, None).await?;
-    let checked = super::diff::check(ctx, &dep).await;
+    let checked = super::diff::check_layers_of(ctx, &dep, layers).await;
     let report = &checked.report;
     let errors: Vec<String> = report
         .layers
@@ -48,6 +55,7 @@ async fn live_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcom
             "commit": commit_json(&dep.snap),
             "offline": false,
             "changes": changes,
+            "unavailableSecrets": checked.unavailable_secrets.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
             "drift": crate::drift::json_value(report),
         });
         if let Some(plan) = &checked.cloud_plan {
@@ -55,26 +63,55 @@ async fn live_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcom
         }
         print_json(&out);
     } else {
-        println!("{}", commit_line(&dep.snap));
-        println!("plan for {} against live state", dep.name);
+        crate::outln!("{}", commit_line(&dep.snap));
+        crate::outln!("plan for {} against live state", dep.name);
+        for u in &checked.unavailable_secrets {
+            crate::outln!(
+                "secret {} is not available here ({}): what is made from it is shown as unknown, not compared",
+                u.name,
+                u.why
+            );
+        }
         for l in &report.layers {
             match (&l.status, l.layer) {
-                (LayerStatus::Skipped(why), layer) => println!("\n{layer}: nothing to do ({why})"),
+                // Layers the env does not have, or left out with --layers, are not shown.
+                (LayerStatus::Skipped(_), _) => {}
                 (_, Layer::Cloud) => {
                     if let Some(plan) = &checked.cloud_plan {
-                        println!("\ncloud:\n{plan}");
+                        crate::outln!("\ncloud:\n{plan}");
                     }
                 }
-                (_, layer) if l.entries.is_empty() => println!("\n{layer}: no changes"),
+                (_, layer) if l.entries.is_empty() && l.unknown.is_empty() => {
+                    crate::outln!("\n{layer}: no changes")
+                }
                 (_, layer) => {
-                    println!("\n{layer}:");
+                    crate::outln!("\n{layer}:");
                     for e in &l.entries {
-                        println!("  {} {}{}", action_of(e.kind), e.resource, describe(e));
+                        match refused_owner(e) {
+                            // Not phoenix's object: a rebuild refuses it, it does not update it.
+                            Some(found) => crate::outln!(
+                                "  ! refused {} (exists, not phoenix's: {found}; a rebuild refuses to touch it)",
+                                e.resource
+                            ),
+                            None => crate::outln!(
+                                "  {} {}{}",
+                                action_of(e.kind),
+                                e.resource,
+                                describe(e)
+                            ),
+                        }
+                    }
+                    for u in &l.unknown {
+                        crate::outln!(
+                            "  ? unknown {} ({}: made from a secret not available here)",
+                            u.resource,
+                            u.fields.join(", ")
+                        );
                     }
                 }
             }
         }
-        println!(
+        crate::outln!(
             "\n{changes} change{} pending.",
             if changes == 1 { "" } else { "s" }
         );
@@ -83,6 +120,45 @@ async fn live_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcom
         return Ok(ExitCode::Changes);
     }
     Ok(ExitCode::Ok)
+}
+
+/// What the live object's marks say, for an object in Git that exists without phoenix's marks for
+/// this component (the drift entry's `owner` field).
+fn refused_owner(e: &crate::drift::DriftEntry) -> Option<&str> {
+    e.fields
+        .iter()
+        .find(|f| f.path == "owner")
+        .and_then(|f| f.live.as_deref())
+}
+
+/// Whether a built-in kind is cluster-scoped, for the offline plan (which asks no API server).
+/// Kinds from CRDs are taken as namespaced, as most are.
+fn cluster_scoped(api_version: &str, kind: &str) -> bool {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    matches!(
+        (group, kind),
+        ("", "Namespace" | "Node" | "PersistentVolume")
+            | (
+                "rbac.authorization.k8s.io",
+                "ClusterRole" | "ClusterRoleBinding"
+            )
+            | ("apiextensions.k8s.io", "CustomResourceDefinition")
+            | ("apiregistration.k8s.io", "APIService")
+            | (
+                "storage.k8s.io",
+                "StorageClass" | "CSIDriver" | "CSINode" | "VolumeAttachment"
+            )
+            | ("scheduling.k8s.io", "PriorityClass")
+            | ("networking.k8s.io", "IngressClass")
+            | ("node.k8s.io", "RuntimeClass")
+            | (
+                "admissionregistration.k8s.io",
+                "MutatingWebhookConfiguration"
+                    | "ValidatingWebhookConfiguration"
+                    | "ValidatingAdmissionPolicy"
+                    | "ValidatingAdmissionPolicyBinding"
+            )
+    )
 }
 
 /// What a rebuild does about one divergence.
@@ -118,7 +194,13 @@ fn describe(e: &crate::drift::DriftEntry) -> String {
 }
 
 /// The graph as built from nothing, without contacting anything.
-async fn offline_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcome {
+async fn offline_plan(
+    ctx: &Context,
+    name: &str,
+    layers: &[Layer],
+    detailed_exitcode: bool,
+) -> Outcome {
+    let wanted = |l: Layer| layers.is_empty() || layers.contains(&l);
     let snap = ctx.open().await?;
     let env = load_env(ctx, &snap, name)?;
     let graph = crate::plan::build(&env);
@@ -142,19 +224,37 @@ async fn offline_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Out
                 format!("{prefix}/{}", c.name),
                 manifests
                     .iter()
-                    .map(|m| match m.namespace() {
-                        Some(ns) => format!("{} {ns}/{}", m.kind(), m.name()),
-                        None => format!("{} {}", m.kind(), m.name()),
+                    .map(|m| {
+                        // Where the object goes: its own namespace, else the component's (or
+                        // `default`), as applying does; cluster-scoped kinds have none.
+                        let ns = m.namespace().or_else(|| {
+                            (!cluster_scoped(m.api_version(), m.kind()))
+                                .then(|| c.namespace.as_deref().unwrap_or("default"))
+                        });
+                        match ns {
+                            Some(ns) => format!("{} {ns}/{}", m.kind(), m.name()),
+                            None => format!("{} {}", m.kind(), m.name()),
+                        }
                     })
                     .collect(),
             );
         }
     }
-    let total = graph.nodes.len();
+    // Layers the env does not have, or left out with --layers, are not shown.
+    let shown: Vec<Layer> = Layer::ALL
+        .into_iter()
+        .filter(|&l| wanted(l) && graph.layer(l).next().is_some())
+        .collect();
+    let total = graph
+        .nodes
+        .iter()
+        .filter(|n| shown.contains(&n.layer))
+        .count();
     if ctx.json() {
         let nodes: Vec<serde_json::Value> = graph
             .nodes
             .iter()
+            .filter(|n| shown.contains(&n.layer))
             .map(|n| {
                 let mut v = serde_json::to_value(n).unwrap_or_default();
                 v["action"] = "create".into();
@@ -168,21 +268,17 @@ async fn offline_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Out
             "env": name,
             "commit": commit_json(&snap),
             "offline": true,
-            "layers": Layer::ALL.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
+            "layers": shown.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
             "nodes": nodes,
             "summary": { "create": total, "update": 0, "replace": 0, "delete": 0, "unchanged": 0 },
         }));
     } else {
-        println!("{}", commit_line(&snap));
-        println!("plan for {name} (offline: live state not consulted; every resource shown as built from nothing)");
-        for layer in Layer::ALL {
+        crate::outln!("{}", commit_line(&snap));
+        crate::outln!("plan for {name} (offline: live state not consulted; every resource shown as built from nothing)");
+        for &layer in &shown {
             let nodes: Vec<_> = graph.layer(layer).collect();
-            if nodes.is_empty() {
-                println!("\n{layer}: nothing to do (not in this environment)");
-                continue;
-            }
             let timeout = nodes.iter().map(|n| n.timeout).max().unwrap_or_default();
-            println!(
+            crate::outln!(
                 "\n{layer} ({} node{}, waits up to {}):",
                 nodes.len(),
                 if nodes.len() == 1 { "" } else { "s" },
@@ -195,15 +291,15 @@ async fn offline_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Out
                 } else {
                     format!(" (after {})", n.depends_on.join(", "))
                 };
-                println!("  + {:width$}  {}{after}", n.id, n.summary);
+                crate::outln!("  + {:width$}  {}{after}", n.id, n.summary);
                 if let Some(objs) = objects.get(&n.id) {
                     for o in objs {
-                        println!("  {:width$}      {o}", "");
+                        crate::outln!("  {:width$}      {o}", "");
                     }
                 }
             }
         }
-        println!("\n{total} to create, 0 to update, 0 to replace, 0 to delete.");
+        crate::outln!("\n{total} to create, 0 to update, 0 to replace, 0 to delete.");
     }
     if detailed_exitcode && total > 0 {
         return Ok(ExitCode::Changes);

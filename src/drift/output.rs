@@ -45,7 +45,13 @@ pub fn human(report: &DriftReport, color: bool) -> String {
         humantime::format_rfc3339_seconds(report.checked_at),
         fmt_duration(report.duration)
     ));
-    for layer in &report.layers {
+    // Layers the env does not have, or left out with --layers, are not shown (JSON keeps them,
+    // as `skipped` with the reason).
+    for layer in report
+        .layers
+        .iter()
+        .filter(|l| !matches!(l.status, LayerStatus::Skipped(_)))
+    {
         out.push('\n');
         out.push_str(&layer_line(layer, &paint));
         for entry in &layer.entries {
@@ -57,6 +63,14 @@ pub fn human(report: &DriftReport, color: bool) -> String {
                 paint(YELLOW, "unhealthy"),
                 u.resource,
                 u.reason
+            ));
+        }
+        for u in &layer.unknown {
+            out.push_str(&format!(
+                "  ? {} {}: {} not compared (made from a secret not available here)\n",
+                paint(DIM, "unknown"),
+                u.resource,
+                u.fields.join(", ")
             ));
         }
     }
@@ -214,6 +228,13 @@ struct LayerDoc<'a> {
     duration_seconds: f64,
     entries: Vec<EntryDoc<'a>>,
     unhealthy: Vec<UnhealthyDoc<'a>>,
+    unknown: Vec<UnknownDoc<'a>>,
+}
+
+#[derive(Serialize)]
+struct UnknownDoc<'a> {
+    resource: &'a str,
+    fields: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -296,6 +317,14 @@ fn layer_doc(layer: &LayerDrift) -> LayerDoc<'_> {
             .map(|u| UnhealthyDoc {
                 resource: &u.resource,
                 reason: &u.reason,
+            })
+            .collect(),
+        unknown: layer
+            .unknown
+            .iter()
+            .map(|u| UnknownDoc {
+                resource: &u.resource,
+                fields: &u.fields,
             })
             .collect(),
     }
@@ -386,8 +415,6 @@ apps: drift, 1 resource (2.5s)
       -  replicas: 5
       +  replicas: 2
   unhealthy Deployment/web/worker: 0/1 replicas available
-
-addons: skipped (not in the environment)
 
 drift: 3 resources differ from Git in cloud, apps
 "#;
@@ -481,7 +508,8 @@ drift: 3 resources differ from Git in cloud, apps
           "unified": null
         }
       ],
-      "unhealthy": []
+      "unhealthy": [],
+      "unknown": []
     },
     {
       "layer": "cluster",
@@ -489,7 +517,8 @@ drift: 3 resources differ from Git in cloud, apps
       "message": null,
       "durationSeconds": 0.09,
       "entries": [],
-      "unhealthy": []
+      "unhealthy": [],
+      "unknown": []
     },
     {
       "layer": "apps",
@@ -516,7 +545,8 @@ drift: 3 resources differ from Git in cloud, apps
           "resource": "Deployment/web/worker",
           "reason": "0/1 replicas available"
         }
-      ]
+      ],
+      "unknown": []
     },
     {
       "layer": "addons",
@@ -524,7 +554,8 @@ drift: 3 resources differ from Git in cloud, apps
       "message": "not in the environment",
       "durationSeconds": 0.0,
       "entries": [],
-      "unhealthy": []
+      "unhealthy": [],
+      "unknown": []
     }
   ]
 }
