@@ -231,7 +231,11 @@ fn offline_plan_shows_namespaces_and_only_the_layers_the_env_has_or_asks_for() {
         !stdout.contains("\ncloud") && !stdout.contains("\naddons"),
         "layers the env does not have are not shown:\n{stdout}"
     );
-    let out = phoenix(&sb, &repo.dir, &["plan", "e", "--offline", "--layers", "apps"]);
+    let out = phoenix(
+        &sb,
+        &repo.dir,
+        &["plan", "e", "--offline", "--layers", "apps"],
+    );
     let (stdout, stderr) = text(&out);
     assert_eq!(code(&out), 0, "{stderr}");
     assert!(
@@ -464,7 +468,11 @@ fn a_reader_closing_the_pipe_early_ends_render_and_history_quietly() {
     ] {
         let out = phoenix_into_closed_pipe(&sb, &repo.dir, args);
         let (_, stderr) = text(&out);
-        assert_eq!(code(&out), 0, "phoenix {args:?} into a closed pipe:\n{stderr}");
+        assert_eq!(
+            code(&out),
+            0,
+            "phoenix {args:?} into a closed pipe:\n{stderr}"
+        );
         assert!(
             stderr.is_empty(),
             "phoenix {args:?} into a closed pipe says nothing:\n{stderr}"
@@ -621,7 +629,9 @@ fn one_ctrl_c_ends_the_wait_for_an_unresponsive_cluster_promptly() {
     let stderr = seen.join("\n");
     assert_eq!(code(&out), 1, "{stderr}");
     assert!(
-        stderr.contains("↷ cluster/control-plane cancelled: cancelled while waiting for the control plane of e"),
+        stderr.contains(
+            "↷ cluster/control-plane cancelled: cancelled while waiting for the control plane of e"
+        ),
         "the node ends cancelled, naming its wait:\n{stderr}"
     );
 }
@@ -814,7 +824,11 @@ fn init_writes_environments_that_validate_in_a_fresh_repository_with_the_built_i
     for env in ["shop", "cloudy"] {
         let out = phoenix(&sb, &repo.dir, &["validate", env]);
         let (stdout, stderr) = text(&out);
-        assert_eq!(code(&out), 0, "{env} validates as written:\n{stdout}\n{stderr}");
+        assert_eq!(
+            code(&out),
+            0,
+            "{env} validates as written:\n{stdout}\n{stderr}"
+        );
     }
     // Nothing is overwritten.
     let out = phoenix(&sb, &repo.dir, &["init", "shop"]);
@@ -832,13 +846,20 @@ fn init_writes_environments_that_validate_in_a_fresh_repository_with_the_built_i
     .unwrap();
     repo.write(
         "templates/cloud-init/k3s-server.yaml.j2",
-        builtin.replacen("#cloud-config\n", "#cloud-config\n# overridden by this repository\n", 1),
+        builtin.replacen(
+            "#cloud-config\n",
+            "#cloud-config\n# overridden by this repository\n",
+            1,
+        ),
     );
     repo.commit("our own server user-data");
     let out = phoenix(&sb, &repo.dir, &["render", "cloudy"]);
     let (stdout, stderr) = text(&out);
     assert_eq!(code(&out), 0, "{stderr}");
-    assert!(stdout.contains("# overridden by this repository"), "{stdout}");
+    assert!(
+        stdout.contains("# overridden by this repository"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -860,7 +881,11 @@ fn list_does_not_print_the_problems_of_unrelated_invalid_environments() {
     let v: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("stdout is one JSON document ({e}):\n{stdout}"));
     assert_eq!(v["copies"], serde_json::json!([]));
-    assert_eq!(stderr.lines().count(), 1, "one line about broken:\n{stderr}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one line about broken:\n{stderr}"
+    );
     assert!(
         stderr.contains("environment broken is invalid") && !stderr.contains("clustr"),
         "{stderr}"

@@ -152,7 +152,9 @@ fn kubectl_changes_are_drift_and_a_rebuild_clears_them() {
     let out = bed.phoenix(&repo.dir, &["plan", "demo"]);
     let plan = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        plan.contains("! refused ConfigMap/web/web-config (exists, not phoenix's: it has no phoenix labels"),
+        plan.contains(
+            "! refused ConfigMap/web/web-config (exists, not phoenix's: it has no phoenix labels"
+        ),
         "{plan}"
     );
     assert!(!plan.contains("update ConfigMap/web/web-config"), "{plan}");
@@ -180,9 +182,17 @@ fn fields_left_to_another_manager_are_neither_applied_nor_drift() {
     let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 
-    bed.kubectl("demo", &["-n", "web", "scale", "deploy/web", "--replicas=5"]);
+    bed.kubectl(
+        "demo",
+        &["-n", "web", "scale", "deploy/web", "--replicas=5"],
+    );
     let (code, doc, out) = diff(&bed, &repo.dir);
-    assert_eq!(code, 0, "replicas are left to others: {doc:#}\n{}", text(&out));
+    assert_eq!(
+        code,
+        0,
+        "replicas are left to others: {doc:#}\n{}",
+        text(&out)
+    );
     let out = bed.phoenix(&repo.dir, &["plan", "demo", "--detailed-exitcode"]);
     assert_eq!(out.status.code(), Some(0), "plan agrees: {}", text(&out));
     let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "apps"]);
@@ -214,28 +224,45 @@ fn a_layer_not_built_yet_is_missing_and_plan_and_diff_need_no_secret_values() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(2), "changes pending, not an error: {}", text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "changes pending, not an error: {}",
+        text(&out)
+    );
     assert!(
         stdout.contains("+ create control-plane (not built yet: the cluster layer has not run"),
         "{stdout}"
     );
     assert!(stdout.contains("+ create Deployment/web/web"), "{stdout}");
     assert_eq!(
-        stdout.matches("secret web-db-password is not available here").count(),
+        stdout
+            .matches("secret web-db-password is not available here")
+            .count(),
         1,
         "said once: {stdout}"
     );
-    assert!(!text(&out).contains("cannot read the secrets"), "{}", text(&out));
+    assert!(
+        !text(&out).contains("cannot read the secrets"),
+        "{}",
+        text(&out)
+    );
 
     // --layers: only the cloud is checked and shown.
-    let out = bed.phoenix(&repo.dir, &["diff", "demo", "--layers", "cloud", "-o", "json"]);
+    let out = bed.phoenix(
+        &repo.dir,
+        &["diff", "demo", "--layers", "cloud", "-o", "json"],
+    );
     let doc: Value = serde_json::from_slice(&out.stdout).expect("diff JSON");
     assert_eq!(out.status.code(), Some(0), "{doc:#}");
     assert_eq!(layer(&doc, "cloud")["status"], "in-sync");
     assert_eq!(layer(&doc, "apps")["status"], "skipped");
     let out = bed.phoenix(&repo.dir, &["diff", "demo", "--layers", "cloud"]);
     let human = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(human.contains("cloud: in sync") && !human.contains("apps"), "{human}");
+    assert!(
+        human.contains("cloud: in sync") && !human.contains("apps"),
+        "{human}"
+    );
 
     // Built whole, then compared without the secret: its Secret's data is unknown, not drift.
     let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);

@@ -1176,8 +1176,17 @@ async fn internal_nodes_are_not_on_the_critical_path() {
         .unwrap();
     let (summary, _) = run_graph(graph, opts()).await;
     assert!(summary.converged);
-    let path: Vec<&str> = summary.critical_path.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(path, ["addons/ingress", "apps/web"], "{:#?}", summary.critical_path);
+    let path: Vec<&str> = summary
+        .critical_path
+        .iter()
+        .map(|s| s.id.as_str())
+        .collect();
+    assert_eq!(
+        path,
+        ["addons/ingress", "apps/web"],
+        "{:#?}",
+        summary.critical_path
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1305,11 +1314,12 @@ async fn plain_progress_lines_say_what_starts_what_it_waits_for_and_repeat_it_wh
     };
     let started = at("→ cluster/control-plane started: test node cluster/control-plane\n");
     let waits = at("  cluster/control-plane: waiting for the api server: connection refused\n");
-    let heartbeat = at(
-        "… cluster/control-plane: waiting for the api server: connection refused (",
-    );
+    let heartbeat = at("… cluster/control-plane: waiting for the api server: connection refused (");
     let finished = at("✓ cluster/control-plane converged");
-    assert!(started < waits && waits < heartbeat && heartbeat < finished, "{text}");
+    assert!(
+        started < waits && waits < heartbeat && heartbeat < finished,
+        "{text}"
+    );
     assert!(
         text.matches("… cluster/control-plane").count() >= 2,
         "a heartbeat every 200 ms for 700 ms:\n{text}"

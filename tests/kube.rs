@@ -653,8 +653,9 @@ async fn conflicts_on_owned_objects_are_taken_back_by_default_naming_who_held_th
         "2"
     );
     assert!(
-        r.events.iter().any(|e| e.contains("ConfigMap default/tuning: taking back fields held by another field manager")
-            && e.contains("ops-team")
+        r.events.iter().any(|e| e.contains(
+            "ConfigMap default/tuning: taking back fields held by another field manager"
+        ) && e.contains("ops-team")
             && e.contains(".data.level")),
         "{:#?}",
         r.events
@@ -668,7 +669,12 @@ async fn every_failed_object_of_a_batch_is_named() {
     let client = sandbox::client(&url);
     let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: one, namespace: default }\ndata: { a: \"1\" }\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: { name: two, namespace: default }\ndata: { a: \"1\" }\n";
     let spec = component(Layer::Apps, "web", yaml);
-    assert!(run(&client, vec![spec.clone()], false).await.summary.converged);
+    assert!(
+        run(&client, vec![spec.clone()], false)
+            .await
+            .summary
+            .converged
+    );
     let api: Api<DynamicObject> = Api::namespaced_with(
         client.clone(),
         "default",
@@ -679,9 +685,13 @@ async fn every_failed_object_of_a_batch_is_named() {
         let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": name, "namespace": "default", "labels": live["metadata"]["labels"]},
             "data": {"a": "9"}});
-        api.patch(name, &PatchParams::apply("ops-team").force(), &kube::api::Patch::Apply(&theirs))
-            .await
-            .expect("other manager applies");
+        api.patch(
+            name,
+            &PatchParams::apply("ops-team").force(),
+            &kube::api::Patch::Apply(&theirs),
+        )
+        .await
+        .expect("other manager applies");
     }
     let mut changed = spec;
     changed.commit = "c0ffee2".into();

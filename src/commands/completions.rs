@@ -103,25 +103,40 @@ fn subcommand_pages(
 /// The EXIT STATUS section of one subcommand's page: its codes, as in the README's table.
 fn exit_status(command: &str) -> Roff {
     const OK: (&str, &str) = ("0", "success");
-    const ERR: (&str, &str) = ("1", "error: invalid input, a failed run, or a check that could not be made");
+    const ERR: (&str, &str) = (
+        "1",
+        "error: invalid input, a failed run, or a check that could not be made",
+    );
     let codes: Vec<(&str, &str)> = match command {
-        "validate" => vec![("0", "the environment is valid"), ("1", "it is invalid (every problem is printed)")],
+        "validate" => vec![
+            ("0", "the environment is valid"),
+            ("1", "it is invalid (every problem is printed)"),
+        ],
         "plan" => vec![
             ("0", "planned (with --detailed-exitcode: nothing to do)"),
             ERR,
             ("2", "with --detailed-exitcode: changes pending"),
         ],
-        "rebuild" | "up" => vec![("0", "every selected layer converged"), ("1", "the run failed or was cancelled")],
+        "rebuild" | "up" => vec![
+            ("0", "every selected layer converged"),
+            ("1", "the run failed or was cancelled"),
+        ],
         "diff" => vec![
             ("0", "in sync"),
-            ("1", "a layer could not be checked (never reported as in sync)"),
+            (
+                "1",
+                "a layer could not be checked (never reported as in sync)",
+            ),
             ("2", "drift"),
         ],
         "watch" => vec![("0", "stopped (Ctrl-C)"), ("1", "it could not start")],
         "drill" => vec![
             ("0", "the copy converged within the recoveryObjective"),
             ("1", "the drill failed"),
-            ("3", "the copy converged but took longer than the recoveryObjective"),
+            (
+                "3",
+                "the copy converged but took longer than the recoveryObjective",
+            ),
         ],
         "completions" => vec![OK, ("2", "unknown shell")],
         _ => vec![OK, ERR],

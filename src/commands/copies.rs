@@ -176,7 +176,12 @@ pub async fn list(ctx: &Context) -> Outcome {
     }
     crate::outln!(
         "{:<28} {:<10} {:<12} {:>8}  {:<22} {:<12} region",
-        "name", "copy", "of", "age", "expires", "commit"
+        "name",
+        "copy",
+        "of",
+        "age",
+        "expires",
+        "commit"
     );
     for (region, c) in &copies {
         let age = c

@@ -2,8 +2,8 @@
 //! any layer could not be checked. The same check serves `plan`, `watch` and `drill`.
 
 use super::common::{Context, Outcome};
-use crate::cli::DiffArgs;
 use super::deploy::Deployment;
+use crate::cli::DiffArgs;
 use crate::drift::{
     self, DriftEntry, DriftReport, EntryKind, FieldDiff, LayerDrift, ObjectResult, ObjectState,
     TerminatedInstance, Unhealthy,
@@ -171,7 +171,9 @@ async fn check_layers(
     // gate has not written yet (`rebuild --layers cloud`) has not been built: everything above
     // the cloud is missing, which is known without asking anything (a rebuild creates it all).
     let not_built = match (k3s, &dep.env.cloud, &live_cloud) {
-        (Some(_), Some(cloud), Some(live)) if cl::server_instance(&dep.name, cloud, live).is_err() => {
+        (Some(_), Some(cloud), Some(live))
+            if cl::server_instance(&dep.name, cloud, live).is_err() =>
+        {
             Some("no k3s server instance exists, so neither does the cluster".to_string())
         }
         (Some(_), _, _) if !access.kubeconfig.exists() => Some(format!(
@@ -183,7 +185,10 @@ async fn check_layers(
     if let Some(why) = not_built {
         out.push(LayerDrift::checked(
             Layer::Cluster,
-            vec![DriftEntry::new(Layer::Cluster, "control-plane", EntryKind::Missing).with_detail(why)],
+            vec![
+                DriftEntry::new(Layer::Cluster, "control-plane", EntryKind::Missing)
+                    .with_detail(why),
+            ],
             vec![],
             t.elapsed(),
         ));

@@ -37,7 +37,12 @@ pub async fn run(ctx: &Context, name: &str, limit: usize) -> Outcome {
     }
     crate::outln!(
         "{:<20}  {:<9}  {:<12}  {:<12}  {:<9}  {:>8}  LAYERS",
-        "STARTED", "COMMAND", "COMMIT", "ACTOR", "OUTCOME", "DURATION"
+        "STARTED",
+        "COMMAND",
+        "COMMIT",
+        "ACTOR",
+        "OUTCOME",
+        "DURATION"
     );
     for r in &records {
         let layers: Vec<String> = r

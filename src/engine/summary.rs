@@ -229,7 +229,9 @@ pub(super) fn critical_path(slots: &[Timed<'_>], t0: Instant) -> Vec<CriticalSte
     // as if they had not run.
     let internal = |i: usize| {
         let id = &slots[i].spec.id;
-        id.rsplit('/').next().is_some_and(|last| last.starts_with('.'))
+        id.rsplit('/')
+            .next()
+            .is_some_and(|last| last.starts_with('.'))
     };
     let ended = |i: usize| {
         if internal(i) {

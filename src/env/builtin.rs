@@ -5,22 +5,58 @@
 
 /// Every built-in file: its repository path and text.
 pub const FILES: &[(&str, &str)] = &[
-    ("templates/addons/backup-operator/crd.yaml", include_str!("../../templates/addons/backup-operator/crd.yaml")),
-    ("templates/addons/backup-operator/operator.yaml.j2", include_str!("../../templates/addons/backup-operator/operator.yaml.j2")),
-    ("templates/addons/backup-operator/values.yaml", include_str!("../../templates/addons/backup-operator/values.yaml")),
-    ("templates/addons/ingress-nginx/controller.yaml.j2", include_str!("../../templates/addons/ingress-nginx/controller.yaml.j2")),
-    ("templates/addons/ingress-nginx/namespace.yaml.j2", include_str!("../../templates/addons/ingress-nginx/namespace.yaml.j2")),
-    ("templates/addons/ingress-nginx/rbac.yaml.j2", include_str!("../../templates/addons/ingress-nginx/rbac.yaml.j2")),
-    ("templates/addons/ingress-nginx/values.yaml", include_str!("../../templates/addons/ingress-nginx/values.yaml")),
-    ("templates/cloud-init/_k3s-install.sh.j2", include_str!("../../templates/cloud-init/_k3s-install.sh.j2")),
-    ("templates/cloud-init/k3s-agent.yaml.j2", include_str!("../../templates/cloud-init/k3s-agent.yaml.j2")),
-    ("templates/cloud-init/k3s-server.yaml.j2", include_str!("../../templates/cloud-init/k3s-server.yaml.j2")),
-    ("templates/values.yaml", include_str!("../../templates/values.yaml")),
+    (
+        "templates/addons/backup-operator/crd.yaml",
+        include_str!("../../templates/addons/backup-operator/crd.yaml"),
+    ),
+    (
+        "templates/addons/backup-operator/operator.yaml.j2",
+        include_str!("../../templates/addons/backup-operator/operator.yaml.j2"),
+    ),
+    (
+        "templates/addons/backup-operator/values.yaml",
+        include_str!("../../templates/addons/backup-operator/values.yaml"),
+    ),
+    (
+        "templates/addons/ingress-nginx/controller.yaml.j2",
+        include_str!("../../templates/addons/ingress-nginx/controller.yaml.j2"),
+    ),
+    (
+        "templates/addons/ingress-nginx/namespace.yaml.j2",
+        include_str!("../../templates/addons/ingress-nginx/namespace.yaml.j2"),
+    ),
+    (
+        "templates/addons/ingress-nginx/rbac.yaml.j2",
+        include_str!("../../templates/addons/ingress-nginx/rbac.yaml.j2"),
+    ),
+    (
+        "templates/addons/ingress-nginx/values.yaml",
+        include_str!("../../templates/addons/ingress-nginx/values.yaml"),
+    ),
+    (
+        "templates/cloud-init/_k3s-install.sh.j2",
+        include_str!("../../templates/cloud-init/_k3s-install.sh.j2"),
+    ),
+    (
+        "templates/cloud-init/k3s-agent.yaml.j2",
+        include_str!("../../templates/cloud-init/k3s-agent.yaml.j2"),
+    ),
+    (
+        "templates/cloud-init/k3s-server.yaml.j2",
+        include_str!("../../templates/cloud-init/k3s-server.yaml.j2"),
+    ),
+    (
+        "templates/values.yaml",
+        include_str!("../../templates/values.yaml"),
+    ),
 ];
 
 /// The built-in text at `path`, if there is one.
 pub fn get(path: &str) -> Option<&'static str> {
-    FILES.iter().find(|(p, _)| *p == path).map(|(_, text)| *text)
+    FILES
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, text)| *text)
 }
 
 /// The built-in files under `dir` (a repository path without a trailing slash).
@@ -44,7 +80,12 @@ mod tests {
                 if path.is_dir() {
                     walk(&path, root, out);
                 } else {
-                    out.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+                    out.push(
+                        path.strip_prefix(root)
+                            .unwrap()
+                            .to_string_lossy()
+                            .into_owned(),
+                    );
                 }
             }
         }

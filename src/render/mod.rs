@@ -5,7 +5,9 @@ mod template;
 mod values;
 mod yaml_out;
 
-pub use secrets::{has_unknown, resolve_secret, Mode, SecretValues, Unavailable, REDACTED, UNKNOWN};
+pub use secrets::{
+    has_unknown, resolve_secret, Mode, SecretValues, Unavailable, REDACTED, UNKNOWN,
+};
 pub use template::{Manifest, RenderError, RenderedFile, Renderer};
 pub use values::deep_merge;
 pub use yaml_out::to_yaml;

@@ -221,7 +221,15 @@ struct OpenBlock {
 /// needs where it opens.
 fn unclosed_block(src: &str) -> Option<OpenBlock> {
     const BLOCKS: [&str; 9] = [
-        "if", "for", "block", "macro", "call", "filter", "with", "autoescape", "raw",
+        "if",
+        "for",
+        "block",
+        "macro",
+        "call",
+        "filter",
+        "with",
+        "autoescape",
+        "raw",
     ];
     let mut stack: Vec<OpenBlock> = Vec::new();
     let mut rest = 0;
@@ -235,8 +243,12 @@ fn unclosed_block(src: &str) -> Option<OpenBlock> {
         let Some(close) = src[found..].find("%}").map(|i| found + i) else {
             break;
         };
-        let inner = src[found + 2..close].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
-        let word: String = inner.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let inner =
+            src[found + 2..close].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        let word: String = inner
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
         rest = close + 2;
         let is_set_block = word == "set" && !inner.contains('=');
         if BLOCKS.contains(&word.as_str()) || is_set_block {
@@ -345,7 +357,10 @@ impl Renderer {
         });
         jinja.add_filter("to_json", |v: Value| {
             if v.is_undefined() {
-                return Err(JinjaError::new(ErrorKind::UndefinedError, "undefined value"));
+                return Err(JinjaError::new(
+                    ErrorKind::UndefinedError,
+                    "undefined value",
+                ));
             }
             serde_json::to_string(&v).map_err(|e| {
                 JinjaError::new(
@@ -759,7 +774,8 @@ mod tests {
         assert_eq!(e.len(), 1, "{e:?}");
         assert_eq!((e[0].line, e[0].column), (Some(4), Some(1)), "{}", e[0]);
         assert!(
-            e[0].message.contains("`{% if values.replicas %}` is never closed"),
+            e[0].message
+                .contains("`{% if values.replicas %}` is never closed"),
             "{}",
             e[0]
         );

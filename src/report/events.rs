@@ -94,13 +94,15 @@ fn os_user() -> Option<String> {
         .split_whitespace()
         .next()?
         .to_string();
-    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|passwd| {
-        passwd.lines().find_map(|l| {
-            let mut parts = l.split(':');
-            let name = parts.next()?;
-            (parts.nth(1)? == uid && !name.is_empty()).then(|| name.to_string())
-        })
-    });
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|l| {
+                let mut parts = l.split(':');
+                let name = parts.next()?;
+                (parts.nth(1)? == uid && !name.is_empty()).then(|| name.to_string())
+            })
+        });
     Some(name.unwrap_or_else(|| format!("uid {uid}")))
 }
 

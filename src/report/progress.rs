@@ -3,8 +3,8 @@
 //! Elsewhere (a log, a pipe): plain lines, see [`lines`].
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::io::IsTerminal;
+use std::io::Write;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};

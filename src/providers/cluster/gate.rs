@@ -453,7 +453,11 @@ async fn gate(
     };
     let config = super::access::config_for(&access).await?;
     // `Uri` prints a bare host with a trailing slash; paths are appended to it below.
-    let url = config.cluster_url.to_string().trim_end_matches('/').to_string();
+    let url = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
     let client = client_for(&access).await?;
     let last: Arc<Mutex<Option<Pending>>> = Arc::default();
     let refused_since: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();

@@ -283,14 +283,24 @@ pub async fn diff_component_with(
             let secret = d.id.is_secret();
             let unknown_body = holds_unknown(&d.body);
             let Some(Kind::Served(target)) = kind else {
-                return Ok((DriftState::Missing, None, for_display(&d.body, secret), Vec::new()));
+                return Ok((
+                    DriftState::Missing,
+                    None,
+                    for_display(&d.body, secret),
+                    Vec::new(),
+                ));
             };
             let live = match prefetched.get(&live_key(&d.id)) {
                 Some(live) => Some(live.clone()),
                 None => ops::get(client, target, &d.id).await?,
             };
             let Some(live) = live else {
-                return Ok((DriftState::Missing, None, for_display(&d.body, secret), Vec::new()));
+                return Ok((
+                    DriftState::Missing,
+                    None,
+                    for_display(&d.body, secret),
+                    Vec::new(),
+                ));
             };
             if !marks.owns(&live) {
                 let found = Marks::describe_found(&live);
