@@ -127,7 +127,8 @@ pub struct RebuildArgs {
     pub env: EnvArg,
     #[command(flatten)]
     pub run: RunArgs,
-    /// Take over fields another field manager owns instead of failing on the conflict
+    /// Take fields another field manager holds back even in components that set
+    /// `forceConflicts: false` (elsewhere phoenix takes them back on objects it owns by default)
     #[arg(long)]
     pub force_conflicts: bool,
 }
