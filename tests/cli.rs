@@ -197,7 +197,8 @@ fn plan_offline_shows_every_layer_and_json_carries_the_commit() {
     assert_eq!(code(&out), 2, "changes pending from nothing");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
     assert_eq!(v["commit"]["sha"], repo.head());
-    let ids: Vec<&str> = v["nodes"]
+    assert_eq!(v["schemaVersion"], 1);
+    let ids: Vec<&str> = v["changes"]
         .as_array()
         .unwrap()
         .iter()
@@ -242,6 +243,62 @@ fn offline_plan_shows_namespaces_and_only_the_layers_the_env_has_or_asks_for() {
         stdout.contains("apps/web") && !stdout.contains("cluster/control-plane"),
         "{stdout}"
     );
+}
+
+/// The `plan --output json` document (docs/json.md), pinned: a change here is a schema change.
+#[test]
+fn plan_json_snapshot() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("envs");
+    repo.write(
+        "environments/e/environment.yaml",
+        "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: e }\nspec:\n  cluster: { existing: { kubeconfig: /nonexistent } }\n  apps:\n    - { name: web, path: apps/web, namespace: shop }\n",
+    );
+    repo.write(
+        "environments/e/apps/web/all.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: shop }\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: { name: hello }\ndata: { a: b }\n",
+    );
+    let sha = repo.commit("snapshot");
+    let out = phoenix(&sb, &repo.dir, &["plan", "e", "--offline", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(v["commit"]["sha"], sha.as_str());
+    for key in [
+        "sha",
+        "shortSha",
+        "time",
+        "repo",
+        "authorName",
+        "authorEmail",
+    ] {
+        assert!(v["commit"].get(key).is_some(), "commit.{key}: {v:#}");
+        v["commit"][key] = "*".into();
+    }
+    let want = serde_json::json!({
+        "schemaVersion": 1,
+        "env": "e",
+        "commit": {
+            "sha": "*", "shortSha": "*", "summary": "snapshot", "authorName": "*",
+            "authorEmail": "*", "time": "*", "reference": "HEAD",
+            "resolved": { "kind": "branch", "name": "main" }, "repo": "*",
+            "signature": { "status": "unsigned" }
+        },
+        "offline": true,
+        "layers": ["cluster", "apps"],
+        "changes": [
+            { "id": "cluster/control-plane", "layer": "cluster", "resource": "control-plane",
+              "action": "create", "detail": "existing cluster from /nonexistent", "fields": [] },
+            { "id": "apps/web", "layer": "apps", "resource": "Namespace/shop",
+              "action": "create", "detail": null, "fields": [] },
+            { "id": "apps/web", "layer": "apps", "resource": "ConfigMap/shop/hello",
+              "action": "create", "detail": null, "fields": [] }
+        ],
+        "unknown": [],
+        "unavailableSecrets": [],
+        "summary": { "create": 3, "update": 0, "replace": 0, "delete": 0, "start": 0,
+                     "wait": 0, "version": 0, "refused": 0, "unchanged": 0 }
+    });
+    assert_eq!(v, want, "{v:#}");
 }
 
 #[test]
@@ -298,7 +355,7 @@ fn refs_tags_and_older_commits_select_what_is_read() {
         let out = phoenix(&sb, &repo.dir, args);
         assert_eq!(code(&out), 0, "{}", text(&out).1);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["nodes"]
+        v["changes"]
             .as_array()
             .unwrap()
             .iter()
@@ -762,7 +819,7 @@ fn rebuild_plan_and_destroy_a_cloud_environment_against_moto() {
     assert_eq!(code(&out), 0, "{}", text(&out).1);
     let out = phoenix_moto(&sb, &repo.dir, &moto, &["plan", "c1", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
-    let actions: Vec<&str> = v["cloud"]["changes"]
+    let actions: Vec<&str> = v["changes"]
         .as_array()
         .unwrap()
         .iter()
@@ -772,6 +829,31 @@ fn rebuild_plan_and_destroy_a_cloud_environment_against_moto() {
         !actions.is_empty() && actions.iter().all(|a| *a == "create"),
         "everything gone: {actions:?}"
     );
+    // The live plan and the offline plan are one document with the graph's node ids.
+    let live_ids: std::collections::BTreeSet<String> = v["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    let out = phoenix_moto(
+        &sb,
+        &repo.dir,
+        &moto,
+        &["plan", "c1", "--offline", "-o", "json"],
+    );
+    let offline: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    let offline_ids: std::collections::BTreeSet<String> = offline["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(live_ids, offline_ids);
+    let keys =
+        |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&v), keys(&offline), "one top-level shape");
+    assert_eq!(v["summary"]["create"], offline["summary"]["create"]);
 }
 
 #[test]
