@@ -1628,6 +1628,15 @@ async fn progress_reader_consumes_a_whole_run() {
 }
 
 #[test]
+fn progress_is_bars_on_a_terminal_and_plain_lines_elsewhere_or_with_verbose() {
+    use progress::ProgressMode::{Bars, Lines, Off};
+    assert_eq!(progress::ProgressMode::choose(false, 0, true), Bars);
+    assert_eq!(progress::ProgressMode::choose(false, 0, false), Lines);
+    assert_eq!(progress::ProgressMode::choose(false, 1, true), Lines);
+    assert_eq!(progress::ProgressMode::choose(true, 1, false), Off);
+}
+
+#[test]
 fn progress_lines_for_finished_nodes() {
     let ms = Duration::from_millis;
     assert_eq!(

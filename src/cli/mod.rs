@@ -63,7 +63,8 @@ pub struct Global {
     )]
     pub cluster_endpoint: Option<String>,
 
-    /// More logging (-v, -vv); RUST_LOG also works
+    /// Plain progress lines (every step, what each node waits for, a heartbeat) instead of
+    /// progress bars, also on a terminal
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }

@@ -386,7 +386,11 @@ pub async fn run_graph(
     let sink = EventSink::new();
     let progress = tokio::spawn(progress::show(
         sink.subscribe(),
-        progress::ProgressMode::detect(ctx.json()),
+        progress::ProgressMode::choose(
+            ctx.json(),
+            ctx.verbose,
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
     ));
     let lines = ctx
         .json()

@@ -27,9 +27,15 @@ impl ProgressMode {
     /// Bars when stderr is a terminal, plain lines when it is not (a log, a pipe), nothing with
     /// JSON output (stdout then carries every event).
     pub fn detect(json_output: bool) -> Self {
+        Self::choose(json_output, 0, std::io::stderr().is_terminal())
+    }
+
+    /// The rule of [`ProgressMode::detect`], with `-v` (`verbose` > 0): plain lines, which keep
+    /// every step and wait, also on a terminal.
+    pub fn choose(json_output: bool, verbose: u8, terminal: bool) -> Self {
         if json_output {
             ProgressMode::Off
-        } else if std::io::stderr().is_terminal() {
+        } else if terminal && verbose == 0 {
             ProgressMode::Bars
         } else {
             ProgressMode::Lines
