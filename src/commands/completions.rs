@@ -24,7 +24,58 @@ pub fn completions(shell: clap_complete::Shell) -> Outcome {
     // The generators panic on a failed write; a Vec cannot fail, stdout can (a closed pipe).
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, BIN, &mut script);
+    if shell == clap_complete::Shell::Bash {
+        script = bash_env_names(&String::from_utf8_lossy(&script)).into_bytes();
+    }
     print(&script, "the completion script")
+}
+
+/// The names of the subcommands whose first positional argument is an environment name.
+fn env_subcommands() -> Vec<String> {
+    Cli::command()
+        .get_subcommands()
+        .filter(|s| {
+            s.get_positionals()
+                .next()
+                .is_some_and(|a| a.get_id() == "env")
+        })
+        .map(|s| s.get_name().to_string())
+        .collect()
+}
+
+/// Teaches the bash script the environment names: where a subcommand takes ENV, it also offers
+/// the environments of the commit at HEAD of the repository around the current directory (the
+/// directories under `environments/` that hold an `environment.yaml`), as phoenix reads them.
+fn bash_env_names(script: &str) -> String {
+    const HELPER: &str = "_phoenix_envs() {\n    git ls-tree -r --full-tree --name-only HEAD -- environments 2>/dev/null \\\n        | sed -n 's#^environments/\\([^/]*\\)/environment\\.yaml$#\\1#p'\n}\n\n";
+    const OFFER: &str = "                COMPREPLY=( $(compgen -W \"${opts}\" -- \"${cur}\") )";
+    let mut out = String::with_capacity(script.len() + 512);
+    out.push_str(HELPER);
+    let subs = env_subcommands();
+    let mut in_env_sub = false;
+    let mut pending = false;
+    for line in script.lines() {
+        let trimmed = line.trim();
+        if let Some(name) = trimmed
+            .strip_prefix("phoenix__subcmd__")
+            .and_then(|r| r.strip_suffix(')'))
+        {
+            in_env_sub = subs.iter().any(|s| s == name);
+        }
+        if in_env_sub && trimmed.starts_with("if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]]") {
+            pending = true;
+        }
+        if pending && line == OFFER {
+            out.push_str(
+                "                COMPREPLY=( $(compgen -W \"${opts} $(_phoenix_envs)\" -- \"${cur}\") )\n",
+            );
+            pending = false;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 pub fn man(ctx: &Context, dir: Option<&Path>) -> Outcome {
