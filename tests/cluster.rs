@@ -1,9 +1,11 @@
-//! The control-plane gate through the engine, against an embedded kube-sandbox whose nodes
+//! The control-plane gate through the engine, against the real control plane (testenv) whose nodes
 //! register from the EC2 instances that the cloud layer creates in a moto server (both on
 //! 127.0.0.1, started per test): converges only once the nodes join, names a missing or
 //! NotReady node on timeout, works for an existing cluster's kubeconfig + context, and writes
 //! the kubeconfig 0600.
 
+#[path = "support/control_plane.rs"]
+mod control_plane;
 #[path = "support/moto.rs"]
 mod moto;
 
@@ -126,21 +128,17 @@ fn converge_opts() -> ConvergeOptions {
     }
 }
 
-async fn sandbox(moto: Option<&Moto>, node_delay: Duration) -> kube_sandbox::SandboxHandle {
-    let config = kube_sandbox::Config {
-        nodes: 0,
+async fn sandbox(moto: Option<&Moto>, node_delay: Duration) -> control_plane::ControlPlane {
+    control_plane::ControlPlane::start_async(control_plane::Options {
+        ec2_endpoint: moto.map(|m| m.endpoint()),
+        region: REGION.into(),
+        static_nodes: 0,
+        k3s_addons: true,
         node_delay,
         ready_delay: Duration::from_millis(200),
-        ec2: moto.map(|m| kube_sandbox::Ec2Config {
-            endpoint: m.endpoint(),
-            region: REGION.into(),
-            poll_interval: Duration::from_millis(200),
-        }),
-        ..kube_sandbox::Config::default()
-    };
-    kube_sandbox::Sandbox::start(config)
-        .await
-        .expect("sandbox starts")
+        ..control_plane::Options::default()
+    })
+    .await
 }
 
 fn gate_opts(timeout: Duration) -> GateOptions {
@@ -508,17 +506,17 @@ async fn a_not_ready_node_blocks_the_gate_until_it_is_ready() {
         .graph(override_url, gate_opts(Duration::from_secs(20)), false)
         .await;
     let flip = {
-        let addr = sb.addr();
+        let sb_addr = sb.addr();
         let name = name.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(800)).await;
             let _ = moto::request(
-                addr.port(),
+                sb_addr.port(),
                 "POST",
-                &format!("/sandbox/clusters/flaky/nodes/{name}/ready"),
+                &format!("/testenv/clusters/flaky/nodes/{name}/ready?value=true"),
                 &[],
                 "",
-                Duration::from_secs(5),
+                Duration::from_secs(20),
             );
         })
     };
@@ -534,13 +532,12 @@ async fn a_not_ready_node_blocks_the_gate_until_it_is_ready() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_cluster_is_gated_through_its_kubeconfig_and_context() {
     init_env();
-    let sb = kube_sandbox::Sandbox::start(kube_sandbox::Config {
-        nodes: 1,
+    let sb = control_plane::ControlPlane::start_async(control_plane::Options {
+        static_nodes: 1,
         ready_delay: Duration::from_millis(100),
-        ..kube_sandbox::Config::default()
+        ..control_plane::Options::default()
     })
-    .await
-    .unwrap();
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     sb.write_kubeconfig(&kubeconfig, Some("staging")).unwrap();
@@ -594,7 +591,7 @@ async fn an_existing_cluster_is_gated_through_its_kubeconfig_and_context() {
     }
 
     // Its only node NotReady: the gate names that nothing is Ready.
-    assert!(sb.set_node_ready("staging", "sandbox-node-1", false));
+    assert!(sb.set_node_ready("staging", "node-1", false));
     let (summary, _) = run(gate(
         ClusterAccess::existing(&existing),
         Duration::from_secs(2),
@@ -603,7 +600,7 @@ async fn an_existing_cluster_is_gated_through_its_kubeconfig_and_context() {
     match gate_state(&summary) {
         NodeState::Failed { error, .. } => assert_eq!(
             error,
-            "control plane of ext: 0 of at least 1 nodes Ready after 2s: sandbox-node-1 NotReady"
+            "control plane of ext: 0 of at least 1 nodes Ready after 2s: node-1 NotReady"
         ),
         other => panic!("expected a failure, got {other:?}"),
     }

@@ -5,10 +5,10 @@
 
 #[path = "support/bed.rs"]
 mod bed;
+#[path = "support/control_plane.rs"]
+mod control_plane;
 #[path = "support/moto.rs"]
 mod moto;
-#[path = "support/sandbox.rs"]
-mod sandbox;
 #[path = "support_git/mod.rs"]
 mod support_git;
 
@@ -171,7 +171,7 @@ fn a_failed_drill_exits_1_and_still_tears_down() {
     std::fs::write(&env_file, env).expect("write env");
     repo.write(
         "environments/demo/apps/stuck/deploy.yaml",
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: stuck\n  namespace: web\n  annotations: { sandbox.phoenix.dev/fail: never-ready }\nspec:\n  selector: { matchLabels: { app: stuck } }\n  template:\n    metadata: { labels: { app: stuck } }\n    spec: { containers: [{ name: stuck, image: busybox }] }\n",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: stuck\n  namespace: web\nspec:\n  selector: { matchLabels: { app: stuck } }\n  template:\n    metadata: { labels: { app: stuck }, annotations: { testenv.phoenix.dev/ready: never } }\n    spec: { containers: [{ name: stuck, image: busybox }] }\n",
     );
     repo.commit("a stuck app");
     let reports = bed.git.path("reports");

@@ -5,14 +5,14 @@
 
 #[path = "support/bed.rs"]
 mod bed;
+#[path = "support/control_plane.rs"]
+mod control_plane;
 #[path = "support/fault_proxy.rs"]
 mod fault_proxy;
 #[path = "support/kube_proxy.rs"]
 mod kube_proxy;
 #[path = "support/moto.rs"]
 mod moto;
-#[path = "support/sandbox.rs"]
-mod sandbox;
 #[path = "support_git/mod.rs"]
 mod support_git;
 
@@ -153,7 +153,7 @@ fn an_api_server_restarted_with_empty_state_mid_run_is_rebuilt_by_a_rerun() {
     converged(&out);
     // A second sandbox on the same moto stands for the API server after a restart that lost
     // its state; the proxy switches to it while a rebuild runs.
-    let restarted = Bed::sandbox_for(&p.bed.moto);
+    let restarted = Bed::control_plane_for(&p.bed.moto);
     let mut child = p
         .command(&repo.dir)
         .args(["rebuild", "demo"])

@@ -1,10 +1,10 @@
 //! The Kubernetes provider against an embedded kube-sandbox (one per test, on 127.0.0.1), through
 //! the real engine; cross-checked with kubectl 1.37 where a second client makes the point.
 
+#[path = "support/control_plane.rs"]
+mod control_plane;
 #[path = "support/kube_proxy.rs"]
 mod kube_proxy;
-#[path = "support/sandbox.rs"]
-mod sandbox;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -217,8 +217,8 @@ metadata: { name: web }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn custom_resource_is_applied_after_its_crd_is_established_in_order() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("order"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("order"));
     // Written in the reverse of apply order on purpose.
     let yaml = r#"
 apiVersion: example.com/v1
@@ -340,7 +340,7 @@ spec:
     let listed = inv["data"]["objects"].as_str().expect("objects");
     assert_eq!(listed.lines().count(), 5, "{listed}");
     assert!(listed.contains(r#""kind":"Widget""#), "{listed}");
-    let (ok, out, err) = sandbox::kubectl_async(
+    let (ok, out, err) = control_plane::kubectl_async(
         &sb.cluster_url("order"),
         &["get", "widgets.example.com", "-n", "shop", "-o", "name"],
     )
@@ -351,8 +351,8 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reapply_of_the_same_commit_changes_nothing() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("noop"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("noop"));
     let spec = component(Layer::Apps, "web", WEB);
     let first = run(&client, vec![spec.clone()], false).await;
     assert_eq!(outcome(&first, "apps/web"), NodeOutcome::Created);
@@ -392,8 +392,8 @@ async fn reapply_of_the_same_commit_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn depends_on_gates_components_through_the_engine() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("gates"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("gates"));
     let slow = r#"
 apiVersion: v1
 kind: Namespace
@@ -404,11 +404,10 @@ kind: Deployment
 metadata:
   name: slow
   namespace: base
-  annotations: { sandbox.phoenix.dev/ready-delay: 1500ms }
 spec:
   selector: { matchLabels: { app: slow } }
   template:
-    metadata: { labels: { app: slow } }
+    metadata: { labels: { app: slow }, annotations: { testenv.phoenix.dev/ready-delay: 1500ms } }
     spec: { containers: [{ name: slow, image: "slow:1" }] }
 "#;
     let base = component(Layer::Addons, "base", slow);
@@ -442,8 +441,8 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_ready_deployment_fails_its_component_within_its_timeout() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("stuck"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("stuck"));
     let mut stuck = component(
         Layer::Addons,
         "ingress",
@@ -453,12 +452,11 @@ kind: Deployment
 metadata:
   name: controller
   namespace: default
-  annotations: { sandbox.phoenix.dev/fail: never-ready }
 spec:
   replicas: 3
   selector: { matchLabels: { app: ingress } }
   template:
-    metadata: { labels: { app: ingress } }
+    metadata: { labels: { app: ingress }, annotations: { testenv.phoenix.dev/ready: never } }
     spec: { containers: [{ name: c, image: "ingress:1" }] }
 "#,
     );
@@ -494,8 +492,8 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn progress_deadline_and_failed_job_fail_fast() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("fast"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("fast"));
     let mut deploy = component(
         Layer::Apps,
         "deadline",
@@ -505,11 +503,11 @@ kind: Deployment
 metadata:
   name: api
   namespace: default
-  annotations: { sandbox.phoenix.dev/fail: progress-deadline, sandbox.phoenix.dev/ready-delay: 300ms }
 spec:
+  progressDeadlineSeconds: 2
   selector: { matchLabels: { app: api } }
   template:
-    metadata: { labels: { app: api } }
+    metadata: { labels: { app: api }, annotations: { testenv.phoenix.dev/ready: never } }
     spec: { containers: [{ name: c, image: "api:1" }] }
 "#,
     );
@@ -523,9 +521,10 @@ kind: Job
 metadata:
   name: migrate
   namespace: default
-  annotations: { sandbox.phoenix.dev/fail: job-failed, sandbox.phoenix.dev/ready-delay: 300ms }
 spec:
+  backoffLimit: 0
   template:
+    metadata: { annotations: { testenv.phoenix.dev/exit-code: "1" } }
     spec: { restartPolicy: Never, containers: [{ name: m, image: "migrate:1" }] }
 "#,
     );
@@ -548,9 +547,9 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_without_marks_are_never_modified() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let url = sb.cluster_url("foreign");
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cm.yaml");
     std::fs::write(
@@ -558,7 +557,7 @@ async fn objects_without_marks_are_never_modified() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: shared, namespace: default }\ndata: { owner: someone-else }\n",
     )
     .unwrap();
-    let (ok, _, err) = sandbox::kubectl_async(
+    let (ok, _, err) = control_plane::kubectl_async(
         &url,
         &["apply", "--server-side", "-f", file.to_str().unwrap()],
     )
@@ -587,9 +586,9 @@ async fn objects_without_marks_are_never_modified() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicts_on_owned_objects_are_taken_back_by_default_naming_who_held_them() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let url = sb.cluster_url("conflict");
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let spec = component(
         Layer::Apps,
         "web",
@@ -664,9 +663,9 @@ async fn conflicts_on_owned_objects_are_taken_back_by_default_naming_who_held_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_failed_object_of_a_batch_is_named() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let url = sb.cluster_url("several");
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: one, namespace: default }\ndata: { a: \"1\" }\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: { name: two, namespace: default }\ndata: { a: \"1\" }\n";
     let spec = component(Layer::Apps, "web", yaml);
     assert!(
@@ -709,9 +708,9 @@ async fn every_failed_object_of_a_batch_is_named() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_removed_from_git_are_pruned_and_others_left_alone() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let url = sb.cluster_url("prune");
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let spec = component(Layer::Apps, "web", WEB);
     assert!(
         run(&client, vec![spec.clone()], false)
@@ -728,13 +727,13 @@ async fn objects_removed_from_git_are_pruned_and_others_left_alone() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: foreign, namespace: web }\ndata: { a: b }\n",
     )
     .unwrap();
-    let (ok, _, err) = sandbox::kubectl_async(
+    let (ok, _, err) = control_plane::kubectl_async(
         &url,
         &["apply", "--server-side", "-f", file.to_str().unwrap()],
     )
     .await;
     assert!(ok, "{err}");
-    let (ok, _, err) = sandbox::kubectl_async(
+    let (ok, _, err) = control_plane::kubectl_async(
         &url,
         &[
             "label",
@@ -794,9 +793,9 @@ async fn objects_removed_from_git_are_pruned_and_others_left_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn components_that_left_git_are_removed_and_destroy_all_clears_the_env() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let url = sb.cluster_url("gone");
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let addon = component(
         Layer::Addons,
         "base",
@@ -855,13 +854,17 @@ async fn components_that_left_git_are_removed_and_destroy_all_clears_the_env() {
     .await
     .is_none());
     assert!(cm(&client, "default", "other-env").await.is_some());
+    // The cluster's own objects (published by the controller manager) are not phoenix's.
+    assert!(cm(&client, "kube-system", "kube-root-ca.crt")
+        .await
+        .is_some());
     assert!(get(
         &client,
-        "apps/v1",
-        "Deployment",
-        "deployments",
-        Some("kube-system"),
-        "coredns"
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        Some("default"),
+        "default"
     )
     .await
     .is_some());
@@ -872,8 +875,8 @@ async fn components_that_left_git_are_removed_and_destroy_all_clears_the_env() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_kind_names_the_manifest_file_and_line() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("unknown"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("unknown"));
     let spec = component(
         Layer::Apps,
         "web",
@@ -893,10 +896,52 @@ async fn unknown_kind_names_the_manifest_file_and_line() {
     );
 }
 
+/// Regression (real API server): without strict field validation a misspelled field was dropped
+/// with only a warning header, the component "converged", and the replicas Git asked for never
+/// took effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelled_field_fails_the_component_naming_object_and_field() {
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("strict"));
+    let spec = component(
+        Layer::Apps,
+        "web",
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: typo, namespace: default }
+spec:
+  replica: 3
+  selector: { matchLabels: { app: typo } }
+  template:
+    metadata: { labels: { app: typo } }
+    spec: { containers: [{ name: c, image: "typo:1" }] }
+"#,
+    );
+    let r = run(&client, vec![spec.clone()], false).await;
+    let (error, timed_out) = failure(&r, "apps/web");
+    assert!(!timed_out, "{error}");
+    assert!(error.contains("Deployment default/typo"), "{error}");
+    assert!(error.contains("replica"), "{error}");
+    assert!(
+        get(
+            &client,
+            "apps/v1",
+            "Deployment",
+            "deployments",
+            Some("default"),
+            "typo"
+        )
+        .await
+        .is_none(),
+        "nothing half-applied"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secret_values_never_reach_errors_or_progress() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("secrets"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("secrets"));
     // "hunter2-very-secret" in base64.
     let encoded = "aHVudGVyMi12ZXJ5LXNlY3JldA==";
     let yaml = format!(
@@ -940,8 +985,8 @@ async fn secret_values_never_reach_errors_or_progress() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_checks_gate_the_component() {
-    let sb = sandbox::start().await;
-    let client = sandbox::client(&sb.cluster_url("checks"));
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("checks"));
     let mut ok = component(
         Layer::Apps,
         "ok",
@@ -976,9 +1021,9 @@ async fn http_checks_gate_the_component() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_is_in_sync_after_apply_and_reports_scale_label_and_delete() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let url = sb.cluster_url("drift");
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let spec = component(Layer::Apps, "web", WEB);
     assert!(
         run(&client, vec![spec.clone()], false)
@@ -1004,7 +1049,7 @@ async fn diff_is_in_sync_after_apply_and_reports_scale_label_and_delete() {
         })
         .collect();
     std::fs::write(&file, desired.join("\n---\n")).unwrap();
-    let (same, out, err) = sandbox::kubectl_async(
+    let (same, out, err) = control_plane::kubectl_async(
         &url,
         &[
             "diff",
@@ -1030,7 +1075,7 @@ async fn diff_is_in_sync_after_apply_and_reports_scale_label_and_delete() {
         ],
         vec!["delete", "service", "api", "-n", "web"],
     ] {
-        let (ok, _, err) = sandbox::kubectl_async(&url, &args).await;
+        let (ok, _, err) = control_plane::kubectl_async(&url, &args).await;
         assert!(ok, "kubectl {args:?}: {err}");
     }
     let d = diff_component(&client, &spec).await.expect("diff runs");
@@ -1069,9 +1114,9 @@ async fn diff_is_in_sync_after_apply_and_reports_scale_label_and_delete() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn diff_lists_unhealthy_objects_and_clusters_are_independent() {
-    let sb = sandbox::start().await;
-    let a = sandbox::client(&sb.cluster_url("alpha"));
-    let b = sandbox::client(&sb.cluster_url("beta"));
+    let sb = control_plane::start().await;
+    let a = control_plane::client(&sb.cluster_url("alpha"));
+    let b = control_plane::client(&sb.cluster_url("beta"));
     let mut spec = component(
         Layer::Apps,
         "web",
@@ -1081,11 +1126,10 @@ kind: Deployment
 metadata:
   name: api
   namespace: default
-  annotations: { sandbox.phoenix.dev/fail: never-ready }
 spec:
   selector: { matchLabels: { app: api } }
   template:
-    metadata: { labels: { app: api } }
+    metadata: { labels: { app: api }, annotations: { testenv.phoenix.dev/ready: never } }
     spec: { containers: [{ name: c, image: "api:1" }] }
 "#,
     );
@@ -1144,10 +1188,10 @@ async fn settled(client: &kube::Client, ns: &str, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_objects_skip_the_dry_run_until_anything_writes_them() {
-    let sb = sandbox::start().await;
+    let sb = control_plane::start().await;
     let proxy = kube_proxy::KubeProxy::start(sb.addr().port());
     let url = format!("{}/clusters/sealed", proxy.url());
-    let client = sandbox::client(&url);
+    let client = control_plane::client(&url);
     let dir = tempfile::tempdir().unwrap();
     let seals = SealStore::in_dir(dir.path());
     let spec = component(Layer::Apps, "web", WEB);
@@ -1179,7 +1223,7 @@ async fn sealed_objects_skip_the_dry_run_until_anything_writes_them() {
 
     // A write by someone else moves the resourceVersion: that object goes through the dry run
     // and its drift is found; the others stay sealed.
-    let (ok, _, err) = sandbox::kubectl_async(
+    let (ok, _, err) = control_plane::kubectl_async(
         &url,
         &["scale", "deployment", "api", "-n", "web", "--replicas=4"],
     )
@@ -1202,7 +1246,7 @@ async fn sealed_objects_skip_the_dry_run_until_anything_writes_them() {
 
     // Scaled back by hand (a write that ends in sync): the dry run proves it once, then it is
     // sealed again.
-    let (ok, _, err) = sandbox::kubectl_async(
+    let (ok, _, err) = control_plane::kubectl_async(
         &url,
         &["scale", "deployment", "api", "-n", "web", "--replicas=2"],
     )

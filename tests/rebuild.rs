@@ -7,10 +7,10 @@
 
 #[path = "support/bed.rs"]
 mod bed;
+#[path = "support/control_plane.rs"]
+mod control_plane;
 #[path = "support/moto.rs"]
 mod moto;
-#[path = "support/sandbox.rs"]
-mod sandbox;
 #[path = "support_git/mod.rs"]
 mod support_git;
 
@@ -165,7 +165,7 @@ fn a_never_ready_app_fails_within_its_wait_and_nothing_after_it_starts() {
     std::fs::write(&env_file, env).expect("write env");
     repo.write(
         "environments/demo/apps/stuck/deploy.yaml",
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: stuck\n  namespace: web\n  annotations: { sandbox.phoenix.dev/fail: never-ready }\nspec:\n  replicas: 1\n  selector: { matchLabels: { app: stuck } }\n  template:\n    metadata: { labels: { app: stuck } }\n    spec: { containers: [{ name: stuck, image: busybox:1.36 }] }\n",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: stuck\n  namespace: web\nspec:\n  replicas: 1\n  selector: { matchLabels: { app: stuck } }\n  template:\n    metadata: { labels: { app: stuck }, annotations: { testenv.phoenix.dev/ready: never } }\n    spec: { containers: [{ name: stuck, image: busybox:1.36 }] }\n",
     );
     repo.commit("a stuck app");
 

@@ -6,10 +6,10 @@
 
 #[path = "support/bed.rs"]
 mod bed;
+#[path = "support/control_plane.rs"]
+mod control_plane;
 #[path = "support/moto.rs"]
 mod moto;
-#[path = "support/sandbox.rs"]
-mod sandbox;
 #[path = "support_git/mod.rs"]
 mod support_git;
 

@@ -5,10 +5,10 @@
 
 #[path = "support/bed.rs"]
 mod bed;
+#[path = "support/control_plane.rs"]
+mod control_plane;
 #[path = "support/moto.rs"]
 mod moto;
-#[path = "support/sandbox.rs"]
-mod sandbox;
 #[path = "support_git/mod.rs"]
 mod support_git;
 
@@ -202,7 +202,7 @@ fn heal_re_converges_and_is_recorded_in_history() {
 
     bed.kubectl("demo", &["-n", "web", "delete", "configmap", "web-config"]);
     wait_for("the ConfigMap healed back", Duration::from_secs(60), || {
-        let out = std::process::Command::new(sandbox::kubectl_binary())
+        let out = std::process::Command::new(control_plane::kubectl_binary())
             .arg(format!(
                 "--kubeconfig={}",
                 bed.git

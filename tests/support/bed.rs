@@ -1,9 +1,9 @@
-//! The end-to-end test bed: moto, a kube-sandbox that registers nodes from moto's instances
-//! (so the cluster's nodes join only after the cloud layer launched them), and a git repo with
-//! this project's demo environment; the real `phoenix` binary pointed at all three.
+//! The end-to-end test bed: moto, the real control plane (testenv) registering nodes from moto's
+//! instances (so the cluster's nodes join only after the cloud layer launched them), and a git repo
+//! with this project's demo environment; the real `phoenix` binary pointed at all three.
 //!
-//! Use with `#[path = "support/bed.rs"] mod bed;` next to the moto, sandbox and support_git
-//! modules (declared by the test file: `mod moto; mod sandbox; mod support_git;`).
+//! Use with `#[path = "support/bed.rs"] mod bed;` next to the moto, control_plane and support_git
+//! modules (declared by the test file: `mod moto; mod control_plane; mod support_git;`).
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -14,17 +14,17 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 
+use super::control_plane::{self, ControlPlane};
 use super::moto::Moto;
-use super::sandbox;
 use super::support_git::{Repo, Sandbox as GitSandbox};
 
 pub const REGION: &str = "us-east-1";
 pub const DB_PASSWORD: &str = "demo-db-password-for-tests";
 
-/// moto + a kube-sandbox fed by it + a git repo with the demo.
+/// moto + the real control plane fed by it + a git repo with the demo.
 pub struct Bed {
     pub moto: Moto,
-    pub kube: kube_sandbox::SandboxHandle,
+    pub kube: ControlPlane,
     pub git: GitSandbox,
     pub rt: tokio::runtime::Runtime,
 }
@@ -32,7 +32,7 @@ pub struct Bed {
 impl Bed {
     pub fn new() -> Bed {
         let moto = Moto::start();
-        let kube = Bed::sandbox_for(&moto);
+        let kube = Bed::control_plane_for(&moto);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -45,21 +45,18 @@ impl Bed {
         }
     }
 
-    /// A kube-sandbox registering nodes from `moto`'s instances, with short delays.
-    pub fn sandbox_for(moto: &Moto) -> kube_sandbox::SandboxHandle {
-        kube_sandbox::Sandbox::start_in_thread(kube_sandbox::Config {
-            nodes: 0,
+    /// The real control plane registering nodes from `moto`'s instances, with short delays; the
+    /// nodes report the demo's k3s release as their kubelet version.
+    pub fn control_plane_for(moto: &Moto) -> ControlPlane {
+        ControlPlane::start_with(control_plane::Options {
+            ec2_endpoint: Some(moto.endpoint()),
+            region: REGION.into(),
+            node_version: "v1.37.2+k3s1".into(),
             node_delay: Duration::from_millis(300),
             ready_delay: Duration::from_millis(300),
-            kubernetes_version: "v1.31.4+k3s1".into(),
-            ec2: Some(kube_sandbox::Ec2Config {
-                endpoint: moto.endpoint(),
-                region: REGION.into(),
-                poll_interval: Duration::from_millis(200),
-            }),
-            ..kube_sandbox::Config::default()
+            static_nodes: 0,
+            k3s_addons: true,
         })
-        .expect("kube-sandbox starts")
     }
 
     /// A repo holding this project's demo environment and templates, committed.
@@ -105,7 +102,7 @@ impl Bed {
 
     pub fn client(&self, cluster: &str) -> kube::Client {
         let _guard = self.rt.enter();
-        sandbox::client(&self.kube.cluster_url(cluster))
+        control_plane::client(&self.kube.cluster_url(cluster))
     }
 
     pub fn deployments(&self, cluster: &str, ns: &str) -> Vec<Deployment> {
@@ -218,7 +215,7 @@ impl Bed {
             .git
             .phoenix_home()
             .join(format!("clusters/{env}/kubeconfig"));
-        let out = Command::new(sandbox::kubectl_binary())
+        let out = Command::new(control_plane::kubectl_binary())
             .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg("--request-timeout=20s")
             .args(args)

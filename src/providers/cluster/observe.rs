@@ -162,7 +162,10 @@ pub fn compare(
     }
     if let Some(desired) = &expected.version {
         if let Some(live) = server_version {
-            if live != desired {
+            // The API server is compared by its Kubernetes release: build metadata after `+` (k3s's `+k3s1`) does
+            // not change what the server is (semver precedence ignores it), and the kubelets below, which report
+            // the distribution's full release, are still compared exactly.
+            if kubernetes_release(live) != kubernetes_release(desired) {
                 drift.push(ClusterDrift::ServerVersion {
                     desired: desired.clone(),
                     live: live.to_string(),
@@ -184,10 +187,44 @@ pub fn compare(
     drift
 }
 
+/// `v1.37.2+k3s1` → `v1.37.2`.
+fn kubernetes_release(version: &str) -> &str {
+    version
+        .split_once('+')
+        .map_or(version, |(release, _)| release)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::providers::cluster::gate::ExpectedNode;
+
+    #[test]
+    fn the_server_is_compared_by_kubernetes_release_and_kubelets_exactly() {
+        let expected = ExpectedCluster {
+            version: Some("v1.37.2+k3s1".into()),
+            nodes: NodeExpectation::AtLeast(1),
+        };
+        let nodes = vec![n("a", true, "v1.37.2+k3s1")];
+        assert!(compare(Some("v1.37.2"), &nodes, &expected).is_empty());
+        assert!(compare(Some("v1.37.2+k3s1"), &nodes, &expected).is_empty());
+        assert_eq!(
+            compare(Some("v1.36.3+k3s1"), &nodes, &expected),
+            vec![ClusterDrift::ServerVersion {
+                desired: "v1.37.2+k3s1".into(),
+                live: "v1.36.3+k3s1".into()
+            }]
+        );
+        let other_build = vec![n("a", true, "v1.37.2+k3s2")];
+        assert_eq!(
+            compare(Some("v1.37.2+k3s2"), &other_build, &expected),
+            vec![ClusterDrift::KubeletVersion {
+                node: "a".into(),
+                desired: "v1.37.2+k3s1".into(),
+                live: "v1.37.2+k3s2".into()
+            }]
+        );
+    }
 
     fn n(name: &str, ready: bool, version: &str) -> ObservedNode {
         ObservedNode {

@@ -40,6 +40,10 @@ pub async fn get(
 /// Server-side apply of `body` as [`FIELD_MANAGER`]; returns what the server stored (or, with
 /// `dry_run`, would store). A 409 becomes [`KubeError::Conflict`] naming the other managers and
 /// fields as the server reported them. Error text about a Secret is scrubbed of its values.
+///
+/// Field validation is strict: a real API server otherwise drops an unknown (misspelled) field with
+/// only a warning header, so the apply "succeeds", the dry run agrees, and the field Git asked for
+/// never takes effect.
 pub async fn apply(
     client: &::kube::Client,
     target: &Target,
@@ -48,7 +52,7 @@ pub async fn apply(
     force: bool,
     dry_run: bool,
 ) -> Result<Value, KubeError> {
-    let mut params = PatchParams::apply(FIELD_MANAGER);
+    let mut params = PatchParams::apply(FIELD_MANAGER).validation_strict();
     if force {
         params = params.force();
     }
