@@ -108,6 +108,7 @@ fn components(namespaces: usize, per: usize) -> Vec<ComponentSpec> {
                 depends_on: Vec::new(),
                 wait: Duration::from_secs(300),
                 force_conflicts: false,
+                leave_fields: Vec::new(),
                 checks: Vec::new(),
             }
         })

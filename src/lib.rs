@@ -10,4 +10,5 @@ pub mod providers;
 pub mod render;
 pub mod report;
 pub mod source;
+pub mod stdout;
 pub mod watch;

@@ -23,7 +23,7 @@ fn main() -> std::process::ExitCode {
         Err(failure) => {
             if !failure.reported {
                 if json {
-                    println!("{}", failure.to_json());
+                    phoenix::outln!("{}", failure.to_json());
                 } else {
                     eprintln!("{failure}");
                 }

@@ -197,7 +197,8 @@ fn plan_offline_shows_every_layer_and_json_carries_the_commit() {
     assert_eq!(code(&out), 2, "changes pending from nothing");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
     assert_eq!(v["commit"]["sha"], repo.head());
-    let ids: Vec<&str> = v["nodes"]
+    assert_eq!(v["schemaVersion"], 1);
+    let ids: Vec<&str> = v["changes"]
         .as_array()
         .unwrap()
         .iter()
@@ -207,6 +208,97 @@ fn plan_offline_shows_every_layer_and_json_carries_the_commit() {
         ids.contains(&"cloud/instance/agent/1") && ids.contains(&"addons/ingress"),
         "{ids:?}"
     );
+}
+
+#[test]
+fn offline_plan_shows_namespaces_and_only_the_layers_the_env_has_or_asks_for() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("envs");
+    repo.write(
+        "environments/e/environment.yaml",
+        "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: e }\nspec:\n  cluster: { existing: { kubeconfig: /nonexistent } }\n  apps:\n    - { name: web, path: apps/web, namespace: shop }\n",
+    );
+    repo.write(
+        "environments/e/apps/web/all.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: shop }\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: { name: hello }\ndata: { a: b }\n",
+    );
+    repo.commit("an existing cluster with one app");
+    let out = phoenix(&sb, &repo.dir, &["plan", "e", "--offline"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stdout.contains("ConfigMap shop/hello"), "{stdout}");
+    assert!(stdout.contains("Namespace shop\n"), "{stdout}");
+    assert!(
+        !stdout.contains("\ncloud") && !stdout.contains("\naddons"),
+        "layers the env does not have are not shown:\n{stdout}"
+    );
+    let out = phoenix(
+        &sb,
+        &repo.dir,
+        &["plan", "e", "--offline", "--layers", "apps"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(
+        stdout.contains("apps/web") && !stdout.contains("cluster/control-plane"),
+        "{stdout}"
+    );
+}
+
+/// The `plan --output json` document (docs/json.md), pinned: a change here is a schema change.
+#[test]
+fn plan_json_snapshot() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("envs");
+    repo.write(
+        "environments/e/environment.yaml",
+        "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: e }\nspec:\n  cluster: { existing: { kubeconfig: /nonexistent } }\n  apps:\n    - { name: web, path: apps/web, namespace: shop }\n",
+    );
+    repo.write(
+        "environments/e/apps/web/all.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: shop }\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: { name: hello }\ndata: { a: b }\n",
+    );
+    let sha = repo.commit("snapshot");
+    let out = phoenix(&sb, &repo.dir, &["plan", "e", "--offline", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    assert_eq!(v["commit"]["sha"], sha.as_str());
+    for key in [
+        "sha",
+        "shortSha",
+        "time",
+        "repo",
+        "authorName",
+        "authorEmail",
+    ] {
+        assert!(v["commit"].get(key).is_some(), "commit.{key}: {v:#}");
+        v["commit"][key] = "*".into();
+    }
+    let want = serde_json::json!({
+        "schemaVersion": 1,
+        "env": "e",
+        "commit": {
+            "sha": "*", "shortSha": "*", "summary": "snapshot", "authorName": "*",
+            "authorEmail": "*", "time": "*", "reference": "HEAD",
+            "resolved": { "kind": "branch", "name": "main" }, "repo": "*",
+            "signature": { "status": "unsigned" }
+        },
+        "offline": true,
+        "layers": ["cluster", "apps"],
+        "changes": [
+            { "id": "cluster/control-plane", "layer": "cluster", "resource": "control-plane",
+              "action": "create", "detail": "existing cluster from /nonexistent", "fields": [] },
+            { "id": "apps/web", "layer": "apps", "resource": "Namespace/shop",
+              "action": "create", "detail": null, "fields": [] },
+            { "id": "apps/web", "layer": "apps", "resource": "ConfigMap/shop/hello",
+              "action": "create", "detail": null, "fields": [] }
+        ],
+        "unknown": [],
+        "unavailableSecrets": [],
+        "summary": { "create": 3, "update": 0, "replace": 0, "delete": 0, "start": 0,
+                     "wait": 0, "version": 0, "refused": 0, "unchanged": 0 }
+    });
+    assert_eq!(v, want, "{v:#}");
 }
 
 #[test]
@@ -263,7 +355,7 @@ fn refs_tags_and_older_commits_select_what_is_read() {
         let out = phoenix(&sb, &repo.dir, args);
         assert_eq!(code(&out), 0, "{}", text(&out).1);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["nodes"]
+        v["changes"]
             .as_array()
             .unwrap()
             .iter()
@@ -408,6 +500,199 @@ fn render_redacts_secrets_and_history_is_empty_before_any_run() {
     assert_eq!(code(&out), 0, "{}", text(&out).1);
 }
 
+/// Runs phoenix with its stdout a pipe whose reader is already gone (`phoenix ... | head -0`): every write
+/// fails with EPIPE.
+fn phoenix_into_closed_pipe(sb: &Sandbox, dir: &Path, args: &[&str]) -> Output {
+    let mut child = command(sb, dir)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run phoenix");
+    drop(child.stdout.take());
+    child.wait_with_output().expect("wait for phoenix")
+}
+
+#[test]
+fn a_reader_closing_the_pipe_early_ends_render_and_history_quietly() {
+    let sb = Sandbox::new();
+    let repo = sketch_repo(&sb);
+    for args in [
+        &["render", "design-sketch"][..],
+        &["history", "design-sketch"],
+        &["plan", "design-sketch", "--offline"],
+        &["validate", "design-sketch", "-o", "json"],
+    ] {
+        let out = phoenix_into_closed_pipe(&sb, &repo.dir, args);
+        let (_, stderr) = text(&out);
+        assert_eq!(
+            code(&out),
+            0,
+            "phoenix {args:?} into a closed pipe:\n{stderr}"
+        );
+        assert!(
+            stderr.is_empty(),
+            "phoenix {args:?} into a closed pipe says nothing:\n{stderr}"
+        );
+    }
+}
+
+/// An env on an existing cluster whose kubeconfig (outside the commit) points at `server`.
+fn existing_cluster_repo<'a>(sb: &'a Sandbox, server: &str) -> Repo<'a> {
+    let kubeconfig = sb.path("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{ name: c, cluster: {{ server: \"{server}\" }} }}]\n\
+             users: [{{ name: u, user: {{ token: t0ken }} }}]\n\
+             contexts: [{{ name: x, context: {{ cluster: c, user: u }} }}]\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+    let repo = sb.repo("envs");
+    repo.write(
+        "environments/e/environment.yaml",
+        format!(
+            "apiVersion: phoenix/v1\nkind: Environment\nmetadata: {{ name: e }}\nspec:\n  cluster: {{ existing: {{ kubeconfig: {} }} }}\n  apps:\n    - {{ name: web, path: apps/web }}\n",
+            kubeconfig.display()
+        ),
+    );
+    repo.write(
+        "environments/e/apps/web/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: web, namespace: default }\ndata: { a: b }\n",
+    );
+    repo.commit("an existing cluster");
+    repo
+}
+
+/// A loopback port nothing listens on: connections to it are refused.
+fn refused_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Waits for `child` at most `limit`; kills it and fails the test past that.
+fn wait_at_most(mut child: std::process::Child, limit: std::time::Duration, what: &str) -> Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{what} still ran after {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn an_existing_cluster_at_a_refused_address_fails_fast_and_says_what_it_waits_for_in_plain_lines() {
+    let sb = Sandbox::new();
+    let server = format!("http://127.0.0.1:{}", refused_port());
+    let repo = existing_cluster_repo(&sb, &server);
+    // stderr is a pipe (as under CI or `| tee`): plain progress lines, not bars, and not silence.
+    let child = command(&sb, &repo.dir)
+        .args(["rebuild", "e"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = wait_at_most(
+        child,
+        std::time::Duration::from_secs(90),
+        "rebuild against a refused address (the gate timeout is 10m)",
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for needle in [
+        "→ cluster/control-plane started: existing cluster of e",
+        &format!("existing cluster at {server}: waiting up to 10m for it to be ready; connections refused for 15s end the wait"),
+        "cluster/control-plane: waiting for the control plane of e at",
+        // The heartbeat: still waiting after 10 s, and for what.
+        "… cluster/control-plane: waiting for the control plane of e",
+        &format!("every connection to {server} was refused for 15s"),
+    ] {
+        assert!(
+            stderr.contains(needle) || stdout.contains(needle),
+            "no {needle:?} in\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains(&format!("GET {server}/readyz")),
+        "the URL polled is named:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("//readyz") && !stdout.contains("//readyz"),
+        "no doubled slash:\n{stderr}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn one_ctrl_c_ends_the_wait_for_an_unresponsive_cluster_promptly() {
+    use std::io::BufRead;
+    // A server that accepts connections and never answers: not refused, so only the timeout or
+    // a Ctrl-C ends the wait.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming() {
+            held.push(conn);
+        }
+    });
+    let sb = Sandbox::new();
+    let repo = existing_cluster_repo(&sb, &server);
+    let mut child = command(&sb, &repo.dir)
+        .args(["rebuild", "e"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no waiting line; stderr so far:\n{}", seen.join("\n")));
+        let waiting = line.contains("cluster/control-plane: waiting for the control plane of e");
+        seen.push(line);
+        if waiting {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = wait_at_most(
+        child,
+        std::time::Duration::from_secs(10),
+        "rebuild after one Ctrl-C",
+    );
+    seen.extend(rx.try_iter());
+    let stderr = seen.join("\n");
+    assert_eq!(code(&out), 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "↷ cluster/control-plane cancelled: cancelled while waiting for the control plane of e"
+        ),
+        "the node ends cancelled, naming its wait:\n{stderr}"
+    );
+}
+
 fn cloud_repo(sb: &Sandbox, protected: bool) -> Repo<'_> {
     let repo = sb.repo("envs");
     repo.write(
@@ -460,10 +745,34 @@ fn rebuild_plan_and_destroy_a_cloud_environment_against_moto() {
     );
     assert!(stdout.contains("+   create instance/web/1"), "{stdout}");
 
-    let out = phoenix_moto(&sb, &repo.dir, &moto, &["rebuild", "c1"]);
+    // As from cron: no $USER or $LOGNAME.
+    let out = command(&sb, &repo.dir)
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env_remove("USER")
+        .env_remove("LOGNAME")
+        .env_remove("PHOENIX_ACTOR")
+        .args(["rebuild", "c1"])
+        .output()
+        .unwrap();
     let (stdout, stderr) = text(&out);
     assert_eq!(code(&out), 0, "rebuild:\n{stdout}\n{stderr}");
     assert!(stderr.contains("converged"), "the final report:\n{stderr}");
+    let out = phoenix_moto(&sb, &repo.dir, &moto, &["history", "c1", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("history JSON");
+    let actor = v["runs"][0]["actor"].as_str().unwrap_or_default();
+    assert!(
+        !actor.is_empty() && actor != "unknown",
+        "the actor without $USER is the Git identity or the OS user: {v:#}"
+    );
+    // A cloud-only environment: its history shows the cloud layer alone.
+    let out = phoenix_moto(&sb, &repo.dir, &moto, &["history", "c1"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("cloud converged")
+            && !stdout.contains("cluster")
+            && !stdout.contains("apps"),
+        "{stdout}"
+    );
 
     let out = phoenix_moto(
         &sb,
@@ -510,7 +819,7 @@ fn rebuild_plan_and_destroy_a_cloud_environment_against_moto() {
     assert_eq!(code(&out), 0, "{}", text(&out).1);
     let out = phoenix_moto(&sb, &repo.dir, &moto, &["plan", "c1", "-o", "json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
-    let actions: Vec<&str> = v["cloud"]["changes"]
+    let actions: Vec<&str> = v["changes"]
         .as_array()
         .unwrap()
         .iter()
@@ -520,6 +829,31 @@ fn rebuild_plan_and_destroy_a_cloud_environment_against_moto() {
         !actions.is_empty() && actions.iter().all(|a| *a == "create"),
         "everything gone: {actions:?}"
     );
+    // The live plan and the offline plan are one document with the graph's node ids.
+    let live_ids: std::collections::BTreeSet<String> = v["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    let out = phoenix_moto(
+        &sb,
+        &repo.dir,
+        &moto,
+        &["plan", "c1", "--offline", "-o", "json"],
+    );
+    let offline: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    let offline_ids: std::collections::BTreeSet<String> = offline["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(live_ids, offline_ids);
+    let keys =
+        |v: &serde_json::Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
+    assert_eq!(keys(&v), keys(&offline), "one top-level shape");
+    assert_eq!(v["summary"]["create"], offline["summary"]["create"]);
 }
 
 #[test]
@@ -551,6 +885,92 @@ fn a_dead_ec2_endpoint_is_a_bounded_error_naming_it() {
         start.elapsed() < std::time::Duration::from_secs(120),
         "bounded: {:?}",
         start.elapsed()
+    );
+}
+
+#[test]
+fn init_writes_environments_that_validate_in_a_fresh_repository_with_the_built_in_templates() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("mine");
+    // A fresh repository: no templates/ at all.
+    repo.write("README.md", "my platform\n");
+    repo.commit("start");
+    for args in [
+        &["init", "shop"][..],
+        &["init", "cloudy", "--aws", "eu-west-1"],
+    ] {
+        let out = phoenix(&sb, &repo.dir, args);
+        assert_eq!(code(&out), 0, "phoenix {args:?}: {}", text(&out).1);
+    }
+    repo.commit("two environments written by phoenix init");
+    for env in ["shop", "cloudy"] {
+        let out = phoenix(&sb, &repo.dir, &["validate", env]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(
+            code(&out),
+            0,
+            "{env} validates as written:\n{stdout}\n{stderr}"
+        );
+    }
+    // Nothing is overwritten.
+    let out = phoenix(&sb, &repo.dir, &["init", "shop"]);
+    assert_eq!(code(&out), 1);
+    assert!(text(&out).1.contains("already exists"), "{}", text(&out).1);
+
+    // The built-in cloud-init renders; a file of the same path in the repository overrides it.
+    let out = phoenix(&sb, &repo.dir, &["render", "cloudy"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(stdout.contains("#cloud-config"), "{stdout}");
+    let builtin = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/cloud-init/k3s-server.yaml.j2"),
+    )
+    .unwrap();
+    repo.write(
+        "templates/cloud-init/k3s-server.yaml.j2",
+        builtin.replacen(
+            "#cloud-config\n",
+            "#cloud-config\n# overridden by this repository\n",
+            1,
+        ),
+    );
+    repo.commit("our own server user-data");
+    let out = phoenix(&sb, &repo.dir, &["render", "cloudy"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(
+        stdout.contains("# overridden by this repository"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn list_does_not_print_the_problems_of_unrelated_invalid_environments() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("envs");
+    repo.write(
+        "environments/ok/environment.yaml",
+        "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: ok }\nspec:\n  cluster: { existing: { kubeconfig: /nonexistent } }\n",
+    );
+    repo.write(
+        "environments/broken/environment.yaml",
+        "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: broken }\nspec:\n  clustr: {}\n  cluster: { existing: { kubeconfig: /x } }\n",
+    );
+    repo.commit("one valid, one not");
+    let out = phoenix(&sb, &repo.dir, &["list", "-o", "json"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is one JSON document ({e}):\n{stdout}"));
+    assert_eq!(v["copies"], serde_json::json!([]));
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one line about broken:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("environment broken is invalid") && !stderr.contains("clustr"),
+        "{stderr}"
     );
 }
 

@@ -639,6 +639,7 @@ async fn a_silent_api_server_times_out_naming_the_endpoint() {
             read: Duration::from_millis(500),
             write: Duration::from_millis(500),
         },
+        ..GateOptions::default()
     };
     let graph = bed
         .graph(

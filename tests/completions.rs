@@ -85,6 +85,11 @@ fn have(tool: &str) -> bool {
 /// Runs bash with the completion script loaded and asks it to complete `words`, the last being
 /// the word under the cursor; returns the candidates.
 fn bash_complete(script: &Path, words: &[&str]) -> Vec<String> {
+    bash_complete_in(script, words, Path::new("."))
+}
+
+/// [`bash_complete`] with bash running in `dir`.
+fn bash_complete_in(script: &Path, words: &[&str], dir: &Path) -> Vec<String> {
     let cword = words.len() - 1;
     let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
     let prev = if cword > 0 { words[cword - 1] } else { "" };
@@ -97,6 +102,7 @@ fn bash_complete(script: &Path, words: &[&str]) -> Vec<String> {
         words[cword],
     );
     let out = Command::new("bash")
+        .current_dir(dir)
         .args(["--norc", "--noprofile", "-c", &program])
         .stdin(Stdio::null())
         .output()
@@ -166,6 +172,55 @@ fn bash_completions_parse_and_complete_subcommands_and_flags() {
     assert_eq!(
         bash_complete(&path, &["phoenix", "completions", "fi"]),
         vec!["fish".to_string()]
+    );
+    assert_eq!(
+        bash_complete(&path, &["phoenix", "rebuild", "demo", "--layers", "c"]),
+        vec!["cloud".to_string(), "cluster".to_string()]
+    );
+
+    // Environment names come from the commit at HEAD of the repository bash runs in.
+    let repo = bed.path("repo");
+    std::fs::create_dir_all(repo.join("environments/alpha")).unwrap();
+    std::fs::create_dir_all(repo.join("environments/alpine")).unwrap();
+    std::fs::create_dir_all(repo.join("environments/notes")).unwrap();
+    std::fs::write(repo.join("environments/alpha/environment.yaml"), "x").unwrap();
+    std::fs::write(repo.join("environments/alpine/environment.yaml"), "x").unwrap();
+    std::fs::write(repo.join("environments/notes/README.md"), "x").unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &["add", "-A"],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@e",
+            "commit",
+            "-qm",
+            "envs",
+        ],
+    ] {
+        let st = Command::new("git")
+            .current_dir(&repo)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("HOME", bed.path(""))
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "git {args:?}");
+    }
+    std::fs::create_dir_all(repo.join("environments/alpha/sub")).unwrap();
+    assert_eq!(
+        bash_complete_in(
+            &path,
+            &["phoenix", "rebuild", "al"],
+            &repo.join("environments/alpha/sub")
+        ),
+        vec!["alpha".to_string(), "alpine".to_string()]
+    );
+    assert_eq!(
+        bash_complete_in(&path, &["phoenix", "diff", "n"], &repo),
+        Vec::<String>::new(),
+        "a directory without environment.yaml is no environment"
     );
 }
 
@@ -248,6 +303,18 @@ fn man_prints_one_page_per_command_with_the_rebuild_options() {
     assert!(!rebuild.contains(r"\-\-detailed\-exitcode"), "{rebuild}");
     let top = page(&roff, "phoenix");
     assert!(top.contains(".SH \"EXIT STATUS\""), "{top}");
+    for name in subcommands() {
+        let sub = page(&roff, &format!("phoenix-{name}"));
+        assert!(
+            sub.contains(".SH \"EXIT STATUS\""),
+            "{name}'s page has an EXIT STATUS section:\n{sub}"
+        );
+    }
+    let diff = page(&roff, "phoenix-diff");
+    assert!(
+        diff.contains("\\fB2\\fR") && diff.contains("drift"),
+        "diff's page gives exit 2 for drift:\n{diff}"
+    );
     assert!(top.contains("PHOENIX_HOME"), "{top}");
     assert!(
         !top.contains("\"validate 0.1.0\"") && !rebuild.contains("\"rebuild 0.1.0\""),

@@ -117,20 +117,17 @@ fn kubectl_changes_are_drift_and_a_rebuild_clears_them() {
     );
     assert!(!stdout.contains('\u{1b}'), "NO_COLOR is respected");
 
-    // kubectl now owns those fields: a rebuild refuses, naming the manager and the fields...
+    // kubectl now holds those fields. The objects are phoenix's, so a rebuild takes them back
+    // (as plan said it would update them), and the run says who held them.
     let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "apps"]);
     let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(
-        all.contains("\"kubectl\"") && all.contains(".spec.replicas"),
+        all.contains("Deployment web/web: taking back fields held by another field manager")
+            && all.contains("\"kubectl")
+            && all.contains(".spec.replicas"),
         "{all}"
     );
-    // ...unless told to take them back.
-    let out = bed.phoenix(
-        &repo.dir,
-        &["rebuild", "demo", "--layers", "apps", "--force-conflicts"],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let (code, _, out) = diff(&bed, &repo.dir);
     assert_eq!(code, 0, "a rebuild clears the drift: {}", text(&out));
 
@@ -151,10 +148,140 @@ fn kubectl_changes_are_drift_and_a_rebuild_clears_them() {
         foreign["fields"].to_string().contains("owner"),
         "{foreign:#}"
     );
+    // plan agrees with what rebuild will do: refuse, not update.
+    let out = bed.phoenix(&repo.dir, &["plan", "demo"]);
+    let plan = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        plan.contains(
+            "! refused ConfigMap/web/web-config (exists, not phoenix's: it has no phoenix labels"
+        ),
+        "{plan}"
+    );
+    assert!(!plan.contains("update ConfigMap/web/web-config"), "{plan}");
     let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "apps"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("not managed by phoenix"), "{all}");
+}
+
+#[test]
+fn fields_left_to_another_manager_are_neither_applied_nor_drift() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let path = repo.dir.join("environments/demo/environment.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let web = "      values: { replicas: 2, image: \"nginx:1.27\" }\n";
+    assert!(yaml.contains(web), "the demo's web app changed: {yaml}");
+    let yaml = yaml.replacen(
+        web,
+        &format!("{web}      leaveFields: [{{ kind: Deployment, name: web, fields: [spec.replicas] }}]\n"),
+        1,
+    );
+    repo.write("environments/demo/environment.yaml", yaml);
+    repo.commit("an autoscaler owns web's replicas");
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    bed.kubectl(
+        "demo",
+        &["-n", "web", "scale", "deploy/web", "--replicas=5"],
+    );
+    let (code, doc, out) = diff(&bed, &repo.dir);
+    assert_eq!(
+        code,
+        0,
+        "replicas are left to others: {doc:#}\n{}",
+        text(&out)
+    );
+    let out = bed.phoenix(&repo.dir, &["plan", "demo", "--detailed-exitcode"]);
+    assert_eq!(out.status.code(), Some(0), "plan agrees: {}", text(&out));
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "apps"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let web = bed
+        .deployments("demo", "web")
+        .into_iter()
+        .find(|d| d.metadata.name.as_deref() == Some("web"))
+        .expect("deployment web");
+    assert_eq!(
+        web.spec.and_then(|s| s.replicas),
+        Some(5),
+        "the rebuild left the replicas alone"
+    );
+}
+
+#[test]
+fn a_layer_not_built_yet_is_missing_and_plan_and_diff_need_no_secret_values() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "cloud"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
+    // The cluster layer has not run (no kubeconfig yet), and the secret is not at hand.
+    let out = bed
+        .command(&repo.dir)
+        .env_remove("PHOENIX_DEMO_DB_PASSWORD")
+        .args(["plan", "demo", "--detailed-exitcode"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "changes pending, not an error: {}",
+        text(&out)
+    );
+    assert!(
+        stdout.contains("+ create control-plane (not built yet: the cluster layer has not run"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("+ create Deployment/web/web"), "{stdout}");
+    assert_eq!(
+        stdout
+            .matches("secret web-db-password is not available here")
+            .count(),
+        1,
+        "said once: {stdout}"
+    );
+    assert!(
+        !text(&out).contains("cannot read the secrets"),
+        "{}",
+        text(&out)
+    );
+
+    // --layers: only the cloud is checked and shown.
+    let out = bed.phoenix(
+        &repo.dir,
+        &["diff", "demo", "--layers", "cloud", "-o", "json"],
+    );
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("diff JSON");
+    assert_eq!(out.status.code(), Some(0), "{doc:#}");
+    assert_eq!(layer(&doc, "cloud")["status"], "in-sync");
+    assert_eq!(layer(&doc, "apps")["status"], "skipped");
+    let out = bed.phoenix(&repo.dir, &["diff", "demo", "--layers", "cloud"]);
+    let human = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        human.contains("cloud: in sync") && !human.contains("apps"),
+        "{human}"
+    );
+
+    // Built whole, then compared without the secret: its Secret's data is unknown, not drift.
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = bed
+        .command(&repo.dir)
+        .env_remove("PHOENIX_DEMO_DB_PASSWORD")
+        .args(["diff", "demo", "-o", "json"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("diff JSON");
+    assert_eq!(out.status.code(), Some(0), "{doc:#}\n{}", text(&out));
+    assert_eq!(
+        layer(&doc, "apps")["unknown"],
+        serde_json::json!([{ "resource": "Secret/web/web-db", "fields": ["data.password"] }]),
+        "{doc:#}"
+    );
+    let all = text(&out);
+    assert!(!all.contains(bed::DB_PASSWORD), "the value never shows");
 }
 
 #[test]

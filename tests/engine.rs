@@ -124,6 +124,7 @@ impl Action for Fails {
             let err = match kind {
                 ErrorKind::Transient => NodeError::transient("endpoint busy"),
                 ErrorKind::Permanent => NodeError::permanent("invalid CIDR"),
+                ErrorKind::Cancelled => NodeError::cancelled("stopped waiting"),
             };
             Err(err.with_source(std::io::Error::other("root cause")))
         })
@@ -989,6 +990,58 @@ async fn cancel_stops_a_node_waiting_to_retry() {
     assert!(summary.cancelled);
 }
 
+/// Waits ten minutes for a condition that never holds.
+struct WaitsForever;
+
+impl Action for WaitsForever {
+    fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, Result<NodeOutcome, NodeError>> {
+        Box::pin(async move {
+            ctx.wait_for_state(
+                "the moon",
+                Duration::from_secs(600),
+                Duration::from_millis(20),
+                || async { Ok(Check::<()>::Waiting("not risen".into())) },
+            )
+            .await?;
+            Ok(NodeOutcome::Converged)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_cancel_ends_a_wait_at_once_and_names_what_it_waited_for() {
+    let mut graph = Graph::new();
+    let mut node = spec("cluster/control-plane", Layer::Cluster, &[]);
+    node.timeout = Duration::from_secs(660);
+    graph.add(node, Arc::new(WaitsForever)).unwrap();
+    let sink = EventSink::new();
+    let mut watcher = sink.subscribe();
+    let cancel = CancelToken::new();
+    let engine = tokio::spawn(run(graph, opts(), sink, cancel.clone()));
+    while let Some(record) = watcher.next().await {
+        if matches!(&record.event, Event::NodeProgress { message, .. } if message.ends_with("not risen"))
+        {
+            cancel.cancel();
+            break;
+        }
+    }
+    let summary = tokio::time::timeout(Duration::from_secs(5), engine)
+        .await
+        .expect("the cancel ends the ten-minute wait at once")
+        .unwrap();
+    match state(&summary, "cluster/control-plane") {
+        NodeState::Cancelled { reason, started } => {
+            assert!(started);
+            assert_eq!(
+                reason,
+                "cancelled while waiting for the moon (last observed: not risen)"
+            );
+        }
+        other => panic!("not cancelled: {other:?}"),
+    }
+    assert!(summary.cancelled);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_timeout_stops_in_flight_nodes() {
     let log = Arc::new(Log::default());
@@ -1099,6 +1152,44 @@ async fn layers_filter_excludes_other_layers() {
 // Summary
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internal_nodes_are_not_on_the_critical_path() {
+    let log = Arc::new(Log::default());
+    let mut graph = Graph::new();
+    graph
+        .add(spec("addons/ingress", Layer::Addons, &[]), sleep(40, &log))
+        .unwrap();
+    // The prune node runs after every component of its layer, so it ends last.
+    graph
+        .add(
+            spec("addons/.removed", Layer::Addons, &["addons/ingress"]),
+            sleep(40, &log),
+        )
+        .unwrap();
+    graph
+        .add(spec("apps/web", Layer::Apps, &[]), sleep(20, &log))
+        .unwrap();
+    graph
+        .add(
+            spec("apps/.removed", Layer::Apps, &["apps/web"]),
+            sleep(40, &log),
+        )
+        .unwrap();
+    let (summary, _) = run_graph(graph, opts()).await;
+    assert!(summary.converged);
+    let path: Vec<&str> = summary
+        .critical_path
+        .iter()
+        .map(|s| s.id.as_str())
+        .collect();
+    assert_eq!(
+        path,
+        ["addons/ingress", "apps/web"],
+        "{:#?}",
+        summary.critical_path
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn critical_path_follows_the_releasing_chain() {
     let log = Arc::new(Log::default());
     let mut graph = Graph::new();
@@ -1166,6 +1257,79 @@ impl Write for SharedBuf {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// Waits until `ready_after` has passed, reporting "N polls" as its observed state.
+struct WaitsAWhile {
+    ready_after: Duration,
+}
+
+impl Action for WaitsAWhile {
+    fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, Result<NodeOutcome, NodeError>> {
+        let ready_at = Instant::now() + self.ready_after;
+        Box::pin(async move {
+            ctx.wait_for_state(
+                "the api server",
+                Duration::from_secs(60),
+                Duration::from_millis(20),
+                || async move {
+                    Ok(if Instant::now() >= ready_at {
+                        Check::Ready(())
+                    } else {
+                        Check::Waiting("connection refused".into())
+                    })
+                },
+            )
+            .await?;
+            Ok(NodeOutcome::Converged)
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_progress_lines_say_what_starts_what_it_waits_for_and_repeat_it_while_waiting() {
+    let mut graph = Graph::new();
+    graph
+        .add(
+            spec("cluster/control-plane", Layer::Cluster, &[]),
+            Arc::new(WaitsAWhile {
+                ready_after: Duration::from_millis(700),
+            }),
+        )
+        .unwrap();
+    let sink = EventSink::new();
+    let out = SharedBuf::default();
+    let lines = tokio::spawn(progress::lines(
+        sink.subscribe(),
+        out.clone(),
+        Duration::from_millis(200),
+    ));
+    let summary = run(graph, opts(), sink, CancelToken::new()).await;
+    lines.await.unwrap();
+    assert!(summary.converged);
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let at = |needle: &str| {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in:\n{text}"))
+    };
+    let started = at("→ cluster/control-plane started: test node cluster/control-plane\n");
+    let waits = at("  cluster/control-plane: waiting for the api server: connection refused\n");
+    let heartbeat = at("… cluster/control-plane: waiting for the api server: connection refused (");
+    let finished = at("✓ cluster/control-plane converged");
+    assert!(
+        started < waits && waits < heartbeat && heartbeat < finished,
+        "{text}"
+    );
+    assert!(
+        text.matches("… cluster/control-plane").count() >= 2,
+        "a heartbeat every 200 ms for 700 ms:\n{text}"
+    );
+    assert_eq!(
+        text.matches("  cluster/control-plane: waiting for the api server: connection refused\n")
+            .count(),
+        1,
+        "an unchanged state is not repeated between heartbeats:\n{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1461,6 +1625,15 @@ async fn progress_reader_consumes_a_whole_run() {
         progress::ProgressMode::detect(true),
         progress::ProgressMode::Off
     );
+}
+
+#[test]
+fn progress_is_bars_on_a_terminal_and_plain_lines_elsewhere_or_with_verbose() {
+    use progress::ProgressMode::{Bars, Lines, Off};
+    assert_eq!(progress::ProgressMode::choose(false, 0, true), Bars);
+    assert_eq!(progress::ProgressMode::choose(false, 0, false), Lines);
+    assert_eq!(progress::ProgressMode::choose(false, 1, true), Lines);
+    assert_eq!(progress::ProgressMode::choose(true, 1, false), Off);
 }
 
 #[test]

@@ -55,6 +55,7 @@ fn component(layer: Layer, name: &str, yaml: &str) -> ComponentSpec {
         depends_on: Vec::new(),
         wait: Duration::from_secs(20),
         force_conflicts: false,
+        leave_fields: Vec::new(),
         checks: Vec::new(),
     }
 }
@@ -584,7 +585,7 @@ async fn objects_without_marks_are_never_modified() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conflict_names_the_other_manager_and_force_takes_ownership() {
+async fn conflicts_on_owned_objects_are_taken_back_by_default_naming_who_held_them() {
     let sb = control_plane::start().await;
     let url = sb.cluster_url("conflict");
     let client = control_plane::client(&url);
@@ -625,6 +626,9 @@ async fn conflict_names_the_other_manager_and_force_takes_ownership() {
         "apps/web/all.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: tuning, namespace: default }\ndata: { level: \"2\" }\n",
     );
+    // A component that opted out of taking fields back (`forceConflicts: false`) fails, naming
+    // the other manager and the field.
+    changed.force_conflicts = false;
     let r = run(&client, vec![changed.clone()], false).await;
     let (error, _) = failure(&r, "apps/web");
     assert!(
@@ -639,12 +643,66 @@ async fn conflict_names_the_other_manager_and_force_takes_ownership() {
         "9"
     );
 
+    // The default: the object is phoenix's, so the field is taken back, and the run says from whom.
     changed.force_conflicts = true;
     let r = run(&client, vec![changed], false).await;
     assert_eq!(outcome(&r, "apps/web"), NodeOutcome::Updated);
     assert_eq!(
         cm(&client, "default", "tuning").await.unwrap()["data"]["level"],
         "2"
+    );
+    assert!(
+        r.events.iter().any(|e| e.contains(
+            "ConfigMap default/tuning: taking back fields held by another field manager"
+        ) && e.contains("ops-team")
+            && e.contains(".data.level")),
+        "{:#?}",
+        r.events
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failed_object_of_a_batch_is_named() {
+    let sb = control_plane::start().await;
+    let url = sb.cluster_url("several");
+    let client = control_plane::client(&url);
+    let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: one, namespace: default }\ndata: { a: \"1\" }\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: { name: two, namespace: default }\ndata: { a: \"1\" }\n";
+    let spec = component(Layer::Apps, "web", yaml);
+    assert!(
+        run(&client, vec![spec.clone()], false)
+            .await
+            .summary
+            .converged
+    );
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ar("v1", "ConfigMap", "configmaps"),
+    );
+    for name in ["one", "two"] {
+        let live = cm(&client, "default", name).await.unwrap();
+        let theirs = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": name, "namespace": "default", "labels": live["metadata"]["labels"]},
+            "data": {"a": "9"}});
+        api.patch(
+            name,
+            &PatchParams::apply("ops-team").force(),
+            &kube::api::Patch::Apply(&theirs),
+        )
+        .await
+        .expect("other manager applies");
+    }
+    let mut changed = spec;
+    changed.commit = "c0ffee2".into();
+    changed.manifests = manifests("apps/web/all.yaml", &yaml.replace("\"1\"", "\"2\""));
+    changed.force_conflicts = false;
+    let r = run(&client, vec![changed], false).await;
+    let (error, _) = failure(&r, "apps/web");
+    assert!(error.contains("2 objects failed"), "{error}");
+    assert!(
+        error.contains("ConfigMap default/one: field conflict")
+            && error.contains("ConfigMap default/two: field conflict"),
+        "{error}"
     );
 }
 

@@ -296,6 +296,49 @@ fn an_existing_cluster_is_reached_through_its_kubeconfig_and_context() {
         "an existing cluster's kubeconfig is the user's own; phoenix writes none"
     );
 
+    // Destroying it deletes its objects, each named, under the cluster (it has no cloud layer).
+    let mut cmd = bed.command(&repo.dir);
+    cmd.env_remove("PHOENIX_CLUSTER_ENDPOINT");
+    let out = cmd
+        .args(["destroy", "shared", "--yes", "--output", "json"])
+        .output()
+        .expect("run phoenix");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let r = report(&out);
+    assert_eq!(
+        node_outcome(&r, "cluster/objects")["layer"],
+        "cluster",
+        "{r:#}"
+    );
+    let events = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        events.contains("deleted CustomResourceDefinition"),
+        "each deleted object is named: {events}"
+    );
+    let mut cmd = bed.command(&repo.dir);
+    cmd.env_remove("PHOENIX_CLUSTER_ENDPOINT");
+    let out = cmd
+        .args(["history", "shared"])
+        .output()
+        .expect("run phoenix");
+    let history = String::from_utf8_lossy(&out.stdout).into_owned();
+    let destroy_line = history
+        .lines()
+        .find(|l| l.contains("destroy"))
+        .unwrap_or_else(|| panic!("{history}"));
+    assert!(
+        destroy_line.contains("cluster converged") && !destroy_line.contains("cloud"),
+        "{history}"
+    );
+    // Built again for what follows.
+    let mut cmd = bed.command(&repo.dir);
+    cmd.env_remove("PHOENIX_CLUSTER_ENDPOINT");
+    let out = cmd
+        .args(["rebuild", "shared"])
+        .output()
+        .expect("run phoenix");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+
     // A context the kubeconfig does not have fails at once, naming the contexts it has.
     let broken = std::fs::read_to_string(repo.dir.join("environments/shared/environment.yaml"))
         .expect("read env")

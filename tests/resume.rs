@@ -227,18 +227,18 @@ fn killed_twenty_times_then_resumed_the_demo_converges_without_leaks() {
         ],
     );
     let labelled: Value = serde_json::from_str(&labelled).expect("kubectl json");
-    // What Git holds, as `plan --offline` lists it: "Kind namespace/name" or "Kind name".
+    // What Git holds, as `plan --offline` lists it: "Kind/namespace/name" or "Kind/name".
     let plan = bed.phoenix(
         &repo.dir,
         &["plan", "demo", "--offline", "--output", "json"],
     );
     let plan: Value = serde_json::from_slice(&plan.stdout).expect("plan json");
-    let in_git: Vec<String> = plan["nodes"]
+    let in_git: Vec<String> = plan["changes"]
         .as_array()
-        .expect("nodes")
+        .expect("changes")
         .iter()
-        .flat_map(|n| n["objects"].as_array().cloned().unwrap_or_default())
-        .filter_map(|o| o.as_str().map(str::to_string))
+        .filter(|c| c["layer"] == "addons" || c["layer"] == "apps")
+        .filter_map(|c| c["resource"].as_str().map(str::to_string))
         .collect();
     let items = labelled["items"].as_array().expect("items");
     assert!(
@@ -253,8 +253,8 @@ fn killed_twenty_times_then_resumed_the_demo_converges_without_leaks() {
         let kind = item["kind"].as_str().unwrap_or("");
         let name = item["metadata"]["name"].as_str().unwrap_or("");
         let id = match item["metadata"]["namespace"].as_str() {
-            Some(ns) => format!("{kind} {ns}/{name}"),
-            None => format!("{kind} {name}"),
+            Some(ns) => format!("{kind}/{ns}/{name}"),
+            None => format!("{kind}/{name}"),
         };
         assert!(
             in_git.contains(&id),

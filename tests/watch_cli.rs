@@ -176,10 +176,7 @@ fn drift_alerts_once_per_episode_then_a_converged_notice() {
         "{metrics}"
     );
 
-    let out = bed.phoenix(
-        &repo.dir,
-        &["rebuild", "demo", "--layers", "apps", "--force-conflicts"],
-    );
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "apps"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     wait_for("the converged notice", Duration::from_secs(60), || {
         (alerts(&hook.posts, "has converged") > 0).then_some(())
@@ -224,4 +221,57 @@ fn heal_re_converges_and_is_recorded_in_history() {
         stdout.contains("heal").then_some(stdout)
     });
     assert!(history.contains("rebuild"), "{history}");
+}
+
+#[test]
+fn watch_json_prints_one_versioned_line_per_check() {
+    use std::io::BufRead;
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let listen = format!("127.0.0.1:{}", moto::free_port());
+    let mut child = bed
+        .command(&repo.dir)
+        .args([
+            "watch",
+            "demo",
+            "--interval",
+            "1s",
+            "--listen",
+            &listen,
+            "-o",
+            "json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start phoenix watch");
+    let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let watch = Watch(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let check = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no check line; stdout so far:\n{}", seen.join("\n")));
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(v["schemaVersion"], 1, "{v}");
+        seen.push(line);
+        if v["type"] == "check" {
+            break v;
+        }
+    };
+    drop(watch);
+    assert_eq!(check["verdict"], "in-sync", "{check:#}");
+    assert_eq!(check["report"]["env"], "demo", "{check:#}");
+    assert_eq!(check["report"]["exitCode"], 0, "{check:#}");
 }

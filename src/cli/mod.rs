@@ -68,7 +68,8 @@ pub struct Global {
     )]
     pub cluster_endpoint: Option<String>,
 
-    /// More logging (-v, -vv); RUST_LOG also works
+    /// Plain progress lines (every step, what each node waits for, a heartbeat) instead of
+    /// progress bars, also on a terminal
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
@@ -111,13 +112,15 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the man pages of phoenix and its subcommands (roff) to stdout, or write them to --dir
     Man(ManArgs),
+    /// Write a minimal environment (an existing cluster, or k3s on AWS) into the working tree
+    Init(InitArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Only these layers (comma-separated: cloud,cluster,addons,apps); the others count as
     /// converged for the gates
-    #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
+    #[arg(long, value_delimiter = ',', value_name = "LAYERS", value_parser = layer_parser())]
     pub layers: Vec<crate::engine::Layer>,
     /// Nodes in flight at once
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -130,7 +133,8 @@ pub struct RebuildArgs {
     pub env: EnvArg,
     #[command(flatten)]
     pub run: RunArgs,
-    /// Take over fields another field manager owns instead of failing on the conflict
+    /// Take fields another field manager holds back even in components that set
+    /// `forceConflicts: false` (elsewhere phoenix takes them back on objects it owns by default)
     #[arg(long)]
     pub force_conflicts: bool,
 }
@@ -164,6 +168,10 @@ pub struct DiffArgs {
     /// Also write Prometheus text metrics (node-exporter textfile format) to this file
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
+    /// Only these layers (comma-separated: cloud,cluster,addons,apps); the others are not
+    /// checked or shown
+    #[arg(long, value_delimiter = ',', value_name = "LAYERS", value_parser = layer_parser())]
+    pub layers: Vec<crate::engine::Layer>,
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +202,13 @@ pub struct WatchArgs {
     /// Re-converge drifted layers after each drifted check (recorded as `heal` runs)
     #[arg(long)]
     pub heal: bool,
+}
+
+/// `--layers` values: the four layer names, offered by shell completion.
+fn layer_parser() -> impl clap::builder::TypedValueParser<Value = crate::engine::Layer> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(crate::engine::Layer::ALL.map(|l| l.as_str()))
+        .try_map(|s| s.parse::<crate::engine::Layer>())
 }
 
 fn positive_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -263,6 +278,10 @@ pub struct PlanArgs {
     /// Exit 2 when changes are pending, 0 when there is nothing to do, 1 on error
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Only these layers (comma-separated: cloud,cluster,addons,apps); the others are not
+    /// compared or shown
+    #[arg(long, value_delimiter = ',', value_name = "LAYERS", value_parser = layer_parser())]
+    pub layers: Vec<crate::engine::Layer>,
 }
 
 #[derive(Debug, Args)]
@@ -272,6 +291,22 @@ pub struct RenderArgs {
     /// Only this component (add-on or app)
     #[arg(long, value_name = "NAME")]
     pub component: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Name of the new environment (a directory under environments/)
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The kubeconfig of the existing cluster (a path on the machine running phoenix)
+    #[arg(long, default_value = "~/.kube/config", conflicts_with = "aws")]
+    pub kubeconfig: String,
+    /// The kubeconfig context (default: its current context)
+    #[arg(long, conflicts_with = "aws")]
+    pub context: Option<String>,
+    /// Instead of an existing cluster: a k3s server on AWS EC2 in this region
+    #[arg(long, value_name = "REGION")]
+    pub aws: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -100,7 +100,7 @@ pub fn print_diagnostics(diags: &[Diagnostic]) {
 
 pub fn print_json(value: &serde_json::Value) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => crate::outln!("{s}"),
         Err(e) => eprintln!("error: cannot encode output as JSON: {e}"),
     }
 }
@@ -121,6 +121,40 @@ pub fn commit_line(snap: &Snapshot) -> String {
 
 pub fn commit_json(snap: &Snapshot) -> serde_json::Value {
     serde_json::to_value(snap.commit()).unwrap_or_default()
+}
+
+/// [`commit_json`] with camelCase keys (`shortSha`, `authorEmail`), for the documents of
+/// docs/json.md, which use camelCase throughout.
+pub fn commit_json_camel(snap: &Snapshot) -> serde_json::Value {
+    camel_keys(commit_json(snap))
+}
+
+fn camel_keys(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let mut out = String::with_capacity(k.len());
+                    let mut upper = false;
+                    for c in k.chars() {
+                        if c == '_' {
+                            upper = true;
+                        } else if upper {
+                            out.extend(c.to_uppercase());
+                            upper = false;
+                        } else {
+                            out.push(c);
+                        }
+                    }
+                    (out, camel_keys(v))
+                })
+                .collect(),
+        ),
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(camel_keys).collect())
+        }
+        other => other,
+    }
 }
 
 pub type Outcome = Result<ExitCode, Failure>;

@@ -24,7 +24,58 @@ pub fn completions(shell: clap_complete::Shell) -> Outcome {
     // The generators panic on a failed write; a Vec cannot fail, stdout can (a closed pipe).
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, BIN, &mut script);
+    if shell == clap_complete::Shell::Bash {
+        script = bash_env_names(&String::from_utf8_lossy(&script)).into_bytes();
+    }
     print(&script, "the completion script")
+}
+
+/// The names of the subcommands whose first positional argument is an environment name.
+fn env_subcommands() -> Vec<String> {
+    Cli::command()
+        .get_subcommands()
+        .filter(|s| {
+            s.get_positionals()
+                .next()
+                .is_some_and(|a| a.get_id() == "env")
+        })
+        .map(|s| s.get_name().to_string())
+        .collect()
+}
+
+/// Teaches the bash script the environment names: where a subcommand takes ENV, it also offers
+/// the environments of the commit at HEAD of the repository around the current directory (the
+/// directories under `environments/` that hold an `environment.yaml`), as phoenix reads them.
+fn bash_env_names(script: &str) -> String {
+    const HELPER: &str = "_phoenix_envs() {\n    git ls-tree -r --full-tree --name-only HEAD -- environments 2>/dev/null \\\n        | sed -n 's#^environments/\\([^/]*\\)/environment\\.yaml$#\\1#p'\n}\n\n";
+    const OFFER: &str = "                COMPREPLY=( $(compgen -W \"${opts}\" -- \"${cur}\") )";
+    let mut out = String::with_capacity(script.len() + 512);
+    out.push_str(HELPER);
+    let subs = env_subcommands();
+    let mut in_env_sub = false;
+    let mut pending = false;
+    for line in script.lines() {
+        let trimmed = line.trim();
+        if let Some(name) = trimmed
+            .strip_prefix("phoenix__subcmd__")
+            .and_then(|r| r.strip_suffix(')'))
+        {
+            in_env_sub = subs.iter().any(|s| s == name);
+        }
+        if in_env_sub && trimmed.starts_with("if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]]") {
+            pending = true;
+        }
+        if pending && line == OFFER {
+            out.push_str(
+                "                COMPREPLY=( $(compgen -W \"${opts} $(_phoenix_envs)\" -- \"${cur}\") )\n",
+            );
+            pending = false;
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 pub fn man(ctx: &Context, dir: Option<&Path>) -> Outcome {
@@ -90,6 +141,7 @@ fn subcommand_pages(
         let man = Man::new(sub.clone()).source(source);
         let mut roff = Vec::new();
         man.render(&mut roff)?;
+        exit_status(sub.get_name()).to_writer(&mut roff)?;
         pages.push(Page {
             file: man.get_filename(),
             roff,
@@ -97,6 +149,57 @@ fn subcommand_pages(
         subcommand_pages(sub, source, pages)?;
     }
     Ok(())
+}
+
+/// The EXIT STATUS section of one subcommand's page: its codes, as in the README's table.
+fn exit_status(command: &str) -> Roff {
+    const OK: (&str, &str) = ("0", "success");
+    const ERR: (&str, &str) = (
+        "1",
+        "error: invalid input, a failed run, or a check that could not be made",
+    );
+    let codes: Vec<(&str, &str)> = match command {
+        "validate" => vec![
+            ("0", "the environment is valid"),
+            ("1", "it is invalid (every problem is printed)"),
+        ],
+        "plan" => vec![
+            ("0", "planned (with --detailed-exitcode: nothing to do)"),
+            ERR,
+            ("2", "with --detailed-exitcode: changes pending"),
+        ],
+        "rebuild" | "up" => vec![
+            ("0", "every selected layer converged"),
+            ("1", "the run failed or was cancelled"),
+        ],
+        "diff" => vec![
+            ("0", "in sync"),
+            (
+                "1",
+                "a layer could not be checked (never reported as in sync)",
+            ),
+            ("2", "drift"),
+        ],
+        "watch" => vec![("0", "stopped (Ctrl-C)"), ("1", "it could not start")],
+        "drill" => vec![
+            ("0", "the copy converged within the recoveryObjective"),
+            ("1", "the drill failed"),
+            (
+                "3",
+                "the copy converged but took longer than the recoveryObjective",
+            ),
+        ],
+        "completions" => vec![OK, ("2", "unknown shell")],
+        _ => vec![OK, ERR],
+    };
+    let mut roff = Roff::new();
+    roff.control("SH", ["EXIT STATUS"]);
+    for (code, meaning) in codes {
+        roff.control("TP", []);
+        roff.text([bold(code)]);
+        roff.text([roman(meaning)]);
+    }
+    roff
 }
 
 /// What clap does not know: the exit-code contract and where the procedures are.

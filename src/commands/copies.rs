@@ -119,10 +119,19 @@ async fn all_copies(ctx: &Context) -> Result<Vec<(String, CopyInfo)>, Failure> {
     let names = crate::env::load::names(&*snap);
     let mut regions = BTreeSet::new();
     for name in &names {
-        if let Ok(env) = super::common::load_env(ctx, &snap, name) {
-            if let Some(cloud) = &env.cloud {
-                regions.insert(cloud.region.clone());
+        // An invalid environment is not this command's subject: one line says its region is
+        // not searched (its problems are `phoenix validate`'s to show).
+        match crate::env::load(&*snap, name) {
+            Ok(env) => {
+                if let Some(cloud) = &env.cloud {
+                    regions.insert(cloud.region.clone());
+                }
             }
+            Err(diags) => eprintln!(
+                "warning: environment {name} is invalid ({} problem{}, see `phoenix validate {name}`); its region is not searched",
+                diags.len(),
+                if diags.len() == 1 { "" } else { "s" }
+            ),
         }
     }
     let mut out = Vec::new();
@@ -162,12 +171,17 @@ pub async fn list(ctx: &Context) -> Outcome {
         return Ok(ExitCode::Ok);
     }
     if copies.is_empty() {
-        println!("no drill or ephemeral copies found");
+        crate::outln!("no drill or ephemeral copies found");
         return Ok(ExitCode::Ok);
     }
-    println!(
+    crate::outln!(
         "{:<28} {:<10} {:<12} {:>8}  {:<22} {:<12} region",
-        "name", "copy", "of", "age", "expires", "commit"
+        "name",
+        "copy",
+        "of",
+        "age",
+        "expires",
+        "commit"
     );
     for (region, c) in &copies {
         let age = c
@@ -184,7 +198,7 @@ pub async fn list(ctx: &Context) -> Outcome {
             Some(e) => e.clone(),
             None => "-".into(),
         };
-        println!(
+        crate::outln!(
             "{:<28} {:<10} {:<12} {:>8}  {:<22} {:<12} {region}",
             c.env,
             c.copy.as_deref().unwrap_or("-"),
@@ -218,7 +232,7 @@ pub async fn gc(ctx: &Context, args: &GcArgs) -> Outcome {
             continue;
         };
         if args.dry_run {
-            println!(
+            crate::outln!(
                 "would destroy {} (copy of {base}, expired {})",
                 c.env,
                 c.expires.as_deref().unwrap_or("?")

@@ -353,9 +353,17 @@ impl Deployment {
             (Layer::Apps, &self.env.apps),
         ] {
             for c in list {
-                let manifests = renderer.manifests(&*self.snap, c).map_err(|e| {
+                let mut manifests = renderer.manifests(&*self.snap, c).map_err(|e| {
                     Failure::new(format!("cannot render component {}", c.name)).cause(e.to_string())
                 })?;
+                // Fields left to other managers are neither applied nor claimed.
+                for m in &mut manifests {
+                    for left in &c.leave_fields {
+                        if left.matches(&m.object) {
+                            left.strip(&mut m.object);
+                        }
+                    }
+                }
                 out.push(ComponentSpec {
                     env: self.name.clone(),
                     commit: self.commit().to_string(),
@@ -366,6 +374,7 @@ impl Deployment {
                     depends_on: c.depends_on.clone(),
                     wait: c.wait,
                     force_conflicts: c.force_conflicts || force_conflicts,
+                    leave_fields: c.leave_fields.clone(),
                     checks: c
                         .checks
                         .iter()
@@ -442,7 +451,11 @@ pub async fn run_graph(
     let sink = EventSink::new();
     let progress = tokio::spawn(progress::show(
         sink.subscribe(),
-        progress::ProgressMode::detect(ctx.json()),
+        progress::ProgressMode::choose(
+            ctx.json(),
+            ctx.verbose,
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        ),
     ));
     let lines = ctx
         .json()

@@ -100,9 +100,16 @@ pub async fn destroy(
     }
     let objects = match dep.cluster_access(ctx)? {
         Some(access) => {
+            // The engine runs layers upwards, and the objects must go before the machines they
+            // run on: with a cloud layer, the objects node runs in it (first); without one
+            // (an existing cluster) it is what it is, the cluster's.
+            let layer = match dep.env.cloud {
+                Some(_) => Layer::Cloud,
+                None => Layer::Cluster,
+            };
             let spec = NodeSpec::new(
                 OBJECTS_NODE,
-                Layer::Cloud,
+                layer,
                 dep.env.timeouts.addons + dep.env.timeouts.apps,
                 format!(
                     "every Kubernetes object phoenix applied for {} deleted",
@@ -181,6 +188,11 @@ impl Action for DeleteObjects {
             match kube::destroy_all(&client, &env).await {
                 Ok(deleted) if deleted.is_empty() => Ok(NodeOutcome::Unchanged),
                 Ok(deleted) => {
+                    // Each deleted object is named (in the progress lines, JSON events and
+                    // the audit trail), then the count.
+                    for o in &deleted {
+                        ctx.progress(format!("deleted {o}"));
+                    }
                     ctx.progress(format!("deleted {} objects", deleted.len()));
                     Ok(NodeOutcome::Deleted)
                 }

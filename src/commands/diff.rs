@@ -3,6 +3,7 @@
 
 use super::common::{Context, Outcome};
 use super::deploy::Deployment;
+use crate::cli::DiffArgs;
 use crate::drift::{
     self, DriftEntry, DriftReport, EntryKind, FieldDiff, LayerDrift, ObjectResult, ObjectState,
     TerminatedInstance, Unhealthy,
@@ -15,17 +16,24 @@ use crate::providers::cluster::{self as cl, ClusterDrift, NodeExpectation};
 use crate::providers::kube::{self, ComponentDiff, ComponentSpec, DriftState, Resolver};
 use crate::render::Mode;
 use futures::stream::{self, StreamExt};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-pub async fn run(ctx: &Context, name: &str, metrics_file: Option<&Path>) -> Outcome {
-    let dep = Deployment::open(ctx, name, None).await?;
-    let report = check(ctx, &dep).await.report;
+pub async fn run(ctx: &Context, args: &DiffArgs) -> Outcome {
+    let metrics_file = args.metrics_file.as_deref();
+    let dep = Deployment::open(ctx, &args.env.env, None).await?;
+    let checked = check_layers_of(ctx, &dep, &args.layers).await;
+    for u in &checked.unavailable_secrets {
+        eprintln!(
+            "note: secret {} is not available here ({}): what is made from it is shown as unknown, not compared",
+            u.name, u.why
+        );
+    }
+    let report = checked.report;
     if ctx.json() {
-        print!("{}", drift::json(&report));
+        crate::out!("{}", drift::json(&report));
     } else {
-        print!("{}", drift::human(&report, drift::use_color()));
+        crate::out!("{}", drift::human(&report, drift::use_color()));
     }
     if let Some(path) = metrics_file {
         drift::metrics::write_file(path, &drift::metrics::render(&[&report], None)).map_err(
@@ -49,11 +57,21 @@ pub struct Checked {
     pub report: DriftReport,
     pub cloud_plan: Option<CloudPlan>,
     pub components: Vec<ComponentDiff>,
+    /// Declared secrets that could not be read where the check ran: the values made from them
+    /// were not compared (each layer lists those objects as unknown).
+    pub unavailable_secrets: Vec<crate::render::Unavailable>,
 }
 
 /// Compares every layer of `dep` with the live system. Never fails: what could not be checked
 /// is an error in its layer (and the layers that needed it), so the exit code is 1.
 pub async fn check(ctx: &Context, dep: &Deployment) -> Checked {
+    check_layers_of(ctx, dep, &[]).await
+}
+
+/// [`check`] of the `selected` layers only (all when empty): the others are skipped ("left out
+/// with --layers"), and the add-on and app objects are not compared unless their layer is selected.
+pub async fn check_layers_of(ctx: &Context, dep: &Deployment, selected: &[Layer]) -> Checked {
+    let wanted = |l: Layer| selected.is_empty() || selected.contains(&l);
     let started = Instant::now();
     let checked_at = SystemTime::now();
     let mut checked = Checked {
@@ -66,14 +84,25 @@ pub async fn check(ctx: &Context, dep: &Deployment) -> Checked {
         },
         cloud_plan: None,
         components: Vec::new(),
+        unavailable_secrets: Vec::new(),
     };
-    let layers = match check_layers(ctx, dep, &mut checked).await {
+    let layers = match check_layers(ctx, dep, &mut checked, &wanted).await {
         Ok(layers) => layers,
         Err(failure) => Layer::ALL
             .iter()
             .map(|&l| LayerDrift::error(l, failure.summary(), Duration::ZERO))
             .collect(),
     };
+    let layers = layers
+        .into_iter()
+        .map(|l| {
+            if wanted(l.layer) {
+                l
+            } else {
+                LayerDrift::skipped(l.layer, "left out with --layers")
+            }
+        })
+        .collect();
     checked.report.layers = layers;
     checked.report.duration = started.elapsed();
     checked
@@ -83,8 +112,12 @@ async fn check_layers(
     ctx: &Context,
     dep: &Deployment,
     checked: &mut Checked,
+    wanted: &(dyn Fn(Layer) -> bool + Sync),
 ) -> Result<Vec<LayerDrift>, Failure> {
-    let secrets = dep.secrets(ctx)?;
+    // A secret not available here renders as `**unknown**(NAME)`: what is made from it is
+    // reported as unknown, everything else is compared (a diff never needs the values).
+    let secrets = crate::render::SecretValues::resolve_available(&dep.env, &ctx.secrets_dir);
+    checked.unavailable_secrets = secrets.unavailable().to_vec();
     let renderer = Arc::new(dep.renderer(secrets, Mode::Apply)?);
     let components = dep.components(&renderer, false)?;
     let mut out = Vec::new();
@@ -136,45 +169,60 @@ async fn check_layers(
             version: None,
         }),
     };
-    // A k3s cluster without a server instance does not exist: everything above the cloud is
-    // missing, which is known without asking anything (a rebuild creates it all).
-    if let (Some(_), Some(cloud), Some(live)) = (k3s, &dep.env.cloud, &live_cloud) {
-        if cl::server_instance(&dep.name, cloud, live).is_err() {
-            out.push(LayerDrift::checked(
-                Layer::Cluster,
-                vec![
-                    DriftEntry::new(Layer::Cluster, "control-plane", EntryKind::Missing)
-                        .with_detail("no k3s server instance exists, so neither does the cluster"),
-                ],
-                vec![],
-                t.elapsed(),
-            ));
-            for layer in [Layer::Addons, Layer::Apps] {
-                let results: Vec<ObjectResult> = components
-                    .iter()
-                    .filter(|c| c.layer == layer)
-                    .flat_map(|c| c.manifests.iter())
-                    .map(|m| ObjectResult {
-                        resource: match m.namespace() {
-                            Some(ns) => format!("{}/{ns}/{}", m.kind(), m.name()),
-                            None => format!("{}/{}", m.kind(), m.name()),
-                        },
-                        state: ObjectState::Missing {
-                            desired: redacted(&m.object),
-                        },
-                        unhealthy: None,
-                    })
-                    .collect();
-                let (entries, unhealthy) = drift::object_entries(layer, &results);
-                out.push(LayerDrift::checked(
-                    layer,
-                    entries,
-                    unhealthy,
-                    Duration::ZERO,
-                ));
-            }
-            return Ok(out);
+    // A k3s cluster without a server instance does not exist, and one whose kubeconfig the
+    // gate has not written yet (`rebuild --layers cloud`) has not been built: everything above
+    // the cloud is missing, which is known without asking anything (a rebuild creates it all).
+    let not_built = match (k3s, &dep.env.cloud, &live_cloud) {
+        (Some(_), Some(cloud), Some(live))
+            if cl::server_instance(&dep.name, cloud, live).is_err() =>
+        {
+            Some("no k3s server instance exists, so neither does the cluster".to_string())
         }
+        (Some(_), _, _) if !access.kubeconfig.exists() => Some(format!(
+            "not built yet: the cluster layer has not run (no kubeconfig at {})",
+            access.kubeconfig.display()
+        )),
+        _ => None,
+    };
+    if let Some(why) = not_built {
+        out.push(LayerDrift::checked(
+            Layer::Cluster,
+            vec![
+                DriftEntry::new(Layer::Cluster, "control-plane", EntryKind::Missing)
+                    .with_detail(why),
+            ],
+            vec![],
+            t.elapsed(),
+        ));
+        for layer in [Layer::Addons, Layer::Apps] {
+            if !components.iter().any(|c| c.layer == layer) {
+                out.push(LayerDrift::skipped(layer, "not in the environment"));
+                continue;
+            }
+            let results: Vec<ObjectResult> = components
+                .iter()
+                .filter(|c| c.layer == layer)
+                .flat_map(|c| c.manifests.iter())
+                .map(|m| ObjectResult {
+                    resource: match m.namespace() {
+                        Some(ns) => format!("{}/{ns}/{}", m.kind(), m.name()),
+                        None => format!("{}/{}", m.kind(), m.name()),
+                    },
+                    state: ObjectState::Missing {
+                        desired: redacted(&m.object),
+                    },
+                    unhealthy: None,
+                })
+                .collect();
+            let (entries, unhealthy) = drift::object_entries(layer, &results);
+            out.push(LayerDrift::checked(
+                layer,
+                entries,
+                unhealthy,
+                Duration::ZERO,
+            ));
+        }
+        return Ok(out);
     }
     // The kubeconfig is derived, not stored: a machine that never ran phoenix for this env
     // (a colleague's laptop, CI, the replacement for a lost one) reaches the cluster too.
@@ -234,6 +282,11 @@ async fn check_layers(
     for layer in [Layer::Addons, Layer::Apps] {
         let t = Instant::now();
         let specs: Vec<&ComponentSpec> = components.iter().filter(|c| c.layer == layer).collect();
+        if !wanted(layer) {
+            // Replaced by "left out with --layers" in the report: no object is compared.
+            out.push(LayerDrift::skipped(layer, "left out with --layers"));
+            continue;
+        }
         // The futures are made up front (not by a closure inside the stream), so the check
         // stays Send for the watch agent.
         let futures: Vec<_> = specs
@@ -258,10 +311,28 @@ async fn check_layers(
         };
         if !errors.is_empty() {
             out.push(LayerDrift::error(layer, errors.join("; "), t.elapsed()));
+        } else if specs.is_empty() && removed.is_empty() {
+            // Nothing in Git and nothing of phoenix's left live: the env has no such layer.
+            out.push(LayerDrift::skipped(layer, "not in the environment"));
         } else {
             let (mut entries, unhealthy) = object_drift(layer, &diffs);
             entries.extend(removed);
-            out.push(LayerDrift::checked(layer, entries, unhealthy, t.elapsed()));
+            let unknown = diffs
+                .iter()
+                .flat_map(|d| &d.objects)
+                .filter(|o| !o.unknown.is_empty())
+                .map(|o| drift::UnknownValues {
+                    resource: resource_of(&o.object),
+                    fields: o
+                        .unknown
+                        .iter()
+                        .map(|p| p.trim_start_matches('.').to_string())
+                        .collect(),
+                })
+                .collect();
+            out.push(
+                LayerDrift::checked(layer, entries, unhealthy, t.elapsed()).with_unknown(unknown),
+            );
         }
         checked.components.extend(diffs);
     }

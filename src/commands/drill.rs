@@ -147,9 +147,9 @@ pub async fn run(ctx: &Context, args: &DrillArgs) -> Outcome {
         .unwrap_or_else(|| ctx.home.join("drills").join(&args.env.env));
     let (md_path, json_path) = write_reports(&dir, &dep.name, &markdown, &doc)?;
     if ctx.json() {
-        println!("{doc}");
+        crate::outln!("{doc}");
     } else {
-        println!("\n{markdown}");
+        crate::outln!("\n{markdown}");
         eprintln!("reports: {} and {}", md_path.display(), json_path.display());
     }
     Ok(match verdict {

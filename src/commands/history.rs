@@ -29,20 +29,27 @@ pub async fn run(ctx: &Context, name: &str, limit: usize) -> Outcome {
         return Ok(ExitCode::Ok);
     }
     if records.is_empty() {
-        println!(
+        crate::outln!(
             "no runs of {name} recorded under {}",
             audit::runs_dir(&ctx.home, name).display()
         );
         return Ok(ExitCode::Ok);
     }
-    println!(
+    crate::outln!(
         "{:<20}  {:<9}  {:<12}  {:<12}  {:<9}  {:>8}  LAYERS",
-        "STARTED", "COMMAND", "COMMIT", "ACTOR", "OUTCOME", "DURATION"
+        "STARTED",
+        "COMMAND",
+        "COMMIT",
+        "ACTOR",
+        "OUTCOME",
+        "DURATION"
     );
     for r in &records {
         let layers: Vec<String> = r
             .layers
             .iter()
+            // Layers the run had no node in (the env has none, or none was selected) are not shown.
+            .filter(|l| r.nodes.iter().any(|n| n.layer == l.layer))
             .filter_map(|l| {
                 let status = l.status?;
                 Some(format!(
@@ -58,7 +65,7 @@ pub async fn run(ctx: &Context, name: &str, limit: usize) -> Outcome {
             .get(..19)
             .unwrap_or(&r.started_at)
             .replace('T', " ");
-        println!(
+        crate::outln!(
             "{:<20}  {:<9}  {:<12}  {:<12}  {:<9}  {:>8}  {}",
             started,
             r.command,
@@ -69,7 +76,7 @@ pub async fn run(ctx: &Context, name: &str, limit: usize) -> Outcome {
             layers.join(", ")
         );
         if let Some(e) = &r.error {
-            println!("{:<20}  ↳ {e}", "");
+            crate::outln!("{:<20}  ↳ {e}", "");
         }
     }
     Ok(ExitCode::Ok)

@@ -8,6 +8,7 @@ pub mod destroy;
 pub mod diff;
 mod drill;
 mod history;
+mod init;
 mod plan;
 pub mod rebuild;
 mod render;
@@ -22,11 +23,11 @@ pub async fn run(cli: Cli) -> Outcome {
     let ctx = Context::from_global(&cli.global)?;
     match cli.command {
         Command::Validate(a) => validate::run(&ctx, &a.env).await,
-        Command::Plan(a) => plan::run(&ctx, &a.env.env, a.offline, a.detailed_exitcode).await,
+        Command::Plan(a) => plan::run(&ctx, &a).await,
         Command::Render(a) => render::run(&ctx, &a.env.env, a.component.as_deref()).await,
         Command::Rebuild(a) => rebuild::run(&ctx, &a).await,
         Command::Destroy(a) => destroy::run(&ctx, &a).await,
-        Command::Diff(a) => diff::run(&ctx, &a.env.env, a.metrics_file.as_deref()).await,
+        Command::Diff(a) => diff::run(&ctx, &a).await,
         Command::Watch(a) => watch::run(&ctx, &a).await,
         Command::Up(a) => copies::up(&ctx, &a).await,
         Command::Gc(a) => copies::gc(&ctx, &a).await,
@@ -36,5 +37,6 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::History(a) => history::run(&ctx, &a.env.env, a.limit).await,
         Command::Completions(a) => completions::completions(a.shell),
         Command::Man(a) => completions::man(&ctx, a.dir.as_deref()),
+        Command::Init(a) => init::run(&ctx, &a),
     }
 }

@@ -1,25 +1,32 @@
 //! `phoenix plan ENV`: the graph, layer by layer, with what a rebuild would do.
 
-use super::common::{commit_json, commit_line, load_env, print_json, Context, Outcome};
+use super::common::{commit_json_camel, commit_line, load_env, print_json, Context, Outcome};
 use super::deploy::Deployment;
+use crate::cli::PlanArgs;
 use crate::drift::{EntryKind, LayerStatus};
 use crate::engine::Layer;
 use crate::error::{ExitCode, Failure};
 use crate::render::{Mode, Renderer, SecretValues};
 use std::collections::BTreeMap;
 
-pub async fn run(ctx: &Context, name: &str, offline: bool, detailed_exitcode: bool) -> Outcome {
-    if offline {
-        offline_plan(ctx, name, detailed_exitcode).await
+pub async fn run(ctx: &Context, args: &PlanArgs) -> Outcome {
+    let name = &args.env.env;
+    if args.offline {
+        offline_plan(ctx, name, &args.layers, args.detailed_exitcode).await
     } else {
-        live_plan(ctx, name, detailed_exitcode).await
+        live_plan(ctx, name, &args.layers, args.detailed_exitcode).await
     }
 }
 
 /// The plan against live state, layer by layer: the same comparison as `phoenix diff`.
-async fn live_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcome {
+async fn live_plan(
+    ctx: &Context,
+    name: &str,
+    layers: &[Layer],
+    detailed_exitcode: bool,
+) -> Outcome {
     let dep = Deployment::open(ctx, name, None).await?;
-    let checked = super::diff::check(ctx, &dep).await;
+    let checked = super::diff::check_layers_of(ctx, &dep, layers).await;
     let report = &checked.report;
     let errors: Vec<String> = report
         .layers
@@ -43,38 +50,57 @@ async fn live_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcom
     }
     let changes: usize = report.entry_count();
     if ctx.json() {
-        let mut out = serde_json::json!({
-            "env": dep.name,
-            "commit": commit_json(&dep.snap),
-            "offline": false,
-            "changes": changes,
-            "drift": crate::drift::json_value(report),
-        });
-        if let Some(plan) = &checked.cloud_plan {
-            out["cloud"] = serde_json::to_value(plan).unwrap_or_default();
-        }
-        print_json(&out);
+        print_json(&live_json(&dep, &checked));
     } else {
-        println!("{}", commit_line(&dep.snap));
-        println!("plan for {} against live state", dep.name);
+        crate::outln!("{}", commit_line(&dep.snap));
+        crate::outln!("plan for {} against live state", dep.name);
+        for u in &checked.unavailable_secrets {
+            crate::outln!(
+                "secret {} is not available here ({}): what is made from it is shown as unknown, not compared",
+                u.name,
+                u.why
+            );
+        }
         for l in &report.layers {
             match (&l.status, l.layer) {
-                (LayerStatus::Skipped(why), layer) => println!("\n{layer}: nothing to do ({why})"),
+                // Layers the env does not have, or left out with --layers, are not shown.
+                (LayerStatus::Skipped(_), _) => {}
                 (_, Layer::Cloud) => {
                     if let Some(plan) = &checked.cloud_plan {
-                        println!("\ncloud:\n{plan}");
+                        crate::outln!("\ncloud:\n{plan}");
                     }
                 }
-                (_, layer) if l.entries.is_empty() => println!("\n{layer}: no changes"),
+                (_, layer) if l.entries.is_empty() && l.unknown.is_empty() => {
+                    crate::outln!("\n{layer}: no changes")
+                }
                 (_, layer) => {
-                    println!("\n{layer}:");
+                    crate::outln!("\n{layer}:");
                     for e in &l.entries {
-                        println!("  {} {}{}", action_of(e.kind), e.resource, describe(e));
+                        match refused_owner(e) {
+                            // Not phoenix's object: a rebuild refuses it, it does not update it.
+                            Some(found) => crate::outln!(
+                                "  ! refused {} (exists, not phoenix's: {found}; a rebuild refuses to touch it)",
+                                e.resource
+                            ),
+                            None => crate::outln!(
+                                "  {} {}{}",
+                                action_of(e.kind),
+                                e.resource,
+                                describe(e)
+                            ),
+                        }
+                    }
+                    for u in &l.unknown {
+                        crate::outln!(
+                            "  ? unknown {} ({}: made from a secret not available here)",
+                            u.resource,
+                            u.fields.join(", ")
+                        );
                     }
                 }
             }
         }
-        println!(
+        crate::outln!(
             "\n{changes} change{} pending.",
             if changes == 1 { "" } else { "s" }
         );
@@ -83,6 +109,215 @@ async fn live_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcom
         return Ok(ExitCode::Changes);
     }
     Ok(ExitCode::Ok)
+}
+
+/// The version of the `plan --output json` document (docs/json.md).
+pub const PLAN_SCHEMA_VERSION: u32 = 1;
+
+/// One change of a plan document: `id` is the graph node that makes it (`cloud/subnet/a`,
+/// `cluster/control-plane`, `apps/web`), `resource` what it is about.
+fn change(
+    id: &str,
+    layer: Layer,
+    resource: &str,
+    action: &str,
+    detail: Option<&str>,
+    fields: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "id": id,
+        "layer": layer.as_str(),
+        "resource": resource,
+        "action": action,
+        "detail": detail,
+        "fields": fields,
+    })
+}
+
+/// The summary of a plan document: how many changes of each action.
+fn summary_of(changes: &[serde_json::Value]) -> serde_json::Value {
+    let mut counts = serde_json::Map::new();
+    for a in [
+        "create",
+        "update",
+        "replace",
+        "delete",
+        "start",
+        "wait",
+        "version",
+        "refused",
+        "unchanged",
+    ] {
+        let n = changes.iter().filter(|c| c["action"] == a).count();
+        counts.insert(a.to_string(), n.into());
+    }
+    serde_json::Value::Object(counts)
+}
+
+/// The live plan as the versioned document shared with `--offline`.
+fn live_json(dep: &Deployment, checked: &super::diff::Checked) -> serde_json::Value {
+    use crate::drift::EntryKind;
+    let mut changes = Vec::new();
+    // Kubernetes objects by resource: the component node that applies them.
+    let mut owner: BTreeMap<String, String> = BTreeMap::new();
+    for d in &checked.components {
+        for o in &d.objects {
+            let resource = match &o.object.namespace {
+                Some(ns) => format!("{}/{ns}/{}", o.object.kind, o.object.name),
+                None => format!("{}/{}", o.object.kind, o.object.name),
+            };
+            owner.insert(
+                resource,
+                crate::providers::kube::node_id(d.layer, &d.component),
+            );
+        }
+    }
+    let fields_of = |e: &crate::drift::DriftEntry| {
+        serde_json::Value::Array(
+            e.fields
+                .iter()
+                .map(
+                    |f| serde_json::json!({ "path": f.path, "desired": f.desired, "live": f.live }),
+                )
+                .collect(),
+        )
+    };
+    for l in &checked.report.layers {
+        if matches!(l.status, LayerStatus::Skipped(_)) {
+            continue;
+        }
+        match l.layer {
+            Layer::Cloud => {
+                for c in checked.cloud_plan.iter().flat_map(|p| &p.changes) {
+                    let fields = serde_json::Value::Array(
+                        c.fields
+                            .iter()
+                            .map(|f| serde_json::json!({ "path": f.field, "desired": f.desired, "live": f.live }))
+                            .collect(),
+                    );
+                    let detail = c.reason.as_deref().or(c.summary.as_deref());
+                    changes.push(change(
+                        &format!("cloud/{}", c.resource),
+                        Layer::Cloud,
+                        &c.resource,
+                        c.action.as_str(),
+                        detail,
+                        fields,
+                    ));
+                }
+            }
+            layer => {
+                for e in &l.entries {
+                    let action = match (refused_owner(e), e.kind) {
+                        (Some(_), _) => "refused",
+                        (None, EntryKind::Missing) => "create",
+                        (None, EntryKind::Extra) => "delete",
+                        (None, EntryKind::Changed) => "update",
+                        (None, EntryKind::Stopped) => "start",
+                        (None, EntryKind::NotReady) => "wait",
+                        (None, EntryKind::Version) => "version",
+                    };
+                    let id = match layer {
+                        Layer::Cluster => crate::providers::cluster::CONTROL_PLANE_NODE.to_string(),
+                        _ => owner.get(&e.resource).cloned().unwrap_or_else(|| {
+                            // Objects of components removed from Git: the layer's prune node.
+                            crate::providers::kube::prune_node_id(layer)
+                        }),
+                    };
+                    changes.push(change(
+                        &id,
+                        layer,
+                        &e.resource,
+                        action,
+                        e.detail.as_deref(),
+                        fields_of(e),
+                    ));
+                }
+                // Objects compared in sync are unchanged.
+                for d in checked.components.iter().filter(|d| d.layer == layer) {
+                    for o in &d.objects {
+                        if o.state == crate::providers::kube::DriftState::InSync
+                            && o.unknown.is_empty()
+                        {
+                            let resource = match &o.object.namespace {
+                                Some(ns) => format!("{}/{ns}/{}", o.object.kind, o.object.name),
+                                None => format!("{}/{}", o.object.kind, o.object.name),
+                            };
+                            let id = crate::providers::kube::node_id(layer, &d.component);
+                            changes.push(change(
+                                &id,
+                                layer,
+                                &resource,
+                                "unchanged",
+                                None,
+                                serde_json::json!([]),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let unknown: Vec<serde_json::Value> = checked
+        .report
+        .layers
+        .iter()
+        .flat_map(|l| {
+            l.unknown.iter().map(move |u| {
+                serde_json::json!({ "layer": l.layer.as_str(), "resource": u.resource, "fields": u.fields })
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "schemaVersion": PLAN_SCHEMA_VERSION,
+        "env": dep.name,
+        "commit": commit_json_camel(&dep.snap),
+        "offline": false,
+        "layers": checked.report.layers.iter().filter(|l| !matches!(l.status, LayerStatus::Skipped(_))).map(|l| l.layer.as_str()).collect::<Vec<_>>(),
+        "changes": changes,
+        "unknown": unknown,
+        "unavailableSecrets": checked.unavailable_secrets.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
+        "summary": summary_of(&changes),
+    })
+}
+
+/// What the live object's marks say, for an object in Git that exists without phoenix's marks for
+/// this component (the drift entry's `owner` field).
+fn refused_owner(e: &crate::drift::DriftEntry) -> Option<&str> {
+    e.fields
+        .iter()
+        .find(|f| f.path == "owner")
+        .and_then(|f| f.live.as_deref())
+}
+
+/// Whether a built-in kind is cluster-scoped, for the offline plan (which asks no API server).
+/// Kinds from CRDs are taken as namespaced, as most are.
+fn cluster_scoped(api_version: &str, kind: &str) -> bool {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    matches!(
+        (group, kind),
+        ("", "Namespace" | "Node" | "PersistentVolume")
+            | (
+                "rbac.authorization.k8s.io",
+                "ClusterRole" | "ClusterRoleBinding"
+            )
+            | ("apiextensions.k8s.io", "CustomResourceDefinition")
+            | ("apiregistration.k8s.io", "APIService")
+            | (
+                "storage.k8s.io",
+                "StorageClass" | "CSIDriver" | "CSINode" | "VolumeAttachment"
+            )
+            | ("scheduling.k8s.io", "PriorityClass")
+            | ("networking.k8s.io", "IngressClass")
+            | ("node.k8s.io", "RuntimeClass")
+            | (
+                "admissionregistration.k8s.io",
+                "MutatingWebhookConfiguration"
+                    | "ValidatingWebhookConfiguration"
+                    | "ValidatingAdmissionPolicy"
+                    | "ValidatingAdmissionPolicyBinding"
+            )
+    )
 }
 
 /// What a rebuild does about one divergence.
@@ -118,7 +353,13 @@ fn describe(e: &crate::drift::DriftEntry) -> String {
 }
 
 /// The graph as built from nothing, without contacting anything.
-async fn offline_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Outcome {
+async fn offline_plan(
+    ctx: &Context,
+    name: &str,
+    layers: &[Layer],
+    detailed_exitcode: bool,
+) -> Outcome {
+    let wanted = |l: Layer| layers.is_empty() || layers.contains(&l);
     let snap = ctx.open().await?;
     let env = load_env(ctx, &snap, name)?;
     let graph = crate::plan::build(&env);
@@ -132,7 +373,8 @@ async fn offline_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Out
         Mode::Display,
     )
     .map_err(|e| Failure::new(format!("cannot render {name}")).cause(e.to_string()))?;
-    let mut objects: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // By component node: each object's kind, namespace and name.
+    let mut objects: BTreeMap<String, Vec<(String, Option<String>, String)>> = BTreeMap::new();
     for (prefix, list) in [("addons", &env.addons), ("apps", &env.apps)] {
         for c in list {
             let manifests = renderer.manifests(&*snap, c).map_err(|e| {
@@ -142,47 +384,83 @@ async fn offline_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Out
                 format!("{prefix}/{}", c.name),
                 manifests
                     .iter()
-                    .map(|m| match m.namespace() {
-                        Some(ns) => format!("{} {ns}/{}", m.kind(), m.name()),
-                        None => format!("{} {}", m.kind(), m.name()),
+                    .map(|m| {
+                        // Where the object goes: its own namespace, else the component's (or
+                        // `default`), as applying does; cluster-scoped kinds have none.
+                        let ns = m.namespace().or_else(|| {
+                            (!cluster_scoped(m.api_version(), m.kind()))
+                                .then(|| c.namespace.as_deref().unwrap_or("default"))
+                        });
+                        (
+                            m.kind().to_string(),
+                            ns.map(str::to_string),
+                            m.name().to_string(),
+                        )
                     })
                     .collect(),
             );
         }
     }
-    let total = graph.nodes.len();
+    // Layers the env does not have, or left out with --layers, are not shown.
+    let shown: Vec<Layer> = Layer::ALL
+        .into_iter()
+        .filter(|&l| wanted(l) && graph.layer(l).next().is_some())
+        .collect();
+    let total = graph
+        .nodes
+        .iter()
+        .filter(|n| shown.contains(&n.layer))
+        .count();
     if ctx.json() {
-        let nodes: Vec<serde_json::Value> = graph
-            .nodes
-            .iter()
-            .map(|n| {
-                let mut v = serde_json::to_value(n).unwrap_or_default();
-                v["action"] = "create".into();
-                if let Some(objs) = objects.get(&n.id) {
-                    v["objects"] = serde_json::json!(objs);
-                }
-                v
-            })
-            .collect();
+        // The same document as the live plan: every node is created, and says what it is.
+        let mut changes = Vec::new();
+        for n in graph.nodes.iter().filter(|n| shown.contains(&n.layer)) {
+            let resource = n.id.split_once('/').map_or(n.id.as_str(), |(_, rest)| rest);
+            let objs = objects.get(&n.id).map(Vec::as_slice).unwrap_or_default();
+            // A component is its objects, as in the live plan; other nodes are what they make.
+            if objs.is_empty() {
+                changes.push(change(
+                    &n.id,
+                    n.layer,
+                    resource,
+                    "create",
+                    Some(&n.summary),
+                    serde_json::json!([]),
+                ));
+            }
+            for (kind, ns, name) in objs {
+                let resource = match ns {
+                    Some(ns) => format!("{kind}/{ns}/{name}"),
+                    None => format!("{kind}/{name}"),
+                };
+                changes.push(change(
+                    &n.id,
+                    n.layer,
+                    &resource,
+                    "create",
+                    None,
+                    serde_json::json!([]),
+                ));
+            }
+        }
         print_json(&serde_json::json!({
+            "schemaVersion": PLAN_SCHEMA_VERSION,
             "env": name,
-            "commit": commit_json(&snap),
+            "commit": commit_json_camel(&snap),
             "offline": true,
-            "layers": Layer::ALL.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
-            "nodes": nodes,
-            "summary": { "create": total, "update": 0, "replace": 0, "delete": 0, "unchanged": 0 },
+            "layers": shown.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
+            "changes": changes,
+            "unknown": [],
+            "unavailableSecrets": [],
+            "summary": summary_of(&changes),
         }));
     } else {
-        println!("{}", commit_line(&snap));
-        println!("plan for {name} (offline: live state not consulted; every resource shown as built from nothing)");
-        for layer in Layer::ALL {
+        crate::outln!("{}", commit_line(&snap));
+        crate::outln!("plan for {name} (offline: live state not consulted; every resource shown as built from nothing)");
+        for &layer in &shown {
             let nodes: Vec<_> = graph.layer(layer).collect();
-            if nodes.is_empty() {
-                println!("\n{layer}: nothing to do (not in this environment)");
-                continue;
-            }
             let timeout = nodes.iter().map(|n| n.timeout).max().unwrap_or_default();
-            println!(
+            crate::outln!(
                 "\n{layer} ({} node{}, waits up to {}):",
                 nodes.len(),
                 if nodes.len() == 1 { "" } else { "s" },
@@ -195,15 +473,18 @@ async fn offline_plan(ctx: &Context, name: &str, detailed_exitcode: bool) -> Out
                 } else {
                     format!(" (after {})", n.depends_on.join(", "))
                 };
-                println!("  + {:width$}  {}{after}", n.id, n.summary);
+                crate::outln!("  + {:width$}  {}{after}", n.id, n.summary);
                 if let Some(objs) = objects.get(&n.id) {
-                    for o in objs {
-                        println!("  {:width$}      {o}", "");
+                    for (kind, ns, name) in objs {
+                        match ns {
+                            Some(ns) => crate::outln!("  {:width$}      {kind} {ns}/{name}", ""),
+                            None => crate::outln!("  {:width$}      {kind} {name}", ""),
+                        }
                     }
                 }
             }
         }
-        println!("\n{total} to create, 0 to update, 0 to replace, 0 to delete.");
+        crate::outln!("\n{total} to create, 0 to update, 0 to replace, 0 to delete.");
     }
     if detailed_exitcode && total > 0 {
         return Ok(ExitCode::Changes);

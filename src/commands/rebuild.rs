@@ -165,7 +165,7 @@ pub fn report(ctx: &Context, dep: &Deployment, summary: &RunSummary) {
             "commit": dep.commit(),
             "summary": summary,
         });
-        println!("{report}");
+        crate::outln!("{report}");
         return;
     }
     eprintln!();

@@ -77,12 +77,12 @@ pub async fn run(ctx: &Context, name: &str, component: Option<&str>) -> Outcome 
             })).collect::<Vec<_>>(),
         }));
     } else {
-        println!("# {}", commit_line(&snap));
+        crate::outln!("# {}", commit_line(&snap));
         for (what, source, content) in &outputs {
-            println!("---\n# {what}\n# Source: {source}");
-            print!("{content}");
+            crate::outln!("---\n# {what}\n# Source: {source}");
+            crate::out!("{content}");
             if !content.ends_with('\n') {
-                println!();
+                crate::outln!();
             }
         }
     }

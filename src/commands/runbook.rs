@@ -143,7 +143,7 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
         md,
         "## If a step fails\n\n- cloud: read the AWS error in the report; `phoenix plan {name}` shows what is left.\n- cluster: the gate names the missing or NotReady node, or the kube-system Deployment that is not Available.\n- add-ons / apps: the report names the object and its reason; `phoenix diff {name}` shows what differs.\n- See runbooks/exit-codes.md and runbooks/total-wipeout.md."
     );
-    print!("{md}");
+    crate::out!("{md}");
     Ok(ExitCode::Ok)
 }
 

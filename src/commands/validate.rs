@@ -10,7 +10,11 @@ fn render_diag(e: RenderError) -> Diagnostic {
     Diagnostic {
         file: e.file,
         line: e.line.unwrap_or(0),
-        column: if e.line.is_some() { 1 } else { 0 },
+        column: match (e.line, e.column) {
+            (Some(_), Some(c)) => c,
+            (Some(_), None) => 1,
+            _ => 0,
+        },
         field: String::new(),
         message: e.message,
         help: Some(
@@ -50,9 +54,10 @@ pub fn check_templates(snap: &Snapshot, env: &Environment) -> (Vec<Diagnostic>, 
         }
     }
     for c in env.addons.iter().chain(&env.apps) {
-        match renderer.manifests(snap, c) {
+        // Every problem of the component at once, not one file at a time.
+        match renderer.manifests_all(snap, c) {
             Ok(m) => objects += m.len(),
-            Err(e) => diags.push(render_diag(e)),
+            Err(errors) => diags.extend(errors.into_iter().map(render_diag)),
         }
     }
     (diags, objects)
@@ -78,16 +83,16 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
             "diagnostics": diags,
         }));
     } else {
-        println!("{}", commit_line(&snap));
+        crate::outln!("{}", commit_line(&snap));
         for d in &diags {
-            println!("{d}");
+            crate::outln!("{d}");
         }
         match &env {
             Some(env) if valid => {
                 let graph = crate::plan::build(env);
                 let count = |l| graph.layer(l).count();
                 use crate::engine::Layer;
-                println!(
+                crate::outln!(
                     "✓ environment {name} is valid: {} cloud resources, {} cluster, {} add-ons, {} apps ({objects} Kubernetes objects)",
                     count(Layer::Cloud),
                     count(Layer::Cluster),
@@ -95,7 +100,7 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
                     count(Layer::Apps)
                 );
             }
-            _ => println!(
+            _ => crate::outln!(
                 "✗ environment {name} is invalid: {} problem{}",
                 diags.len(),
                 if diags.len() == 1 { "" } else { "s" }

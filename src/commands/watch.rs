@@ -42,10 +42,84 @@ pub async fn run(ctx: &Context, args: &WatchArgs) -> Outcome {
         if args.heal { ", healing drift" } else { "" },
         args.listen,
     );
-    watch::run(opts, checker, CancelToken::on_ctrl_c())
-        .await
-        .map_err(|e| Failure::from_error("the watch agent cannot start", &e))?;
+    // With --output json, stdout carries one JSON object per line for what the agent does (see
+    // docs/json.md, "watch").
+    let printer = ctx.json().then(|| {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        opts.events = Some(tx);
+        tokio::spawn(print_events(rx))
+    });
+    let result = watch::run(opts, checker, CancelToken::on_ctrl_c()).await;
+    if let Some(printer) = printer {
+        // The agent's options (and so the sender) are gone once it returns.
+        let _ = printer.await;
+    }
+    result.map_err(|e| Failure::from_error("the watch agent cannot start", &e))?;
     Ok(ExitCode::Ok)
+}
+
+/// The JSON line of one agent event; `None` for events that carry nothing for a script.
+pub fn event_json(event: &watch::WatchEvent) -> Option<serde_json::Value> {
+    use serde_json::json;
+    use watch::{NoticeKind, WatchEvent};
+    let kind = |k: &NoticeKind| match k {
+        NoticeKind::Alert => "alert",
+        NoticeKind::Converged => "converged",
+    };
+    let body = match event {
+        WatchEvent::Listening { addr } => {
+            json!({ "type": "listening", "address": addr.to_string() })
+        }
+        WatchEvent::CheckFinished { report, verdict } => json!({
+            "type": "check",
+            "verdict": match verdict {
+                watch::Verdict::Drift => "drift",
+                watch::Verdict::InSync => "in-sync",
+                watch::Verdict::Unknown => "unknown",
+            },
+            "report": crate::drift::json_value(report),
+        }),
+        WatchEvent::Notice { kind: k, text } => {
+            json!({ "type": "notice", "kind": kind(k), "text": text })
+        }
+        WatchEvent::WebhookDelivered { kind: k, attempts } => {
+            json!({ "type": "webhookDelivered", "kind": kind(k), "attempts": attempts })
+        }
+        WatchEvent::WebhookFailed {
+            kind: k,
+            attempts,
+            error,
+        } => {
+            json!({ "type": "webhookFailed", "kind": kind(k), "attempts": attempts, "error": error })
+        }
+        WatchEvent::WebhookDropped { kind: k } => {
+            json!({ "type": "webhookDropped", "kind": kind(k) })
+        }
+        WatchEvent::HealStarted { layers } => json!({ "type": "healStarted", "layers": layers }),
+        WatchEvent::HealFinished { record } => json!({
+            "type": "healFinished",
+            "commit": record.commit,
+            "layers": record.layers,
+            "durationSeconds": record.duration.as_millis() as f64 / 1000.0,
+            "error": record.result.as_ref().err(),
+        }),
+    };
+    let mut line = json!({ "schemaVersion": WATCH_SCHEMA_VERSION });
+    if let (Some(line), serde_json::Value::Object(body)) = (line.as_object_mut(), body) {
+        line.extend(body);
+    }
+    Some(line)
+}
+
+/// The version of `watch --output json` lines.
+pub const WATCH_SCHEMA_VERSION: u32 = 1;
+
+async fn print_events(mut rx: tokio::sync::mpsc::UnboundedReceiver<watch::WatchEvent>) {
+    while let Some(event) = rx.recv().await {
+        if let Some(line) = event_json(&event) {
+            crate::outln!("{line}");
+        }
+    }
 }
 
 /// `--webhook-file` (first line) or `--webhook` / `PHOENIX_WEBHOOK_URL`.

@@ -12,7 +12,7 @@ pub use cloud::{cloud_entries, TerminatedInstance};
 pub use diff::{colorize, unified_diff, unified_diff_text, CONTEXT};
 pub use model::{
     exit_code, DriftEntry, DriftReport, EntryKind, FieldDiff, LayerDrift, LayerStatus, Unhealthy,
-    EXIT_DRIFT, EXIT_ERROR, EXIT_IN_SYNC,
+    UnknownValues, EXIT_DRIFT, EXIT_ERROR, EXIT_IN_SYNC,
 };
 pub use objects::{field_diffs, object_entries, ObjectResult, ObjectState};
 pub use output::{fmt_duration, human, json, json_value, use_color, SCHEMA_VERSION};

@@ -54,10 +54,21 @@ pub struct LayerDrift {
     /// Objects that match Git but are not healthy; reported apart from drift and not counted in
     /// the exit code (re-applying Git would not fix them).
     pub unhealthy: Vec<Unhealthy>,
+    /// Objects with fields that were not compared because their value in Git is made from a
+    /// secret not available where the check ran; not drift, not in sync: unknown.
+    pub unknown: Vec<UnknownValues>,
     /// How long this layer's check took.
     pub duration: Duration,
     /// What is worth knowing but is not drift (e.g. a newer image for a pinned lookup).
     pub notes: Vec<String>,
+}
+
+/// An object with fields that could not be compared (see [`LayerDrift::unknown`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownValues {
+    pub resource: String,
+    /// Field paths, e.g. `data.token`.
+    pub fields: Vec<String>,
 }
 
 impl LayerDrift {
@@ -78,9 +89,16 @@ impl LayerDrift {
             status,
             entries,
             unhealthy,
+            unknown: Vec::new(),
             duration,
             notes: Vec::new(),
         }
+    }
+
+    /// With the objects whose values could not all be compared.
+    pub fn with_unknown(mut self, unknown: Vec<UnknownValues>) -> Self {
+        self.unknown = unknown;
+        self
     }
 
     /// A layer whose check failed.
@@ -90,6 +108,7 @@ impl LayerDrift {
             status: LayerStatus::Error(message.into()),
             entries: Vec::new(),
             unhealthy: Vec::new(),
+            unknown: Vec::new(),
             duration,
             notes: Vec::new(),
         }
@@ -102,6 +121,7 @@ impl LayerDrift {
             status: LayerStatus::Skipped(reason.into()),
             entries: Vec::new(),
             unhealthy: Vec::new(),
+            unknown: Vec::new(),
             duration: Duration::ZERO,
             notes: Vec::new(),
         }

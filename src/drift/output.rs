@@ -45,7 +45,13 @@ pub fn human(report: &DriftReport, color: bool) -> String {
         humantime::format_rfc3339_seconds(report.checked_at),
         fmt_duration(report.duration)
     ));
-    for layer in &report.layers {
+    // Layers the env does not have, or left out with --layers, are not shown (JSON keeps them,
+    // as `skipped` with the reason).
+    for layer in report
+        .layers
+        .iter()
+        .filter(|l| !matches!(l.status, LayerStatus::Skipped(_)))
+    {
         out.push('\n');
         out.push_str(&layer_line(layer, &paint));
         for entry in &layer.entries {
@@ -61,6 +67,14 @@ pub fn human(report: &DriftReport, color: bool) -> String {
         }
         for n in &layer.notes {
             out.push_str(&format!("  note {n}\n"));
+        }
+        for u in &layer.unknown {
+            out.push_str(&format!(
+                "  ? {} {}: {} not compared (made from a secret not available here)\n",
+                paint(DIM, "unknown"),
+                u.resource,
+                u.fields.join(", ")
+            ));
         }
     }
     out.push('\n');
@@ -220,6 +234,13 @@ struct LayerDoc<'a> {
     /// Not drift; absent when empty (schema version 1 unchanged).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     notes: Vec<&'a str>,
+    unknown: Vec<UnknownDoc<'a>>,
+}
+
+#[derive(Serialize)]
+struct UnknownDoc<'a> {
+    resource: &'a str,
+    fields: &'a [String],
 }
 
 #[derive(Serialize)]
@@ -305,6 +326,14 @@ fn layer_doc(layer: &LayerDrift) -> LayerDoc<'_> {
             })
             .collect(),
         notes: layer.notes.iter().map(String::as_str).collect(),
+        unknown: layer
+            .unknown
+            .iter()
+            .map(|u| UnknownDoc {
+                resource: &u.resource,
+                fields: &u.fields,
+            })
+            .collect(),
     }
 }
 
@@ -393,8 +422,6 @@ apps: drift, 1 resource (2.5s)
       -  replicas: 5
       +  replicas: 2
   unhealthy Deployment/web/worker: 0/1 replicas available
-
-addons: skipped (not in the environment)
 
 drift: 3 resources differ from Git in cloud, apps
 "#;
@@ -488,7 +515,8 @@ drift: 3 resources differ from Git in cloud, apps
           "unified": null
         }
       ],
-      "unhealthy": []
+      "unhealthy": [],
+      "unknown": []
     },
     {
       "layer": "cluster",
@@ -496,7 +524,8 @@ drift: 3 resources differ from Git in cloud, apps
       "message": null,
       "durationSeconds": 0.09,
       "entries": [],
-      "unhealthy": []
+      "unhealthy": [],
+      "unknown": []
     },
     {
       "layer": "apps",
@@ -523,7 +552,8 @@ drift: 3 resources differ from Git in cloud, apps
           "resource": "Deployment/web/worker",
           "reason": "0/1 replicas available"
         }
-      ]
+      ],
+      "unknown": []
     },
     {
       "layer": "addons",
@@ -531,7 +561,8 @@ drift: 3 resources differ from Git in cloud, apps
       "message": "not in the environment",
       "durationSeconds": 0.0,
       "entries": [],
-      "unhealthy": []
+      "unhealthy": [],
+      "unknown": []
     }
   ]
 }

@@ -160,6 +160,8 @@ pub enum ErrorKind {
     Transient,
     /// Invalid input, missing permission, a conflict a retry cannot fix: fails the node at once.
     Permanent,
+    /// The run was cancelled (Ctrl-C) while the attempt waited: the node ends cancelled, not failed.
+    Cancelled,
 }
 
 /// The error of one attempt. The message must not contain secret values (see [`crate::report`]).
@@ -182,6 +184,15 @@ impl NodeError {
     pub fn permanent(message: impl Into<String>) -> Self {
         NodeError {
             kind: ErrorKind::Permanent,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The attempt stopped because the run was cancelled; the message says what it was doing.
+    pub fn cancelled(message: impl Into<String>) -> Self {
+        NodeError {
+            kind: ErrorKind::Cancelled,
             message: message.into(),
             source: None,
         }

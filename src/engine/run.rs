@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::backoff::Policy;
 use super::cancel::CancelToken;
-use super::graph::{Action, Graph, Layer, NodeSpec};
+use super::graph::{Action, ErrorKind, Graph, Layer, NodeSpec};
 use super::summary::{
     critical_path, LayerResult, LayerStatus, NodeResult, NodeState, RunSummary, Timed,
 };
@@ -718,6 +718,12 @@ impl NodeAttempts {
             let attempt = self.shared.attempts.fetch_add(1, Ordering::SeqCst) + 1;
             let err = match self.action.run(ctx.clone()).await {
                 Ok(outcome) => return NodeState::Succeeded { outcome },
+                Err(err) if err.kind == ErrorKind::Cancelled => {
+                    return NodeState::Cancelled {
+                        reason: err.chain(),
+                        started: true,
+                    }
+                }
                 Err(err) if !err.is_transient() => {
                     return NodeState::Failed {
                         error: err.chain(),

@@ -224,7 +224,22 @@ pub(super) struct Timed<'a> {
 /// Walks back from the last-finishing node through whichever constraint released each node last:
 /// its latest-ending dependency, or the latest-ending node of the lower layers (the gate).
 pub(super) fn critical_path(slots: &[Timed<'_>], t0: Instant) -> Vec<CriticalStep> {
-    let ended = |i: usize| slots[i].start.zip(slots[i].end);
+    // Internal nodes (a last id segment starting with a dot, e.g. `addons/.removed`, which no
+    // component name can be) are bookkeeping, not steps a reader can act on: the walk treats them
+    // as if they had not run.
+    let internal = |i: usize| {
+        let id = &slots[i].spec.id;
+        id.rsplit('/')
+            .next()
+            .is_some_and(|last| last.starts_with('.'))
+    };
+    let ended = |i: usize| {
+        if internal(i) {
+            None
+        } else {
+            slots[i].start.zip(slots[i].end)
+        }
+    };
     // For each layer, the node of all lower layers that ended last (it opened the gate).
     let mut gate_opener: [Option<usize>; 4] = [None; 4];
     let mut best: Option<usize> = None;

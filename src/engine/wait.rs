@@ -215,7 +215,20 @@ impl NodeCtx {
                 tokio::time::sleep(poll_interval).await;
             }
         };
-        match tokio::time::timeout(timeout, polling).await {
+        let bounded = tokio::time::timeout(timeout, polling);
+        let outcome = tokio::select! {
+            // Cancel-safe: dropping the poll loop drops at most one in-flight read; waits only observe.
+            outcome = bounded => outcome,
+            // Cancel-safe: waiting on the token only drops a watch receiver when it loses.
+            () = self.cancel.cancelled() => {
+                let mut message = format!("cancelled while waiting for {what}");
+                if let Some(state) = self.observed_state(what) {
+                    message.push_str(&format!(" (last observed: {state})"));
+                }
+                return Err(NodeError::cancelled(message));
+            }
+        };
+        match outcome {
             Ok(result) => result,
             Err(_elapsed) => {
                 let mut message = format!(
@@ -228,6 +241,15 @@ impl NodeCtx {
                 Err(NodeError::permanent(message))
             }
         }
+    }
+}
+
+impl NodeCtx {
+    /// The state this node's current wait for `what` last reported, from its progress message.
+    fn observed_state(&self, what: &str) -> Option<String> {
+        let last = self.last_progress()?;
+        last.strip_prefix(&format!("waiting for {what}: "))
+            .map(str::to_string)
     }
 }
 

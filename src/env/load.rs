@@ -1081,6 +1081,7 @@ fn decode_components(
                 "checks",
                 "secrets",
                 "forceConflicts",
+                "leaveFields",
             ],
         )?;
         let name = name_field(d, &o, "component");
@@ -1223,7 +1224,51 @@ fn decode_components(
                 }))
             })
             .unwrap_or_default();
-        let force_conflicts = d.opt(&o, "forceConflicts", Decoder::bool).unwrap_or(false);
+        let force_conflicts = d.opt(&o, "forceConflicts", Decoder::bool).unwrap_or(true);
+        let leave_fields = d
+            .opt(&o, "leaveFields", |d, n, p| {
+                let items = d.list(n, p)?;
+                let mut out = Vec::new();
+                let mut kept = Vec::new();
+                for (i, it) in items.iter().enumerate() {
+                    let lp = index(p, i);
+                    let Some(l) = d.obj(it, &lp, &["kind", "name", "namespace", "fields"]) else {
+                        continue;
+                    };
+                    let kind = d.req(&l, "kind", "the object's kind, e.g. kind: Deployment", Decoder::string);
+                    let name = d.req(&l, "name", "the object's metadata.name", Decoder::string);
+                    let namespace = d.opt(&l, "namespace", Decoder::string);
+                    let fields = d.req(&l, "fields", "field paths phoenix leaves to another manager, e.g. fields: [spec.replicas]", |d, n, p| {
+                        let list = d.strings(n, p);
+                        let mut ok = Vec::new();
+                        for (i, (pos, f)) in list.into_iter().enumerate() {
+                            let valid = !f.is_empty()
+                                && f.split('.').all(|k| !k.is_empty())
+                                && !["metadata.name", "metadata.namespace", "kind", "apiVersion"].contains(&f.as_str())
+                                && !f.starts_with("metadata.labels")
+                                && !f.starts_with("metadata.annotations");
+                            if valid {
+                                ok.push(f);
+                            } else {
+                                d.error_help(
+                                    pos,
+                                    &index(p, i),
+                                    format!("{f:?} is not a field phoenix can leave to another manager"),
+                                    "write a dot-separated path of mapping keys, e.g. spec.replicas (not identity fields, labels or annotations: phoenix's ownership marks live there)",
+                                );
+                            }
+                        }
+                        Some(ok)
+                    });
+                    if let (Some(kind), Some(name), Some(fields)) = (kind, name, fields) {
+                        out.push(LeftFields { kind, name, namespace, fields });
+                        kept.push(i);
+                    }
+                }
+                d.spans.record_kept(p, kept);
+                Some(out)
+            })
+            .unwrap_or_default();
         let pos = o.get("name").map(|x| x.pos).unwrap_or(o.pos);
         let name = name?;
         let (source, source_dir) = source?;
@@ -1241,6 +1286,7 @@ fn decode_components(
                 checks,
                 secrets,
                 force_conflicts,
+                leave_fields,
                 pos,
             },
         ))

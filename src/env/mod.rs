@@ -1,5 +1,6 @@
 //! The environment definition: YAML with positions, typed model, loading and validation.
 
+pub mod builtin;
 pub mod cidr;
 mod commit;
 pub mod decode;

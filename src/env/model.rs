@@ -350,9 +350,63 @@ pub struct Component {
     pub wait: Duration,
     pub checks: Vec<Check>,
     pub secrets: Vec<SecretObject>,
+    /// Take fields another field manager holds back on objects phoenix owns (default true).
     pub force_conflicts: bool,
+    /// Fields phoenix leaves to other field managers (an HPA's replicas): never applied, never
+    /// compared.
+    pub leave_fields: Vec<LeftFields>,
     #[serde(skip)]
     pub pos: Pos,
+}
+
+/// Fields of one object of a component that phoenix leaves to another field manager.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeftFields {
+    pub kind: String,
+    pub name: String,
+    /// `None`: any namespace (or a cluster-scoped object).
+    pub namespace: Option<String>,
+    /// Dot-separated field paths, e.g. `spec.replicas`.
+    pub fields: Vec<String>,
+}
+
+impl LeftFields {
+    /// Whether this entry is about `object` (a manifest as JSON).
+    pub fn matches(&self, object: &serde_json::Value) -> bool {
+        object["kind"].as_str() == Some(self.kind.as_str())
+            && object["metadata"]["name"].as_str() == Some(self.name.as_str())
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|ns| object["metadata"]["namespace"].as_str() == Some(ns))
+    }
+
+    /// Removes the fields from `object`, so an apply neither sets nor claims them.
+    pub fn strip(&self, object: &mut serde_json::Value) {
+        for path in &self.fields {
+            let mut keys: Vec<&str> = path.split('.').collect();
+            let Some(last) = keys.pop() else { continue };
+            let mut cur = Some(&mut *object);
+            for k in keys {
+                cur = cur.and_then(|v| v.get_mut(k));
+            }
+            if let Some(map) = cur.and_then(serde_json::Value::as_object_mut) {
+                map.remove(last);
+            }
+        }
+    }
+
+    /// Whether a field path of a diff (`.spec.replicas`, `spec.replicas`) is one of these or
+    /// lies under one.
+    pub fn covers(&self, path: &str) -> bool {
+        let path = path.trim_start_matches('.');
+        self.fields.iter().any(|f| {
+            path == f
+                || path
+                    .strip_prefix(f.as_str())
+                    .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+        })
+    }
 }
 
 mod humantime_serde {

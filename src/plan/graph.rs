@@ -236,7 +236,7 @@ pub fn build(env: &Environment) -> PlanGraph {
         }
         Some(Cluster::Existing(e)) => {
             nodes.push(PlanNode {
-                id: "cluster/existing".into(),
+                id: "cluster/control-plane".into(),
                 layer: Layer::Cluster,
                 kind: "existing-cluster".into(),
                 depends_on: vec![],

@@ -5,7 +5,10 @@ mod template;
 mod values;
 mod yaml_out;
 
-pub use secrets::{default_secrets_dir, resolve_secret, Mode, SecretValues, REDACTED};
+pub use secrets::{
+    default_secrets_dir, has_unknown, resolve_secret, Mode, SecretValues, Unavailable, REDACTED,
+    UNKNOWN,
+};
 pub use template::{Manifest, RenderError, RenderedFile, Renderer};
 pub use values::deep_merge;
 pub use yaml_out::to_yaml;

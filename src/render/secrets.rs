@@ -8,6 +8,15 @@ use std::path::Path;
 /// What a redacted secret renders as in `phoenix render` and any other display.
 pub const REDACTED: &str = "**redacted**";
 
+/// What a secret that is not available where `plan` or `diff` runs renders as: `**unknown**(NAME)`.
+/// A value containing it cannot be compared, and is reported as unknown rather than as drift.
+pub const UNKNOWN: &str = "**unknown**";
+
+/// Whether `text` holds a value made from a secret that was not available.
+pub fn has_unknown(text: &str) -> bool {
+    text.contains(UNKNOWN)
+}
+
 /// Whether templates see real secret values (to apply) or a redaction marker (to show).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -17,7 +26,15 @@ pub enum Mode {
 
 /// Resolved secret values by name. Debug output never shows them.
 #[derive(Clone, Default)]
-pub struct SecretValues(BTreeMap<String, String>);
+pub struct SecretValues(BTreeMap<String, String>, Vec<Unavailable>);
+
+/// A declared secret that could not be read here, and why (no value in it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unavailable {
+    pub name: String,
+    /// The reference and the reason, e.g. "env:TOKEN: environment variable TOKEN is not set".
+    pub why: String,
+}
 
 impl fmt::Debug for SecretValues {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -33,7 +50,36 @@ impl SecretValues {
                 .iter()
                 .map(|s| (s.name.clone(), format!("{REDACTED}({})", s.name)))
                 .collect(),
+            Vec::new(),
         )
+    }
+
+    /// Every declared secret that can be read here; the others render as `**unknown**(NAME)` and
+    /// are listed by [`SecretValues::unavailable`]. What `plan` and `diff` use: they compare what
+    /// they can and mark what depends on a missing secret as unknown, never needing the value.
+    pub fn resolve_available(env: &Environment, secrets_dir: &Path) -> Self {
+        let mut out = BTreeMap::new();
+        let mut unavailable = Vec::new();
+        for s in &env.secrets {
+            match resolve_secret(&s.source, secrets_dir) {
+                Ok(v) => {
+                    out.insert(s.name.clone(), v);
+                }
+                Err(why) => {
+                    out.insert(s.name.clone(), format!("{UNKNOWN}({})", s.name));
+                    unavailable.push(Unavailable {
+                        name: s.name.clone(),
+                        why: format!("{}: {why}", s.source),
+                    });
+                }
+            }
+        }
+        SecretValues(out, unavailable)
+    }
+
+    /// The secrets [`SecretValues::resolve_available`] could not read.
+    pub fn unavailable(&self) -> &[Unavailable] {
+        &self.1
     }
 
     /// Reads every declared secret (`file:` ones under `secrets_dir`). The error names the
@@ -50,7 +96,7 @@ impl SecretValues {
             }
         }
         if missing.is_empty() {
-            Ok(SecretValues(out))
+            Ok(SecretValues(out, Vec::new()))
         } else {
             Err(format!("cannot read secret {}", missing.join("; secret ")))
         }
@@ -66,7 +112,11 @@ impl SecretValues {
 
     /// Every real value, for scanning output in tests and redacting messages.
     pub fn values(&self) -> impl Iterator<Item = &str> {
-        self.0.values().map(String::as_str)
+        let unavailable = &self.1;
+        self.0
+            .iter()
+            .filter(move |(name, _)| !unavailable.iter().any(|u| &u.name == *name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub(crate) fn as_map(&self) -> &BTreeMap<String, String> {
@@ -77,6 +127,9 @@ impl SecretValues {
     pub fn scrub(&self, text: &str) -> String {
         let mut out = text.to_string();
         for (name, value) in &self.0 {
+            if self.1.iter().any(|u| &u.name == name) {
+                continue;
+            }
             if value.len() >= 4 && out.contains(value.as_str()) {
                 out = out.replace(value.as_str(), &format!("{REDACTED}({name})"));
             }

@@ -20,14 +20,17 @@ const FUEL: u64 = 50_000_000;
 pub struct RenderError {
     pub file: String,
     pub line: Option<usize>,
+    /// 1-based, in characters, where the failing expression or tag starts.
+    pub column: Option<usize>,
     pub message: String,
 }
 
 impl fmt::Display for RenderError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "{}:{l}: {}", self.file, self.message),
-            None => write!(f, "{}: {}", self.file, self.message),
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.message),
+            (Some(l), None) => write!(f, "{}:{l}: {}", self.file, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
         }
     }
 }
@@ -66,6 +69,8 @@ impl Manifest {
 
 pub struct Renderer {
     jinja: minijinja::Environment<'static>,
+    /// Every template's text by path, to point errors at the failing expression.
+    sources: std::sync::Arc<BTreeMap<String, String>>,
     env_values: serde_json::Value,
     shared_values: serde_json::Value,
     env_ctx: serde_json::Value,
@@ -73,24 +78,204 @@ pub struct Renderer {
     mode: Mode,
 }
 
-fn jinja_error(default_file: &str, e: &JinjaError) -> RenderError {
+/// A minijinja error as a diagnostic: the file, the line and column where the failing expression
+/// or tag starts (from the error's source range, so a filter's or a block's error points at the
+/// expression, not where rendering gave up), and what failed in words, naming the expression.
+fn jinja_error(
+    default_file: &str,
+    e: &JinjaError,
+    sources: &BTreeMap<String, String>,
+) -> RenderError {
     let file = e.name().unwrap_or(default_file).to_string();
-    let what = match e.kind() {
-        ErrorKind::UndefinedError => "undefined variable".to_string(),
-        ErrorKind::OutOfFuel => "template does too much work (fuel exhausted)".to_string(),
-        ErrorKind::SyntaxError => "template syntax error".to_string(),
-        ErrorKind::TemplateNotFound => "template not found".to_string(),
-        other => other.to_string(),
+    let source = sources.get(&file).map(String::as_str);
+    let spot = e
+        .range()
+        .zip(source)
+        .filter(|(r, src)| r.start <= r.end && r.end <= src.len())
+        .and_then(|(r, src)| {
+            // A filter's error spans only the filter's name: widen it to the whole `{{ ... }}`
+            // expression around it, which names the value.
+            enclosing_expression(src, r.start).or_else(|| src.get(r.clone()).map(|t| (r.start, t)))
+        });
+    let (mut line, mut column) = match (spot, source) {
+        (Some((start, _)), Some(src)) => {
+            let (l, c) = line_column(src, start);
+            (Some(l), Some(c))
+        }
+        _ => (e.line(), None),
     };
-    let message = match e.detail() {
-        Some(detail) => format!("{what}: {detail}"),
-        None => what,
+    let expr = spot.map(|(_, text)| text.trim());
+    let detail = e.detail().map(str::to_string);
+    let message = match e.kind() {
+        ErrorKind::UndefinedError => match expr.map(variable_of) {
+            Some(var) if !var.is_empty() => format!(
+                "undefined variable `{var}` (in `{}`); define it in values, or use `| default(...)`",
+                expr.unwrap_or_default()
+            ),
+            _ => "undefined variable".to_string(),
+        },
+        ErrorKind::OutOfFuel => "template does too much work (fuel exhausted)".to_string(),
+        ErrorKind::SyntaxError => {
+            let unclosed = source
+                .filter(|_| detail.as_deref().is_some_and(|d| d.contains("end of input")))
+                .and_then(unclosed_block);
+            match unclosed {
+                Some(open) => {
+                    line = Some(open.line);
+                    column = Some(open.column);
+                    format!(
+                        "template syntax error: `{{% {} %}}` is never closed (expected `{{% end{} %}}`)",
+                        open.tag, open.name
+                    )
+                }
+                None => match &detail {
+                    Some(d) => format!("template syntax error: {d}"),
+                    None => "template syntax error".to_string(),
+                },
+            }
+        }
+        ErrorKind::TemplateNotFound => match &detail {
+            Some(d) => format!("template not found: {d}"),
+            None => "template not found".to_string(),
+        },
+        other => {
+            let what = match expr {
+                Some(x) if !x.is_empty() => format!("{other} in `{x}`"),
+                _ => other.to_string(),
+            };
+            match &detail {
+                Some(d) => format!("{what}: {d}"),
+                None => what,
+            }
+        }
     };
     RenderError {
         file,
-        line: e.line(),
+        line,
+        column,
         message,
     }
+}
+
+/// The `{{ ... }}` expression of `src` that contains byte offset `at`: its start offset and its
+/// text without the delimiters and whitespace control.
+fn enclosing_expression(src: &str, at: usize) -> Option<(usize, &str)> {
+    let open = src.get(..at)?.rfind("{{")?;
+    // The expression must not have closed before `at`.
+    if src[open..at].contains("}}") {
+        return None;
+    }
+    let close = open + src[open..].find("}}")?;
+    let inner = &src[open + 2..close];
+    let lead = inner.len() - inner.trim_start_matches(['-', '+', ' ', '\t', '\n']).len();
+    let text = inner[lead..].trim_end_matches(['-', '+', ' ', '\t', '\n']);
+    Some((open + 2 + lead, text))
+}
+
+/// 1-based line and column (in characters) of byte offset `at` in `src`.
+fn line_column(src: &str, at: usize) -> (usize, usize) {
+    let before = &src[..at];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// The variable an expression starts with: `values.domian` of `values.domian | to_json`.
+fn variable_of(expr: &str) -> String {
+    let expr = expr
+        .trim_start_matches("{{")
+        .trim_start_matches('-')
+        .trim_start();
+    let mut out = String::new();
+    let mut chars = expr.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_alphanumeric() || c == '_' || c == '.' {
+            out.push(c);
+            chars.next();
+        } else if c == '[' {
+            // `values["a-b"]` keeps its subscript.
+            for c in chars.by_ref() {
+                out.push(c);
+                if c == ']' {
+                    break;
+                }
+            }
+        } else {
+            break;
+        }
+    }
+    out.trim_end_matches('.').to_string()
+}
+
+/// A block tag that opens and was never closed.
+#[derive(Debug, PartialEq, Eq)]
+struct OpenBlock {
+    name: String,
+    tag: String,
+    line: usize,
+    column: usize,
+}
+
+/// The innermost block tag of `src` left open at the end, by a scan of `{% ... %}` tags (comments
+/// and raw blocks skipped). minijinja reports an unclosed block at the end of input; the user
+/// needs where it opens.
+fn unclosed_block(src: &str) -> Option<OpenBlock> {
+    const BLOCKS: [&str; 9] = [
+        "if",
+        "for",
+        "block",
+        "macro",
+        "call",
+        "filter",
+        "with",
+        "autoescape",
+        "raw",
+    ];
+    let mut stack: Vec<OpenBlock> = Vec::new();
+    let mut rest = 0;
+    while let Some(found) = src[rest..].find("{%").map(|i| rest + i) {
+        if let Some(comment) = src[rest..found].find("{#") {
+            // Skip a comment that starts before this tag.
+            let from = rest + comment;
+            rest = src[from..].find("#}").map_or(src.len(), |i| from + i + 2);
+            continue;
+        }
+        let Some(close) = src[found..].find("%}").map(|i| found + i) else {
+            break;
+        };
+        let inner =
+            src[found + 2..close].trim_matches(|c: char| c == '-' || c == '+' || c.is_whitespace());
+        let word: String = inner
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        rest = close + 2;
+        let is_set_block = word == "set" && !inner.contains('=');
+        if BLOCKS.contains(&word.as_str()) || is_set_block {
+            let (line, column) = line_column(src, found);
+            stack.push(OpenBlock {
+                name: word.clone(),
+                tag: inner.to_string(),
+                line,
+                column,
+            });
+            if word == "raw" {
+                // Nothing inside a raw block is a tag.
+                match src[rest..].find("endraw") {
+                    Some(i) => {
+                        stack.pop();
+                        rest += i + "endraw".len();
+                    }
+                    None => break,
+                }
+            }
+        } else if let Some(name) = word.strip_prefix("end") {
+            if let Some(pos) = stack.iter().rposition(|b| b.name == name) {
+                stack.truncate(pos);
+            }
+        }
+    }
+    stack.pop()
 }
 
 fn read_values(files: &dyn CommitFiles, path: &str) -> Result<serde_json::Value, RenderError> {
@@ -100,6 +285,7 @@ fn read_values(files: &dyn CommitFiles, path: &str) -> Result<serde_json::Value,
     let err = |line, message| RenderError {
         file: path.to_string(),
         line,
+        column: None,
         message,
     };
     let text = files.read_text(path).map_err(|m| err(None, m))?;
@@ -127,6 +313,7 @@ impl Renderer {
                     let text = files.read_text(&path).map_err(|m| RenderError {
                         file: path.clone(),
                         line: None,
+                        column: None,
                         message: m,
                     })?;
                     sources.insert(path, text);
@@ -148,11 +335,33 @@ impl Renderer {
                 .map_err(|e| RenderError {
                     file: "templates".into(),
                     line: None,
+                    column: None,
                     message: format!("template syntax configuration: {e}"),
                 })?,
         );
         jinja.add_filter("b64encode", |s: String| base64_encode(s.as_bytes()));
+        // Strict: printing an undefined value is an error, and so is printing none (a key that is
+        // present and empty, e.g. a field indented into the wrong mapping), which would render
+        // as the word "none".
+        jinja.set_formatter(|out, state, value| {
+            if value.is_undefined() {
+                return Err(JinjaError::new(ErrorKind::UndefinedError, "undefined value"));
+            }
+            if value.is_none() {
+                return Err(JinjaError::new(
+                    ErrorKind::InvalidOperation,
+                    "the value is none (null) and would print as \"none\"; give it a value, or use `| default(...)`",
+                ));
+            }
+            minijinja::escape_formatter(out, state, value)
+        });
         jinja.add_filter("to_json", |v: Value| {
+            if v.is_undefined() {
+                return Err(JinjaError::new(
+                    ErrorKind::UndefinedError,
+                    "undefined value",
+                ));
+            }
             serde_json::to_string(&v).map_err(|e| {
                 JinjaError::new(
                     ErrorKind::InvalidOperation,
@@ -167,8 +376,11 @@ impl Renderer {
                 .collect::<Vec<_>>()
                 .join("\n")
         });
+        let sources = std::sync::Arc::new(sources);
+        let loaded = std::sync::Arc::clone(&sources);
         // Includes name templates by repo path, or by path under templates/.
         jinja.set_loader(move |name: &str| {
+            let sources = &loaded;
             Ok(sources
                 .get(name)
                 .or_else(|| sources.get(&format!("templates/{name}")))
@@ -182,6 +394,7 @@ impl Renderer {
             .unwrap_or_default();
         Ok(Renderer {
             jinja,
+            sources,
             env_values: env.values.clone(),
             shared_values,
             env_ctx: json!({
@@ -224,11 +437,11 @@ impl Renderer {
         let tmpl = self
             .jinja
             .get_template(name)
-            .map_err(|e| jinja_error(name, &e))?;
+            .map_err(|e| jinja_error(name, &e, &self.sources))?;
         let mut ctx = ctx.clone();
         ctx["secrets"] = serde_json::to_value(self.secrets.as_map()).unwrap_or_default();
         tmpl.render(Value::from(minijinja::value::Serde(&ctx)))
-            .map_err(|e| jinja_error(name, &e))
+            .map_err(|e| jinja_error(name, &e, &self.sources))
     }
 
     /// Renders `.j2` files and copies plain `.yaml`/`.yml`/`.json` files of a component, in path
@@ -238,19 +451,41 @@ impl Renderer {
         files: &dyn CommitFiles,
         comp: &Component,
     ) -> Result<Vec<RenderedFile>, RenderError> {
-        let values = self.values_for(files, Some(comp))?;
+        let (out, mut errors) = self.component_all(files, comp);
+        match errors.is_empty() {
+            true => Ok(out),
+            false => Err(errors.swap_remove(0)),
+        }
+    }
+
+    /// [`Renderer::component`] with every problem: each file is rendered even after another failed.
+    fn component_all(
+        &self,
+        files: &dyn CommitFiles,
+        comp: &Component,
+    ) -> (Vec<RenderedFile>, Vec<RenderError>) {
+        let mut errors = Vec::new();
+        let values = match self.values_for(files, Some(comp)) {
+            Ok(v) => v,
+            Err(e) => return (Vec::new(), vec![e]),
+        };
         let ctx = json!({
             "env": self.env_ctx,
             "values": values,
             "component": { "name": comp.name, "namespace": comp.namespace },
         });
-        let paths = files
-            .files_under(&comp.source_dir)
-            .map_err(|m| RenderError {
-                file: comp.source_dir.clone(),
-                line: None,
-                message: m,
-            })?;
+        let paths = match files.files_under(&comp.source_dir) {
+            Ok(paths) => paths,
+            Err(m) => {
+                let e = RenderError {
+                    file: comp.source_dir.clone(),
+                    line: None,
+                    column: None,
+                    message: m,
+                };
+                return (Vec::new(), vec![e]);
+            }
+        };
         let mut out = Vec::new();
         for path in paths {
             let base = path.rsplit('/').next().unwrap_or(&path);
@@ -258,26 +493,32 @@ impl Renderer {
                 continue;
             }
             if path.ends_with(".j2") {
-                out.push(RenderedFile {
-                    content: self.render(&path, &ctx)?,
-                    source: path,
-                });
+                match self.render(&path, &ctx) {
+                    Ok(content) => out.push(RenderedFile {
+                        content,
+                        source: path,
+                    }),
+                    Err(e) => errors.push(e),
+                }
             } else if [".yaml", ".yml", ".json"]
                 .iter()
                 .any(|ext| path.ends_with(ext))
             {
-                let content = files.read_text(&path).map_err(|m| RenderError {
-                    file: path.clone(),
-                    line: None,
-                    message: m,
-                })?;
-                out.push(RenderedFile {
-                    source: path,
-                    content,
-                });
+                match files.read_text(&path) {
+                    Ok(content) => out.push(RenderedFile {
+                        source: path,
+                        content,
+                    }),
+                    Err(m) => errors.push(RenderError {
+                        file: path.clone(),
+                        line: None,
+                        column: None,
+                        message: m,
+                    }),
+                }
             }
         }
-        Ok(out)
+        (out, errors)
     }
 
     /// The component's Kubernetes objects: rendered files split into documents, plus the Secrets
@@ -287,13 +528,32 @@ impl Renderer {
         files: &dyn CommitFiles,
         comp: &Component,
     ) -> Result<Vec<Manifest>, RenderError> {
+        self.manifests_all(files, comp)
+            .map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// [`Renderer::manifests`] with every problem of the component at once (never an empty
+    /// error list): every file is rendered and parsed even after another failed.
+    pub fn manifests_all(
+        &self,
+        files: &dyn CommitFiles,
+        comp: &Component,
+    ) -> Result<Vec<Manifest>, Vec<RenderError>> {
         let mut out = Vec::new();
-        for f in self.component(files, comp)? {
-            let docs = yaml::parse_documents(&f.content).map_err(|e| RenderError {
-                file: f.source.clone(),
-                line: Some(e.pos.line),
-                message: format!("rendered output is not valid YAML: {}", e.message),
-            })?;
+        let (rendered, mut errors) = self.component_all(files, comp);
+        for f in rendered {
+            let docs = match yaml::parse_documents(&f.content) {
+                Ok(docs) => docs,
+                Err(e) => {
+                    errors.push(RenderError {
+                        file: f.source.clone(),
+                        line: Some(e.pos.line),
+                        column: None,
+                        message: format!("rendered output is not valid YAML: {}", e.message),
+                    });
+                    continue;
+                }
+            };
             for doc in docs {
                 if doc.is_null() {
                     continue;
@@ -314,11 +574,13 @@ impl Renderer {
                     None
                 };
                 if let Some(message) = problem {
-                    return Err(RenderError {
+                    errors.push(RenderError {
                         file: f.source.clone(),
                         line: Some(doc.pos.line),
+                        column: None,
                         message,
                     });
+                    continue;
                 }
                 out.push(Manifest {
                     source: f.source.clone(),
@@ -330,11 +592,15 @@ impl Renderer {
         for s in &comp.secrets {
             let mut data = serde_json::Map::new();
             for (key, secret) in &s.data {
-                let value = self.secrets.get(secret).ok_or_else(|| RenderError {
-                    file: comp.source_dir.clone(),
-                    line: Some(s.pos.line),
-                    message: format!("secret {secret:?} is not declared in spec.secrets"),
-                })?;
+                let Some(value) = self.secrets.get(secret) else {
+                    errors.push(RenderError {
+                        file: comp.source_dir.clone(),
+                        line: Some(s.pos.line),
+                        column: None,
+                        message: format!("secret {secret:?} is not declared in spec.secrets"),
+                    });
+                    continue;
+                };
                 // `data`, not `stringData`: the API server folds stringData into data and
                 // keeps no stringData, so applying it would read as drift on every diff.
                 // Display output keeps the redaction marker readable.
@@ -356,7 +622,11 @@ impl Renderer {
                 }),
             });
         }
-        Ok(out)
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors)
+        }
     }
 
     /// User-data for one instance. `cluster` carries what the control-plane layer hands the
@@ -455,6 +725,93 @@ mod tests {
         assert_eq!(e.file, "templates/web/deploy.yaml.j2");
         assert_eq!(e.line, Some(4));
         assert!(e.message.contains("undefined"), "{e}");
+    }
+
+    fn render_errors(tmpl: &str, extra: &[(&str, &str)]) -> Vec<RenderError> {
+        let mut f = files(tmpl);
+        for (path, text) in extra {
+            f = f.with(path, text);
+        }
+        let env = crate::env::load(&f, "t").unwrap();
+        let r = Renderer::new(&f, &env, "t", SecretValues::redacted(&env), Mode::Display).unwrap();
+        r.manifests_all(&f, &env.addons[0]).unwrap_err()
+    }
+
+    #[test]
+    fn an_undefined_value_through_a_filter_is_an_error_naming_it_with_line_and_column() {
+        let e = render_errors(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata:\n  domain: {{ values.domian | to_json }}\n",
+            &[],
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].file, "templates/web/deploy.yaml.j2");
+        assert_eq!((e[0].line, e[0].column), (Some(5), Some(14)), "{}", e[0]);
+        assert!(e[0].message.contains("`values.domian`"), "{}", e[0]);
+    }
+
+    #[test]
+    fn printing_none_is_an_error_naming_the_expression() {
+        // The component has no namespace (say it was indented into `values:`).
+        let e = render_errors(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {{ component.namespace }}\n",
+            &[],
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].line, e[0].column), (Some(4), Some(12)), "{}", e[0]);
+        assert!(
+            e[0].message.contains("component.namespace") && e[0].message.contains("none"),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn an_unclosed_block_is_reported_where_it_opens() {
+        let e = render_errors(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n{% if values.replicas %}\ndata: {a: b}\n{% for x in [1] %}{% endfor %}\n",
+            &[],
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!((e[0].line, e[0].column), (Some(4), Some(1)), "{}", e[0]);
+        assert!(
+            e[0].message
+                .contains("`{% if values.replicas %}` is never closed"),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn every_problem_of_a_component_is_reported_at_once() {
+        let e = render_errors(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: {{ values.nope }}}\n",
+            &[
+                ("templates/web/other.yaml.j2", "{% if true %}\n"),
+                ("templates/web/third.yaml.j2", "kind: ConfigMap\n"),
+            ],
+        );
+        let files: Vec<&str> = e.iter().map(|e| e.file.as_str()).collect();
+        assert_eq!(
+            files,
+            [
+                "templates/web/deploy.yaml.j2",
+                "templates/web/other.yaml.j2",
+                "templates/web/third.yaml.j2"
+            ],
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn unclosed_block_scan() {
+        let open = unclosed_block("{# {% if %} #}\n{% raw %}{% for %}{% endraw %}\n  {%- for a in b %}{% if c %}{% endif %}")
+            .unwrap();
+        assert_eq!((open.name.as_str(), open.line, open.column), ("for", 3, 3));
+        assert_eq!(unclosed_block("{% set x = 1 %}{% if a %}{% endif %}"), None);
+        assert_eq!(
+            unclosed_block("{% set x %}abc").map(|b| b.name),
+            Some("set".to_string())
+        );
     }
 
     #[test]

@@ -61,14 +61,49 @@ impl Default for RunInfo {
     }
 }
 
-/// `$PHOENIX_ACTOR`, else `$USER`, else "unknown".
+/// Who runs phoenix: `$PHOENIX_ACTOR`, else `$USER` or `$LOGNAME`, else the Git identity
+/// (`user.email`, else `user.name`, from the global Git configuration), else the OS user of the
+/// process (its name, or `uid N`), and "unknown" only when none of these can be read. Cron and
+/// CI often run without `$USER`.
 pub fn actor_from_env() -> String {
-    ["PHOENIX_ACTOR", "USER"]
+    let nonempty = |v: String| {
+        let v = v.trim().to_string();
+        (!v.is_empty()).then_some(v)
+    };
+    ["PHOENIX_ACTOR", "USER", "LOGNAME"]
         .iter()
         .filter_map(|var| std::env::var(var).ok())
-        .map(|v| v.trim().to_string())
-        .find(|v| !v.is_empty())
+        .find_map(nonempty)
+        .or_else(|| {
+            let config = git2::Config::open_default().ok()?;
+            ["user.email", "user.name"]
+                .iter()
+                .filter_map(|key| config.get_string(key).ok())
+                .find_map(nonempty)
+        })
+        .or_else(os_user)
         .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The OS user of this process, from `/proc/self/status` and `/etc/passwd` (Linux).
+fn os_user() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let name = std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|l| {
+                let mut parts = l.split(':');
+                let name = parts.next()?;
+                (parts.nth(1)? == uid && !name.is_empty()).then(|| name.to_string())
+            })
+        });
+    Some(name.unwrap_or_else(|| format!("uid {uid}")))
 }
 
 /// The host name, where it is cheap to read.

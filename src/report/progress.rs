@@ -1,8 +1,10 @@
-//! Terminal progress on stderr: one line per layer (spinner, status, elapsed) and one per active
-//! node with its last progress message; each finished node prints one line above the bars.
+//! Progress on stderr. On a terminal: one line per layer (spinner, status, elapsed) and one per
+//! active node with its last progress message; each finished node prints one line above the bars.
+//! Elsewhere (a log, a pipe): plain lines, see [`lines`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
+use std::io::Write;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -15,19 +17,28 @@ use crate::engine::{Layer, LayerStatus, NodeState};
 pub enum ProgressMode {
     /// Live bars (stderr is a terminal, human output).
     Bars,
-    /// One plain line per finished node and layer, for logs.
+    /// Plain lines for logs: nodes started and finished, what they wait for, a heartbeat.
     Lines,
     /// Nothing is drawn.
     Off,
 }
 
 impl ProgressMode {
-    /// Bars when stderr is a terminal and the output mode is not JSON; otherwise nothing.
+    /// Bars when stderr is a terminal, plain lines when it is not (a log, a pipe), nothing with
+    /// JSON output (stdout then carries every event).
     pub fn detect(json_output: bool) -> Self {
-        if json_output || !std::io::stderr().is_terminal() {
+        Self::choose(json_output, 0, std::io::stderr().is_terminal())
+    }
+
+    /// The rule of [`ProgressMode::detect`], with `-v` (`verbose` > 0): plain lines, which keep
+    /// every step and wait, also on a terminal.
+    pub fn choose(json_output: bool, verbose: u8, terminal: bool) -> Self {
+        if json_output {
             ProgressMode::Off
-        } else {
+        } else if terminal && verbose == 0 {
             ProgressMode::Bars
+        } else {
+            ProgressMode::Lines
         }
     }
 }
@@ -36,7 +47,7 @@ impl ProgressMode {
 pub async fn show(stream: EventStream, mode: ProgressMode) {
     match mode {
         ProgressMode::Bars => draw(stream, ProgressDrawTarget::stderr()).await,
-        ProgressMode::Lines => print_lines(stream).await,
+        ProgressMode::Lines => lines(stream, std::io::stderr(), HEARTBEAT).await,
         // Still drained, so the caller can await this reader like the others.
         ProgressMode::Off => drop(stream.collect().await),
     }
@@ -65,15 +76,92 @@ pub fn layer_line(layer: Layer, status: LayerStatus, duration: Duration) -> Stri
     }
 }
 
-async fn print_lines(mut stream: EventStream) {
-    while let Some(record) = stream.next().await {
+/// How often [`lines`] repeats what a still-running node is waiting for.
+pub const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// A node the line reader has seen start and not finish.
+struct Running {
+    since: tokio::time::Instant,
+    last: Option<String>,
+}
+
+/// Plain progress for logs (stderr is not a terminal: CI, cron, `| tee`): a line when a node
+/// starts, when what it is doing or waiting for changes, when an attempt fails and is retried,
+/// when it finishes, and every `heartbeat` for each node still running, with what it waits for
+/// and for how long. Write errors are ignored: a closed log is no reason to stop the run.
+pub async fn lines<W: Write>(mut stream: EventStream, mut out: W, heartbeat: Duration) {
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    let mut empty: std::collections::BTreeSet<Layer> = std::collections::BTreeSet::new();
+    let start = tokio::time::Instant::now() + heartbeat;
+    let mut ticker = tokio::time::interval_at(start, heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let record = tokio::select! {
+            // Cancel-safe: an unbounded channel receive loses nothing when it loses the race.
+            record = stream.next() => match record {
+                Some(record) => record,
+                None => break,
+            },
+            // Cancel-safe: an interval tick that loses the race is simply taken next time.
+            _ = ticker.tick() => {
+                for (id, node) in &running {
+                    let took = format_duration(node.since.elapsed());
+                    let doing = node.last.as_deref().unwrap_or("running");
+                    let _ = writeln!(out, "… {id}: {doing} ({took} so far)");
+                }
+                let _ = out.flush();
+                continue;
+            }
+        };
         let line = match &record.event {
+            // A layer without nodes (the env has none) says nothing.
+            Event::LayerStarted { nodes: 0, layer } => {
+                empty.insert(*layer);
+                None
+            }
+            Event::LayerFinished { layer, .. } if empty.contains(layer) => None,
+            Event::LayerStarted { layer, nodes } => Some(format!(
+                "{layer} started ({nodes} node{})",
+                if *nodes == 1 { "" } else { "s" }
+            )),
+            Event::NodeStarted {
+                id, description, ..
+            } => {
+                running.insert(
+                    id.clone(),
+                    Running {
+                        since: tokio::time::Instant::now(),
+                        last: None,
+                    },
+                );
+                Some(format!("→ {id} started: {description}"))
+            }
+            Event::NodeProgress { id, message } => match running.get_mut(id) {
+                Some(node) if node.last.as_deref() == Some(message.as_str()) => None,
+                Some(node) => {
+                    node.last = Some(message.clone());
+                    Some(format!("  {id}: {message}"))
+                }
+                None => Some(format!("  {id}: {message}")),
+            },
+            Event::NodeRetry {
+                id,
+                attempt,
+                error,
+                delay_ms,
+            } => Some(format!(
+                "  {id}: attempt {attempt} failed, retrying in {}: {error}",
+                format_duration(Duration::from_millis(*delay_ms))
+            )),
             Event::NodeFinished {
                 id,
                 result,
                 duration_ms,
                 ..
-            } => node_line(id, result, Duration::from_millis(*duration_ms)),
+            } => {
+                running.remove(id);
+                node_line(id, result, Duration::from_millis(*duration_ms))
+            }
             Event::LayerFinished {
                 layer,
                 status,
@@ -87,7 +175,8 @@ async fn print_lines(mut stream: EventStream) {
             _ => None,
         };
         if let Some(line) = line {
-            eprintln!("{line}");
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
         }
     }
 }

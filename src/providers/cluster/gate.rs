@@ -320,6 +320,10 @@ pub struct GateOptions {
     pub timeout: Duration,
     pub poll_interval: Duration,
     pub client: ClientTimeouts,
+    /// An existing cluster fails once every connection was refused for this long: it is not
+    /// booting, so nothing will come to listen (a k3s server refuses while it boots and gets the
+    /// whole `timeout`).
+    pub refused_grace: Duration,
 }
 
 impl Default for GateOptions {
@@ -328,6 +332,7 @@ impl Default for GateOptions {
             timeout: Duration::from_secs(600),
             poll_interval: Duration::from_secs(2),
             client: ClientTimeouts::default(),
+            refused_grace: Duration::from_secs(15),
         }
     }
 }
@@ -406,6 +411,8 @@ impl Action for ControlPlane {
 struct Pending {
     headline: String,
     detail: String,
+    /// The API server refused the connection (nothing listens at the address).
+    refused: bool,
 }
 
 async fn gate(
@@ -413,6 +420,7 @@ async fn gate(
     target: GateTarget,
     opts: GateOptions,
 ) -> Result<NodeOutcome, NodeError> {
+    let existing = matches!(target, GateTarget::Existing { .. });
     let (env_name, access, expect, required) = match target {
         GateTarget::K3s {
             phoenix_home,
@@ -456,9 +464,15 @@ async fn gate(
         ),
     };
     let config = super::access::config_for(&access).await?;
-    let url = config.cluster_url.to_string();
+    // `Uri` prints a bare host with a trailing slash; paths are appended to it below.
+    let url = config
+        .cluster_url
+        .to_string()
+        .trim_end_matches('/')
+        .to_string();
     let client = client_for(&access).await?;
     let last: Arc<Mutex<Option<Pending>>> = Arc::default();
+    let refused_since: Arc<Mutex<Option<tokio::time::Instant>>> = Arc::default();
     let what = format!(
         "the control plane of {env_name} at {url}: /readyz ok, {} nodes Ready, kube-system Deployments Available",
         match &expect {
@@ -466,6 +480,13 @@ async fn gate(
             NodeExpectation::AtLeast(n) => format!("at least {n}"),
         }
     );
+    if existing {
+        ctx.progress(format!(
+            "existing cluster at {url}: waiting up to {} for it to be ready; connections refused for {} end the wait",
+            format_duration(opts.timeout),
+            format_duration(opts.refused_grace)
+        ));
+    }
     let result = ctx
         .wait_for_state(&what, opts.timeout, opts.poll_interval, || {
             let client = client.clone();
@@ -473,8 +494,26 @@ async fn gate(
             let required = required.clone();
             let url = url.clone();
             let last = Arc::clone(&last);
+            let refused_since = Arc::clone(&refused_since);
+            let env_name = env_name.clone();
             async move {
                 let outcome = poll(&client, &url, &expect, &required).await;
+                let refused = matches!(&outcome, Err(p) if p.refused);
+                let since = {
+                    let mut since = refused_since.lock().unwrap_or_else(PoisonError::into_inner);
+                    if !refused {
+                        *since = None;
+                    }
+                    *since.get_or_insert_with(tokio::time::Instant::now)
+                };
+                if existing && refused && since.elapsed() >= opts.refused_grace {
+                    return Err(NodeError::permanent(format!(
+                        "existing cluster of {env_name}: every connection to {url} was refused for {}; \
+                         nothing listens there (check the server in cluster.existing's kubeconfig, \
+                         and that the API server runs)",
+                        format_duration(opts.refused_grace)
+                    )));
+                }
                 Ok(match outcome {
                     Ok(report) => Check::Ready(report),
                     Err(p) => {
@@ -491,7 +530,9 @@ async fn gate(
             ctx.progress(format!("{} ({url})", report.headline()));
             Ok(NodeOutcome::Converged)
         }
-        // The check never fails, so an error is the wait's deadline: say what was missing.
+        // Refused past the grace (an existing cluster), or a cancelled wait: as it is.
+        Err(err) if !err.message.starts_with("timed out after") => Err(err),
+        // Otherwise the error is the wait's deadline: say what was missing.
         Err(err) => {
             let pending = last.lock().unwrap_or_else(PoisonError::into_inner).clone();
             Err(match pending {
@@ -516,6 +557,7 @@ async fn poll(
     let api_down = |detail: String| Pending {
         headline: "API server not ready".into(),
         detail,
+        refused: false,
     };
     let request = http::Request::get("/readyz")
         .body(Vec::new())
@@ -532,7 +574,12 @@ async fn poll(
                 .collect();
             return Err(api_down(format!("GET {url}/readyz answered {first:?}")));
         }
-        Err(e) => return Err(api_down(format!("GET {url}/readyz: {}", chain(&e)))),
+        Err(e) => {
+            return Err(Pending {
+                refused: is_refused(&e),
+                ..api_down(format!("GET {url}/readyz: {}", chain(&e)))
+            })
+        }
     }
     let nodes = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
@@ -544,6 +591,7 @@ async fn poll(
         return Err(Pending {
             headline: report.headline(),
             detail: report.detail(),
+            refused: false,
         });
     }
     let deployments = Api::<Deployment>::namespaced(client.clone(), "kube-system")
@@ -560,6 +608,7 @@ async fn poll(
         return Err(Pending {
             headline: format!("{} kube-system Deployments not Available", problems.len()),
             detail: problems.join(", "),
+            refused: false,
         });
     }
     Ok(report)
@@ -627,6 +676,23 @@ async fn prune_stale_nodes(
         }
     }
     Ok(deleted)
+}
+
+/// Whether `err` (or a cause) is a refused TCP connection.
+fn is_refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        if e.to_string().contains("Connection refused") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// Fails fast with a readable message when the gate cannot even start (bad target input).

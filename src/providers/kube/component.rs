@@ -38,7 +38,12 @@ pub struct ComponentSpec {
     pub depends_on: Vec<String>,
     /// The node's deadline: apply, health, checks and prune together.
     pub wait: Duration,
+    /// Take back fields another field manager holds (the objects are phoenix's: the ownership
+    /// check ran first); the run says who held them. Off: a conflict fails the object.
     pub force_conflicts: bool,
+    /// Fields left to other managers: already stripped from the manifests, and not compared by
+    /// a diff.
+    pub leave_fields: Vec<crate::env::model::LeftFields>,
     pub checks: Vec<HttpCheck>,
 }
 
@@ -364,16 +369,25 @@ pub(crate) fn first_error<T>(results: Vec<Result<T, KubeError>>) -> Result<Vec<T
         return Ok(ok);
     }
     let transient = errors.iter().all(KubeError::is_transient);
-    let more = errors.len() - 1;
-    let first = errors.swap_remove(0);
-    if more == 0 {
-        return Err(first);
+    if errors.len() == 1 {
+        return Err(errors.swap_remove(0));
     }
-    Err(KubeError::Several {
-        first: Box::new(first),
-        more,
-        transient,
-    })
+    Err(KubeError::Several { errors, transient })
+}
+
+/// The server's conflict message on one line: `conflict with "kubectl-scale" using apps/v1:
+/// .spec.replicas` (several conflicts come as a list).
+pub(crate) fn conflict_summary(detail: &str) -> String {
+    let detail = detail
+        .strip_prefix("Apply failed with ")
+        .and_then(|rest| rest.split_once(": ").map(|(_, r)| r))
+        .unwrap_or(detail);
+    detail
+        .lines()
+        .map(|l| l.trim().trim_start_matches("- ").trim())
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// What the ownership check saw of an existing object.
@@ -495,7 +509,19 @@ pub async fn converge(
                         })
                     }
                 };
-                let live = ops::apply(client, &target, &d.id, &d.body, force, false).await?;
+                // Unforced first, so a conflict says who held which fields; then, on an object
+                // that is phoenix's (checked above), the fields are taken back.
+                let live = match ops::apply(client, &target, &d.id, &d.body, false, false).await {
+                    Err(KubeError::Conflict { detail, .. }) if force => {
+                        ctx.progress(format!(
+                            "{}: taking back fields held by another field manager: {}",
+                            d.id,
+                            conflict_summary(&detail)
+                        ));
+                        ops::apply(client, &target, &d.id, &d.body, true, false).await?
+                    }
+                    other => other?,
+                };
                 let old = before_ref.get(&i).and_then(|o| o.as_ref());
                 let rv = ops::resource_version(&live).unwrap_or_default().to_string();
                 let changed = old.is_none_or(|old| old.rv != rv);

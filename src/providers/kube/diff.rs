@@ -53,6 +53,10 @@ pub struct ObjectDiff {
     pub source: String,
     pub line: usize,
     pub state: DriftState,
+    /// Fields not compared: their value in Git is made from a secret that is not available where
+    /// the diff runs (`**unknown**(NAME)`), so neither "in sync" nor "changed" would be honest.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
     /// What applying Git would make of the object (the dry-run result when it exists, else the
     /// manifest), normalized like the comparison; Secret values redacted. For showing a diff.
     #[serde(skip)]
@@ -201,6 +205,23 @@ pub fn hide_secret_values(secret: &mut Value) {
     }
 }
 
+/// Whether `value` holds a value made from a secret not available here: a string with the
+/// `**unknown**` marker, plainly or base64-encoded (a Secret's `data`).
+fn holds_unknown(value: &Value) -> bool {
+    use base64::Engine as _;
+    match value {
+        Value::String(s) => {
+            crate::render::has_unknown(s)
+                || base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .is_ok_and(|bytes| crate::render::has_unknown(&String::from_utf8_lossy(&bytes)))
+        }
+        Value::Array(items) => items.iter().any(holds_unknown),
+        Value::Object(map) => map.values().any(holds_unknown),
+        _ => false,
+    }
+}
+
 fn redact(mut fields: Vec<FieldDiff>) -> Vec<FieldDiff> {
     for f in &mut fields {
         if f.path.starts_with(".data") || f.path.starts_with(".stringData") {
@@ -260,15 +281,26 @@ pub async fn diff_component_with(
         let seals = seals_ref;
         async move {
             let secret = d.id.is_secret();
+            let unknown_body = holds_unknown(&d.body);
             let Some(Kind::Served(target)) = kind else {
-                return Ok((DriftState::Missing, None, for_display(&d.body, secret)));
+                return Ok((
+                    DriftState::Missing,
+                    None,
+                    for_display(&d.body, secret),
+                    Vec::new(),
+                ));
             };
             let live = match prefetched.get(&live_key(&d.id)) {
                 Some(live) => Some(live.clone()),
                 None => ops::get(client, target, &d.id).await?,
             };
             let Some(live) = live else {
-                return Ok((DriftState::Missing, None, for_display(&d.body, secret)));
+                return Ok((
+                    DriftState::Missing,
+                    None,
+                    for_display(&d.body, secret),
+                    Vec::new(),
+                ));
             };
             if !marks.owns(&live) {
                 let found = Marks::describe_found(&live);
@@ -276,16 +308,28 @@ pub async fn diff_component_with(
                     DriftState::NotOwned(found),
                     Some(live),
                     for_display(&d.body, secret),
+                    Vec::new(),
                 ));
             }
-            let hash = body_hash(&d.id, &d.body);
+            // A body with unknown values is never sealed: it is not what Git renders.
+            let hash = body_hash(&d.id, &d.body).filter(|_| !unknown_body);
             if hash.as_ref().is_some_and(|h| seals.holds(&live, h)) {
                 let shown = for_display(&live, secret);
-                return Ok((DriftState::InSync, Some(live), shown));
+                return Ok((DriftState::InSync, Some(live), shown, Vec::new()));
             }
             dry_runs_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let dry = ops::apply(client, target, &d.id, &d.body, true, true).await?;
-            let mut fields = compare(&dry, &live);
+            let left: Vec<_> = spec
+                .leave_fields
+                .iter()
+                .filter(|l| l.matches(&d.body))
+                .collect();
+            let (unknown, mut fields): (Vec<FieldDiff>, Vec<FieldDiff>) = compare(&dry, &live)
+                .into_iter()
+                // Fields left to another manager are theirs: never drift.
+                .filter(|f| !left.iter().any(|l| l.covers(&f.path)))
+                .partition(|f| unknown_body && f.desired.as_ref().is_some_and(holds_unknown));
+            let unknown: Vec<String> = unknown.into_iter().map(|f| f.path).collect();
             if secret {
                 fields = redact(fields);
             }
@@ -298,21 +342,21 @@ pub async fn diff_component_with(
                 seals.unseal(&live);
                 DriftState::Changed(fields)
             };
-            Ok::<_, KubeError>((state, Some(live), for_display(&dry, secret)))
+            Ok::<_, KubeError>((state, Some(live), for_display(&dry, secret), unknown))
         }
     })
     .await;
     let results = first_error(results)?;
     let current: HashSet<String> = results
         .iter()
-        .filter_map(|(_, live, _)| live.as_ref().and_then(ops::uid))
+        .filter_map(|(_, live, _, _)| live.as_ref().and_then(ops::uid))
         .collect();
     seals.retain(&current);
     // A cache: when it cannot be written, the next diff sends the dry runs again.
     let _ = seal_store.save(&marks, seals);
     let mut diffs = Vec::with_capacity(objects.len());
     let mut unhealthy = Vec::new();
-    for (d, (state, live, desired)) in objects.iter().zip(results) {
+    for (d, (state, live, desired, unknown)) in objects.iter().zip(results) {
         if let Some(live) = &live {
             if !needs_no_wait(&d.id.api_version, &d.id.kind) {
                 match health(live) {
@@ -336,6 +380,7 @@ pub async fn diff_component_with(
             source: d.source.clone(),
             line: d.line,
             state,
+            unknown,
             desired,
             live,
         });

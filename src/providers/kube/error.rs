@@ -47,8 +47,9 @@ pub enum KubeError {
     },
     /// Server-side apply found fields owned by another field manager.
     #[error(
-        "{object}: field conflict with another manager: {detail}; set `forceConflicts: true` on \
-         the component or pass --force-conflicts to take ownership"
+        "{object}: field conflict with another manager: {detail}; the component sets \
+         `forceConflicts: false`: remove that (or pass --force-conflicts) to take the fields back, \
+         or list them under the component's `leaveFields` to leave them to that manager"
     )]
     Conflict {
         object: Box<ObjectRef>,
@@ -62,11 +63,10 @@ pub enum KubeError {
         detail: String,
         transient: bool,
     },
-    /// Several objects of one batch failed; the first (in apply order) is shown.
-    #[error("{first} (and {more} more objects failed)")]
+    /// Several objects of one batch failed; every one is named, in apply order.
+    #[error("{} objects failed: {}", errors.len(), errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Several {
-        first: Box<KubeError>,
-        more: usize,
+        errors: Vec<KubeError>,
         transient: bool,
     },
     /// The inventory ConfigMap exists but cannot be read.

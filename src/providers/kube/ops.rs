@@ -123,10 +123,39 @@ pub async fn list(
     namespace: Option<&str>,
     selector: &str,
 ) -> Result<Vec<Value>, KubeError> {
-    let what = match namespace {
+    list_raw(client, target, namespace, selector)
+        .await
+        .map_err(|e| KubeError::api("listing", listed(target, namespace), &e))
+}
+
+/// [`list`] for a kind found by an earlier discovery that may no longer be served: a custom
+/// resource whose CRD was deleted a moment ago (a teardown deletes the CRDs it applied) answers
+/// 404, and has no objects left to list.
+pub async fn list_if_served(
+    client: &::kube::Client,
+    target: &Target,
+    namespace: Option<&str>,
+    selector: &str,
+) -> Result<Vec<Value>, KubeError> {
+    match list_raw(client, target, namespace, selector).await {
+        Err(::kube::Error::Api(status)) if status.code == 404 => Ok(Vec::new()),
+        other => other.map_err(|e| KubeError::api("listing", listed(target, namespace), &e)),
+    }
+}
+
+fn listed(target: &Target, namespace: Option<&str>) -> String {
+    match namespace {
         Some(ns) => format!("{} in namespace {ns}", target.resource.plural),
         None => target.resource.plural.clone(),
-    };
+    }
+}
+
+async fn list_raw(
+    client: &::kube::Client,
+    target: &Target,
+    namespace: Option<&str>,
+    selector: &str,
+) -> Result<Vec<Value>, ::kube::Error> {
     api(client, target, namespace)
         .list(&ListParams::default().labels(selector))
         .await
@@ -146,7 +175,6 @@ pub async fn list(
                 })
                 .collect()
         })
-        .map_err(|e| KubeError::api("listing", what, &e))
 }
 
 /// The uid of a live object.

@@ -160,7 +160,7 @@ pub async fn destroy_all(client: &::kube::Client, env: &str) -> Result<Vec<Objec
     let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_ENV}={env}");
     let listed = bounded(targets, LIMIT, |t| {
         let selector = &selector;
-        async move { ops::list(client, &t, None, selector).await }
+        async move { ops::list_if_served(client, &t, None, selector).await }
     })
     .await;
     let mut left: Vec<ObjectRef> = first_error(listed)?
