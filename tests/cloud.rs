@@ -1466,7 +1466,30 @@ async fn insufficient_capacity_is_retried_a_few_times_then_named_with_type_and_z
 /// raise it, and fails at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_error_names_the_quota_and_fails_at_once() {
-    let (_moto, _proxy, run) = converge_through(
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.port);
+    let ec2 = client(&proxy.endpoint(), &fast_opts()).await;
+    // A forgotten drill copy holds a VPC.
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+    let copy_vpc = ec2
+        .client()
+        .create_vpc()
+        .cidr_block("10.99.0.0/16")
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Vpc)
+                .tags(tag("phoenix:env", "demo-drill-ab12"))
+                .tags(tag("phoenix:expires", "2026-01-01T00:00:00Z"))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("a copy's VPC")
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("vpc id")
+        .to_string();
+    proxy.inject(
         ec2_error(
             400,
             "VpcLimitExceeded",
@@ -1474,8 +1497,8 @@ async fn a_quota_error_names_the_quota_and_fails_at_once() {
         ),
         1,
         Some("CreateVpc"),
-    )
-    .await;
+    );
+    let run = converge(&ec2, &desired_for(&model(), ENV, "c1")).await;
     assert!(!run.converged);
     let node = run.node("cloud/vpc").expect("vpc node");
     let error = node.state.detail().unwrap_or_default().to_string();
@@ -1485,9 +1508,18 @@ async fn a_quota_error_names_the_quota_and_fails_at_once() {
         "L-F678F1CE",
         "aws ec2 describe-vpcs",
         "phoenix gc",
+        "the region's VPCs:",
+        "(the default VPC)",
     ] {
         assert!(error.contains(needle), "{needle:?} in {error}");
     }
+    assert!(
+        error.contains(&format!(
+            "{copy_vpc} (phoenix env demo-drill-ab12, expires 2026-01-01T00:00:00Z)"
+        )),
+        "what uses the quota is named: {error}"
+    );
+    assert!(!error.contains("creating vpc: creating vpc"), "{error}");
     assert!(
         matches!(
             node.state,
