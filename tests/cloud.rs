@@ -1715,3 +1715,53 @@ async fn a_newer_image_is_available_not_drift_and_taken_only_with_update_latest(
         .expect_err("no arm64 image");
     assert!(err.to_string().contains("no image matches"), "{err}");
 }
+
+/// Issue 14, item 10: an instance profile EC2 does not see yet (IAM is eventually consistent)
+/// is retried a few times, then fails naming the profile, instead of at once or at the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_profile_not_yet_visible_is_retried_a_few_times_then_named() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.port);
+    let ec2 = client(&proxy.endpoint(), &fast_opts()).await;
+    let mut cloud = model();
+    cloud.instances.truncate(1);
+    cloud.instances[0].instance_profile = Some("phoenix-nodes".into());
+    proxy.always(
+        ec2_error(
+            400,
+            "InvalidParameterValue",
+            "Value (phoenix-nodes) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name",
+        ),
+        Some("RunInstances"),
+    );
+    let run = converge(&ec2, &desired_for(&cloud, ENV, "c1")).await;
+    assert!(!run.converged);
+    let node = run.node("cloud/instance/server/0").expect("server node");
+    let error = node.state.detail().unwrap_or_default().to_string();
+    for needle in [
+        "the instance profile phoenix-nodes is still not usable after 5 attempts",
+        "iam:PassRole",
+    ] {
+        assert!(error.contains(needle), "{needle:?} in {error}");
+    }
+    assert!(
+        matches!(
+            node.state,
+            NodeState::Failed {
+                timed_out: false,
+                ..
+            }
+        ),
+        "{:?}",
+        node.state
+    );
+    let launches = proxy
+        .log()
+        .iter()
+        .filter(|(a, _)| a == "RunInstances")
+        .count();
+    assert_eq!(
+        launches, 5,
+        "five attempts, each one request (a 400 is not retried by the SDK)"
+    );
+}
