@@ -1466,7 +1466,30 @@ async fn insufficient_capacity_is_retried_a_few_times_then_named_with_type_and_z
 /// raise it, and fails at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_error_names_the_quota_and_fails_at_once() {
-    let (_moto, _proxy, run) = converge_through(
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.port);
+    let ec2 = client(&proxy.endpoint(), &fast_opts()).await;
+    // A forgotten drill copy holds a VPC.
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+    let copy_vpc = ec2
+        .client()
+        .create_vpc()
+        .cidr_block("10.99.0.0/16")
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Vpc)
+                .tags(tag("phoenix:env", "demo-drill-ab12"))
+                .tags(tag("phoenix:expires", "2026-01-01T00:00:00Z"))
+                .build(),
+        )
+        .send()
+        .await
+        .expect("a copy's VPC")
+        .vpc()
+        .and_then(|v| v.vpc_id())
+        .expect("vpc id")
+        .to_string();
+    proxy.inject(
         ec2_error(
             400,
             "VpcLimitExceeded",
@@ -1474,8 +1497,8 @@ async fn a_quota_error_names_the_quota_and_fails_at_once() {
         ),
         1,
         Some("CreateVpc"),
-    )
-    .await;
+    );
+    let run = converge(&ec2, &desired_for(&model(), ENV, "c1")).await;
     assert!(!run.converged);
     let node = run.node("cloud/vpc").expect("vpc node");
     let error = node.state.detail().unwrap_or_default().to_string();
@@ -1485,9 +1508,18 @@ async fn a_quota_error_names_the_quota_and_fails_at_once() {
         "L-F678F1CE",
         "aws ec2 describe-vpcs",
         "phoenix gc",
+        "the region's VPCs:",
+        "(the default VPC)",
     ] {
         assert!(error.contains(needle), "{needle:?} in {error}");
     }
+    assert!(
+        error.contains(&format!(
+            "{copy_vpc} (phoenix env demo-drill-ab12, expires 2026-01-01T00:00:00Z)"
+        )),
+        "what uses the quota is named: {error}"
+    );
+    assert!(!error.contains("creating vpc: creating vpc"), "{error}");
     assert!(
         matches!(
             node.state,
@@ -1682,4 +1714,54 @@ async fn a_newer_image_is_available_not_drift_and_taken_only_with_update_latest(
         .await
         .expect_err("no arm64 image");
     assert!(err.to_string().contains("no image matches"), "{err}");
+}
+
+/// Issue 14, item 10: an instance profile EC2 does not see yet (IAM is eventually consistent)
+/// is retried a few times, then fails naming the profile, instead of at once or at the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_profile_not_yet_visible_is_retried_a_few_times_then_named() {
+    let moto = Moto::start();
+    let proxy = FaultProxy::start(moto.port);
+    let ec2 = client(&proxy.endpoint(), &fast_opts()).await;
+    let mut cloud = model();
+    cloud.instances.truncate(1);
+    cloud.instances[0].instance_profile = Some("phoenix-nodes".into());
+    proxy.always(
+        ec2_error(
+            400,
+            "InvalidParameterValue",
+            "Value (phoenix-nodes) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name",
+        ),
+        Some("RunInstances"),
+    );
+    let run = converge(&ec2, &desired_for(&cloud, ENV, "c1")).await;
+    assert!(!run.converged);
+    let node = run.node("cloud/instance/server/0").expect("server node");
+    let error = node.state.detail().unwrap_or_default().to_string();
+    for needle in [
+        "the instance profile phoenix-nodes is still not usable after 5 attempts",
+        "iam:PassRole",
+    ] {
+        assert!(error.contains(needle), "{needle:?} in {error}");
+    }
+    assert!(
+        matches!(
+            node.state,
+            NodeState::Failed {
+                timed_out: false,
+                ..
+            }
+        ),
+        "{:?}",
+        node.state
+    );
+    let launches = proxy
+        .log()
+        .iter()
+        .filter(|(a, _)| a == "RunInstances")
+        .count();
+    assert_eq!(
+        launches, 5,
+        "five attempts, each one request (a 400 is not retried by the SDK)"
+    );
 }

@@ -522,7 +522,9 @@ async fn a_not_ready_node_blocks_the_gate_until_it_is_ready() {
         let sb_addr = sb.addr();
         let name = name.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(800)).await;
+            // Long enough for the gate's first poll on a loaded machine: before it, the gate
+            // observes EC2 twice (instances, then terminated ones) and lists the nodes.
+            tokio::time::sleep(Duration::from_secs(3)).await;
             let _ = moto::request(
                 sb_addr.port(),
                 "POST",

@@ -287,13 +287,20 @@ impl Exec {
         let missing = |what: &str| AwsError::not_ready(&doing, format!("EC2 returned no {what}"));
         match &d.spec {
             ResourceSpec::Vpc { cidr } => {
-                let out = c
+                let out = match c
                     .create_vpc()
                     .cidr_block(cidr)
                     .tag_specifications(tags::spec(ResourceType::Vpc, &d.tags))
                     .send()
                     .await
-                    .map_err(self.ec2.err(&doing))?;
+                    .map_err(self.ec2.err(&doing))
+                {
+                    Ok(out) => out,
+                    Err(e) if e.code() == Some("VpcLimitExceeded") => {
+                        return Err(self.vpcs_in_use(&doing, e).await)
+                    }
+                    Err(e) => return Err(e),
+                };
                 let id = out
                     .vpc()
                     .and_then(|v| v.vpc_id())
@@ -1487,6 +1494,43 @@ impl Exec {
         }
     }
 
+    /// The VPC quota is used up: name what uses it (every VPC of the region, with the env or
+    /// copy that owns it and its expiry), so forgotten drill and ephemeral copies show.
+    async fn vpcs_in_use(&self, doing: &str, quota: AwsError) -> AwsError {
+        let Ok(out) = self.ec2.client().describe_vpcs().send().await else {
+            return quota;
+        };
+        let used: Vec<String> = out
+            .vpcs()
+            .iter()
+            .map(|v| {
+                let t = tags::from_sdk(Some(v.tags()));
+                let id = v.vpc_id().unwrap_or("?");
+                let owner = match (t.get(super::tags::TAG_ENV), v.is_default()) {
+                    (Some(env), _) => match t.get(super::tags::TAG_EXPIRES) {
+                        Some(exp) => format!("phoenix env {env}, expires {exp}"),
+                        None => format!("phoenix env {env}"),
+                    },
+                    (None, Some(true)) => "the default VPC".to_string(),
+                    (None, _) => t
+                        .get(TAG_NAME_KEY)
+                        .map(|n| format!("not phoenix's: {n}"))
+                        .unwrap_or_else(|| "not phoenix's".to_string()),
+                };
+                format!("{id} ({owner})")
+            })
+            .collect();
+        let why = quota.to_string();
+        let why = why
+            .strip_prefix(&format!("{doing}: "))
+            .unwrap_or(&why)
+            .to_string();
+        AwsError::refused(
+            doing,
+            format!("{why}; the region's VPCs: {}", used.join(", ")),
+        )
+    }
+
     async fn own_subnet_ids(&self) -> Res<Vec<String>> {
         Ok(live::subnets(&self.ec2, &self.env, None)
             .await?
@@ -1577,6 +1621,9 @@ async fn instance_state(ec2: &Ec2, id: &str, doing: &str) -> Res<Option<(String,
         ok(status.instance_status()) && ok(status.system_status()),
     )))
 }
+/// The `Name` tag, for naming foreign resources.
+const TAG_NAME_KEY: &str = "Name";
+
 /// The metadata options every instance is launched with (part of the client token).
 const IMDS_OPTIONS: &str = "endpoint=enabled,tokens=required,hop-limit=1";
 
