@@ -11,6 +11,6 @@ if [ -z "$kube" ]; then
 fi
 minor="$(echo "$kube" | cut -d. -f2)"
 pkg=k8s.io/component-base/version
-go build -trimpath -o bin/testenv \
+go build -trimpath -buildvcs=false -o bin/testenv \
     -ldflags "-s -w -X $pkg.gitVersion=$kube -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitCommit=release-$kube -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z" \
     ./cmd/testenv

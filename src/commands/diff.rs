@@ -169,9 +169,28 @@ async fn check_layers(
             version: None,
         }),
     };
-    // A k3s cluster without a server instance does not exist, and one whose kubeconfig the
-    // gate has not written yet (`rebuild --layers cloud`) has not been built: everything above
-    // the cloud is missing, which is known without asking anything (a rebuild creates it all).
+    // The kubeconfig is derived, not stored: a machine that never ran phoenix for this env
+    // (a colleague's laptop, CI, the replacement for a lost one) reaches the cluster too. It is
+    // written first, so its absence below means only that it cannot be derived here.
+    if let (Some(_), Some(cloud), Some(live)) = (k3s, &dep.env.cloud, &live_cloud) {
+        if cl::server_instance(&dep.name, cloud, live).is_ok() {
+            if let Err(e) = dep.refresh_kubeconfig(ctx, live) {
+                let why = format!("cannot reach the cluster: {}", e.summary());
+                out.push(LayerDrift::error(Layer::Cluster, why.clone(), t.elapsed()));
+                for l in [Layer::Addons, Layer::Apps] {
+                    out.push(LayerDrift::error(
+                        l,
+                        format!("not checked: {why}"),
+                        Duration::ZERO,
+                    ));
+                }
+                return Ok(out);
+            }
+        }
+    }
+    // A k3s cluster without a server instance does not exist, and one without a kubeconfig
+    // (the cluster secret is not available here to derive it) cannot be reached: everything
+    // above the cloud is missing, which is known without asking anything.
     let not_built = match (k3s, &dep.env.cloud, &live_cloud) {
         (Some(_), Some(cloud), Some(live))
             if cl::server_instance(&dep.name, cloud, live).is_err() =>
@@ -179,7 +198,8 @@ async fn check_layers(
             Some("no k3s server instance exists, so neither does the cluster".to_string())
         }
         (Some(_), _, _) if !access.kubeconfig.exists() => Some(format!(
-            "not built yet: the cluster layer has not run (no kubeconfig at {})",
+            "not reachable from here: no kubeconfig at {} (the cluster layer has not run, or the \
+             cluster secret is not available to derive it)",
             access.kubeconfig.display()
         )),
         _ => None,
@@ -223,22 +243,6 @@ async fn check_layers(
             ));
         }
         return Ok(out);
-    }
-    // The kubeconfig is derived, not stored: a machine that never ran phoenix for this env
-    // (a colleague's laptop, CI, the replacement for a lost one) reaches the cluster too.
-    if let Some(live) = &live_cloud {
-        if let Err(e) = dep.refresh_kubeconfig(ctx, live) {
-            let why = format!("cannot reach the cluster: {}", e.summary());
-            out.push(LayerDrift::error(Layer::Cluster, why.clone(), t.elapsed()));
-            for l in [Layer::Addons, Layer::Apps] {
-                out.push(LayerDrift::error(
-                    l,
-                    format!("not checked: {why}"),
-                    Duration::ZERO,
-                ));
-            }
-            return Ok(out);
-        }
     }
     let client = match cl::client_for(&access).await {
         Ok(c) => c,
