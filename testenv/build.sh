@@ -4,6 +4,10 @@
 # cache makes a second build take seconds; a cold one takes 8-15 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+# Go's default install location, for shells that did not read a profile adding it to PATH.
+if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
+    export PATH="/usr/local/go/bin:$PATH"
+fi
 kube="$(sed -n 's/^\tk8s.io\/kubernetes \(v[0-9.]*\)$/\1/p' go.mod | head -1)"
 if [ -z "$kube" ]; then
     echo "testenv/build.sh: no k8s.io/kubernetes version in go.mod" >&2
