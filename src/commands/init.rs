@@ -12,9 +12,19 @@ use std::path::{Path, PathBuf};
 fn files(args: &InitArgs) -> Vec<(String, String)> {
     let name = &args.name;
     let dir = format!("environments/{name}");
+    let secret_var: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let spec = match &args.aws {
         Some(region) => format!(
-            "  cloud:\n    provider: aws\n    region: {region}\n    network:\n      cidr: 10.40.0.0/16\n      subnets:\n        - {{ name: public-a, cidr: 10.40.1.0/24, zone: {region}a, public: true }}\n    securityGroups:\n      - name: cluster\n        ingress:\n          - {{ port: 6443, from: 0.0.0.0/0, description: kubernetes API }}\n          - {{ protocol: all, ports: all, fromGroup: cluster, description: node to node }}\n    instances:\n      - name: server\n        role: server\n        count: 1\n        type: t3.medium\n        image: {{ owner: amazon, name: \"al2023-ami-2023*-kernel-6.1-x86_64\" }}\n        subnet: public-a\n        securityGroups: [cluster]\n  cluster:\n    # The user-data comes from the built-in templates/cloud-init/; a file of the same path in\n    # this repository overrides it.\n    distribution: k3s\n    version: v1.31.4+k3s1\n    endpoint: public\n"
+            "  cloud:\n    provider: aws\n    region: {region}\n    network:\n      cidr: 10.40.0.0/16\n      subnets:\n        - {{ name: public-a, cidr: 10.40.1.0/24, zone: {region}a, public: true }}\n    securityGroups:\n      - name: cluster\n        ingress:\n          - {{ port: 6443, from: 0.0.0.0/0, description: kubernetes API }}\n          - {{ protocol: all, ports: all, fromGroup: cluster, description: node to node }}\n    instances:\n      - name: server\n        role: server\n        count: 1\n        type: t3.medium\n        image: {{ owner: amazon, name: \"al2023-ami-2023*-kernel-6.1-x86_64\" }}\n        subnet: public-a\n        securityGroups: [cluster]\n  cluster:\n    # The user-data comes from the built-in templates/cloud-init/; a file of the same path in\n    # this repository overrides it.\n    distribution: k3s\n    version: v1.37.2+k3s1\n    endpoint: public\n    # The cluster's CAs and join tokens derive from this secret (at least 32 random characters, e.g.\n    # `openssl rand -hex 32`): keep it in your secret store, never in Git.\n    secret: env:PHOENIX_{secret_var}_CLUSTER_SECRET\n"
         ),
         None => {
             let mut existing = format!("kubeconfig: {}", args.kubeconfig);
