@@ -172,20 +172,15 @@ async fn check_layers(
     // The kubeconfig is derived, not stored: a machine that never ran phoenix for this env
     // (a colleague's laptop, CI, the replacement for a lost one) reaches the cluster too. It is
     // written first, so its absence below means only that it cannot be derived here.
-    if let (Some(_), Some(cloud), Some(live)) = (k3s, &dep.env.cloud, &live_cloud) {
-        if cl::server_instance(&dep.name, cloud, live).is_ok() {
-            if let Err(e) = dep.refresh_kubeconfig(ctx, live) {
-                let why = format!("cannot reach the cluster: {}", e.summary());
-                out.push(LayerDrift::error(Layer::Cluster, why.clone(), t.elapsed()));
-                for l in [Layer::Addons, Layer::Apps] {
-                    out.push(LayerDrift::error(
-                        l,
-                        format!("not checked: {why}"),
-                        Duration::ZERO,
-                    ));
-                }
-                return Ok(out);
-            }
+    // (refresh_kubeconfig does nothing without a k3s server instance.)
+    if let Some(live) = &live_cloud {
+        if let Err(e) = dep.refresh_kubeconfig(ctx, live) {
+            unreachable_cluster(
+                &mut out,
+                format!("cannot reach the cluster: {}", e.summary()),
+                t,
+            );
+            return Ok(out);
         }
     }
     // A k3s cluster without a server instance does not exist, and one without a kubeconfig
@@ -248,14 +243,7 @@ async fn check_layers(
         Ok(c) => c,
         Err(e) => {
             let why = format!("cannot reach the cluster: {}", crate::error::chain(&e));
-            out.push(LayerDrift::error(Layer::Cluster, why.clone(), t.elapsed()));
-            for l in [Layer::Addons, Layer::Apps] {
-                out.push(LayerDrift::error(
-                    l,
-                    format!("not checked: {why}"),
-                    Duration::ZERO,
-                ));
-            }
+            unreachable_cluster(&mut out, why, t);
             return Ok(out);
         }
     };
@@ -525,4 +513,20 @@ fn redacted(obj: &serde_json::Value) -> serde_json::Value {
         kube::hide_secret_values(&mut v);
     }
     v
+}
+
+/// The cluster layer as an error, and the add-on and app layers as not checked because of it.
+fn unreachable_cluster(out: &mut Vec<LayerDrift>, why: String, started: Instant) {
+    out.push(LayerDrift::error(
+        Layer::Cluster,
+        why.clone(),
+        started.elapsed(),
+    ));
+    for l in [Layer::Addons, Layer::Apps] {
+        out.push(LayerDrift::error(
+            l,
+            format!("not checked: {why}"),
+            Duration::ZERO,
+        ));
+    }
 }
