@@ -24,8 +24,11 @@ import (
 
 // Cluster is one control plane: its processes, its direct address and the router's proxy to it.
 type Cluster struct {
-	h          *Harness
-	name       string
+	h    *Harness
+	name string
+	// prefix (etcd) and dir are this incarnation's own: a cluster started while its wiped predecessor is still
+	// stopping must not lose the keys it has just written to that predecessor's deletion.
+	prefix     string
 	dir        string
 	server     string
 	kubeconfig string
@@ -45,8 +48,18 @@ type Cluster struct {
 	fromEC2 bool
 }
 
+// newCluster is called with h.mu held.
 func newCluster(h *Harness, name string) *Cluster {
-	return &Cluster{h: h, name: name, dir: filepath.Join(h.opts.Dir, "clusters", name), apiReady: make(chan struct{}), ready: make(chan struct{})}
+	h.incarnations++
+	n := h.incarnations
+	return &Cluster{
+		h:        h,
+		name:     name,
+		prefix:   fmt.Sprintf("/clusters/%s/%d", name, n),
+		dir:      filepath.Join(h.opts.Dir, "clusters", fmt.Sprintf("%s-%d", name, n)),
+		apiReady: make(chan struct{}),
+		ready:    make(chan struct{}),
+	}
 }
 
 func (c *Cluster) markEC2() {
@@ -116,7 +129,7 @@ func (c *Cluster) boot(ctx context.Context) error {
 		}
 		flags := map[string]string{
 			"etcd-servers":                     h.etcdURL,
-			"etcd-prefix":                      etcdPrefix(c.name),
+			"etcd-prefix":                      c.prefix,
 			"bind-address":                     "127.0.0.1",
 			"advertise-address":                "127.0.0.1",
 			"secure-port":                      fmt.Sprint(p),

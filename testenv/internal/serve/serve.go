@@ -66,6 +66,8 @@ type Harness struct {
 	mu       sync.Mutex
 	clusters map[string]*Cluster
 	stopping bool
+	// incarnations numbers every cluster started, for its own etcd prefix and directory.
+	incarnations uint64
 }
 
 type tokens struct{ admin, controllerManager, scheduler string }
@@ -325,13 +327,12 @@ func (h *Harness) wipe(ctx context.Context, name string) bool {
 	c.stop()
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	if _, err := h.etcdCli.Delete(dctx, etcdPrefix(name)+"/", clientv3.WithPrefix()); err != nil {
+	if _, err := h.etcdCli.Delete(dctx, c.prefix+"/", clientv3.WithPrefix()); err != nil {
 		log.Printf("wiping the keys of cluster %s: %v", name, err)
 	}
+	_ = os.RemoveAll(c.dir)
 	return true
 }
-
-func etcdPrefix(name string) string { return "/clusters/" + name }
 
 // watchEC2 starts a cluster as soon as one of its instances runs, and wipes a cluster whose instances are all
 // gone, as on EC2 where the control plane lives on the instances.
