@@ -870,6 +870,124 @@ async fn components_that_left_git_are_removed_and_destroy_all_clears_the_env() {
     .is_some());
 }
 
+/// Deleting a Namespace deletes what is in it, and deleting a CRD every object of its kind: phoenix
+/// deletes its own Namespace or CRD only when nothing it does not own would go with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_or_crd_holding_foreign_objects_is_not_deleted() {
+    let sb = control_plane::start().await;
+    let url = sb.cluster_url("holds");
+    let client = control_plane::client(&url);
+    let base = component(
+        Layer::Addons,
+        "base",
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: keep }\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: { name: base, namespace: keep }\ndata: { a: b }\n",
+    );
+    let crds = component(
+        Layer::Addons,
+        "crds",
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: { name: gadgets.example.com }
+spec:
+  group: example.com
+  scope: Namespaced
+  names: { plural: gadgets, singular: gadget, kind: Gadget }
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema: { openAPIV3Schema: { type: object, x-kubernetes-preserve-unknown-fields: true } }
+"#,
+    );
+    let r = run(&client, vec![base.clone(), crds.clone()], true).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    // Someone else's objects: a ConfigMap in the Namespace, a Gadget of the CRD.
+    let (ok, _, err) = control_plane::kubectl_async(
+        &url,
+        &[
+            "create",
+            "configmap",
+            "hand-made",
+            "-n",
+            "keep",
+            "--from-literal=k=v",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let gadget = "apiVersion: example.com/v1\nkind: Gadget\nmetadata: { name: g1, namespace: default }\nspec: { size: 1 }\n";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("gadget.yaml");
+    std::fs::write(&file, gadget).expect("write gadget");
+    let (ok, _, err) =
+        control_plane::kubectl_async(&url, &["create", "-f", &file.display().to_string()]).await;
+    assert!(ok, "{err}");
+
+    // Both components leave Git: the removal is refused, naming what would have gone.
+    let r = run(&client, vec![], true).await;
+    assert!(!r.summary.converged);
+    let (error, _) = failure(&r, "addons/.removed");
+    assert!(
+        error.contains("refusing to delete") && error.contains("ConfigMap keep/hand-made"),
+        "{error}"
+    );
+    let ns = get(&client, "v1", "Namespace", "namespaces", None, "keep")
+        .await
+        .expect("the namespace is still there");
+    assert!(
+        ns["metadata"]["deletionTimestamp"].is_null(),
+        "the namespace is not being deleted: {ns}"
+    );
+    assert!(cm(&client, "keep", "hand-made").await.is_some());
+
+    // destroy_all refuses too, and names the Gadget that the CRD would take with it.
+    let err = destroy_all(&client, "demo")
+        .await
+        .expect_err("destroy refuses")
+        .to_string();
+    assert!(err.contains("refusing to delete"), "{err}");
+    let crd = get(
+        &client,
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        None,
+        "gadgets.example.com",
+    )
+    .await;
+    let gadget_left = get(
+        &client,
+        "example.com/v1",
+        "Gadget",
+        "gadgets",
+        Some("default"),
+        "g1",
+    )
+    .await;
+    assert!(crd.is_some() && gadget_left.is_some(), "{err}");
+    assert!(cm(&client, "keep", "hand-made").await.is_some());
+
+    // Once the foreign objects are gone, the same teardown finishes.
+    for args in [
+        &["delete", "configmap", "hand-made", "-n", "keep"][..],
+        &["delete", "gadget", "g1", "-n", "default"][..],
+    ] {
+        let (ok, _, err) = control_plane::kubectl_async(&url, args).await;
+        assert!(ok, "{err}");
+    }
+    let deleted = destroy_all(&client, "demo")
+        .await
+        .expect("destroy succeeds");
+    assert!(
+        deleted
+            .iter()
+            .any(|o| o.kind == "Namespace" && o.name == "keep")
+            && deleted.iter().any(|o| o.kind == "CustomResourceDefinition"),
+        "{deleted:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Errors, secrets, checks
 

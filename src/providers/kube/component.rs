@@ -14,6 +14,7 @@ use crate::render::Manifest;
 
 use super::checks::{get_status, HttpCheck};
 use super::connector::Connector;
+use super::contents;
 use super::discovery::{KindMap, Resolver, Target};
 use super::error::KubeError;
 use super::health::{health, needs_no_wait, Health};
@@ -585,7 +586,12 @@ pub async fn converge(
             removed.len()
         ));
         let (_, map) = resolver.current(client).await?;
-        delete_objects(client, &map, &marks, removed, limit).await?
+        // A Namespace or CRD leaving Git may go only with nothing but what leaves with it.
+        let leaving: HashSet<_> = removed.iter().map(ObjectRef::key).collect();
+        let spared = |o: &Value| {
+            marks.owns(o) && ObjectRef::of(o).is_some_and(|id| leaving.contains(&id.key()))
+        };
+        delete_objects(client, &map, &marks, removed, limit, &spared).await?
     };
     inventory::write(client, &marks, &desired_ids).await?;
     // A cache: when it cannot be written, the next diff sends every dry run.
@@ -813,16 +819,29 @@ pub(crate) async fn delete_objects(
     marks: &Marks,
     mut ids: Vec<ObjectRef>,
     limit: usize,
+    spared: &(dyn Fn(&Value) -> bool + Sync),
 ) -> Result<Vec<ObjectRef>, KubeError> {
-    delete_where(client, map, &mut ids, limit, |live| marks.owns(live)).await
+    delete_where(
+        client,
+        map,
+        &mut ids,
+        limit,
+        |live| marks.owns(live),
+        spared,
+    )
+    .await
 }
 
+/// Deletes `ids` that pass `owned`. A Namespace or CRD is deleted only if every object it would
+/// take with it passes `spared` (is being deleted by phoenix too); else the deletion is refused,
+/// naming them.
 pub(crate) async fn delete_where(
     client: &::kube::Client,
     map: &KindMap,
     ids: &mut Vec<ObjectRef>,
     limit: usize,
     owned: impl Fn(&Value) -> bool + Sync,
+    spared: &(dyn Fn(&Value) -> bool + Sync),
 ) -> Result<Vec<ObjectRef>, KubeError> {
     ids.sort_by(apply_order);
     ids.dedup();
@@ -845,6 +864,13 @@ pub(crate) async fn delete_where(
             };
             if !owned(&live) {
                 return Ok(None);
+            }
+            if contents::is_container(&id) {
+                let foreign =
+                    contents::foreign_contents(client, map, &id, &live, spared, limit).await?;
+                if !foreign.is_empty() {
+                    return Err(contents::refusal(&id, &foreign));
+                }
             }
             let gone = ops::delete(client, &target, &id, ops::uid(&live)).await?;
             Ok(gone.then_some(id))

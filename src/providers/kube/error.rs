@@ -69,6 +69,15 @@ pub enum KubeError {
         errors: Vec<KubeError>,
         transient: bool,
     },
+    /// A Namespace or CRD phoenix would delete holds objects it does not own.
+    #[error(
+        "refusing to delete {object}: {detail}; move or delete those objects (or give them \
+         phoenix's marks), then run again"
+    )]
+    HoldsForeign {
+        object: Box<ObjectRef>,
+        detail: String,
+    },
     /// The inventory ConfigMap exists but cannot be read.
     #[error("inventory {name}: {problem}")]
     Inventory { name: String, problem: String },

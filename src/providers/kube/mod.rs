@@ -5,6 +5,7 @@
 mod checks;
 mod component;
 mod connector;
+mod contents;
 mod diff;
 mod discovery;
 mod error;

@@ -16,7 +16,10 @@ use super::connector::Connector;
 use super::discovery::{discover, Resolver};
 use super::error::KubeError;
 use super::inventory::{self, Inventory};
-use super::object::{owned_by_env, Marks, ObjectRef, LABEL_ENV, LABEL_MANAGED_BY, MANAGED_BY};
+use super::object::{
+    owned_by_env, Marks, ObjectRef, LABEL_COMPONENT, LABEL_ENV, LABEL_LAYER, LABEL_MANAGED_BY,
+    MANAGED_BY,
+};
 use super::ops;
 
 /// The node id of a layer's removal node (a name no component can have: component names are
@@ -96,13 +99,22 @@ impl Action for PruneAction {
             if gone.is_empty() {
                 return Ok(NodeOutcome::Unchanged);
             }
+            // A Namespace or CRD of a removed component may take with it only what is removed now.
+            let leaving: HashSet<String> = gone.iter().map(|i| i.component.clone()).collect();
+            let spared = |o: &Value| {
+                owned_by_env(o, &env)
+                    && o["metadata"]["labels"][LABEL_COMPONENT]
+                        .as_str()
+                        .is_some_and(|c| leaving.contains(c))
+                    && o["metadata"]["labels"][LABEL_LAYER].as_str() == Some(layer.as_str())
+            };
             for inv in &gone {
                 ctx.progress(format!(
                     "deleting {} objects of {}, no longer in Git",
                     inv.objects.len(),
                     inv.component
                 ));
-                delete_component(&client, &env, layer, &inv.component, limit).await?;
+                delete_component(&client, &env, layer, &inv.component, limit, &spared).await?;
             }
             Ok(NodeOutcome::Deleted)
         })
@@ -110,13 +122,15 @@ impl Action for PruneAction {
 }
 
 /// Deletes a component's objects (reverse apply order, only those still marked as its own), then
-/// its inventory. Returns what was deleted.
+/// its inventory. A Namespace or CRD of the component is deleted only when everything it holds
+/// passes `spared`. Returns what was deleted.
 pub async fn delete_component(
     client: &::kube::Client,
     env: &str,
     layer: Layer,
     component: &str,
     concurrency: usize,
+    spared: &(dyn Fn(&Value) -> bool + Sync),
 ) -> Result<Vec<ObjectRef>, KubeError> {
     let marks = Marks {
         env: env.to_string(),
@@ -128,7 +142,7 @@ pub async fn delete_component(
         return Ok(Vec::new());
     };
     let map = Resolver::new().current(client).await?.1;
-    let deleted = delete_objects(client, &map, &marks, inv.objects, concurrency).await?;
+    let deleted = delete_objects(client, &map, &marks, inv.objects, concurrency, spared).await?;
     let id = inventory::inventory_ref(env, layer, component);
     if let Some(live) = ops::get(client, &inventory::configmaps(), &id).await? {
         if marks.owns(&live) {
@@ -146,8 +160,12 @@ pub async fn destroy_all(client: &::kube::Client, env: &str) -> Result<Vec<Objec
     let mut deleted = Vec::new();
     let mut inventories = inventory::list(client, env).await?;
     inventories.sort_by(|a, b| b.layer.cmp(&a.layer).then(a.component.cmp(&b.component)));
+    // The whole env goes: its Namespaces and CRDs may take any of its objects with them.
+    let spared = |o: &Value| owned_by_env(o, env);
     for inv in &inventories {
-        deleted.extend(delete_component(client, env, inv.layer, &inv.component, LIMIT).await?);
+        deleted.extend(
+            delete_component(client, env, inv.layer, &inv.component, LIMIT, &spared).await?,
+        );
     }
     let map = discover(client).await?;
     let mut seen = HashSet::new();
@@ -170,9 +188,14 @@ pub async fn destroy_all(client: &::kube::Client, env: &str) -> Result<Vec<Objec
         .filter_map(|o: Value| ObjectRef::of(&o))
         .collect();
     deleted.extend(
-        delete_where(client, &map, &mut left, LIMIT, |live| {
-            owned_by_env(live, env)
-        })
+        delete_where(
+            client,
+            &map,
+            &mut left,
+            LIMIT,
+            |live| owned_by_env(live, env),
+            &spared,
+        )
         .await?,
     );
     Ok(deleted)
