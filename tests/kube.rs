@@ -1091,11 +1091,46 @@ async fn secret_values_never_reach_errors_or_progress() {
         error.contains("Secret default/db: field conflict"),
         "{error}"
     );
+    // A client-side `kubectl apply` of the Secret writes the whole of it, values included, into
+    // the last-applied-configuration annotation, which a diff shows with the live object.
+    let labels = serde_json::to_string(&live["metadata"]["labels"]).unwrap();
+    let applied = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: db, namespace: default, labels: {labels} }}\ndata: {{ password: dG9wLXNlY3JldC12YWx1ZQ== }}\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("db.yaml");
+    std::fs::write(&file, applied).unwrap();
+    let (ok, _, err) = control_plane::kubectl_async(
+        &sb.cluster_url("secrets"),
+        &["apply", "-f", &file.display().to_string()],
+    )
+    .await;
+    assert!(ok, "{err}");
     let d = diff_component(&client, &next).await.unwrap();
     let diff_text = serde_json::to_string(&d).unwrap();
     assert!(diff_text.contains(".data.password"), "{diff_text}");
-    for text in r.events.iter().chain([&error, &diff_text]) {
-        for needle in [encoded, "hunter2-very-secret", "cm90YXRlZA==", "rotated"] {
+    let shown: Vec<String> = d
+        .objects
+        .iter()
+        .flat_map(|o| [Some(&o.desired), o.live.as_ref()])
+        .flatten()
+        .map(|v| v.to_string())
+        .collect();
+    assert!(
+        shown
+            .iter()
+            .any(|s| s.contains("last-applied-configuration")),
+        "the annotation is shown, without its value: {shown:?}"
+    );
+    for text in r.events.iter().chain([&error, &diff_text]).chain(&shown) {
+        for needle in [
+            encoded,
+            "hunter2-very-secret",
+            "cm90YXRlZA==",
+            "rotated",
+            "dG9wLXNlY3JldC12YWx1ZQ==",
+            "top-secret-value",
+        ] {
             assert!(!text.contains(needle), "{needle} leaked: {text}");
         }
     }

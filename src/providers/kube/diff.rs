@@ -194,11 +194,26 @@ fn for_display(obj: &Value, secret: bool) -> Value {
     v
 }
 
-/// Replaces every value under a Secret's `data` and `stringData` with the redaction marker.
+/// Annotations that copy a whole object, values included: a client-side `kubectl apply` writes
+/// the Secret it applied into the first.
+const COPYING_ANNOTATIONS: [&str; 1] = ["kubectl.kubernetes.io/last-applied-configuration"];
+
+/// Replaces every value under a Secret's `data` and `stringData`, and the annotations that copy
+/// them, with the redaction marker.
 pub fn hide_secret_values(secret: &mut Value) {
     for field in ["data", "stringData"] {
         if let Some(map) = secret.get_mut(field).and_then(Value::as_object_mut) {
             for value in map.values_mut() {
+                *value = Value::String(crate::render::REDACTED.into());
+            }
+        }
+    }
+    if let Some(annotations) = secret
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
+        for key in COPYING_ANNOTATIONS {
+            if let Some(value) = annotations.get_mut(key) {
                 *value = Value::String(crate::render::REDACTED.into());
             }
         }
@@ -224,7 +239,11 @@ fn holds_unknown(value: &Value) -> bool {
 
 fn redact(mut fields: Vec<FieldDiff>) -> Vec<FieldDiff> {
     for f in &mut fields {
-        if f.path.starts_with(".data") || f.path.starts_with(".stringData") {
+        let copying = COPYING_ANNOTATIONS.iter().any(|a| {
+            f.path
+                .starts_with(&format!(".metadata.annotations[{}]", Value::from(*a)))
+        });
+        if f.path.starts_with(".data") || f.path.starts_with(".stringData") || copying {
             let hide = |v: &mut Option<Value>| {
                 if v.is_some() {
                     *v = Some(Value::String(crate::render::REDACTED.into()));
@@ -516,6 +535,24 @@ mod tests {
             "{text}"
         );
         assert_eq!(fields[1].desired, Some(json!("b")));
+    }
+
+    #[test]
+    fn a_secret_copied_into_an_annotation_is_hidden() {
+        let mut secret = json!({"kind": "Secret", "data": {"p": "c2VjcmV0"}, "metadata": {"annotations": {
+            "kubectl.kubernetes.io/last-applied-configuration": "{\"data\":{\"p\":\"c2VjcmV0\"}}",
+            "team": "blue"
+        }}});
+        hide_secret_values(&mut secret);
+        assert!(!secret.to_string().contains("c2VjcmV0"), "{secret}");
+        assert_eq!(secret["metadata"]["annotations"]["team"], "blue");
+        let fields = redact(vec![FieldDiff {
+            path: ".metadata.annotations[\"kubectl.kubernetes.io/last-applied-configuration\"]"
+                .into(),
+            desired: None,
+            live: Some(json!("{\"data\":{\"p\":\"c2VjcmV0\"}}")),
+        }]);
+        assert!(!serde_json::to_string(&fields).unwrap().contains("c2VjcmV0"));
     }
 
     #[test]
