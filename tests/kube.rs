@@ -870,6 +870,110 @@ async fn components_that_left_git_are_removed_and_destroy_all_clears_the_env() {
     .is_some());
 }
 
+fn immutable_yaml(version: u32) -> String {
+    format!(
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {{ name: migrate, namespace: default }}
+spec:
+  backoffLimit: 0
+  template:
+    spec: {{ restartPolicy: Never, containers: [{{ name: m, image: "migrate:{version}" }}] }}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{ name: frozen, namespace: default }}
+immutable: true
+data: {{ v: "{version}" }}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{ name: plain, namespace: default }}
+data: {{ v: "{version}" }}
+"#
+    )
+}
+
+async fn uid_of(
+    client: &kube::Client,
+    api_version: &str,
+    kind: &str,
+    plural: &str,
+    name: &str,
+) -> String {
+    get(client, api_version, kind, plural, Some("default"), name)
+        .await
+        .unwrap_or_else(|| panic!("{kind} {name} exists"))["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string()
+}
+
+/// A change to a field fixed at creation (a Job's template, an immutable ConfigMap's data) is one
+/// object to re-create in a diff, next to the rest of the drift, and a rebuild re-creates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_immutable_change_is_an_object_to_recreate_and_rebuild_recreates_it() {
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("immutable"));
+    let mut v1 = component(Layer::Apps, "batch", &immutable_yaml(1));
+    v1.wait = Duration::from_secs(60);
+    let r = run(&client, vec![v1.clone()], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    let job_uid = uid_of(&client, "batch/v1", "Job", "jobs", "migrate").await;
+    let frozen_uid = uid_of(&client, "v1", "ConfigMap", "configmaps", "frozen").await;
+
+    let mut v2 = component(Layer::Apps, "batch", &immutable_yaml(2));
+    v2.wait = Duration::from_secs(60);
+    v2.commit = "c0ffee2".into();
+    let d = diff_component(&client, &v2)
+        .await
+        .expect("the diff is not a failed layer");
+    let state = |name: &str| {
+        d.objects
+            .iter()
+            .find(|o| o.object.name == name)
+            .map(|o| o.state.clone())
+            .unwrap_or_else(|| panic!("{name} in the diff"))
+    };
+    for name in ["migrate", "frozen"] {
+        match state(name) {
+            DriftState::NeedsRecreate(why) => assert!(why.contains("immutable"), "{name}: {why}"),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    assert!(
+        matches!(state("plain"), DriftState::Changed(_)),
+        "{:?}",
+        state("plain")
+    );
+
+    let r = run(&client, vec![v2.clone()], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    assert_eq!(outcome(&r, "apps/batch"), NodeOutcome::Updated);
+    assert!(
+        r.events
+            .iter()
+            .any(|e| e.contains("deleting it and creating it again")),
+        "{:#?}",
+        r.events
+    );
+    assert_ne!(
+        uid_of(&client, "batch/v1", "Job", "jobs", "migrate").await,
+        job_uid
+    );
+    assert_ne!(
+        uid_of(&client, "v1", "ConfigMap", "configmaps", "frozen").await,
+        frozen_uid
+    );
+    assert_eq!(
+        cm(&client, "default", "frozen").await.unwrap()["data"]["v"],
+        "2"
+    );
+    let d = diff_component(&client, &v2).await.expect("diff");
+    assert!(!d.has_drift(), "{:?}", d.objects);
+}
+
 /// Deleting a Namespace deletes what is in it, and deleting a CRD every object of its kind: phoenix
 /// deletes its own Namespace or CRD only when nothing it does not own would go with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -436,6 +436,15 @@ fn object_drift(layer: Layer, diffs: &[ComponentDiff]) -> (Vec<DriftEntry>, Vec<
                     desired: o.desired.clone(),
                     live: o.live.clone().unwrap_or_default(),
                 },
+                DriftState::NeedsRecreate(why) => {
+                    not_owned.push(
+                        DriftEntry::new(layer, resource, EntryKind::Recreate).with_detail(format!(
+                            "{why}; a rebuild of {} deletes it and creates it again",
+                            d.component
+                        )),
+                    );
+                    continue;
+                }
                 DriftState::NotOwned(found) => {
                     not_owned.push(
                         DriftEntry::new(layer, resource, EntryKind::Changed)

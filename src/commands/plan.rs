@@ -216,6 +216,7 @@ fn live_json(dep: &Deployment, checked: &super::diff::Checked) -> serde_json::Va
                         (None, EntryKind::Stopped) => "start",
                         (None, EntryKind::NotReady) => "wait",
                         (None, EntryKind::Version) => "version",
+                        (None, EntryKind::Recreate) => "replace",
                     };
                     let id = match layer {
                         Layer::Cluster => crate::providers::cluster::CONTROL_PLANE_NODE.to_string(),
@@ -329,6 +330,7 @@ fn action_of(kind: EntryKind) -> &'static str {
         EntryKind::Stopped => "~ start ",
         EntryKind::NotReady => "? wait  ",
         EntryKind::Version => "! version",
+        EntryKind::Recreate => "-/+ replace",
     }
 }
 

@@ -153,6 +153,8 @@ pub enum EntryKind {
     NotReady,
     /// A Kubernetes version differs from the one in Git.
     Version,
+    /// Git changes a field fixed at creation: the object is deleted and created again.
+    Recreate,
 }
 
 impl EntryKind {
@@ -165,6 +167,7 @@ impl EntryKind {
             EntryKind::Stopped => "stopped",
             EntryKind::NotReady => "not-ready",
             EntryKind::Version => "version",
+            EntryKind::Recreate => "recreate",
         }
     }
 }

@@ -110,6 +110,7 @@ fn entry_lines(out: &mut String, entry: &DriftEntry, color: bool) {
         EntryKind::Extra => "-",
         EntryKind::Changed | EntryKind::Version => "~",
         EntryKind::Stopped | EntryKind::NotReady => "!",
+        EntryKind::Recreate => "-/+",
     };
     out.push_str(&format!(
         "  {symbol} {} {}",

@@ -394,6 +394,7 @@ pub(crate) fn conflict_summary(detail: &str) -> String {
 /// What the ownership check saw of an existing object.
 struct Before {
     rv: String,
+    uid: Option<String>,
     /// What its labels say, when it is not this component's.
     foreign: Option<String>,
 }
@@ -445,6 +446,7 @@ pub async fn converge(
             ops::get(client, &t, id).await.map(|live| {
                 let seen = live.as_ref().map(|live| Before {
                     rv: ops::resource_version(live).unwrap_or_default().to_string(),
+                    uid: ops::uid(live),
                     foreign: (!marks.owns(live)).then(|| Marks::describe_found(live)),
                 });
                 (i, seen)
@@ -512,18 +514,31 @@ pub async fn converge(
                 };
                 // Unforced first, so a conflict says who held which fields; then, on an object
                 // that is phoenix's (checked above), the fields are taken back.
-                let live = match ops::apply(client, &target, &d.id, &d.body, false, false).await {
+                let old = before_ref.get(&i).and_then(|o| o.as_ref());
+                let first = ops::apply(client, &target, &d.id, &d.body, false, false).await;
+                let first = match first {
                     Err(KubeError::Conflict { detail, .. }) if force => {
                         ctx.progress(format!(
                             "{}: taking back fields held by another field manager: {}",
                             d.id,
                             conflict_summary(&detail)
                         ));
-                        ops::apply(client, &target, &d.id, &d.body, true, false).await?
+                        ops::apply(client, &target, &d.id, &d.body, true, false).await
+                    }
+                    other => other,
+                };
+                let live = match first {
+                    // The object is this component's (checked above): Git wins by re-creating it.
+                    Err(KubeError::Immutable { detail, .. }) if old.is_some() => {
+                        ctx.progress(format!(
+                            "{}: {detail}; deleting it and creating it again",
+                            d.id
+                        ));
+                        let uid = old.and_then(|o| o.uid.clone());
+                        recreate(client, &target, d, uid, force, spec.wait).await?
                     }
                     other => other?,
                 };
-                let old = before_ref.get(&i).and_then(|o| o.as_ref());
                 let rv = ops::resource_version(&live).unwrap_or_default().to_string();
                 let changed = old.is_none_or(|old| old.rv != rv);
                 let healthy = health(&live).is_healthy();
@@ -809,6 +824,40 @@ pub(crate) fn target_for(map: &KindMap, id: &ObjectRef) -> Option<Target> {
     map.all()
         .find(|t| t.resource.group == id.group() && t.resource.kind == id.kind)
         .cloned()
+}
+
+/// Deletes the object `uid` in the foreground (with what it owns: a Job's Pods), waits up to
+/// `wait` until it is gone, then applies `d` again.
+async fn recreate(
+    client: &::kube::Client,
+    target: &Target,
+    d: &Desired,
+    uid: Option<String>,
+    force: bool,
+    wait: Duration,
+) -> Result<Value, KubeError> {
+    ops::delete_foreground(client, target, &d.id, uid.clone()).await?;
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let live = ops::get(client, target, &d.id).await?;
+        if live.as_ref().and_then(ops::uid) != uid || live.is_none() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(KubeError::Api {
+                action: "re-creating",
+                object: d.id.to_string(),
+                detail: format!(
+                    "still being deleted after {}s (waiting for the garbage collector to delete \
+                     what it owns)",
+                    wait.as_secs()
+                ),
+                transient: true,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ops::apply(client, target, &d.id, &d.body, force, false).await
 }
 
 /// Deletes objects in reverse apply order, phase by phase, each only if it still carries the

@@ -76,6 +76,9 @@ pub enum DriftState {
     Changed(Vec<FieldDiff>),
     /// An object of that name exists but is not this component's (what its labels say).
     NotOwned(String),
+    /// Git changes a field fixed at creation (the server's refusal of the dry run says which): a
+    /// rebuild deletes the object and creates it again.
+    NeedsRecreate(String),
 }
 
 /// One differing field. For Secrets, values under `data`/`stringData` are replaced by
@@ -337,7 +340,18 @@ pub async fn diff_component_with(
                 return Ok((DriftState::InSync, Some(live), shown, Vec::new()));
             }
             dry_runs_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dry = ops::apply(client, target, &d.id, &d.body, true, true).await?;
+            let dry = match ops::apply(client, target, &d.id, &d.body, true, true).await {
+                Err(KubeError::Immutable { detail, .. }) => {
+                    seals.unseal(&live);
+                    return Ok((
+                        DriftState::NeedsRecreate(detail),
+                        Some(live),
+                        for_display(&d.body, secret),
+                        Vec::new(),
+                    ));
+                }
+                other => other?,
+            };
             let left: Vec<_> = spec
                 .leave_fields
                 .iter()

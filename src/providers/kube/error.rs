@@ -55,6 +55,12 @@ pub enum KubeError {
         object: Box<ObjectRef>,
         detail: String,
     },
+    /// The change sets a field fixed at creation; the object has to be deleted and created again.
+    #[error("{object}: {detail}; only deleting and re-creating it applies this change")]
+    Immutable {
+        object: Box<ObjectRef>,
+        detail: String,
+    },
     /// The API server rejected a request or could not be reached.
     #[error("{action} {object}: {detail}")]
     Api {

@@ -64,6 +64,16 @@ pub async fn apply(
         .await
     {
         Ok(obj) => Ok(to_value(&obj)),
+        Err(::kube::Error::Api(status)) if is_immutable(&status) => {
+            let mut detail = status.message.clone();
+            if id.is_secret() {
+                detail = scrub(&detail, body);
+            }
+            Err(KubeError::Immutable {
+                object: Box::new(id.clone()),
+                detail,
+            })
+        }
         Err(::kube::Error::Api(status)) if status.code == 409 && status.reason == "Conflict" => {
             let mut detail = status.message.clone();
             if id.is_secret() {
@@ -94,6 +104,17 @@ pub async fn apply(
     }
 }
 
+/// Whether the server refused an update because it changes a field fixed at creation: a Job's
+/// template, a workload's selector, an immutable ConfigMap's data, most of a StatefulSet's or a
+/// PersistentVolumeClaim's spec. Only deleting and creating the object again applies such a change.
+pub(crate) fn is_immutable(status: &::kube::core::Status) -> bool {
+    status.code == 422
+        && (status.message.contains("is immutable")
+            || status
+                .message
+                .contains("updates to statefulset spec for fields other than"))
+}
+
 /// Deletes the object if its uid is still `uid` (so a replacement made meanwhile by someone else
 /// is left alone). `Ok(false)` if it was already gone.
 pub async fn delete(
@@ -102,7 +123,28 @@ pub async fn delete(
     id: &ObjectRef,
     uid: Option<String>,
 ) -> Result<bool, KubeError> {
-    let params = DeleteParams::background().preconditions(Preconditions {
+    delete_with(client, target, id, uid, DeleteParams::background()).await
+}
+
+/// [`delete`] in the foreground: the object stays (with a deletion timestamp) until the garbage
+/// collector has deleted what it owns, so it is gone only once its Pods are.
+pub async fn delete_foreground(
+    client: &::kube::Client,
+    target: &Target,
+    id: &ObjectRef,
+    uid: Option<String>,
+) -> Result<bool, KubeError> {
+    delete_with(client, target, id, uid, DeleteParams::foreground()).await
+}
+
+async fn delete_with(
+    client: &::kube::Client,
+    target: &Target,
+    id: &ObjectRef,
+    uid: Option<String>,
+    params: DeleteParams,
+) -> Result<bool, KubeError> {
+    let params = params.preconditions(Preconditions {
         uid,
         resource_version: None,
     });
