@@ -974,6 +974,47 @@ async fn an_immutable_change_is_an_object_to_recreate_and_rebuild_recreates_it()
     assert!(!d.has_drift(), "{:?}", d.objects);
 }
 
+/// k3s's default StorageClass (`local-path`) binds a claim only when a Pod using it is scheduled: a
+/// claim Pending under WaitForFirstConsumer is as healthy as it gets, for the wait and for diff.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_waiting_for_its_first_consumer_does_not_hold_the_component() {
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("claims"));
+    let yaml = r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: { name: local-path }
+provisioner: rancher.io/local-path
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Delete
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: { name: data, namespace: default }
+spec:
+  storageClassName: local-path
+  accessModes: [ReadWriteOnce]
+  resources: { requests: { storage: 1Gi } }
+"#;
+    let mut spec = component(Layer::Apps, "storage", yaml);
+    spec.wait = Duration::from_secs(20);
+    let r = run(&client, vec![spec.clone()], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    let pvc = get(
+        &client,
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        Some("default"),
+        "data",
+    )
+    .await
+    .expect("claim exists");
+    assert_eq!(pvc["status"]["phase"], "Pending", "{pvc}");
+    let d = diff_component(&client, &spec).await.expect("diff");
+    assert!(d.unhealthy.is_empty() && !d.has_drift(), "{d:?}");
+}
+
 /// Deleting a Namespace deletes what is in it, and deleting a CRD every object of its kind: phoenix
 /// deletes its own Namespace or CRD only when nothing it does not own would go with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

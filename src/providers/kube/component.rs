@@ -756,7 +756,11 @@ async fn wait_healthy(
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .insert(i, o.clone());
                 }
-                match found.map(health) {
+                let verdict = match found {
+                    Some(o) => Some(health_in(client, o).await),
+                    None => None,
+                };
+                match verdict {
                     Some(Health::Healthy) => {}
                     Some(Health::Failed(why)) => {
                         return Err(NodeError::permanent(format!("{id} failed: {why}")))
@@ -824,6 +828,44 @@ pub(crate) fn target_for(map: &KindMap, id: &ObjectRef) -> Option<Target> {
     map.all()
         .find(|t| t.resource.group == id.group() && t.resource.kind == id.kind)
         .cloned()
+}
+
+/// [`health`], with what the object alone cannot tell: a PersistentVolumeClaim `Pending` under a
+/// StorageClass with `volumeBindingMode: WaitForFirstConsumer` (k3s's default `local-path`) is bound
+/// only once a Pod using it is scheduled, so it is as healthy as it can be before that.
+pub(crate) async fn health_in(client: &::kube::Client, live: &Value) -> Health {
+    let verdict = health(live);
+    let pending_claim = live["kind"] == "PersistentVolumeClaim"
+        && live["apiVersion"] == "v1"
+        && live["status"]["phase"] == "Pending";
+    if !pending_claim || verdict.is_healthy() {
+        return verdict;
+    }
+    let Some(class) = live["spec"]["storageClassName"].as_str() else {
+        return verdict;
+    };
+    let classes = Target {
+        resource: ::kube::discovery::ApiResource {
+            group: "storage.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "storage.k8s.io/v1".into(),
+            kind: "StorageClass".into(),
+            plural: "storageclasses".into(),
+        },
+        namespaced: false,
+        deletable: true,
+        listable: true,
+    };
+    let id = ObjectRef {
+        api_version: "storage.k8s.io/v1".into(),
+        kind: "StorageClass".into(),
+        namespace: None,
+        name: class.to_string(),
+    };
+    match ops::get(client, &classes, &id).await {
+        Ok(Some(sc)) if sc["volumeBindingMode"] == "WaitForFirstConsumer" => Health::Healthy,
+        _ => verdict,
+    }
 }
 
 /// Deletes the object `uid` in the foreground (with what it owns: a Job's Pods), waits up to

@@ -7,12 +7,13 @@ use std::collections::HashSet;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::component::health_in;
 use super::component::{
     bounded, first_error, list_live, live_key, plan_objects, target_for, ComponentSpec, Kind,
 };
 use super::discovery::Resolver;
 use super::error::KubeError;
-use super::health::{health, needs_no_wait, Health};
+use super::health::{needs_no_wait, Health};
 use super::inventory;
 use super::object::{Marks, ObjectRef, ANNOTATION_COMMIT};
 use super::ops;
@@ -392,7 +393,7 @@ pub async fn diff_component_with(
     for (d, (state, live, desired, unknown)) in objects.iter().zip(results) {
         if let Some(live) = &live {
             if !needs_no_wait(&d.id.api_version, &d.id.kind) {
-                match health(live) {
+                match health_in(client, live).await {
                     Health::Healthy => {}
                     Health::Progressing(reason) => unhealthy.push(Unhealthy {
                         object: d.id.clone(),
