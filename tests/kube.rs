@@ -1015,6 +1015,61 @@ spec:
     assert!(d.unhealthy.is_empty() && !d.has_drift(), "{d:?}");
 }
 
+/// An aggregated API whose backend is down (metrics-server, the classic) makes its group
+/// unavailable in discovery; apply, diff and teardown of everything else go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_api_group_does_not_stop_apply_diff_or_teardown() {
+    let sb = control_plane::start().await;
+    let url = sb.cluster_url("aggregated");
+    let client = control_plane::client(&url);
+    let apiservice = "apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: { name: v1beta1.metrics.k8s.io }\nspec: { service: { name: metrics-server, namespace: kube-system }, group: metrics.k8s.io, version: v1beta1, insecureSkipTLSVerify: true, groupPriorityMinimum: 100, versionPriority: 100 }\n";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("apiservice.yaml");
+    std::fs::write(&file, apiservice).expect("write");
+    let (ok, _, err) =
+        control_plane::kubectl_async(&url, &["create", "-f", &file.display().to_string()]).await;
+    assert!(ok, "{err}");
+    // The group is registered and unavailable.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, out, _) = control_plane::kubectl_async(
+            &url,
+            &[
+                "get",
+                "apiservice",
+                "v1beta1.metrics.k8s.io",
+                "-o",
+                "jsonpath={.status.conditions[0].status}",
+            ],
+        )
+        .await;
+        if out.trim() == "False" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the APIService never turned unavailable: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let spec = component(
+        Layer::Apps,
+        "web",
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: agg }\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: { name: c, namespace: agg }\ndata: { a: b }\n",
+    );
+    let r = run(&client, vec![spec.clone()], true).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    let d = diff_component(&client, &spec).await.expect("diff");
+    assert!(!d.has_drift(), "{d:?}");
+    let deleted = destroy_all(&client, "demo").await.expect("teardown");
+    assert!(
+        deleted
+            .iter()
+            .any(|o| o.kind == "Namespace" && o.name == "agg"),
+        "{deleted:?}"
+    );
+}
+
 /// Deleting a Namespace deletes what is in it, and deleting a CRD every object of its kind: phoenix
 /// deletes its own Namespace or CRD only when nothing it does not own would go with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
