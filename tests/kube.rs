@@ -1070,6 +1070,30 @@ async fn an_unavailable_api_group_does_not_stop_apply_diff_or_teardown() {
     );
 }
 
+/// A throttled request (429 with the wait API Priority and Fairness asks for) is sent again after
+/// that wait; a diff is not a failed layer because the server was busy for a moment. (kube-rs 5's
+/// client does this itself: its default retry layer honours Retry-After for 429, 503 and 504. This
+/// test keeps it so, should the client be built without it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttled_diff_waits_as_asked_and_finishes() {
+    let sb = control_plane::start().await;
+    let proxy = kube_proxy::KubeProxy::start(sb.addr().port());
+    sb.ensure("throttled");
+    let client = control_plane::client(&format!("{}/clusters/throttled", proxy.url()));
+    let spec = component(Layer::Apps, "web", WEB);
+    let r = run(&client, vec![spec.clone()], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    proxy.inject(kube_proxy::KubeFault::Throttle, 3);
+    let t0 = Instant::now();
+    let d = diff_component(&client, &spec)
+        .await
+        .expect("the diff finishes once the server lets it");
+    assert!(!d.has_drift(), "{d:?}");
+    assert_eq!(proxy.injected(), 3);
+    // Retry-After: 1 was honoured (the three throttled requests may have waited side by side).
+    assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
+}
+
 /// Deleting a Namespace deletes what is in it, and deleting a CRD every object of its kind: phoenix
 /// deletes its own Namespace or CRD only when nothing it does not own would go with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,8 +178,14 @@ fn closing(head: &str) -> String {
 }
 
 fn status(code: u16, reason: &str, extra: &str) -> Vec<u8> {
+    // As API Priority and Fairness answers: the wait asked for is in the Status too.
+    let details = if code == 429 {
+        r#","details":{"retryAfterSeconds":1}"#
+    } else {
+        ""
+    };
     let body = format!(
-        r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"injected by the test proxy","reason":"{reason}","code":{code}}}"#
+        r#"{{"kind":"Status","apiVersion":"v1","metadata":{{}},"status":"Failure","message":"injected by the test proxy","reason":"{reason}","code":{code}{details}}}"#
     );
     format!(
         "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
