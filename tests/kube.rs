@@ -1094,6 +1094,73 @@ async fn a_throttled_diff_waits_as_asked_and_finishes() {
     assert!(t0.elapsed() >= Duration::from_secs(1), "{:?}", t0.elapsed());
 }
 
+/// A HorizontalPodAutoscaler owns its target's `spec.replicas` (it writes them through the scale
+/// subresource): phoenix neither fights it on a rebuild nor calls its count drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_scaled_by_an_autoscaler_are_left_to_it() {
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("hpa"));
+    let yaml = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: api, namespace: default }
+spec:
+  replicas: 1
+  selector: { matchLabels: { app: api } }
+  template:
+    metadata: { labels: { app: api } }
+    spec: { containers: [{ name: api, image: "api:1", resources: { requests: { cpu: 100m } } }] }
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: { name: api, namespace: default }
+spec:
+  scaleTargetRef: { apiVersion: apps/v1, kind: Deployment, name: api }
+  minReplicas: 3
+  maxReplicas: 5
+  metrics: [{ type: Resource, resource: { name: cpu, target: { type: Utilization, averageUtilization: 80 } } }]
+"#;
+    let mut spec = component(Layer::Apps, "web", yaml);
+    spec.wait = Duration::from_secs(60);
+    let r = run(&client, vec![spec.clone()], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    // The autoscaler raises the count to its minimum (its controller syncs every 15 s).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let replicas = || async {
+        get(
+            &client,
+            "apps/v1",
+            "Deployment",
+            "deployments",
+            Some("default"),
+            "api",
+        )
+        .await
+        .expect("deployment")["spec"]["replicas"]
+            .as_i64()
+    };
+    while replicas().await != Some(3) {
+        assert!(
+            Instant::now() < deadline,
+            "the autoscaler never scaled: {:?}",
+            replicas().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let d = diff_component(&client, &spec).await.expect("diff");
+    assert!(!d.has_drift(), "{:?}", d.objects);
+    let mut next = spec.clone();
+    next.commit = "c0ffee2".into();
+    let r = run(&client, vec![next], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    assert_eq!(replicas().await, Some(3), "{:#?}", r.events);
+    assert!(
+        !r.events.iter().any(|e| e.contains("taking back")),
+        "{:#?}",
+        r.events
+    );
+}
+
 /// Deleting a Namespace deletes what is in it, and deleting a CRD every object of its kind: phoenix
 /// deletes its own Namespace or CRD only when nothing it does not own would go with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -279,7 +279,46 @@ pub(crate) async fn plan_objects(
         },
         spec.default_namespace(),
     )?;
+    leave_replicas_to_autoscalers(&mut objects);
     Ok((generation, objects, kinds))
+}
+
+/// A workload scaled by a HorizontalPodAutoscaler of the same component is applied without
+/// `spec.replicas`: the autoscaler sets it (through the scale subresource, as its own field
+/// manager), and applying Git's count would take it back on every rebuild and show as drift in
+/// every diff. As if the component listed it under `leaveFields`.
+fn leave_replicas_to_autoscalers(objects: &mut [Desired]) {
+    let targets: HashSet<(String, String, Option<String>, String)> = objects
+        .iter()
+        .filter(|d| d.id.group() == "autoscaling" && d.id.kind == "HorizontalPodAutoscaler")
+        .filter_map(|hpa| {
+            let target = &hpa.body["spec"]["scaleTargetRef"];
+            let api_version = target["apiVersion"].as_str().unwrap_or("apps/v1");
+            let group = api_version.split_once('/').map_or("", |(g, _)| g);
+            Some((
+                group.to_string(),
+                target["kind"].as_str()?.to_string(),
+                hpa.id.namespace.clone(),
+                target["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    if targets.is_empty() {
+        return;
+    }
+    for d in objects.iter_mut() {
+        let key = (
+            d.id.group().to_string(),
+            d.id.kind.clone(),
+            d.id.namespace.clone(),
+            d.id.name.clone(),
+        );
+        if targets.contains(&key) {
+            if let Some(spec) = d.body.get_mut("spec").and_then(Value::as_object_mut) {
+                spec.remove("replicas");
+            }
+        }
+    }
 }
 
 /// apiVersion, kind and namespace: what one list request covers.

@@ -149,6 +149,9 @@ pub(crate) fn describe(err: &::kube::Error) -> (String, bool) {
             let transient = (matches!(code, 429 | 500 | 502 | 503 | 504) && !schema_error)
                 || (code == 403 && status.message.contains("being terminated"))
                 || (code == 409 && reason == "AlreadyExists")
+                // A write that raced another ("the object has been modified"); SSA's field-manager
+                // conflicts never get here (they are `KubeError::Conflict`).
+                || (code == 409 && reason == "Conflict")
                 // Its namespace may come from a component applied at the same time.
                 || (code == 404 && status.message.starts_with("namespaces \""));
             (format!("{reason} ({code}): {}", status.message), transient)

@@ -74,7 +74,7 @@ pub async fn apply(
                 detail,
             })
         }
-        Err(::kube::Error::Api(status)) if status.code == 409 && status.reason == "Conflict" => {
+        Err(::kube::Error::Api(status)) if is_field_conflict(&status) => {
             let mut detail = status.message.clone();
             if id.is_secret() {
                 detail = scrub(&detail, body);
@@ -102,6 +102,19 @@ pub async fn apply(
             Err(err)
         }
     }
+}
+
+/// Whether a 409 is server-side apply's field-manager conflict (other managers own fields the
+/// apply sets) rather than the optimistic-concurrency "the object has been modified" that a write
+/// racing another write gets (that one is worth retrying, and forcing would not help).
+pub(crate) fn is_field_conflict(status: &::kube::core::Status) -> bool {
+    status.code == 409
+        && status.reason == "Conflict"
+        && (status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "FieldManagerConflict"))
+            || status.message.starts_with("Apply failed with"))
 }
 
 /// Whether the server refused an update because it changes a field fixed at creation: a Job's
@@ -260,6 +273,31 @@ pub fn scrub(text: &str, secret: &Value) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn status(value: Value) -> ::kube::core::Status {
+        serde_json::from_value(value).expect("status")
+    }
+
+    #[test]
+    fn only_a_field_manager_conflict_is_a_conflict() {
+        // What kube-apiserver 1.37 answers to an apply that sets a field another manager owns.
+        let field = status(json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409, "reason": "Conflict",
+            "message": "Apply failed with 1 conflict: conflict with \"kube-controller-manager\" using apps/v1: .spec.replicas",
+            "details": {"name": "api", "group": "apps", "kind": "deployments",
+                        "causes": [{"reason": "FieldManagerConflict", "message": "conflict with \"kube-controller-manager\" using apps/v1", "field": ".spec.replicas"}]}
+        }));
+        // And to a write that raced another one.
+        let modified = status(json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409, "reason": "Conflict",
+            "message": "Operation cannot be fulfilled on deployments.apps \"api\": the object has been modified; please apply your changes to the latest version and try again",
+            "details": {"name": "api", "group": "apps", "kind": "deployments"}
+        }));
+        assert!(is_field_conflict(&field));
+        assert!(!is_field_conflict(&modified));
+        let (_, transient) = super::super::error::describe(&::kube::Error::Api(Box::new(modified)));
+        assert!(transient, "a raced write is retried");
+    }
 
     #[test]
     fn scrub_removes_encoded_and_plain_values() {
