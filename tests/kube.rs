@@ -1161,6 +1161,84 @@ spec:
     );
 }
 
+fn gizmo_yaml(size: u32) -> String {
+    format!(
+        r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {{ name: gizmos.example.com }}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {{ plural: gizmos, singular: gizmo, kind: Gizmo }}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      subresources: {{ status: {{}} }}
+      schema: {{ openAPIV3Schema: {{ type: object, x-kubernetes-preserve-unknown-fields: true }} }}
+---
+apiVersion: example.com/v1
+kind: Gizmo
+metadata: {{ name: g, namespace: default }}
+spec: {{ size: {size} }}
+"#
+    )
+}
+
+/// Its controller's verdict on the Gizmo: Ready, about `generation`.
+async fn judge_gizmo(client: &kube::Client, generation: i64) {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        "default",
+        &ar("example.com/v1", "Gizmo", "gizmos"),
+    );
+    api.patch_status(
+        "g",
+        &PatchParams::apply("gizmo-controller").force(),
+        &kube::api::Patch::Apply(json!({
+            "apiVersion": "example.com/v1", "kind": "Gizmo", "metadata": {"name": "g", "namespace": "default"},
+            "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "ok",
+                                        "observedGeneration": generation, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+        })),
+    )
+    .await
+    .expect("status written");
+}
+
+/// A Ready condition carries the generation it judged: after a change, the Ready of the old spec
+/// does not make the new one healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_condition_about_an_older_generation_is_waited_past() {
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("generations"));
+    let mut v1 = component(Layer::Addons, "gizmo", &gizmo_yaml(1));
+    v1.wait = Duration::from_secs(30);
+    let r = run(&client, vec![v1.clone()], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    judge_gizmo(&client, 1).await;
+
+    // A new spec (generation 2): Ready about generation 1 is no answer; the controller's verdict on
+    // generation 2 comes 3 s later, and only then is the component healthy.
+    let mut v2 = component(Layer::Addons, "gizmo", &gizmo_yaml(2));
+    v2.wait = Duration::from_secs(30);
+    v2.commit = "c0ffee2".into();
+    let c = client.clone();
+    let judge = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        judge_gizmo(&c, 2).await;
+    });
+    let t0 = Instant::now();
+    let r = run(&client, vec![v2], false).await;
+    let took = t0.elapsed();
+    judge.await.expect("judge");
+    assert!(r.summary.converged, "{:#?}", r.events);
+    assert!(
+        took >= Duration::from_secs(3),
+        "healthy after {took:?}, before the controller judged the new spec"
+    );
+}
+
 /// Deleting a Namespace deletes what is in it, and deleting a CRD every object of its kind: phoenix
 /// deletes its own Namespace or CRD only when nothing it does not own would go with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -263,6 +263,19 @@ fn generic(obj: &Value) -> Health {
     }
     for kind in ["Ready", "Available"] {
         if let Some(c) = condition(obj, kind) {
+            // A condition may say which generation it judged (metav1.Condition); one about an older
+            // spec says nothing about this one.
+            if let (Some(judged), Some(generation)) = (
+                int(&c["observedGeneration"]),
+                int(&obj["metadata"]["generation"]),
+            ) {
+                if judged < generation {
+                    return Health::Progressing(format!(
+                        "{kind} is about generation {judged}; waiting for the controller to judge \
+                         generation {generation}"
+                    ));
+                }
+            }
             return match c["status"].as_str() {
                 Some("True") => Health::Healthy,
                 _ => Health::Progressing(format!("{kind} is not True: {}", condition_text(c))),
@@ -472,6 +485,24 @@ status: {}
         assert!(matches!(health(&lb), Health::Progressing(_)));
         let lb = y("{apiVersion: v1, kind: Service, metadata: {name: s}, spec: {type: LoadBalancer}, status: {loadBalancer: {ingress: [{ip: 172.18.0.2}]}}}");
         assert_eq!(health(&lb), Health::Healthy);
+    }
+
+    #[test]
+    fn a_condition_about_an_older_generation_is_not_health() {
+        let stale = y(r#"
+apiVersion: example.com/v1
+kind: Widget
+metadata: { name: w, generation: 3 }
+status: { conditions: [{ type: Ready, status: "True", observedGeneration: 2 }] }
+"#);
+        assert!(matches!(health(&stale), Health::Progressing(why) if why.contains("generation 2")));
+        let fresh = y(r#"
+apiVersion: example.com/v1
+kind: Widget
+metadata: { name: w, generation: 3 }
+status: { conditions: [{ type: Ready, status: "True", observedGeneration: 3 }] }
+"#);
+        assert!(health(&fresh).is_healthy());
     }
 
     #[test]
