@@ -1239,6 +1239,63 @@ async fn a_ready_condition_about_an_older_generation_is_waited_past() {
     );
 }
 
+/// A Job with ttlSecondsAfterFinished is deleted by the TTL controller once finished: after a run
+/// saw it through, it is done — not drift, and not run again by the next rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_deleted_by_its_ttl_is_done_not_missing() {
+    let sb = control_plane::start().await;
+    let client = control_plane::client(&sb.cluster_url("ttl"));
+    let yaml = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: { name: seed, namespace: default }
+spec:
+  ttlSecondsAfterFinished: 0
+  backoffLimit: 0
+  template:
+    spec: { restartPolicy: Never, containers: [{ name: s, image: "seed:1" }] }
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: { name: seed-settings, namespace: default }
+data: { rows: "10" }
+"#;
+    let mut spec = component(Layer::Apps, "seed", yaml);
+    spec.wait = Duration::from_secs(60);
+    let r = run(&client, vec![spec.clone()], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&client, "batch/v1", "Job", "jobs", Some("default"), "seed")
+        .await
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the TTL controller never deleted the Job"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let d = diff_component(&client, &spec).await.expect("diff");
+    assert!(!d.has_drift(), "{:?}", d.objects);
+
+    let mut next = spec.clone();
+    next.commit = "c0ffee2".into();
+    let r = run(&client, vec![next], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    assert!(
+        r.events.iter().any(|e| e.contains("not run again")),
+        "{:#?}",
+        r.events
+    );
+    assert!(
+        !r.events
+            .iter()
+            .any(|e| e.contains("workloads and other objects")),
+        "the Job was applied again: {:#?}",
+        r.events
+    );
+}
+
 /// Deleting a Namespace deletes what is in it, and deleting a CRD every object of its kind: phoenix
 /// deletes its own Namespace or CRD only when nothing it does not own would go with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -507,19 +507,42 @@ pub async fn converge(
         before.insert(i, seen);
     }
 
+    // A Job that deletes itself when finished (ttlSecondsAfterFinished) and that an earlier run saw
+    // through is done, not missing: it is not run again.
+    let finished_before: HashSet<_> = previous
+        .iter()
+        .flat_map(|p| p.finished.iter().map(ObjectRef::key))
+        .collect();
+    let done: HashSet<usize> = (0..objects.len())
+        .filter(|i| {
+            removes_itself(&objects[*i])
+                && matches!(before.get(i), Some(None))
+                && finished_before.contains(&objects[*i].id.key())
+        })
+        .collect();
+    for &i in &done {
+        ctx.progress(format!(
+            "{}: finished on an earlier run and deleted by its ttlSecondsAfterFinished; not run \
+             again (give it a new name to run it again)",
+            objects[i].id
+        ));
+    }
+
     // Recorded before applying, so that objects created by an attempt that fails half-way are
     // still known (and pruned) on the next run.
     let desired_ids: Vec<ObjectRef> = objects.iter().map(|d| d.id.clone()).collect();
     let mut recorded = desired_ids.clone();
+    let mut still_finished = Vec::new();
     if let Some(prev) = &previous {
         recorded.extend(prev.objects.iter().cloned());
+        still_finished.extend(prev.finished.iter().cloned());
     }
-    inventory::write(client, &marks, &recorded).await?;
+    inventory::write(client, &marks, &recorded, &still_finished).await?;
 
     let mut applied: Vec<Applied> = Vec::with_capacity(objects.len());
     for phase in Phase::ALL {
         let batch: Vec<usize> = (0..objects.len())
-            .filter(|&i| objects[i].phase == phase)
+            .filter(|&i| objects[i].phase == phase && !done.contains(&i))
             .collect();
         if batch.is_empty() {
             continue;
@@ -647,7 +670,14 @@ pub async fn converge(
         };
         delete_objects(client, &map, &marks, removed, limit, &spared).await?
     };
-    inventory::write(client, &marks, &desired_ids).await?;
+    // Every self-deleting Job of the component is through now: applied and Complete (or deleted by
+    // its TTL while waited for), or done on an earlier run.
+    let finished: Vec<ObjectRef> = objects
+        .iter()
+        .filter(|d| removes_itself(d))
+        .map(|d| d.id.clone())
+        .collect();
+    inventory::write(client, &marks, &desired_ids, &finished).await?;
     // A cache: when it cannot be written, the next diff sends every dry run.
     let _ = opts.seals.save(&marks, sealed);
 
@@ -808,6 +838,14 @@ async fn wait_healthy(
                         still.push(i);
                         reasons.push((i, format!("{id}: {why}")));
                     }
+                    // Its TTL controller deleted it between two looks: it finished (whether it
+                    // succeeded is gone with it).
+                    None if removes_itself(&objects[i]) => {
+                        ctx.progress(format!(
+                            "{id}: finished and deleted by its ttlSecondsAfterFinished before its \
+                             result was read"
+                        ));
+                    }
                     None => {
                         still.push(i);
                         reasons.push((
@@ -867,6 +905,13 @@ pub(crate) fn target_for(map: &KindMap, id: &ObjectRef) -> Option<Target> {
     map.all()
         .find(|t| t.resource.group == id.group() && t.resource.kind == id.kind)
         .cloned()
+}
+
+/// A Job the TTL controller deletes once it has finished.
+pub(crate) fn removes_itself(d: &Desired) -> bool {
+    d.id.group() == "batch"
+        && d.id.kind == "Job"
+        && d.body["spec"]["ttlSecondsAfterFinished"].is_number()
 }
 
 /// [`health`], with what the object alone cannot tell: a PersistentVolumeClaim `Pending` under a

@@ -7,10 +7,10 @@ use std::collections::HashSet;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::component::health_in;
 use super::component::{
     bounded, first_error, list_live, live_key, plan_objects, target_for, ComponentSpec, Kind,
 };
+use super::component::{health_in, removes_itself};
 use super::discovery::Resolver;
 use super::error::KubeError;
 use super::health::{needs_no_wait, Health};
@@ -283,6 +283,12 @@ pub async fn diff_component_with(
     let marks = spec.marks();
     let seals = seal_store.load(&marks);
     let (_, objects, kinds) = plan_objects(client, resolver, spec, true).await?;
+    let inventory = inventory::read(client, &marks).await?;
+    let finished: HashSet<_> = inventory
+        .iter()
+        .flat_map(|inv| inv.finished.iter().map(ObjectRef::key))
+        .collect();
+    let finished = &finished;
     // The component's objects by one list per kind and namespace; an object the lists do not
     // return is read on its own (missing, or not phoenix's).
     let prefetched = list_live(
@@ -318,12 +324,13 @@ pub async fn diff_component_with(
                 None => ops::get(client, target, &d.id).await?,
             };
             let Some(live) = live else {
-                return Ok((
-                    DriftState::Missing,
-                    None,
-                    for_display(&d.body, secret),
-                    Vec::new(),
-                ));
+                // Deleted by its TTL after a run saw it through: done, as Git wants.
+                let state = if removes_itself(d) && finished.contains(&d.id.key()) {
+                    DriftState::InSync
+                } else {
+                    DriftState::Missing
+                };
+                return Ok((state, None, for_display(&d.body, secret), Vec::new()));
             };
             if !marks.owns(&live) {
                 let found = Marks::describe_found(&live);
@@ -421,8 +428,8 @@ pub async fn diff_component_with(
     }
 
     let desired: HashSet<_> = objects.iter().map(|d| d.id.key()).collect();
-    let extra = match inventory::read(client, &marks).await {
-        Ok(Some(inv)) => {
+    let extra = match inventory {
+        Some(inv) => {
             let (_, map) = resolver.current(client).await?;
             let candidates: Vec<ObjectRef> = inv
                 .objects
@@ -448,8 +455,7 @@ pub async fn diff_component_with(
             .await;
             first_error(found)?.into_iter().flatten().collect()
         }
-        Ok(None) => Vec::new(),
-        Err(e) => return Err(e),
+        None => Vec::new(),
     };
     let (extra, extra_live): (Vec<ObjectRef>, Vec<Value>) = extra.into_iter().unzip();
     Ok(ComponentDiff {

@@ -20,6 +20,7 @@ pub const INVENTORY_NAMESPACE: &str = "kube-system";
 /// Label that tells inventories apart from the component's own objects.
 pub const LABEL_INVENTORY: &str = "phoenix.dev/inventory";
 const KEY_OBJECTS: &str = "objects";
+const KEY_FINISHED: &str = "finished";
 
 /// The name of a component's inventory ConfigMap.
 pub fn inventory_name(env: &str, layer: Layer, component: &str) -> String {
@@ -45,6 +46,9 @@ pub struct Inventory {
     /// The commit of the last run that wrote it.
     pub commit: String,
     pub objects: Vec<ObjectRef>,
+    /// Jobs with `ttlSecondsAfterFinished` that a run of this component saw through: once the TTL
+    /// controller has deleted one, it is done, not missing (and is not run again).
+    pub finished: Vec<ObjectRef>,
 }
 
 /// The ConfigMap kind, which every cluster serves.
@@ -65,14 +69,22 @@ pub fn configmaps() -> Target {
 
 /// The ConfigMap body for an inventory. Sorted and without timestamps, so writing the same
 /// inventory twice is a no-op on the server.
-pub fn body(marks: &Marks, objects: &[ObjectRef]) -> Value {
-    let mut sorted: Vec<&ObjectRef> = objects.iter().collect();
-    sorted.sort();
-    sorted.dedup();
-    let lines: Vec<String> = sorted
-        .iter()
-        .filter_map(|o| serde_json::to_string(o).ok())
-        .collect();
+pub fn body(marks: &Marks, objects: &[ObjectRef], finished: &[ObjectRef]) -> Value {
+    let lines = |objects: &[ObjectRef]| {
+        let mut sorted: Vec<&ObjectRef> = objects.iter().collect();
+        sorted.sort();
+        sorted.dedup();
+        sorted
+            .iter()
+            .filter_map(|o| serde_json::to_string(o).ok())
+            .collect::<Vec<String>>()
+            .join("\n")
+    };
+    let mut data = serde_json::Map::new();
+    data.insert(KEY_OBJECTS.into(), lines(objects).into());
+    if !finished.is_empty() {
+        data.insert(KEY_FINISHED.into(), lines(finished).into());
+    }
     let id = inventory_ref(&marks.env, marks.layer, &marks.component);
     let mut labels: BTreeMap<String, String> = marks
         .labels()
@@ -90,7 +102,7 @@ pub fn body(marks: &Marks, objects: &[ObjectRef]) -> Value {
             "annotations": { ANNOTATION_COMMIT: marks.commit },
         },
         // One object per line, so `kubectl get -o yaml` stays readable.
-        "data": { KEY_OBJECTS: lines.join("\n") },
+        "data": data,
     })
 }
 
@@ -114,17 +126,22 @@ pub fn parse(cm: &Value) -> Result<Option<Inventory>, KubeError> {
     let layer: Layer = layer
         .parse()
         .map_err(|e: crate::engine::UnknownLayer| bad(e.to_string()))?;
-    let text = cm["data"][KEY_OBJECTS].as_str().unwrap_or("");
-    let mut objects = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let obj: ObjectRef = serde_json::from_str(line)
-            .map_err(|e| bad(format!("line {} of data.{KEY_OBJECTS}: {e}", i + 1)))?;
-        objects.push(obj);
-    }
+    let read = |key: &str| -> Result<Vec<ObjectRef>, KubeError> {
+        let text = cm["data"][key].as_str().unwrap_or("");
+        let mut objects = Vec::new();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let obj: ObjectRef = serde_json::from_str(line)
+                .map_err(|e| bad(format!("line {} of data.{key}: {e}", i + 1)))?;
+            objects.push(obj);
+        }
+        Ok(objects)
+    };
+    let objects = read(KEY_OBJECTS)?;
+    let finished = read(KEY_FINISHED)?;
     Ok(Some(Inventory {
         env: env.to_string(),
         layer,
@@ -134,6 +151,7 @@ pub fn parse(cm: &Value) -> Result<Option<Inventory>, KubeError> {
             .unwrap_or("")
             .to_string(),
         objects,
+        finished,
     }))
 }
 
@@ -160,13 +178,14 @@ pub async fn write(
     client: &::kube::Client,
     marks: &Marks,
     objects: &[ObjectRef],
+    finished: &[ObjectRef],
 ) -> Result<(), KubeError> {
     let id = inventory_ref(&marks.env, marks.layer, &marks.component);
     ops::apply(
         client,
         &configmaps(),
         &id,
-        &body(marks, objects),
+        &body(marks, objects, finished),
         true,
         false,
     )
@@ -215,7 +234,7 @@ mod tests {
                 name: "web".into(),
             },
         ];
-        let cm = body(&marks, &objects);
+        let cm = body(&marks, &objects, &objects[..1]);
         assert_eq!(cm["metadata"]["name"], "phoenix-inventory-demo-apps-web");
         let inv = parse(&cm).unwrap().unwrap();
         assert_eq!(inv.component, "web");
@@ -224,10 +243,19 @@ mod tests {
         let mut want = objects.clone();
         want.sort();
         assert_eq!(inv.objects, want);
+        assert_eq!(inv.finished, objects[..1]);
         assert_eq!(
-            body(&marks, &objects),
-            body(&marks, &objects.iter().rev().cloned().collect::<Vec<_>>())
+            body(&marks, &objects, &[]),
+            body(
+                &marks,
+                &objects.iter().rev().cloned().collect::<Vec<_>>(),
+                &[]
+            )
         );
+        // Without finished Jobs the ConfigMap is as before they existed.
+        assert!(body(&marks, &objects, &[])["data"]
+            .get("finished")
+            .is_none());
     }
 
     #[test]
@@ -238,7 +266,7 @@ mod tests {
             layer: Layer::Apps,
             commit: "c".into(),
         };
-        let mut cm = body(&marks, &[]);
+        let mut cm = body(&marks, &[], &[]);
         cm["data"]["objects"] = "{not json".into();
         let err = parse(&cm).unwrap_err().to_string();
         assert!(
