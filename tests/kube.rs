@@ -1296,6 +1296,48 @@ data: { rows: "10" }
     );
 }
 
+/// A diff lists the objects, then dry-runs each: a write landing in between (here an annotation
+/// someone adds, as a controller writes a revision or an autoscaler a count) is in the dry run's
+/// answer and not in the list. It is not drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_between_the_list_and_the_dry_run_is_not_drift() {
+    let sb = control_plane::start().await;
+    let direct = sb.cluster_url("race");
+    let proxy = kube_proxy::KubeProxy::start(sb.addr().port());
+    let client = control_plane::client(&format!("{}/clusters/race", proxy.url()));
+    let spec = component(Layer::Apps, "web", WEB);
+    let r = run(&client, vec![spec.clone()], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    settled(&client, "web", "api").await;
+    proxy.before(&["PATCH", "/deployments/api", "dryRun=All"], move || {
+        let (ok, _, err) = control_plane::kubectl(
+            &direct,
+            &["annotate", "deployment", "api", "-n", "web", "team=ops"],
+        );
+        assert!(ok, "{err}");
+    });
+    let d = diff_component_with(&client, &spec, &Resolver::new(), 8, &SealStore::none())
+        .await
+        .expect("diff");
+    assert_eq!(
+        proxy.count("dryRun=All"),
+        d.dry_runs,
+        "the hook ran before a dry run"
+    );
+    let deployment = get(
+        &client,
+        "apps/v1",
+        "Deployment",
+        "deployments",
+        Some("web"),
+        "api",
+    )
+    .await
+    .expect("deployment");
+    assert_eq!(deployment["metadata"]["annotations"]["team"], "ops");
+    assert!(!d.has_drift(), "{:?}", d.objects);
+}
+
 /// Deleting a Namespace deletes what is in it, and deleting a CRD every object of its kind: phoenix
 /// deletes its own Namespace or CRD only when nothing it does not own would go with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

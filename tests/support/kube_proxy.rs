@@ -34,7 +34,11 @@ struct State {
     injected: usize,
     /// The request line of every request (`PATCH /api/v1/...?dryRun=All&... HTTP/1.1`).
     lines: Vec<String>,
+    /// Run once, before forwarding the first request whose request line has all the needles.
+    hook: Option<Hook>,
 }
+
+type Hook = (Vec<String>, Box<dyn FnOnce() + Send>);
 
 pub struct KubeProxy {
     pub port: u16,
@@ -114,6 +118,16 @@ impl KubeProxy {
     /// Every request line so far.
     pub fn lines(&self) -> Vec<String> {
         self.lock().lines.clone()
+    }
+
+    /// Runs `action` once, just before forwarding the first request whose request line contains
+    /// every one of `needles` (to make a write land between two requests of a client). `action`
+    /// blocks the proxy: it must not go through it.
+    pub fn before(&self, needles: &[&str], action: impl FnOnce() + Send + 'static) {
+        self.lock().hook = Some((
+            needles.iter().map(|n| n.to_string()).collect(),
+            Box::new(action),
+        ));
     }
 
     /// How many requests so far had `needle` in their request line.
@@ -198,6 +212,22 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
     let Some((head, body)) = read_request(&mut client).await? else {
         return Ok(());
     };
+    let hook = {
+        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        let line = head.lines().next().unwrap_or_default();
+        let hit = s
+            .hook
+            .as_ref()
+            .is_some_and(|(needles, _)| needles.iter().all(|n| line.contains(n.as_str())));
+        if hit {
+            s.hook.take().map(|(_, action)| action)
+        } else {
+            None
+        }
+    };
+    if let Some(action) = hook {
+        action();
+    }
     let (fault, backend) = {
         let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
         s.lines

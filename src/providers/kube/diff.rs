@@ -347,18 +347,46 @@ pub async fn diff_component_with(
                 let shown = for_display(&live, secret);
                 return Ok((DriftState::InSync, Some(live), shown, Vec::new()));
             }
-            dry_runs_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let dry = match ops::apply(client, target, &d.id, &d.body, true, true).await {
-                Err(KubeError::Immutable { detail, .. }) => {
-                    seals.unseal(&live);
-                    return Ok((
-                        DriftState::NeedsRecreate(detail),
-                        Some(live),
-                        for_display(&d.body, secret),
-                        Vec::new(),
-                    ));
+            // The dry run answers about the object as stored when it runs, which may be newer than
+            // the list (a controller's revision annotation, an autoscaler's count written in
+            // between): compared with the older object, that write would read as drift. The dry
+            // run keeps the stored resourceVersion, so a mismatch shows it; read the object again
+            // and, if it moved once more, dry-run again (a few times at most).
+            let mut live = live;
+            let mut rounds = 0;
+            let dry = loop {
+                dry_runs_ref.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let dry = match ops::apply(client, target, &d.id, &d.body, true, true).await {
+                    Err(KubeError::Immutable { detail, .. }) => {
+                        seals.unseal(&live);
+                        return Ok((
+                            DriftState::NeedsRecreate(detail),
+                            Some(live),
+                            for_display(&d.body, secret),
+                            Vec::new(),
+                        ));
+                    }
+                    other => other?,
+                };
+                if ops::resource_version(&dry) == ops::resource_version(&live) {
+                    break dry;
                 }
-                other => other?,
+                match ops::get(client, target, &d.id).await? {
+                    Some(now) if ops::resource_version(&now) == ops::resource_version(&dry) => {
+                        live = now;
+                        break dry;
+                    }
+                    Some(now) if rounds < 3 => {
+                        live = now;
+                        rounds += 1;
+                    }
+                    // Deleted meanwhile, or still moving: compare what there is.
+                    Some(now) => {
+                        live = now;
+                        break dry;
+                    }
+                    None => break dry,
+                }
             };
             let left: Vec<_> = spec
                 .leave_fields
