@@ -1338,6 +1338,50 @@ async fn a_write_between_the_list_and_the_dry_run_is_not_drift() {
     assert!(!d.has_drift(), "{:?}", d.objects);
 }
 
+/// A sidecar added by hand (`kubectl edit`/`patch`) is a field another manager owns: applying Git
+/// would leave it, so a server-side diff cannot call it drift — it is reported as an addition,
+/// naming the manager and the path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_added_by_hand_is_reported_as_an_addition() {
+    let sb = control_plane::start().await;
+    let url = sb.cluster_url("sidecar");
+    let client = control_plane::client(&url);
+    let spec = component(Layer::Apps, "web", WEB);
+    let r = run(&client, vec![spec.clone()], false).await;
+    assert!(r.summary.converged, "{:#?}", r.events);
+    let d = diff_component(&client, &spec).await.expect("diff");
+    assert!(d.additions.is_empty(), "{:?}", d.additions);
+    let (ok, _, err) = control_plane::kubectl_async(
+        &url,
+        &[
+            "patch",
+            "deployment",
+            "api",
+            "-n",
+            "web",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"containers":[{"name":"sidecar","image":"envoy:1"}]}}}}"#,
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let d = diff_component(&client, &spec).await.expect("diff");
+    assert!(!d.has_drift(), "{:?}", d.objects);
+    let added: Vec<_> = d
+        .additions
+        .iter()
+        .map(|a| (a.object.name.as_str(), a.manager.as_str(), a.paths.clone()))
+        .collect();
+    assert_eq!(
+        added,
+        vec![(
+            "api",
+            "kubectl-patch",
+            vec![".spec.template.spec.containers[name=sidecar]".to_string()]
+        )],
+    );
+}
+
 /// Deleting a Namespace deletes what is in it, and deleting a CRD every object of its kind: phoenix
 /// deletes its own Namespace or CRD only when nothing it does not own would go with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -322,9 +322,21 @@ async fn check_layers(
                         .collect(),
                 })
                 .collect();
-            out.push(
-                LayerDrift::checked(layer, entries, unhealthy, t.elapsed()).with_unknown(unknown),
-            );
+            let mut checked_layer =
+                LayerDrift::checked(layer, entries, unhealthy, t.elapsed()).with_unknown(unknown);
+            // Fields another manager added: a server-side comparison cannot call them drift
+            // (applying Git leaves them), but they are not in Git either.
+            checked_layer
+                .notes
+                .extend(diffs.iter().flat_map(|d| &d.additions).map(|a| {
+                    format!(
+                    "{}: added by {}, not in Git (a rebuild leaves it; not counted as drift): {}",
+                    resource_of(&a.object),
+                    a.manager,
+                    a.paths.join(", ")
+                )
+                }));
+            out.push(checked_layer);
         }
         checked.components.extend(diffs);
     }

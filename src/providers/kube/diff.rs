@@ -34,6 +34,10 @@ pub struct ComponentDiff {
     pub extra_live: Vec<Value>,
     /// Live objects of the component that are not healthy (reported apart from drift).
     pub unhealthy: Vec<Unhealthy>,
+    /// Fields of the component's objects that another field manager added and Git does not set
+    /// (a sidecar added with `kubectl edit`): a server-side diff cannot see them as drift, since
+    /// applying Git would leave them; reported apart, not counted as drift.
+    pub additions: Vec<Addition>,
     /// How many objects went through a server-side dry run (the others were missing, not
     /// phoenix's, or sealed in sync).
     #[serde(skip)]
@@ -92,6 +96,101 @@ pub struct FieldDiff {
     pub desired: Option<Value>,
     /// `None`: the live object lacks the field.
     pub live: Option<Value>,
+}
+
+/// Fields one other field manager added to an object.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Addition {
+    pub object: ObjectRef,
+    pub manager: String,
+    /// The outermost paths it added, e.g. `.spec.template.spec.containers[name=sidecar]`.
+    pub paths: Vec<String>,
+}
+
+/// Field managers of the cluster itself (controllers, scheduler, kubelet, the API server, k3s):
+/// what they write is the system at work, not an addition.
+const SYSTEM_MANAGERS: [&str; 6] = [
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-apiserver",
+    "k3s",
+    "before-first-apply",
+];
+
+/// What field managers other than phoenix and the cluster's own added to `live` outside what
+/// phoenix applies: for each, the outermost paths it owns that phoenix does not. Writes through a
+/// subresource (status, scale) are the job of their controllers and are left out.
+pub fn additions(live: &Value) -> Vec<(String, Vec<String>)> {
+    let Some(entries) = live["metadata"]["managedFields"].as_array() else {
+        return Vec::new();
+    };
+    let empty = Value::Object(Default::default());
+    let ours = entries
+        .iter()
+        .find(|e| e["manager"] == ops::FIELD_MANAGER && e["operation"] == "Apply")
+        .map_or(&empty, |e| &e["fieldsV1"]);
+    let mut out = Vec::new();
+    for e in entries {
+        let manager = e["manager"].as_str().unwrap_or_default();
+        let subresource = e["subresource"].as_str().unwrap_or_default();
+        if manager == ops::FIELD_MANAGER
+            || !subresource.is_empty()
+            || SYSTEM_MANAGERS.contains(&manager)
+        {
+            continue;
+        }
+        let mut paths = Vec::new();
+        not_in("", &e["fieldsV1"], ours, &mut paths);
+        if !paths.is_empty() {
+            out.push((manager.to_string(), paths));
+        }
+    }
+    out
+}
+
+/// Collects the outermost paths of the fieldsV1 tree `theirs` that are not in `ours`.
+fn not_in(path: &str, theirs: &Value, ours: &Value, out: &mut Vec<String>) {
+    let Some(map) = theirs.as_object() else {
+        return;
+    };
+    for (key, sub) in map {
+        if key == "." {
+            continue;
+        }
+        let here = format!("{path}{}", field_path_segment(key));
+        match ours.get(key) {
+            Some(mine) => not_in(&here, sub, mine, out),
+            None => out.push(here),
+        }
+    }
+}
+
+/// One fieldsV1 key as a path segment: `f:spec` → `.spec`, `k:{"name":"c"}` → `[name=c]`,
+/// `v:"x"` → `["x"]`, `i:0` → `[0]`.
+fn field_path_segment(key: &str) -> String {
+    if let Some(field) = key.strip_prefix("f:") {
+        return push_key("", field);
+    }
+    if let Some(keys) = key.strip_prefix("k:") {
+        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(keys) {
+            let parts: Vec<String> = m
+                .iter()
+                .map(|(k, v)| match v {
+                    Value::String(s) => format!("{k}={s}"),
+                    other => format!("{k}={other}"),
+                })
+                .collect();
+            return format!("[{}]", parts.join(","));
+        }
+    }
+    if let Some(value) = key.strip_prefix("v:") {
+        return format!("[{value}]");
+    }
+    if let Some(index) = key.strip_prefix("i:") {
+        return format!("[{index}]");
+    }
+    format!("[{key}]")
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -425,7 +524,32 @@ pub async fn diff_component_with(
     let _ = seal_store.save(&marks, seals);
     let mut diffs = Vec::with_capacity(objects.len());
     let mut unhealthy = Vec::new();
+    let mut added = Vec::new();
     for (d, (state, live, desired, unknown)) in objects.iter().zip(results) {
+        if let Some(live) = live
+            .as_ref()
+            .filter(|_| !matches!(state, DriftState::NotOwned(_)))
+        {
+            let left: Vec<_> = spec
+                .leave_fields
+                .iter()
+                .filter(|l| l.matches(&d.body))
+                .collect();
+            for (manager, paths) in additions(live) {
+                // Fields the env leaves to another manager are expected to be theirs.
+                let paths: Vec<String> = paths
+                    .into_iter()
+                    .filter(|p| !left.iter().any(|l| l.covers(p)))
+                    .collect();
+                if !paths.is_empty() {
+                    added.push(Addition {
+                        object: d.id.clone(),
+                        manager,
+                        paths,
+                    });
+                }
+            }
+        }
         if let Some(live) = &live {
             if !needs_no_wait(&d.id.api_version, &d.id.kind) {
                 match health_in(client, live).await {
@@ -494,6 +618,7 @@ pub async fn diff_component_with(
         extra,
         extra_live,
         unhealthy,
+        additions: added,
         dry_runs: dry_runs.into_inner(),
     })
 }
@@ -602,6 +727,34 @@ mod tests {
             live: Some(json!("{\"data\":{\"p\":\"c2VjcmV0\"}}")),
         }]);
         assert!(!serde_json::to_string(&fields).unwrap().contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn additions_are_the_outermost_fields_others_own_and_phoenix_does_not() {
+        let live = json!({"metadata": {"managedFields": [
+            {"manager": "phoenix", "operation": "Apply", "fieldsV1": {"f:spec": {"f:replicas": {},
+                "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"api\"}": {".": {}, "f:image": {}}}}}}}},
+            {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:spec": {
+                "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"sidecar\"}": {".": {}, "f:image": {}, "f:name": {}}}}}},
+                "f:metadata": {"f:annotations": {"f:team": {}}}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "fieldsV1": {"f:metadata": {"f:annotations": {"f:deployment.kubernetes.io/revision": {}}}}},
+            {"manager": "hpa", "operation": "Update", "subresource": "scale", "fieldsV1": {"f:spec": {"f:replicas": {}}}}
+        ]}});
+        assert_eq!(
+            additions(&live),
+            vec![(
+                "kubectl-edit".to_string(),
+                vec![
+                    ".metadata".to_string(),
+                    ".spec.template.spec.containers[name=sidecar]".to_string()
+                ]
+            )]
+        );
+        assert_eq!(field_path_segment("v:\"x\""), "[\"x\"]");
+        assert_eq!(
+            field_path_segment("f:app.kubernetes.io/name"),
+            "[\"app.kubernetes.io/name\"]"
+        );
     }
 
     #[test]
