@@ -141,6 +141,8 @@ async fn sandbox(moto: Option<&Moto>, node_delay: Duration) -> control_plane::Co
         k3s_addons: true,
         node_delay,
         ready_delay: Duration::from_millis(200),
+        // As real k3s: a terminated instance's Node stays until phoenix deletes it.
+        keep_terminated_nodes: true,
         ..control_plane::Options::default()
     })
     .await

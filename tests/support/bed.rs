@@ -58,6 +58,9 @@ impl Bed {
             ready_delay: Duration::from_millis(300),
             static_nodes: 0,
             k3s_addons: true,
+            // As real k3s (no cloud controller): a terminated instance's Node stays until phoenix
+            // deletes it.
+            keep_terminated_nodes: true,
         })
     }
 

@@ -27,6 +27,9 @@ pub struct Options {
     pub ready_delay: Duration,
     /// Every cluster gets what a k3s server deploys at boot (CoreDNS, which phoenix's k3s gate waits for).
     pub k3s_addons: bool,
+    /// Keep the Node of a terminated instance, as k3s without a cloud controller does (phoenix's
+    /// cluster gate deletes the Nodes of instances it terminated); false: the kubelet removes it.
+    pub keep_terminated_nodes: bool,
 }
 
 impl Default for Options {
@@ -39,6 +42,7 @@ impl Default for Options {
             node_delay: Duration::from_millis(200),
             ready_delay: Duration::from_millis(200),
             k3s_addons: false,
+            keep_terminated_nodes: false,
         }
     }
 }
@@ -92,6 +96,9 @@ impl ControlPlane {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
+        if opts.keep_terminated_nodes {
+            cmd.arg("--delete-terminated-nodes=false");
+        }
         if opts.k3s_addons {
             cmd.arg("--k3s-addons");
         }
