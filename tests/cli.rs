@@ -714,7 +714,7 @@ fn outcomes(out: &Output) -> Vec<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text.lines().last().unwrap_or("{}");
     let v: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
-    assert_eq!(v["report"], "run", "{last}");
+    assert_eq!(v["type"], "runReport", "{last}");
     v["summary"]["nodes"]
         .as_array()
         .map(|a| {

@@ -198,7 +198,7 @@ fn a_drill_over_its_recovery_objective_exits_3() {
     let (code, doc, all) = drill(&bed, &repo.dir, None);
     assert_eq!(code, 3, "{all}");
     assert_eq!(doc["verdict"], "over-objective");
-    assert_eq!(doc["recovery_objective_ms"], 1000);
+    assert_eq!(doc["recoveryObjectiveSeconds"], 1.0);
     assert_eq!(bed.live_cloud(doc["copy"].as_str().expect("copy")), 0);
     // The generated runbook carries the objective, the order and this drill's verdict.
     let out = bed.phoenix(&repo.dir, &["runbook", "demo"]);

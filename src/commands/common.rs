@@ -73,12 +73,7 @@ impl Context {
 pub fn load_env(ctx: &Context, snap: &Snapshot, name: &str) -> Result<Environment, Failure> {
     env::load(snap, name).map_err(|diags| {
         if ctx.json() {
-            print_json(&serde_json::json!({
-                "env": name,
-                "commit": commit_json(snap),
-                "valid": false,
-                "diagnostics": diags,
-            }));
+            print_json(&ValidateDoc::new(name, snap, false, &diags));
         } else {
             print_diagnostics(&diags);
         }
@@ -92,13 +87,42 @@ pub fn load_env(ctx: &Context, snap: &Snapshot, name: &str) -> Result<Environmen
     })
 }
 
+/// The version of the `validate --output json` document (docs/json.md), also printed by every
+/// command that stops on an invalid environment.
+pub const VALIDATE_SCHEMA_VERSION: u32 = 1;
+
+/// `validate --output json`: whether the environment is valid at the commit, and every problem.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidateDoc<'a> {
+    schema_version: u32,
+    env: &'a str,
+    commit: serde_json::Value,
+    valid: bool,
+    diagnostics: &'a [Diagnostic],
+}
+
+impl<'a> ValidateDoc<'a> {
+    pub fn new(env: &'a str, snap: &Snapshot, valid: bool, diagnostics: &'a [Diagnostic]) -> Self {
+        ValidateDoc {
+            schema_version: VALIDATE_SCHEMA_VERSION,
+            env,
+            commit: commit_json_camel(snap),
+            valid,
+            diagnostics,
+        }
+    }
+}
+
 pub fn print_diagnostics(diags: &[Diagnostic]) {
     for d in diags {
         eprintln!("{d}");
     }
 }
 
-pub fn print_json(value: &serde_json::Value) {
+/// Prints a JSON document, pretty, on stdout. Typed documents keep their fields in declaration
+/// order (serde_json's own maps sort their keys in this build).
+pub fn print_json<T: serde::Serialize + ?Sized>(value: &T) {
     match serde_json::to_string_pretty(value) {
         Ok(s) => crate::outln!("{s}"),
         Err(e) => eprintln!("error: cannot encode output as JSON: {e}"),

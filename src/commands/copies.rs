@@ -154,20 +154,59 @@ fn expired(c: &CopyInfo, now: SystemTime) -> bool {
         .is_some_and(|t| t <= now)
 }
 
+/// The version of the `list --output json` document (docs/json.md).
+pub const LIST_SCHEMA_VERSION: u32 = 1;
+
+/// `list --output json`: every drill and ephemeral copy in the regions of the commit's
+/// environments.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListDoc<'a> {
+    schema_version: u32,
+    copies: Vec<CopyDoc<'a>>,
+}
+
+/// One copy, from the tags on its VPC.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CopyDoc<'a> {
+    /// The copy's effective environment name (`demo-pr-1`).
+    env: &'a str,
+    /// `drill` or `ephemeral`.
+    copy: Option<&'a str>,
+    /// The environment it is a copy of.
+    base_env: Option<&'a str>,
+    region: &'a str,
+    vpc_id: &'a str,
+    commit: Option<&'a str>,
+    /// RFC 3339, UTC.
+    created: Option<&'a str>,
+    expires: Option<&'a str>,
+    expired: bool,
+}
+
 pub async fn list(ctx: &Context) -> Outcome {
     let copies = all_copies(ctx).await?;
     let now = SystemTime::now();
     if ctx.json() {
-        let rows: Vec<serde_json::Value> = copies
+        let copies = copies
             .iter()
-            .map(|(region, c)| {
-                let mut v = serde_json::to_value(c).unwrap_or_default();
-                v["region"] = region.clone().into();
-                v["expired"] = expired(c, now).into();
-                v
+            .map(|(region, c)| CopyDoc {
+                env: &c.env,
+                copy: c.copy.as_deref(),
+                base_env: c.base_env.as_deref(),
+                region,
+                vpc_id: &c.vpc_id,
+                commit: c.commit.as_deref(),
+                created: c.created.as_deref(),
+                expires: c.expires.as_deref(),
+                expired: expired(c, now),
             })
             .collect();
-        super::common::print_json(&serde_json::json!({ "copies": rows }));
+        super::common::print_json(&ListDoc {
+            schema_version: LIST_SCHEMA_VERSION,
+            copies,
+        });
         return Ok(ExitCode::Ok);
     }
     if copies.is_empty() {
