@@ -912,6 +912,22 @@ fn init_writes_environments_that_validate_in_a_fresh_repository_with_the_built_i
             "{env} validates as written:\n{stdout}\n{stderr}"
         );
     }
+    // For scripts: the files written (docs/json.md).
+    let out = phoenix(&sb, &repo.dir, &["init", "tiny", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("init JSON");
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "schemaVersion": 1, "env": "tiny",
+            "files": [
+                "environments/tiny/environment.yaml",
+                "environments/tiny/apps/hello/namespace.yaml",
+                "environments/tiny/apps/hello/configmap.yaml.j2"
+            ]
+        })
+    );
+    repo.commit("a third");
     // Nothing is overwritten.
     let out = phoenix(&sb, &repo.dir, &["init", "shop"]);
     assert_eq!(code(&out), 1);
@@ -1567,4 +1583,36 @@ fn runbook_reads_the_last_drill_report_in_either_format() {
         "{stdout}"
     );
     assert!(stderr.contains("last.json"), "{stderr}");
+}
+
+/// `render --output json` (docs/json.md), pinned.
+#[test]
+fn render_json_snapshot() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("envs");
+    repo.write(
+        "environments/e/environment.yaml",
+        "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: e }\nspec:\n  cluster: { existing: { kubeconfig: /nonexistent } }\n  apps:\n    - { name: web, path: apps/web, namespace: shop }\n",
+    );
+    repo.write(
+        "environments/e/apps/web/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: hello }\ndata: { a: b }\n",
+    );
+    repo.commit("snap");
+    let out = phoenix(&sb, &repo.dir, &["render", "e", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("render JSON");
+    assert_eq!(v["commit"]["sha"], repo.head().as_str());
+    normalise(&mut v);
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "schemaVersion": 1, "env": "e", "commit": commit_snapshot("snap"),
+            "outputs": [{
+                "what": "component web", "source": "environments/e/apps/web/cm.yaml",
+                "content": "apiVersion: v1\ndata:\n  a: b\nkind: ConfigMap\nmetadata:\n  name: hello\n"
+            }]
+        }),
+        "{v:#}"
+    );
 }

@@ -608,6 +608,7 @@ fn man_dir_writes_world_readable_pages_whatever_the_umask() {
     let out = bed.phoenix(&["man", "--dir", &dir.display().to_string(), "-o", "json"]);
     assert_ok(&out, "phoenix man --dir again, json");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON listing");
+    assert_eq!(v["schemaVersion"], 1, "{v}");
     let files = v["files"].as_array().expect("files array");
     assert_eq!(files.len(), expected.len(), "{v}");
 }

@@ -87,6 +87,30 @@ pub fn load_env(ctx: &Context, snap: &Snapshot, name: &str) -> Result<Environmen
     })
 }
 
+/// The version of the small `{ files: [...] }` documents of `init` and `man --dir` (docs/json.md).
+pub const FILES_SCHEMA_VERSION: u32 = 1;
+
+/// `init --output json` and `man --dir DIR --output json`: the files written.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FilesDoc<'a> {
+    schema_version: u32,
+    /// The environment written (`init`); absent for `man`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env: Option<&'a str>,
+    files: Vec<String>,
+}
+
+impl<'a> FilesDoc<'a> {
+    pub fn new(env: Option<&'a str>, files: Vec<String>) -> Self {
+        FilesDoc {
+            schema_version: FILES_SCHEMA_VERSION,
+            env,
+            files,
+        }
+    }
+}
+
 /// The version of the `validate --output json` document (docs/json.md), also printed by every
 /// command that stops on an invalid environment.
 pub const VALIDATE_SCHEMA_VERSION: u32 = 1;
@@ -143,14 +167,10 @@ pub fn commit_line(snap: &Snapshot) -> String {
     )
 }
 
-pub fn commit_json(snap: &Snapshot) -> serde_json::Value {
-    serde_json::to_value(snap.commit()).unwrap_or_default()
-}
-
-/// [`commit_json`] with camelCase keys (`shortSha`, `authorEmail`), for the documents of
-/// docs/json.md, which use camelCase throughout.
+/// The commit object of the documents of docs/json.md, in their camelCase (`shortSha`,
+/// `authorEmail`).
 pub fn commit_json_camel(snap: &Snapshot) -> serde_json::Value {
-    camel_keys(commit_json(snap))
+    camel_keys(serde_json::to_value(snap.commit()).unwrap_or_default())
 }
 
 fn camel_keys(v: serde_json::Value) -> serde_json::Value {

@@ -171,7 +171,15 @@ pub fn man(ctx: &Context, dir: Option<&Path>) -> Outcome {
     }
     let listing = if ctx.json() {
         let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
-        format!("{}\n", serde_json::json!({ "files": files }))
+        let doc = super::common::FilesDoc::new(None, files);
+        match serde_json::to_string(&doc) {
+            Ok(text) => format!("{text}\n"),
+            Err(e) => {
+                return Err(Failure::new(format!(
+                    "cannot encode the list of pages: {e}"
+                )))
+            }
+        }
     } else {
         written
             .iter()
