@@ -164,7 +164,8 @@ struct RunReportLine<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     env: &'a str,
-    commit: serde_json::Value,
+    /// The full SHA, as in `runStarted` (and the drift report).
+    commit: &'a str,
     summary: &'a RunSummary,
 }
 
@@ -176,7 +177,7 @@ pub fn report(ctx: &Context, dep: &Deployment, summary: &RunSummary) {
             schema_version: crate::report::events::EVENTS_SCHEMA_VERSION,
             kind: "runReport",
             env: &dep.name,
-            commit: super::common::commit_json_camel(&dep.snap),
+            commit: dep.commit(),
             summary,
         };
         match serde_json::to_string(&line) {
