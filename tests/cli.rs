@@ -1101,10 +1101,10 @@ fn small_cloud_repo(sb: &Sandbox) -> Repo<'_> {
     repo
 }
 
-/// `rebuild -o json` (run events and the run report), `history -o json` and `list -o json`
-/// (docs/json.md), pinned: a change here is a schema change.
+/// `rebuild -o json` (run events and the run report), `history -o json`, `list -o json` and
+/// `gc -o json` (docs/json.md), pinned: a change here is a schema change.
 #[test]
-fn rebuild_events_history_and_list_json_snapshots() {
+fn rebuild_events_history_list_and_gc_json_snapshots() {
     use serde_json::json;
     let moto = moto::Moto::start();
     let sb = Sandbox::new();
@@ -1327,6 +1327,60 @@ fn rebuild_events_history_and_list_json_snapshots() {
         }),
         "{v:#}"
     );
+    // An expired copy, as `gc` reports it: the dry run, then the teardown (its run events, then
+    // the gc report last); the unexpired copy is left alone.
+    let out = phoenix_moto(
+        &sb,
+        &repo.dir,
+        &moto,
+        &["up", "c0", "--ephemeral", "old", "--ttl", "1s"],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let gc_report = |stdout: &[u8]| -> serde_json::Value {
+        let stdout = String::from_utf8_lossy(stdout);
+        let mut last: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("the last line is the gc report ({e}):\n{stdout}"));
+        normalise(&mut last);
+        last
+    };
+    let collected = |result: &str| {
+        json!({
+            "schemaVersion": 1, "type": "gcReport", "dryRun": result == "wouldDestroy",
+            "copies": [{ "env": "c0-old", "baseEnv": "c0", "region": "us-east-1",
+                         "expires": "<time>", "result": result, "error": null }]
+        })
+    };
+    let out = phoenix_moto(&sb, &repo.dir, &moto, &["gc", "--dry-run", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    assert_eq!(
+        out.stdout.iter().filter(|b| **b == b'\n').count(),
+        1,
+        "{}",
+        text(&out).0
+    );
+    assert_eq!(gc_report(&out.stdout), collected("wouldDestroy"));
+    let out = phoenix_moto(&sb, &repo.dir, &moto, &["gc", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    assert_eq!(gc_report(&out.stdout), collected("destroyed"));
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout
+            .lines()
+            .take(stdout.lines().count() - 1)
+            .all(|l| serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["schemaVersion"] == 1 && v["seq"].is_number())),
+        "run events before the report:\n{stdout}"
+    );
+    let out = phoenix_moto(&sb, &repo.dir, &moto, &["list", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list JSON");
+    assert_eq!(
+        v["copies"].as_array().map(Vec::len),
+        Some(1),
+        "only pr is left: {v:#}"
+    );
+
     let out = phoenix_moto(
         &sb,
         &repo.dir,

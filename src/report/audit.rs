@@ -511,9 +511,14 @@ pub fn migrate(mut value: serde_json::Value) -> Result<serde_json::Value, String
     match version {
         1 => {}
         v if v == u64::from(RECORD_VERSION) => return Ok(value),
-        v => {
+        v if v > u64::from(RECORD_VERSION) => {
             return Err(format!(
                 "field recordVersion is {v}: written by a newer phoenix (this one reads versions 1 to {RECORD_VERSION})"
+            ))
+        }
+        v => {
+            return Err(format!(
+                "field recordVersion is {v}: no phoenix wrote this version (known: 1 to {RECORD_VERSION})"
             ))
         }
     }
@@ -676,6 +681,11 @@ mod tests {
         );
         let err = migrate(json!({ "env": "demo" })).unwrap_err();
         assert!(err.contains("recordVersion is missing"), "{err}");
+        let err = migrate(json!({ "version": 0 })).unwrap_err();
+        assert!(
+            err.contains("recordVersion is 0: no phoenix wrote"),
+            "{err}"
+        );
     }
 
     #[test]
