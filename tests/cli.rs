@@ -1347,7 +1347,7 @@ fn rebuild_events_history_list_and_gc_json_snapshots() {
     };
     let collected = |result: &str| {
         json!({
-            "schemaVersion": 1, "type": "gcReport", "dryRun": result == "wouldDestroy",
+            "schemaVersion": 1, "type": "gcReport", "dryRun": result == "would-destroy",
             "copies": [{ "env": "c0-old", "baseEnv": "c0", "region": "us-east-1",
                          "expires": "<time>", "result": result, "error": null }]
         })
@@ -1360,7 +1360,7 @@ fn rebuild_events_history_list_and_gc_json_snapshots() {
         "{}",
         text(&out).0
     );
-    assert_eq!(gc_report(&out.stdout), collected("wouldDestroy"));
+    assert_eq!(gc_report(&out.stdout), collected("would-destroy"));
     let out = phoenix_moto(&sb, &repo.dir, &moto, &["gc", "-o", "json"]);
     assert_eq!(code(&out), 0, "{}", text(&out).1);
     assert_eq!(gc_report(&out.stdout), collected("destroyed"));

@@ -276,7 +276,7 @@ struct GcCopyDoc<'a> {
     base_env: Option<&'a str>,
     region: &'a str,
     expires: Option<&'a str>,
-    /// `wouldDestroy` (`--dry-run`) | `destroyed` | `failed`.
+    /// `would-destroy` (`--dry-run`) | `destroyed` | `failed`.
     result: &'static str,
     /// Why it failed; `null` otherwise.
     error: Option<String>,
@@ -343,7 +343,7 @@ pub async fn gc(ctx: &Context, args: &GcArgs) -> Outcome {
     }
 }
 
-/// Removes one expired copy (or says it would): `wouldDestroy` or `destroyed`, else why not.
+/// Removes one expired copy (or says it would): `would-destroy` or `destroyed`, else why not.
 async fn collect(ctx: &Context, args: &GcArgs, c: &CopyInfo) -> Result<&'static str, String> {
     let Some(base) = &c.base_env else {
         return Err(format!("no {} tag", aws::TAG_BASE_ENV));
@@ -356,7 +356,7 @@ async fn collect(ctx: &Context, args: &GcArgs, c: &CopyInfo) -> Result<&'static 
                 c.env
             );
         }
-        return Ok("wouldDestroy");
+        return Ok("would-destroy");
     }
     eprintln!("destroying {} (copy of {base}, expired {expires})", c.env);
     let dep = Deployment::open(ctx, base, Some(c.env.clone()))
