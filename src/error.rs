@@ -104,14 +104,36 @@ impl fmt::Display for Failure {
     }
 }
 
+/// The version of the error document printed on stdout with `--output json` (docs/json.md).
+pub const ERROR_SCHEMA_VERSION: u32 = 1;
+
+/// A failure for scripts: the last document (or line) on stdout with `--output json`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorDoc<'a> {
+    schema_version: u32,
+    /// `error`, so a reader of a JSON lines stream tells it from the events by `type` alone.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: &'a str,
+    causes: &'a [String],
+    help: Option<&'a str>,
+    exit_code: u8,
+}
+
 impl Failure {
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "error": self.message,
-            "causes": self.causes,
-            "help": self.help,
-            "exitCode": self.exit.code(),
-        })
+    /// The error document, on one line.
+    pub fn to_json(&self) -> String {
+        let doc = ErrorDoc {
+            schema_version: ERROR_SCHEMA_VERSION,
+            kind: "error",
+            error: &self.message,
+            causes: &self.causes,
+            help: self.help.as_deref(),
+            exit_code: self.exit.code(),
+        };
+        // Strings and numbers only: encoding cannot fail; the fallback keeps this total.
+        serde_json::to_string(&doc).unwrap_or_else(|_| "{}".into())
     }
 }
 

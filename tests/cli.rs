@@ -714,7 +714,7 @@ fn outcomes(out: &Output) -> Vec<String> {
     let text = String::from_utf8_lossy(&out.stdout);
     let last = text.lines().last().unwrap_or("{}");
     let v: serde_json::Value = serde_json::from_str(last).expect("the last line is JSON");
-    assert_eq!(v["report"], "run", "{last}");
+    assert_eq!(v["type"], "runReport", "{last}");
     v["summary"]["nodes"]
         .as_array()
         .map(|a| {
@@ -912,6 +912,22 @@ fn init_writes_environments_that_validate_in_a_fresh_repository_with_the_built_i
             "{env} validates as written:\n{stdout}\n{stderr}"
         );
     }
+    // For scripts: the files written (docs/json.md).
+    let out = phoenix(&sb, &repo.dir, &["init", "tiny", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("init JSON");
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "schemaVersion": 1, "env": "tiny",
+            "files": [
+                "environments/tiny/environment.yaml",
+                "environments/tiny/apps/hello/namespace.yaml",
+                "environments/tiny/apps/hello/configmap.yaml.j2"
+            ]
+        })
+    );
+    repo.commit("a third");
     // Nothing is overwritten.
     let out = phoenix(&sb, &repo.dir, &["init", "shop"]);
     assert_eq!(code(&out), 1);
@@ -1001,4 +1017,659 @@ fn every_environment_shipped_in_the_repository_validates() {
             "{name}:\nstdout:\n{stdout}\nstderr:\n{stderr}"
         );
     }
+}
+
+/// Replaces what differs between runs — times, durations, run ids, the process, who ran it, the
+/// VPC id, and the commit's hashes, author, time and path — with placeholders, so a document
+/// compares with a fixed snapshot. Everything else (every key, every other value) is compared.
+fn normalise(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match key.as_str() {
+                    k if k.ends_with("Seconds") && v.is_number() => *v = "<seconds>".into(),
+                    "ts" | "startedAt" | "finishedAt" | "created" | "expires" if v.is_string() => {
+                        *v = "<time>".into()
+                    }
+                    "runId" => *v = "<runId>".into(),
+                    "pid" => *v = "<pid>".into(),
+                    "actor" | "host" if v.is_string() => *v = "<who>".into(),
+                    "vpcId" => *v = "<vpc>".into(),
+                    "commit" if v.is_string() => *v = "<sha>".into(),
+                    "commit" if v.is_object() => {
+                        for k in [
+                            "sha",
+                            "shortSha",
+                            "time",
+                            "repo",
+                            "authorName",
+                            "authorEmail",
+                        ] {
+                            assert!(v.get(k).is_some(), "commit.{k}: {v:#}");
+                            v[k] = "*".into();
+                        }
+                    }
+                    _ => normalise(v),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(normalise),
+        _ => {}
+    }
+}
+
+/// Every object key of `v` containing an underscore (docs/json.md: camelCase only).
+fn snake_keys(v: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    if k.contains('_') {
+                        out.push(k.clone());
+                    }
+                    walk(v, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    walk(v, &mut out);
+    out
+}
+
+/// The commit object of the versioned documents, normalised by [`normalise`].
+fn commit_snapshot(summary: &str) -> serde_json::Value {
+    serde_json::json!({
+        "sha": "*", "shortSha": "*", "summary": summary, "authorName": "*", "authorEmail": "*",
+        "time": "*", "reference": "HEAD", "resolved": { "kind": "branch", "name": "main" },
+        "repo": "*", "signature": { "status": "unsigned" }
+    })
+}
+
+/// A cloud environment of six nodes and no instances: quick on moto, and with `--concurrency 1`
+/// its events come in one order.
+fn small_cloud_repo(sb: &Sandbox) -> Repo<'_> {
+    let repo = sb.repo("small");
+    repo.write(
+        "environments/c0/environment.yaml",
+        "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: c0 }\nspec:\n  cloud:\n    provider: aws\n    region: us-east-1\n    network: { cidr: 10.60.0.0/16, subnets: [{ name: a, cidr: 10.60.1.0/24, zone: us-east-1a, public: true }] }\n    securityGroups: [{ name: web, ingress: [{ port: 80, from: 0.0.0.0/0 }] }]\n",
+    );
+    repo.commit("c0");
+    repo
+}
+
+/// `rebuild -o json` (run events and the run report), `history -o json`, `list -o json` and
+/// `gc -o json` (docs/json.md), pinned: a change here is a schema change.
+#[test]
+fn rebuild_events_history_list_and_gc_json_snapshots() {
+    use serde_json::json;
+    let moto = moto::Moto::start();
+    let sb = Sandbox::new();
+    let repo = small_cloud_repo(&sb);
+    let out = phoenix_moto(
+        &sb,
+        &repo.dir,
+        &moto,
+        &["rebuild", "c0", "-o", "json", "--concurrency", "1"],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 0, "{stdout}\n{stderr}");
+    let mut lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("a JSON line ({e}): {l}")))
+        .collect();
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["schemaVersion"], 1, "line {i}: {line}");
+        if line.get("commit").is_some() {
+            assert_eq!(line["commit"], repo.head().as_str(), "line {i}: {line}");
+        }
+        assert_eq!(snake_keys(line), Vec::<String>::new(), "line {i}: {line}");
+        if i + 1 < lines.len() {
+            assert_eq!(line["seq"], i, "events are numbered in order: {line}");
+        }
+    }
+    lines.iter_mut().for_each(normalise);
+    // The order of the stream: one node at a time, layer by layer, the report last.
+    let order: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            let what = l["id"].as_str().or(l["layer"].as_str()).unwrap_or("");
+            format!("{} {what}", l["type"].as_str().unwrap_or("?"))
+                .trim()
+                .to_string()
+        })
+        .collect();
+    let mut want: Vec<String> = vec!["runStarted".into(), "layerStarted cloud".into()];
+    for id in [
+        "cloud/vpc",
+        "cloud/igw",
+        "cloud/subnet/a",
+        "cloud/rtb/public",
+        "cloud/sg/web",
+        "cloud/sg/web/rules",
+    ] {
+        for t in ["nodeStarted", "nodeProgress", "nodeFinished"] {
+            want.push(format!("{t} {id}"));
+        }
+    }
+    want.push("layerFinished cloud".into());
+    for layer in ["cluster", "addons", "apps"] {
+        want.push(format!("layerStarted {layer}"));
+        want.push(format!("layerFinished {layer}"));
+    }
+    want.extend(["runFinished".to_string(), "runReport".to_string()]);
+    assert_eq!(order, want, "{stdout}");
+
+    let nodes = json!([
+        { "id": "cloud/vpc", "layer": "cloud", "description": "vpc (10.60.0.0/16)" },
+        { "id": "cloud/igw", "layer": "cloud", "description": "igw attached to the vpc" },
+        { "id": "cloud/subnet/a", "layer": "cloud", "description": "subnet/a (10.60.1.0/24 in us-east-1a)" },
+        { "id": "cloud/rtb/public", "layer": "cloud", "description": "rtb/public routing 0.0.0.0/0 to igw" },
+        { "id": "cloud/sg/web/rules", "layer": "cloud", "description": "the rules of sg/web" },
+        { "id": "cloud/sg/web", "layer": "cloud", "description": "sg/web" }
+    ]);
+    assert_eq!(
+        lines[0],
+        json!({ "schemaVersion": 1, "seq": 0, "ts": "<time>", "type": "runStarted",
+                "runId": "<runId>", "env": "c0", "commit": "<sha>", "gitRef": null,
+                "command": "rebuild", "actor": "<who>", "host": "<who>", "pid": "<pid>",
+                "layers": ["cloud", "cluster", "addons", "apps"], "nodes": nodes }),
+        "{:#}",
+        lines[0]
+    );
+    assert_eq!(
+        lines[1],
+        json!({ "schemaVersion": 1, "seq": 1, "ts": "<time>", "type": "layerStarted",
+                "layer": "cloud", "nodes": 6 })
+    );
+    assert_eq!(
+        lines[2..5],
+        [
+            json!({ "schemaVersion": 1, "seq": 2, "ts": "<time>", "type": "nodeStarted",
+                    "id": "cloud/vpc", "layer": "cloud", "description": "vpc (10.60.0.0/16)" }),
+            json!({ "schemaVersion": 1, "seq": 3, "ts": "<time>", "type": "nodeProgress",
+                    "id": "cloud/vpc", "message": "creating vpc" }),
+            json!({ "schemaVersion": 1, "seq": 4, "ts": "<time>", "type": "nodeFinished",
+                    "id": "cloud/vpc", "layer": "cloud",
+                    "result": { "status": "succeeded", "outcome": "created" },
+                    "durationSeconds": "<seconds>", "attempts": 1 }),
+        ]
+    );
+    assert_eq!(
+        lines[20],
+        json!({ "schemaVersion": 1, "seq": 20, "ts": "<time>", "type": "layerFinished",
+                "layer": "cloud", "status": "converged", "durationSeconds": "<seconds>" })
+    );
+    assert_eq!(
+        lines[27],
+        json!({ "schemaVersion": 1, "seq": 27, "ts": "<time>", "type": "runFinished",
+                "runId": "<runId>", "converged": true, "cancelled": false,
+                "durationSeconds": "<seconds>", "error": null })
+    );
+    let node = |id: &str, description: &str, outcome: &str, progress: &str| {
+        json!({ "id": id, "layer": "cloud", "description": description,
+                "state": { "status": "succeeded", "outcome": outcome }, "attempts": 1,
+                "startSeconds": "<seconds>", "durationSeconds": "<seconds>",
+                "lastProgress": progress, "inFlightAtCancel": false })
+    };
+    let layer = |name: &str, nodes: usize| {
+        json!({ "layer": name, "status": "converged", "nodes": nodes,
+                "startSeconds": "<seconds>", "durationSeconds": "<seconds>" })
+    };
+    let step = |id: &str, released_by: &str, after: Option<&str>| {
+        json!({ "id": id, "layer": "cloud", "startSeconds": "<seconds>",
+                "durationSeconds": "<seconds>", "releasedBy": released_by, "after": after })
+    };
+    assert_eq!(
+        lines[28],
+        json!({
+            "schemaVersion": 1, "type": "runReport", "env": "c0", "commit": "<sha>",
+            "summary": {
+                "runId": "<runId>", "env": "c0",
+                "nodes": [
+                    node("cloud/vpc", "vpc (10.60.0.0/16)", "created", "creating vpc"),
+                    node("cloud/igw", "igw attached to the vpc", "created", "creating igw"),
+                    node("cloud/subnet/a", "subnet/a (10.60.1.0/24 in us-east-1a)", "created", "creating subnet/a"),
+                    node("cloud/rtb/public", "rtb/public routing 0.0.0.0/0 to igw", "created", "creating rtb/public"),
+                    node("cloud/sg/web/rules", "the rules of sg/web", "updated", "sg/web: authorizing tcp/80 from 0.0.0.0/0"),
+                    node("cloud/sg/web", "sg/web", "created", "creating sg/web"),
+                ],
+                "layers": [layer("cloud", 6), layer("cluster", 0), layer("addons", 0), layer("apps", 0)],
+                "durationSeconds": "<seconds>", "converged": true, "cancelled": false, "error": null,
+                "criticalPath": [
+                    step("cloud/vpc", "start", None),
+                    step("cloud/sg/web", "dependency", Some("cloud/vpc")),
+                    step("cloud/sg/web/rules", "dependency", Some("cloud/sg/web")),
+                ]
+            }
+        }),
+        "{:#}",
+        lines[28]
+    );
+
+    // The audit record of that run, as `history` prints it.
+    let out = phoenix_moto(&sb, &repo.dir, &moto, &["history", "c0", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("history JSON");
+    assert_eq!(snake_keys(&v), Vec::<String>::new(), "{v:#}");
+    assert_eq!(v["runs"][0]["commit"], repo.head().as_str());
+    normalise(&mut v);
+    let record_node = |id: &str, outcome: &str| {
+        json!({ "id": id, "layer": "cloud", "started": true,
+                "result": { "status": "succeeded", "outcome": outcome },
+                "durationSeconds": "<seconds>", "attempts": 1 })
+    };
+    let record_layer = |name: &str| json!({ "layer": name, "status": "converged", "durationSeconds": "<seconds>" });
+    assert_eq!(
+        v,
+        json!({
+            "schemaVersion": 1, "env": "c0",
+            "runs": [{
+                "recordVersion": 2, "runId": "<runId>", "env": "c0", "command": "rebuild",
+                "commit": "<sha>", "gitRef": null, "actor": "<who>", "host": "<who>", "pid": "<pid>",
+                "startedAt": "<time>", "finishedAt": "<time>", "durationSeconds": "<seconds>",
+                "outcome": "converged", "error": null, "cancelReason": null, "inFlightAtCancel": [],
+                "layers": [record_layer("cloud"), record_layer("cluster"), record_layer("addons"), record_layer("apps")],
+                "nodes": [
+                    record_node("cloud/vpc", "created"),
+                    record_node("cloud/igw", "created"),
+                    record_node("cloud/subnet/a", "created"),
+                    record_node("cloud/rtb/public", "created"),
+                    record_node("cloud/sg/web/rules", "updated"),
+                    record_node("cloud/sg/web", "created"),
+                ]
+            }]
+        }),
+        "{v:#}"
+    );
+
+    // An ephemeral copy, as `list` prints it; gone once destroyed.
+    let out = phoenix_moto(
+        &sb,
+        &repo.dir,
+        &moto,
+        &["up", "c0", "--ephemeral", "pr", "--ttl", "1h"],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    let out = phoenix_moto(&sb, &repo.dir, &moto, &["list", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list JSON");
+    let copy = &v["copies"][0];
+    assert_eq!(copy["commit"], repo.head().as_str(), "{v:#}");
+    assert!(
+        copy["vpcId"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("vpc-")),
+        "{v:#}"
+    );
+    let time = |k: &str| {
+        humantime::parse_rfc3339(copy[k].as_str().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{k} is RFC 3339 ({e}): {v:#}"))
+    };
+    assert_eq!(
+        time("expires").duration_since(time("created")).unwrap(),
+        std::time::Duration::from_secs(3600),
+        "--ttl 1h"
+    );
+    normalise(&mut v);
+    assert_eq!(
+        v,
+        json!({
+            "schemaVersion": 1,
+            "copies": [{
+                "env": "c0-pr", "copy": "ephemeral", "baseEnv": "c0", "region": "us-east-1",
+                "vpcId": "<vpc>", "commit": "<sha>", "created": "<time>", "expires": "<time>",
+                "expired": false
+            }]
+        }),
+        "{v:#}"
+    );
+    // An expired copy, as `gc` reports it: the dry run, then the teardown (its run events, then
+    // the gc report last); the unexpired copy is left alone.
+    let out = phoenix_moto(
+        &sb,
+        &repo.dir,
+        &moto,
+        &["up", "c0", "--ephemeral", "old", "--ttl", "1s"],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let gc_report = |stdout: &[u8]| -> serde_json::Value {
+        let stdout = String::from_utf8_lossy(stdout);
+        let mut last: serde_json::Value =
+            serde_json::from_str(stdout.lines().last().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("the last line is the gc report ({e}):\n{stdout}"));
+        normalise(&mut last);
+        last
+    };
+    let collected = |result: &str| {
+        json!({
+            "schemaVersion": 1, "type": "gcReport", "dryRun": result == "would-destroy",
+            "copies": [{ "env": "c0-old", "baseEnv": "c0", "region": "us-east-1",
+                         "expires": "<time>", "result": result, "error": null }]
+        })
+    };
+    let out = phoenix_moto(&sb, &repo.dir, &moto, &["gc", "--dry-run", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    assert_eq!(
+        out.stdout.iter().filter(|b| **b == b'\n').count(),
+        1,
+        "{}",
+        text(&out).0
+    );
+    assert_eq!(gc_report(&out.stdout), collected("would-destroy"));
+    let out = phoenix_moto(&sb, &repo.dir, &moto, &["gc", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    assert_eq!(gc_report(&out.stdout), collected("destroyed"));
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout
+            .lines()
+            .take(stdout.lines().count() - 1)
+            .all(|l| serde_json::from_str::<serde_json::Value>(l)
+                .is_ok_and(|v| v["schemaVersion"] == 1 && v["seq"].is_number())),
+        "run events before the report:\n{stdout}"
+    );
+    let out = phoenix_moto(&sb, &repo.dir, &moto, &["list", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list JSON");
+    assert_eq!(
+        v["copies"].as_array().map(Vec::len),
+        Some(1),
+        "only pr is left: {v:#}"
+    );
+
+    let out = phoenix_moto(
+        &sb,
+        &repo.dir,
+        &moto,
+        &["destroy", "c0", "--ephemeral", "pr", "--yes"],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    let out = phoenix_moto(&sb, &repo.dir, &moto, &["list", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("list JSON");
+    assert_eq!(v, json!({ "schemaVersion": 1, "copies": [] }));
+}
+
+/// An audit record as phoenix wrote it before record version 2: snake_case keys, durations in
+/// milliseconds, the version in `version`.
+const OLD_RECORD: &str = r#"{
+  "version": 1,
+  "run_id": "65a1b2c3d4e5",
+  "env": "s",
+  "command": "rebuild",
+  "commit": "0123456789abcdef0123456789abcdef01234567",
+  "git_ref": "main",
+  "actor": "ops",
+  "host": "old-box",
+  "pid": 4242,
+  "started_at": "2026-11-23T19:21:13.123Z",
+  "finished_at": "2026-11-23T19:22:14.623Z",
+  "duration_ms": 61500,
+  "outcome": "failed",
+  "error": "1 node failed",
+  "cancel_reason": null,
+  "in_flight_at_cancel": [],
+  "layers": [
+    { "layer": "cloud", "status": "excluded", "duration_ms": null },
+    { "layer": "cluster", "status": "failed", "duration_ms": 61500 },
+    { "layer": "addons", "status": "skipped", "duration_ms": 0 },
+    { "layer": "apps", "status": "skipped", "duration_ms": 0 }
+  ],
+  "nodes": [
+    { "id": "cluster/control-plane", "layer": "cluster", "started": true,
+      "result": { "status": "failed", "error": "API server not ready", "timed_out": true },
+      "duration_ms": 61500, "attempts": 3 },
+    { "id": "apps/web", "layer": "apps", "started": false,
+      "result": { "status": "skipped", "reason": "layer cluster did not converge" },
+      "duration_ms": 0, "attempts": 0 }
+  ]
+}
+"#;
+
+/// The audit trail outlives upgrades: a record written by an older phoenix is still listed, by
+/// `history` and in its current JSON schema.
+#[test]
+fn history_lists_a_record_written_by_an_older_version() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("envs");
+    repo.write(
+        "environments/s/environment.yaml",
+        "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: s }\nspec:\n  cluster: { existing: { kubeconfig: /nonexistent } }\n  apps:\n    - { name: web, path: apps/web }\n",
+    );
+    repo.write(
+        "environments/s/apps/web/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: web, namespace: default }\n",
+    );
+    repo.commit("s");
+    let runs = sb.phoenix_home().join("runs/s");
+    std::fs::create_dir_all(&runs).unwrap();
+    std::fs::write(runs.join("20261123T192113Z-65a1b2c3d4e5.json"), OLD_RECORD).unwrap();
+
+    let out = phoenix(&sb, &repo.dir, &["history", "s"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(
+        stderr.is_empty(),
+        "no warning about the old record: {stderr}"
+    );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("2026-11-23 19:21:13"))
+        .unwrap_or_else(|| panic!("the old run is listed:\n{stdout}"));
+    for needle in [
+        "rebuild",
+        "0123456789ab",
+        "ops",
+        "failed",
+        "1m01s",
+        "cluster failed 1m01s",
+        "apps skipped 0.0s",
+    ] {
+        assert!(row.contains(needle), "{needle:?} in {row:?}");
+    }
+    assert!(stdout.contains("↳ 1 node failed"), "{stdout}");
+
+    let out = phoenix(&sb, &repo.dir, &["history", "s", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("history JSON");
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "schemaVersion": 1, "env": "s",
+            "runs": [{
+                "recordVersion": 1, "runId": "65a1b2c3d4e5", "env": "s", "command": "rebuild",
+                "commit": "0123456789abcdef0123456789abcdef01234567", "gitRef": "main",
+                "actor": "ops", "host": "old-box", "pid": 4242,
+                "startedAt": "2026-11-23T19:21:13.123Z", "finishedAt": "2026-11-23T19:22:14.623Z",
+                "durationSeconds": 61.5, "outcome": "failed", "error": "1 node failed",
+                "cancelReason": null, "inFlightAtCancel": [],
+                "layers": [
+                    { "layer": "cloud", "status": "excluded", "durationSeconds": null },
+                    { "layer": "cluster", "status": "failed", "durationSeconds": 61.5 },
+                    { "layer": "addons", "status": "skipped", "durationSeconds": 0.0 },
+                    { "layer": "apps", "status": "skipped", "durationSeconds": 0.0 }
+                ],
+                "nodes": [
+                    { "id": "cluster/control-plane", "layer": "cluster", "started": true,
+                      "result": { "status": "failed", "error": "API server not ready", "timedOut": true },
+                      "durationSeconds": 61.5, "attempts": 3 },
+                    { "id": "apps/web", "layer": "apps", "started": false,
+                      "result": { "status": "skipped", "reason": "layer cluster did not converge" },
+                      "durationSeconds": 0.0, "attempts": 0 }
+                ]
+            }]
+        }),
+        "{v:#}"
+    );
+
+    // A record from a newer phoenix is skipped with a warning naming the file and the field;
+    // the rest is still listed.
+    let newer = OLD_RECORD.replace(r#""version": 1"#, r#""recordVersion": 9"#);
+    std::fs::write(runs.join("20261124T000000Z-ffffffffffff.json"), newer).unwrap();
+    let out = phoenix(&sb, &repo.dir, &["history", "s", "-o", "json"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 0, "{stderr}");
+    assert!(
+        stderr.contains("20261124T000000Z-ffffffffffff.json")
+            && stderr.contains("recordVersion is 9"),
+        "{stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("history JSON");
+    assert_eq!(v["runs"].as_array().map(Vec::len), Some(1), "{v:#}");
+}
+
+/// `validate --output json` (docs/json.md), pinned, valid and invalid.
+#[test]
+fn validate_json_snapshot() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("envs");
+    repo.write(
+        "environments/ok/environment.yaml",
+        "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: ok }\nspec:\n  cluster: { existing: { kubeconfig: /x } }\n",
+    );
+    repo.write(
+        "environments/bad/environment.yaml",
+        "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: bad }\nspec:\n  recoveryObjective: soon\n  clustr: {}\n  cluster: { existing: { kubeconfig: /x } }\n",
+    );
+    repo.commit("two envs");
+    let out = phoenix(&sb, &repo.dir, &["validate", "bad", "-o", "json"]);
+    assert_eq!(code(&out), 1, "{}", text(&out).1);
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("validate JSON");
+    assert_eq!(v["commit"]["sha"], repo.head().as_str());
+    normalise(&mut v);
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "schemaVersion": 1, "env": "bad", "commit": commit_snapshot("two envs"),
+            "valid": false,
+            "diagnostics": [
+                { "file": "environments/bad/environment.yaml", "line": 5, "column": 22,
+                  "field": "spec.recoveryObjective",
+                  "message": "\"soon\" is not a valid duration: expected number at 0",
+                  "help": "write a duration like 30s, 5m, 1h30m" },
+                { "file": "environments/bad/environment.yaml", "line": 6, "column": 3,
+                  "field": "spec.clustr", "message": "unknown field \"clustr\"",
+                  "help": "did you mean \"cluster\"? valid keys: recoveryObjective, values, timeouts, secrets, cloud, cluster, addons, apps" }
+            ]
+        }),
+        "{v:#}"
+    );
+    // Any command stopped by an invalid environment prints the same document, then the error
+    // document every failure prints with --output json.
+    let out = phoenix(&sb, &repo.dir, &["plan", "bad", "--offline", "-o", "json"]);
+    assert_eq!(code(&out), 1);
+    let mut docs: Vec<serde_json::Value> = serde_json::Deserializer::from_slice(&out.stdout)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("JSON documents ({e}): {}", text(&out).0));
+    assert_eq!(docs.len(), 2, "{docs:#?}");
+    normalise(&mut docs[0]);
+    assert_eq!(docs[0], v);
+    assert_eq!(
+        docs[1],
+        serde_json::json!({
+            "schemaVersion": 1, "type": "error",
+            "error": format!("environment bad at commit {} is invalid (2 problems)", &repo.head()[..7]),
+            "causes": [], "help": "run `phoenix validate bad` for the full list", "exitCode": 1
+        })
+    );
+
+    let out = phoenix(&sb, &repo.dir, &["validate", "ok", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("validate JSON");
+    normalise(&mut v);
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "schemaVersion": 1, "env": "ok", "commit": commit_snapshot("two envs"),
+            "valid": true, "diagnostics": []
+        })
+    );
+}
+
+/// `phoenix runbook` reads the last drill report back by key: the versioned report, and one
+/// written before it was versioned (snake_case, milliseconds); an unreadable one is named.
+#[test]
+fn runbook_reads_the_last_drill_report_in_either_format() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("envs");
+    repo.write(
+        "environments/e/environment.yaml",
+        "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: e }\nspec:\n  recoveryObjective: 10m\n  cluster: { existing: { kubeconfig: /nonexistent } }\n",
+    );
+    repo.commit("e");
+    let dir = sb.phoenix_home().join("drills/e");
+    std::fs::create_dir_all(&dir).unwrap();
+    let last = dir.join("last.json");
+    let runbook = |sb: &Sandbox| {
+        let out = phoenix(sb, &repo.dir, &["runbook", "e"]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(code(&out), 0, "{stderr}");
+        (stdout, stderr)
+    };
+
+    std::fs::write(
+        &last,
+        r#"{"report":"drill","env":"e","verdict":"passed","started_at":"2026-11-01T10:00:00Z","commit":{"sha":"0123456789abcdef","short_sha":"0123456"},"recovery_ms":65000}"#,
+    )
+    .unwrap();
+    let (stdout, _) = runbook(&sb);
+    assert!(
+        stdout.contains("Last drill: **passed** on 2026-11-01T10:00:00Z at commit `0123456`, recovery took 1m05s"),
+        "{stdout}"
+    );
+
+    std::fs::write(
+        &last,
+        r#"{"schemaVersion":1,"type":"drillReport","env":"e","verdict":"over-objective","startedAt":"2026-11-02T10:00:00Z","commit":{"sha":"89abcdef01234567","shortSha":"89abcde"},"recoverySeconds":700.5}"#,
+    )
+    .unwrap();
+    let (stdout, _) = runbook(&sb);
+    assert!(
+        stdout.contains("Last drill: **over-objective** on 2026-11-02T10:00:00Z at commit `89abcde`, recovery took 11m40s"),
+        "{stdout}"
+    );
+
+    std::fs::write(&last, "{ not json").unwrap();
+    let (stdout, stderr) = runbook(&sb);
+    assert!(
+        stdout.contains("Last drill: unreadable (cannot parse ") && stdout.contains("last.json"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("last.json"), "{stderr}");
+}
+
+/// `render --output json` (docs/json.md), pinned.
+#[test]
+fn render_json_snapshot() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("envs");
+    repo.write(
+        "environments/e/environment.yaml",
+        "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: e }\nspec:\n  cluster: { existing: { kubeconfig: /nonexistent } }\n  apps:\n    - { name: web, path: apps/web, namespace: shop }\n",
+    );
+    repo.write(
+        "environments/e/apps/web/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: hello }\ndata: { a: b }\n",
+    );
+    repo.commit("snap");
+    let out = phoenix(&sb, &repo.dir, &["render", "e", "-o", "json"]);
+    assert_eq!(code(&out), 0, "{}", text(&out).1);
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("render JSON");
+    assert_eq!(v["commit"]["sha"], repo.head().as_str());
+    normalise(&mut v);
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "schemaVersion": 1, "env": "e", "commit": commit_snapshot("snap"),
+            "outputs": [{
+                "what": "component web", "source": "environments/e/apps/web/cm.yaml",
+                "content": "apiVersion: v1\ndata:\n  a: b\nkind: ConfigMap\nmetadata:\n  name: hello\n"
+            }]
+        }),
+        "{v:#}"
+    );
 }

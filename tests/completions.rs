@@ -179,6 +179,31 @@ fn bash_completions_parse_and_complete_subcommands_and_flags() {
     );
 
     // Environment names come from the commit at HEAD of the repository bash runs in.
+    let repo = env_repo(&bed);
+    assert_eq!(
+        bash_complete_in(
+            &path,
+            &["phoenix", "rebuild", "al"],
+            &repo.join("environments/alpha/sub")
+        ),
+        vec!["alpha".to_string(), "alpine".to_string()]
+    );
+    assert_eq!(
+        bash_complete_in(&path, &["phoenix", "diff", "n"], &repo),
+        Vec::<String>::new(),
+        "a directory without environment.yaml is no environment"
+    );
+    assert_eq!(
+        bash_complete_in(&path, &["phoenix", "plan", "b"], &repo),
+        Vec::<String>::new(),
+        "an environment not committed yet is not offered"
+    );
+}
+
+/// A Git repository with the environments alpha and alpine committed, `environments/notes`
+/// (no environment.yaml) committed, and `environments/beta` in the working tree only; plus
+/// `environments/alpha/sub` to complete from below the top.
+fn env_repo(bed: &Bed) -> std::path::PathBuf {
     let repo = bed.path("repo");
     std::fs::create_dir_all(repo.join("environments/alpha")).unwrap();
     std::fs::create_dir_all(repo.join("environments/alpine")).unwrap();
@@ -208,19 +233,197 @@ fn bash_completions_parse_and_complete_subcommands_and_flags() {
             .unwrap();
         assert!(st.success(), "git {args:?}");
     }
+    std::fs::create_dir_all(repo.join("environments/beta")).unwrap();
+    std::fs::write(repo.join("environments/beta/environment.yaml"), "x").unwrap();
     std::fs::create_dir_all(repo.join("environments/alpha/sub")).unwrap();
+    repo
+}
+
+/// Whether `shell` can be run. Missing, the test is skipped with a note, unless
+/// `PHOENIX_REQUIRE_LINTERS=1` (scripts/test, CI: scripts/setup installs zsh and fish) makes
+/// that a failure.
+fn shell_available(shell: &str) -> bool {
+    let found = Command::new(shell)
+        .args(["-c", "exit 0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var("PHOENIX_REQUIRE_LINTERS").as_deref() != Ok("1"),
+            "{shell} is required (PHOENIX_REQUIRE_LINTERS=1) but not on PATH"
+        );
+        println!("note: {shell} is not installed; its completion is not exercised");
+    }
+    found
+}
+
+/// Drives an interactive zsh in a pseudo-terminal (zsh/zpty): loads compinit and the script,
+/// types `words` (the last being the word under the cursor, possibly partial) in `dir` and runs
+/// completion from a widget bound to ^T, recording every candidate handed to `compadd`.
+const ZSH_HARNESS: &str = r#"script=$1; dir=$2; shift 2
+zmodload zsh/zpty || exit 3
+zpty z zsh -f -i
+zpty -w z "autoload -U compinit && compinit -u -D"
+zpty -w z "source ${(q)script}"
+zpty -w z "cd ${(q)dir}"
+zpty -w z 'compadd() { local -a h; builtin compadd -A h "$@"; local m=HI; (( $#h )) && print -l -- "${m}T:"${^h}; builtin compadd "$@"; }'
+zpty -w z '_t() { zle complete-word; local m=EN; print "${m}D:"; }; zle -N _t; bindkey "^T" _t'
+zpty -w -n z "$*"$'\C-t'
+out=()
+while zpty -r z line; do out+=("$line"); [[ $line == *END:* ]] && break; done
+zpty -d z
+[[ $out[-1] == *END:* ]] || exit 4
+print -rl -- "${(@)out}" | tr -d '\r' | sed -n 's/^.*HIT:\(.*\)$/\1/p' | sort -u
+"#;
+
+fn zsh_complete_in(bed: &Bed, script: &Path, words: &[&str], dir: &Path) -> Vec<String> {
+    let harness = bed.path("complete.zsh");
+    std::fs::write(&harness, ZSH_HARNESS).expect("write the zsh harness");
+    // A hung pty must fail the test, not stall the suite.
+    let out = Command::new("timeout")
+        .arg("60")
+        .args(["zsh", "-f"])
+        .arg(&harness)
+        .arg(script)
+        .arg(dir)
+        .args(words)
+        .env("HOME", bed.path("home"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run zsh");
+    assert_ok(&out, &format!("zsh completing {words:?}"));
+    stdout(&out)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn zsh_completions_offer_environment_names_from_the_commit() {
+    if !shell_available("zsh") {
+        return;
+    }
+    let bed = Bed::new();
+    let out = bed.phoenix(&["completions", "zsh"]);
+    assert_ok(&out, "phoenix completions zsh");
+    let path = bed.path("_phoenix");
+    std::fs::write(&path, stdout(&out)).expect("write script");
+    let repo = env_repo(&bed);
+
     assert_eq!(
-        bash_complete_in(
+        zsh_complete_in(
+            &bed,
             &path,
             &["phoenix", "rebuild", "al"],
             &repo.join("environments/alpha/sub")
         ),
-        vec!["alpha".to_string(), "alpine".to_string()]
+        vec!["alpha".to_string(), "alpine".to_string()],
+        "ENV completes with the committed environments, from a subdirectory too"
     );
     assert_eq!(
-        bash_complete_in(&path, &["phoenix", "diff", "n"], &repo),
+        zsh_complete_in(&bed, &path, &["phoenix", "history", "alpi"], &repo),
+        vec!["alpine".to_string()]
+    );
+    assert_eq!(
+        zsh_complete_in(&bed, &path, &["phoenix", "diff", "n"], &repo),
         Vec::<String>::new(),
-        "a directory without environment.yaml is no environment"
+        "a directory without environment.yaml is no environment, and no file is offered"
+    );
+    assert_eq!(
+        zsh_complete_in(&bed, &path, &["phoenix", "plan", "b"], &repo),
+        Vec::<String>::new(),
+        "an environment not committed yet is not offered"
+    );
+    // The rest of the script still completes.
+    assert_eq!(
+        zsh_complete_in(&bed, &path, &["phoenix", "reb"], &repo),
+        vec!["rebuild".to_string()]
+    );
+    assert_eq!(
+        zsh_complete_in(
+            &bed,
+            &path,
+            &["phoenix", "rebuild", "alpha", "--layers", "c"],
+            &repo
+        ),
+        vec!["cloud".to_string(), "cluster".to_string()]
+    );
+}
+
+/// Asks fish (`complete -C`) for the candidates of the command line `line` in `dir`; returns
+/// them without their descriptions.
+fn fish_complete_in(bed: &Bed, script: &Path, line: &str, dir: &Path) -> Vec<String> {
+    let program = format!("source '{}'; complete -C '{line}'", script.display());
+    let out = Command::new("fish")
+        .current_dir(dir)
+        .args(["--no-config", "-c", &program])
+        .env("HOME", bed.path("home"))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run fish");
+    assert_ok(&out, &format!("fish completing {line:?}"));
+    let mut got: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap_or_default().trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    got.sort();
+    got
+}
+
+#[test]
+fn fish_completions_offer_environment_names_from_the_commit() {
+    if !shell_available("fish") {
+        return;
+    }
+    let bed = Bed::new();
+    let out = bed.phoenix(&["completions", "fish"]);
+    assert_ok(&out, "phoenix completions fish");
+    let path = bed.path("phoenix.fish");
+    std::fs::write(&path, stdout(&out)).expect("write script");
+    let repo = env_repo(&bed);
+
+    assert_eq!(
+        fish_complete_in(
+            &bed,
+            &path,
+            "phoenix rebuild al",
+            &repo.join("environments/alpha/sub")
+        ),
+        vec!["alpha".to_string(), "alpine".to_string()],
+        "ENV completes with the committed environments, from a subdirectory too"
+    );
+    assert_eq!(
+        fish_complete_in(&bed, &path, "phoenix --ref main history alpi", &repo),
+        vec!["alpine".to_string()],
+        "after global options too"
+    );
+    // fish falls back to substring matches, so these prefixes match nothing committed.
+    assert_eq!(
+        fish_complete_in(&bed, &path, "phoenix diff no", &repo),
+        Vec::<String>::new(),
+        "a directory without environment.yaml is no environment, and no file is offered"
+    );
+    assert_eq!(
+        fish_complete_in(&bed, &path, "phoenix plan be", &repo),
+        Vec::<String>::new(),
+        "an environment not committed yet is not offered"
+    );
+    assert!(
+        !fish_complete_in(&bed, &path, "phoenix list ", &repo)
+            .iter()
+            .any(|c| c == "alpha"),
+        "a subcommand without ENV is not offered environment names"
+    );
+    assert_eq!(
+        fish_complete_in(&bed, &path, "phoenix reb", &repo),
+        vec!["rebuild".to_string()]
     );
 }
 
@@ -405,6 +608,7 @@ fn man_dir_writes_world_readable_pages_whatever_the_umask() {
     let out = bed.phoenix(&["man", "--dir", &dir.display().to_string(), "-o", "json"]);
     assert_ok(&out, "phoenix man --dir again, json");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON listing");
+    assert_eq!(v["schemaVersion"], 1, "{v}");
     let files = v["files"].as_array().expect("files array");
     assert_eq!(files.len(), expected.len(), "{v}");
 }

@@ -198,7 +198,13 @@ fn a_drill_over_its_recovery_objective_exits_3() {
     let (code, doc, all) = drill(&bed, &repo.dir, None);
     assert_eq!(code, 3, "{all}");
     assert_eq!(doc["verdict"], "over-objective");
-    assert_eq!(doc["recovery_objective_ms"], 1000);
+    assert_eq!(doc["recoveryObjectiveSeconds"], 1.0);
+    assert_drill_report_schema(&doc, &repo.head());
+    // `last.json`, which `phoenix runbook` reads, is the same report.
+    let last = bed.git.phoenix_home().join("drills/demo/last.json");
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(&last).expect("last.json"))
+        .expect("last.json is JSON");
+    assert_eq!(saved, doc);
     assert_eq!(bed.live_cloud(doc["copy"].as_str().expect("copy")), 0);
     // The generated runbook carries the objective, the order and this drill's verdict.
     let out = bed.phoenix(&repo.dir, &["runbook", "demo"]);
@@ -215,6 +221,106 @@ fn a_drill_over_its_recovery_objective_exits_3() {
     ] {
         assert!(runbook.contains(needle), "{needle:?} missing:\n{runbook}");
     }
+}
+
+/// The drill report (docs/json.md), pinned: every top-level key and value, with the time,
+/// durations and the copy's random suffix normalised; the run summaries and the drift report it
+/// embeds by their keys (their values are pinned by tests/cli.rs and drift::output's snapshot).
+fn assert_drill_report_schema(doc: &Value, head: &str) {
+    fn snake_keys(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    if k.contains('_') {
+                        out.push(k.clone());
+                    }
+                    snake_keys(v, out);
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| snake_keys(v, out)),
+            _ => {}
+        }
+    }
+    let mut bad = Vec::new();
+    snake_keys(doc, &mut bad);
+    assert!(bad.is_empty(), "snake_case keys {bad:?}: {doc:#}");
+    let keys = |v: &Value| -> Vec<String> {
+        v.as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let mut top = doc.clone();
+    assert_eq!(top["commit"]["sha"], head);
+    for k in [
+        "sha",
+        "shortSha",
+        "time",
+        "repo",
+        "authorName",
+        "authorEmail",
+        "summary",
+    ] {
+        assert!(top["commit"].get(k).is_some(), "commit.{k}: {doc:#}");
+        top["commit"][k] = "*".into();
+    }
+    let copy = top["copy"].as_str().unwrap_or_default();
+    assert!(
+        copy.strip_prefix("demo-drill-")
+            .is_some_and(|s| s.len() == 6 && s.chars().all(|c| c.is_ascii_hexdigit())),
+        "{copy}"
+    );
+    top["copy"] = "demo-drill-*".into();
+    assert!(humantime::parse_rfc3339(top["startedAt"].as_str().unwrap_or_default()).is_ok());
+    top["startedAt"] = "<time>".into();
+    for k in [
+        "recoverySeconds",
+        "rebuildSeconds",
+        "verifySeconds",
+        "teardownSeconds",
+    ] {
+        assert!(top[k].as_f64().is_some_and(|s| s >= 0.0), "{k}: {doc:#}");
+        top[k] = "<seconds>".into();
+    }
+    for k in ["rebuild", "teardown", "verify"] {
+        top[k] = keys(&top[k]).into();
+    }
+    let summary = [
+        "cancelled",
+        "converged",
+        "criticalPath",
+        "durationSeconds",
+        "env",
+        "error",
+        "layers",
+        "nodes",
+        "runId",
+    ];
+    assert_eq!(
+        top,
+        serde_json::json!({
+            "schemaVersion": 1, "type": "drillReport", "env": "demo", "copy": "demo-drill-*",
+            "commit": {
+                "sha": "*", "shortSha": "*", "summary": "*", "authorName": "*", "authorEmail": "*",
+                "time": "*", "reference": "HEAD", "resolved": { "kind": "branch", "name": "main" },
+                "repo": "*", "signature": { "status": "unsigned" }
+            },
+            "startedAt": "<time>", "verdict": "over-objective",
+            "recoveryObjectiveSeconds": 1.0, "recoverySeconds": "<seconds>",
+            "rebuildSeconds": "<seconds>", "verifySeconds": "<seconds>",
+            "teardownSeconds": "<seconds>", "kept": false,
+            "rebuild": summary, "teardown": summary,
+            "verify": ["checkedAt", "commit", "durationSeconds", "env", "exitCode", "layers", "schemaVersion", "status"],
+            "failures": []
+        }),
+        "{doc:#}"
+    );
+    // The embedded summaries carry the graph's node ids.
+    assert!(
+        doc["rebuild"]["nodes"]
+            .as_array()
+            .is_some_and(|n| n.iter().any(|n| n["id"] == "cluster/control-plane")),
+        "{doc:#}"
+    );
 }
 
 #[test]

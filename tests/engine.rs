@@ -544,7 +544,7 @@ async fn permanent_errors_fail_at_once() {
     let (summary, events) = run_graph(graph, opts()).await;
     assert_eq!(action.calls.load(Ordering::SeqCst), 1);
     assert_eq!(summary.node("cloud/vpc").unwrap().attempts, 1);
-    assert!(!kinds(&events).contains(&"node_retry"));
+    assert!(!kinds(&events).contains(&"nodeRetry"));
     assert!(!summary.converged);
 }
 
@@ -570,10 +570,7 @@ async fn retries_are_bounded_by_the_node_timeout() {
     let calls = action.calls.load(Ordering::SeqCst);
     assert!(calls > 1, "no retries happened");
     assert_eq!(summary.node("cloud/vpc").unwrap().attempts, calls);
-    let retries = kinds(&events)
-        .iter()
-        .filter(|k| **k == "node_retry")
-        .count() as u32;
+    let retries = kinds(&events).iter().filter(|k| **k == "nodeRetry").count() as u32;
     assert!(retries >= calls - 1);
 }
 
@@ -821,8 +818,8 @@ async fn invalid_graph_runs_nothing() {
         Some("invalid graph: dependency cycle: cloud/a -> cloud/b -> cloud/a")
     );
     assert!(!log.ran("cloud/a") && !log.ran("cloud/b"));
-    assert!(!kinds(&events).contains(&"node_started"));
-    assert_eq!(kinds(&events).last(), Some(&"run_finished"));
+    assert!(!kinds(&events).contains(&"nodeStarted"));
+    assert_eq!(kinds(&events).last(), Some(&"runFinished"));
 }
 
 #[test]
@@ -1087,7 +1084,7 @@ async fn run_timeout_stops_in_flight_nodes() {
     assert!(!log.ran("cloud/other"));
     assert!(summary.node("cloud/hang").unwrap().in_flight_at_cancel);
     assert!(!summary.cancelled && !summary.converged);
-    assert!(kinds(&events).contains(&"cancel_requested"));
+    assert!(kinds(&events).contains(&"cancelRequested"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1372,26 +1369,60 @@ async fn json_lines_parse_back() {
     assert_eq!(parsed, expected);
     assert!(parsed.windows(2).all(|w| w[0].seq < w[1].seq));
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert_eq!(first["type"], "run_started");
+    assert_eq!(first["type"], "runStarted");
+    assert_eq!(
+        first["schemaVersion"], 1,
+        "every line is versioned: {first}"
+    );
     assert_eq!(first["env"], "test");
     assert!(first["ts"].as_str().unwrap().ends_with('Z'));
     for kind in [
-        "layer_started",
-        "node_started",
-        "node_progress",
-        "node_retry",
-        "node_finished",
-        "layer_finished",
+        "layerStarted",
+        "nodeStarted",
+        "nodeProgress",
+        "nodeRetry",
+        "nodeFinished",
+        "layerFinished",
     ] {
         assert!(kinds(&events).contains(&kind), "no {kind}");
     }
     let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    assert_eq!(last["type"], "run_finished");
+    assert_eq!(last["type"], "runFinished");
     assert_eq!(last["converged"], false);
     // A failed node's line carries its error.
     assert!(text.contains(
-        r#""result":{"status":"failed","error":"invalid CIDR: root cause","timed_out":false}"#
+        r#""result":{"status":"failed","error":"invalid CIDR: root cause","timedOut":false}"#
     ));
+    // One naming style (docs/json.md): camelCase keys, durations in seconds.
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let mut bad = Vec::new();
+        snake_keys(&v, &mut bad);
+        assert!(bad.is_empty(), "snake_case keys {bad:?} in {line}");
+        assert_eq!(v["schemaVersion"], 1, "{line}");
+        if v["type"] == "nodeFinished" || v["type"] == "layerFinished" {
+            assert!(v["durationSeconds"].is_number(), "{line}");
+        }
+        if v["type"] == "nodeRetry" {
+            assert!(v["delaySeconds"].is_number(), "{line}");
+        }
+    }
+}
+
+/// Every object key of `v` with an underscore.
+fn snake_keys(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                if k.contains('_') {
+                    out.push(k.clone());
+                }
+                snake_keys(v, out);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| snake_keys(v, out)),
+        _ => {}
+    }
 }
 
 fn test_run_info(run_id: &str) -> RunInfo {

@@ -24,9 +24,14 @@ pub fn completions(shell: clap_complete::Shell) -> Outcome {
     // The generators panic on a failed write; a Vec cannot fail, stdout can (a closed pipe).
     let mut script = Vec::new();
     clap_complete::generate(shell, &mut cmd, BIN, &mut script);
-    if shell == clap_complete::Shell::Bash {
-        script = bash_env_names(&String::from_utf8_lossy(&script)).into_bytes();
+    let text = String::from_utf8_lossy(&script);
+    script = match shell {
+        clap_complete::Shell::Bash => bash_env_names(&text),
+        clap_complete::Shell::Zsh => zsh_env_names(&text),
+        clap_complete::Shell::Fish => fish_env_names(&text),
+        _ => text.into_owned(),
     }
+    .into_bytes();
     print(&script, "the completion script")
 }
 
@@ -43,14 +48,21 @@ fn env_subcommands() -> Vec<String> {
         .collect()
 }
 
+/// The shell pipeline that lists the environments of the commit at HEAD of the repository around
+/// the current directory: the directories under `environments/` that hold an `environment.yaml`,
+/// as phoenix reads them (from the commit, not the working tree). One name per line.
+const LIST_ENVS: &str = "git ls-tree -r --full-tree --name-only HEAD -- environments 2>/dev/null";
+
 /// Teaches the bash script the environment names: where a subcommand takes ENV, it also offers
 /// the environments of the commit at HEAD of the repository around the current directory (the
 /// directories under `environments/` that hold an `environment.yaml`), as phoenix reads them.
 fn bash_env_names(script: &str) -> String {
-    const HELPER: &str = "_phoenix_envs() {\n    git ls-tree -r --full-tree --name-only HEAD -- environments 2>/dev/null \\\n        | sed -n 's#^environments/\\([^/]*\\)/environment\\.yaml$#\\1#p'\n}\n\n";
+    let helper = format!(
+        "_phoenix_envs() {{\n    {LIST_ENVS} \\\n        | sed -n 's#^environments/\\([^/]*\\)/environment\\.yaml$#\\1#p'\n}}\n\n"
+    );
     const OFFER: &str = "                COMPREPLY=( $(compgen -W \"${opts}\" -- \"${cur}\") )";
     let mut out = String::with_capacity(script.len() + 512);
-    out.push_str(HELPER);
+    out.push_str(&helper);
     let subs = env_subcommands();
     let mut in_env_sub = false;
     let mut pending = false;
@@ -78,6 +90,65 @@ fn bash_env_names(script: &str) -> String {
     out
 }
 
+/// Teaches the zsh script the environment names: the ENV positional of every subcommand (clap's
+/// `':env -- HELP:_default'` spec) completes with `_phoenix_envs`, which offers the environments
+/// of the commit at HEAD (as for bash) instead of file names.
+fn zsh_env_names(script: &str) -> String {
+    let helper = format!(
+        "(( $+functions[_phoenix_envs] )) ||\n_phoenix_envs() {{\n    local -a envs\n    envs=(${{(f)\"$({LIST_ENVS} | sed -n 's#^environments/\\([^/]*\\)/environment\\.yaml$#\\1#p')\"}})\n    _wanted environments expl 'environment' compadd -a envs\n}}\n\n"
+    );
+    // The closing `compdef`/`_phoenix "$@"` block runs the completion: the helper goes before it.
+    const TAIL: &str = "if [ \"$funcstack[1]\" = \"_phoenix\" ]; then";
+    let mut out = String::with_capacity(script.len() + 512);
+    for line in script.lines() {
+        if line == TAIL {
+            out.push_str(&helper);
+        }
+        let trimmed = line.trim_start();
+        match trimmed.strip_prefix("':env -- ").and_then(|_| {
+            let end = line.rfind(":_default'")?;
+            Some((&line[..end], &line[end + ":_default'".len()..]))
+        }) {
+            Some((spec, rest)) => {
+                out.push_str(spec);
+                out.push_str(":_phoenix_envs'");
+                out.push_str(rest);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Teaches the fish script the environment names: right after a subcommand that takes ENV
+/// (`phoenix [global options] SUBCOMMAND <TAB>`), fish offers the environments of the commit at
+/// HEAD, as bash and zsh do, instead of file names.
+fn fish_env_names(script: &str) -> String {
+    let subs = env_subcommands().join(" ");
+    format!(
+        "{script}
+# Environment names: the directories under environments/ holding an environment.yaml in the
+# commit at HEAD of the repository around the current directory (phoenix reads the commit).
+function __fish_phoenix_envs
+    {LIST_ENVS} | string replace -r -f '^environments/([^/]+)/environment\\.yaml$' '$1'
+end
+
+# `phoenix [global options] SUBCOMMAND` with a SUBCOMMAND that takes ENV next.
+function __fish_phoenix_wants_env
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_phoenix_global_optspecs) -- $cmd 2>/dev/null
+    or return 1
+    test (count $argv) -eq 1
+    and contains -- $argv[1] {subs}
+end
+
+complete -c phoenix -n __fish_phoenix_wants_env -f -a '(__fish_phoenix_envs)' -d environment
+"
+    )
+}
+
 pub fn man(ctx: &Context, dir: Option<&Path>) -> Outcome {
     let pages = pages().map_err(|e| Failure::from_error("cannot render the man pages", &e))?;
     let Some(dir) = dir else {
@@ -100,7 +171,15 @@ pub fn man(ctx: &Context, dir: Option<&Path>) -> Outcome {
     }
     let listing = if ctx.json() {
         let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
-        format!("{}\n", serde_json::json!({ "files": files }))
+        let doc = super::common::FilesDoc::new(None, files);
+        match serde_json::to_string(&doc) {
+            Ok(text) => format!("{text}\n"),
+            Err(e) => {
+                return Err(Failure::new(format!(
+                    "cannot encode the list of pages: {e}"
+                )))
+            }
+        }
     } else {
         written
             .iter()

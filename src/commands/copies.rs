@@ -154,20 +154,59 @@ fn expired(c: &CopyInfo, now: SystemTime) -> bool {
         .is_some_and(|t| t <= now)
 }
 
+/// The version of the `list --output json` document (docs/json.md).
+pub const LIST_SCHEMA_VERSION: u32 = 1;
+
+/// `list --output json`: every drill and ephemeral copy in the regions of the commit's
+/// environments.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListDoc<'a> {
+    schema_version: u32,
+    copies: Vec<CopyDoc<'a>>,
+}
+
+/// One copy, from the tags on its VPC.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CopyDoc<'a> {
+    /// The copy's effective environment name (`demo-pr-1`).
+    env: &'a str,
+    /// `drill` or `ephemeral`.
+    copy: Option<&'a str>,
+    /// The environment it is a copy of.
+    base_env: Option<&'a str>,
+    region: &'a str,
+    vpc_id: &'a str,
+    commit: Option<&'a str>,
+    /// RFC 3339, UTC.
+    created: Option<&'a str>,
+    expires: Option<&'a str>,
+    expired: bool,
+}
+
 pub async fn list(ctx: &Context) -> Outcome {
     let copies = all_copies(ctx).await?;
     let now = SystemTime::now();
     if ctx.json() {
-        let rows: Vec<serde_json::Value> = copies
+        let copies = copies
             .iter()
-            .map(|(region, c)| {
-                let mut v = serde_json::to_value(c).unwrap_or_default();
-                v["region"] = region.clone().into();
-                v["expired"] = expired(c, now).into();
-                v
+            .map(|(region, c)| CopyDoc {
+                env: &c.env,
+                copy: c.copy.as_deref(),
+                base_env: c.base_env.as_deref(),
+                region,
+                vpc_id: &c.vpc_id,
+                commit: c.commit.as_deref(),
+                created: c.created.as_deref(),
+                expires: c.expires.as_deref(),
+                expired: expired(c, now),
             })
             .collect();
-        super::common::print_json(&serde_json::json!({ "copies": rows }));
+        super::common::print_json(&ListDoc {
+            schema_version: LIST_SCHEMA_VERSION,
+            copies,
+        });
         return Ok(ExitCode::Ok);
     }
     if copies.is_empty() {
@@ -214,6 +253,35 @@ pub async fn list(ctx: &Context) -> Outcome {
     Ok(ExitCode::Ok)
 }
 
+/// The version of the `gc --output json` document (docs/json.md).
+pub const GC_SCHEMA_VERSION: u32 = 1;
+
+/// `gc --output json`: the last line on stdout, after the run events of the teardowns.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GcDoc<'a> {
+    schema_version: u32,
+    /// `gcReport`, so a reader of the stream tells it from the run events by `type` alone.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    dry_run: bool,
+    /// Every expired copy found, with what became of it.
+    copies: Vec<GcCopyDoc<'a>>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GcCopyDoc<'a> {
+    env: &'a str,
+    base_env: Option<&'a str>,
+    region: &'a str,
+    expires: Option<&'a str>,
+    /// `would-destroy` (`--dry-run`) | `destroyed` | `failed`.
+    result: &'static str,
+    /// Why it failed; `null` otherwise.
+    error: Option<String>,
+}
+
 pub async fn gc(ctx: &Context, args: &GcArgs) -> Outcome {
     let now = SystemTime::now();
     let due: Vec<(String, CopyInfo)> = all_copies(ctx)
@@ -223,43 +291,43 @@ pub async fn gc(ctx: &Context, args: &GcArgs) -> Outcome {
         .collect();
     if due.is_empty() {
         eprintln!("nothing to collect: no expired copies");
-        return Ok(ExitCode::Ok);
     }
-    let mut failed = Vec::new();
+    let mut results: Vec<(&'static str, Option<String>)> = Vec::new();
     for (_, c) in &due {
-        let Some(base) = &c.base_env else {
-            failed.push(format!("{}: no {} tag", c.env, aws::TAG_BASE_ENV));
-            continue;
+        let result = collect(ctx, args, c).await;
+        results.push(match result {
+            Ok(done) => (done, None),
+            Err(why) => ("failed", Some(why)),
+        });
+    }
+    if ctx.json() {
+        let doc = GcDoc {
+            schema_version: GC_SCHEMA_VERSION,
+            kind: "gcReport",
+            dry_run: args.dry_run,
+            copies: due
+                .iter()
+                .zip(&results)
+                .map(|((region, c), (result, error))| GcCopyDoc {
+                    env: &c.env,
+                    base_env: c.base_env.as_deref(),
+                    region,
+                    expires: c.expires.as_deref(),
+                    result,
+                    error: error.clone(),
+                })
+                .collect(),
         };
-        if args.dry_run {
-            crate::outln!(
-                "would destroy {} (copy of {base}, expired {})",
-                c.env,
-                c.expires.as_deref().unwrap_or("?")
-            );
-            continue;
-        }
-        eprintln!(
-            "destroying {} (copy of {base}, expired {})",
-            c.env,
-            c.expires.as_deref().unwrap_or("?")
-        );
-        let dep = match Deployment::open(ctx, base, Some(c.env.clone())).await {
-            Ok(d) => d,
-            Err(f) => {
-                failed.push(format!("{}: {}", c.env, f.summary()));
-                continue;
-            }
-        };
-        match super::destroy::destroy(ctx, &dep, args.concurrency as usize).await {
-            Ok(summary) if summary.converged => forget_local_state(ctx, &c.env),
-            Ok(_) => failed.push(format!(
-                "{}: the teardown did not finish (see above)",
-                c.env
-            )),
-            Err(f) => failed.push(format!("{}: {}", c.env, f.summary())),
+        match serde_json::to_string(&doc) {
+            Ok(line) => crate::outln!("{line}"),
+            Err(e) => eprintln!("error: cannot encode the gc report as JSON: {e}"),
         }
     }
+    let failed: Vec<String> = due
+        .iter()
+        .zip(&results)
+        .filter_map(|((_, c), (_, error))| error.as_ref().map(|why| format!("{}: {why}", c.env)))
+        .collect();
     if failed.is_empty() {
         Ok(ExitCode::Ok)
     } else {
@@ -272,5 +340,34 @@ pub async fn gc(ctx: &Context, args: &GcArgs) -> Outcome {
             f = f.cause(why);
         }
         Err(f.help("run `phoenix gc` again; every teardown is idempotent"))
+    }
+}
+
+/// Removes one expired copy (or says it would): `would-destroy` or `destroyed`, else why not.
+async fn collect(ctx: &Context, args: &GcArgs, c: &CopyInfo) -> Result<&'static str, String> {
+    let Some(base) = &c.base_env else {
+        return Err(format!("no {} tag", aws::TAG_BASE_ENV));
+    };
+    let expires = c.expires.as_deref().unwrap_or("?");
+    if args.dry_run {
+        if !ctx.json() {
+            crate::outln!(
+                "would destroy {} (copy of {base}, expired {expires})",
+                c.env
+            );
+        }
+        return Ok("would-destroy");
+    }
+    eprintln!("destroying {} (copy of {base}, expired {expires})", c.env);
+    let dep = Deployment::open(ctx, base, Some(c.env.clone()))
+        .await
+        .map_err(|f| f.summary())?;
+    match super::destroy::destroy(ctx, &dep, args.concurrency as usize).await {
+        Ok(summary) if summary.converged => {
+            forget_local_state(ctx, &c.env);
+            Ok("destroyed")
+        }
+        Ok(_) => Err("the teardown did not finish (see above)".into()),
+        Err(f) => Err(f.summary()),
     }
 }

@@ -11,7 +11,9 @@ use crate::cli::DrillArgs;
 use crate::drift::LayerStatus as DriftStatus;
 use crate::engine::{Layer, NodeState, RunSummary};
 use crate::error::{ExitCode, Failure};
-use serde_json::{json, Value};
+use crate::report::events::seconds;
+use serde::Serialize;
+use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -122,24 +124,26 @@ pub async fn run(ctx: &Context, args: &DrillArgs) -> Outcome {
     };
     failures.extend(teardown_failure);
 
-    let doc = json!({
-        "report": "drill",
-        "env": args.env.env,
-        "copy": dep.name,
-        "commit": super::common::commit_json(&dep.snap),
-        "started_at": humantime::format_rfc3339_seconds(started_at).to_string(),
-        "verdict": verdict.as_str(),
-        "recovery_objective_ms": objective.map(|o| o.as_millis() as u64),
-        "recovery_ms": recovery.as_millis() as u64,
-        "rebuild_ms": rebuild_time.as_millis() as u64,
-        "verify_ms": verify_time.as_millis() as u64,
-        "teardown_ms": (!args.keep).then_some(teardown_time.as_millis() as u64),
-        "kept": args.keep,
-        "rebuild": rebuild.as_ref().ok(),
-        "verify": verify.as_ref().map(crate::drift::json_value),
-        "teardown": teardown.as_ref().and_then(|t| t.as_ref().ok()),
-        "failures": failures,
-    });
+    let verify_doc = verify.as_ref().map(crate::drift::json_value);
+    let doc = DrillReport {
+        schema_version: DRILL_SCHEMA_VERSION,
+        kind: "drillReport",
+        env: &args.env.env,
+        copy: &dep.name,
+        commit: super::common::commit_json_camel(&dep.snap),
+        started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
+        verdict: verdict.as_str(),
+        recovery_objective_seconds: objective,
+        recovery_seconds: recovery,
+        rebuild_seconds: rebuild_time,
+        verify_seconds: verify_time,
+        teardown_seconds: (!args.keep).then_some(teardown_time),
+        kept: args.keep,
+        rebuild: rebuild.as_ref().ok(),
+        verify: verify_doc.as_ref(),
+        teardown: teardown.as_ref().and_then(|t| t.as_ref().ok()),
+        failures,
+    };
     let markdown = markdown(&doc);
     let dir = args
         .report_dir
@@ -147,7 +151,11 @@ pub async fn run(ctx: &Context, args: &DrillArgs) -> Outcome {
         .unwrap_or_else(|| ctx.home.join("drills").join(&args.env.env));
     let (md_path, json_path) = write_reports(&dir, &dep.name, &markdown, &doc)?;
     if ctx.json() {
-        crate::outln!("{doc}");
+        // The last line of the JSON lines on stdout (the rebuild's and teardown's events first).
+        match serde_json::to_string(&doc) {
+            Ok(line) => crate::outln!("{line}"),
+            Err(e) => eprintln!("error: cannot encode the drill report as JSON: {e}"),
+        }
     } else {
         crate::outln!("\n{markdown}");
         eprintln!("reports: {} and {}", md_path.display(), json_path.display());
@@ -157,6 +165,47 @@ pub async fn run(ctx: &Context, args: &DrillArgs) -> Outcome {
         Verdict::OverObjective => ExitCode::OverObjective,
         Verdict::Failed => ExitCode::Error,
     })
+}
+
+/// The version of the drill report (docs/json.md): the JSON file next to the Markdown one,
+/// `last.json` (read back by `phoenix runbook`), and the last line of `drill --output json`.
+pub const DRILL_SCHEMA_VERSION: u32 = 1;
+
+/// The drill report for machines. Durations in seconds with millisecond precision.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DrillReport<'a> {
+    schema_version: u32,
+    /// `drillReport`: on stdout it follows the run events, told apart by `type`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    env: &'a str,
+    /// The isolated copy's effective name (`ENV-drill-XXXXXX`).
+    copy: &'a str,
+    commit: Value,
+    /// RFC 3339, UTC, seconds.
+    started_at: String,
+    verdict: &'static str,
+    #[serde(with = "seconds::option")]
+    recovery_objective_seconds: Option<Duration>,
+    /// Rebuild plus verification: what the objective is judged against.
+    #[serde(with = "seconds")]
+    recovery_seconds: Duration,
+    #[serde(with = "seconds")]
+    rebuild_seconds: Duration,
+    #[serde(with = "seconds")]
+    verify_seconds: Duration,
+    /// `null` with `--keep`.
+    #[serde(with = "seconds::option")]
+    teardown_seconds: Option<Duration>,
+    kept: bool,
+    /// The copy's rebuild (the run summary of the run report), `null` if it could not start.
+    rebuild: Option<&'a RunSummary>,
+    /// The drift report of the copy right after the rebuild, `null` if it was not converged.
+    verify: Option<&'a Value>,
+    /// The teardown's run summary, `null` with `--keep` or if it could not start.
+    teardown: Option<&'a RunSummary>,
+    failures: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -199,7 +248,7 @@ fn write_reports(
     dir: &Path,
     copy: &str,
     markdown: &str,
-    doc: &Value,
+    doc: &DrillReport<'_>,
 ) -> Result<(PathBuf, PathBuf), Failure> {
     let err = |path: &Path, e: std::io::Error| {
         Failure::new(format!("cannot write the drill report {}", path.display()))
@@ -211,7 +260,9 @@ fn write_reports(
         .replace(':', "");
     let md = dir.join(format!("{stamp}-{copy}.md"));
     let js = dir.join(format!("{stamp}-{copy}.json"));
-    let text = serde_json::to_string_pretty(doc).unwrap_or_else(|_| doc.to_string());
+    let text = serde_json::to_string_pretty(doc).map_err(|e| {
+        Failure::new(format!("cannot encode the drill report of {copy}")).cause(e.to_string())
+    })?;
     std::fs::write(&md, markdown).map_err(|e| err(&md, e))?;
     std::fs::write(&js, &text).map_err(|e| err(&js, e))?;
     let last = dir.join("last.json");
@@ -219,82 +270,63 @@ fn write_reports(
     Ok((md, js))
 }
 
-fn ms(v: &Value) -> String {
-    match v.as_u64() {
-        Some(n) => crate::drift::fmt_duration(Duration::from_millis(n)),
-        None => "-".into(),
-    }
+fn took(d: Duration) -> String {
+    crate::drift::fmt_duration(d)
 }
 
-/// The report for people.
-fn markdown(doc: &Value) -> String {
+/// The report for people, from the same document.
+fn markdown(doc: &DrillReport<'_>) -> String {
     let mut md = String::new();
-    let verdict = doc["verdict"].as_str().unwrap_or("?");
-    let _ = writeln!(
-        md,
-        "# Recovery drill of {}\n",
-        doc["env"].as_str().unwrap_or("?")
-    );
+    let _ = writeln!(md, "# Recovery drill of {}\n", doc.env);
     let _ = writeln!(
         md,
         "- **Verdict: {}** — recovery took {} against an objective of {}",
-        match verdict {
+        match doc.verdict {
             "passed" => "passed",
             "over-objective" => "converged, over the recovery objective",
             _ => "failed",
         },
-        ms(&doc["recovery_ms"]),
-        if doc["recovery_objective_ms"].is_null() {
-            "none (set spec.recoveryObjective)".to_string()
-        } else {
-            ms(&doc["recovery_objective_ms"])
-        }
+        took(doc.recovery_seconds),
+        doc.recovery_objective_seconds
+            .map(took)
+            .unwrap_or_else(|| "none (set spec.recoveryObjective)".to_string())
     );
     let _ = writeln!(
         md,
         "- Commit: `{}` {}",
-        doc["commit"]["sha"].as_str().unwrap_or("?"),
-        doc["commit"]["summary"].as_str().unwrap_or("")
+        doc.commit["sha"].as_str().unwrap_or("?"),
+        doc.commit["summary"].as_str().unwrap_or("")
     );
-    let _ = writeln!(
-        md,
-        "- Copy: `{}` (started {})",
-        doc["copy"].as_str().unwrap_or("?"),
-        doc["started_at"].as_str().unwrap_or("?")
-    );
+    let _ = writeln!(md, "- Copy: `{}` (started {})", doc.copy, doc.started_at);
     let _ = writeln!(
         md,
         "- Rebuild {}, verify {}, teardown {}\n",
-        ms(&doc["rebuild_ms"]),
-        ms(&doc["verify_ms"]),
-        if doc["kept"] == true {
-            "skipped (--keep: the copy is still running)".to_string()
-        } else {
-            ms(&doc["teardown_ms"])
+        took(doc.rebuild_seconds),
+        took(doc.verify_seconds),
+        match doc.teardown_seconds {
+            _ if doc.kept => "skipped (--keep: the copy is still running)".to_string(),
+            Some(t) => took(t),
+            None => "-".to_string(),
         }
     );
-    let rebuild = &doc["rebuild"];
-    if let Some(layers) = rebuild["layers"].as_array() {
+    if let Some(rebuild) = doc.rebuild {
         md.push_str("## Layers\n\n| layer | status | time | nodes |\n|---|---|---|---|\n");
-        for l in layers {
+        for l in &rebuild.layers {
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} |",
-                l["layer"].as_str().unwrap_or("?"),
-                l["status"].as_str().unwrap_or("?"),
-                ms(&l["duration_ms"]),
-                l["nodes"]
+                l.layer,
+                l.status,
+                took(l.duration),
+                l.nodes
             );
         }
         md.push('\n');
-    }
-    if let Some(nodes) = rebuild["nodes"].as_array() {
-        let comps: Vec<&Value> = nodes
+        let comps: Vec<_> = rebuild
+            .nodes
             .iter()
             .filter(|n| {
-                let layer = n["layer"].as_str().unwrap_or("");
-                (layer == Layer::Addons.as_str() || layer == Layer::Apps.as_str())
-                    && !n["id"].as_str().unwrap_or("").ends_with("/.removed")
+                matches!(n.layer, Layer::Addons | Layer::Apps) && !n.id.ends_with("/.removed")
             })
             .collect();
         if !comps.is_empty() {
@@ -303,30 +335,23 @@ fn markdown(doc: &Value) -> String {
                 let _ = writeln!(
                     md,
                     "| {} | {} | {} |",
-                    n["id"].as_str().unwrap_or("?"),
-                    n["state"]["status"].as_str().unwrap_or("?"),
-                    ms(&n["duration_ms"])
+                    n.id,
+                    n.state.label(),
+                    n.duration.map(took).unwrap_or_else(|| "-".into())
                 );
             }
             md.push('\n');
         }
-    }
-    if let Some(path) = rebuild["critical_path"].as_array() {
-        if !path.is_empty() {
-            let steps: Vec<String> = path
+        if !rebuild.critical_path.is_empty() {
+            let steps: Vec<String> = rebuild
+                .critical_path
                 .iter()
-                .map(|s| {
-                    format!(
-                        "{} ({})",
-                        s["id"].as_str().unwrap_or("?"),
-                        ms(&s["duration_ms"])
-                    )
-                })
+                .map(|s| format!("{} ({})", s.id, took(s.duration)))
                 .collect();
             let _ = writeln!(md, "## Critical path\n\n{}\n", steps.join(" → "));
         }
     }
-    if let Some(v) = doc["verify"].as_object() {
+    if let Some(v) = doc.verify.and_then(Value::as_object) {
         let layers = v.get("layers").and_then(Value::as_array);
         let summary: Vec<String> = layers
             .into_iter()
@@ -341,10 +366,10 @@ fn markdown(doc: &Value) -> String {
             .collect();
         let _ = writeln!(md, "## Verification\n\n{}\n", summary.join(", "));
     }
-    if let Some(f) = doc["failures"].as_array().filter(|f| !f.is_empty()) {
+    if !doc.failures.is_empty() {
         md.push_str("## What failed\n\n");
-        for why in f {
-            let _ = writeln!(md, "- {}", why.as_str().unwrap_or("?"));
+        for why in &doc.failures {
+            let _ = writeln!(md, "- {why}");
         }
         md.push('\n');
     }

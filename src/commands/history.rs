@@ -2,7 +2,21 @@
 
 use super::common::{print_json, Context, Outcome};
 use crate::error::{ExitCode, Failure};
-use crate::report::audit;
+use crate::report::audit::{self, AuditRecord};
+use serde::Serialize;
+
+/// The version of the `history --output json` document (docs/json.md).
+pub const HISTORY_SCHEMA_VERSION: u32 = 1;
+
+/// `history --output json`: the audit records, newest first, in the current record format
+/// (older records migrated on read).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct HistoryDoc<'a> {
+    schema_version: u32,
+    env: &'a str,
+    runs: &'a [AuditRecord],
+}
 
 fn ms(d: Option<u64>) -> String {
     match d {
@@ -25,7 +39,11 @@ pub async fn run(ctx: &Context, name: &str, limit: usize) -> Outcome {
     }
     let records: Vec<_> = listing.records.into_iter().take(limit).collect();
     if ctx.json() {
-        print_json(&serde_json::json!({ "env": name, "runs": records }));
+        print_json(&HistoryDoc {
+            schema_version: HISTORY_SCHEMA_VERSION,
+            env: name,
+            runs: &records,
+        });
         return Ok(ExitCode::Ok);
     }
     if records.is_empty() {

@@ -106,10 +106,10 @@ pub fn run(ctx: &Context, args: &InitArgs) -> Outcome {
             .map_err(|e| Failure::from_error(format!("cannot write {}", full.display()), &e))?;
     }
     if ctx.json() {
-        super::common::print_json(&serde_json::json!({
-            "env": args.name,
-            "files": files.iter().map(|(p, _)| p).collect::<Vec<_>>(),
-        }));
+        super::common::print_json(&super::common::FilesDoc::new(
+            Some(&args.name),
+            files.iter().map(|(p, _)| p.to_string()).collect(),
+        ));
     } else {
         for (path, _) in &files {
             crate::outln!("wrote {path}");

@@ -155,17 +155,35 @@ async fn build_graph(
     Ok(graph)
 }
 
+/// The last line of the run event stream (docs/json.md, "Run events"): the run's summary.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RunReportLine<'a> {
+    schema_version: u32,
+    /// `runReport`, so a reader of the stream tells it from the events by `type` alone.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    env: &'a str,
+    /// The full SHA, as in `runStarted` (and the drift report).
+    commit: &'a str,
+    summary: &'a RunSummary,
+}
+
 /// The final report: per-layer status and timing, then what failed and why.
 pub fn report(ctx: &Context, dep: &Deployment, summary: &RunSummary) {
     if ctx.json() {
         // Stdout is JSON lines (the event stream); the report is its last line.
-        let report = serde_json::json!({
-            "report": "run",
-            "env": dep.name,
-            "commit": dep.commit(),
-            "summary": summary,
-        });
-        crate::outln!("{report}");
+        let line = RunReportLine {
+            schema_version: crate::report::events::EVENTS_SCHEMA_VERSION,
+            kind: "runReport",
+            env: &dep.name,
+            commit: dep.commit(),
+            summary,
+        };
+        match serde_json::to_string(&line) {
+            Ok(text) => crate::outln!("{text}"),
+            Err(e) => eprintln!("error: cannot encode the run report as JSON: {e}"),
+        }
         return;
     }
     eprintln!();

@@ -1,9 +1,31 @@
 //! `phoenix render ENV`: the rendered user-data and manifests, secrets redacted.
 
-use super::common::{commit_json, commit_line, load_env, print_json, Context, Outcome};
+use super::common::{commit_json_camel, commit_line, load_env, print_json, Context, Outcome};
 use crate::env;
 use crate::error::{ExitCode, Failure};
 use crate::render::{Mode, Renderer, SecretValues};
+
+/// The version of the `render --output json` document (docs/json.md).
+pub const RENDER_SCHEMA_VERSION: u32 = 1;
+
+/// `render --output json`: every rendered file, secrets redacted.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RenderDoc<'a> {
+    schema_version: u32,
+    env: &'a str,
+    commit: serde_json::Value,
+    outputs: Vec<RenderedDoc<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct RenderedDoc<'a> {
+    /// `user-data instance/NAME/I` or `component NAME`.
+    what: &'a str,
+    /// The template or file in the commit it came from.
+    source: &'a str,
+    content: &'a str,
+}
 
 pub async fn run(ctx: &Context, name: &str, component: Option<&str>) -> Outcome {
     let snap = ctx.open().await?;
@@ -69,13 +91,19 @@ pub async fn run(ctx: &Context, name: &str, component: Option<&str>) -> Outcome 
         }
     }
     if ctx.json() {
-        print_json(&serde_json::json!({
-            "env": name,
-            "commit": commit_json(&snap),
-            "outputs": outputs.iter().map(|(what, source, content)| serde_json::json!({
-                "what": what, "source": source, "content": content,
-            })).collect::<Vec<_>>(),
-        }));
+        print_json(&RenderDoc {
+            schema_version: RENDER_SCHEMA_VERSION,
+            env: name,
+            commit: commit_json_camel(&snap),
+            outputs: outputs
+                .iter()
+                .map(|(what, source, content)| RenderedDoc {
+                    what,
+                    source,
+                    content,
+                })
+                .collect(),
+        });
     } else {
         crate::outln!("# {}", commit_line(&snap));
         for (what, source, content) in &outputs {

@@ -6,7 +6,10 @@ use super::common::{commit_line, load_env, Context, Outcome};
 use crate::engine::Layer;
 use crate::env::model::{Cluster, Component, EndpointKind};
 use crate::error::ExitCode;
+use serde::Deserialize;
 use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
 
 pub async fn run(ctx: &Context, name: &str) -> Outcome {
     let snap = ctx.open().await?;
@@ -36,28 +39,34 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
         );
     }
     let drill = ctx.home.join("drills").join(name).join("last.json");
-    match std::fs::read_to_string(&drill)
-        .ok()
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-    {
-        Some(last) => {
+    match read_last_drill(&drill) {
+        Ok(Some(last)) => {
             let _ = writeln!(
                 md,
                 "- Last drill: **{}** on {} at commit `{}`, recovery took {} (report: {})",
-                last["verdict"].as_str().unwrap_or("?"),
-                last["started_at"].as_str().unwrap_or("?"),
-                last["commit"]["short_sha"].as_str().unwrap_or("?"),
-                last["recovery_ms"]
-                    .as_u64()
-                    .map(|ms| crate::drift::fmt_duration(std::time::Duration::from_millis(ms)))
+                last.verdict.as_deref().unwrap_or("?"),
+                last.started_at.as_deref().unwrap_or("?"),
+                last.commit
+                    .as_ref()
+                    .and_then(|c| c.short_sha.as_deref())
+                    .unwrap_or("?"),
+                last.recovery()
+                    .map(crate::drift::fmt_duration)
                     .unwrap_or_else(|| "?".into()),
                 drill.display()
             );
         }
-        None => {
+        Ok(None) => {
             let _ = writeln!(
                 md,
                 "- Last drill: none recorded on this machine — run `phoenix drill {name}`"
+            );
+        }
+        Err(why) => {
+            eprintln!("warning: {why}");
+            let _ = writeln!(
+                md,
+                "- Last drill: unreadable ({why}) — run `phoenix drill {name}` again"
             );
         }
     }
@@ -145,6 +154,51 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
     );
     crate::out!("{md}");
     Ok(ExitCode::Ok)
+}
+
+/// What the runbook needs of the last drill report: read by key, tolerant of the reports written
+/// before the drill report was versioned (snake_case keys, `recovery_ms` in milliseconds).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LastDrill {
+    verdict: Option<String>,
+    #[serde(alias = "started_at")]
+    started_at: Option<String>,
+    commit: Option<LastCommit>,
+    recovery_seconds: Option<f64>,
+    #[serde(rename = "recovery_ms")]
+    recovery_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LastCommit {
+    #[serde(alias = "short_sha")]
+    short_sha: Option<String>,
+}
+
+impl LastDrill {
+    fn recovery(&self) -> Option<Duration> {
+        match (self.recovery_seconds, self.recovery_ms) {
+            (Some(s), _) if s.is_finite() && s >= 0.0 => {
+                Some(Duration::from_millis((s * 1000.0).round() as u64))
+            }
+            (_, Some(ms)) => Some(Duration::from_millis(ms)),
+            _ => None,
+        }
+    }
+}
+
+/// The last drill report, `None` when there is none; the error names the file and the problem.
+fn read_last_drill(path: &Path) -> Result<Option<LastDrill>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("cannot parse {}: {e}", path.display()))
 }
 
 fn component(md: &mut String, c: &Component, d: &dyn Fn(std::time::Duration) -> String) {

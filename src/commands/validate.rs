@@ -1,6 +1,6 @@
 //! `phoenix validate ENV`: schema, references, templates render, graph acyclic. Offline.
 
-use super::common::{commit_json, commit_line, print_json, Context, Outcome};
+use super::common::{commit_line, print_json, Context, Outcome, ValidateDoc};
 use crate::env::{self, Diagnostic, Environment};
 use crate::error::{ExitCode, Failure};
 use crate::render::{Mode, RenderError, Renderer, SecretValues};
@@ -76,12 +76,7 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
     env::diag::sort(&mut diags);
     let valid = diags.is_empty();
     if ctx.json() {
-        print_json(&serde_json::json!({
-            "env": name,
-            "commit": commit_json(&snap),
-            "valid": valid,
-            "diagnostics": diags,
-        }));
+        print_json(&ValidateDoc::new(name, &snap, valid, &diags));
     } else {
         crate::outln!("{}", commit_line(&snap));
         for d in &diags {

@@ -7,11 +7,15 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::graph::{Layer, NodeOutcome, NodeSpec};
-use crate::report::events::duration_ms;
+use crate::report::events::seconds;
 
 /// How a node ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
+#[serde(
+    tag = "status",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum NodeState {
     Succeeded {
         outcome: NodeOutcome,
@@ -101,15 +105,16 @@ impl fmt::Display for LayerStatus {
 
 /// One node's result. Offsets are from the start of the run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeResult {
     pub id: String,
     pub layer: Layer,
     pub description: String,
     pub state: NodeState,
     pub attempts: u32,
-    #[serde(with = "duration_ms::option", rename = "start_ms")]
+    #[serde(with = "seconds::option", rename = "startSeconds")]
     pub start: Option<Duration>,
-    #[serde(with = "duration_ms::option", rename = "duration_ms")]
+    #[serde(with = "seconds::option", rename = "durationSeconds")]
     pub duration: Option<Duration>,
     pub last_progress: Option<String>,
     /// The node was running when cancellation (or the run timeout) was requested.
@@ -118,13 +123,14 @@ pub struct NodeResult {
 
 /// One layer's result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LayerResult {
     pub layer: Layer,
     pub status: LayerStatus,
     pub nodes: usize,
-    #[serde(with = "duration_ms::option", rename = "start_ms")]
+    #[serde(with = "seconds::option", rename = "startSeconds")]
     pub start: Option<Duration>,
-    #[serde(with = "duration_ms", rename = "duration_ms")]
+    #[serde(with = "seconds", rename = "durationSeconds")]
     pub duration: Duration,
 }
 
@@ -142,20 +148,23 @@ pub enum Release {
 
 /// One step of the critical path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CriticalStep {
     pub id: String,
     pub layer: Layer,
-    #[serde(with = "duration_ms", rename = "start_ms")]
+    #[serde(with = "seconds", rename = "startSeconds")]
     pub start: Duration,
-    #[serde(with = "duration_ms", rename = "duration_ms")]
+    #[serde(with = "seconds", rename = "durationSeconds")]
     pub duration: Duration,
     pub released_by: Release,
     /// The node whose end released this one (for `Dependency` and `Gate`).
     pub after: Option<String>,
 }
 
-/// What a run did and the state it left.
+/// What a run did and the state it left. Serialized in camelCase with durations and offsets in
+/// seconds (`durationSeconds`, `startSeconds`), as in docs/json.md.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RunSummary {
     pub run_id: String,
     pub env: String,
@@ -163,7 +172,7 @@ pub struct RunSummary {
     pub nodes: Vec<NodeResult>,
     /// All four layers, in gate order.
     pub layers: Vec<LayerResult>,
-    #[serde(with = "duration_ms", rename = "duration_ms")]
+    #[serde(with = "seconds", rename = "durationSeconds")]
     pub duration: Duration,
     /// Every selected node succeeded.
     pub converged: bool,

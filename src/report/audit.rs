@@ -1,6 +1,11 @@
 //! The audit trail: one JSON record per run at
 //! `$PHOENIX_HOME/runs/<env>/<UTC timestamp>-<run_id>.json`, readable only by its owner.
 //!
+//! The record is camelCase with durations in seconds (`durationSeconds`), as every JSON document
+//! of docs/json.md; `history --output json` prints the records as stored. Records written by
+//! older versions (record version 1: snake_case keys, `duration_ms` in milliseconds) are
+//! migrated when read ([`migrate`]), so the audit trail stays readable across upgrades.
+//!
 //! A provisional record with outcome "running" is written when the run starts and rewritten as
 //! layers finish and when the run ends, so a run killed outright leaves a trace: [`list_runs`]
 //! shows a record still "running" whose process is gone as "interrupted".
@@ -10,11 +15,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::events::{hostname, Event, EventStream};
+use super::events::{hostname, seconds, Event, EventStream};
 use crate::engine::{Layer, LayerStatus, NodeState};
 
-/// Version of the record format, bumped on incompatible changes.
-pub const RECORD_VERSION: u32 = 1;
+/// Version of the record format, bumped on incompatible changes: 1 was snake_case with
+/// milliseconds; 2 is camelCase with seconds. Older versions are migrated on read.
+pub const RECORD_VERSION: u32 = 2;
 
 /// How a run ended, as far as the audit trail knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -50,26 +56,33 @@ impl std::fmt::Display for RunOutcome {
 
 /// One layer in an audit record; `status` is `None` until the layer finished.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LayerRecord {
     pub layer: Layer,
     pub status: Option<LayerStatus>,
+    #[serde(rename = "durationSeconds", with = "seconds::millis_option")]
     pub duration_ms: Option<u64>,
 }
 
 /// One node in an audit record; `result` is `None` until the node finished.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeRecord {
     pub id: String,
     pub layer: Layer,
     pub started: bool,
     pub result: Option<NodeState>,
+    #[serde(rename = "durationSeconds", with = "seconds::millis_option")]
     pub duration_ms: Option<u64>,
     pub attempts: u32,
 }
 
 /// The audit record of one run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
+    /// The format the record was written in ([`RECORD_VERSION`]; 1 for a migrated old record).
+    #[serde(rename = "recordVersion")]
     pub version: u32,
     pub run_id: String,
     pub env: String,
@@ -82,6 +95,7 @@ pub struct AuditRecord {
     /// RFC 3339, UTC.
     pub started_at: String,
     pub finished_at: Option<String>,
+    #[serde(rename = "durationSeconds", with = "seconds::millis_option")]
     pub duration_ms: Option<u64>,
     pub outcome: RunOutcome,
     pub error: Option<String>,
@@ -136,6 +150,8 @@ pub enum AuditError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("audit record {}: {why}", .path.display())]
+    Format { path: PathBuf, why: String },
 }
 
 /// `$PHOENIX_HOME/runs/<env>`.
@@ -467,10 +483,86 @@ fn read_record(path: &Path) -> Result<AuditRecord, AuditError> {
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|source| AuditError::Parse {
+    let parse = |source| AuditError::Parse {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(parse)?;
+    let value = migrate(value).map_err(|why| AuditError::Format {
+        path: path.to_path_buf(),
+        why,
+    })?;
+    serde_json::from_value(value).map_err(parse)
+}
+
+/// Brings a record of any known version to the current format ([`RECORD_VERSION`]), keeping the
+/// version it was written in. A record from a newer phoenix is refused rather than misread.
+pub fn migrate(mut value: serde_json::Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    let Some(map) = value.as_object_mut() else {
+        return Err("not a JSON object".into());
+    };
+    let version = match (map.get("recordVersion"), map.get("version")) {
+        (Some(v), _) | (None, Some(v)) => v.as_u64().ok_or_else(|| {
+            format!("field recordVersion (version in format 1) must be a whole number, got {v}")
+        })?,
+        (None, None) => return Err("field recordVersion is missing".into()),
+    };
+    match version {
+        1 => {}
+        v if v == u64::from(RECORD_VERSION) => return Ok(value),
+        v if v > u64::from(RECORD_VERSION) => {
+            return Err(format!(
+                "field recordVersion is {v}: written by a newer phoenix (this one reads versions 1 to {RECORD_VERSION})"
+            ))
+        }
+        v => {
+            return Err(format!(
+                "field recordVersion is {v}: no phoenix wrote this version (known: 1 to {RECORD_VERSION})"
+            ))
+        }
+    }
+    // Version 1: snake_case keys, durations in whole milliseconds, the version in `version`.
+    fn rename(map: &mut serde_json::Map<String, Value>, from: &str, to: &str) {
+        if let Some(v) = map.remove(from) {
+            map.insert(to.to_string(), v);
+        }
+    }
+    fn ms_to_seconds(map: &mut serde_json::Map<String, Value>) {
+        if let Some(v) = map.remove("duration_ms") {
+            let seconds = match v.as_u64() {
+                Some(ms) => Value::from(ms as f64 / 1000.0),
+                None => v,
+            };
+            map.insert("durationSeconds".into(), seconds);
+        }
+    }
+    rename(map, "version", "recordVersion");
+    for (from, to) in [
+        ("run_id", "runId"),
+        ("git_ref", "gitRef"),
+        ("started_at", "startedAt"),
+        ("finished_at", "finishedAt"),
+        ("cancel_reason", "cancelReason"),
+        ("in_flight_at_cancel", "inFlightAtCancel"),
+    ] {
+        rename(map, from, to);
+    }
+    ms_to_seconds(map);
+    if let Some(Value::Array(layers)) = map.get_mut("layers") {
+        for layer in layers.iter_mut().filter_map(Value::as_object_mut) {
+            ms_to_seconds(layer);
+        }
+    }
+    if let Some(Value::Array(nodes)) = map.get_mut("nodes") {
+        for node in nodes.iter_mut().filter_map(Value::as_object_mut) {
+            ms_to_seconds(node);
+            if let Some(Value::Object(result)) = node.get_mut("result") {
+                rename(result, "timed_out", "timedOut");
+            }
+        }
+    }
+    Ok(value)
 }
 
 /// Whether the process that wrote a "running" record may still be running. A record from
@@ -496,4 +588,132 @@ fn pid_alive(pid: u32) -> bool {
 #[cfg(not(target_os = "linux"))]
 fn pid_alive(_pid: u32) -> bool {
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A record as phoenix wrote it before record version 2 (snake_case, milliseconds).
+    fn v1() -> serde_json::Value {
+        json!({
+            "version": 1, "run_id": "65a1b2c3d4e5", "env": "demo", "command": "rebuild",
+            "commit": "0123456789abcdef0123456789abcdef01234567", "git_ref": "main",
+            "actor": "ops", "host": "box", "pid": 4242,
+            "started_at": "2026-11-23T19:21:13.123Z", "finished_at": "2026-11-23T19:22:14.623Z",
+            "duration_ms": 61500, "outcome": "failed", "error": "1 node failed",
+            "cancel_reason": null, "in_flight_at_cancel": [],
+            "layers": [
+                { "layer": "cloud", "status": "converged", "duration_ms": 1500 },
+                { "layer": "cluster", "status": "failed", "duration_ms": 60000 },
+                { "layer": "addons", "status": "skipped", "duration_ms": null },
+                { "layer": "apps", "status": null, "duration_ms": null }
+            ],
+            "nodes": [
+                { "id": "cloud/vpc", "layer": "cloud", "started": true,
+                  "result": { "status": "succeeded", "outcome": "created" },
+                  "duration_ms": 1500, "attempts": 1 },
+                { "id": "cluster/control-plane", "layer": "cluster", "started": true,
+                  "result": { "status": "failed", "error": "not ready", "timed_out": true },
+                  "duration_ms": 60000, "attempts": 3 }
+            ]
+        })
+    }
+
+    #[test]
+    fn a_version_1_record_reads_as_the_current_format() {
+        let record: AuditRecord = serde_json::from_value(migrate(v1()).unwrap()).unwrap();
+        assert_eq!(record.version, 1, "the version it was written in is kept");
+        assert_eq!(record.run_id, "65a1b2c3d4e5");
+        assert_eq!(record.git_ref.as_deref(), Some("main"));
+        assert_eq!(record.started_at, "2026-11-23T19:21:13.123Z");
+        assert_eq!(
+            record.finished_at.as_deref(),
+            Some("2026-11-23T19:22:14.623Z")
+        );
+        assert_eq!(record.duration_ms, Some(61500));
+        assert_eq!(record.outcome, RunOutcome::Failed);
+        assert_eq!(record.layers[1].duration_ms, Some(60000));
+        assert_eq!(record.layers[3].status, None);
+        assert_eq!(
+            record.nodes[1].result,
+            Some(NodeState::Failed {
+                error: "not ready".into(),
+                timed_out: true
+            })
+        );
+        assert_eq!(record.nodes[1].duration_ms, Some(60000));
+        // Written back, it is a current record: camelCase, seconds.
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(text.contains(r#""durationSeconds":61.5"#), "{text}");
+        assert!(text.contains(r#""timedOut":true"#), "{text}");
+        assert!(
+            !text.contains('_'),
+            "no snake_case key or value left: {text}"
+        );
+    }
+
+    #[test]
+    fn a_current_record_round_trips_unchanged() {
+        let record: AuditRecord = serde_json::from_value(migrate(v1()).unwrap()).unwrap();
+        let current = AuditRecord {
+            version: RECORD_VERSION,
+            ..record
+        };
+        let value = serde_json::to_value(&current).unwrap();
+        assert_eq!(value["recordVersion"], RECORD_VERSION);
+        let back: AuditRecord = serde_json::from_value(migrate(value).unwrap()).unwrap();
+        assert_eq!(back, current);
+    }
+
+    #[test]
+    fn a_record_from_a_newer_phoenix_is_refused_naming_the_field() {
+        let mut newer = serde_json::to_value(
+            serde_json::from_value::<AuditRecord>(migrate(v1()).unwrap()).unwrap(),
+        )
+        .unwrap();
+        newer["recordVersion"] = json!(RECORD_VERSION + 1);
+        let err = migrate(newer).unwrap_err();
+        assert!(
+            err.contains("recordVersion") && err.contains("newer phoenix"),
+            "{err}"
+        );
+        let err = migrate(json!({ "env": "demo" })).unwrap_err();
+        assert!(err.contains("recordVersion is missing"), "{err}");
+        let err = migrate(json!({ "version": 0 })).unwrap_err();
+        assert!(
+            err.contains("recordVersion is 0: no phoenix wrote"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn scan_reads_old_and_new_records_and_names_an_unreadable_one() {
+        let home = tempfile::tempdir().unwrap();
+        let dir = runs_dir(home.path(), "demo");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("20261123T192113Z-65a1b2c3d4e5.json"),
+            serde_json::to_string_pretty(&v1()).unwrap(),
+        )
+        .unwrap();
+        let mut newer = v1();
+        newer["version"] = json!(99);
+        std::fs::write(
+            dir.join("20261124T000000Z-ffffffffffff.json"),
+            newer.to_string(),
+        )
+        .unwrap();
+        let listing = scan_runs(home.path(), "demo").unwrap();
+        assert_eq!(listing.records.len(), 1);
+        assert_eq!(listing.records[0].run_id, "65a1b2c3d4e5");
+        assert_eq!(listing.problems.len(), 1);
+        let problem = listing.problems[0].to_string();
+        assert!(
+            problem.contains("20261124T000000Z-ffffffffffff.json")
+                && problem.contains("recordVersion is 99"),
+            "{problem}"
+        );
+    }
 }

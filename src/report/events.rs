@@ -140,10 +140,19 @@ pub struct PlannedNode {
     pub description: String,
 }
 
-/// Everything that happens in a run. Serialized with a `type` tag in snake_case
-/// (`{"type":"node_started",...}`); durations are whole milliseconds.
+/// The version of the run event stream (`--output json` of rebuild, destroy, up and drill; see
+/// docs/json.md). Fields may be added without a bump, never removed or changed in meaning.
+pub const EVENTS_SCHEMA_VERSION: u32 = 1;
+
+/// Everything that happens in a run. Serialized with a `type` tag and fields in camelCase
+/// (`{"type":"nodeStarted",...}`), durations in seconds with millisecond precision
+/// (`durationSeconds`), as every JSON document of docs/json.md.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Event {
     RunStarted {
         run_id: String,
@@ -166,6 +175,7 @@ pub enum Event {
     LayerFinished {
         layer: Layer,
         status: LayerStatus,
+        #[serde(rename = "durationSeconds", with = "seconds::millis")]
         duration_ms: u64,
     },
     NodeStarted {
@@ -182,6 +192,7 @@ pub enum Event {
         id: String,
         attempt: u32,
         error: String,
+        #[serde(rename = "delaySeconds", with = "seconds::millis")]
         delay_ms: u64,
     },
     NodeFinished {
@@ -189,6 +200,7 @@ pub enum Event {
         layer: Layer,
         result: NodeState,
         /// Zero for nodes that never started.
+        #[serde(rename = "durationSeconds", with = "seconds::millis")]
         duration_ms: u64,
         attempts: u32,
     },
@@ -201,6 +213,7 @@ pub enum Event {
         run_id: String,
         converged: bool,
         cancelled: bool,
+        #[serde(rename = "durationSeconds", with = "seconds::millis")]
         duration_ms: u64,
         /// Set when the run could not execute at all (e.g. an invalid graph).
         error: Option<String>,
@@ -211,21 +224,22 @@ impl Event {
     /// The `type` tag of this event.
     pub fn kind(&self) -> &'static str {
         match self {
-            Event::RunStarted { .. } => "run_started",
-            Event::LayerStarted { .. } => "layer_started",
-            Event::LayerFinished { .. } => "layer_finished",
-            Event::NodeStarted { .. } => "node_started",
-            Event::NodeProgress { .. } => "node_progress",
-            Event::NodeRetry { .. } => "node_retry",
-            Event::NodeFinished { .. } => "node_finished",
-            Event::CancelRequested { .. } => "cancel_requested",
-            Event::RunFinished { .. } => "run_finished",
+            Event::RunStarted { .. } => "runStarted",
+            Event::LayerStarted { .. } => "layerStarted",
+            Event::LayerFinished { .. } => "layerFinished",
+            Event::NodeStarted { .. } => "nodeStarted",
+            Event::NodeProgress { .. } => "nodeProgress",
+            Event::NodeRetry { .. } => "nodeRetry",
+            Event::NodeFinished { .. } => "nodeFinished",
+            Event::CancelRequested { .. } => "cancelRequested",
+            Event::RunFinished { .. } => "runFinished",
         }
     }
 }
 
 /// An event as delivered to readers: sequence number and wall-clock time (RFC 3339, UTC, ms).
-/// One JSON line is `{"seq":3,"ts":"2026-11-23T19:21:13.123Z","type":"node_started",...}`.
+/// One JSON line is `{"schemaVersion":1,"seq":3,"ts":"2026-11-23T19:21:13.123Z","type":"nodeStarted",...}`
+/// (the version is added by the writer, [`crate::report::jsonl`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub seq: u64,
@@ -329,32 +343,81 @@ pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Serde helpers: durations as whole milliseconds.
-pub mod duration_ms {
+/// Serde helpers: durations as seconds with millisecond precision (`1.234`), the unit of every
+/// JSON document phoenix writes (docs/json.md), so a reader never guesses between ms and s.
+pub mod seconds {
     use super::*;
     use serde::{Deserializer, Serializer};
 
+    /// Whole milliseconds as seconds: exact in an f64 for any real duration, so no float noise.
+    fn to_seconds(ms: u64) -> f64 {
+        ms as f64 / 1000.0
+    }
+
+    fn from_seconds<E: serde::de::Error>(s: f64) -> Result<u64, E> {
+        if s.is_finite() && s >= 0.0 {
+            Ok((s * 1000.0).round() as u64)
+        } else {
+            Err(E::custom(format!(
+                "a duration in seconds must be a number >= 0, got {s}"
+            )))
+        }
+    }
+
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(millis(*d))
+        s.serialize_f64(to_seconds(millis(*d)))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_millis)
+        from_seconds(f64::deserialize(d)?).map(Duration::from_millis)
     }
 
-    /// The same for `Option<Duration>`.
+    /// The same for `Option<Duration>` (`null` when absent).
     pub mod option {
         use super::*;
 
         pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
             match d {
-                Some(d) => s.serialize_some(&millis(*d)),
+                Some(d) => s.serialize_some(&to_seconds(millis(*d))),
                 None => s.serialize_none(),
             }
         }
 
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            Option::<u64>::deserialize(d).map(|ms| ms.map(Duration::from_millis))
+            Option::<f64>::deserialize(d)?
+                .map(|s| from_seconds(s).map(Duration::from_millis))
+                .transpose()
+        }
+    }
+
+    /// For durations held as whole milliseconds (`u64`).
+    pub mod millis {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(ms: &u64, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_f64(to_seconds(*ms))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+            from_seconds(f64::deserialize(d)?)
+        }
+    }
+
+    /// For optional durations held as whole milliseconds (`Option<u64>`).
+    pub mod millis_option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(ms: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+            match ms {
+                Some(ms) => s.serialize_some(&to_seconds(*ms)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+            Option::<f64>::deserialize(d)?
+                .map(from_seconds::<D::Error>)
+                .transpose()
         }
     }
 }
