@@ -1296,8 +1296,9 @@ async fn instances_launch_with_imdsv2_required_and_a_hop_limit_of_one() {
     }
 }
 
-/// The metadata options EC2 reports for instance `id`: (HttpTokens, HttpPutResponseHopLimit).
-async fn metadata_options(ec2: &Ec2, id: &str) -> (String, i32) {
+/// The metadata options EC2 reports for instance `id`: (HttpTokens, HttpPutResponseHopLimit,
+/// HttpEndpoint).
+async fn metadata_options(ec2: &Ec2, id: &str) -> (String, i32, String) {
     let out = ec2
         .client()
         .describe_instances()
@@ -1317,13 +1318,17 @@ async fn metadata_options(ec2: &Ec2, id: &str) -> (String, i32) {
             .map(|t| t.as_str().to_string())
             .unwrap_or_default(),
         m.http_put_response_hop_limit().unwrap_or_default(),
+        m.http_endpoint()
+            .map(|e| e.as_str().to_string())
+            .unwrap_or_default(),
     )
 }
 
 /// Issue 14, item 7: an instance launched before phoenix required IMDSv2 (here set back to
 /// IMDSv1 with two hops behind phoenix's back) is converged in place: the plan shows the
 /// metadata options as an update, the converge calls ModifyInstanceMetadataOptions on the same
-/// instance (no restart, no replace), and the next plan is clean.
+/// instance (no restart, no replace), and the next plan is clean. An endpoint the operator turned
+/// off stays off (stricter still; runbooks/user-data-secrets.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_allowing_imdsv1_is_converged_to_imdsv2_in_place() {
     let moto = Moto::start();
@@ -1338,11 +1343,14 @@ async fn an_instance_allowing_imdsv1_is_converged_to_imdsv2_in_place() {
         .instance_id(&id)
         .http_tokens(aws_sdk_ec2::types::HttpTokensState::Optional)
         .http_put_response_hop_limit(2)
-        .http_endpoint(aws_sdk_ec2::types::InstanceMetadataEndpointState::Enabled)
+        .http_endpoint(aws_sdk_ec2::types::InstanceMetadataEndpointState::Disabled)
         .send()
         .await
         .expect("allow IMDSv1");
-    assert_eq!(metadata_options(&ec2, &id).await, ("optional".into(), 2));
+    assert_eq!(
+        metadata_options(&ec2, &id).await,
+        ("optional".into(), 2, "disabled".into())
+    );
 
     let plan = aws::plan_live(&ec2, &desired).await.expect("plan");
     assert_eq!(
@@ -1363,7 +1371,10 @@ async fn an_instance_allowing_imdsv1_is_converged_to_imdsv2_in_place() {
         id,
         "the same instance"
     );
-    assert_eq!(metadata_options(&ec2, &id).await, ("required".into(), 1));
+    assert_eq!(
+        metadata_options(&ec2, &id).await,
+        ("required".into(), 1, "disabled".into())
+    );
     assert!(!aws::plan_live(&ec2, &desired)
         .await
         .expect("plan")

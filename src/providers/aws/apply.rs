@@ -1197,16 +1197,25 @@ impl Exec {
             .iter()
             .any(|f| f.field.starts_with("metadata-"))
         {
-            // In place, no restart: IMDSv2 only, one hop, the endpoint on (as at launch).
+            // In place, no restart: IMDSv2 only, one hop. The endpoint is sent as it is (EC2
+            // keeps an option left out, moto resets it): one turned off stays off.
             ctx.progress(format!(
                 "{}: requiring IMDSv2 with a hop limit of {IMDS_HOP_LIMIT}",
                 d.id
             ));
+            let endpoint = match &live.state {
+                LiveState::Instance {
+                    metadata: Some(m), ..
+                } => m.endpoint.clone(),
+                _ => None,
+            };
             c.modify_instance_metadata_options()
                 .instance_id(&live.aws_id)
                 .http_tokens(HttpTokensState::from(IMDS_HTTP_TOKENS))
                 .http_put_response_hop_limit(IMDS_HOP_LIMIT)
-                .http_endpoint(InstanceMetadataEndpointState::from(IMDS_ENDPOINT))
+                .set_http_endpoint(
+                    endpoint.map(|e| InstanceMetadataEndpointState::from(e.as_str())),
+                )
                 .send()
                 .await
                 .map_err(self.ec2.err(&doing))?;

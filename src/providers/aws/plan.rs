@@ -15,7 +15,8 @@ use super::rules::{describe, RuleKey, RulePeer};
 use super::tags::{self, TAG_IMAGE_LOOKUP, TAG_PUBLIC_KEY_SHA256, TAG_USER_DATA_SHA256};
 
 /// The instance metadata options every phoenix instance has: IMDSv2 only, one hop (a pod, one
-/// hop further than its node, gets no answer), the endpoint on (the k3s install script reads it).
+/// hop further than its node, gets no answer), the endpoint on at launch (the k3s install script
+/// reads it; turning it off later is left alone).
 pub(crate) const IMDS_HTTP_TOKENS: &str = "required";
 pub(crate) const IMDS_HOP_LIMIT: i32 = 1;
 pub(crate) const IMDS_ENDPOINT: &str = "enabled";
@@ -532,7 +533,9 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
                 update.push(FieldChange::remove("security-group", g));
             }
             // Instances launched before phoenix required IMDSv2 (or changed by hand) are
-            // converged in place (ModifyInstanceMetadataOptions needs no restart).
+            // converged in place (ModifyInstanceMetadataOptions needs no restart). The endpoint
+            // itself is not compared: an operator may turn IMDS off after boot
+            // (runbooks/user-data-secrets.md), which is stricter still.
             if let Some(m) = metadata {
                 let live = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
                 if m.http_tokens.as_deref() != Some(IMDS_HTTP_TOKENS) {
@@ -549,13 +552,6 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
                         m.hop_limit
                             .map(|h| h.to_string())
                             .unwrap_or_else(|| "unknown".into()),
-                    ));
-                }
-                if m.endpoint.as_deref() != Some(IMDS_ENDPOINT) {
-                    update.push(FieldChange::value(
-                        "metadata-endpoint",
-                        IMDS_ENDPOINT,
-                        live(&m.endpoint),
                     ));
                 }
             }
@@ -1094,6 +1090,60 @@ mod tests {
                 .is_some_and(|r| r.contains("new public address")),
             "{server:?}"
         );
+    }
+
+    /// Issue 14: IMDSv1 (an instance launched before phoenix required IMDSv2) is an in-place
+    /// update; a stopped k3s server reached at its public address is refused (its address would
+    /// move), while one reached at its private address, and any other instance, is started.
+    #[test]
+    fn imdsv1_is_an_update_and_a_stopped_public_server_is_refused() {
+        use crate::providers::aws::live::LiveMetadata;
+        let inputs = |public| DesiredInputs {
+            server_endpoint_public: public,
+            ..Default::default()
+        };
+        let d = desired(&cloud(), "demo", &inputs(true));
+        let mut live = live_from(&d);
+        let set = |live: &mut LiveCloud, tokens: &str, hops: i32, to: &str| {
+            for copy in live.resources.get_mut("instance/server/0").expect("live") {
+                if let LiveState::Instance {
+                    metadata, state, ..
+                } = &mut copy.state
+                {
+                    *metadata = Some(LiveMetadata {
+                        http_tokens: Some(tokens.into()),
+                        hop_limit: Some(hops),
+                        endpoint: Some("enabled".into()),
+                    });
+                    *state = to.into();
+                }
+            }
+        };
+        set(&mut live, "optional", 2, "running");
+        let p = plan(&d, &live);
+        let i = p.get("instance/server/0").expect("instance");
+        assert_eq!(
+            i.to_string(),
+            "~   update instance/server/0: metadata-http-tokens optional → required, metadata-hop-limit 2 → 1"
+        );
+        assert!(i.refused.is_none());
+
+        set(&mut live, "required", 1, "stopped");
+        let p = plan(&d, &live);
+        let i = p.get("instance/server/0").expect("instance");
+        assert_eq!(i.action, ChangeAction::Update);
+        assert_eq!(i.refused.as_deref(), Some(STOPPED_SERVER_REFUSED));
+        assert!(
+            i.to_string()
+                .starts_with("~   update instance/server/0: state stopped → running (refused: "),
+            "{i}"
+        );
+        let p = plan(&desired(&cloud(), "demo", &inputs(false)), &live);
+        assert!(p.get("instance/server/0").expect("i").refused.is_none());
+        let mut worker = cloud();
+        worker.instances[0].role = Role::None;
+        let p = plan(&desired(&worker, "demo", &inputs(true)), &live);
+        assert!(p.get("instance/server/0").expect("i").refused.is_none());
     }
 
     #[test]
