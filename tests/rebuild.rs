@@ -551,3 +551,83 @@ fn destroy_without_the_cluster_secret_still_removes_the_cloud() {
         "every cloud resource of demo is gone"
     );
 }
+
+/// Issue 14, item 5, through the binary: the demo's k3s server (`cluster.endpoint: public`) is
+/// stopped behind phoenix's back. `plan` shows the start as refused and the agents unchanged
+/// (they join the server's private address, which a stop keeps); `rebuild` fails naming the
+/// instance and what to do, and leaves it stopped (no start, no replacement).
+#[test]
+fn a_stopped_k3s_server_is_refused_by_plan_and_rebuild_not_started() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "cloud"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ec2 = bed.ec2_client();
+    let server = |ec2: &aws_sdk_ec2::Client| {
+        let out = bed
+            .rt
+            .block_on(
+                ec2.describe_instances()
+                    .filters(
+                        aws_sdk_ec2::types::Filter::builder()
+                            .name("tag:phoenix:resource")
+                            .values("instance/server/0")
+                            .build(),
+                    )
+                    .filters(
+                        aws_sdk_ec2::types::Filter::builder()
+                            .name("tag:phoenix:env")
+                            .values("demo")
+                            .build(),
+                    )
+                    .send(),
+            )
+            .expect("describe instances");
+        let found: Vec<(String, String)> = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| {
+                let state = i.state()?.name()?.as_str().to_string();
+                let id = i.instance_id()?.to_string();
+                (state != "terminated").then_some((id, state))
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "one server: {found:?}");
+        found[0].clone()
+    };
+    let (id, _) = server(&ec2);
+    bed.rt
+        .block_on(ec2.stop_instances().instance_ids(&id).send())
+        .expect("stop the server");
+
+    let out = bed.phoenix(
+        &repo.dir,
+        &["plan", "demo", "--layers", "cloud", "--detailed-exitcode"],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("~   update instance/server/0: state stopped → running (refused: phoenix does not start a stopped k3s server"),
+        "{all}"
+    );
+    for agent in ["instance/agent/0", "instance/agent/1"] {
+        assert!(all.contains(&format!("unchanged {agent}")), "{all}");
+    }
+
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "cloud"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    for needle in [
+        format!("instance {id} is stopped"),
+        format!("aws ec2 terminate-instances --instance-ids {id}"),
+        "cluster.endpoint: private".to_string(),
+    ] {
+        assert!(all.contains(&needle), "{needle:?} in:\n{all}");
+    }
+    assert_eq!(
+        server(&ec2),
+        (id, "stopped".to_string()),
+        "left stopped, not replaced"
+    );
+}
