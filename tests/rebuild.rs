@@ -614,6 +614,24 @@ fn a_stopped_k3s_server_is_refused_by_plan_and_rebuild_not_started() {
     for agent in ["instance/agent/0", "instance/agent/1"] {
         assert!(all.contains(&format!("unchanged {agent}")), "{all}");
     }
+    let out = bed.phoenix(
+        &repo.dir,
+        &["plan", "demo", "--layers", "cloud", "--output", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("plan --output json: {e}\n{}", text(&out)));
+    let change = v["changes"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["id"] == "cloud/instance/server/0"))
+        .cloned()
+        .expect("the server's change");
+    assert_eq!(change["action"], "refused", "{change}");
+    assert!(
+        change["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("phoenix does not start a stopped k3s server")),
+        "{change}"
+    );
 
     let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "cloud"]);
     let all = text(&out);
