@@ -1673,3 +1673,103 @@ fn render_json_snapshot() {
         "{v:#}"
     );
 }
+
+/// `phoenix ssh-key`: the private key of a key pair derived from the cluster secret, written to
+/// a new 0600 file, the same on every machine (another empty PHOENIX_HOME), never printed, never
+/// over an existing file; refused for an imported key pair and for an env without a key pair.
+#[test]
+fn ssh_key_writes_the_derived_private_key_once_and_refuses_what_it_cannot_derive() {
+    let sb = Sandbox::new();
+    let repo = sb.repo("envs");
+    let env = |name: &str, key_pair: &str| {
+        format!(
+            "apiVersion: phoenix/v1\nkind: Environment\nmetadata: {{ name: {name} }}\nspec:\n  cloud:\n    provider: aws\n    region: us-east-1\n    network: {{ cidr: 10.50.0.0/16, subnets: [{{ name: a, cidr: 10.50.1.0/24, zone: us-east-1a, public: true }}] }}\n{key_pair}    instances:\n      - {{ name: server, role: server, count: 1, type: t3.micro, image: {{ id: ami-1 }}, subnet: a }}\n  cluster: {{ distribution: k3s, version: v1.31.4+k3s1, secret: env:SSH_KEY_TEST_SECRET }}\n"
+        )
+    };
+    repo.write(
+        "environments/derived/environment.yaml",
+        env("derived", "    keyPair: { name: nodes }\n"),
+    );
+    repo.write(
+        "environments/imported/environment.yaml",
+        env(
+            "imported",
+            "    keyPair: { name: nodes, publicKey: env:SSH_PUBLIC_KEY }\n",
+        ),
+    );
+    repo.write("environments/keyless/environment.yaml", env("keyless", ""));
+    repo.commit("three envs");
+    let secret = "0123456789abcdef0123456789abcdef-ssh-key-test";
+    let run = |home: &Path, args: &[&str]| {
+        command(&sb, &repo.dir)
+            .env("PHOENIX_HOME", home)
+            .env("SSH_KEY_TEST_SECRET", secret)
+            .args(args)
+            .output()
+            .expect("run phoenix")
+    };
+    let home = sb.path("home-one");
+    let first = sb.path("first.key");
+    let out = run(
+        &home,
+        &["ssh-key", "derived", "--out", first.to_str().unwrap()],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("EC2 key pair derived-nodes") && stdout.contains("0600"),
+        "{stdout}"
+    );
+    let pem = std::fs::read_to_string(&first).expect("written");
+    assert!(
+        pem.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"),
+        "a private key"
+    );
+    for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+        assert!(!stdout.contains(line) && !stderr.contains(line), "printed");
+    }
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&first).expect("meta").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(!home.join("keys").exists(), "nothing kept in PHOENIX_HOME");
+
+    // Another machine derives the same key.
+    let second = sb.path("second.key");
+    let out = run(
+        &sb.path("home-two"),
+        &["ssh-key", "derived", "--out", second.to_str().unwrap()],
+    );
+    assert_eq!(code(&out), 0, "{:?}", text(&out));
+    let public = |p: &Path| {
+        ssh_key::PrivateKey::from_openssh(std::fs::read_to_string(p).unwrap())
+            .expect("parse")
+            .public_key()
+            .to_openssh()
+            .expect("encode")
+    };
+    assert_eq!(public(&first), public(&second));
+
+    // Never over an existing file.
+    let out = run(
+        &home,
+        &["ssh-key", "derived", "--out", first.to_str().unwrap()],
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(code(&out), 1, "{stdout}{stderr}");
+    assert!(stderr.contains("never overwritten"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&first).unwrap(), pem);
+
+    // What phoenix cannot derive.
+    let third = sb.path("third.key");
+    for (env, needle) in [
+        ("imported", "imported from publicKey env:SSH_PUBLIC_KEY"),
+        ("keyless", "has no key pair (spec.cloud.keyPair)"),
+    ] {
+        let out = run(&home, &["ssh-key", env, "--out", third.to_str().unwrap()]);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(code(&out), 1, "{env}: {stdout}{stderr}");
+        assert!(stderr.contains(needle), "{env}: {stderr}");
+        assert!(!third.exists(), "{env}: nothing written");
+    }
+}

@@ -136,12 +136,16 @@ fn model() -> Cloud {
 fn key() -> KeyMaterial {
     KeyMaterial {
         public_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGb6k5V1cJ4r7H3Zc1h0TQk6kq0x2mQv1u3m8Jx9YkqS phoenix-test".into(),
-        private_key_path: None,
     }
 }
 
 fn desired_for(cloud: &Cloud, env: &str, commit: &str) -> Arc<DesiredCloud> {
-    let inputs = DesiredInputs {
+    Arc::new(aws::desired(cloud, env, &inputs_for(commit)))
+}
+
+/// What [`desired_for`] uses: fixed user-data and key; the k3s API at the server's public address.
+fn inputs_for(commit: &str) -> DesiredInputs {
+    DesiredInputs {
         commit: commit.into(),
         user_data: BTreeMap::from([
             ("server".to_string(), "#!/bin/sh\necho server\n".to_string()),
@@ -150,8 +154,8 @@ fn desired_for(cloud: &Cloud, env: &str, commit: &str) -> Arc<DesiredCloud> {
         key: Some(key()),
         extra_tags: BTreeMap::new(),
         late_user_data: BTreeMap::new(),
-    };
-    Arc::new(aws::desired(cloud, env, &inputs))
+        server_endpoint_public: true,
+    }
 }
 
 fn fast_opts() -> AwsOptions {
@@ -1140,15 +1144,16 @@ async fn a_stopped_then_restarted_endpoint() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn generated_key_is_imported_and_stopped_instances_are_started() {
+async fn derived_key_is_imported_and_stopped_instances_are_started() {
     let moto = Moto::start();
     let ec2 = client(&moto.endpoint(), &fast_opts()).await;
-    let home = tempfile::tempdir().expect("tempdir");
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let secret = phoenix::providers::cluster::Secret::new("0123456789abcdef0123456789abcdef-cloud");
     let mut cloud = model();
     cloud.instances.truncate(1);
     // Not a k3s server: stop-modify-start never applies to one (its address would move).
     cloud.instances[0].role = Role::None;
-    let material = aws::key_material(&cloud, ENV, home.path(), home.path())
+    let material = aws::key_material(&cloud, ENV, Some(&secret), secrets.path())
         .expect("key")
         .expect("some");
     let inputs = DesiredInputs {
@@ -1166,9 +1171,21 @@ async fn generated_key_is_imported_and_stopped_instances_are_started() {
         .await
         .expect("key");
     assert_eq!(keys.key_pairs().len(), 1);
-    assert!(std::fs::read_to_string(home.path().join("keys/demo/admin"))
-        .expect("private key")
-        .contains("OPENSSH PRIVATE KEY"));
+    // Derived, not generated: nothing was written, and deriving again (another machine) gives
+    // the same key, so the plan has no key pair change.
+    assert_eq!(
+        std::fs::read_dir(secrets.path()).expect("dir").count(),
+        0,
+        "nothing written"
+    );
+    let again = aws::key_material(&cloud, ENV, Some(&secret), secrets.path())
+        .expect("key")
+        .expect("some");
+    assert_eq!(again, material);
+    assert!(!aws::plan_live(&ec2, &desired)
+        .await
+        .expect("plan")
+        .has_changes());
 
     // Stopped out of band: the plan says start, the converge starts it (same instance).
     let id = instance_ids(&ec2, ENV).await["instance/server/0"].clone();
@@ -1279,6 +1296,168 @@ async fn instances_launch_with_imdsv2_required_and_a_hop_limit_of_one() {
     }
 }
 
+/// The metadata options EC2 reports for instance `id`: (HttpTokens, HttpPutResponseHopLimit,
+/// HttpEndpoint).
+async fn metadata_options(ec2: &Ec2, id: &str) -> (String, i32, String) {
+    let out = ec2
+        .client()
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .expect("describe instances");
+    let i = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .expect("the instance");
+    let m = i.metadata_options().expect("metadata options");
+    (
+        m.http_tokens()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default(),
+        m.http_put_response_hop_limit().unwrap_or_default(),
+        m.http_endpoint()
+            .map(|e| e.as_str().to_string())
+            .unwrap_or_default(),
+    )
+}
+
+/// Issue 14, item 7: an instance launched before phoenix required IMDSv2 (here set back to
+/// IMDSv1 with two hops behind phoenix's back) is converged in place: the plan shows the
+/// metadata options as an update, the converge calls ModifyInstanceMetadataOptions on the same
+/// instance (no restart, no replace), and the next plan is clean. An endpoint the operator turned
+/// off stays off (stricter still; runbooks/user-data-secrets.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_allowing_imdsv1_is_converged_to_imdsv2_in_place() {
+    let moto = Moto::start();
+    let ec2 = client(&moto.endpoint(), &fast_opts()).await;
+    let mut cloud = model();
+    cloud.instances.truncate(1);
+    let desired = desired_for(&cloud, ENV, "c1");
+    assert_converged(&converge(&ec2, &desired).await);
+    let id = instance_ids(&ec2, ENV).await["instance/server/0"].clone();
+    ec2.client()
+        .modify_instance_metadata_options()
+        .instance_id(&id)
+        .http_tokens(aws_sdk_ec2::types::HttpTokensState::Optional)
+        .http_put_response_hop_limit(2)
+        .http_endpoint(aws_sdk_ec2::types::InstanceMetadataEndpointState::Disabled)
+        .send()
+        .await
+        .expect("allow IMDSv1");
+    assert_eq!(
+        metadata_options(&ec2, &id).await,
+        ("optional".into(), 2, "disabled".into())
+    );
+
+    let plan = aws::plan_live(&ec2, &desired).await.expect("plan");
+    assert_eq!(
+        plan.get("instance/server/0")
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("~   update instance/server/0: metadata-http-tokens optional → required, metadata-hop-limit 2 → 1"),
+        "{plan}"
+    );
+    let run = converge(&ec2, &desired).await;
+    assert_converged(&run);
+    assert_eq!(
+        outcomes(&run).get("cloud/instance/server/0"),
+        Some(&NodeOutcome::Updated)
+    );
+    assert_eq!(
+        instance_ids(&ec2, ENV).await["instance/server/0"],
+        id,
+        "the same instance"
+    );
+    assert_eq!(
+        metadata_options(&ec2, &id).await,
+        ("required".into(), 1, "disabled".into())
+    );
+    assert!(!aws::plan_live(&ec2, &desired)
+        .await
+        .expect("plan")
+        .has_changes());
+}
+
+/// Issue 14, item 5: a k3s server found stopped (someone stopped it) is not started in place
+/// when the API is reached at its public address: a start gives it a new public address, which
+/// its certificate does not name. The plan says the start is refused and why; the converge fails
+/// at once naming the instance and what to do, and changes nothing. With `cluster.endpoint:
+/// private` (the private address survives a stop) the same server is started in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_k3s_server_reached_at_its_public_address_is_refused_not_started() {
+    let moto = Moto::start();
+    let ec2 = client(&moto.endpoint(), &fast_opts()).await;
+    let mut cloud = model();
+    cloud.instances.truncate(1);
+    assert_eq!(cloud.instances[0].role, Role::Server);
+    let desired = desired_for(&cloud, ENV, "c1");
+    assert_converged(&converge(&ec2, &desired).await);
+    let id = instance_ids(&ec2, ENV).await["instance/server/0"].clone();
+    ec2.client()
+        .stop_instances()
+        .instance_ids(&id)
+        .send()
+        .await
+        .expect("stop");
+
+    let plan = aws::plan_live(&ec2, &desired).await.expect("plan");
+    let server = plan.get("instance/server/0").expect("server").clone();
+    assert_eq!(server.action, ChangeAction::Update, "{server}");
+    assert!(server.refused.is_some(), "{server:?}");
+    let line = server.to_string();
+    assert!(
+        line.starts_with("~   update instance/server/0: state stopped → running (refused: phoenix does not start a stopped k3s server: it would come back with a new public address"),
+        "{line}"
+    );
+
+    let run = converge(&ec2, &desired).await;
+    assert!(!run.converged, "a stopped server is not started");
+    let node = run.node("cloud/instance/server/0").expect("server node");
+    let detail = node.state.detail().unwrap_or_default();
+    for needle in [
+        &format!("instance {id} is stopped"),
+        "new public address",
+        "Nothing was changed",
+        &format!("aws ec2 terminate-instances --instance-ids {id}"),
+        "cluster.endpoint: private",
+    ] {
+        assert!(detail.contains(needle), "{needle:?} in {detail}");
+    }
+    let live = aws::observe(&ec2, ENV).await.expect("observe");
+    let copies = live.get("instance/server/0");
+    assert_eq!(copies.len(), 1, "no replacement launched");
+    match &copies[0].state {
+        aws::LiveState::Instance { state, .. } => assert_eq!(state, "stopped"),
+        other => panic!("{other:?}"),
+    }
+
+    // The API at the private address: it survives a stop, so the server is started in place.
+    let private = Arc::new(aws::desired(
+        &cloud,
+        ENV,
+        &DesiredInputs {
+            server_endpoint_public: false,
+            ..inputs_for("c1")
+        },
+    ));
+    let plan = aws::plan_live(&ec2, &private).await.expect("plan");
+    assert_eq!(
+        plan.get("instance/server/0")
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("~   update instance/server/0: state stopped → running")
+    );
+    assert_converged(&converge(&ec2, &private).await);
+    assert_eq!(instance_ids(&ec2, ENV).await["instance/server/0"], id);
+    assert!(!aws::plan_live(&ec2, &private)
+        .await
+        .expect("plan")
+        .has_changes());
+}
+
 /// Issue 14, item 2: the client token covers every RunInstances parameter. Behind a proxy that
 /// enforces EC2's ClientToken semantics (moto ignores them), instances of the same commit
 /// relaunched after a wipeout with other parameters (new user-data) are launched, not refused
@@ -1360,6 +1539,7 @@ async fn a_relaunch_of_the_same_commit_with_other_parameters_gets_a_new_client_t
             ),
         ]),
         key: Some(key()),
+        server_endpoint_public: true,
         extra_tags: BTreeMap::new(),
         late_user_data: BTreeMap::new(),
     };

@@ -359,13 +359,32 @@ fn an_existing_cluster_is_reached_through_its_kubeconfig_and_context() {
 /// Issue 14, item 1: nothing in `$PHOENIX_HOME` decides what is deployed. After a rebuild from one
 /// machine, a second machine (a new, empty `PHOENIX_HOME`) with the same commit and cluster
 /// secret plans no change, finds no drift, rebuilds without replacing anything and reaches the
-/// cluster; and `--cluster-endpoint` (how phoenix reaches the API) changes no user-data.
+/// cluster; and `--cluster-endpoint` (how phoenix reaches the API) changes no user-data. The
+/// env's EC2 key pair (no publicKey) is derived from the cluster secret, so the second machine
+/// plans no key pair change either, and `phoenix ssh-key` gives it the matching private key.
 #[test]
 fn a_new_phoenix_home_plans_no_change_rebuilds_nothing_and_recovers_cluster_access() {
     let bed = Bed::new();
     let repo = bed.demo_repo();
+    let env_file = repo.dir.join("environments/demo/environment.yaml");
+    let env = std::fs::read_to_string(&env_file).expect("read env");
+    assert!(env.contains("\n    instances:\n"), "{env}");
+    std::fs::write(
+        &env_file,
+        env.replacen(
+            "\n    instances:\n",
+            "\n    keyPair: { name: nodes }\n    instances:\n",
+            1,
+        ),
+    )
+    .expect("write env");
+    repo.commit("a key pair phoenix derives");
     let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        !bed.phoenix_home_has("keys"),
+        "no key kept in the first machine's PHOENIX_HOME"
+    );
 
     let fresh = bed.git.path("second-machine-home");
     std::fs::create_dir_all(&fresh).expect("mkdir");
@@ -382,6 +401,65 @@ fn a_new_phoenix_home_plans_no_change_rebuilds_nothing_and_recovers_cluster_acce
     assert_eq!(out.status.code(), Some(0), "no change pending:\n{all}");
     assert!(!all.contains("-/+ replace"), "{all}");
     assert!(all.contains("0 to replace"), "{all}");
+    assert!(all.contains("unchanged key/nodes"), "{all}");
+    assert!(!fresh.join("keys").exists(), "nothing written for the key");
+
+    // The private key for SSH, on request, 0600, matching the EC2 key pair's public key.
+    let key_path = bed.git.path("demo-nodes.key");
+    let out = on_fresh(&[
+        "ssh-key",
+        "demo",
+        "--out",
+        key_path.to_str().expect("utf-8"),
+    ]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let pem = std::fs::read_to_string(&key_path).expect("private key written");
+    assert!(
+        !all.contains(pem.lines().nth(1).expect("a key line")),
+        "the key is not printed: {all}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key_path).expect("meta").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let public = ssh_key::PrivateKey::from_openssh(&pem)
+        .expect("an OpenSSH private key")
+        .public_key()
+        .to_openssh()
+        .expect("encode");
+    let pairs = bed
+        .rt
+        .block_on(
+            bed.ec2_client()
+                .describe_key_pairs()
+                .key_names("demo-nodes")
+                .send(),
+        )
+        .expect("describe key pairs");
+    let tag = pairs.key_pairs()[0]
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("phoenix:public-key-sha256"))
+        .and_then(|t| t.value())
+        .expect("the key pair's public key hash")
+        .to_string();
+    let sha: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(public.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    assert_eq!(tag, sha, "the private key belongs to the EC2 key pair");
+    // An existing file is never overwritten.
+    let out = on_fresh(&[
+        "ssh-key",
+        "demo",
+        "--out",
+        key_path.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
 
     let out = on_fresh(&["diff", "demo"]);
     assert_eq!(out.status.code(), Some(0), "in sync:\n{}", text(&out));
@@ -471,5 +549,103 @@ fn destroy_without_the_cluster_secret_still_removes_the_cloud() {
         bed.live_cloud("demo"),
         0,
         "every cloud resource of demo is gone"
+    );
+}
+
+/// Issue 14, item 5, through the binary: the demo's k3s server (`cluster.endpoint: public`) is
+/// stopped behind phoenix's back. `plan` shows the start as refused and the agents unchanged
+/// (they join the server's private address, which a stop keeps); `rebuild` fails naming the
+/// instance and what to do, and leaves it stopped (no start, no replacement).
+#[test]
+fn a_stopped_k3s_server_is_refused_by_plan_and_rebuild_not_started() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "cloud"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let ec2 = bed.ec2_client();
+    let server = |ec2: &aws_sdk_ec2::Client| {
+        let out = bed
+            .rt
+            .block_on(
+                ec2.describe_instances()
+                    .filters(
+                        aws_sdk_ec2::types::Filter::builder()
+                            .name("tag:phoenix:resource")
+                            .values("instance/server/0")
+                            .build(),
+                    )
+                    .filters(
+                        aws_sdk_ec2::types::Filter::builder()
+                            .name("tag:phoenix:env")
+                            .values("demo")
+                            .build(),
+                    )
+                    .send(),
+            )
+            .expect("describe instances");
+        let found: Vec<(String, String)> = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| {
+                let state = i.state()?.name()?.as_str().to_string();
+                let id = i.instance_id()?.to_string();
+                (state != "terminated").then_some((id, state))
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "one server: {found:?}");
+        found[0].clone()
+    };
+    let (id, _) = server(&ec2);
+    bed.rt
+        .block_on(ec2.stop_instances().instance_ids(&id).send())
+        .expect("stop the server");
+
+    let out = bed.phoenix(
+        &repo.dir,
+        &["plan", "demo", "--layers", "cloud", "--detailed-exitcode"],
+    );
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(
+        all.contains("~   update instance/server/0: state stopped → running (refused: phoenix does not start a stopped k3s server"),
+        "{all}"
+    );
+    for agent in ["instance/agent/0", "instance/agent/1"] {
+        assert!(all.contains(&format!("unchanged {agent}")), "{all}");
+    }
+    let out = bed.phoenix(
+        &repo.dir,
+        &["plan", "demo", "--layers", "cloud", "--output", "json"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("plan --output json: {e}\n{}", text(&out)));
+    let change = v["changes"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["id"] == "cloud/instance/server/0"))
+        .cloned()
+        .expect("the server's change");
+    assert_eq!(change["action"], "refused", "{change}");
+    assert!(
+        change["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("phoenix does not start a stopped k3s server")),
+        "{change}"
+    );
+
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--layers", "cloud"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    for needle in [
+        format!("instance {id} is stopped"),
+        format!("aws ec2 terminate-instances --instance-ids {id}"),
+        "cluster.endpoint: private".to_string(),
+    ] {
+        assert!(all.contains(&needle), "{needle:?} in:\n{all}");
+    }
+    assert_eq!(
+        server(&ec2),
+        (id, "stopped".to_string()),
+        "left stopped, not replaced"
     );
 }

@@ -1,8 +1,8 @@
 //! Secrets never leak: every command runs against the demo on moto + the real control plane with its
 //! secret reference set, and stdout, stderr, the JSON event streams, drill reports, audit
 //! records and every other file phoenix writes are scanned for the secret values, the cluster
-//! secret and the tokens and CA private keys derived from it. Zero occurrences. The kubeconfig, the credentials and
-//! generated keys are 0600.
+//! secret and the tokens and CA private keys derived from it. Zero occurrences. The kubeconfig
+//! is 0600. (phoenix keeps no key pair: it derives it from the cluster secret.)
 
 #[path = "support/bed.rs"]
 mod bed;
@@ -154,10 +154,10 @@ fn no_command_output_report_or_record_contains_a_secret() {
     );
     assert!(leaks.is_empty(), "secrets leaked:\n{}", leaks.join("\n"));
 
-    // The kubeconfig and generated keys are readable by their owner only.
+    // The kubeconfig is readable by its owner only; no key pair is kept.
     let mut private = Vec::new();
     files_under(&cluster_dir, &mut private);
-    files_under(&bed.git.phoenix_home().join("keys"), &mut private);
+    assert!(!bed.phoenix_home_has("keys"));
     assert!(!private.is_empty());
     for f in private {
         let mode = std::fs::metadata(&f).expect("stat").permissions().mode() & 0o777;

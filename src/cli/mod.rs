@@ -106,6 +106,9 @@ pub enum Command {
     Drill(DrillArgs),
     /// Print a recovery runbook for an environment, generated from its graph and last drill
     Runbook(RunbookArgs),
+    /// Write the private key of the env's EC2 key pair (derived from the cluster secret) to a new
+    /// 0600 file, for SSH
+    SshKey(SshKeyArgs),
     /// List past runs of an environment from the audit trail
     History(HistoryArgs),
     /// Print a shell completion script for phoenix to stdout
@@ -266,6 +269,16 @@ pub struct DrillArgs {
 pub struct RunbookArgs {
     #[command(flatten)]
     pub env: EnvArg,
+}
+
+#[derive(Debug, Args)]
+pub struct SshKeyArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// Where to write the private key: a new file (mode 0600); an existing file is never
+    /// overwritten
+    #[arg(long, value_name = "PATH")]
+    pub out: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]

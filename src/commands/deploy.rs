@@ -3,7 +3,7 @@
 
 use super::common::{load_env, Context};
 use crate::engine::{self, CancelToken, EngineOptions, Graph, Layer, RunSummary};
-use crate::env::model::{Cloud, Cluster, Environment, InstanceGroup, Role};
+use crate::env::model::{Cloud, Cluster, EndpointKind, Environment, InstanceGroup, Role};
 use crate::error::Failure;
 use crate::providers::aws::{self, AwsOptions, DesiredCloud, DesiredInputs, Ec2};
 use crate::providers::cluster as cl;
@@ -87,7 +87,12 @@ impl Deployment {
         let Some(cloud) = &self.env.cloud else {
             return Ok(None);
         };
-        let key = aws::key_material(cloud, &self.name, &ctx.home, &ctx.secrets_dir)
+        // Only a key pair without publicKey needs the secret (it is derived from it).
+        let secret = match cloud.key_pair.as_ref().map(|k| &k.public_key) {
+            Some(None) => self.cluster_secret(ctx)?,
+            _ => None,
+        };
+        let key = aws::key_material(cloud, &self.name, secret.as_ref(), &ctx.secrets_dir)
             .map_err(|e| Failure::from_error("cannot prepare the key pair", &e))?;
         let k3s = match &self.env.cluster {
             Some(Cluster::K3s(k)) => Some(k),
@@ -198,6 +203,7 @@ impl Deployment {
                 late_user_data,
                 key,
                 extra_tags: self.extra_tags.clone(),
+                server_endpoint_public: k3s.is_some_and(|k| k.endpoint == EndpointKind::Public),
             },
         )))
     }
@@ -246,6 +252,21 @@ impl Deployment {
         &self,
         ctx: &Context,
     ) -> Result<Option<Arc<cl::Credentials>>, Failure> {
+        let Some(secret) = self.cluster_secret(ctx)? else {
+            return Ok(None);
+        };
+        let creds = cl::Credentials::derive(&ctx.home, &self.name, &secret).map_err(|e| {
+            Failure::from_error(
+                format!("cannot derive the cluster credentials of {}", self.name),
+                &e,
+            )
+        })?;
+        Ok(Some(Arc::new(creds)))
+    }
+
+    /// The env's cluster secret (`spec.cluster.secret`), read from where it points (`None`
+    /// without a k3s cluster). The error names the reference, never a value.
+    pub fn cluster_secret(&self, ctx: &Context) -> Result<Option<cl::Secret>, Failure> {
         let Some(Cluster::K3s(k)) = &self.env.cluster else {
             return Ok(None);
         };
@@ -257,14 +278,7 @@ impl Deployment {
             .cause(why)
             .help("set the variable / create the file spec.cluster.secret names: every machine that runs phoenix for this env needs the same value (docs/cluster.md)")
         })?;
-        let creds = cl::Credentials::derive(&ctx.home, &self.name, &cl::Secret::new(secret))
-            .map_err(|e| {
-                Failure::from_error(
-                    format!("cannot derive the cluster credentials of {}", self.name),
-                    &e,
-                )
-            })?;
-        Ok(Some(Arc::new(creds)))
+        Ok(Some(cl::Secret::new(secret)))
     }
 
     /// Writes the k3s admin kubeconfig (a cache under `$PHOENIX_HOME`: derived from the cluster

@@ -13,6 +13,7 @@ mod plan;
 pub mod rebuild;
 mod render;
 mod runbook;
+mod ssh_key;
 mod validate;
 mod watch;
 
@@ -34,6 +35,7 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::List => copies::list(&ctx).await,
         Command::Drill(a) => drill::run(&ctx, &a).await,
         Command::Runbook(a) => runbook::run(&ctx, &a.env.env).await,
+        Command::SshKey(a) => ssh_key::run(&ctx, &a).await,
         Command::History(a) => history::run(&ctx, &a.env.env, a.limit).await,
         Command::Completions(a) => completions::completions(a.shell),
         Command::Man(a) => completions::man(&ctx, a.dir.as_deref()),

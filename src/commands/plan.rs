@@ -195,12 +195,22 @@ fn live_json(dep: &Deployment, checked: &super::diff::Checked) -> serde_json::Va
                             .map(|f| serde_json::json!({ "path": f.field, "desired": f.desired, "live": f.live }))
                             .collect(),
                     );
-                    let detail = c.reason.as_deref().or(c.summary.as_deref());
+                    // A change a rebuild refuses to make (e.g. starting a stopped k3s server
+                    // reached at its public address) is shown as refused, with why.
+                    let detail = c
+                        .refused
+                        .as_deref()
+                        .or(c.reason.as_deref())
+                        .or(c.summary.as_deref());
+                    let action = match &c.refused {
+                        Some(_) => "refused",
+                        None => c.action.as_str(),
+                    };
                     changes.push(change(
                         &format!("cloud/{}", c.resource),
                         Layer::Cloud,
                         &c.resource,
-                        c.action.as_str(),
+                        action,
                         detail,
                         fields,
                     ));

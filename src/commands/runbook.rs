@@ -99,6 +99,17 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
         )),
         None => {}
     }
+    if let Some(kp) = env.cloud.as_ref().and_then(|c| c.key_pair.as_ref()) {
+        needs.push(match &kp.public_key {
+            Some(source) => format!(
+                "for SSH to the instances: the private key of the public key in {source}"
+            ),
+            None => format!(
+                "for SSH to the instances: `phoenix ssh-key {name} --out PATH` writes the private key of key pair {}, derived from the cluster secret (0600, never printed)",
+                kp.name
+            ),
+        });
+    }
     for n in &needs {
         let _ = writeln!(md, "- {n}");
     }

@@ -67,7 +67,10 @@ fn entry(change: &ResourceChange, terminated: &[TerminatedInstance]) -> Option<D
             Some(match (&change.action, &change.reason) {
                 (ChangeAction::Replace, Some(r)) => e.with_detail(format!("needs a replace: {r}")),
                 (ChangeAction::Replace, None) => e.with_detail("needs a replace"),
-                _ => e,
+                _ => match &change.refused {
+                    Some(r) => e.with_detail(format!("a rebuild refuses to fix it: {r}")),
+                    None => e,
+                },
             })
         }
     }
@@ -94,6 +97,7 @@ mod tests {
             fields,
             live_ids: vec![],
             notes: vec![],
+            refused: None,
         }
     }
 

@@ -81,6 +81,22 @@ pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnosti
         }
         _ => {}
     }
+    // A key pair without publicKey is derived from the cluster secret (the same on every
+    // machine); an env without a k3s cluster has no secret to derive it from.
+    if let Some(kp) = env.cloud.as_ref().and_then(|c| c.key_pair.as_ref()) {
+        // A publicKey that failed to load is reported where it is, not again here.
+        let written = c.spans.value("spec.cloud.keyPair.publicKey").is_some();
+        if kp.public_key.is_none() && !written && !matches!(env.cluster, Some(Cluster::K3s(_))) {
+            c.err(
+                "spec.cloud.keyPair",
+                format!(
+                    "key pair {} has no publicKey, and without a k3s cluster there is no cluster secret (spec.cluster.secret) to derive it from",
+                    kp.name
+                ),
+                "set publicKey: env:NAME or file:NAME (an OpenSSH public key); phoenix keeps no key of its own in $PHOENIX_HOME".into(),
+            );
+        }
+    }
     if env.cluster.is_none() && !(env.addons.is_empty() && env.apps.is_empty()) {
         // The field is missing, so point at the spec that should hold it.
         c.err(

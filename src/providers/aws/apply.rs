@@ -17,7 +17,10 @@ use super::desired::{DesiredCloud, DesiredResource, InstanceSpec, ResourceSpec};
 use super::error::{AwsError, Bounded, BOUNDED_ATTEMPTS};
 use super::images::ImageCache;
 use super::live::{self, observe_kind, LiveResource, LiveState};
-use super::plan::{rank, ChangeAction, CompareCtx, FieldChange, Verdict};
+use super::plan::{
+    rank, ChangeAction, CompareCtx, FieldChange, Verdict, IMDS_ENDPOINT, IMDS_HOP_LIMIT,
+    IMDS_HTTP_TOKENS,
+};
 use super::rules::{RuleKey, RulePeer};
 use super::tags::{self, filter, TAG_COMMIT};
 use crate::engine::{Check, NodeCtx, NodeError, NodeOutcome};
@@ -995,9 +998,9 @@ impl Exec {
             // server) or the instance role's credentials.
             .metadata_options(
                 InstanceMetadataOptionsRequest::builder()
-                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                    .http_tokens(HttpTokensState::Required)
-                    .http_put_response_hop_limit(1)
+                    .http_endpoint(InstanceMetadataEndpointState::from(IMDS_ENDPOINT))
+                    .http_tokens(HttpTokensState::from(IMDS_HTTP_TOKENS))
+                    .http_put_response_hop_limit(IMDS_HOP_LIMIT)
                     .build(),
             );
         if let Some(ud) = &spec.user_data {
@@ -1160,6 +1163,21 @@ impl Exec {
         let LiveState::Instance { state, .. } = &live.state else {
             return Ok(());
         };
+        if !tags::owned_by(&live.tags, &self.env) {
+            return Err(AwsError::refused(
+                doing,
+                format!("instance {} lacks phoenix's ownership tags", live.aws_id),
+            ));
+        }
+        if let Some(why) = &verdict.refused {
+            let id = &live.aws_id;
+            return Err(AwsError::refused(
+                doing,
+                format!(
+                    "instance {id} is {state}, and {why}. Nothing was changed. Either terminate it (`aws ec2 terminate-instances --instance-ids {id}`) and rebuild: phoenix launches a new server, which is a new, empty cluster (the agents are replaced to join it, then the add-ons and apps are applied from Git); or set cluster.endpoint: private (the private address survives a stop; phoenix then starts it and reaches it there); or start it yourself (`aws ec2 start-instances --instance-ids {id}`) if clients reach the API through a name in cluster.tlsSans (with --cluster-endpoint), not through its public address"
+                ),
+            ));
+        }
         let type_change = verdict.fields.iter().any(|f| f.field == "type");
         if verdict.fields.iter().any(|f| f.field == "security-group") {
             let mut groups = Vec::new();
@@ -1170,6 +1188,34 @@ impl Exec {
             c.modify_instance_attribute()
                 .instance_id(&live.aws_id)
                 .set_groups(Some(groups))
+                .send()
+                .await
+                .map_err(self.ec2.err(&doing))?;
+        }
+        if verdict
+            .fields
+            .iter()
+            .any(|f| f.field.starts_with("metadata-"))
+        {
+            // In place, no restart: IMDSv2 only, one hop. The endpoint is sent as it is (EC2
+            // keeps an option left out, moto resets it): one turned off stays off.
+            ctx.progress(format!(
+                "{}: requiring IMDSv2 with a hop limit of {IMDS_HOP_LIMIT}",
+                d.id
+            ));
+            let endpoint = match &live.state {
+                LiveState::Instance {
+                    metadata: Some(m), ..
+                } => m.endpoint.clone(),
+                _ => None,
+            };
+            c.modify_instance_metadata_options()
+                .instance_id(&live.aws_id)
+                .http_tokens(HttpTokensState::from(IMDS_HTTP_TOKENS))
+                .http_put_response_hop_limit(IMDS_HOP_LIMIT)
+                .set_http_endpoint(
+                    endpoint.map(|e| InstanceMetadataEndpointState::from(e.as_str())),
+                )
                 .send()
                 .await
                 .map_err(self.ec2.err(&doing))?;

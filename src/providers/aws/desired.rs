@@ -29,8 +29,6 @@ impl fmt::Debug for Sensitive {
 pub struct KeyMaterial {
     /// The OpenSSH public key line (`ssh-ed25519 AAAA... comment`).
     pub public_key: String,
-    /// Where the private key was stored when phoenix generated it.
-    pub private_key_path: Option<std::path::PathBuf>,
 }
 
 /// Renders a group's user-data once the resources it waits for exist; the error is a message.
@@ -67,6 +65,10 @@ pub struct DesiredInputs {
     /// Extra tags on every resource (e.g. `phoenix:expires` for ephemeral environments). They
     /// cannot override the ownership tags.
     pub extra_tags: BTreeMap<String, String>,
+    /// The k3s API is reached at the server's public address (`cluster.endpoint: public`): its
+    /// certificate names the address the server had at first boot, so a stopped server is not
+    /// started in place (a start gives it a new public address).
+    pub server_endpoint_public: bool,
 }
 
 /// The image of an instance: an id, or a lookup resolved against EC2 when planning or applying.
@@ -124,6 +126,9 @@ pub struct InstanceSpec {
     pub subnet: String,
     /// Whether the subnet is public (the instance gets a public IP).
     pub public_ip: bool,
+    /// A k3s server whose public address is its API endpoint and is in its certificate: a stop
+    /// and start would move it, so a stopped copy is refused, not started (see the plan rules).
+    pub stable_public_address: bool,
     /// Resource ids of the security groups, e.g. `sg/cluster`.
     pub security_groups: Vec<String>,
     /// Resource id of the key pair, e.g. `key/admin`.
@@ -408,6 +413,9 @@ pub fn desired(cloud: &Cloud, env_name: &str, inputs: &DesiredInputs) -> Desired
                     ),
                     subnet: format!("subnet/{}", g.subnet),
                     public_ip,
+                    stable_public_address: g.role == Role::Server
+                        && public_ip
+                        && inputs.server_endpoint_public,
                     security_groups: g
                         .security_groups
                         .iter()

@@ -76,7 +76,20 @@ pub enum LiveState {
         public_ip: Option<String>,
         /// RFC 3339 launch time, used to keep the oldest of duplicates.
         launch_time: Option<String>,
+        /// The instance metadata service options; `None` when EC2 did not say.
+        metadata: Option<LiveMetadata>,
     },
+}
+
+/// An instance's metadata service options as EC2 reports them (`MetadataOptions`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LiveMetadata {
+    /// `required` (IMDSv2 only) or `optional` (IMDSv1 allowed).
+    pub http_tokens: Option<String>,
+    /// `HttpPutResponseHopLimit`: how many network hops a session token travels.
+    pub hop_limit: Option<i32>,
+    /// `enabled` or `disabled`.
+    pub endpoint: Option<String>,
 }
 
 impl LiveState {
@@ -607,6 +620,11 @@ pub(crate) fn instance(i: &aws_sdk_ec2::types::Instance) -> Option<LiveResource>
             launch_time: i.launch_time().and_then(|t| {
                 t.fmt(aws_sdk_ec2::primitives::DateTimeFormat::DateTime)
                     .ok()
+            }),
+            metadata: i.metadata_options().map(|m| LiveMetadata {
+                http_tokens: m.http_tokens().map(|t| t.as_str().to_string()),
+                hop_limit: m.http_put_response_hop_limit(),
+                endpoint: m.http_endpoint().map(|e| e.as_str().to_string()),
             }),
         },
         tags,

@@ -21,8 +21,10 @@ pub use desired::{
     LateUserData, RenderLate, ResourceSpec, Sensitive,
 };
 pub use error::AwsError;
-pub use keys::key_material;
-pub use live::{copies, gone_instances, observe, CopyInfo, LiveCloud, LiveResource, LiveState};
+pub use keys::{derived_private_key, key_material};
+pub use live::{
+    copies, gone_instances, observe, CopyInfo, LiveCloud, LiveMetadata, LiveResource, LiveState,
+};
 pub use nodes::{converge_nodes, destroy_nodes};
 pub use plan::{plan, plan_live, ChangeAction, CloudPlan, FieldChange, ResourceChange};
 pub use rules::{RuleKey, RulePeer};

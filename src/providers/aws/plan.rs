@@ -14,6 +14,13 @@ use super::live::{observe, LiveCloud, LiveResource, LiveState};
 use super::rules::{describe, RuleKey, RulePeer};
 use super::tags::{self, TAG_IMAGE_LOOKUP, TAG_PUBLIC_KEY_SHA256, TAG_USER_DATA_SHA256};
 
+/// The instance metadata options every phoenix instance has: IMDSv2 only, one hop (a pod, one
+/// hop further than its node, gets no answer), the endpoint on at launch (the k3s install script
+/// reads it; turning it off later is left alone).
+pub(crate) const IMDS_HTTP_TOKENS: &str = "required";
+pub(crate) const IMDS_HOP_LIMIT: i32 = 1;
+pub(crate) const IMDS_ENDPOINT: &str = "enabled";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeAction {
@@ -106,6 +113,10 @@ pub struct ResourceChange {
     /// What is worth knowing but is no change, e.g. a newer image matching a pinned lookup.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Set when a rebuild will refuse this change instead of making it (nothing is changed), and
+    /// why: e.g. starting a stopped k3s server would move its public address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// The plan of the whole cloud layer of one environment.
@@ -167,6 +178,9 @@ impl fmt::Display for ResourceChange {
         }
         if !self.notes.is_empty() {
             write!(f, " ({})", self.notes.join("; "))?;
+        }
+        if let Some(r) = &self.refused {
+            write!(f, " (refused: {r})")?;
         }
         Ok(())
     }
@@ -232,7 +246,13 @@ pub(crate) struct Verdict {
     pub reason: Option<String>,
     pub fields: Vec<FieldChange>,
     pub notes: Vec<String>,
+    /// Why converging refuses this copy's change (nothing is changed), if it does.
+    pub refused: Option<String>,
 }
+
+/// What the plan says of a stopped k3s server reached at its public address; the converge node
+/// fails with it (and what to do) instead of starting the server.
+pub(crate) const STOPPED_SERVER_REFUSED: &str = "phoenix does not start a stopped k3s server: it would come back with a new public address, which its certificate (SANs written at first boot) does not name and which cluster.endpoint: public makes the API endpoint";
 
 /// Compares one live copy with the desired resource. `Update` lists only fields that can change
 /// in place; any `Replace` field makes the verdict `Replace`.
@@ -242,6 +262,7 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
     let mut reason: Option<String> = None;
     let mut tag_skip: Vec<&str> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
+    let mut refused: Option<String> = None;
     match (&d.spec, &l.state) {
         (
             ResourceSpec::Vpc { cidr },
@@ -426,6 +447,7 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
                 subnet_id,
                 security_groups,
                 key_name,
+                metadata,
                 ..
             },
         ) => {
@@ -510,8 +532,34 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
             for g in have.difference(&wanted) {
                 update.push(FieldChange::remove("security-group", g));
             }
+            // Instances launched before phoenix required IMDSv2 (or changed by hand) are
+            // converged in place (ModifyInstanceMetadataOptions needs no restart). The endpoint
+            // itself is not compared: an operator may turn IMDS off after boot
+            // (runbooks/user-data-secrets.md), which is stricter still.
+            if let Some(m) = metadata {
+                let live = |v: &Option<String>| v.clone().unwrap_or_else(|| "unknown".into());
+                if m.http_tokens.as_deref() != Some(IMDS_HTTP_TOKENS) {
+                    update.push(FieldChange::value(
+                        "metadata-http-tokens",
+                        IMDS_HTTP_TOKENS,
+                        live(&m.http_tokens),
+                    ));
+                }
+                if m.hop_limit != Some(IMDS_HOP_LIMIT) {
+                    update.push(FieldChange::value(
+                        "metadata-hop-limit",
+                        IMDS_HOP_LIMIT,
+                        m.hop_limit
+                            .map(|h| h.to_string())
+                            .unwrap_or_else(|| "unknown".into()),
+                    ));
+                }
+            }
             if state == "stopped" || state == "stopping" {
                 update.push(FieldChange::value("state", "running", state));
+                if want.stable_public_address {
+                    refused = Some(STOPPED_SERVER_REFUSED.into());
+                }
             }
             if !replace.is_empty() && reason.is_none() {
                 reason = Some("an instance's image, subnet, user-data, key and (unless allowStopModifyStart) type are fixed at launch".into());
@@ -536,11 +584,13 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
     }
     if !replace.is_empty() {
         replace.extend(update);
+        // A replace launches a new instance: nothing is started in place, nothing refused.
         Verdict {
             action: ChangeAction::Replace,
             reason,
             fields: replace,
             notes,
+            refused: None,
         }
     } else if !update.is_empty() {
         Verdict {
@@ -548,6 +598,7 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
             reason: None,
             fields: update,
             notes,
+            refused,
         }
     } else {
         Verdict {
@@ -555,6 +606,7 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
             reason: None,
             fields: Vec::new(),
             notes,
+            refused: None,
         }
     }
 }
@@ -662,6 +714,7 @@ pub fn plan(desired: &DesiredCloud, live: &LiveCloud) -> CloudPlan {
                 fields: Vec::new(),
                 live_ids,
                 notes: Vec::new(),
+                refused: None,
             },
             Some((_, verdict)) => {
                 let mut fields = verdict.fields.clone();
@@ -680,6 +733,7 @@ pub fn plan(desired: &DesiredCloud, live: &LiveCloud) -> CloudPlan {
                     fields,
                     live_ids,
                     notes: verdict.notes.clone(),
+                    refused: verdict.refused.clone(),
                 }
             }
         };
@@ -697,6 +751,7 @@ pub fn plan(desired: &DesiredCloud, live: &LiveCloud) -> CloudPlan {
             fields: Vec::new(),
             live_ids: copies.iter().map(|c| c.aws_id.clone()).collect(),
             notes: Vec::new(),
+            refused: None,
         })
         .collect();
     deletes.sort_by_key(|c| {
@@ -876,6 +931,11 @@ mod tests {
                         private_ip: None,
                         public_ip: None,
                         launch_time: None,
+                        metadata: Some(crate::providers::aws::live::LiveMetadata {
+                            http_tokens: Some("required".into()),
+                            hop_limit: Some(1),
+                            endpoint: Some("enabled".into()),
+                        }),
                     },
                 ),
             }
@@ -1030,6 +1090,60 @@ mod tests {
                 .is_some_and(|r| r.contains("new public address")),
             "{server:?}"
         );
+    }
+
+    /// Issue 14: IMDSv1 (an instance launched before phoenix required IMDSv2) is an in-place
+    /// update; a stopped k3s server reached at its public address is refused (its address would
+    /// move), while one reached at its private address, and any other instance, is started.
+    #[test]
+    fn imdsv1_is_an_update_and_a_stopped_public_server_is_refused() {
+        use crate::providers::aws::live::LiveMetadata;
+        let inputs = |public| DesiredInputs {
+            server_endpoint_public: public,
+            ..Default::default()
+        };
+        let d = desired(&cloud(), "demo", &inputs(true));
+        let mut live = live_from(&d);
+        let set = |live: &mut LiveCloud, tokens: &str, hops: i32, to: &str| {
+            for copy in live.resources.get_mut("instance/server/0").expect("live") {
+                if let LiveState::Instance {
+                    metadata, state, ..
+                } = &mut copy.state
+                {
+                    *metadata = Some(LiveMetadata {
+                        http_tokens: Some(tokens.into()),
+                        hop_limit: Some(hops),
+                        endpoint: Some("enabled".into()),
+                    });
+                    *state = to.into();
+                }
+            }
+        };
+        set(&mut live, "optional", 2, "running");
+        let p = plan(&d, &live);
+        let i = p.get("instance/server/0").expect("instance");
+        assert_eq!(
+            i.to_string(),
+            "~   update instance/server/0: metadata-http-tokens optional → required, metadata-hop-limit 2 → 1"
+        );
+        assert!(i.refused.is_none());
+
+        set(&mut live, "required", 1, "stopped");
+        let p = plan(&d, &live);
+        let i = p.get("instance/server/0").expect("instance");
+        assert_eq!(i.action, ChangeAction::Update);
+        assert_eq!(i.refused.as_deref(), Some(STOPPED_SERVER_REFUSED));
+        assert!(
+            i.to_string()
+                .starts_with("~   update instance/server/0: state stopped → running (refused: "),
+            "{i}"
+        );
+        let p = plan(&desired(&cloud(), "demo", &inputs(false)), &live);
+        assert!(p.get("instance/server/0").expect("i").refused.is_none());
+        let mut worker = cloud();
+        worker.instances[0].role = Role::None;
+        let p = plan(&desired(&worker, "demo", &inputs(true)), &live);
+        assert!(p.get("instance/server/0").expect("i").refused.is_none());
     }
 
     #[test]

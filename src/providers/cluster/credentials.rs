@@ -136,6 +136,35 @@ pub fn cluster_dir(phoenix_home: &Path, env: &str) -> Result<PathBuf, ClusterErr
     Ok(phoenix_home.join("clusters").join(env))
 }
 
+/// 32 bytes derived from the cluster secret of `env` for `label`, by the same derivation as the
+/// CAs and tokens (HMAC-SHA256 keyed with the secret over the derivation version, the env name and
+/// the label): for other keys that must be the same on every machine with the secret, such as the
+/// EC2 key pair (`ssh-key/<name>`). The label must differ from the credentials' own labels.
+/// A secret shorter than [`MIN_SECRET_LEN`] is refused without being shown.
+pub fn derive_bytes(env: &str, secret: &Secret, label: &str) -> Result<[u8; 32], ClusterError> {
+    let len = secret.expose().chars().count();
+    if len < MIN_SECRET_LEN {
+        return Err(ClusterError::WeakSecret {
+            env: env.to_string(),
+            len,
+        });
+    }
+    if matches!(
+        label,
+        "server-ca" | "client-ca" | "server-token" | "agent-token"
+    ) || label.ends_with("/serial")
+    {
+        return Err(ClusterError::Derive(format!(
+            "the label {label} is the cluster credentials' own"
+        )));
+    }
+    Ok(Seed {
+        secret: secret.expose().as_bytes(),
+        env,
+    }
+    .bytes(label, 0))
+}
+
 impl Credentials {
     /// The credentials of the cluster of `env` (the effective name: a drill copy's differ from
     /// the live env's), derived from `secret`: the CAs and tokens are the same bytes for the same

@@ -15,7 +15,9 @@ pub use access::{
     client_for, config_for, install_crypto_provider, ClientTimeouts, ClusterAccess,
     KubeconfigConnector,
 };
-pub use credentials::{cluster_dir, Credentials, Secret, ADMIN_GROUP, ADMIN_USER, MIN_SECRET_LEN};
+pub use credentials::{
+    cluster_dir, derive_bytes, Credentials, Secret, ADMIN_GROUP, ADMIN_USER, MIN_SECRET_LEN,
+};
 pub use endpoint::{
     endpoint_host, endpoint_override, resolve_endpoint, server_instance, server_private_address,
     server_resource, Endpoint, EndpointOrigin, ENDPOINT_ENV,
