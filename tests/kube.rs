@@ -171,6 +171,19 @@ async fn get(
         .map(|o| serde_json::to_value(o).expect("object serializes"))
 }
 
+/// kubectl `args` with `yaml` written to a file and passed as `-f FILE`; panics with kubectl's
+/// error when it fails.
+async fn kubectl_file(url: &str, args: &[&str], yaml: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("objects.yaml");
+    std::fs::write(&file, yaml).expect("write the manifest");
+    let file = file.display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["-f", file.as_str()]);
+    let (ok, _, err) = control_plane::kubectl_async(url, &all).await;
+    assert!(ok, "kubectl {}: {err}", args.join(" "));
+}
+
 async fn cm(client: &kube::Client, ns: &str, name: &str) -> Option<Value> {
     get(client, "v1", "ConfigMap", "configmaps", Some(ns), name).await
 }
@@ -550,19 +563,12 @@ async fn objects_without_marks_are_never_modified() {
     let sb = control_plane::start().await;
     let url = sb.cluster_url("foreign");
     let client = control_plane::client(&url);
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("cm.yaml");
-    std::fs::write(
-        &file,
+    kubectl_file(
+        &url,
+        &["apply", "--server-side"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: shared, namespace: default }\ndata: { owner: someone-else }\n",
     )
-    .unwrap();
-    let (ok, _, err) = control_plane::kubectl_async(
-        &url,
-        &["apply", "--server-side", "-f", file.to_str().unwrap()],
-    )
     .await;
-    assert!(ok, "{err}");
     let before = cm(&client, "default", "shared").await.unwrap();
 
     let spec = component(
@@ -720,19 +726,12 @@ async fn objects_removed_from_git_are_pruned_and_others_left_alone() {
     );
 
     // A foreign object in the same namespace, and one of ours whose marks someone removed.
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("foreign.yaml");
-    std::fs::write(
-        &file,
+    kubectl_file(
+        &url,
+        &["apply", "--server-side"],
         "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: foreign, namespace: web }\ndata: { a: b }\n",
     )
-    .unwrap();
-    let (ok, _, err) = control_plane::kubectl_async(
-        &url,
-        &["apply", "--server-side", "-f", file.to_str().unwrap()],
-    )
     .await;
-    assert!(ok, "{err}");
     let (ok, _, err) = control_plane::kubectl_async(
         &url,
         &[
@@ -1023,12 +1022,7 @@ async fn an_unavailable_api_group_does_not_stop_apply_diff_or_teardown() {
     let url = sb.cluster_url("aggregated");
     let client = control_plane::client(&url);
     let apiservice = "apiVersion: apiregistration.k8s.io/v1\nkind: APIService\nmetadata: { name: v1beta1.metrics.k8s.io }\nspec: { service: { name: metrics-server, namespace: kube-system }, group: metrics.k8s.io, version: v1beta1, insecureSkipTLSVerify: true, groupPriorityMinimum: 100, versionPriority: 100 }\n";
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("apiservice.yaml");
-    std::fs::write(&file, apiservice).expect("write");
-    let (ok, _, err) =
-        control_plane::kubectl_async(&url, &["create", "-f", &file.display().to_string()]).await;
-    assert!(ok, "{err}");
+    kubectl_file(&url, &["create"], apiservice).await;
     // The group is registered and unavailable.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -1429,12 +1423,7 @@ spec:
     .await;
     assert!(ok, "{err}");
     let gadget = "apiVersion: example.com/v1\nkind: Gadget\nmetadata: { name: g1, namespace: default }\nspec: { size: 1 }\n";
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("gadget.yaml");
-    std::fs::write(&file, gadget).expect("write gadget");
-    let (ok, _, err) =
-        control_plane::kubectl_async(&url, &["create", "-f", &file.display().to_string()]).await;
-    assert!(ok, "{err}");
+    kubectl_file(&url, &["create"], gadget).await;
 
     // Both components leave Git: the removal is refused, naming what would have gone.
     let r = run(&client, vec![], true).await;
@@ -1609,15 +1598,7 @@ async fn secret_values_never_reach_errors_or_progress() {
     let applied = format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{ name: db, namespace: default, labels: {labels} }}\ndata: {{ password: dG9wLXNlY3JldC12YWx1ZQ== }}\n"
     );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("db.yaml");
-    std::fs::write(&file, applied).unwrap();
-    let (ok, _, err) = control_plane::kubectl_async(
-        &sb.cluster_url("secrets"),
-        &["apply", "-f", &file.display().to_string()],
-    )
-    .await;
-    assert!(ok, "{err}");
+    kubectl_file(&sb.cluster_url("secrets"), &["apply"], &applied).await;
     let d = diff_component(&client, &next).await.unwrap();
     let diff_text = serde_json::to_string(&d).unwrap();
     assert!(diff_text.contains(".data.password"), "{diff_text}");

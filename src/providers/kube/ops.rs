@@ -64,26 +64,15 @@ pub async fn apply(
         .await
     {
         Ok(obj) => Ok(to_value(&obj)),
-        Err(::kube::Error::Api(status)) if is_immutable(&status) => {
-            let mut detail = status.message.clone();
-            if id.is_secret() {
-                detail = scrub(&detail, body);
-            }
-            Err(KubeError::Immutable {
-                object: Box::new(id.clone()),
-                detail,
-            })
-        }
-        Err(::kube::Error::Api(status)) if is_field_conflict(&status) => {
-            let mut detail = status.message.clone();
-            if id.is_secret() {
-                detail = scrub(&detail, body);
-            }
-            Err(KubeError::Conflict {
-                object: Box::new(id.clone()),
-                detail,
-            })
-        }
+        // The server's message about a Secret may quote its values.
+        Err(::kube::Error::Api(status)) if is_immutable(&status) => Err(KubeError::Immutable {
+            object: Box::new(id.clone()),
+            detail: scrubbed(&status.message, id, body),
+        }),
+        Err(::kube::Error::Api(status)) if is_field_conflict(&status) => Err(KubeError::Conflict {
+            object: Box::new(id.clone()),
+            detail: scrubbed(&status.message, id, body),
+        }),
         Err(e) => {
             let mut err = KubeError::api(
                 if dry_run {
@@ -94,13 +83,20 @@ pub async fn apply(
                 id,
                 &e,
             );
-            if id.is_secret() {
-                if let KubeError::Api { detail, .. } = &mut err {
-                    *detail = scrub(detail, body);
-                }
+            if let KubeError::Api { detail, .. } = &mut err {
+                *detail = scrubbed(detail, id, body);
             }
             Err(err)
         }
+    }
+}
+
+/// `text` without the values of `body` when it is a Secret.
+fn scrubbed(text: &str, id: &ObjectRef, body: &Value) -> String {
+    if id.is_secret() {
+        scrub(text, body)
+    } else {
+        text.to_string()
     }
 }
 
