@@ -9,8 +9,8 @@
 //! wiped once its round is done, so no tool shares a cluster or the machine with another one's controllers):
 //! - phoenix: `component_nodes` through the engine with `phoenix rebuild`'s settings (16 components in flight,
 //!   32 requests in flight per component, health polled every 250 ms); then `diff_component_with` as
-//!   `phoenix diff` runs it (4 components at a time, 16 requests each), without seals and with the seals the
-//!   apply wrote.
+//!   `phoenix diff` runs it (its components and requests in flight), without seals and with the seals the apply
+//!   wrote.
 //! - kubectl: `kubectl apply --server-side -f DIR` + `kubectl wait --for=condition=Available deploy --all -A`;
 //!   `kubectl diff --server-side -f DIR`.
 //! - bare: the limit — kube-rs directly, the same server-side applies (same bodies, field validation and
@@ -29,6 +29,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::watcher;
+// `phoenix diff`'s components at a time and requests in flight per component.
+use phoenix::commands::diff::{
+    COMPONENTS_IN_FLIGHT as DIFF_COMPONENTS, REQUESTS_PER_COMPONENT as DIFF_REQUESTS,
+};
 use phoenix::engine::{self, CancelToken, EngineOptions, Graph, Layer};
 use phoenix::providers::kube::{
     component_nodes, diff_component_with, ApplyOptions, ComponentSpec, FixedClient, Resolver,
@@ -43,9 +47,6 @@ use serde_json::{json, Value};
 const REBUILD_COMPONENTS: usize = 16;
 const REBUILD_REQUESTS: usize = 32;
 const REBUILD_POLL: Duration = Duration::from_millis(250);
-/// `phoenix diff`'s (src/commands/diff.rs): components at a time, requests in flight per component.
-const DIFF_COMPONENTS: usize = 4;
-const DIFF_REQUESTS: usize = 16;
 
 struct Args {
     url: String,
