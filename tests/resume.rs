@@ -194,7 +194,7 @@ fn killed_twenty_times_then_resumed_the_demo_converges_without_leaks() {
             );
         }
         // Start the next point from nothing, except for the last: it is checked below.
-        if i + 1 < points.len() {
+        if i + 1 < fractions.len() {
             let out = bed.phoenix(&repo.dir, &["destroy", "demo", "--yes"]);
             assert_eq!(out.status.code(), Some(0), "{}", text(&out));
         }
