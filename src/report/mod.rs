@@ -9,4 +9,4 @@ pub mod jsonl;
 pub mod progress;
 pub mod summary;
 
-pub use events::{Event, EventRecord, EventSink, EventStream, RunInfo};
+pub use events::{format_duration, Event, EventRecord, EventSink, EventStream, RunInfo};

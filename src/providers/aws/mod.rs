@@ -23,7 +23,7 @@ pub use desired::{
 pub use error::AwsError;
 pub use keys::key_material;
 pub use live::{copies, gone_instances, observe, CopyInfo, LiveCloud, LiveResource, LiveState};
-pub use nodes::{converge_nodes, destroy_nodes};
+pub use nodes::{converge_nodes, converge_specs, destroy_nodes};
 pub use plan::{plan, plan_live, ChangeAction, CloudPlan, FieldChange, ResourceChange};
 pub use rules::{RuleKey, RulePeer};
 pub use tags::{
