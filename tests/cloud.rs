@@ -150,6 +150,7 @@ fn desired_for(cloud: &Cloud, env: &str, commit: &str) -> Arc<DesiredCloud> {
         key: Some(key()),
         extra_tags: BTreeMap::new(),
         late_user_data: BTreeMap::new(),
+        after: BTreeMap::new(),
     };
     Arc::new(aws::desired(cloud, env, &inputs))
 }
@@ -1362,6 +1363,7 @@ async fn a_relaunch_of_the_same_commit_with_other_parameters_gets_a_new_client_t
         key: Some(key()),
         extra_tags: BTreeMap::new(),
         late_user_data: BTreeMap::new(),
+        after: BTreeMap::new(),
     };
     let desired = Arc::new(aws::desired(&model(), ENV, &inputs));
     let run = converge(&ec2, &desired).await;

@@ -212,6 +212,7 @@ impl Bed {
                     key: None::<KeyMaterial>,
                     extra_tags: BTreeMap::new(),
                     late_user_data: BTreeMap::new(),
+                    after: BTreeMap::new(),
                 },
             ));
             let live = aws::observe(&self.ec2, &self.env).await.expect("observe");
