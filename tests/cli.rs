@@ -1487,9 +1487,9 @@ fn history_lists_a_record_written_by_an_older_version() {
         "0123456789ab",
         "ops",
         "failed",
-        "1m01s",
-        "cluster failed 1m01s",
-        "apps skipped 0.0s",
+        "1m 1s",
+        "cluster failed 1m 1s",
+        "apps skipped 0ms",
     ] {
         assert!(row.contains(needle), "{needle:?} in {row:?}");
     }
@@ -1641,7 +1641,7 @@ fn runbook_reads_the_last_drill_report_in_either_format() {
     .unwrap();
     let (stdout, _) = runbook(&sb);
     assert!(
-        stdout.contains("Last drill: **passed** on 2026-11-01T10:00:00Z at commit `0123456`, recovery took 1m05s"),
+        stdout.contains("Last drill: **passed** on 2026-11-01T10:00:00Z at commit `0123456`, recovery took 1m 5s"),
         "{stdout}"
     );
 
@@ -1652,7 +1652,7 @@ fn runbook_reads_the_last_drill_report_in_either_format() {
     .unwrap();
     let (stdout, _) = runbook(&sb);
     assert!(
-        stdout.contains("Last drill: **over-objective** on 2026-11-02T10:00:00Z at commit `89abcde`, recovery took 11m40s"),
+        stdout.contains("Last drill: **over-objective** on 2026-11-02T10:00:00Z at commit `89abcde`, recovery took 11m 40s"),
         "{stdout}"
     );
 

@@ -36,7 +36,7 @@ pub async fn run(ctx: &Context, args: &DrillArgs) -> Outcome {
             args.env.env,
             dep.name,
             objective
-                .map(|o| humantime::format_duration(o).to_string())
+                .map(crate::report::format_duration)
                 .unwrap_or_else(|| "not set".into())
         );
     }
@@ -271,7 +271,7 @@ fn write_reports(
 }
 
 fn took(d: Duration) -> String {
-    crate::drift::fmt_duration(d)
+    crate::report::format_duration(d)
 }
 
 /// The report for people, from the same document.

@@ -20,7 +20,7 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
     let (snap, env) = (&dep.snap, &dep.env);
     let commit = snap.commit();
     let mut md = String::new();
-    let d = |x: std::time::Duration| humantime::format_duration(x).to_string();
+    let d = crate::report::format_duration;
 
     let _ = writeln!(md, "# Recovery runbook: {name}\n");
     let _ = writeln!(
@@ -54,7 +54,7 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
                     .and_then(|c| c.short_sha.as_deref())
                     .unwrap_or("?"),
                 last.recovery()
-                    .map(crate::drift::fmt_duration)
+                    .map(crate::report::format_duration)
                     .unwrap_or_else(|| "?".into()),
                 drill.display()
             );

@@ -22,7 +22,7 @@ use crate::engine::{Action, BoxFuture, Check, Layer, NodeCtx, NodeError, NodeOut
 use crate::env::model::{Cloud, K3s, Role};
 use crate::error::chain;
 use crate::providers::aws::{self, Ec2, LiveCloud, LiveState, TAG_ROLE};
-use crate::report::events::format_duration;
+use crate::report::format_duration;
 
 /// Engine node id of the gate.
 pub const CONTROL_PLANE_NODE: &str = "cluster/control-plane";
