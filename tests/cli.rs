@@ -1613,8 +1613,11 @@ fn validate_json_snapshot() {
     );
 }
 
-/// `phoenix runbook` reads the last drill report back by key: the versioned report, and one
-/// written before it was versioned (snake_case, milliseconds); an unreadable one is named.
+/// A drill report of version 1 as `phoenix drill` writes it (docs/json.md, "drill").
+const VERSIONED_DRILL: &str = r#"{"schemaVersion":1,"type":"drillReport","env":"e","copy":"e-drill-abcdef","commit":{"sha":"89abcdef01234567","shortSha":"89abcde"},"startedAt":"2026-11-02T10:00:00Z","verdict":"over-objective","recoveryObjectiveSeconds":600.0,"recoverySeconds":700.5,"rebuildSeconds":690.0,"verifySeconds":10.5,"teardownSeconds":30.0,"kept":false,"rebuild":null,"verify":null,"teardown":null,"failures":[]}"#;
+
+/// `phoenix runbook` reads the last drill report back as the typed report the drill writes, and
+/// one written before it was versioned (snake_case, milliseconds); an unreadable one is named.
 #[test]
 fn runbook_reads_the_last_drill_report_in_either_format() {
     let sb = Sandbox::new();
@@ -1645,16 +1648,27 @@ fn runbook_reads_the_last_drill_report_in_either_format() {
         "{stdout}"
     );
 
-    std::fs::write(
-        &last,
-        r#"{"schemaVersion":1,"type":"drillReport","env":"e","verdict":"over-objective","startedAt":"2026-11-02T10:00:00Z","commit":{"sha":"89abcdef01234567","shortSha":"89abcde"},"recoverySeconds":700.5}"#,
-    )
-    .unwrap();
+    std::fs::write(&last, VERSIONED_DRILL).unwrap();
     let (stdout, _) = runbook(&sb);
     assert!(
         stdout.contains("Last drill: **over-objective** on 2026-11-02T10:00:00Z at commit `89abcde`, recovery took 11m 40s"),
         "{stdout}"
     );
+    // Read as the typed report: a versioned report without a field the drill always writes is
+    // named unreadable, not shown with guesses; a newer version is named as such.
+    std::fs::write(&last, VERSIONED_DRILL.replace(r#""kept":false,"#, "")).unwrap();
+    let (stdout, _) = runbook(&sb);
+    assert!(
+        stdout.contains("Last drill: unreadable (cannot parse ") && stdout.contains("kept"),
+        "{stdout}"
+    );
+    std::fs::write(
+        &last,
+        VERSIONED_DRILL.replace(r#""schemaVersion":1"#, r#""schemaVersion":2"#),
+    )
+    .unwrap();
+    let (stdout, _) = runbook(&sb);
+    assert!(stdout.contains("written by a newer phoenix"), "{stdout}");
 
     std::fs::write(&last, "{ not json").unwrap();
     let (stdout, stderr) = runbook(&sb);

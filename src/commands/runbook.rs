@@ -9,6 +9,7 @@ use crate::engine::{Layer, NodeSpec};
 use crate::env::model::{Cluster, Component, EndpointKind};
 use crate::error::ExitCode;
 use crate::providers::kube;
+use crate::report::drill::{DrillReport, DRILL_SCHEMA_VERSION};
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -47,13 +48,10 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
             let _ = writeln!(
                 md,
                 "- Last drill: **{}** on {} at commit `{}`, recovery took {} (report: {})",
-                last.verdict.as_deref().unwrap_or("?"),
-                last.started_at.as_deref().unwrap_or("?"),
-                last.commit
-                    .as_ref()
-                    .and_then(|c| c.short_sha.as_deref())
-                    .unwrap_or("?"),
-                last.recovery()
+                last.verdict,
+                last.started_at,
+                last.short_sha,
+                last.recovery
                     .map(crate::report::format_duration)
                     .unwrap_or_else(|| "?".into()),
                 drill.display()
@@ -165,49 +163,76 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
     Ok(ExitCode::Ok)
 }
 
-/// What the runbook needs of the last drill report: read by key, tolerant of the reports written
-/// before the drill report was versioned (snake_case keys, `recovery_ms` in milliseconds).
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// What the runbook says of the last drill.
 struct LastDrill {
+    verdict: String,
+    started_at: String,
+    short_sha: String,
+    recovery: Option<Duration>,
+}
+
+impl From<DrillReport> for LastDrill {
+    fn from(r: DrillReport) -> Self {
+        LastDrill {
+            verdict: r.verdict.as_str().to_string(),
+            short_sha: r.short_sha().unwrap_or("?").to_string(),
+            started_at: r.started_at,
+            recovery: Some(r.recovery_seconds),
+        }
+    }
+}
+
+/// A drill report written before the report was versioned (no `schemaVersion`; snake_case keys,
+/// `recovery_ms` in milliseconds): still read, so an upgrade does not hide the last drill.
+#[derive(Debug, Deserialize)]
+struct UnversionedDrill {
     verdict: Option<String>,
-    #[serde(alias = "started_at")]
     started_at: Option<String>,
-    commit: Option<LastCommit>,
-    recovery_seconds: Option<f64>,
-    #[serde(rename = "recovery_ms")]
+    commit: Option<UnversionedCommit>,
     recovery_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LastCommit {
-    #[serde(alias = "short_sha")]
+struct UnversionedCommit {
     short_sha: Option<String>,
 }
 
-impl LastDrill {
-    fn recovery(&self) -> Option<Duration> {
-        match (self.recovery_seconds, self.recovery_ms) {
-            (Some(s), _) if s.is_finite() && s >= 0.0 => {
-                Some(Duration::from_millis((s * 1000.0).round() as u64))
-            }
-            (_, Some(ms)) => Some(Duration::from_millis(ms)),
-            _ => None,
+impl From<UnversionedDrill> for LastDrill {
+    fn from(r: UnversionedDrill) -> Self {
+        LastDrill {
+            verdict: r.verdict.unwrap_or_else(|| "?".into()),
+            started_at: r.started_at.unwrap_or_else(|| "?".into()),
+            short_sha: r
+                .commit
+                .and_then(|c| c.short_sha)
+                .unwrap_or_else(|| "?".into()),
+            recovery: r.recovery_ms.map(Duration::from_millis),
         }
     }
 }
 
 /// The last drill report, `None` when there is none; the error names the file and the problem.
+/// A versioned report is read as the [`DrillReport`] the drill wrote.
 fn read_last_drill(path: &Path) -> Result<Option<LastDrill>, String> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| format!("cannot parse {}: {e}", path.display()))
+    let parse_err = |e: serde_json::Error| format!("cannot parse {}: {e}", path.display());
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(parse_err)?;
+    match value.get("schemaVersion").and_then(serde_json::Value::as_u64) {
+        None => serde_json::from_value::<UnversionedDrill>(value)
+            .map(|r| Some(r.into()))
+            .map_err(parse_err),
+        Some(v) if v > u64::from(DRILL_SCHEMA_VERSION) => Err(format!(
+            "{} is a drill report of version {v}, written by a newer phoenix (this one reads version {DRILL_SCHEMA_VERSION})",
+            path.display()
+        )),
+        Some(_) => serde_json::from_value::<DrillReport>(value)
+            .map(|r| Some(r.into()))
+            .map_err(parse_err),
+    }
 }
 
 fn component(md: &mut String, c: &Component, d: &dyn Fn(std::time::Duration) -> String) {

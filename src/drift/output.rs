@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::diff::colorize;
-use crate::report::format_duration;
 use super::model::{exit_code, DriftEntry, DriftReport, EntryKind, LayerDrift, LayerStatus};
+use crate::report::format_duration;
 
 /// The version of the JSON document; bumped only for incompatible changes (fields may be added
 /// without a bump).

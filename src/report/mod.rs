@@ -4,6 +4,7 @@
 //! never put secret values in those messages; every reader writes them out verbatim.
 
 pub mod audit;
+pub mod drill;
 pub mod duration;
 pub mod events;
 pub mod jsonl;
