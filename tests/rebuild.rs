@@ -373,19 +373,65 @@ fn started_ids(out: &std::process::Output) -> Vec<String> {
         .collect()
 }
 
-/// The node ids `plan --offline -o json` prints (each once, in its order).
-fn offline_plan_ids(bed: &Bed, repo: &Path, env: &str) -> Vec<String> {
+/// The node ids `plan --offline -o json` prints (each once, in its order), with the detail it
+/// gives for those that are not a component (a component's changes are its objects).
+fn offline_plan(bed: &Bed, repo: &Path, env: &str) -> Vec<(String, Option<String>)> {
     let out = bed.phoenix(repo, &["plan", env, "--offline", "-o", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
-    let mut ids: Vec<String> = Vec::new();
+    let mut nodes: Vec<(String, Option<String>)> = Vec::new();
     for c in plan["changes"].as_array().expect("changes") {
         let id = c["id"].as_str().expect("a change has an id").to_string();
-        if !ids.contains(&id) {
-            ids.push(id);
+        if !nodes.iter().any(|(known, _)| *known == id) {
+            nodes.push((id, c["detail"].as_str().map(str::to_string)));
         }
     }
-    ids
+    nodes
+}
+
+/// The nodes a run announced in its `runStarted` event: id and description.
+fn announced(out: &std::process::Output) -> Vec<(String, String)> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let started = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["type"] == "runStarted")
+        .expect("a runStarted event");
+    started["nodes"]
+        .as_array()
+        .expect("runStarted lists its nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap_or_default().to_string(),
+                n["description"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The plan's and the run's nodes are the same: every started id is planned and vice versa, and
+/// a planned node's detail (nodes other than components) is the run's description of it.
+fn assert_plan_is_the_run(
+    what: &str,
+    planned: &[(String, Option<String>)],
+    out: &std::process::Output,
+) {
+    let mut planned_ids: Vec<String> = planned.iter().map(|(id, _)| id.clone()).collect();
+    let mut started = started_ids(out);
+    planned_ids.sort();
+    started.sort();
+    assert_eq!(planned_ids, started, "{what}: planned vs started");
+    let described = announced(out);
+    for (id, detail) in planned {
+        if let Some(detail) = detail {
+            let run = described
+                .iter()
+                .find(|(d, _)| d == id)
+                .map(|(_, text)| text);
+            assert_eq!(run, Some(detail), "{what}: the description of {id}");
+        }
+    }
 }
 
 /// Issue 15, item 1: the offline plan is the graph a rebuild runs. From nothing, every node the
@@ -395,36 +441,27 @@ fn offline_plan_ids(bed: &Bed, repo: &Path, env: &str) -> Vec<String> {
 /// before a node the plan says it comes after.
 #[test]
 fn the_offline_plan_lists_exactly_the_nodes_a_rebuild_starts() {
-    let sorted = |ids: &[String]| -> Vec<String> {
-        let mut v = ids.to_vec();
-        v.sort();
-        v
-    };
     let bed = Bed::new();
     let repo = bed.demo_repo();
-    let planned = offline_plan_ids(&bed, &repo.dir, "demo");
+    let planned = offline_plan(&bed, &repo.dir, "demo");
     for id in ["cloud/sg/cluster/rules", "addons/.removed", "apps/.removed"] {
         assert!(
-            planned.contains(&id.to_string()),
+            planned.iter().any(|(p, _)| p == id),
             "{id} planned: {planned:?}"
         );
     }
     let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--output", "json"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let started = started_ids(&out);
-    assert_eq!(
-        sorted(&planned),
-        sorted(&started),
-        "demo: planned vs started"
-    );
+    assert_plan_is_the_run("demo", &planned, &out);
     // The plan's order puts dependencies first: a run started each node after those.
+    let started = started_ids(&out);
     let position = |id: &str| started.iter().position(|s| s == id).expect("started");
     assert!(position("cloud/sg/cluster") < position("cloud/sg/cluster/rules"));
     assert!(position("cloud/instance/server/0") < position("cloud/instance/agent/0"));
     assert!(position("apps/worker") < position("apps/.removed"));
 
     let (repo, _context) = existing_cluster_env(&bed);
-    let planned = offline_plan_ids(&bed, &repo.dir, "shared");
+    let planned = offline_plan(&bed, &repo.dir, "shared");
     let mut cmd = bed.command(&repo.dir);
     cmd.env_remove("PHOENIX_CLUSTER_ENDPOINT");
     let out = cmd
@@ -432,15 +469,10 @@ fn the_offline_plan_lists_exactly_the_nodes_a_rebuild_starts() {
         .output()
         .expect("run phoenix");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let started = started_ids(&out);
-    assert_eq!(
-        sorted(&planned),
-        sorted(&started),
-        "existing cluster: planned vs started"
-    );
+    assert_plan_is_the_run("existing cluster", &planned, &out);
     assert!(
-        started.contains(&"cluster/control-plane".to_string()),
-        "{started:?}"
+        planned.iter().any(|(id, _)| id == "cluster/control-plane"),
+        "{planned:?}"
     );
 }
 
