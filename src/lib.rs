@@ -5,7 +5,6 @@ pub mod drift;
 pub mod engine;
 pub mod env;
 pub mod error;
-pub mod plan;
 pub mod providers;
 pub mod render;
 pub mod report;

@@ -155,6 +155,7 @@ fn inputs_for(commit: &str) -> DesiredInputs {
         extra_tags: BTreeMap::new(),
         late_user_data: BTreeMap::new(),
         server_endpoint_public: true,
+        after: BTreeMap::new(),
     }
 }
 
@@ -1542,6 +1543,7 @@ async fn a_relaunch_of_the_same_commit_with_other_parameters_gets_a_new_client_t
         server_endpoint_public: true,
         extra_tags: BTreeMap::new(),
         late_user_data: BTreeMap::new(),
+        after: BTreeMap::new(),
     };
     let desired = Arc::new(aws::desired(&model(), ENV, &inputs));
     let run = converge(&ec2, &desired).await;

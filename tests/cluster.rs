@@ -213,6 +213,7 @@ impl Bed {
                     extra_tags: BTreeMap::new(),
                     late_user_data: BTreeMap::new(),
                     server_endpoint_public: true,
+                    after: BTreeMap::new(),
                 },
             ));
             let live = aws::observe(&self.ec2, &self.env).await.expect("observe");

@@ -242,38 +242,7 @@ fn rollback_to_an_older_commit_prunes_what_the_newer_commit_added() {
 #[test]
 fn an_existing_cluster_is_reached_through_its_kubeconfig_and_context() {
     let bed = Bed::new();
-    let repo = bed.git.repo("envs");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    copy_tree(&root.join("templates"), &repo.dir.join("templates"));
-    // The sandbox registers no node by itself here (nodes: 0), so give the cluster one.
-    let kubeconfig = bed.git.path("existing.kubeconfig");
-    std::fs::write(&kubeconfig, bed.kube.kubeconfig(Some("shared"))).expect("write kubeconfig");
-    let client = bed.client("shared");
-    let node: Node = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": { "name": "existing-0" },
-        "status": { "conditions": [{ "type": "Ready", "status": "True" }] }
-    }))
-    .expect("node");
-    let nodes: Api<Node> = Api::all(client);
-    bed.rt
-        .block_on(nodes.create(&Default::default(), &node))
-        .expect("create a node");
-    assert!(bed.kube.set_node_ready("shared", "existing-0", true));
-    let contexts = bed.kube.kubeconfig(Some("shared"));
-    let context = contexts
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("current-context:"))
-        .map(|c| c.trim().trim_matches('"').to_string())
-        .expect("the sandbox kubeconfig names a context");
-    repo.write(
-        "environments/shared/environment.yaml",
-        format!(
-            "apiVersion: phoenix/v1\nkind: Environment\nmetadata: {{ name: shared }}\nspec:\n  timeouts: {{ cluster: 20s }}\n  cluster:\n    existing: {{ kubeconfig: {}, context: {context} }}\n  addons:\n    - {{ name: backup-operator, template: addons/backup-operator, wait: 1m }}\n",
-            kubeconfig.display()
-        ),
-    );
-    repo.commit("an existing cluster");
+    let (repo, context) = existing_cluster_env(&bed);
 
     let mut cmd = bed.command(&repo.dir);
     cmd.env_remove("PHOENIX_CLUSTER_ENDPOINT");
@@ -354,6 +323,157 @@ fn an_existing_cluster_is_reached_through_its_kubeconfig_and_context() {
     let all = text(&out);
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(all.contains("nope") && all.contains(&context), "{all}");
+}
+
+/// The env `shared`: an existing cluster (the control plane's cluster `shared`, with one Ready
+/// node), reached through a kubeconfig and context; one add-on. Returns the repo and the context.
+fn existing_cluster_env(bed: &Bed) -> (support_git::Repo<'_>, String) {
+    let repo = bed.git.repo("existing");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    copy_tree(&root.join("templates"), &repo.dir.join("templates"));
+    // The sandbox registers no node by itself here (nodes: 0), so give the cluster one.
+    let kubeconfig = bed.git.path("existing.kubeconfig");
+    std::fs::write(&kubeconfig, bed.kube.kubeconfig(Some("shared"))).expect("write kubeconfig");
+    let client = bed.client("shared");
+    let node: Node = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": { "name": "existing-0" },
+        "status": { "conditions": [{ "type": "Ready", "status": "True" }] }
+    }))
+    .expect("node");
+    let nodes: Api<Node> = Api::all(client);
+    bed.rt
+        .block_on(nodes.create(&Default::default(), &node))
+        .expect("create a node");
+    assert!(bed.kube.set_node_ready("shared", "existing-0", true));
+    let contexts = bed.kube.kubeconfig(Some("shared"));
+    let context = contexts
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("current-context:"))
+        .map(|c| c.trim().trim_matches('"').to_string())
+        .expect("the sandbox kubeconfig names a context");
+    repo.write(
+        "environments/shared/environment.yaml",
+        format!(
+            "apiVersion: phoenix/v1\nkind: Environment\nmetadata: {{ name: shared }}\nspec:\n  timeouts: {{ cluster: 20s }}\n  cluster:\n    existing: {{ kubeconfig: {}, context: {context} }}\n  addons:\n    - {{ name: backup-operator, template: addons/backup-operator, wait: 1m }}\n",
+            kubeconfig.display()
+        ),
+    );
+    repo.commit("an existing cluster");
+    (repo, context)
+}
+
+/// The `nodeStarted` ids of a run's JSON event stream, in the order they started.
+fn started_ids(out: &std::process::Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "nodeStarted")
+        .map(|e| e["id"].as_str().expect("nodeStarted has an id").to_string())
+        .collect()
+}
+
+/// The node ids `plan --offline -o json` prints (each once, in its order), with the detail it
+/// gives for those that are not a component (a component's changes are its objects).
+fn offline_plan(bed: &Bed, repo: &Path, env: &str) -> Vec<(String, Option<String>)> {
+    let out = bed.phoenix(repo, &["plan", env, "--offline", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("plan JSON");
+    let mut nodes: Vec<(String, Option<String>)> = Vec::new();
+    for c in plan["changes"].as_array().expect("changes") {
+        let id = c["id"].as_str().expect("a change has an id").to_string();
+        if !nodes.iter().any(|(known, _)| *known == id) {
+            nodes.push((id, c["detail"].as_str().map(str::to_string)));
+        }
+    }
+    nodes
+}
+
+/// The nodes a run announced in its `runStarted` event: id and description.
+fn announced(out: &std::process::Output) -> Vec<(String, String)> {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let started = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["type"] == "runStarted")
+        .expect("a runStarted event");
+    started["nodes"]
+        .as_array()
+        .expect("runStarted lists its nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap_or_default().to_string(),
+                n["description"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The plan's and the run's nodes are the same: every started id is planned and vice versa, and
+/// a planned node's detail (nodes other than components) is the run's description of it.
+fn assert_plan_is_the_run(
+    what: &str,
+    planned: &[(String, Option<String>)],
+    out: &std::process::Output,
+) {
+    let mut planned_ids: Vec<String> = planned.iter().map(|(id, _)| id.clone()).collect();
+    let mut started = started_ids(out);
+    planned_ids.sort();
+    started.sort();
+    assert_eq!(planned_ids, started, "{what}: planned vs started");
+    let described = announced(out);
+    for (id, detail) in planned {
+        if let Some(detail) = detail {
+            let run = described
+                .iter()
+                .find(|(d, _)| d == id)
+                .map(|(_, text)| text);
+            assert_eq!(run, Some(detail), "{what}: the description of {id}");
+        }
+    }
+}
+
+/// Issue 15, item 1: the offline plan is the graph a rebuild runs. From nothing, every node the
+/// plan prints is started by the rebuild and the rebuild starts no other (security-group rule
+/// nodes and the prunes of what left Git included), for the demo (k3s on EC2) and for an
+/// existing cluster (whose gate is the same `cluster/control-plane` node); and no node starts
+/// before a node the plan says it comes after.
+#[test]
+fn the_offline_plan_lists_exactly_the_nodes_a_rebuild_starts() {
+    let bed = Bed::new();
+    let repo = bed.demo_repo();
+    let planned = offline_plan(&bed, &repo.dir, "demo");
+    for id in ["cloud/sg/cluster/rules", "addons/.removed", "apps/.removed"] {
+        assert!(
+            planned.iter().any(|(p, _)| p == id),
+            "{id} planned: {planned:?}"
+        );
+    }
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_plan_is_the_run("demo", &planned, &out);
+    // The plan's order puts dependencies first: a run started each node after those.
+    let started = started_ids(&out);
+    let position = |id: &str| started.iter().position(|s| s == id).expect("started");
+    assert!(position("cloud/sg/cluster") < position("cloud/sg/cluster/rules"));
+    assert!(position("cloud/instance/server/0") < position("cloud/instance/agent/0"));
+    assert!(position("apps/worker") < position("apps/.removed"));
+
+    let (repo, _context) = existing_cluster_env(&bed);
+    let planned = offline_plan(&bed, &repo.dir, "shared");
+    let mut cmd = bed.command(&repo.dir);
+    cmd.env_remove("PHOENIX_CLUSTER_ENDPOINT");
+    let out = cmd
+        .args(["rebuild", "shared", "--output", "json"])
+        .output()
+        .expect("run phoenix");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_plan_is_the_run("existing cluster", &planned, &out);
+    assert!(
+        planned.iter().any(|(id, _)| id == "cluster/control-plane"),
+        "{planned:?}"
+    );
 }
 
 /// Issue 14, item 1: nothing in `$PHOENIX_HOME` decides what is deployed. After a rebuild from one

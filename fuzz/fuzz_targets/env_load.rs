@@ -19,6 +19,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(e) = env::load(&files, "f") {
         let mut out = Vec::new();
         env::validate::check(&e, &files, &mut out);
-        let _ = phoenix::plan::build(&e);
+        // The cloud nodes of the run graph, built from the model alone (as `plan --offline` does).
+        if let Some(cloud) = &e.cloud {
+            use phoenix::providers::aws;
+            let desired = aws::desired(cloud, &e.name, &aws::DesiredInputs::default());
+            let _ = aws::converge_specs(
+                &desired,
+                &aws::LiveCloud::default(),
+                std::time::Duration::from_secs(1),
+            );
+        }
     }
 });

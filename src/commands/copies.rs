@@ -228,9 +228,7 @@ pub async fn list(ctx: &Context) -> Outcome {
             .as_deref()
             .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
             .and_then(|t| now.duration_since(t).ok())
-            .map(|d| {
-                humantime::format_duration(Duration::from_secs(d.as_secs() / 60 * 60)).to_string()
-            })
+            .map(|d| crate::report::format_duration(Duration::from_secs(d.as_secs() / 60 * 60)))
             .unwrap_or_else(|| "?".into());
         let expires = match &c.expires {
             Some(e) if expired(c, now) => format!("{e} (expired)"),

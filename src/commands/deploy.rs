@@ -102,12 +102,8 @@ impl Deployment {
         // Only what Git declares goes into the certificate: `--cluster-endpoint` is how phoenix
         // reaches the API, never part of what is deployed.
         let sans: Vec<String> = k3s.map(|k| k.tls_sans.clone()).unwrap_or_default();
-        let servers: Vec<String> = cloud
-            .instances
-            .iter()
-            .filter(|g| g.role == Role::Server)
-            .flat_map(|g| (0..g.count).map(move |i| format!("instance/{}/{i}", g.name)))
-            .collect();
+        let servers = server_resources(cloud);
+        let mut after = BTreeMap::new();
         let live_server = cl::server_private_address(&self.name, cloud, live).ok();
         let shared_cloud = Arc::new(cloud.clone());
         let mut user_data = BTreeMap::new();
@@ -175,6 +171,7 @@ impl Deployment {
                             .help("add an instance group with role: server"));
                         }
                         _ => {
+                            after.insert(g.name.clone(), servers.clone());
                             late_user_data.insert(
                                 g.name.clone(),
                                 self.late_agent(
@@ -186,7 +183,6 @@ impl Deployment {
                                         group: g.clone(),
                                         template: template.to_string(),
                                     },
-                                    servers.clone(),
                                 ),
                             );
                         }
@@ -201,6 +197,7 @@ impl Deployment {
                 commit: self.commit().to_string(),
                 user_data,
                 late_user_data,
+                after,
                 key,
                 extra_tags: self.extra_tags.clone(),
                 server_endpoint_public: k3s.is_some_and(|k| k.endpoint == EndpointKind::Public),
@@ -208,20 +205,40 @@ impl Deployment {
         )))
     }
 
+    /// The desired cloud as a rebuild builds it, without rendering or reading anything (no
+    /// user-data, no key material, no secret): enough for the node specs, which depend only on
+    /// the resources and on which instances wait for others — with k3s, every agent group's
+    /// user-data is rendered during the run, after its servers (as [`Self::desired_cloud`] does
+    /// with `late_agents`).
+    pub fn desired_cloud_shape(&self) -> Option<DesiredCloud> {
+        let cloud = self.env.cloud.as_ref()?;
+        let mut after = BTreeMap::new();
+        if let Some(Cluster::K3s(_)) = &self.env.cluster {
+            let servers = server_resources(cloud);
+            for g in cloud.instances.iter().filter(|g| g.role == Role::Agent) {
+                after.insert(g.name.clone(), servers.clone());
+            }
+        }
+        Some(aws::desired(
+            cloud,
+            &self.name,
+            &DesiredInputs {
+                commit: self.commit().to_string(),
+                after,
+                extra_tags: self.extra_tags.clone(),
+                ..DesiredInputs::default()
+            },
+        ))
+    }
+
     /// An agent group's user-data, rendered by its instance nodes once the servers converged:
     /// the server's private address is read from EC2 then.
-    fn late_agent(
-        &self,
-        renderer: &Arc<Renderer>,
-        agent: &LateAgent,
-        after: Vec<String>,
-    ) -> aws::LateUserData {
+    fn late_agent(&self, renderer: &Arc<Renderer>, agent: &LateAgent) -> aws::LateUserData {
         let renderer = Arc::clone(renderer);
         let snap = Arc::clone(&self.snap);
         let name = self.name.clone();
         let agent = Arc::new(agent.clone());
         aws::LateUserData {
-            after,
             render: Arc::new(move |ec2: Ec2| {
                 let (renderer, snap, name, agent) = (
                     Arc::clone(&renderer),
@@ -317,6 +334,24 @@ impl Deployment {
             Some(Cluster::Existing(e)) => Ok(Some(cl::ClusterAccess::existing(e))),
             None => Ok(None),
         }
+    }
+
+    /// What the control-plane gate waits for: `None` without a cluster; `Some(Some(cloud))` for
+    /// k3s on the env's instances; `Some(None)` for an existing cluster.
+    pub fn gate_instances(&self) -> Result<Option<Option<&Cloud>>, Failure> {
+        Ok(match &self.env.cluster {
+            Some(Cluster::K3s(_)) => match &self.env.cloud {
+                Some(cloud) => Some(Some(cloud)),
+                None => {
+                    return Err(Failure::new(format!(
+                        "the k3s cluster of {} needs instances, and the environment has no cloud section",
+                        self.name
+                    )))
+                }
+            },
+            Some(Cluster::Existing(_)) => Some(None),
+            None => None,
+        })
     }
 
     /// The control-plane gate for the env's cluster.
@@ -433,6 +468,16 @@ impl Deployment {
             None => info,
         }
     }
+}
+
+/// The resource ids of the server instances, which k3s agents join.
+fn server_resources(cloud: &Cloud) -> Vec<String> {
+    cloud
+        .instances
+        .iter()
+        .filter(|g| g.role == Role::Server)
+        .flat_map(|g| (0..g.count).map(move |i| format!("instance/{}/{i}", g.name)))
+        .collect()
 }
 
 /// What an agent group's late user-data is rendered from.

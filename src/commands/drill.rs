@@ -9,14 +9,11 @@ use super::copies::{forget_local_state, open_copy};
 use super::rebuild::{converge, ConvergeSettings};
 use crate::cli::DrillArgs;
 use crate::drift::LayerStatus as DriftStatus;
-use crate::engine::{Layer, NodeState, RunSummary};
+use crate::engine::{NodeState, RunSummary};
 use crate::error::{ExitCode, Failure};
-use crate::report::events::seconds;
-use serde::Serialize;
-use serde_json::Value;
-use std::fmt::Write as _;
+use crate::report::drill::{DrillReport, DrillVerdict, DRILL_REPORT_TYPE, DRILL_SCHEMA_VERSION};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 pub async fn run(ctx: &Context, args: &DrillArgs) -> Outcome {
     let started_at = SystemTime::now();
@@ -36,7 +33,7 @@ pub async fn run(ctx: &Context, args: &DrillArgs) -> Outcome {
             args.env.env,
             dep.name,
             objective
-                .map(|o| humantime::format_duration(o).to_string())
+                .map(crate::report::format_duration)
                 .unwrap_or_else(|| "not set".into())
         );
     }
@@ -116,35 +113,35 @@ pub async fn run(ctx: &Context, args: &DrillArgs) -> Outcome {
         _ => None,
     };
     let verdict = if !failures.is_empty() || teardown_failure.is_some() {
-        Verdict::Failed
+        DrillVerdict::Failed
     } else if objective.is_some_and(|o| recovery > o) {
-        Verdict::OverObjective
+        DrillVerdict::OverObjective
     } else {
-        Verdict::Passed
+        DrillVerdict::Passed
     };
     failures.extend(teardown_failure);
 
     let verify_doc = verify.as_ref().map(crate::drift::json_value);
     let doc = DrillReport {
         schema_version: DRILL_SCHEMA_VERSION,
-        kind: "drillReport",
-        env: &args.env.env,
-        copy: &dep.name,
+        kind: DRILL_REPORT_TYPE.to_string(),
+        env: args.env.env.clone(),
+        copy: dep.name.clone(),
         commit: super::common::commit_json_camel(&dep.snap),
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
-        verdict: verdict.as_str(),
+        verdict,
         recovery_objective_seconds: objective,
         recovery_seconds: recovery,
         rebuild_seconds: rebuild_time,
         verify_seconds: verify_time,
         teardown_seconds: (!args.keep).then_some(teardown_time),
         kept: args.keep,
-        rebuild: rebuild.as_ref().ok(),
-        verify: verify_doc.as_ref(),
-        teardown: teardown.as_ref().and_then(|t| t.as_ref().ok()),
+        rebuild: rebuild.as_ref().ok().cloned(),
+        verify: verify_doc,
+        teardown: teardown.as_ref().and_then(|t| t.as_ref().ok()).cloned(),
         failures,
     };
-    let markdown = markdown(&doc);
+    let markdown = doc.markdown();
     let dir = args
         .report_dir
         .clone()
@@ -161,68 +158,10 @@ pub async fn run(ctx: &Context, args: &DrillArgs) -> Outcome {
         eprintln!("reports: {} and {}", md_path.display(), json_path.display());
     }
     Ok(match verdict {
-        Verdict::Passed => ExitCode::Ok,
-        Verdict::OverObjective => ExitCode::OverObjective,
-        Verdict::Failed => ExitCode::Error,
+        DrillVerdict::Passed => ExitCode::Ok,
+        DrillVerdict::OverObjective => ExitCode::OverObjective,
+        DrillVerdict::Failed => ExitCode::Error,
     })
-}
-
-/// The version of the drill report (docs/json.md): the JSON file next to the Markdown one,
-/// `last.json` (read back by `phoenix runbook`), and the last line of `drill --output json`.
-pub const DRILL_SCHEMA_VERSION: u32 = 1;
-
-/// The drill report for machines. Durations in seconds with millisecond precision.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct DrillReport<'a> {
-    schema_version: u32,
-    /// `drillReport`: on stdout it follows the run events, told apart by `type`.
-    #[serde(rename = "type")]
-    kind: &'static str,
-    env: &'a str,
-    /// The isolated copy's effective name (`ENV-drill-XXXXXX`).
-    copy: &'a str,
-    commit: Value,
-    /// RFC 3339, UTC, seconds.
-    started_at: String,
-    verdict: &'static str,
-    #[serde(with = "seconds::option")]
-    recovery_objective_seconds: Option<Duration>,
-    /// Rebuild plus verification: what the objective is judged against.
-    #[serde(with = "seconds")]
-    recovery_seconds: Duration,
-    #[serde(with = "seconds")]
-    rebuild_seconds: Duration,
-    #[serde(with = "seconds")]
-    verify_seconds: Duration,
-    /// `null` with `--keep`.
-    #[serde(with = "seconds::option")]
-    teardown_seconds: Option<Duration>,
-    kept: bool,
-    /// The copy's rebuild (the run summary of the run report), `null` if it could not start.
-    rebuild: Option<&'a RunSummary>,
-    /// The drift report of the copy right after the rebuild, `null` if it was not converged.
-    verify: Option<&'a Value>,
-    /// The teardown's run summary, `null` with `--keep` or if it could not start.
-    teardown: Option<&'a RunSummary>,
-    failures: Vec<String>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    Passed,
-    OverObjective,
-    Failed,
-}
-
-impl Verdict {
-    fn as_str(self) -> &'static str {
-        match self {
-            Verdict::Passed => "passed",
-            Verdict::OverObjective => "over-objective",
-            Verdict::Failed => "failed",
-        }
-    }
 }
 
 fn failed_nodes(s: &RunSummary) -> Vec<String> {
@@ -248,7 +187,7 @@ fn write_reports(
     dir: &Path,
     copy: &str,
     markdown: &str,
-    doc: &DrillReport<'_>,
+    doc: &DrillReport,
 ) -> Result<(PathBuf, PathBuf), Failure> {
     let err = |path: &Path, e: std::io::Error| {
         Failure::new(format!("cannot write the drill report {}", path.display()))
@@ -268,110 +207,4 @@ fn write_reports(
     let last = dir.join("last.json");
     std::fs::write(&last, &text).map_err(|e| err(&last, e))?;
     Ok((md, js))
-}
-
-fn took(d: Duration) -> String {
-    crate::drift::fmt_duration(d)
-}
-
-/// The report for people, from the same document.
-fn markdown(doc: &DrillReport<'_>) -> String {
-    let mut md = String::new();
-    let _ = writeln!(md, "# Recovery drill of {}\n", doc.env);
-    let _ = writeln!(
-        md,
-        "- **Verdict: {}** — recovery took {} against an objective of {}",
-        match doc.verdict {
-            "passed" => "passed",
-            "over-objective" => "converged, over the recovery objective",
-            _ => "failed",
-        },
-        took(doc.recovery_seconds),
-        doc.recovery_objective_seconds
-            .map(took)
-            .unwrap_or_else(|| "none (set spec.recoveryObjective)".to_string())
-    );
-    let _ = writeln!(
-        md,
-        "- Commit: `{}` {}",
-        doc.commit["sha"].as_str().unwrap_or("?"),
-        doc.commit["summary"].as_str().unwrap_or("")
-    );
-    let _ = writeln!(md, "- Copy: `{}` (started {})", doc.copy, doc.started_at);
-    let _ = writeln!(
-        md,
-        "- Rebuild {}, verify {}, teardown {}\n",
-        took(doc.rebuild_seconds),
-        took(doc.verify_seconds),
-        match doc.teardown_seconds {
-            _ if doc.kept => "skipped (--keep: the copy is still running)".to_string(),
-            Some(t) => took(t),
-            None => "-".to_string(),
-        }
-    );
-    if let Some(rebuild) = doc.rebuild {
-        md.push_str("## Layers\n\n| layer | status | time | nodes |\n|---|---|---|---|\n");
-        for l in &rebuild.layers {
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} |",
-                l.layer,
-                l.status,
-                took(l.duration),
-                l.nodes
-            );
-        }
-        md.push('\n');
-        let comps: Vec<_> = rebuild
-            .nodes
-            .iter()
-            .filter(|n| {
-                matches!(n.layer, Layer::Addons | Layer::Apps) && !n.id.ends_with("/.removed")
-            })
-            .collect();
-        if !comps.is_empty() {
-            md.push_str("## Components\n\n| component | result | time |\n|---|---|---|\n");
-            for n in comps {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} |",
-                    n.id,
-                    n.state.label(),
-                    n.duration.map(took).unwrap_or_else(|| "-".into())
-                );
-            }
-            md.push('\n');
-        }
-        if !rebuild.critical_path.is_empty() {
-            let steps: Vec<String> = rebuild
-                .critical_path
-                .iter()
-                .map(|s| format!("{} ({})", s.id, took(s.duration)))
-                .collect();
-            let _ = writeln!(md, "## Critical path\n\n{}\n", steps.join(" → "));
-        }
-    }
-    if let Some(v) = doc.verify.and_then(Value::as_object) {
-        let layers = v.get("layers").and_then(Value::as_array);
-        let summary: Vec<String> = layers
-            .into_iter()
-            .flatten()
-            .map(|l| {
-                format!(
-                    "{} {}",
-                    l["layer"].as_str().unwrap_or("?"),
-                    l["status"].as_str().unwrap_or("?")
-                )
-            })
-            .collect();
-        let _ = writeln!(md, "## Verification\n\n{}\n", summary.join(", "));
-    }
-    if !doc.failures.is_empty() {
-        md.push_str("## What failed\n\n");
-        for why in &doc.failures {
-            let _ = writeln!(md, "- {why}");
-        }
-        md.push('\n');
-    }
-    md
 }

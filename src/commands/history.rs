@@ -20,8 +20,7 @@ struct HistoryDoc<'a> {
 
 fn ms(d: Option<u64>) -> String {
     match d {
-        Some(ms) if ms >= 60_000 => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
-        Some(ms) => format!("{:.1}s", ms as f64 / 1000.0),
+        Some(ms) => crate::report::format_duration(std::time::Duration::from_millis(ms)),
         None => "-".into(),
     }
 }

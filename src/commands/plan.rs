@@ -1,12 +1,15 @@
 //! `phoenix plan ENV`: the graph, layer by layer, with what a rebuild would do.
 
-use super::common::{commit_json_camel, commit_line, load_env, print_json, Context, Outcome};
+use super::common::{commit_json_camel, commit_line, print_json, Context, Outcome};
 use super::deploy::Deployment;
+use super::rebuild::{planned_nodes, ConvergeSettings};
 use crate::cli::PlanArgs;
 use crate::drift::{EntryKind, LayerStatus};
-use crate::engine::Layer;
+use crate::engine::{Layer, NodeSpec};
 use crate::error::{ExitCode, Failure};
+use crate::providers::kube;
 use crate::render::{Mode, Renderer, SecretValues};
+use crate::report::format_duration;
 use std::collections::BTreeMap;
 
 pub async fn run(ctx: &Context, args: &PlanArgs) -> Outcome {
@@ -364,7 +367,8 @@ fn describe(e: &crate::drift::DriftEntry) -> String {
     }
 }
 
-/// The graph as built from nothing, without contacting anything.
+/// The graph a rebuild runs when nothing exists, built without contacting anything: the same
+/// node specs (ids, edges, descriptions, timeouts) as the run, from the same builders.
 async fn offline_plan(
     ctx: &Context,
     name: &str,
@@ -372,28 +376,32 @@ async fn offline_plan(
     detailed_exitcode: bool,
 ) -> Outcome {
     let wanted = |l: Layer| layers.is_empty() || layers.contains(&l);
-    let snap = ctx.open().await?;
-    let env = load_env(ctx, &snap, name)?;
-    let graph = crate::plan::build(&env);
+    let dep = Deployment::open(ctx, name, None).await?;
+    let settings = ConvergeSettings {
+        layers: layers.to_vec(),
+        ..ConvergeSettings::default()
+    };
+    let nodes = planned_nodes(ctx, &dep, &settings).await?;
+    let (snap, env) = (&dep.snap, &dep.env);
 
     // Offline, the component objects are counted from the rendered manifests (secrets redacted).
     let renderer = Renderer::new(
-        &*snap,
-        &env,
+        &**snap,
+        env,
         &env.name,
-        SecretValues::redacted(&env),
+        SecretValues::redacted(env),
         Mode::Display,
     )
     .map_err(|e| Failure::new(format!("cannot render {name}")).cause(e.to_string()))?;
     // By component node: each object's kind, namespace and name.
     let mut objects: BTreeMap<String, Vec<(String, Option<String>, String)>> = BTreeMap::new();
-    for (prefix, list) in [("addons", &env.addons), ("apps", &env.apps)] {
+    for (layer, list) in [(Layer::Addons, &env.addons), (Layer::Apps, &env.apps)] {
         for c in list {
-            let manifests = renderer.manifests(&*snap, c).map_err(|e| {
+            let manifests = renderer.manifests(&**snap, c).map_err(|e| {
                 Failure::new(format!("cannot render component {}", c.name)).cause(e.to_string())
             })?;
             objects.insert(
-                format!("{prefix}/{}", c.name),
+                kube::node_id(layer, &c.name),
                 manifests
                     .iter()
                     .map(|m| {
@@ -416,17 +424,16 @@ async fn offline_plan(
     // Layers the env does not have, or left out with --layers, are not shown.
     let shown: Vec<Layer> = Layer::ALL
         .into_iter()
-        .filter(|&l| wanted(l) && graph.layer(l).next().is_some())
+        .filter(|&l| wanted(l) && nodes.iter().any(|n| n.layer == l))
         .collect();
-    let total = graph
-        .nodes
-        .iter()
-        .filter(|n| shown.contains(&n.layer))
-        .count();
+    let nodes: Vec<&NodeSpec> = nodes.iter().filter(|n| shown.contains(&n.layer)).collect();
+    // From nothing, every node creates what it converges, except the prunes: nothing to remove.
+    let creates = |n: &NodeSpec| n.id != kube::prune_node_id(n.layer);
+    let total = nodes.iter().filter(|n| creates(n)).count();
     if ctx.json() {
         // The same document as the live plan: every node is created, and says what it is.
         let mut changes = Vec::new();
-        for n in graph.nodes.iter().filter(|n| shown.contains(&n.layer)) {
+        for n in &nodes {
             let resource = n.id.split_once('/').map_or(n.id.as_str(), |(_, rest)| rest);
             let objs = objects.get(&n.id).map(Vec::as_slice).unwrap_or_default();
             // A component is its objects, as in the live plan; other nodes are what they make.
@@ -435,8 +442,8 @@ async fn offline_plan(
                     &n.id,
                     n.layer,
                     resource,
-                    "create",
-                    Some(&n.summary),
+                    if creates(n) { "create" } else { "unchanged" },
+                    Some(&n.description),
                     serde_json::json!([]),
                 ));
             }
@@ -458,7 +465,7 @@ async fn offline_plan(
         print_json(&serde_json::json!({
             "schemaVersion": PLAN_SCHEMA_VERSION,
             "env": name,
-            "commit": commit_json_camel(&snap),
+            "commit": commit_json_camel(snap),
             "offline": true,
             "layers": shown.iter().map(|l| l.as_str()).collect::<Vec<_>>(),
             "changes": changes,
@@ -467,16 +474,17 @@ async fn offline_plan(
             "summary": summary_of(&changes),
         }));
     } else {
-        crate::outln!("{}", commit_line(&snap));
+        crate::outln!("{}", commit_line(snap));
         crate::outln!("plan for {name} (offline: live state not consulted; every resource shown as built from nothing)");
         for &layer in &shown {
-            let nodes: Vec<_> = graph.layer(layer).collect();
+            let nodes: Vec<&NodeSpec> =
+                nodes.iter().copied().filter(|n| n.layer == layer).collect();
             let timeout = nodes.iter().map(|n| n.timeout).max().unwrap_or_default();
             crate::outln!(
                 "\n{layer} ({} node{}, waits up to {}):",
                 nodes.len(),
                 if nodes.len() == 1 { "" } else { "s" },
-                humantime::format_duration(timeout)
+                format_duration(timeout)
             );
             let width = nodes.iter().map(|n| n.id.len()).max().unwrap_or(0);
             for n in nodes {
@@ -485,7 +493,8 @@ async fn offline_plan(
                 } else {
                     format!(" (after {})", n.depends_on.join(", "))
                 };
-                crate::outln!("  + {:width$}  {}{after}", n.id, n.summary);
+                let mark = if creates(n) { '+' } else { '=' };
+                crate::outln!("  {mark} {:width$}  {}{after}", n.id, n.description);
                 if let Some(objs) = objects.get(&n.id) {
                     for (kind, ns, name) in objs {
                         match ns {

@@ -84,15 +84,17 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
         }
         match &env {
             Some(env) if valid => {
-                let graph = crate::plan::build(env);
-                let count = |l| graph.layer(l).count();
-                use crate::engine::Layer;
+                let cloud = env.cloud.as_ref().map_or(0, |c| {
+                    let inputs = crate::providers::aws::DesiredInputs::default();
+                    crate::providers::aws::desired(c, &env.name, &inputs)
+                        .resources
+                        .len()
+                });
                 crate::outln!(
-                    "✓ environment {name} is valid: {} cloud resources, {} cluster, {} add-ons, {} apps ({objects} Kubernetes objects)",
-                    count(Layer::Cloud),
-                    count(Layer::Cluster),
-                    count(Layer::Addons),
-                    count(Layer::Apps)
+                    "✓ environment {name} is valid: {cloud} cloud resources, {} cluster, {} add-ons, {} apps ({objects} Kubernetes objects)",
+                    usize::from(env.cluster.is_some()),
+                    env.addons.len(),
+                    env.apps.len()
                 );
             }
             _ => crate::outln!(

@@ -37,8 +37,8 @@ pub async fn run(ctx: &Context, args: &WatchArgs) -> Outcome {
     eprintln!(
         "watching {} every {} (alert after {}{}); metrics on http://{}/metrics",
         args.env.env,
-        humantime::format_duration(args.interval),
-        humantime::format_duration(args.alert_after),
+        crate::report::format_duration(args.interval),
+        crate::report::format_duration(args.alert_after),
         if args.heal { ", healing drift" } else { "" },
         args.listen,
     );

@@ -15,4 +15,4 @@ pub use model::{
     UnknownValues, EXIT_DRIFT, EXIT_ERROR, EXIT_IN_SYNC,
 };
 pub use objects::{field_diffs, object_entries, ObjectResult, ObjectState};
-pub use output::{fmt_duration, human, json, json_value, use_color, SCHEMA_VERSION};
+pub use output::{human, json, json_value, use_color, SCHEMA_VERSION};

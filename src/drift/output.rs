@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::diff::colorize;
 use super::model::{exit_code, DriftEntry, DriftReport, EntryKind, LayerDrift, LayerStatus};
+use crate::report::format_duration;
 
 /// The version of the JSON document; bumped only for incompatible changes (fields may be added
 /// without a bump).
@@ -43,7 +44,7 @@ pub fn human(report: &DriftReport, color: bool) -> String {
         report.env,
         short(&report.commit),
         humantime::format_rfc3339_seconds(report.checked_at),
-        fmt_duration(report.duration)
+        format_duration(report.duration)
     ));
     // Layers the env does not have, or left out with --layers, are not shown (JSON keeps them,
     // as `skipped` with the reason).
@@ -85,7 +86,7 @@ pub fn human(report: &DriftReport, color: bool) -> String {
 
 fn layer_line(layer: &LayerDrift, paint: &impl Fn(&str, &str) -> String) -> String {
     let name = layer.layer.as_str();
-    let took = fmt_duration(layer.duration);
+    let took = format_duration(layer.duration);
     match &layer.status {
         LayerStatus::Error(message) => {
             format!("{name}: {} ({took}): {message}\n", paint(RED, "error"))
@@ -193,19 +194,6 @@ fn count(n: usize, noun: &str) -> String {
 
 fn short(commit: &str) -> &str {
     commit.get(..12).unwrap_or(commit)
-}
-
-/// `350ms`, `1.2s`, `2m05s`.
-pub fn fmt_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", d.as_secs_f64())
-    } else {
-        let secs = d.as_secs();
-        format!("{}m{:02}s", secs / 60, secs % 60)
-    }
 }
 
 // The document is built from these structs, not `json!`, so the keys keep a readable order
@@ -403,7 +391,7 @@ mod tests {
 
     #[test]
     fn human_snapshot_with_drift() {
-        let want = r#"drift of demo at 0123456789ab (checked 2023-11-14T22:13:20Z, 1.2s)
+        let want = r#"drift of demo at 0123456789ab (checked 2023-11-14T22:13:20Z, 1s 250ms)
 
 cloud: drift, 2 resources (400ms)
   ~ changed sg/cluster
@@ -413,7 +401,7 @@ cloud: drift, 2 resources (400ms)
 
 cluster: in sync (90ms)
 
-apps: drift, 1 resource (2.5s)
+apps: drift, 1 resource (2s 500ms)
   ~ changed Deployment/web/api
       spec.replicas: desired "2", live "5"
       --- live Deployment/web/api
@@ -439,7 +427,7 @@ drift: 3 resources differ from Git in cloud, apps
         );
         let text = human(&r, false);
         assert!(text.contains(
-            "cluster: error (10.0s): API server https://10.0.0.1:6443 did not answer within 10s\n"
+            "cluster: error (10s): API server https://10.0.0.1:6443 did not answer within 10s\n"
         ));
         assert!(text.ends_with(
             "error: 1 layer could not be checked (cluster); drift shown for the other layers is incomplete\n"
@@ -459,7 +447,7 @@ drift: 3 resources differ from Git in cloud, apps
         };
         assert_eq!(
             human(&r, false),
-            "drift of demo at 0123456789ab (checked 2023-11-14T22:13:20Z, 1.2s)\n\ncloud: in sync (1m15s)\n\nin sync: every checked layer matches commit 0123456789ab\n"
+            "drift of demo at 0123456789ab (checked 2023-11-14T22:13:20Z, 1s 250ms)\n\ncloud: in sync (1m 15s)\n\nin sync: every checked layer matches commit 0123456789ab\n"
         );
     }
 
@@ -582,12 +570,5 @@ drift: 3 resources differ from Git in cloud, apps
         assert_eq!(v["exitCode"], 1);
         assert_eq!(v["layers"][0]["status"], "error");
         assert_eq!(v["layers"][0]["message"], "forbidden");
-    }
-
-    #[test]
-    fn durations_format() {
-        assert_eq!(fmt_duration(Duration::from_millis(5)), "5ms");
-        assert_eq!(fmt_duration(Duration::from_millis(1049)), "1.0s");
-        assert_eq!(fmt_duration(Duration::from_secs(3600)), "60m00s");
     }
 }

@@ -17,7 +17,8 @@ use super::summary::{
     critical_path, LayerResult, LayerStatus, NodeResult, NodeState, RunSummary, Timed,
 };
 use super::wait::{NodeCtx, NodeShared};
-use crate::report::events::{format_duration, millis, Event, EventSink, PlannedNode, RunInfo};
+use crate::report::events::{millis, Event, EventSink, PlannedNode, RunInfo};
+use crate::report::format_duration;
 
 /// How a run executes.
 #[derive(Clone, Debug)]

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::cancel::CancelToken;
 use super::graph::{Layer, NodeError};
-use crate::report::events::{format_duration, Event, EventSink};
+use crate::report::events::{Event, EventSink};
+use crate::report::format_duration;
 
 /// The result of one poll in [`NodeCtx::wait_for_state`].
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -325,19 +325,6 @@ impl EventStream {
     }
 }
 
-/// Human duration: millisecond precision under a minute ("1s 234ms"), seconds above ("2m 5s").
-pub fn format_duration(d: Duration) -> String {
-    let rounded = if d >= Duration::from_secs(60) {
-        Duration::from_secs(d.as_secs())
-    } else {
-        Duration::from_millis(d.as_millis() as u64)
-    };
-    if rounded.is_zero() {
-        return "0ms".to_string();
-    }
-    humantime::format_duration(rounded).to_string()
-}
-
 /// Whole milliseconds, saturating.
 pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

@@ -4,9 +4,12 @@
 //! never put secret values in those messages; every reader writes them out verbatim.
 
 pub mod audit;
+pub mod drill;
+pub mod duration;
 pub mod events;
 pub mod jsonl;
 pub mod progress;
 pub mod summary;
 
+pub use duration::format_duration;
 pub use events::{Event, EventRecord, EventSink, EventStream, RunInfo};

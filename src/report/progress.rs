@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::events::{format_duration, Event, EventStream};
+use super::events::{Event, EventStream};
+use super::format_duration;
 use crate::engine::{Layer, LayerStatus, NodeState};
 
 /// How progress is shown.

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::events::format_duration;
+use super::format_duration;
 use crate::engine::{LayerStatus, NodeState, RunSummary};
 
 /// Renders `summary` as the plain-text report printed after `phoenix rebuild`.

@@ -330,7 +330,7 @@ async fn timed_check(
         Ok(Err(_)) => "the check was cancelled".to_string(),
         Err(_) => format!(
             "the check did not finish within {}",
-            humantime::format_duration(opts.check_timeout)
+            crate::report::format_duration(opts.check_timeout)
         ),
     };
     failed_report(opts, previous, checked_at, started.elapsed(), &message)
@@ -397,7 +397,7 @@ async fn heal(opts: &WatchOptions, healer: &dyn Healer, report: &Arc<DriftReport
         Ok(r) => r,
         Err(_) => Err(format!(
             "heal did not finish within {}",
-            humantime::format_duration(opts.heal_timeout)
+            crate::report::format_duration(opts.heal_timeout)
         )),
     };
     match &result {
@@ -480,7 +480,7 @@ async fn deliver(
 
 fn log_check(opts: &WatchOptions, report: &DriftReport) {
     let short = report.commit.get(..12).unwrap_or(&report.commit);
-    let took = crate::drift::fmt_duration(report.duration);
+    let took = crate::report::format_duration(report.duration);
     for l in report.layers.iter().filter(|l| l.is_error()) {
         if let LayerStatus::Error(message) = &l.status {
             log(

@@ -130,7 +130,7 @@ pub fn alert_text(report: &DriftReport, lasted: Duration) -> String {
     let mut text = format!(
         "phoenix: {} has drifted from Git for {} (commit {}): {} {} in {}",
         report.env,
-        round_duration(lasted),
+        crate::report::format_duration(lasted),
         short(&report.commit),
         count,
         if count == 1 { "resource" } else { "resources" },
@@ -156,22 +156,12 @@ pub fn converged_text(report: &DriftReport, lasted: Duration) -> String {
         "phoenix: {} has converged with Git at commit {} (drift lasted {})",
         report.env,
         short(&report.commit),
-        round_duration(lasted)
+        crate::report::format_duration(lasted)
     )
 }
 
 fn short(commit: &str) -> &str {
     commit.get(..12).unwrap_or(commit)
-}
-
-/// Whole seconds (milliseconds below one second), for humantime's readable form.
-fn round_duration(d: Duration) -> String {
-    let d = if d >= Duration::from_secs(1) {
-        Duration::from_secs(d.as_secs())
-    } else {
-        Duration::from_millis(d.as_millis() as u64)
-    };
-    humantime::format_duration(d).to_string()
 }
 
 #[cfg(test)]

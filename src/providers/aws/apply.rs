@@ -849,7 +849,7 @@ impl Exec {
                 ctx.progress(format!(
                     "rendering the user-data of {} now that {} exists",
                     d.id,
-                    late.after.join(", ")
+                    spec.after.join(", ")
                 ));
                 let text = (late.render)(self.ec2.clone())
                     .await

@@ -36,18 +36,17 @@ pub type RenderLate =
     dyn Fn(super::Ec2) -> crate::engine::BoxFuture<'static, Result<String, String>> + Send + Sync;
 
 /// User-data that can only be rendered while converging: a k3s agent needs the private address
-/// of its server, which exists only once the server instance does.
+/// of its server, which exists only once the server instance does (the instance's
+/// [`InstanceSpec::after`] names the resources it waits for).
 #[derive(Clone)]
 pub struct LateUserData {
-    /// Resource ids (e.g. `instance/server/0`) whose nodes must converge first.
-    pub after: Vec<String>,
     /// Called by the instance's node before it compares or launches.
     pub render: std::sync::Arc<RenderLate>,
 }
 
 impl fmt::Debug for LateUserData {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "<rendered after {}>", self.after.join(", "))
+        f.write_str("<rendered during the run>")
     }
 }
 
@@ -60,6 +59,10 @@ pub struct DesiredInputs {
     pub user_data: BTreeMap<String, String>,
     /// User-data per group name rendered during the run (a group is in one map or neither).
     pub late_user_data: BTreeMap<String, LateUserData>,
+    /// Per group name: resource ids (e.g. `instance/server/0`) whose nodes must converge before
+    /// the group's instances start (the servers a late-rendered agent joins). Known without
+    /// rendering anything, so the offline plan has the same edges as a run.
+    pub after: BTreeMap<String, Vec<String>>,
     /// The key pair's public key, when the model has a key pair.
     pub key: Option<KeyMaterial>,
     /// Extra tags on every resource (e.g. `phoenix:expires` for ephemeral environments). They
@@ -142,6 +145,9 @@ pub struct InstanceSpec {
     /// [`DesiredResource::with_user_data`] fills it in.
     #[serde(skip)]
     pub late_user_data: Option<LateUserData>,
+    /// Resource ids whose nodes converge before this instance's (see [`DesiredInputs::after`]).
+    #[serde(skip)]
+    pub after: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -363,6 +369,7 @@ pub fn desired(cloud: &Cloud, env_name: &str, inputs: &DesiredInputs) -> Desired
             .any(|s| s.name == g.subnet && s.public);
         let user_data = inputs.user_data.get(&g.name).cloned();
         let late_user_data = inputs.late_user_data.get(&g.name).cloned();
+        let after = inputs.after.get(&g.name).cloned().unwrap_or_default();
         let user_data_sha256 = user_data.as_deref().map(|u| sha256_hex(u.as_bytes()));
         for i in 0..g.count {
             let id = format!("instance/{}/{i}", g.name);
@@ -427,6 +434,7 @@ pub fn desired(cloud: &Cloud, env_name: &str, inputs: &DesiredInputs) -> Desired
                     user_data: user_data.clone().map(Sensitive),
                     user_data_sha256: user_data_sha256.clone(),
                     late_user_data: late_user_data.clone(),
+                    after: after.clone(),
                 })),
             });
         }

@@ -17,7 +17,7 @@ type HttpResponse = aws_sdk_ec2::config::http::HttpResponse;
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
     /// The endpoint accepted the request but did not answer in time (attempt or operation timeout).
-    #[error("{doing}: EC2 endpoint {endpoint} did not answer within {}", humantime::format_duration(*.timeout))]
+    #[error("{doing}: EC2 endpoint {endpoint} did not answer within {}", crate::report::format_duration(*.timeout))]
     Timeout {
         doing: String,
         endpoint: String,

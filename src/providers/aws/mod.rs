@@ -25,7 +25,7 @@ pub use keys::{derived_private_key, key_material};
 pub use live::{
     copies, gone_instances, observe, CopyInfo, LiveCloud, LiveMetadata, LiveResource, LiveState,
 };
-pub use nodes::{converge_nodes, destroy_nodes};
+pub use nodes::{converge_nodes, converge_specs, destroy_nodes};
 pub use plan::{plan, plan_live, ChangeAction, CloudPlan, FieldChange, ResourceChange};
 pub use rules::{RuleKey, RulePeer};
 pub use tags::{

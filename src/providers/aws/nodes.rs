@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::apply::{ConvergeOptions, Exec, RunIds};
 use super::client::Ec2;
@@ -59,44 +60,77 @@ impl Action for CloudAction {
     }
 }
 
-fn node(
-    exec: &Arc<Exec>,
+/// Pairs each spec with the action that runs its operation through `exec`.
+fn bind(exec: &Arc<Exec>, specs: Vec<(NodeSpec, Op)>) -> Vec<(NodeSpec, Arc<dyn Action>)> {
+    specs
+        .into_iter()
+        .map(|(spec, op)| {
+            let action: Arc<dyn Action> = Arc::new(CloudAction {
+                exec: Arc::clone(exec),
+                op,
+            });
+            (spec, action)
+        })
+        .collect()
+}
+
+fn spec(
     id: String,
     op: Op,
     deps: Vec<String>,
+    timeout: Duration,
     description: String,
-) -> (NodeSpec, Arc<dyn Action>) {
-    let spec =
-        NodeSpec::new(id, Layer::Cloud, exec.opts.node_timeout, description).depends_on(deps);
-    let action: Arc<dyn Action> = Arc::new(CloudAction {
-        exec: Arc::clone(exec),
+) -> (NodeSpec, Op) {
+    (
+        NodeSpec::new(id, Layer::Cloud, timeout, description).depends_on(deps),
         op,
-    });
-    (spec, action)
+    )
 }
 
 /// Nodes that converge the cloud layer to `desired`, then delete what `live` (from
-/// [`super::observe`]) holds that is no longer desired.
-///
-/// Order: VPC → internet gateway, subnets, security groups (then their rules, after the groups
-/// they reference), key pair → public route table → instances (one node each, concurrent) →
-/// deletes, dependents first and after whatever replaced them. Every node makes one idempotent
-/// attempt per call, re-observing its resource by tags; the engine retries transient errors.
+/// [`super::observe`]) holds that is no longer desired. The specs are [`converge_specs`].
 pub fn converge_nodes(
     ec2: Ec2,
     desired: Arc<DesiredCloud>,
     live: &LiveCloud,
     opts: &ConvergeOptions,
 ) -> Vec<(NodeSpec, Arc<dyn Action>)> {
+    let specs = specs_with_ops(&desired, live, opts.node_timeout);
     let exec = Arc::new(Exec {
         ec2,
         env: desired.env_name.clone(),
         commit: desired.commit.clone(),
-        desired: Some(Arc::clone(&desired)),
+        desired: Some(desired),
         ids: RunIds::default(),
         images: ImageCache::default(),
         opts: opts.clone(),
     });
+    bind(&exec, specs)
+}
+
+/// The specs of [`converge_nodes`], each node `timeout` long: pure, no client, so `plan --offline`
+/// prints exactly the nodes a rebuild runs (with an empty `live`: nothing to delete).
+///
+/// Order: VPC → internet gateway, subnets, security groups (then their rules, after the groups
+/// they reference), key pair → public route table → instances (one node each, concurrent) →
+/// deletes, dependents first and after whatever replaced them. Every node makes one idempotent
+/// attempt per call, re-observing its resource by tags; the engine retries transient errors.
+pub fn converge_specs(
+    desired: &DesiredCloud,
+    live: &LiveCloud,
+    timeout: Duration,
+) -> Vec<NodeSpec> {
+    specs_with_ops(desired, live, timeout)
+        .into_iter()
+        .map(|(spec, _)| spec)
+        .collect()
+}
+
+fn specs_with_ops(
+    desired: &DesiredCloud,
+    live: &LiveCloud,
+    timeout: Duration,
+) -> Vec<(NodeSpec, Op)> {
     let mut nodes = Vec::new();
     let mut instance_nodes = Vec::new();
     let mut rule_nodes = Vec::new();
@@ -131,11 +165,11 @@ pub fn converge_nodes(
                 let mut rdeps = vec![id.clone()];
                 rdeps.extend(peers.into_iter().filter(|p| *p != id));
                 rule_nodes.push(rules_id(&r.id));
-                nodes.push(node(
-                    &exec,
+                nodes.push(spec(
                     rules_id(&r.id),
                     Op::Rules(r.id.clone()),
                     rdeps,
+                    timeout,
                     format!("the rules of {}", r.id),
                 ));
                 (vec![node_id("vpc")], r.id.clone())
@@ -150,9 +184,7 @@ pub fn converge_nodes(
                 if let Some(k) = &i.key {
                     deps.push(node_id(k));
                 }
-                if let Some(late) = &i.late_user_data {
-                    deps.extend(late.after.iter().map(|a| node_id(a)));
-                }
+                deps.extend(i.after.iter().map(|a| node_id(a)));
                 // A public instance boots with a working route to the internet.
                 if i.public_ip && desired.get("rtb/public").is_some() {
                     deps.push(node_id("rtb/public"));
@@ -161,11 +193,11 @@ pub fn converge_nodes(
                 (deps, format!("{} running with status checks ok", r.id))
             }
         };
-        nodes.push(node(
-            &exec,
+        nodes.push(spec(
             id,
             Op::Converge(r.id.clone()),
             deps,
+            timeout,
             description,
         ));
     }
@@ -177,13 +209,13 @@ pub fn converge_nodes(
         .filter_map(|(id, copies)| Some((id.clone(), copies.first()?.state.kind().to_string())))
         .collect();
     nodes.extend(delete_graph(
-        &exec,
         &gone,
         &Creates {
             instances: instance_nodes,
             rules: rule_nodes,
             route_tables: rtb_nodes,
         },
+        timeout,
     ));
     nodes
 }
@@ -200,10 +232,10 @@ struct Creates {
 /// route tables → internet gateway → subnets → group references → security groups → key pairs →
 /// VPC. Each also waits for the converge nodes that may still use what it deletes.
 fn delete_graph(
-    exec: &Arc<Exec>,
     gone: &[(String, String)],
     creates: &Creates,
-) -> Vec<(NodeSpec, Arc<dyn Action>)> {
+    timeout: Duration,
+) -> Vec<(NodeSpec, Op)> {
     let of_kind = |kind: &str| -> Vec<String> {
         gone.iter()
             .filter(|(_, k)| k == kind)
@@ -260,24 +292,24 @@ fn delete_graph(
             .concat(),
         };
         if kind == "sg" {
-            nodes.push(node(
-                exec,
+            nodes.push(spec(
                 unref_id(resource),
                 Op::Unref(resource.clone()),
                 after_instances.clone(),
+                timeout,
                 format!("removal of the group references in {resource}"),
             ));
         }
         let me = delete_id(resource);
         deps.retain(|d| *d != me);
-        nodes.push(node(
-            exec,
+        nodes.push(spec(
             me,
             Op::Delete {
                 resource: resource.clone(),
                 kind: kind.clone(),
             },
             deps,
+            timeout,
             format!("deletion of {resource}"),
         ));
     }
@@ -308,5 +340,8 @@ pub fn destroy_nodes(
         .iter()
         .filter_map(|(id, copies)| Some((id.clone(), copies.first()?.state.kind().to_string())))
         .collect();
-    delete_graph(&exec, &gone, &Creates::default())
+    bind(
+        &exec,
+        delete_graph(&gone, &Creates::default(), opts.node_timeout),
+    )
 }

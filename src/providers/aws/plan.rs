@@ -482,11 +482,11 @@ pub(crate) fn compare(d: &DesiredResource, l: &LiveResource, ctx: &CompareCtx) -
                 ));
             }
             let live_ud = l.tags.get(TAG_USER_DATA_SHA256);
-            if let Some(late) = &want.late_user_data {
+            if want.late_user_data.is_some() {
                 // Rendered from resources that do not exist yet: it cannot match what runs.
                 replace.push(FieldChange::value(
                     "user-data-sha256",
-                    format!("rendered once {} exists", late.after.join(", ")),
+                    format!("rendered once {} exists", want.after.join(", ")),
                     live_ud.map(|s| short(s)).unwrap_or_else(|| "none".into()),
                 ));
             } else if want.user_data_sha256.as_ref() != live_ud {

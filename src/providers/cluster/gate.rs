@@ -22,7 +22,7 @@ use crate::engine::{Action, BoxFuture, Check, Layer, NodeCtx, NodeError, NodeOut
 use crate::env::model::{Cloud, K3s, Role};
 use crate::error::chain;
 use crate::providers::aws::{self, Ec2, LiveCloud, LiveState, TAG_ROLE};
-use crate::report::events::format_duration;
+use crate::report::format_duration;
 
 /// Engine node id of the gate.
 pub const CONTROL_PLANE_NODE: &str = "cluster/control-plane";
@@ -360,13 +360,27 @@ pub enum GateTarget {
     },
 }
 
-/// The `cluster/control-plane` node. For k3s it depends on every server and agent instance node
-/// (`cloud/instance/<group>/<i>`); for an existing cluster on nothing.
+/// The `cluster/control-plane` node; its spec is [`control_plane_spec`].
 pub fn control_plane_node(target: GateTarget, opts: GateOptions) -> (NodeSpec, Arc<dyn Action>) {
-    let (deps, description) = match &target {
+    let spec = match &target {
         GateTarget::K3s {
             cloud, env_name, ..
-        } => {
+        } => control_plane_spec(env_name, Some(cloud), &opts),
+        GateTarget::Existing { env_name, .. } => control_plane_spec(env_name, None, &opts),
+    };
+    (spec, Arc::new(ControlPlane { target, opts }))
+}
+
+/// The spec of the `cluster/control-plane` node, without any client (`plan --offline` prints
+/// it). For k3s on `instances` it depends on every server and agent instance node
+/// (`cloud/instance/<group>/<i>`); for an existing cluster (`None`) on nothing.
+pub fn control_plane_spec(
+    env_name: &str,
+    instances: Option<&Cloud>,
+    opts: &GateOptions,
+) -> NodeSpec {
+    let (deps, description) = match instances {
+        Some(cloud) => {
             let deps: Vec<String> = cloud
                 .instances
                 .iter()
@@ -378,19 +392,18 @@ pub fn control_plane_node(target: GateTarget, opts: GateOptions) -> (NodeSpec, A
                 format!("control plane of {env_name}: /readyz, nodes Ready, kube-system available"),
             )
         }
-        GateTarget::Existing { env_name, .. } => (
+        None => (
             Vec::new(),
             format!("existing cluster of {env_name}: /readyz, nodes Ready, kube-system available"),
         ),
     };
-    let spec = NodeSpec::new(
+    NodeSpec::new(
         CONTROL_PLANE_NODE,
         Layer::Cluster,
         opts.timeout + Duration::from_secs(60),
         description,
     )
-    .depends_on(deps);
-    (spec, Arc::new(ControlPlane { target, opts }))
+    .depends_on(deps)
 }
 
 struct ControlPlane {

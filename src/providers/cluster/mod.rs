@@ -24,9 +24,9 @@ pub use endpoint::{
 };
 pub use error::ClusterError;
 pub use gate::{
-    check_target, control_plane_node, deployment_unavailable, evaluate_deployments, evaluate_nodes,
-    expected_nodes, ExpectedNode, GateOptions, GateTarget, NodeExpectation, NodeReport,
-    ObservedNode, CONTROL_PLANE_NODE,
+    check_target, control_plane_node, control_plane_spec, deployment_unavailable,
+    evaluate_deployments, evaluate_nodes, expected_nodes, ExpectedNode, GateOptions, GateTarget,
+    NodeExpectation, NodeReport, ObservedNode, CONTROL_PLANE_NODE,
 };
 pub use kubeconfig::{kubeconfig_path, kubeconfig_value, write_kubeconfig};
 pub use observe::{

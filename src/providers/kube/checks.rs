@@ -40,7 +40,7 @@ pub enum CheckError {
     InvalidUrl { url: String },
     #[error("cannot set up TLS for {url}: {message}")]
     Tls { url: String, message: String },
-    #[error("no answer within {}", humantime::format_duration(*.0))]
+    #[error("no answer within {}", crate::report::format_duration(*.0))]
     Timeout(Duration),
     #[error("request failed")]
     Request(#[source] hyper_util::client::legacy::Error),
