@@ -7,22 +7,10 @@ use phoenix::cli::Cli;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Subcommands the runbooks already describe while they are being built (the command contract in
-/// the README), or name as not existing yet (rotate-credentials.md). Once one exists, its commands
-/// are checked like every other; any other unknown subcommand is a mistake in a runbook.
-const NOT_YET_BUILT: &[&str] = &[
-    "diff",
-    "watch",
-    "drill",
-    "up",
-    "gc",
-    "list",
-    "runbook",
-    "rotate-credentials",
-];
-
-/// Flags of existing subcommands that are being built (`phoenix destroy ENV --ephemeral NAME`).
-const FLAGS_NOT_YET_BUILT: &[(&str, &str)] = &[("destroy", "ephemeral")];
+/// Subcommands a runbook names as not existing yet (rotate-credentials.md says so). Their commands are
+/// not parsed; every other subcommand a document shows must exist and parse. An entry that phoenix
+/// has since gained fails the test, so the list cannot hide a command that is removed later.
+const NOT_YET_BUILT: &[&str] = &["rotate-credentials"];
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -261,16 +249,6 @@ fn every_phoenix_command_in_the_runbooks_and_examples_parses() {
                 }
                 continue;
             }
-            let sub_cmd = cli.find_subcommand(sub).expect("found above");
-            let missing_flag = FLAGS_NOT_YET_BUILT.iter().find(|(s, flag)| {
-                s == sub
-                    && args.iter().any(|a| a == &format!("--{flag}"))
-                    && !sub_cmd.get_arguments().any(|a| a.get_long() == Some(*flag))
-            });
-            if missing_flag.is_some() {
-                pending.push(format!("{}:{}: {}", found.file, found.line, found.text));
-                continue;
-            }
             checked += 1;
             if let Err(e) = Cli::try_parse_from(&args) {
                 failures.push(format!(
@@ -282,6 +260,12 @@ fn every_phoenix_command_in_the_runbooks_and_examples_parses() {
                 ));
             }
         }
+    }
+    for name in NOT_YET_BUILT {
+        assert!(
+            cli.find_subcommand(name).is_none(),
+            "phoenix has a subcommand {name} now: remove it from NOT_YET_BUILT so its commands are checked"
+        );
     }
     if !pending.is_empty() {
         println!(
