@@ -154,6 +154,7 @@ fn an_api_server_restarted_with_empty_state_mid_run_is_rebuilt_by_a_rerun() {
     // A second sandbox on the same moto stands for the API server after a restart that lost
     // its state; the proxy switches to it while a rebuild runs.
     let restarted = Bed::control_plane_for(&p.bed.moto);
+    let baseline = p.kube.requests();
     let mut child = p
         .command(&repo.dir)
         .args(["rebuild", "demo"])
@@ -161,12 +162,29 @@ fn an_api_server_restarted_with_empty_state_mid_run_is_rebuilt_by_a_rerun() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("start rebuild");
-    std::thread::sleep(Duration::from_millis(400));
+    // Switch as soon as the run has reached the API server, so the switch lands inside it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while p.kube.requests() == baseline {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rebuild never reached the API server"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     p.kube.set_backend(restarted.addr().port());
+    let at_switch = p.kube.requests();
+    assert!(
+        child.try_wait().expect("poll rebuild").is_none(),
+        "the rebuild was still running when the server was switched"
+    );
     let status = child.wait().expect("wait rebuild");
     assert!(
         status.code().is_some(),
         "the interrupted run exited on its own: {status:?}"
+    );
+    assert!(
+        p.kube.requests() > at_switch,
+        "the interrupted run went on talking to the restarted server"
     );
     let out = p.phoenix(&repo.dir, &["rebuild", "demo"]);
     converged(&out);
