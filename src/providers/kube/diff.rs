@@ -98,6 +98,17 @@ pub struct FieldDiff {
     pub live: Option<Value>,
 }
 
+/// The component's `leaveFields` entries about `body`: fields another manager owns by design.
+fn left_to_others<'a>(
+    spec: &'a ComponentSpec,
+    body: &Value,
+) -> Vec<&'a crate::env::model::LeftFields> {
+    spec.leave_fields
+        .iter()
+        .filter(|l| l.matches(body))
+        .collect()
+}
+
 /// Fields one other field manager added to an object.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Addition {
@@ -487,11 +498,7 @@ pub async fn diff_component_with(
                     None => break dry,
                 }
             };
-            let left: Vec<_> = spec
-                .leave_fields
-                .iter()
-                .filter(|l| l.matches(&d.body))
-                .collect();
+            let left = left_to_others(spec, &d.body);
             let (unknown, mut fields): (Vec<FieldDiff>, Vec<FieldDiff>) = compare(&dry, &live)
                 .into_iter()
                 // Fields left to another manager are theirs: never drift.
@@ -530,11 +537,7 @@ pub async fn diff_component_with(
             .as_ref()
             .filter(|_| !matches!(state, DriftState::NotOwned(_)))
         {
-            let left: Vec<_> = spec
-                .leave_fields
-                .iter()
-                .filter(|l| l.matches(&d.body))
-                .collect();
+            let left = left_to_others(spec, &d.body);
             for (manager, paths) in additions(live) {
                 // Fields the env leaves to another manager are expected to be theirs.
                 let paths: Vec<String> = paths
