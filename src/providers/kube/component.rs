@@ -928,18 +928,13 @@ pub(crate) async fn health_in(client: &::kube::Client, live: &Value) -> Health {
     let Some(class) = live["spec"]["storageClassName"].as_str() else {
         return verdict;
     };
-    let classes = Target {
-        resource: ::kube::discovery::ApiResource {
-            group: "storage.k8s.io".into(),
-            version: "v1".into(),
-            api_version: "storage.k8s.io/v1".into(),
-            kind: "StorageClass".into(),
-            plural: "storageclasses".into(),
-        },
-        namespaced: false,
-        deletable: true,
-        listable: true,
-    };
+    let classes = Target::builtin(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        false,
+    );
     let id = ObjectRef {
         api_version: "storage.k8s.io/v1".into(),
         kind: "StorageClass".into(),

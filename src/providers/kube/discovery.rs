@@ -19,6 +19,35 @@ pub struct Target {
     pub listable: bool,
 }
 
+impl Target {
+    /// A kind every cluster serves, addressed without discovery.
+    pub(crate) fn builtin(
+        group: &str,
+        version: &str,
+        kind: &str,
+        plural: &str,
+        namespaced: bool,
+    ) -> Target {
+        let api_version = if group.is_empty() {
+            version.to_string()
+        } else {
+            format!("{group}/{version}")
+        };
+        Target {
+            resource: ApiResource {
+                group: group.into(),
+                version: version.into(),
+                api_version,
+                kind: kind.into(),
+                plural: plural.into(),
+            },
+            namespaced,
+            deletable: true,
+            listable: true,
+        }
+    }
+}
+
 /// Served kinds by (apiVersion, kind).
 #[derive(Debug, Default)]
 pub struct KindMap {

@@ -53,18 +53,7 @@ pub struct Inventory {
 
 /// The ConfigMap kind, which every cluster serves.
 pub fn configmaps() -> Target {
-    Target {
-        resource: ::kube::discovery::ApiResource {
-            group: String::new(),
-            version: "v1".into(),
-            api_version: "v1".into(),
-            kind: "ConfigMap".into(),
-            plural: "configmaps".into(),
-        },
-        namespaced: true,
-        deletable: true,
-        listable: true,
-    }
+    Target::builtin("", "v1", "ConfigMap", "configmaps", true)
 }
 
 /// The ConfigMap body for an inventory. Sorted and without timestamps, so writing the same
