@@ -30,9 +30,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::watcher;
 // `phoenix diff`'s components at a time and requests in flight per component.
-use phoenix::commands::diff::{
-    COMPONENTS_IN_FLIGHT as DIFF_COMPONENTS, REQUESTS_PER_COMPONENT as DIFF_REQUESTS,
-};
 use phoenix::engine::{self, CancelToken, EngineOptions, Graph, Layer};
 use phoenix::providers::kube::{
     component_nodes, diff_component_with, ApplyOptions, ComponentSpec, FixedClient, Resolver,
@@ -40,6 +37,9 @@ use phoenix::providers::kube::{
 };
 use phoenix::render::Manifest;
 use phoenix::report::events::EventSink;
+use phoenix::workflow::check::{
+    COMPONENTS_IN_FLIGHT as DIFF_COMPONENTS, REQUESTS_PER_COMPONENT as DIFF_REQUESTS,
+};
 use serde_json::{json, Value};
 
 /// `phoenix rebuild`'s settings (src/commands/rebuild.rs, src/cli/mod.rs): components in flight, requests in

@@ -11,3 +11,4 @@ pub mod report;
 pub mod source;
 pub mod stdout;
 pub mod watch;
+pub mod workflow;

@@ -1,9 +1,11 @@
 //! `phoenix completions SHELL` and `phoenix man`: shell scripts and roff pages generated from the
 //! clap definition, so every subcommand and flag appears in them without a second list to keep.
 
-use super::common::{Context, Outcome};
+use super::Outcome;
 use crate::cli::Cli;
 use crate::error::{ExitCode, Failure};
+use crate::report::output::FilesDoc;
+use crate::workflow::Context;
 use clap::CommandFactory;
 use clap_mangen::roff::{bold, roman, Roff};
 use clap_mangen::Man;
@@ -171,7 +173,7 @@ pub fn man(ctx: &Context, dir: Option<&Path>) -> Outcome {
     }
     let listing = if ctx.json() {
         let files: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
-        let doc = super::common::FilesDoc::new(None, files);
+        let doc = FilesDoc::new(None, files);
         match serde_json::to_string(&doc) {
             Ok(text) => format!("{text}\n"),
             Err(e) => {

@@ -1,8 +1,10 @@
 //! `phoenix history ENV`: past runs from the audit trail, newest first.
 
-use super::common::{print_json, Context, Outcome};
+use super::Outcome;
 use crate::error::{ExitCode, Failure};
 use crate::report::audit::{self, AuditRecord};
+use crate::report::output::print_json;
+use crate::workflow::Context;
 use serde::Serialize;
 
 /// The version of the `history --output json` document (docs/json.md).

@@ -3,9 +3,11 @@
 //! default, or a small k3s cluster on AWS with `--aws REGION`. Templates are not copied: the
 //! built-in ones serve until the repository has a file of the same path.
 
-use super::common::{Context, Outcome};
+use super::Outcome;
 use crate::cli::InitArgs;
 use crate::error::{ExitCode, Failure};
+use crate::report::output::{print_json, FilesDoc};
+use crate::workflow::Context;
 use std::path::{Path, PathBuf};
 
 /// The files of the new environment, by repository path.
@@ -106,7 +108,7 @@ pub fn run(ctx: &Context, args: &InitArgs) -> Outcome {
             .map_err(|e| Failure::from_error(format!("cannot write {}", full.display()), &e))?;
     }
     if ctx.json() {
-        super::common::print_json(&super::common::FilesDoc::new(
+        print_json(&FilesDoc::new(
             Some(&args.name),
             files.iter().map(|(p, _)| p.to_string()).collect(),
         ));

@@ -1,16 +1,16 @@
-//! One module per command; each turns parsed arguments into work and an exit code.
+//! One module per command; each turns parsed arguments into a call of a workflow
+//! ([`crate::workflow`]) or a provider, prints what came back, and returns an exit code. No
+//! command module uses another.
 
-pub mod common;
 mod completions;
 mod copies;
-pub mod deploy;
-pub mod destroy;
-pub mod diff;
+mod destroy;
+mod diff;
 mod drill;
 mod history;
 mod init;
 mod plan;
-pub mod rebuild;
+mod rebuild;
 mod render;
 mod runbook;
 mod ssh_key;
@@ -18,7 +18,11 @@ mod validate;
 mod watch;
 
 use crate::cli::{Cli, Command};
-use common::{Context, Outcome};
+use crate::error::{ExitCode, Failure};
+use crate::workflow::Context;
+
+/// What a command returns: its exit code, or the failure `main` prints (exit 1).
+pub type Outcome = Result<ExitCode, Failure>;
 
 pub async fn run(cli: Cli) -> Outcome {
     let ctx = Context::from_global(&cli.global)?;

@@ -1,8 +1,6 @@
 //! `phoenix plan ENV`: the graph, layer by layer, with what a rebuild would do.
 
-use super::common::{commit_json_camel, commit_line, print_json, Context, Outcome};
-use super::deploy::Deployment;
-use super::rebuild::{planned_nodes, ConvergeSettings};
+use super::Outcome;
 use crate::cli::PlanArgs;
 use crate::drift::{EntryKind, LayerStatus};
 use crate::engine::{Layer, NodeSpec};
@@ -10,6 +8,10 @@ use crate::error::{ExitCode, Failure};
 use crate::providers::kube;
 use crate::render::{Mode, Renderer, SecretValues};
 use crate::report::format_duration;
+use crate::report::output::{commit_json_camel, commit_line, print_json};
+use crate::workflow::check::{check_layers_of, Checked};
+use crate::workflow::converge::{planned_nodes, ConvergeSettings};
+use crate::workflow::{Context, Deployment};
 use std::collections::BTreeMap;
 
 pub async fn run(ctx: &Context, args: &PlanArgs) -> Outcome {
@@ -29,7 +31,7 @@ async fn live_plan(
     detailed_exitcode: bool,
 ) -> Outcome {
     let dep = Deployment::open(ctx, name, None).await?;
-    let checked = super::diff::check_layers_of(ctx, &dep, layers).await;
+    let checked = check_layers_of(ctx, &dep, layers).await;
     let report = &checked.report;
     let errors: Vec<String> = report
         .layers
@@ -158,7 +160,7 @@ fn summary_of(changes: &[serde_json::Value]) -> serde_json::Value {
 }
 
 /// The live plan as the versioned document shared with `--offline`.
-fn live_json(dep: &Deployment, checked: &super::diff::Checked) -> serde_json::Value {
+fn live_json(dep: &Deployment, checked: &Checked) -> serde_json::Value {
     use crate::drift::EntryKind;
     let mut changes = Vec::new();
     // Kubernetes objects by resource: the component node that applies them.

@@ -1,9 +1,11 @@
 //! `phoenix render ENV`: the rendered user-data and manifests, secrets redacted.
 
-use super::common::{commit_json_camel, commit_line, load_env, print_json, Context, Outcome};
+use super::Outcome;
 use crate::env;
 use crate::error::{ExitCode, Failure};
 use crate::render::{Mode, Renderer, SecretValues};
+use crate::report::output::{commit_json_camel, commit_line, print_json};
+use crate::workflow::{load_env, Context};
 
 /// The version of the `render --output json` document (docs/json.md).
 pub const RENDER_SCHEMA_VERSION: u32 = 1;

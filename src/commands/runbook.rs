@@ -2,14 +2,15 @@
 //! the commit (layers, components and their order, health checks and waits, the recovery
 //! objective) and the last drill's report in the state dir. Reads nothing live.
 
-use super::common::{commit_line, Context, Outcome};
-use super::deploy::Deployment;
-use super::rebuild::{planned_nodes, ConvergeSettings};
+use super::Outcome;
 use crate::engine::{Layer, NodeSpec};
 use crate::env::model::{Cluster, Component, EndpointKind};
 use crate::error::ExitCode;
 use crate::providers::kube;
 use crate::report::drill::{DrillReport, DRILL_SCHEMA_VERSION};
+use crate::report::output::commit_line;
+use crate::workflow::converge::{planned_nodes, ConvergeSettings};
+use crate::workflow::{Context, Deployment};
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::path::Path;

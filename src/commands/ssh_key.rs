@@ -2,11 +2,12 @@
 //! phoenix derives from the cluster secret and keeps nowhere, to a new 0600 file the operator
 //! names. The key itself is never printed.
 
-use super::common::{print_json, Context, Outcome};
-use super::deploy::Deployment;
+use super::Outcome;
 use crate::cli::SshKeyArgs;
 use crate::error::{ExitCode, Failure};
 use crate::providers::aws;
+use crate::report::output::print_json;
+use crate::workflow::{Context, Deployment};
 use std::io::Write;
 use std::path::Path;
 

@@ -1,10 +1,12 @@
 //! `phoenix validate ENV`: schema, references, templates render, graph acyclic. Offline.
 
-use super::common::{commit_line, print_json, Context, Outcome, ValidateDoc};
+use super::Outcome;
 use crate::env::{self, Diagnostic, Environment};
 use crate::error::{ExitCode, Failure};
 use crate::render::{Mode, RenderError, Renderer, SecretValues};
+use crate::report::output::{commit_line, print_json, ValidateDoc};
 use crate::source::Snapshot;
+use crate::workflow::Context;
 
 fn render_diag(e: RenderError) -> Diagnostic {
     Diagnostic {

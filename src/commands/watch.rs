@@ -3,16 +3,15 @@
 //! persists and when it clears; with `--heal`, re-converges the drifted layers (each heal is a
 //! `heal` run in the audit trail, shown by `phoenix history`).
 
-use super::common::{Context, Outcome};
-use super::deploy::Deployment;
-use super::rebuild::{converge, ConvergeSettings};
+use super::Outcome;
 use crate::cli::WatchArgs;
-use crate::drift::{DriftReport, LayerDrift};
-use crate::engine::{BoxFuture, CancelToken, Layer};
+use crate::engine::CancelToken;
 use crate::error::{ExitCode, Failure};
-use crate::watch::{self, Checker, Healer, WatchOptions, Webhook};
+use crate::watch::{self, Healer, WatchOptions, Webhook};
+use crate::workflow::heal::{GitChecker, RebuildHealer};
+use crate::workflow::Context;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 pub async fn run(ctx: &Context, args: &WatchArgs) -> Outcome {
     let mut opts = WatchOptions::new(args.env.env.clone(), args.interval, args.listen);
@@ -142,79 +141,4 @@ fn webhook_url(args: &WatchArgs) -> Result<Option<String>, Failure> {
         return Ok(Some(url));
     }
     Ok(args.webhook.clone())
-}
-
-/// Re-reads the commit at the configured ref for every check.
-struct GitChecker {
-    ctx: Context,
-    env: String,
-}
-
-impl Checker for GitChecker {
-    fn check(&self) -> BoxFuture<'static, DriftReport> {
-        let ctx = self.ctx.clone();
-        let env = self.env.clone();
-        Box::pin(async move {
-            let started = Instant::now();
-            match Deployment::open(&ctx, &env, None).await {
-                Ok(dep) => super::diff::check(&ctx, &dep).await.report,
-                Err(f) => DriftReport {
-                    env,
-                    commit: String::new(),
-                    checked_at: SystemTime::now(),
-                    duration: started.elapsed(),
-                    layers: Layer::ALL
-                        .iter()
-                        .map(|&l| LayerDrift::error(l, f.summary(), started.elapsed()))
-                        .collect(),
-                },
-            }
-        })
-    }
-}
-
-/// Heals by converging the drifted layers at the commit the check compared with.
-struct RebuildHealer {
-    ctx: Context,
-}
-
-impl Healer for RebuildHealer {
-    fn heal(
-        &self,
-        report: Arc<DriftReport>,
-        layers: Vec<Layer>,
-    ) -> BoxFuture<'static, Result<(), String>> {
-        let mut ctx = self.ctx.clone();
-        Box::pin(async move {
-            if !report.commit.is_empty() {
-                ctx.source.reference = Some(report.commit.clone());
-            }
-            let dep = Deployment::open(&ctx, &report.env, None)
-                .await
-                .map_err(|f| f.summary())?;
-            let settings = ConvergeSettings {
-                layers,
-                concurrency: 16,
-                force_conflicts: false,
-            };
-            let summary = converge(&ctx, &dep, &settings, "heal")
-                .await
-                .map_err(|f| f.summary())?;
-            if summary.converged {
-                Ok(())
-            } else {
-                let failed: Vec<String> = summary
-                    .nodes
-                    .iter()
-                    .filter_map(|n| match &n.state {
-                        crate::engine::NodeState::Failed { error, .. } => {
-                            Some(format!("{}: {error}", n.id))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                Err(format!("the heal did not converge: {}", failed.join("; ")))
-            }
-        })
-    }
 }

@@ -8,6 +8,7 @@ pub mod drill;
 pub mod duration;
 pub mod events;
 pub mod jsonl;
+pub mod output;
 pub mod progress;
 pub mod summary;
 

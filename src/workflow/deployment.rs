@@ -1,7 +1,7 @@
 //! What rebuild, destroy, plan, drill and up share: an environment read from one commit, resolved
 //! for one effective name (the live env, or a suffixed copy), and the engine run with its readers.
 
-use super::common::{load_env, Context};
+use super::context::{load_env, Context};
 use crate::engine::{self, CancelToken, EngineOptions, Graph, Layer, RunSummary};
 use crate::env::model::{Cloud, Cluster, EndpointKind, Environment, InstanceGroup, Role};
 use crate::error::Failure;
