@@ -4,6 +4,7 @@
 
 mod apply;
 mod client;
+mod compare;
 mod desired;
 mod error;
 mod images;
