@@ -13,14 +13,15 @@ use crate::workflow::Context;
 use std::time::{Duration, SystemTime};
 
 pub async fn up(ctx: &Context, args: &UpArgs) -> Outcome {
-    let dep = open_copy(ctx, &args.env.env, &args.ephemeral, "ephemeral", args.ttl).await?;
+    let deployment = open_copy(ctx, &args.env.env, &args.ephemeral, "ephemeral", args.ttl).await?;
     if !ctx.json() {
-        eprintln!("{}", commit_line(&dep.snap));
+        eprintln!("{}", commit_line(&deployment.snap));
         eprintln!(
             "bringing up {} (a copy of {}, expires {})",
-            dep.name,
+            deployment.name,
             args.env.env,
-            dep.extra_tags
+            deployment
+                .extra_tags
                 .get(aws::TAG_EXPIRES)
                 .map(String::as_str)
                 .unwrap_or("?")
@@ -31,12 +32,12 @@ pub async fn up(ctx: &Context, args: &UpArgs) -> Outcome {
         concurrency: args.concurrency as usize,
         force_conflicts: false,
     };
-    let summary = converge(ctx, &dep, &settings, "up").await?;
-    print_run_report(ctx, &dep, &summary);
+    let summary = converge(ctx, &deployment, &settings, "up").await?;
+    print_run_report(ctx, &deployment, &summary);
     if !summary.converged && !ctx.json() {
         eprintln!(
             "\n{} is partly built and tagged to expire; `phoenix destroy {} --ephemeral {} --yes` removes it now, `phoenix gc` after it expires",
-            dep.name, args.env.env, args.ephemeral
+            deployment.name, args.env.env, args.ephemeral
         );
     }
     Ok(if summary.converged {

@@ -16,28 +16,28 @@ pub async fn run(ctx: &Context, args: &DestroyArgs) -> Outcome {
         Some(n) => Some(copy_name(&args.env.env, n)?),
         None => None,
     };
-    let dep = Deployment::open(ctx, &args.env.env, effective.clone()).await?;
+    let deployment = Deployment::open(ctx, &args.env.env, effective.clone()).await?;
     // A copy is never the protected environment itself.
-    if dep.env.protected && effective.is_none() {
+    if deployment.env.protected && effective.is_none() {
         return Err(Failure::new(format!(
             "environment {} is protected; phoenix will not destroy it",
-            dep.name
+            deployment.name
         ))
         .help(format!(
             "remove `protected: true` from {} in a commit first, if destroying it is really meant",
-            dep.env.file
+            deployment.env.file
         )));
     }
     if !args.yes {
-        confirm(&dep.name)?;
+        confirm(&deployment.name)?;
     }
     if !ctx.json() {
-        eprintln!("{}", commit_line(&dep.snap));
+        eprintln!("{}", commit_line(&deployment.snap));
     }
-    let summary = destroy(ctx, &dep, args.concurrency as usize).await?;
-    print_run_report(ctx, &dep, &summary);
+    let summary = destroy(ctx, &deployment, args.concurrency as usize).await?;
+    print_run_report(ctx, &deployment, &summary);
     if summary.converged && effective.is_some() {
-        forget_local_state(ctx, &dep.name);
+        forget_local_state(ctx, &deployment.name);
     }
     Ok(if summary.converged {
         ExitCode::Ok

@@ -10,8 +10,8 @@ use crate::workflow::{Context, Deployment};
 
 pub async fn run(ctx: &Context, args: &DiffArgs) -> Outcome {
     let metrics_file = args.metrics_file.as_deref();
-    let dep = Deployment::open(ctx, &args.env.env, None).await?;
-    let checked = check_layers_of(ctx, &dep, &args.layers).await;
+    let deployment = Deployment::open(ctx, &args.env.env, None).await?;
+    let checked = check_layers_of(ctx, &deployment, &args.layers).await;
     for u in &checked.unavailable_secrets {
         eprintln!(
             "note: secret {} is not available here ({}): what is made from it is shown as unknown, not compared",

@@ -2,7 +2,7 @@
 
 use super::Outcome;
 use crate::cli::PlanArgs;
-use crate::drift::{EntryKind, LayerStatus};
+use crate::drift::{DriftStatus, EntryKind};
 use crate::engine::{Layer, NodeSpec};
 use crate::error::{ExitCode, Failure};
 use crate::providers::kube;
@@ -30,21 +30,21 @@ async fn live_plan(
     layers: &[Layer],
     detailed_exitcode: bool,
 ) -> Outcome {
-    let dep = Deployment::open(ctx, name, None).await?;
-    let checked = check_layers_of(ctx, &dep, layers).await;
+    let deployment = Deployment::open(ctx, name, None).await?;
+    let checked = check_layers_of(ctx, &deployment, layers).await;
     let report = &checked.report;
     let errors: Vec<String> = report
         .layers
         .iter()
         .filter_map(|l| match &l.status {
-            LayerStatus::Error(e) => Some(format!("{}: {e}", l.layer)),
+            DriftStatus::Error(e) => Some(format!("{}: {e}", l.layer)),
             _ => None,
         })
         .collect();
     if !errors.is_empty() {
         let mut f = Failure::new(format!(
             "cannot plan {}: not every layer could be compared",
-            dep.name
+            deployment.name
         ));
         for e in errors {
             f = f.cause(e);
@@ -55,10 +55,10 @@ async fn live_plan(
     }
     let changes: usize = report.entry_count();
     if ctx.json() {
-        print_json(&live_json(&dep, &checked));
+        print_json(&live_json(&deployment, &checked));
     } else {
-        crate::outln!("{}", commit_line(&dep.snap));
-        crate::outln!("plan for {} against live state", dep.name);
+        crate::outln!("{}", commit_line(&deployment.snap));
+        crate::outln!("plan for {} against live state", deployment.name);
         for u in &checked.unavailable_secrets {
             crate::outln!(
                 "secret {} is not available here ({}): what is made from it is shown as unknown, not compared",
@@ -69,7 +69,7 @@ async fn live_plan(
         for l in &report.layers {
             match (&l.status, l.layer) {
                 // Layers the env does not have, or left out with --layers, are not shown.
-                (LayerStatus::Skipped(_), _) => {}
+                (DriftStatus::Skipped(_), _) => {}
                 (_, Layer::Cloud) => {
                     if let Some(plan) = &checked.cloud_plan {
                         crate::outln!("\ncloud:\n{plan}");
@@ -160,7 +160,7 @@ fn summary_of(changes: &[serde_json::Value]) -> serde_json::Value {
 }
 
 /// The live plan as the versioned document shared with `--offline`.
-fn live_json(dep: &Deployment, checked: &Checked) -> serde_json::Value {
+fn live_json(deployment: &Deployment, checked: &Checked) -> serde_json::Value {
     use crate::drift::EntryKind;
     let mut changes = Vec::new();
     // Kubernetes objects by resource: the component node that applies them.
@@ -188,7 +188,7 @@ fn live_json(dep: &Deployment, checked: &Checked) -> serde_json::Value {
         )
     };
     for l in &checked.report.layers {
-        if matches!(l.status, LayerStatus::Skipped(_)) {
+        if matches!(l.status, DriftStatus::Skipped(_)) {
             continue;
         }
         match l.layer {
@@ -286,10 +286,10 @@ fn live_json(dep: &Deployment, checked: &Checked) -> serde_json::Value {
         .collect();
     serde_json::json!({
         "schemaVersion": PLAN_SCHEMA_VERSION,
-        "env": dep.name,
-        "commit": commit_json_camel(&dep.snap),
+        "env": deployment.name,
+        "commit": commit_json_camel(&deployment.snap),
         "offline": false,
-        "layers": checked.report.layers.iter().filter(|l| !matches!(l.status, LayerStatus::Skipped(_))).map(|l| l.layer.as_str()).collect::<Vec<_>>(),
+        "layers": checked.report.layers.iter().filter(|l| !matches!(l.status, DriftStatus::Skipped(_))).map(|l| l.layer.as_str()).collect::<Vec<_>>(),
         "changes": changes,
         "unknown": unknown,
         "unavailableSecrets": checked.unavailable_secrets.iter().map(|u| u.name.as_str()).collect::<Vec<_>>(),
@@ -378,13 +378,13 @@ async fn offline_plan(
     detailed_exitcode: bool,
 ) -> Outcome {
     let wanted = |l: Layer| layers.is_empty() || layers.contains(&l);
-    let dep = Deployment::open(ctx, name, None).await?;
+    let deployment = Deployment::open(ctx, name, None).await?;
     let settings = ConvergeSettings {
         layers: layers.to_vec(),
         ..ConvergeSettings::default()
     };
-    let nodes = planned_nodes(ctx, &dep, &settings).await?;
-    let (snap, env) = (&dep.snap, &dep.env);
+    let nodes = planned_nodes(ctx, &deployment, &settings).await?;
+    let (snap, env) = (&deployment.snap, &deployment.env);
 
     // Offline, the component objects are counted from the rendered manifests (secrets redacted).
     let renderer = Renderer::new(

@@ -8,17 +8,17 @@ use crate::workflow::converge::{converge, print_run_report, ConvergeSettings};
 use crate::workflow::{Context, Deployment};
 
 pub async fn run(ctx: &Context, args: &RebuildArgs) -> Outcome {
-    let dep = Deployment::open(ctx, &args.env.env, None).await?;
+    let deployment = Deployment::open(ctx, &args.env.env, None).await?;
     let settings = ConvergeSettings {
         layers: args.run.layers.clone(),
         concurrency: args.run.concurrency as usize,
         force_conflicts: args.force_conflicts,
     };
     if !ctx.json() {
-        eprintln!("{}", commit_line(&dep.snap));
+        eprintln!("{}", commit_line(&deployment.snap));
     }
-    let summary = converge(ctx, &dep, &settings, "rebuild").await?;
-    print_run_report(ctx, &dep, &summary);
+    let summary = converge(ctx, &deployment, &settings, "rebuild").await?;
+    print_run_report(ctx, &deployment, &summary);
     Ok(if summary.converged {
         ExitCode::Ok
     } else {

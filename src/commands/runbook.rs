@@ -17,9 +17,9 @@ use std::path::Path;
 use std::time::Duration;
 
 pub async fn run(ctx: &Context, name: &str) -> Outcome {
-    let dep = Deployment::open(ctx, name, None).await?;
-    let nodes = planned_nodes(ctx, &dep, &ConvergeSettings::default()).await?;
-    let (snap, env) = (&dep.snap, &dep.env);
+    let deployment = Deployment::open(ctx, name, None).await?;
+    let nodes = planned_nodes(ctx, &deployment, &ConvergeSettings::default()).await?;
+    let (snap, env) = (&deployment.snap, &deployment.env);
     let commit = snap.commit();
     let mut md = String::new();
     let d = crate::report::format_duration;

@@ -12,29 +12,34 @@ use std::io::Write;
 use std::path::Path;
 
 pub async fn run(ctx: &Context, args: &SshKeyArgs) -> Outcome {
-    let dep = Deployment::open(ctx, &args.env.env, None).await?;
-    let Some(kp) = dep.env.cloud.as_ref().and_then(|c| c.key_pair.as_ref()) else {
+    let deployment = Deployment::open(ctx, &args.env.env, None).await?;
+    let Some(kp) = deployment
+        .env
+        .cloud
+        .as_ref()
+        .and_then(|c| c.key_pair.as_ref())
+    else {
         return Err(Failure::new(format!(
             "{} has no key pair (spec.cloud.keyPair)",
-            dep.env.name
+            deployment.env.name
         ))
         .help("declare spec.cloud.keyPair: { name: NAME } to have phoenix derive one from the cluster secret"));
     };
     if let Some(source) = &kp.public_key {
         return Err(Failure::new(format!(
             "key pair {} of {} is imported from publicKey {source}: its private key is yours, phoenix never had it",
-            kp.name, dep.env.name
+            kp.name, deployment.env.name
         ))
         .help("use the private key that belongs to that public key"));
     }
-    let secret = dep.cluster_secret(ctx)?.ok_or_else(|| {
+    let secret = deployment.cluster_secret(ctx)?.ok_or_else(|| {
         Failure::new(format!(
             "{} has no cluster secret (spec.cluster.secret) to derive the key pair from",
-            dep.env.name
+            deployment.env.name
         ))
         .help("an env without a k3s cluster must declare spec.cloud.keyPair.publicKey")
     })?;
-    let key = aws::derived_private_key(&dep.name, &kp.name, &secret)
+    let key = aws::derived_private_key(&deployment.name, &kp.name, &secret)
         .map_err(|e| Failure::from_error("cannot derive the key pair", &e))?;
     write_new_private(&args.out, key.expose().as_bytes()).map_err(|e| {
         Failure::new(format!(
@@ -44,10 +49,10 @@ pub async fn run(ctx: &Context, args: &SshKeyArgs) -> Outcome {
         .cause(e.to_string())
         .help("name a path that does not exist yet, in a directory you can write (an existing file is never overwritten)")
     })?;
-    let key_name = format!("{}-{}", dep.name, kp.name);
+    let key_name = format!("{}-{}", deployment.name, kp.name);
     if ctx.json() {
         print_json(&serde_json::json!({
-            "env": dep.name,
+            "env": deployment.name,
             "keyName": key_name,
             "path": args.out,
         }));

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::engine::Layer;
 
-use super::model::{DriftReport, LayerDrift, LayerStatus};
+use super::model::{DriftReport, DriftStatus, LayerDrift};
 
 /// Errors writing a metrics file.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ impl CheckCounters {
     pub fn record(&mut self, report: &DriftReport) {
         *self.checks.entry(report.env.clone()).or_default() += 1;
         for layer in &report.layers {
-            if matches!(layer.status, LayerStatus::Skipped(_)) {
+            if matches!(layer.status, DriftStatus::Skipped(_)) {
                 continue;
             }
             let n = self
@@ -131,7 +131,7 @@ pub fn render(reports: &[&DriftReport], counters: Option<&CheckCounters>) -> Str
     let checked = |r: &'_ DriftReport| -> Vec<LayerDrift> {
         r.layers
             .iter()
-            .filter(|l| !matches!(l.status, LayerStatus::Skipped(_)))
+            .filter(|l| !matches!(l.status, DriftStatus::Skipped(_)))
             .cloned()
             .collect()
     };

@@ -11,7 +11,7 @@ mod output;
 pub use cloud::{cloud_entries, TerminatedInstance};
 pub use diff::{colorize, unified_diff, unified_diff_text, CONTEXT};
 pub use model::{
-    exit_code, DriftEntry, DriftReport, EntryKind, FieldDiff, LayerDrift, LayerStatus, Unhealthy,
+    exit_code, DriftEntry, DriftReport, DriftStatus, EntryKind, FieldDiff, LayerDrift, Unhealthy,
     UnknownValues, EXIT_DRIFT, EXIT_ERROR, EXIT_IN_SYNC,
 };
 pub use objects::{field_diffs, object_entries, ObjectResult, ObjectState};

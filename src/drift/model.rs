@@ -22,7 +22,7 @@ pub struct DriftReport {
 
 /// What one layer's check concluded.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LayerStatus {
+pub enum DriftStatus {
     InSync,
     Drift,
     /// The layer could not be checked (unreachable API, bad credentials, a timeout...). The
@@ -32,14 +32,14 @@ pub enum LayerStatus {
     Skipped(String),
 }
 
-impl LayerStatus {
+impl DriftStatus {
     /// The lowercase name used in JSON and in metrics.
     pub fn as_str(&self) -> &'static str {
         match self {
-            LayerStatus::InSync => "in-sync",
-            LayerStatus::Drift => "drift",
-            LayerStatus::Error(_) => "error",
-            LayerStatus::Skipped(_) => "skipped",
+            DriftStatus::InSync => "in-sync",
+            DriftStatus::Drift => "drift",
+            DriftStatus::Error(_) => "error",
+            DriftStatus::Skipped(_) => "skipped",
         }
     }
 }
@@ -48,7 +48,7 @@ impl LayerStatus {
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerDrift {
     pub layer: Layer,
-    pub status: LayerStatus,
+    pub status: DriftStatus,
     /// Divergences from Git; empty unless `status` is `Drift`.
     pub entries: Vec<DriftEntry>,
     /// Objects that match Git but are not healthy; reported apart from drift and not counted in
@@ -80,9 +80,9 @@ impl LayerDrift {
         duration: Duration,
     ) -> Self {
         let status = if entries.is_empty() {
-            LayerStatus::InSync
+            DriftStatus::InSync
         } else {
-            LayerStatus::Drift
+            DriftStatus::Drift
         };
         LayerDrift {
             layer,
@@ -105,7 +105,7 @@ impl LayerDrift {
     pub fn error(layer: Layer, message: impl Into<String>, duration: Duration) -> Self {
         LayerDrift {
             layer,
-            status: LayerStatus::Error(message.into()),
+            status: DriftStatus::Error(message.into()),
             entries: Vec::new(),
             unhealthy: Vec::new(),
             unknown: Vec::new(),
@@ -118,7 +118,7 @@ impl LayerDrift {
     pub fn skipped(layer: Layer, reason: impl Into<String>) -> Self {
         LayerDrift {
             layer,
-            status: LayerStatus::Skipped(reason.into()),
+            status: DriftStatus::Skipped(reason.into()),
             entries: Vec::new(),
             unhealthy: Vec::new(),
             unknown: Vec::new(),
@@ -130,11 +130,11 @@ impl LayerDrift {
     /// Whether the layer shows drift. Entries count even if a caller built the struct by hand
     /// with an inconsistent status: drift is never hidden.
     pub fn has_drift(&self) -> bool {
-        matches!(self.status, LayerStatus::Drift) || (!self.entries.is_empty() && !self.is_error())
+        matches!(self.status, DriftStatus::Drift) || (!self.entries.is_empty() && !self.is_error())
     }
 
     pub fn is_error(&self) -> bool {
-        matches!(self.status, LayerStatus::Error(_))
+        matches!(self.status, DriftStatus::Error(_))
     }
 }
 
@@ -401,14 +401,14 @@ mod tests {
             }],
             Duration::ZERO,
         );
-        assert_eq!(layer.status, LayerStatus::InSync);
+        assert_eq!(layer.status, DriftStatus::InSync);
         assert_eq!(exit_code(&report(vec![layer])), 0);
     }
 
     #[test]
     fn entries_with_an_inconsistent_status_still_count_as_drift() {
         let mut layer = drift(Layer::Cloud);
-        layer.status = LayerStatus::InSync;
+        layer.status = DriftStatus::InSync;
         assert_eq!(exit_code(&report(vec![layer])), 2);
     }
 

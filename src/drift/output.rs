@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::diff::colorize;
-use super::model::{exit_code, DriftEntry, DriftReport, EntryKind, LayerDrift, LayerStatus};
+use super::model::{exit_code, DriftEntry, DriftReport, DriftStatus, EntryKind, LayerDrift};
 use crate::report::format_duration;
 
 /// The version of the JSON document; bumped only for incompatible changes (fields may be added
@@ -51,7 +51,7 @@ pub fn human(report: &DriftReport, color: bool) -> String {
     for layer in report
         .layers
         .iter()
-        .filter(|l| !matches!(l.status, LayerStatus::Skipped(_)))
+        .filter(|l| !matches!(l.status, DriftStatus::Skipped(_)))
     {
         out.push('\n');
         out.push_str(&layer_line(layer, &paint));
@@ -88,10 +88,10 @@ fn layer_line(layer: &LayerDrift, paint: &impl Fn(&str, &str) -> String) -> Stri
     let name = layer.layer.as_str();
     let took = format_duration(layer.duration);
     match &layer.status {
-        LayerStatus::Error(message) => {
+        DriftStatus::Error(message) => {
             format!("{name}: {} ({took}): {message}\n", paint(RED, "error"))
         }
-        LayerStatus::Skipped(reason) => {
+        DriftStatus::Skipped(reason) => {
             format!("{name}: {}\n", paint(DIM, &format!("skipped ({reason})")))
         }
         _ if layer.has_drift() => format!(
@@ -274,7 +274,7 @@ fn doc(report: &DriftReport) -> ReportDoc<'_> {
 
 fn layer_doc(layer: &LayerDrift) -> LayerDoc<'_> {
     let message = match &layer.status {
-        LayerStatus::Error(m) | LayerStatus::Skipped(m) => Some(m.as_str()),
+        DriftStatus::Error(m) | DriftStatus::Skipped(m) => Some(m.as_str()),
         _ => None,
     };
     let status = if layer.has_drift() {

@@ -91,7 +91,7 @@ pub async fn run(
     scheduler.drive().await
 }
 
-enum Phase {
+enum SlotState {
     Pending,
     Running,
     Done(NodeState),
@@ -102,7 +102,7 @@ struct Slot {
     action: Arc<dyn Action>,
     deps: Vec<usize>,
     shared: Arc<NodeShared>,
-    phase: Phase,
+    phase: SlotState,
     start: Option<Instant>,
     end: Option<Instant>,
     in_flight_at_cancel: bool,
@@ -111,8 +111,8 @@ struct Slot {
 impl Slot {
     fn done(&self) -> Option<&NodeState> {
         match &self.phase {
-            Phase::Done(state) => Some(state),
-            Phase::Pending | Phase::Running => None,
+            SlotState::Done(state) => Some(state),
+            SlotState::Pending | SlotState::Running => None,
         }
     }
 }
@@ -192,7 +192,7 @@ impl Scheduler {
                     action: node.action,
                     deps,
                     shared: Arc::new(NodeShared::default()),
-                    phase: Phase::Pending,
+                    phase: SlotState::Pending,
                     start: None,
                     end: None,
                     in_flight_at_cancel: false,
@@ -274,7 +274,7 @@ impl Scheduler {
                 }
                 Wake::Drained => {
                     for i in 0..self.slots.len() {
-                        if matches!(self.slots[i].phase, Phase::Running) {
+                        if matches!(self.slots[i].phase, SlotState::Running) {
                             let error = "the node's task ended without a result".to_string();
                             self.finish_node(
                                 i,
@@ -298,7 +298,7 @@ impl Scheduler {
             None => None,
         };
         for i in 0..self.slots.len() {
-            if matches!(self.slots[i].phase, Phase::Pending) {
+            if matches!(self.slots[i].phase, SlotState::Pending) {
                 let state = match &reason {
                     Some(reason) => NodeState::Cancelled {
                         reason: reason.clone(),
@@ -342,7 +342,7 @@ impl Scheduler {
         self.stop = Some(stop);
         let mut in_flight = Vec::new();
         for slot in &mut self.slots {
-            if matches!(slot.phase, Phase::Running) {
+            if matches!(slot.phase, SlotState::Running) {
                 slot.in_flight_at_cancel = true;
                 in_flight.push(slot.spec.id.clone());
             }
@@ -412,7 +412,7 @@ impl Scheduler {
                 }
             }
             for i in 0..self.slots.len() {
-                if !matches!(self.slots[i].phase, Phase::Pending) {
+                if !matches!(self.slots[i].phase, SlotState::Pending) {
                     continue;
                 }
                 if let Some(reason) = self.blocked(i) {
@@ -484,7 +484,7 @@ impl Scheduler {
 
     fn start(&mut self, i: usize) {
         let slot = &mut self.slots[i];
-        slot.phase = Phase::Running;
+        slot.phase = SlotState::Running;
         slot.start = Some(Instant::now());
         self.running += 1;
         self.events.emit(Event::NodeStarted {
@@ -519,7 +519,7 @@ impl Scheduler {
             duration_ms: duration.map(millis).unwrap_or(0),
             attempts: slot.shared.attempts(),
         });
-        slot.phase = Phase::Done(state);
+        slot.phase = SlotState::Done(state);
     }
 
     fn finish_layer(&mut self, l: usize) {

@@ -18,7 +18,7 @@ pub fn default_user_data(role: &Role) -> Option<&'static str> {
 }
 
 pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnostic>) {
-    let mut c = Checker {
+    let mut c = Validator {
         file: env.file.as_str(),
         spans: &env.spans,
         out,
@@ -132,13 +132,13 @@ pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnosti
 }
 
 /// Collects diagnostics, placing each at the value its field path names.
-struct Checker<'a> {
+struct Validator<'a> {
     file: &'a str,
     spans: &'a Spans,
     out: &'a mut Vec<Diagnostic>,
 }
 
-impl Checker<'_> {
+impl Validator<'_> {
     fn err(&mut self, field: &str, msg: String, help: String) {
         let pos = self.spans.at(field);
         self.err_at(pos, field, msg, help);
@@ -150,7 +150,7 @@ impl Checker<'_> {
     }
 }
 
-fn check_cloud(c: &mut Checker, cloud: &Cloud, files: &dyn CommitFiles) {
+fn check_cloud(c: &mut Validator, cloud: &Cloud, files: &dyn CommitFiles) {
     let vpc = cloud.network.cidr;
     let subnets = &cloud.network.subnets;
     for (i, s) in subnets.iter().enumerate() {
@@ -260,7 +260,7 @@ fn in_region(zone: &str, region: &str) -> bool {
     })
 }
 
-fn check_user_data(c: &mut Checker, base: &str, inst: &InstanceGroup, files: &dyn CommitFiles) {
+fn check_user_data(c: &mut Validator, base: &str, inst: &InstanceGroup, files: &dyn CommitFiles) {
     let field = format!("{base}.userData");
     let (template, written) = match (&inst.user_data, default_user_data(&inst.role)) {
         (Some(t), _) => (t.as_str(), true),
@@ -330,7 +330,7 @@ struct Place<'a> {
 }
 
 fn check_components(
-    c: &mut Checker,
+    c: &mut Validator,
     env: &Environment,
     files: &dyn CommitFiles,
     secret_names: &BTreeSet<&str>,

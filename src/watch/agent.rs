@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 
-use crate::drift::{DriftReport, LayerDrift, LayerStatus};
+use crate::drift::{DriftReport, DriftStatus, LayerDrift};
 use crate::engine::{BoxFuture, CancelToken, Layer};
 
 use super::episode::{alert_text, converged_text, Episodes, Notice, Verdict};
@@ -17,7 +17,7 @@ use super::server::{self, Shared};
 use super::webhook::{DeliveryOptions, Webhook, WebhookClient, WebhookError};
 
 /// Produces one drift report per call. The real checker re-reads Git at the configured ref and
-/// compares every layer; it reports layer failures inside the report (`LayerStatus::Error`),
+/// compares every layer; it reports layer failures inside the report (`DriftStatus::Error`),
 /// never by panicking. The agent bounds each call with `check_timeout`.
 pub trait Checker: Send + Sync {
     fn check(&self) -> BoxFuture<'static, DriftReport>;
@@ -349,7 +349,7 @@ fn failed_report(
         Some(p) => p
             .layers
             .iter()
-            .filter(|l| !matches!(l.status, LayerStatus::Skipped(_)))
+            .filter(|l| !matches!(l.status, DriftStatus::Skipped(_)))
             .map(|l| l.layer)
             .collect(),
         None => Layer::ALL.to_vec(),
@@ -482,7 +482,7 @@ fn log_check(opts: &WatchOptions, report: &DriftReport) {
     let short = report.commit.get(..12).unwrap_or(&report.commit);
     let took = crate::report::format_duration(report.duration);
     for l in report.layers.iter().filter(|l| l.is_error()) {
-        if let LayerStatus::Error(message) = &l.status {
+        if let DriftStatus::Error(message) = &l.status {
             log(
                 opts,
                 format_args!("check error in {} at {short}: {message}", l.layer),

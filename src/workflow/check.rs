@@ -37,22 +37,26 @@ pub struct Checked {
     pub unavailable_secrets: Vec<crate::render::Unavailable>,
 }
 
-/// Compares every layer of `dep` with the live system. Never fails: what could not be checked
+/// Compares every layer of `deployment` with the live system. Never fails: what could not be checked
 /// is an error in its layer (and the layers that needed it), so the exit code is 1.
-pub async fn check(ctx: &Context, dep: &Deployment) -> Checked {
-    check_layers_of(ctx, dep, &[]).await
+pub async fn check(ctx: &Context, deployment: &Deployment) -> Checked {
+    check_layers_of(ctx, deployment, &[]).await
 }
 
 /// [`check`] of the `selected` layers only (all when empty): the others are skipped ("left out
 /// with --layers"), and the add-on and app objects are not compared unless their layer is selected.
-pub async fn check_layers_of(ctx: &Context, dep: &Deployment, selected: &[Layer]) -> Checked {
+pub async fn check_layers_of(
+    ctx: &Context,
+    deployment: &Deployment,
+    selected: &[Layer],
+) -> Checked {
     let wanted = |l: Layer| selected.is_empty() || selected.contains(&l);
     let started = Instant::now();
     let checked_at = SystemTime::now();
     let mut checked = Checked {
         report: DriftReport {
-            env: dep.name.clone(),
-            commit: dep.commit().to_string(),
+            env: deployment.name.clone(),
+            commit: deployment.commit().to_string(),
             checked_at,
             duration: Duration::ZERO,
             layers: Vec::new(),
@@ -61,7 +65,7 @@ pub async fn check_layers_of(ctx: &Context, dep: &Deployment, selected: &[Layer]
         components: Vec::new(),
         unavailable_secrets: Vec::new(),
     };
-    let layers = match check_layers(ctx, dep, &mut checked, &wanted).await {
+    let layers = match check_layers(ctx, deployment, &mut checked, &wanted).await {
         Ok(layers) => layers,
         Err(failure) => Layer::ALL
             .iter()
@@ -85,25 +89,25 @@ pub async fn check_layers_of(ctx: &Context, dep: &Deployment, selected: &[Layer]
 
 async fn check_layers(
     ctx: &Context,
-    dep: &Deployment,
+    deployment: &Deployment,
     checked: &mut Checked,
     wanted: &(dyn Fn(Layer) -> bool + Sync),
 ) -> Result<Vec<LayerDrift>, Failure> {
     // A secret not available here renders as `**unknown**(NAME)`: what is made from it is
     // reported as unknown, everything else is compared (a diff never needs the values).
-    let secrets = crate::render::SecretValues::resolve_available(&dep.env, &ctx.secrets_dir);
+    let secrets = crate::render::SecretValues::resolve_available(&deployment.env, &ctx.secrets_dir);
     checked.unavailable_secrets = secrets.unavailable().to_vec();
-    let renderer = Arc::new(dep.renderer(secrets, Mode::Apply)?);
-    let components = dep.components(&renderer, false)?;
+    let renderer = Arc::new(deployment.renderer(secrets, Mode::Apply)?);
+    let components = deployment.components(&renderer, false)?;
     let mut out = Vec::new();
 
     // Cloud.
     let t = Instant::now();
     let mut live_cloud: Option<LiveCloud> = None;
-    match dep.ec2().await {
+    match deployment.ec2().await {
         Ok(None) => out.push(LayerDrift::skipped(Layer::Cloud, "not in the environment")),
         Err(e) => out.push(LayerDrift::error(Layer::Cloud, e.summary(), t.elapsed())),
-        Ok(Some(ec2)) => match cloud_drift(ctx, dep, &renderer, &ec2).await {
+        Ok(Some(ec2)) => match cloud_drift(ctx, deployment, &renderer, &ec2).await {
             Ok((plan, live, entries)) => {
                 let mut layer = LayerDrift::checked(Layer::Cloud, entries, vec![], t.elapsed());
                 // Not drift, but worth knowing (a newer image for a pinned lookup).
@@ -122,18 +126,18 @@ async fn check_layers(
 
     // Cluster.
     let t = Instant::now();
-    let access = dep.cluster_access(ctx)?;
+    let access = deployment.cluster_access(ctx)?;
     let Some(access) = access else {
         for l in [Layer::Cluster, Layer::Addons, Layer::Apps] {
             out.push(LayerDrift::skipped(l, "not in the environment"));
         }
         return Ok(out);
     };
-    let k3s = match &dep.env.cluster {
+    let k3s = match &deployment.env.cluster {
         Some(Cluster::K3s(k)) => Some(k),
         _ => None,
     };
-    let expected = match (k3s, &dep.env.cloud, &live_cloud) {
+    let expected = match (k3s, &deployment.env.cloud, &live_cloud) {
         (Some(k), Some(cloud), Some(live)) => Some(cl::ExpectedCluster {
             nodes: NodeExpectation::Instances(cl::expected_nodes(cloud, live)),
             version: Some(k.version.clone()),
@@ -149,7 +153,7 @@ async fn check_layers(
     // written first, so its absence below means only that it cannot be derived here.
     // (refresh_kubeconfig does nothing without a k3s server instance.)
     if let Some(live) = &live_cloud {
-        if let Err(e) = dep.refresh_kubeconfig(ctx, live) {
+        if let Err(e) = deployment.refresh_kubeconfig(ctx, live) {
             unreachable_cluster(
                 &mut out,
                 format!("cannot reach the cluster: {}", e.summary()),
@@ -161,9 +165,9 @@ async fn check_layers(
     // A k3s cluster without a server instance does not exist, and one without a kubeconfig
     // (the cluster secret is not available here to derive it) cannot be reached: everything
     // above the cloud is missing, which is known without asking anything.
-    let not_built = match (k3s, &dep.env.cloud, &live_cloud) {
+    let not_built = match (k3s, &deployment.env.cloud, &live_cloud) {
         (Some(_), Some(cloud), Some(live))
-            if cl::server_instance(&dep.name, cloud, live).is_err() =>
+            if cl::server_instance(&deployment.name, cloud, live).is_err() =>
         {
             Some("no k3s server instance exists, so neither does the cluster".to_string())
         }
@@ -245,7 +249,7 @@ async fn check_layers(
 
     // Add-ons and apps: every component compared concurrently, one discovery cache.
     let resolver = Resolver::new();
-    let seals = kube::SealStore::under(&ctx.home, &dep.name);
+    let seals = kube::SealStore::under(&ctx.home, &deployment.name);
     for layer in [Layer::Addons, Layer::Apps] {
         let t = Instant::now();
         let specs: Vec<&ComponentSpec> = components.iter().filter(|c| c.layer == layer).collect();
@@ -274,7 +278,7 @@ async fn check_layers(
                 Err(e) => errors.push(format!("{}: {}", spec.name, crate::error::chain(&e))),
             }
         }
-        let removed = match removed_components(&client, dep, layer, &components).await {
+        let removed = match removed_components(&client, deployment, layer, &components).await {
             Ok(r) => r,
             Err(e) => {
                 errors.push(e);
@@ -325,21 +329,24 @@ async fn check_layers(
 
 async fn cloud_drift(
     ctx: &Context,
-    dep: &Deployment,
+    deployment: &Deployment,
     renderer: &Arc<crate::render::Renderer>,
     ec2: &aws::Ec2,
 ) -> Result<(CloudPlan, LiveCloud, Vec<DriftEntry>), Failure> {
-    let live = dep.observe_cloud(ec2).await?;
-    let desired = dep
+    let live = deployment.observe_cloud(ec2).await?;
+    let desired = deployment
         .desired_cloud(ctx, renderer, &live, false)?
         .ok_or_else(|| Failure::new("the environment has no cloud section"))?;
     let plan = aws::plan_live(ec2, &desired).await.map_err(|e| {
         Failure::from_error(
-            format!("cannot compare the cloud layer of {} with EC2", dep.name),
+            format!(
+                "cannot compare the cloud layer of {} with EC2",
+                deployment.name
+            ),
             &e,
         )
     })?;
-    let gone = aws::gone_instances(ec2, &dep.name)
+    let gone = aws::gone_instances(ec2, &deployment.name)
         .await
         .map_err(|e| Failure::from_error("cannot list terminated instances", &e))?
         .into_iter()
@@ -481,11 +488,11 @@ fn object_drift(layer: Layer, diffs: &[ComponentDiff]) -> (Vec<DriftEntry>, Vec<
 /// extra entry (the next rebuild deletes them).
 async fn removed_components(
     client: &::kube::Client,
-    dep: &Deployment,
+    deployment: &Deployment,
     layer: Layer,
     components: &[ComponentSpec],
 ) -> Result<Vec<DriftEntry>, String> {
-    let inventories = kube::inventories(client, &dep.name)
+    let inventories = kube::inventories(client, &deployment.name)
         .await
         .map_err(|e| format!("cannot read the inventories: {}", crate::error::chain(&e)))?;
     Ok(inventories

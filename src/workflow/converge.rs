@@ -31,14 +31,14 @@ impl ConvergeSettings {
 /// Builds the graph of every layer and runs the selected ones.
 pub async fn converge(
     ctx: &Context,
-    dep: &Deployment,
+    deployment: &Deployment,
     settings: &ConvergeSettings,
     command: &'static str,
 ) -> Result<RunSummary, Failure> {
-    let graph = build_graph(ctx, dep, settings).await?;
+    let graph = build_graph(ctx, deployment, settings).await?;
     run_graph(
         ctx,
-        dep,
+        deployment,
         graph,
         RunSettings {
             command,
@@ -65,11 +65,11 @@ type Node = (NodeSpec, Option<Arc<dyn Action>>);
 /// The graph a run executes.
 async fn build_graph(
     ctx: &Context,
-    dep: &Deployment,
+    deployment: &Deployment,
     settings: &ConvergeSettings,
 ) -> Result<Graph, Failure> {
     let mut graph = Graph::new();
-    for (spec, action) in converge_nodes(ctx, dep, settings, Purpose::Run).await? {
+    for (spec, action) in converge_nodes(ctx, deployment, settings, Purpose::Run).await? {
         let action = action.ok_or_else(|| {
             Failure::new(format!(
                 "node {} was built without its action (a bug in phoenix)",
@@ -83,14 +83,14 @@ async fn build_graph(
     Ok(graph)
 }
 
-/// The nodes a rebuild of `dep` (of the layers `settings` selects) runs when nothing exists yet,
+/// The nodes a rebuild of `deployment` (of the layers `settings` selects) runs when nothing exists yet,
 /// built without contacting anything: what `plan --offline` and `runbook` print.
 pub async fn planned_nodes(
     ctx: &Context,
-    dep: &Deployment,
+    deployment: &Deployment,
     settings: &ConvergeSettings,
 ) -> Result<Vec<NodeSpec>, Failure> {
-    let specs = converge_nodes(ctx, dep, settings, Purpose::Show)
+    let specs = converge_nodes(ctx, deployment, settings, Purpose::Show)
         .await?
         .into_iter()
         .map(|(spec, _)| spec)
@@ -119,21 +119,21 @@ fn dependencies_first(mut specs: Vec<NodeSpec>) -> Vec<NodeSpec> {
 /// from the providers' builders, whatever the purpose: only the actions need clients.
 async fn converge_nodes(
     ctx: &Context,
-    dep: &Deployment,
+    deployment: &Deployment,
     settings: &ConvergeSettings,
     purpose: Purpose,
 ) -> Result<Vec<Node>, Failure> {
     let secrets = match purpose {
-        Purpose::Run => dep.secrets(ctx)?,
-        Purpose::Show => SecretValues::redacted(&dep.env),
+        Purpose::Run => deployment.secrets(ctx)?,
+        Purpose::Show => SecretValues::redacted(&deployment.env),
     };
     let mode = match purpose {
         Purpose::Run => Mode::Apply,
         Purpose::Show => Mode::Display,
     };
-    let renderer = Arc::new(dep.renderer(secrets, mode)?);
+    let renderer = Arc::new(deployment.renderer(secrets, mode)?);
     // Every component is rendered before anything changes: a template error stops the run here.
-    let components = dep.components(&renderer, settings.force_conflicts)?;
+    let components = deployment.components(&renderer, settings.force_conflicts)?;
     let mut nodes: Vec<Node> = Vec::new();
     let run = |list: Vec<(NodeSpec, Arc<dyn Action>)>| -> Vec<Node> {
         list.into_iter()
@@ -142,29 +142,29 @@ async fn converge_nodes(
     };
 
     let ec2 = match purpose {
-        Purpose::Run => dep.ec2().await?,
+        Purpose::Run => deployment.ec2().await?,
         Purpose::Show => None,
     };
-    let with_cloud = settings.wants(Layer::Cloud) && dep.env.cloud.is_some();
+    let with_cloud = settings.wants(Layer::Cloud) && deployment.env.cloud.is_some();
     if with_cloud {
         let opts = ConvergeOptions {
-            node_timeout: dep.env.timeouts.cloud,
-            instance_ready_timeout: dep.env.timeouts.cloud,
-            instance_stop_timeout: dep.env.timeouts.cloud,
+            node_timeout: deployment.env.timeouts.cloud,
+            instance_ready_timeout: deployment.env.timeouts.cloud,
+            instance_stop_timeout: deployment.env.timeouts.cloud,
             poll_interval: Duration::from_secs(1),
         };
         let no_cloud = || Failure::new("the environment has no cloud section");
         match &ec2 {
             Some(ec2) => {
-                let live = dep.observe_cloud(ec2).await?;
-                let desired = dep
+                let live = deployment.observe_cloud(ec2).await?;
+                let desired = deployment
                     .desired_cloud(ctx, &renderer, &live, true)?
                     .map(Arc::new)
                     .ok_or_else(no_cloud)?;
                 nodes.extend(run(aws::converge_nodes(ec2.clone(), desired, &live, &opts)));
             }
             None => {
-                let desired = dep.desired_cloud_shape().ok_or_else(no_cloud)?;
+                let desired = deployment.desired_cloud_shape().ok_or_else(no_cloud)?;
                 let nothing = aws::LiveCloud::default();
                 nodes.extend(
                     aws::converge_specs(&desired, &nothing, opts.node_timeout)
@@ -175,29 +175,34 @@ async fn converge_nodes(
         }
     }
 
-    let Some(access) = dep.cluster_access(ctx)? else {
+    let Some(access) = deployment.cluster_access(ctx)? else {
         if !components.is_empty() {
             return Err(Failure::new(format!(
                 "{} has add-ons or apps but no cluster section",
-                dep.name
+                deployment.name
             )));
         }
         return Ok(nodes);
     };
     // Short polls: each is three small reads, and the gate's lag adds to every rebuild.
     let gate = GateOptions {
-        timeout: dep.env.timeouts.cluster,
+        timeout: deployment.env.timeouts.cluster,
         poll_interval: Duration::from_millis(500),
         ..GateOptions::default()
     };
     let control_plane = match purpose {
-        Purpose::Run => dep.gate_target(ctx, &access, ec2.as_ref())?.map(|target| {
-            let (spec, action) = cl::control_plane_node(target, gate);
-            (spec, Some(action))
+        Purpose::Run => deployment
+            .gate_target(ctx, &access, ec2.as_ref())?
+            .map(|target| {
+                let (spec, action) = cl::control_plane_node(target, gate);
+                (spec, Some(action))
+            }),
+        Purpose::Show => deployment.gate_instances()?.map(|instances| {
+            (
+                cl::control_plane_spec(&deployment.name, instances, &gate),
+                None,
+            )
         }),
-        Purpose::Show => dep
-            .gate_instances()?
-            .map(|instances| (cl::control_plane_spec(&dep.name, instances, &gate), None)),
     };
     if let Some((mut spec, action)) = control_plane {
         if !with_cloud {
@@ -210,13 +215,17 @@ async fn converge_nodes(
     let apply = ApplyOptions {
         force_conflicts: settings.force_conflicts,
         poll_interval: Duration::from_millis(250),
-        seals: kube::SealStore::under(&ctx.home, &dep.name),
+        seals: kube::SealStore::under(&ctx.home, &deployment.name),
         ..ApplyOptions::default()
     };
-    let prune_timeout = dep.env.timeouts.addons.max(dep.env.timeouts.apps);
+    let prune_timeout = deployment
+        .env
+        .timeouts
+        .addons
+        .max(deployment.env.timeouts.apps);
     nodes.extend(run(kube::prune_nodes(
         Arc::clone(&connector),
-        &dep.name,
+        &deployment.name,
         &components,
         prune_timeout,
         apply.concurrency,
@@ -240,14 +249,14 @@ struct RunReportLine<'a> {
 }
 
 /// The final report: per-layer status and timing, then what failed and why.
-pub fn print_run_report(ctx: &Context, dep: &Deployment, summary: &RunSummary) {
+pub fn print_run_report(ctx: &Context, deployment: &Deployment, summary: &RunSummary) {
     if ctx.json() {
         // Stdout is JSON lines (the event stream); the report is its last line.
         let line = RunReportLine {
             schema_version: crate::report::events::EVENTS_SCHEMA_VERSION,
             kind: "runReport",
-            env: &dep.name,
-            commit: dep.commit(),
+            env: &deployment.name,
+            commit: deployment.commit(),
             summary,
         };
         match serde_json::to_string(&line) {

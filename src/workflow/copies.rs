@@ -31,14 +31,14 @@ pub async fn open_copy(
     ttl: Duration,
 ) -> Result<Deployment, Failure> {
     let name = copy_name(base, suffix)?;
-    let mut dep = Deployment::open(ctx, base, Some(name)).await?;
-    if matches!(dep.env.cluster, Some(Cluster::Existing(_))) {
+    let mut deployment = Deployment::open(ctx, base, Some(name)).await?;
+    if matches!(deployment.env.cluster, Some(Cluster::Existing(_))) {
         return Err(Failure::new(format!(
             "{base} runs on an existing cluster, so a copy would share its namespaces with the live environment"
         ))
         .help("drills and ephemeral copies need an environment phoenix builds whole (cloud + k3s)"));
     }
-    if dep.env.cloud.is_none() {
+    if deployment.env.cloud.is_none() {
         return Err(Failure::new(format!(
             "{base} has no cloud section: a copy could not be found again to tear it down"
         )));
@@ -47,19 +47,21 @@ pub async fn open_copy(
     let expires = now
         .checked_add(ttl)
         .ok_or_else(|| Failure::new("--ttl is too long"))?;
-    dep.extra_tags
+    deployment
+        .extra_tags
         .insert(aws::TAG_BASE_ENV.into(), base.to_string());
-    dep.extra_tags
+    deployment
+        .extra_tags
         .insert(aws::TAG_COPY.into(), copy.to_string());
-    dep.extra_tags.insert(
+    deployment.extra_tags.insert(
         aws::TAG_CREATED.into(),
         humantime::format_rfc3339_seconds(now).to_string(),
     );
-    dep.extra_tags.insert(
+    deployment.extra_tags.insert(
         aws::TAG_EXPIRES.into(),
         humantime::format_rfc3339_seconds(expires).to_string(),
     );
-    Ok(dep)
+    Ok(deployment)
 }
 
 /// Removes the local state of a copy that is gone (its cluster credentials and kubeconfig, and
@@ -139,10 +141,10 @@ pub async fn collect(
         return Ok("would-destroy");
     }
     eprintln!("destroying {} (copy of {base}, expired {expires})", c.env);
-    let dep = Deployment::open(ctx, base, Some(c.env.clone()))
+    let deployment = Deployment::open(ctx, base, Some(c.env.clone()))
         .await
         .map_err(|f| f.summary())?;
-    match super::teardown::destroy(ctx, &dep, concurrency).await {
+    match super::teardown::destroy(ctx, &deployment, concurrency).await {
         Ok(summary) if summary.converged => {
             forget_local_state(ctx, &c.env);
             Ok("destroyed")

@@ -500,7 +500,7 @@ pub struct RunSettings {
 /// Runs `graph` with progress bars (or JSON lines with `--output json`) and an audit record.
 pub async fn run_graph(
     ctx: &Context,
-    dep: &Deployment,
+    deployment: &Deployment,
     graph: Graph,
     settings: RunSettings,
 ) -> Result<RunSummary, Failure> {
@@ -524,7 +524,7 @@ pub async fn run_graph(
         concurrency: settings.concurrency.max(1),
         layers: (!settings.layers.is_empty())
             .then(|| settings.layers.iter().copied().collect::<BTreeSet<_>>()),
-        run: dep.run_info(ctx, settings.command),
+        run: deployment.run_info(ctx, settings.command),
         ..EngineOptions::default()
     };
     let summary = engine::run(graph, opts, sink, CancelToken::on_ctrl_c()).await;

@@ -8,7 +8,7 @@ use super::context::Context;
 use super::converge::{converge, ConvergeSettings};
 use super::copies::{forget_local_state, open_copy};
 use super::teardown::destroy;
-use crate::drift::LayerStatus as DriftStatus;
+use crate::drift::DriftStatus;
 use crate::engine::{NodeState, RunSummary};
 use crate::error::Failure;
 use crate::report::drill::{DrillReport, DrillVerdict, DRILL_REPORT_TYPE, DRILL_SCHEMA_VERSION};
@@ -48,14 +48,14 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
             .map(|d| d.as_micros() as u64 & 0xff_ffff)
             .unwrap_or(0)
     );
-    let dep = open_copy(ctx, env, &suffix, "drill", args.ttl).await?;
-    let objective = dep.env.recovery_objective;
+    let deployment = open_copy(ctx, env, &suffix, "drill", args.ttl).await?;
+    let objective = deployment.env.recovery_objective;
     if !ctx.json() {
-        eprintln!("{}", commit_line(&dep.snap));
+        eprintln!("{}", commit_line(&deployment.snap));
         eprintln!(
             "drill of {}: rebuilding the isolated copy {} (recovery objective {})",
             env,
-            dep.name,
+            deployment.name,
             objective
                 .map(crate::report::format_duration)
                 .unwrap_or_else(|| "not set".into())
@@ -69,7 +69,7 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         concurrency: args.concurrency,
         force_conflicts: false,
     };
-    let rebuild = converge(ctx, &dep, &settings, "drill").await;
+    let rebuild = converge(ctx, &deployment, &settings, "drill").await;
     let rebuild_time = t.elapsed();
 
     // 2. Verify: a diff of the copy must be clean.
@@ -77,9 +77,9 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
     let verify = match &rebuild {
         Ok(s) if s.converged => {
             if !ctx.json() {
-                eprintln!("\nverifying {}: diff against the commit", dep.name);
+                eprintln!("\nverifying {}: diff against the commit", deployment.name);
             }
-            Some(check(ctx, &dep).await.report)
+            Some(check(ctx, &deployment).await.report)
         }
         _ => None,
     };
@@ -91,11 +91,11 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         None
     } else {
         if !ctx.json() {
-            eprintln!("\ntearing down {}", dep.name);
+            eprintln!("\ntearing down {}", deployment.name);
         }
-        let r = destroy(ctx, &dep, args.concurrency).await;
+        let r = destroy(ctx, &deployment, args.concurrency).await;
         if matches!(&r, Ok(s) if s.converged) {
-            forget_local_state(ctx, &dep.name);
+            forget_local_state(ctx, &deployment.name);
         }
         Some(r)
     };
@@ -150,8 +150,8 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         schema_version: DRILL_SCHEMA_VERSION,
         kind: DRILL_REPORT_TYPE.to_string(),
         env: env.to_string(),
-        copy: dep.name.clone(),
-        commit: commit_json_camel(&dep.snap),
+        copy: deployment.name.clone(),
+        commit: commit_json_camel(&deployment.snap),
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
         verdict,
         recovery_objective_seconds: objective,
@@ -170,7 +170,7 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         .report_dir
         .clone()
         .unwrap_or_else(|| ctx.home.join("drills").join(env));
-    let (md_path, json_path) = write_reports(&dir, &dep.name, &markdown, &doc)?;
+    let (md_path, json_path) = write_reports(&dir, &deployment.name, &markdown, &doc)?;
     Ok(Drilled {
         report: doc,
         markdown,

@@ -25,7 +25,7 @@ impl Checker for GitChecker {
         Box::pin(async move {
             let started = Instant::now();
             match Deployment::open(&ctx, &env, None).await {
-                Ok(dep) => check(&ctx, &dep).await.report,
+                Ok(deployment) => check(&ctx, &deployment).await.report,
                 Err(f) => DriftReport {
                     env,
                     commit: String::new(),
@@ -57,7 +57,7 @@ impl Healer for RebuildHealer {
             if !report.commit.is_empty() {
                 ctx.source.reference = Some(report.commit.clone());
             }
-            let dep = Deployment::open(&ctx, &report.env, None)
+            let deployment = Deployment::open(&ctx, &report.env, None)
                 .await
                 .map_err(|f| f.summary())?;
             let settings = ConvergeSettings {
@@ -65,7 +65,7 @@ impl Healer for RebuildHealer {
                 concurrency: 16,
                 force_conflicts: false,
             };
-            let summary = converge(&ctx, &dep, &settings, "heal")
+            let summary = converge(&ctx, &deployment, &settings, "heal")
                 .await
                 .map_err(|f| f.summary())?;
             if summary.converged {

@@ -11,52 +11,52 @@ use crate::providers::cluster as cl;
 use crate::providers::kube;
 use std::sync::Arc;
 
-/// Deletes what phoenix owns of `dep`, found by ownership marks (no state file): the cluster's
+/// Deletes what phoenix owns of `deployment`, found by ownership marks (no state file): the cluster's
 /// objects first (apps, then add-ons), then the cloud resources in reverse dependency order.
 pub async fn destroy(
     ctx: &Context,
-    dep: &Deployment,
+    deployment: &Deployment,
     concurrency: usize,
 ) -> Result<crate::engine::RunSummary, Failure> {
     let mut graph = Graph::new();
-    let ec2 = dep.ec2().await?;
+    let ec2 = deployment.ec2().await?;
     let live = match &ec2 {
-        Some(ec2) => Some(dep.observe_cloud(ec2).await?),
+        Some(ec2) => Some(deployment.observe_cloud(ec2).await?),
         None => None,
     };
     if let Some(live) = &live {
         // From any machine: the kubeconfig is derived from the cluster secret, not kept. Without
         // it (the secret lost too) the cloud still goes: for k3s the objects step is best effort.
-        if let Err(e) = dep.refresh_kubeconfig(ctx, live) {
+        if let Err(e) = deployment.refresh_kubeconfig(ctx, live) {
             eprintln!(
                 "warning: the cluster of {} cannot be reached to delete its objects first: {}",
-                dep.name,
+                deployment.name,
                 e.summary()
             );
         }
     }
-    let objects = match dep.cluster_access(ctx)? {
+    let objects = match deployment.cluster_access(ctx)? {
         Some(access) => {
             // The engine runs layers upwards, and the objects must go before the machines they
             // run on: with a cloud layer, the objects node runs in it (first); without one
             // (an existing cluster) it is what it is, the cluster's.
-            let layer = match dep.env.cloud {
+            let layer = match deployment.env.cloud {
                 Some(_) => Layer::Cloud,
                 None => Layer::Cluster,
             };
             let spec = NodeSpec::new(
                 OBJECTS_NODE,
                 layer,
-                dep.env.timeouts.addons + dep.env.timeouts.apps,
+                deployment.env.timeouts.addons + deployment.env.timeouts.apps,
                 format!(
                     "every Kubernetes object phoenix applied for {} deleted",
-                    dep.name
+                    deployment.name
                 ),
             );
             let action: Arc<dyn Action> = Arc::new(DeleteObjects {
                 connector: cl::KubeconfigConnector::new(access),
-                env: dep.name.clone(),
-                k3s: matches!(dep.env.cluster, Some(Cluster::K3s(_))),
+                env: deployment.name.clone(),
+                k3s: matches!(deployment.env.cluster, Some(Cluster::K3s(_))),
             });
             graph
                 .add(spec, action)
@@ -67,11 +67,11 @@ pub async fn destroy(
     };
     if let (Some(ec2), Some(live)) = (ec2, live) {
         let opts = ConvergeOptions {
-            node_timeout: dep.env.timeouts.cloud,
+            node_timeout: deployment.env.timeouts.cloud,
             poll_interval: std::time::Duration::from_secs(1),
             ..ConvergeOptions::default()
         };
-        for (mut spec, action) in aws::destroy_nodes(ec2, &dep.name, &live, &opts) {
+        for (mut spec, action) in aws::destroy_nodes(ec2, &deployment.name, &live, &opts) {
             if objects {
                 // Workloads go before the machines and network they run on.
                 spec.depends_on.push(OBJECTS_NODE.to_string());
@@ -83,7 +83,7 @@ pub async fn destroy(
     }
     run_graph(
         ctx,
-        dep,
+        deployment,
         graph,
         RunSettings {
             command: "destroy",

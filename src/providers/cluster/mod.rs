@@ -30,7 +30,7 @@ pub use gate::{
 };
 pub use kubeconfig::{kubeconfig_path, kubeconfig_value, write_kubeconfig};
 pub use observe::{
-    compare, observe_cluster, status_of, ClusterDrift, ClusterStatus, ExpectedCluster,
+    compare_nodes, observe_cluster, status_of, ClusterDrift, ClusterStatus, ExpectedCluster,
 };
 pub use userdata::{
     agent_context, check_address, check_version, display_context, instance_context, server_context,

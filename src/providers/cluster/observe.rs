@@ -114,7 +114,7 @@ pub fn status_of(
     nodes: Vec<ObservedNode>,
     expected: &ExpectedCluster,
 ) -> ClusterStatus {
-    let drift = compare(server_version.as_deref(), &nodes, expected);
+    let drift = compare_nodes(server_version.as_deref(), &nodes, expected);
     ClusterStatus {
         server_version,
         nodes,
@@ -123,7 +123,7 @@ pub fn status_of(
 }
 
 /// The differences between observed state and the expectation (pure).
-pub fn compare(
+pub fn compare_nodes(
     server_version: Option<&str>,
     nodes: &[ObservedNode],
     expected: &ExpectedCluster,
@@ -206,10 +206,10 @@ mod tests {
             nodes: NodeExpectation::AtLeast(1),
         };
         let nodes = vec![n("a", true, "v1.37.2+k3s1")];
-        assert!(compare(Some("v1.37.2"), &nodes, &expected).is_empty());
-        assert!(compare(Some("v1.37.2+k3s1"), &nodes, &expected).is_empty());
+        assert!(compare_nodes(Some("v1.37.2"), &nodes, &expected).is_empty());
+        assert!(compare_nodes(Some("v1.37.2+k3s1"), &nodes, &expected).is_empty());
         assert_eq!(
-            compare(Some("v1.36.3+k3s1"), &nodes, &expected),
+            compare_nodes(Some("v1.36.3+k3s1"), &nodes, &expected),
             vec![ClusterDrift::ServerVersion {
                 desired: "v1.37.2+k3s1".into(),
                 live: "v1.36.3+k3s1".into()
@@ -217,7 +217,7 @@ mod tests {
         );
         let other_build = vec![n("a", true, "v1.37.2+k3s2")];
         assert_eq!(
-            compare(Some("v1.37.2+k3s2"), &other_build, &expected),
+            compare_nodes(Some("v1.37.2+k3s2"), &other_build, &expected),
             vec![ClusterDrift::KubeletVersion {
                 node: "a".into(),
                 desired: "v1.37.2+k3s1".into(),
@@ -262,7 +262,7 @@ mod tests {
             n("ip-10-0-0-1", true, "v1.31.4+k3s1"),
             n("ip-10-0-0-2", true, "v1.31.4+k3s1"),
         ];
-        assert!(compare(Some("v1.31.4+k3s1"), &nodes, &expected()).is_empty());
+        assert!(compare_nodes(Some("v1.31.4+k3s1"), &nodes, &expected()).is_empty());
     }
 
     #[test]
@@ -271,7 +271,7 @@ mod tests {
             n("ip-10-0-0-1", false, "v1.30.0+k3s1"),
             n("extra", true, "v1.31.4+k3s1"),
         ];
-        let d = compare(Some("v1.30.0+k3s1"), &nodes, &expected());
+        let d = compare_nodes(Some("v1.30.0+k3s1"), &nodes, &expected());
         let text: Vec<String> = d.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,
@@ -292,12 +292,12 @@ mod tests {
             version: None,
         };
         assert_eq!(
-            compare(Some("v1.2.3"), &[n("a", false, "x")], &e),
+            compare_nodes(Some("v1.2.3"), &[n("a", false, "x")], &e),
             vec![ClusterDrift::TooFewReady {
                 ready: 0,
                 expected: 1
             }]
         );
-        assert!(compare(Some("v1.2.3"), &[n("a", true, "x")], &e).is_empty());
+        assert!(compare_nodes(Some("v1.2.3"), &[n("a", true, "x")], &e).is_empty());
     }
 }

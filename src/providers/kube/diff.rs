@@ -78,7 +78,7 @@ pub enum DriftState {
     /// In Git, not in the cluster.
     Missing,
     /// Fields whose live value differs from what applying Git would set.
-    Changed(Vec<FieldDiff>),
+    Changed(Vec<ObjectFieldDiff>),
     /// An object of that name exists but is not this component's (what its labels say).
     NotOwned(String),
     /// Git changes a field fixed at creation (the server's refusal of the dry run says which): a
@@ -89,7 +89,7 @@ pub enum DriftState {
 /// One differing field. For Secrets, values under `data`/`stringData` are replaced by
 /// [`crate::render::REDACTED`].
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct FieldDiff {
+pub struct ObjectFieldDiff {
     /// e.g. `.spec.replicas`, `.metadata.labels["app.kubernetes.io/name"]`, `.spec.ports[0].port`.
     pub path: String,
     /// `None`: applying Git would remove the field.
@@ -257,7 +257,7 @@ fn push_key(path: &str, key: &str) -> String {
     }
 }
 
-fn walk(path: &str, desired: Option<&Value>, live: Option<&Value>, out: &mut Vec<FieldDiff>) {
+fn walk(path: &str, desired: Option<&Value>, live: Option<&Value>, out: &mut Vec<ObjectFieldDiff>) {
     match (desired, live) {
         (Some(Value::Object(d)), Some(Value::Object(l))) => {
             let mut keys: Vec<&String> = d.keys().chain(l.keys()).collect();
@@ -272,7 +272,7 @@ fn walk(path: &str, desired: Option<&Value>, live: Option<&Value>, out: &mut Vec
                 walk(&format!("{path}[{i}]"), Some(a), Some(b), out);
             }
         }
-        (d, l) if d != l => out.push(FieldDiff {
+        (d, l) if d != l => out.push(ObjectFieldDiff {
             path: if path.is_empty() {
                 ".".into()
             } else {
@@ -288,7 +288,7 @@ fn walk(path: &str, desired: Option<&Value>, live: Option<&Value>, out: &mut Vec
 /// The fields in which `live` differs from `desired` (both as the server returns them: `desired`
 /// is the dry-run result of applying Git), ignoring server-owned metadata, status and the commit
 /// annotation. Sorted by path.
-pub fn compare(desired: &Value, live: &Value) -> Vec<FieldDiff> {
+pub fn changed_fields(desired: &Value, live: &Value) -> Vec<ObjectFieldDiff> {
     let mut out = Vec::new();
     walk(
         "",
@@ -351,7 +351,7 @@ fn holds_unknown(value: &Value) -> bool {
     }
 }
 
-fn redact(mut fields: Vec<FieldDiff>) -> Vec<FieldDiff> {
+fn redact(mut fields: Vec<ObjectFieldDiff>) -> Vec<ObjectFieldDiff> {
     for f in &mut fields {
         let copying = COPYING_ANNOTATIONS.iter().any(|a| {
             f.path
@@ -499,11 +499,12 @@ pub async fn diff_component_with(
                 }
             };
             let left = left_to_others(spec, &d.body);
-            let (unknown, mut fields): (Vec<FieldDiff>, Vec<FieldDiff>) = compare(&dry, &live)
-                .into_iter()
-                // Fields left to another manager are theirs: never drift.
-                .filter(|f| !left.iter().any(|l| l.covers(&f.path)))
-                .partition(|f| unknown_body && f.desired.as_ref().is_some_and(holds_unknown));
+            let (unknown, mut fields): (Vec<ObjectFieldDiff>, Vec<ObjectFieldDiff>) =
+                changed_fields(&dry, &live)
+                    .into_iter()
+                    // Fields left to another manager are theirs: never drift.
+                    .filter(|f| !left.iter().any(|l| l.covers(&f.path)))
+                    .partition(|f| unknown_body && f.desired.as_ref().is_some_and(holds_unknown));
             let unknown: Vec<String> = unknown.into_iter().map(|f| f.path).collect();
             if secret {
                 fields = redact(fields);
@@ -656,7 +657,7 @@ mod tests {
         dry["metadata"]["annotations"]["phoenix.dev/commit"] = "new".into();
         dry["metadata"]["managedFields"] = json!([]);
         dry["status"] = json!({"availableReplicas": 3});
-        assert_eq!(compare(&dry, &live), vec![]);
+        assert_eq!(changed_fields(&dry, &live), vec![]);
     }
 
     #[test]
@@ -667,7 +668,7 @@ mod tests {
         dry["metadata"]["labels"]["app.kubernetes.io/managed-by"] = "x".into();
         dry["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:2".into();
         dry["spec"]["paused"] = true.into();
-        let fields = compare(&dry, &live);
+        let fields = changed_fields(&dry, &live);
         let paths: Vec<&str> = fields.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -687,7 +688,7 @@ mod tests {
     fn lists_of_different_length_differ_as_a_whole() {
         let a = json!({"spec": {"ports": [{"port": 80}]}});
         let b = json!({"spec": {"ports": [{"port": 80}, {"port": 443}]}});
-        let fields = compare(&a, &b);
+        let fields = changed_fields(&a, &b);
         assert_eq!(fields.len(), 1);
         assert_eq!(fields[0].path, ".spec.ports");
     }
@@ -695,12 +696,12 @@ mod tests {
     #[test]
     fn secret_values_are_redacted() {
         let fields = redact(vec![
-            FieldDiff {
+            ObjectFieldDiff {
                 path: ".data.password".into(),
                 desired: Some(json!("aHVudGVyMg==")),
                 live: Some(json!("b2xk")),
             },
-            FieldDiff {
+            ObjectFieldDiff {
                 path: ".metadata.labels.a".into(),
                 desired: Some(json!("b")),
                 live: None,
@@ -723,7 +724,7 @@ mod tests {
         hide_secret_values(&mut secret);
         assert!(!secret.to_string().contains("c2VjcmV0"), "{secret}");
         assert_eq!(secret["metadata"]["annotations"]["team"], "blue");
-        let fields = redact(vec![FieldDiff {
+        let fields = redact(vec![ObjectFieldDiff {
             path: ".metadata.annotations[\"kubectl.kubernetes.io/last-applied-configuration\"]"
                 .into(),
             desired: None,
@@ -764,6 +765,6 @@ mod tests {
     fn annotations_emptied_by_the_commit_are_dropped_on_both_sides() {
         let a = json!({"metadata": {"annotations": {"phoenix.dev/commit": "x"}}});
         let b = json!({"metadata": {}});
-        assert_eq!(compare(&a, &b), vec![]);
+        assert_eq!(changed_fields(&a, &b), vec![]);
     }
 }

@@ -6,6 +6,7 @@ mod checks;
 mod component;
 mod connector;
 mod contents;
+mod converge;
 mod diff;
 mod discovery;
 mod error;
@@ -17,18 +18,19 @@ mod prune;
 mod seals;
 
 pub use checks::{CheckError, HttpCheck};
-pub use component::{component_nodes, converge, node_id, ApplyOptions, ComponentSpec};
+pub use component::{component_nodes, node_id, ApplyOptions, ComponentSpec};
 pub use connector::{Connector, FixedClient};
+pub use converge::converge;
 pub use diff::{
-    compare, diff_component, diff_component_with, hide_secret_values, ComponentDiff, DriftState,
-    FieldDiff, ObjectDiff, Unhealthy,
+    changed_fields, diff_component, diff_component_with, hide_secret_values, ComponentDiff,
+    DriftState, ObjectDiff, ObjectFieldDiff, Unhealthy,
 };
 pub use discovery::Resolver;
 pub use error::KubeError;
 pub use health::Health;
 pub use inventory::{inventory_name, Inventory, INVENTORY_NAMESPACE, LABEL_INVENTORY};
 pub use object::{
-    Marks, ObjectRef, Phase, ANNOTATION_COMMIT, LABEL_COMPONENT, LABEL_ENV, LABEL_LAYER,
+    ApplyPhase, Marks, ObjectRef, ANNOTATION_COMMIT, LABEL_COMPONENT, LABEL_ENV, LABEL_LAYER,
     LABEL_MANAGED_BY, MANAGED_BY,
 };
 pub use ops::FIELD_MANAGER;

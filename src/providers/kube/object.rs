@@ -188,7 +188,7 @@ fn object_entry<'a>(map: &'a mut Map<String, Value>, key: &str) -> &'a mut Map<S
 
 /// Apply phases within a component; prune and teardown go in reverse.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Phase {
+pub enum ApplyPhase {
     /// CustomResourceDefinitions, waited for until Established before anything else.
     Crds,
     Namespaces,
@@ -199,31 +199,36 @@ pub enum Phase {
     Rest,
 }
 
-impl Phase {
-    pub const ALL: [Phase; 4] = [Phase::Crds, Phase::Namespaces, Phase::Config, Phase::Rest];
+impl ApplyPhase {
+    pub const ALL: [ApplyPhase; 4] = [
+        ApplyPhase::Crds,
+        ApplyPhase::Namespaces,
+        ApplyPhase::Config,
+        ApplyPhase::Rest,
+    ];
 
-    pub fn of(api_version: &str, kind: &str) -> Phase {
+    pub fn of(api_version: &str, kind: &str) -> ApplyPhase {
         let group = api_version.split_once('/').map_or("", |(g, _)| g);
         match (group, kind) {
-            ("apiextensions.k8s.io", "CustomResourceDefinition") => Phase::Crds,
-            ("", "Namespace") => Phase::Namespaces,
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => ApplyPhase::Crds,
+            ("", "Namespace") => ApplyPhase::Namespaces,
             ("", "ServiceAccount" | "ConfigMap" | "Secret" | "LimitRange" | "ResourceQuota")
             | (
                 "rbac.authorization.k8s.io",
                 "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding",
             )
             | ("scheduling.k8s.io", "PriorityClass")
-            | ("storage.k8s.io", "StorageClass") => Phase::Config,
-            _ => Phase::Rest,
+            | ("storage.k8s.io", "StorageClass") => ApplyPhase::Config,
+            _ => ApplyPhase::Rest,
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Phase::Crds => "CustomResourceDefinitions",
-            Phase::Namespaces => "Namespaces",
-            Phase::Config => "RBAC, ServiceAccounts, ConfigMaps and Secrets",
-            Phase::Rest => "workloads and other objects",
+            ApplyPhase::Crds => "CustomResourceDefinitions",
+            ApplyPhase::Namespaces => "Namespaces",
+            ApplyPhase::Config => "RBAC, ServiceAccounts, ConfigMaps and Secrets",
+            ApplyPhase::Rest => "workloads and other objects",
         }
     }
 }
@@ -231,8 +236,8 @@ impl Phase {
 /// Total apply order over object references: phase, then kind, namespace and name (so that runs
 /// are reproducible).
 pub fn apply_order(a: &ObjectRef, b: &ObjectRef) -> Ordering {
-    Phase::of(&a.api_version, &a.kind)
-        .cmp(&Phase::of(&b.api_version, &b.kind))
+    ApplyPhase::of(&a.api_version, &a.kind)
+        .cmp(&ApplyPhase::of(&b.api_version, &b.kind))
         .then_with(|| a.kind.cmp(&b.kind))
         .then_with(|| a.namespace.cmp(&b.namespace))
         .then_with(|| a.name.cmp(&b.name))
@@ -244,7 +249,7 @@ pub struct Desired {
     pub id: ObjectRef,
     pub source: String,
     pub line: usize,
-    pub phase: Phase,
+    pub phase: ApplyPhase,
     pub body: Value,
 }
 
@@ -303,7 +308,7 @@ pub fn prepare(manifests: &[Manifest], marks: &Marks) -> Result<Vec<Desired>, Ku
             root.remove("status");
         }
         out.push(Desired {
-            phase: Phase::of(&id.api_version, &id.kind),
+            phase: ApplyPhase::of(&id.api_version, &id.kind),
             id,
             source: m.source.clone(),
             line: m.line,
