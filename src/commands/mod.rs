@@ -18,10 +18,18 @@ mod validate;
 mod watch;
 
 use crate::cli::{Cli, Command};
+use crate::error::Failure;
 use common::{Context, Outcome};
 
 pub async fn run(cli: Cli) -> Outcome {
     let ctx = Context::from_global(&cli.global)?;
+    let review = matches!(&cli.command, Command::Plan(a) if a.against.is_some());
+    if ctx.output == crate::cli::Output::Markdown && !review {
+        return Err(
+            Failure::new("--output markdown is only for `phoenix plan ENV --against REF`")
+                .help("use --output human or --output json"),
+        );
+    }
     match cli.command {
         Command::Validate(a) => validate::run(&ctx, &a.env).await,
         Command::Plan(a) => plan::run(&ctx, &a).await,

@@ -14,6 +14,15 @@ use std::collections::BTreeMap;
 
 pub async fn run(ctx: &Context, args: &PlanArgs) -> Outcome {
     let name = &args.env.env;
+    if let Some(against) = &args.against {
+        let req = crate::review::Request {
+            env: name,
+            against,
+            layers: &args.layers,
+            live: args.live,
+        };
+        return crate::review::run(ctx, &req).await;
+    }
     if args.offline {
         offline_plan(ctx, name, &args.layers, args.detailed_exitcode).await
     } else {
