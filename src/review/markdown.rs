@@ -241,15 +241,15 @@ fn details(out: &mut String, node: &str, changes: &[&Change], diffs: bool) {
                     cell(side(&f.head))
                 );
             }
-            out.push('\n');
         }
         if let (true, Some(d)) = (diffs, &c.diff) {
             out.push_str("\n  ````diff\n");
             for line in d.lines() {
                 let _ = writeln!(out, "  {line}");
             }
-            out.push_str("  ````\n\n");
+            out.push_str("  ````\n");
         }
+        out.push('\n');
     }
-    out.push_str("\n</details>\n\n");
+    out.push_str("</details>\n\n");
 }
