@@ -355,7 +355,7 @@ fn an_added_environment_is_created_whole_and_listed_in_every_plan_of_the_change(
     let repo = shop_repo(&sb);
     repo.write(
         "environments/staging/environment.yaml",
-        &SHOP.replace("name: shop", "name: staging"),
+        SHOP.replace("name: shop", "name: staging"),
     );
     repo.write("environments/staging/apps/web/deploy.yaml.j2", WEB);
     repo.write("environments/staging/addons/cache/cache.yaml", CACHE);
@@ -631,5 +631,54 @@ fn the_pr_workflow_parses_and_its_script_passes_shellcheck() {
         out.status.success(),
         "shellcheck:\n{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn secrets_are_compared_redacted_and_their_references_named() {
+    let sb = Sandbox::new();
+    let repo = shop_repo(&sb);
+    // A Secret committed in plain text (a mistake phoenix does not repeat in a PR comment).
+    repo.write(
+        "environments/shop/apps/web/token.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: { name: token }\nstringData: { token: first-value-xyz, user: admin }\n",
+    );
+    repo.commit("a token");
+    repo.git(&["branch", "-f", "main", "HEAD"]);
+    edit(
+        &repo,
+        "environments/shop/apps/web/token.yaml",
+        "first-value-xyz",
+        "second-value-xyz",
+    );
+    edit(
+        &repo,
+        "environments/shop/environment.yaml",
+        "from: env:SHOP_DB_PASSWORD",
+        "from: env:SHOP_DB_PASSWORD_2",
+    );
+    repo.commit("rotate");
+    for output in ["human", "json", "markdown"] {
+        let run = phoenix(&repo, &["plan", "shop", "--against", "main", "-o", output]);
+        assert_eq!(run.code, 2, "{output}: {}", run.stderr);
+        for value in ["first-value-xyz", "second-value-xyz"] {
+            assert!(
+                !run.stdout.contains(value),
+                "{output} shows {value}:\n{}",
+                run.stdout
+            );
+        }
+    }
+    let (_, doc) = json(&repo, &["plan", "shop", "--against", "main"]);
+    let token = change(&doc, "Secret/shop/token");
+    assert_eq!(
+        token["fields"],
+        serde_json::json!([{ "path": "stringData.token",
+            "base": "**redacted**", "head": "**redacted** (changed)" }])
+    );
+    assert_eq!(
+        doc["impact"]["secrets"],
+        serde_json::json!([{ "path": "secrets.db-password",
+            "base": "env:SHOP_DB_PASSWORD", "head": "env:SHOP_DB_PASSWORD_2" }])
     );
 }

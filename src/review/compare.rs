@@ -320,7 +320,7 @@ fn compare_cloud(
             for f in &fields {
                 let p = f.path.as_str();
                 let launch = matches!(p, "role" | "image" | "subnet" | "key" | "user-data")
-                    || (p == "type" && !(allow_sms && !server));
+                    || (p == "type" && (server || !allow_sms));
                 if launch {
                     fixed.push(p.to_string());
                 }
@@ -478,7 +478,8 @@ fn compare_cluster(base: Option<&EnvState>, head: Option<&EnvState>) -> Vec<Chan
     }
 }
 
-/// Values of a Secret's `data`/`stringData`, for showing: never the value, only whether it changed.
+/// Values of a Secret's `data`/`stringData`, for showing: never the value; on the head side
+/// (`other` is the base object) whether it changed.
 fn masked(object: &Value, other: Option<&Value>) -> Value {
     if object["kind"] != "Secret" {
         return object.clone();
@@ -487,8 +488,8 @@ fn masked(object: &Value, other: Option<&Value>) -> Value {
     for key in ["data", "stringData"] {
         if let Some(map) = out.get_mut(key).and_then(Value::as_object_mut) {
             for (k, v) in map.iter_mut() {
-                let same = other.is_some_and(|o| o[key].get(k) == Some(v));
-                *v = Value::String(if same || other.is_none() {
+                let same = other.is_none_or(|o| o[key].get(k) == Some(v));
+                *v = Value::String(if same {
                     REDACTED.to_string()
                 } else {
                     format!("{REDACTED} (changed)")
@@ -567,7 +568,7 @@ fn compare_components(
                 }
                 Some(before) if before == object => {}
                 Some(before) => {
-                    let (b, h) = (masked(before, Some(object)), masked(object, Some(before)));
+                    let (b, h) = (masked(before, None), masked(object, Some(before)));
                     let fields = fields_of(&b, &h);
                     let diff = unified_diff_text(
                         &format!("base {key}"),
