@@ -3,6 +3,8 @@
 //! the Markdown comment against a committed snapshot; the example PR workflow parses and its
 //! script passes shellcheck.
 
+#[path = "support/moto.rs"]
+mod moto;
 #[path = "support_git/mod.rs"]
 mod support_git;
 
@@ -680,5 +682,116 @@ fn secrets_are_compared_redacted_and_their_references_named() {
         doc["impact"]["secrets"],
         serde_json::json!([{ "path": "secrets.db-password",
             "base": "env:SHOP_DB_PASSWORD", "head": "env:SHOP_DB_PASSWORD_2" }])
+    );
+}
+
+const C1: &str = "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: c1 }\nspec:\n  cloud:\n    provider: aws\n    region: us-east-1\n    network: { cidr: 10.50.0.0/16, subnets: [{ name: a, cidr: 10.50.1.0/24, zone: us-east-1a, public: true }] }\n    securityGroups: [{ name: web, ingress: [{ port: 80, from: 0.0.0.0/0 }] }]\n    instances:\n      - { name: web, count: 2, type: t3.micro, image: { owner: amazon, name: \"al2023-ami-2023*-kernel-6.1-x86_64\" }, subnet: a, securityGroups: [web] }\n";
+
+/// `--live` on moto: the live system was rebuilt from a hotfix branch that opened a port Git
+/// (the base) does not have; the pull request adds an instance. The plan shows the instance as
+/// the change's and the extra rule as drift merging overwrites.
+#[test]
+fn live_shows_drift_merging_overwrites_apart_from_the_change() {
+    let moto = moto::Moto::start();
+    let sb = Sandbox::new();
+    let repo = sb.repo("envs");
+    repo.write("environments/c1/environment.yaml", C1);
+    repo.commit("c1");
+    repo.git(&["checkout", "-q", "-b", "hotfix"]);
+    edit(
+        &repo,
+        "environments/c1/environment.yaml",
+        "ingress: [{ port: 80, from: 0.0.0.0/0 }]",
+        "ingress: [{ port: 80, from: 0.0.0.0/0 }, { port: 443, from: 0.0.0.0/0 }]",
+    );
+    repo.commit("hotfix: 443");
+    let at_moto = |args: &[&str]| -> Run {
+        let out = command(&sb, &repo.dir)
+            .env("AWS_ENDPOINT_URL", moto.endpoint())
+            .args(args)
+            .output()
+            .expect("run phoenix");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let run = at_moto(&["rebuild", "c1"]);
+    assert_eq!(
+        run.code, 0,
+        "rebuild from the hotfix: {}{}",
+        run.stdout, run.stderr
+    );
+    repo.git(&["checkout", "-q", "main"]);
+    repo.git(&["checkout", "-q", "-b", "pr"]);
+    edit(
+        &repo,
+        "environments/c1/environment.yaml",
+        "count: 2",
+        "count: 3",
+    );
+    repo.commit("a third web instance");
+
+    // Offline, only the change: no live section.
+    let run = at_moto(&["plan", "c1", "--against", "main", "-o", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(
+        changes(&doc),
+        ["create cloud/instance/web/2 instance/web/2"]
+    );
+    assert!(doc.get("live").is_none());
+
+    let run = at_moto(&["plan", "c1", "--against", "main", "--live", "-o", "json"]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    let live = &doc["live"];
+    assert_eq!(live["errors"], serde_json::json!([]), "{live:#}");
+    let entry = |resource: &str| {
+        live["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["resource"] == resource)
+            .unwrap_or_else(|| panic!("no live entry of {resource}: {live:#}"))
+            .clone()
+    };
+    let instance = entry("instance/web/2");
+    assert_eq!(instance["action"], "create");
+    assert_eq!(instance["changedByThis"], true);
+    let sg = entry("sg/web");
+    assert_eq!(sg["action"], "update");
+    assert_eq!(
+        sg["changedByThis"], false,
+        "the extra rule is drift: {sg:#}"
+    );
+
+    let run = at_moto(&[
+        "plan",
+        "c1",
+        "--against",
+        "main",
+        "--live",
+        "-o",
+        "markdown",
+    ]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stdout.contains("Drift that merging overwrites") && run.stdout.contains("`sg/web`"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !run.stdout.contains("`instance/web/2` | create"),
+        "the change itself is not drift:\n{}",
+        run.stdout
+    );
+
+    // --live needs --against.
+    let run = at_moto(&["plan", "c1", "--live"]);
+    assert_eq!(
+        run.code, 2,
+        "clap refuses --live without --against: {}",
+        run.stderr
     );
 }
