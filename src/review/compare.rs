@@ -305,7 +305,9 @@ fn compare_cloud(
                 false,
             ));
         }
-        let vpc_replaced = replaced_containers.contains("vpc") && item.id != "vpc";
+        // A key pair is not in the VPC.
+        let vpc_replaced =
+            replaced_containers.contains("vpc") && item.id != "vpc" && !item.id.starts_with("key/");
         let in_replaced_subnet = item.spec["subnet"]
             .as_str()
             .is_some_and(|s| replaced_containers.contains(s));
@@ -734,4 +736,173 @@ fn warnings(layers: &[LayerChanges], impact: &mut Impact) {
         ));
     }
     impact.warnings = w;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn instance(id: &str, role: &str, spec: Value) -> CloudItem {
+        CloudItem {
+            id: id.into(),
+            spec,
+            tags: BTreeMap::new(),
+            user_data: Some(format!("#cloud-config for {id}")),
+            role: Some(role.into()),
+        }
+    }
+
+    fn item(id: &str, spec: Value) -> CloudItem {
+        CloudItem {
+            id: id.into(),
+            spec,
+            tags: BTreeMap::new(),
+            user_data: None,
+            role: None,
+        }
+    }
+
+    fn state(cloud: Vec<CloudItem>, components: Vec<ComponentItem>) -> EnvState {
+        EnvState {
+            recovery_objective: Some("10m".into()),
+            timeouts: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            allow_stop_modify_start: false,
+            cloud,
+            cluster: None,
+            components,
+        }
+    }
+
+    fn cloud(vpc_cidr: &str, subnet_cidr: &str) -> Vec<CloudItem> {
+        vec![
+            item("vpc", json!({ "cidr": vpc_cidr })),
+            item(
+                "subnet/a",
+                json!({ "cidr": subnet_cidr, "zone": "us-east-1a", "public": true }),
+            ),
+            item(
+                "key/admin",
+                json!({ "keyName": "e-admin", "publicKey": "env:K" }),
+            ),
+            instance(
+                "instance/server/0",
+                "server",
+                json!({ "type": "t3.medium", "subnet": "subnet/a" }),
+            ),
+        ]
+    }
+
+    fn actions(c: &Comparison) -> Vec<String> {
+        c.layers
+            .iter()
+            .flat_map(|l| &l.changes)
+            .map(|c| format!("{} {}", c.action.as_str(), c.resource))
+            .collect()
+    }
+
+    #[test]
+    fn a_new_vpc_cidr_replaces_what_is_in_it_but_not_the_key_pair() {
+        let base = state(cloud("10.0.0.0/16", "10.0.1.0/24"), vec![]);
+        let head = state(cloud("10.1.0.0/16", "10.1.1.0/24"), vec![]);
+        let c = compare(Some(&base), Some(&head), &[]);
+        assert_eq!(
+            actions(&c),
+            [
+                "replace vpc",
+                "replace subnet/a",
+                "replace instance/server/0"
+            ]
+        );
+        assert!(c.impact.server_replaced);
+        assert!(c.impact.warnings[0].starts_with("THE CLUSTER IS REBUILT"));
+    }
+
+    #[test]
+    fn a_replaced_subnet_replaces_its_instances() {
+        let base = state(cloud("10.0.0.0/16", "10.0.1.0/24"), vec![]);
+        let head = state(cloud("10.0.0.0/16", "10.0.2.0/24"), vec![]);
+        let c = compare(Some(&base), Some(&head), &[]);
+        assert_eq!(
+            actions(&c),
+            ["replace subnet/a", "replace instance/server/0"]
+        );
+        let server = &c.layers[0].changes[1];
+        assert_eq!(server.reason.as_deref(), Some("its subnet is made again"));
+    }
+
+    #[test]
+    fn unchanged_states_have_no_changes_and_layers_can_be_left_out() {
+        let comp = |replicas: u32| ComponentItem {
+            layer: Layer::Apps,
+            name: "web".into(),
+            settings: json!({ "wait": "2m" }),
+            objects: BTreeMap::from([(
+                "Deployment/shop/web".to_string(),
+                json!({ "kind": "Deployment", "spec": { "replicas": replicas } }),
+            )]),
+        };
+        let base = state(cloud("10.0.0.0/16", "10.0.1.0/24"), vec![comp(2)]);
+        let same = state(cloud("10.0.0.0/16", "10.0.1.0/24"), vec![comp(2)]);
+        let c = compare(Some(&base), Some(&same), &[]);
+        assert!(!c.has_changes());
+        assert_eq!(c.layers.len(), 2, "cloud and apps, each without changes");
+
+        let head = state(cloud("10.1.0.0/16", "10.0.1.0/24"), vec![comp(3)]);
+        let c = compare(Some(&base), Some(&head), &[Layer::Apps]);
+        assert_eq!(actions(&c), ["update Deployment/shop/web"]);
+        assert!(!c.impact.server_replaced, "the cloud layer is left out");
+        assert!(c.impact.warnings.is_empty());
+    }
+
+    #[test]
+    fn an_object_moved_between_components_is_not_pruned() {
+        let comp = |name: &str, objects: &[&str]| ComponentItem {
+            layer: Layer::Apps,
+            name: name.into(),
+            settings: json!({}),
+            objects: objects
+                .iter()
+                .map(|k| (k.to_string(), json!({ "kind": "ConfigMap" })))
+                .collect(),
+        };
+        let base = state(
+            vec![],
+            vec![
+                comp("a", &["ConfigMap/x/shared", "ConfigMap/x/only-a"]),
+                comp("b", &[]),
+            ],
+        );
+        let head = state(vec![], vec![comp("b", &["ConfigMap/x/shared"])]);
+        let c = compare(Some(&base), Some(&head), &[]);
+        assert_eq!(
+            actions(&c),
+            ["update ConfigMap/x/shared", "delete ConfigMap/x/only-a"]
+        );
+        assert_eq!(c.impact.pruned.len(), 1);
+        assert_eq!(c.impact.pruned[0].id, "apps/.removed");
+        let moved = &c.layers[0].changes[0];
+        assert_eq!(
+            moved.reason.as_deref(),
+            Some("moved from apps/a: its ownership marks change; it is not pruned")
+        );
+    }
+
+    #[test]
+    fn secret_values_are_masked_on_both_sides() {
+        let base = json!({ "kind": "Secret", "data": { "a": "b2xk", "same": "c2FtZQ==" } });
+        let head = json!({ "kind": "Secret", "data": { "a": "bmV3", "same": "c2FtZQ==" } });
+        assert_eq!(
+            masked(&base, None),
+            json!({ "kind": "Secret", "data": { "a": REDACTED, "same": REDACTED } })
+        );
+        assert_eq!(
+            masked(&head, Some(&base))["data"]["a"],
+            format!("{REDACTED} (changed)")
+        );
+        assert_eq!(masked(&head, Some(&base))["data"]["same"], REDACTED);
+        let cm = json!({ "kind": "ConfigMap", "data": { "a": "visible" } });
+        assert_eq!(masked(&cm, None), cm);
+    }
 }
