@@ -53,7 +53,12 @@ const WEB: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: { name: web 
 const CACHE: &str = "apiVersion: v1\nkind: Namespace\nmetadata: { name: cache }\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: { name: cache-config, namespace: cache }\ndata: { size: 64m }\n";
 
 fn command(sb: &Sandbox, dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_phoenix"));
+    command_of(Path::new(env!("CARGO_BIN_EXE_phoenix")), sb, dir)
+}
+
+/// `program` run as phoenix is: hermetic, in `dir`.
+fn command_of(program: &Path, sb: &Sandbox, dir: &Path) -> Command {
+    let mut cmd = Command::new(program);
     cmd.current_dir(dir)
         .env("HOME", sb.home())
         .env("PHOENIX_HOME", sb.phoenix_home())
@@ -793,5 +798,187 @@ fn live_shows_drift_merging_overwrites_apart_from_the_change() {
         run.code, 2,
         "clap refuses --live without --against: {}",
         run.stderr
+    );
+}
+
+/// A stand-in for `gh api` keeping the pull request's comments as files under `$GH_STATE`: GET
+/// lists them (the `--jq` filter's marker applied), POST adds one, PATCH replaces one. Every call
+/// is logged to `$GH_STATE/log`.
+const FAKE_GH: &str = r#"#!/bin/bash
+set -euo pipefail
+echo "$*" >> "$GH_STATE/log"
+[ "$1" = api ] || exit 2
+shift
+method=GET url= body= jq=
+while [ "$#" -gt 0 ]; do
+  case "$1" in
+    --method) method=$2; shift 2 ;;
+    --paginate) shift ;;
+    --jq) jq=$2; shift 2 ;;
+    -F) body=${2#body=@}; shift 2 ;;
+    *) url=$1; shift ;;
+  esac
+done
+mkdir -p "$GH_STATE/comments"
+case "$method" in
+  GET)
+    marker=${jq#*startswith(\"}
+    marker=${marker%%\")*}
+    for f in "$GH_STATE"/comments/*; do
+      [ -f "$f" ] || continue
+      if [ "$(head -c "${#marker}" "$f")" = "$marker" ]; then basename "$f"; fi
+    done ;;
+  POST)
+    n=$(( $(find "$GH_STATE/comments" -type f | wc -l) + 1 ))
+    cp "$body" "$GH_STATE/comments/$n"
+    echo '{}' ;;
+  PATCH)
+    cp "$body" "$GH_STATE/comments/${url##*/}"
+    echo '{}' ;;
+esac
+"#;
+
+/// plan-comment.sh itself, with the real phoenix and a stand-in for `gh`: one comment per
+/// environment the change touches, updated in place on the next push, "no changes" once the
+/// change is undone, diagnostics when the env is invalid (exit 1).
+#[test]
+fn plan_comment_posts_one_comment_per_changed_env_and_updates_it_in_place() {
+    let sb = Sandbox::new();
+    let repo = shop_repo(&sb);
+    // A second env the pull request does not touch.
+    repo.git(&["checkout", "-q", "main"]);
+    repo.write(
+        "environments/other/environment.yaml",
+        SHOP.replace("name: shop", "name: other"),
+    );
+    repo.write("environments/other/apps/web/deploy.yaml.j2", WEB);
+    repo.write("environments/other/addons/cache/cache.yaml", CACHE);
+    let base = repo.commit("other");
+    repo.git(&["checkout", "-q", "-B", "pr"]);
+
+    let bin = sb.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("gh"), FAKE_GH).unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("gh"))
+        .status()
+        .unwrap();
+    let state = sb.path("gh-state");
+    std::fs::create_dir_all(&state).unwrap();
+    let phoenix_dir = Path::new(env!("CARGO_BIN_EXE_phoenix"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = std::env::join_paths(
+        [bin.clone(), phoenix_dir]
+            .into_iter()
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
+    )
+    .unwrap();
+    let script = root().join("examples/github-actions/plan-comment.sh");
+    let run_script = |head: &str| -> (i32, String) {
+        let out = command_of(Path::new("bash"), &sb, &repo.dir)
+            .env("PATH", &path)
+            .env("GH_STATE", &state)
+            .env("GITHUB_REPOSITORY", "acme/envs")
+            .env("PR_NUMBER", "7")
+            .arg(&script)
+            .args([base.as_str(), head])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let comments = || -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(state.join("comments"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    };
+
+    edit(
+        &repo,
+        "environments/shop/environment.yaml",
+        "replicas: 2",
+        "replicas: 3",
+    );
+    let head = repo.commit("three");
+    let (code, log) = run_script(&head);
+    assert_eq!(code, 0, "{log}");
+    let c = comments();
+    assert_eq!(c.len(), 1, "one comment, for shop only: {c:?}\n{log}");
+    assert!(c[0].starts_with("<!-- phoenix-plan:shop -->\n"), "{}", c[0]);
+    assert!(c[0].contains(&format!("head `{head}`")), "{}", c[0]);
+    assert!(c[0].contains("| `spec.replicas` | 2 | 3 |"), "{}", c[0]);
+
+    // The next push updates the same comment.
+    edit(
+        &repo,
+        "environments/shop/environment.yaml",
+        "replicas: 3",
+        "replicas: 4",
+    );
+    let head = repo.commit("four");
+    let (code, log) = run_script(&head);
+    assert_eq!(code, 0, "{log}");
+    let c = comments();
+    assert_eq!(c.len(), 1, "updated in place: {c:?}");
+    assert!(c[0].contains("| `spec.replicas` | 2 | 4 |"), "{}", c[0]);
+    let calls = std::fs::read_to_string(state.join("log")).unwrap();
+    assert!(
+        calls.contains("api --method PATCH repos/acme/envs/issues/comments/1 -F body=@"),
+        "{calls}"
+    );
+
+    // Undone: the comment says so.
+    edit(
+        &repo,
+        "environments/shop/environment.yaml",
+        "replicas: 4",
+        "replicas: 2",
+    );
+    let head = repo.commit("undo");
+    let (code, log) = run_script(&head);
+    assert_eq!(code, 0, "{log}");
+    let c = comments();
+    assert_eq!(c.len(), 1);
+    assert!(
+        c[0].contains("### phoenix plan `shop`: no changes"),
+        "{}",
+        c[0]
+    );
+
+    // Invalid at the head: the diagnostics are the comment, and the job fails.
+    edit(
+        &repo,
+        "environments/other/environment.yaml",
+        "recoveryObjective: 10m",
+        "recoveryObjective: soon",
+    );
+    let head = repo.commit("broken");
+    let (code, log) = run_script(&head);
+    assert_eq!(code, 1, "{log}");
+    let c = comments();
+    assert_eq!(c.len(), 2, "{c:?}");
+    assert!(
+        c[1].starts_with("<!-- phoenix-plan:other -->\n"),
+        "{}",
+        c[1]
+    );
+    assert!(
+        c[1].contains("environments/other/environment.yaml:5:"),
+        "{}",
+        c[1]
     );
 }
