@@ -441,6 +441,12 @@ fn an_environment_invalid_at_the_head_reports_its_diagnostics_not_a_plan() {
     assert_eq!(doc["diagnostics"][0]["line"], 6);
     assert_eq!(doc["layers"], serde_json::json!([]));
 
+    // The other way round, the env is invalid at the base: compared as absent, with a note.
+    let (code, doc) = json(&repo, &["--ref", "main", "plan", "shop", "--against", "pr"]);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(doc["status"], "added");
+    assert_eq!(doc["baseDiagnostics"][0]["line"], 6);
+
     let md = phoenix(
         &repo,
         &["plan", "shop", "--against", "main", "-o", "markdown"],
@@ -980,5 +986,48 @@ fn plan_comment_posts_one_comment_per_changed_env_and_updates_it_in_place() {
         c[1].contains("environments/other/environment.yaml:5:"),
         "{}",
         c[1]
+    );
+}
+
+#[test]
+fn dropping_protection_is_a_change_with_a_warning() {
+    let sb = Sandbox::new();
+    let repo = shop_repo(&sb);
+    repo.git(&["checkout", "-q", "main"]);
+    edit(
+        &repo,
+        "environments/shop/environment.yaml",
+        "metadata: { name: shop }",
+        "metadata: { name: shop, protected: true }",
+    );
+    repo.commit("protect shop");
+    repo.git(&["checkout", "-q", "-B", "pr"]);
+    edit(
+        &repo,
+        "environments/shop/environment.yaml",
+        "protected: true",
+        "protected: false",
+    );
+    repo.commit("unprotect");
+    let (code, doc) = json(&repo, &["plan", "shop", "--against", "main"]);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(doc["status"], "changed");
+    assert_eq!(
+        doc["impact"]["protected"],
+        serde_json::json!({ "path": "protected", "base": "true", "head": "false" })
+    );
+    assert!(doc["impact"]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("no longer protected"));
+    let run = phoenix(
+        &repo,
+        &["plan", "shop", "--against", "main", "-o", "markdown"],
+    );
+    assert!(
+        run.stdout
+            .contains("| protected (destroy refuses) | true | false |"),
+        "{}",
+        run.stdout
     );
 }

@@ -140,6 +140,8 @@ pub struct Impact {
     pub gates: Vec<GateChange>,
     /// `spec.recoveryObjective`, when it changes (the drill is judged against it).
     pub recovery_objective: Option<Field>,
+    /// `metadata.protected`, when it changes (`phoenix destroy` refuses a protected env).
+    pub protected: Option<Field>,
     /// Declared secrets whose reference is added, removed or changed (never a value).
     pub secrets: Vec<Field>,
     /// One line each, loudest first.
@@ -168,6 +170,7 @@ impl Comparison {
         self.counts().total() > 0
             || !self.impact.gates.is_empty()
             || self.impact.recovery_objective.is_some()
+            || self.impact.protected.is_some()
             || !self.impact.secrets.is_empty()
     }
 }
@@ -651,6 +654,13 @@ fn compare_settings(base: Option<&EnvState>, head: Option<&EnvState>, impact: &m
             h.recovery_objective.clone(),
         ));
     }
+    if b.protected != h.protected {
+        impact.protected = Some(Field::new(
+            "protected",
+            Some(b.protected.to_string()),
+            Some(h.protected.to_string()),
+        ));
+    }
     for (layer, t) in &h.timeouts {
         let was = b.timeouts.get(layer);
         if was != Some(t) {
@@ -722,6 +732,15 @@ fn warnings(layers: &[LayerChanges], impact: &mut Impact) {
             other_replaced.join(", ")
         ));
     }
+    if impact
+        .protected
+        .as_ref()
+        .is_some_and(|p| p.head.as_deref() == Some("false"))
+    {
+        w.push(
+            "the environment is no longer protected: `phoenix destroy` will not refuse it".into(),
+        );
+    }
     if !impact.pruned.is_empty() {
         w.push(format!(
             "{} object{} pruned from the cluster: {}",
@@ -765,6 +784,7 @@ mod tests {
 
     fn state(cloud: Vec<CloudItem>, components: Vec<ComponentItem>) -> EnvState {
         EnvState {
+            protected: false,
             recovery_objective: Some("10m".into()),
             timeouts: BTreeMap::new(),
             secrets: BTreeMap::new(),

@@ -126,8 +126,20 @@ fn render(r: &Review, diffs: bool) -> String {
         }
         out.push('\n');
     }
-    if !i.gates.is_empty() || i.recovery_objective.is_some() || !i.secrets.is_empty() {
+    if !i.gates.is_empty()
+        || i.recovery_objective.is_some()
+        || i.protected.is_some()
+        || !i.secrets.is_empty()
+    {
         out.push_str("| setting | base | head |\n|---|---|---|\n");
+        if let Some(p) = &i.protected {
+            let _ = writeln!(
+                out,
+                "| protected (destroy refuses) | {} | {} |",
+                side(&p.base),
+                side(&p.head)
+            );
+        }
         if let Some(o) = &i.recovery_objective {
             let _ = writeln!(
                 out,

@@ -248,6 +248,14 @@ pub fn human(r: &Review) -> String {
             side(&o.head)
         );
     }
+    if let Some(p) = &i.protected {
+        let _ = writeln!(
+            out,
+            "\nprotected: {} → {} (`phoenix destroy` refuses a protected environment)",
+            side(&p.base),
+            side(&p.head)
+        );
+    }
     for s in &i.secrets {
         let _ = writeln!(
             out,

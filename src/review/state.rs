@@ -23,6 +23,8 @@ pub enum Side {
 
 /// The comparable state of a valid environment.
 pub struct EnvState {
+    /// `metadata.protected`: `phoenix destroy` refuses the environment.
+    pub protected: bool,
     pub recovery_objective: Option<String>,
     /// Layer timeouts (`spec.timeouts`), humantime text by layer name.
     pub timeouts: BTreeMap<String, String>,
@@ -260,6 +262,7 @@ fn build(snap: &Snapshot, env: &Environment) -> Result<EnvState, Vec<Diagnostic>
         return Err(diags);
     }
     Ok(EnvState {
+        protected: env.protected,
         recovery_objective: env
             .recovery_objective
             .map(|d| humantime::format_duration(d).to_string()),
