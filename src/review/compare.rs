@@ -432,6 +432,18 @@ fn summary(item: &CloudItem) -> String {
         "instance" => format!("{} {}, {}", text("role"), text("type"), text("image")),
         "sg" => text("groupName"),
         "key" => text("keyName"),
+        "igw" => "attached to the VPC".into(),
+        "rtb" => format!(
+            "0.0.0.0/0 → igw for {}",
+            s["subnets"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default()
+        ),
         _ => "new".into(),
     }
 }
