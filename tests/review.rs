@@ -3,6 +3,10 @@
 //! the Markdown comment against a committed snapshot; the example PR workflow parses and its
 //! script passes shellcheck.
 
+#[path = "support/bed.rs"]
+mod bed;
+#[path = "support/control_plane.rs"]
+mod control_plane;
 #[path = "support/moto.rs"]
 mod moto;
 #[path = "support_git/mod.rs"]
@@ -1030,4 +1034,91 @@ fn dropping_protection_is_a_change_with_a_warning() {
         "{}",
         run.stdout
     );
+}
+
+/// `--live` on moto and the real control plane: the demo rebuilt from `main`, a label changed by
+/// hand on the worker, a pull request raising the web replicas. The live comparison shows the
+/// replicas as the change's and the worker's label as drift merging overwrites.
+#[test]
+fn live_on_the_real_control_plane_separates_the_change_from_drift() {
+    let bed = bed::Bed::new();
+    let repo = bed.demo_repo();
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", bed::text(&out));
+    bed.kubectl(
+        "demo",
+        &[
+            "-n",
+            "web",
+            "label",
+            "--overwrite",
+            "deploy/worker",
+            "app=by-hand",
+        ],
+    );
+    repo.git(&["checkout", "-q", "-b", "pr"]);
+    edit(
+        &repo,
+        "environments/demo/environment.yaml",
+        "replicas: 2,",
+        "replicas: 3,",
+    );
+    repo.commit("web: three replicas");
+
+    let out = bed.phoenix(
+        &repo.dir,
+        &["plan", "demo", "--against", "main", "--live", "-o", "json"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", bed::text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(changes(&doc), ["update apps/web Deployment/web/web"]);
+    let live = &doc["live"];
+    assert_eq!(live["errors"], serde_json::json!([]), "{live:#}");
+    let entry = |resource: &str| {
+        live["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["resource"] == resource)
+            .unwrap_or_else(|| panic!("no live entry of {resource}: {live:#}"))
+            .clone()
+    };
+    let web = entry("Deployment/web/web");
+    assert_eq!(
+        (web["action"].as_str(), web["changedByThis"].as_bool()),
+        (Some("update"), Some(true))
+    );
+    let worker = entry("Deployment/web/worker");
+    assert_eq!(
+        (worker["action"].as_str(), worker["changedByThis"].as_bool()),
+        (Some("update"), Some(false)),
+        "the hand-made label is drift: {worker:#}"
+    );
+    let entries = live["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "nothing else differs: {live:#}");
+
+    let out = bed.phoenix(
+        &repo.dir,
+        &[
+            "plan",
+            "demo",
+            "--against",
+            "main",
+            "--live",
+            "-o",
+            "markdown",
+        ],
+    );
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        md.contains("| apps | `Deployment/web/worker` | update |"),
+        "{md}"
+    );
+    assert!(
+        !md.contains("`Deployment/web/web` | update"),
+        "the change is not drift: {md}"
+    );
+    for secret in [bed::DB_PASSWORD, bed::CLUSTER_SECRET] {
+        assert!(!md.contains(secret) && !bed::text(&out).contains(secret));
+    }
 }
