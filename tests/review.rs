@@ -254,7 +254,7 @@ fn an_instance_type_change_replaces_the_instance_and_flags_the_k3s_server() {
     assert_eq!(run.code, 2);
     assert!(
         run.stdout
-            .contains("!!! THE CLUSTER IS REBUILT: the k3s server (instance/server/0)"),
+            .contains("!!! THE CLUSTER IS REBUILT: the k3s server instance/server/0 is replaced."),
         "{}",
         run.stdout
     );
@@ -403,6 +403,15 @@ fn an_added_environment_is_created_whole_and_listed_in_every_plan_of_the_change(
         serde_json::json!(["staging"])
     );
     assert!(changes(&doc).iter().all(|c| c.starts_with("delete ")));
+    // Merging removes nothing: no rebuild runs for it, so nothing is replaced or pruned.
+    assert_eq!(doc["impact"]["serverReplaced"], false);
+    assert_eq!(doc["impact"]["pruned"], serde_json::json!([]));
+    let warning = doc["impact"]["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.starts_with("staging leaves Git: merging tears nothing down.")
+            && warning.contains("`phoenix destroy staging --ref "),
+        "{warning}"
+    );
 
     let run = phoenix(&repo, &["plan", "nowhere", "--against", "main"]);
     assert_eq!(run.code, 1);

@@ -134,6 +134,9 @@ pub struct Impact {
     pub server_replaced: bool,
     /// Instances removed (a group's count lowered, or the group removed).
     pub removed_instances: Vec<String>,
+    /// The k3s servers among `removed_instances`.
+    #[serde(skip)]
+    pub removed_servers: Vec<String>,
     pub pruned: Vec<Pruned>,
     /// Health gates and waits that change: component `wait`, `checks`, `dependsOn`, and the
     /// layer timeouts (`id` is the component node, or `timeouts`).
@@ -399,6 +402,7 @@ fn compare_cloud(
             impact.removed_instances.push(item.id.clone());
             if is_server(item.role.as_deref()) {
                 impact.server_replaced = true;
+                impact.removed_servers.push(item.id.clone());
             }
         }
         changes.push(Change {
@@ -691,20 +695,22 @@ fn compare_settings(base: Option<&EnvState>, head: Option<&EnvState>, impact: &m
 
 fn warnings(layers: &[LayerChanges], impact: &mut Impact) {
     let mut w = Vec::new();
-    let servers: Vec<&str> = impact
+    let servers: Vec<String> = impact
         .replaced
         .iter()
         .filter(|r| is_server(r.role.as_deref()))
-        .map(|r| r.resource.as_str())
+        .map(|r| format!("{} is replaced", r.resource))
+        .chain(
+            impact
+                .removed_servers
+                .iter()
+                .map(|r| format!("{r} is removed")),
+        )
         .collect();
     if impact.server_replaced {
         w.push(format!(
-            "THE CLUSTER IS REBUILT: the k3s server ({}) is replaced or removed. A new server starts a new, empty control plane: every add-on and app is applied again, and whatever lived only in the cluster (objects made by hand, data on the server's disk not restored from a volume snapshot) is gone",
-            if servers.is_empty() {
-                "removed".to_string()
-            } else {
-                servers.join(", ")
-            }
+            "THE CLUSTER IS REBUILT: the k3s server {}. A new server starts a new, empty control plane: every add-on and app is applied again, and whatever lived only in the cluster (objects made by hand, data on the server's disk not restored from a volume snapshot) is gone",
+            servers.join(", the k3s server ")
         ));
     }
     if !impact.replaced.is_empty() {

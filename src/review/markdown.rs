@@ -88,13 +88,6 @@ fn render(r: &Review, diffs: bool) -> String {
             code(&r.env)
         );
     }
-    if r.status == Status::Removed {
-        let _ = writeln!(
-            out,
-            "> [!NOTE]\n> Merging tears nothing down: `phoenix destroy {}` at the base commit does, if its resources should go.\n",
-            r.env
-        );
-    }
     let i = &r.impact;
     let (loud, rest): (Vec<&String>, Vec<&String>) = i
         .warnings

@@ -184,13 +184,6 @@ pub fn human(r: &Review) -> String {
             plural(r.base_diagnostics.len(), "problem")
         );
     }
-    if r.status == Status::Removed {
-        let _ = writeln!(
-            out,
-            "note: merging does not tear anything down: run `phoenix destroy {}` at the base commit first if its resources should go",
-            r.env
-        );
-    }
     for w in &r.impact.warnings {
         let _ = writeln!(out, "\n!!! {w}");
     }

@@ -80,7 +80,25 @@ pub async fn run(ctx: &Context, req: &Request<'_>) -> Outcome {
             }));
         }
         Side::Absent => {
-            let c = compare(base_state.as_deref(), None, req.layers);
+            let mut c = compare(base_state.as_deref(), None, req.layers);
+            // Nothing is rebuilt, replaced or pruned by merging: the env is no longer managed.
+            let (resources, objects) = (
+                c.layers
+                    .iter()
+                    .filter(|l| l.layer == Layer::Cloud)
+                    .map(|l| l.changes.len())
+                    .sum::<usize>(),
+                c.impact.pruned.len(),
+            );
+            c.impact = super::compare::Impact {
+                warnings: vec![format!(
+                    "{} leaves Git: merging tears nothing down. Its {resources} cloud resources and {objects} Kubernetes objects keep running unmanaged (no rebuild, drift check or drill of it any more) until `phoenix destroy {} --ref {}` removes them",
+                    req.env,
+                    req.env,
+                    base_snap.commit().short_sha
+                )],
+                ..Default::default()
+            };
             Review::new(req.env, base_json, head_json, Status::Removed).with(c)
         }
         Side::Valid(h) => {
