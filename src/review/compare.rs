@@ -341,6 +341,14 @@ fn compare_cloud(
                 if server && allow_sms && fixed.iter().any(|f| f == "type") {
                     why.push_str("; allowStopModifyStart does not apply to the k3s server");
                 }
+                let lookup = |v: &Value| {
+                    v["image"]
+                        .as_str()
+                        .is_some_and(|i| i.starts_with("newest "))
+                };
+                if fixed == ["image"] && lookup(&was.spec) && lookup(&item.spec) {
+                    why.push_str("; both are lookups: a rebuild replaces the instance only if the new lookup finds another image than the one it runs");
+                }
                 reason = Some(why);
             } else if in_replaced_subnet || vpc_replaced {
                 reason = Some("its subnet is made again".into());
@@ -352,6 +360,8 @@ fn compare_cloud(
                 .any(|f| LAUNCH_ONLY.contains(&f.path.as_str()))
             {
                 reason = Some("launch settings: running instances keep theirs (they are not compared with live instances); instances launched from now on get the new value".into());
+            } else if fields.iter().any(|f| f.path == "imageUpdate") {
+                reason = Some("with image.update latest, a newer image matching the lookup replaces the instance (which images exist is not known offline)".into());
             }
         } else {
             let (kinds, why) = fixed_fields(&item.id);
