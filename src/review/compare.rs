@@ -723,6 +723,15 @@ fn warnings(layers: &[LayerChanges], impact: &mut Impact) {
             servers.join(", the k3s server ")
         ));
     }
+    let secret_moved = layers
+        .iter()
+        .filter(|l| l.layer == Layer::Cluster)
+        .flat_map(|l| &l.changes)
+        .flat_map(|c| &c.fields)
+        .any(|f| f.path == "secret");
+    if secret_moved {
+        w.push("the cluster secret's reference changes: every cluster credential (CAs, tokens) derives from its value, so if the value differs every instance's user-data changes — every instance is replaced and the cluster rebuilt (values are not read offline: this plan cannot tell)".into());
+    }
     if !impact.replaced.is_empty() {
         w.push(format!(
             "{} instance{} replaced (terminated and launched again): {}",
@@ -934,6 +943,21 @@ mod tests {
         assert_eq!(
             moved.reason.as_deref(),
             Some("moved from apps/a: its ownership marks change; it is not pruned")
+        );
+    }
+
+    #[test]
+    fn a_new_cluster_secret_reference_warns_that_the_value_decides() {
+        let mut base = state(vec![], vec![]);
+        base.cluster = Some(json!({ "distribution": "k3s", "secret": "env:A" }));
+        let mut head = state(vec![], vec![]);
+        head.cluster = Some(json!({ "distribution": "k3s", "secret": "env:B" }));
+        let c = compare(Some(&base), Some(&head), &[]);
+        assert_eq!(actions(&c), ["update control-plane"]);
+        assert!(
+            c.impact.warnings[0].starts_with("the cluster secret's reference changes"),
+            "{:?}",
+            c.impact.warnings
         );
     }
 
