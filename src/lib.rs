@@ -8,6 +8,7 @@ pub mod error;
 pub mod providers;
 pub mod render;
 pub mod report;
+pub mod review;
 pub mod source;
 pub mod stdout;
 pub mod watch;

@@ -43,7 +43,7 @@ pub struct Global {
     #[arg(long, global = true)]
     pub require_signed: bool,
 
-    /// Output format
+    /// Output format (`markdown`: the pull-request comment of `plan ENV --against REF` only)
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Human)]
     pub output: Output,
 
@@ -78,6 +78,8 @@ pub struct Global {
 pub enum Output {
     Human,
     Json,
+    /// A pull-request comment; only `plan ENV --against REF` writes one.
+    Markdown,
 }
 
 #[derive(Debug, Subcommand)]
@@ -286,8 +288,17 @@ pub struct PlanArgs {
     #[command(flatten)]
     pub env: EnvArg,
     /// Do not contact any live system: show the graph and what would be created from nothing
-    #[arg(long)]
+    #[arg(long, conflicts_with = "against")]
     pub offline: bool,
+    /// Compare the commit (--ref, default HEAD) with this one instead of with live state,
+    /// offline: what merging the change does, per layer and node (exit 2 when it changes
+    /// anything, 0 when not, 1 when the env is invalid at --ref, as --detailed-exitcode)
+    #[arg(long, value_name = "REF")]
+    pub against: Option<String>,
+    /// With --against: also compare the live system with the commit, to show drift merging
+    /// overwrites
+    #[arg(long, requires = "against")]
+    pub live: bool,
     /// Exit 2 when changes are pending, 0 when there is nothing to do, 1 on error
     #[arg(long)]
     pub detailed_exitcode: bool,

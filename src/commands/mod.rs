@@ -26,6 +26,13 @@ pub type Outcome = Result<ExitCode, Failure>;
 
 pub async fn run(cli: Cli) -> Outcome {
     let ctx = Context::from_global(&cli.global)?;
+    let review = matches!(&cli.command, Command::Plan(a) if a.against.is_some());
+    if ctx.output == crate::cli::Output::Markdown && !review {
+        return Err(
+            Failure::new("--output markdown is only for `phoenix plan ENV --against REF`")
+                .help("use --output human or --output json"),
+        );
+    }
     match cli.command {
         Command::Validate(a) => validate::run(&ctx, &a.env).await,
         Command::Plan(a) => plan::run(&ctx, &a).await,

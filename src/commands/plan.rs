@@ -16,6 +16,15 @@ use std::collections::BTreeMap;
 
 pub async fn run(ctx: &Context, args: &PlanArgs) -> Outcome {
     let name = &args.env.env;
+    if let Some(against) = &args.against {
+        let req = crate::review::Request {
+            env: name,
+            against,
+            layers: &args.layers,
+            live: args.live,
+        };
+        return crate::review::run(ctx, &req).await;
+    }
     if args.offline {
         offline_plan(ctx, name, &args.layers, args.detailed_exitcode).await
     } else {
@@ -306,36 +315,6 @@ fn refused_owner(e: &crate::drift::DriftEntry) -> Option<&str> {
         .and_then(|f| f.live.as_deref())
 }
 
-/// Whether a built-in kind is cluster-scoped, for the offline plan (which asks no API server).
-/// Kinds from CRDs are taken as namespaced, as most are.
-fn cluster_scoped(api_version: &str, kind: &str) -> bool {
-    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-    matches!(
-        (group, kind),
-        ("", "Namespace" | "Node" | "PersistentVolume")
-            | (
-                "rbac.authorization.k8s.io",
-                "ClusterRole" | "ClusterRoleBinding"
-            )
-            | ("apiextensions.k8s.io", "CustomResourceDefinition")
-            | ("apiregistration.k8s.io", "APIService")
-            | (
-                "storage.k8s.io",
-                "StorageClass" | "CSIDriver" | "CSINode" | "VolumeAttachment"
-            )
-            | ("scheduling.k8s.io", "PriorityClass")
-            | ("networking.k8s.io", "IngressClass")
-            | ("node.k8s.io", "RuntimeClass")
-            | (
-                "admissionregistration.k8s.io",
-                "MutatingWebhookConfiguration"
-                    | "ValidatingWebhookConfiguration"
-                    | "ValidatingAdmissionPolicy"
-                    | "ValidatingAdmissionPolicyBinding"
-            )
-    )
-}
-
 /// What a rebuild does about one divergence.
 fn action_of(kind: EntryKind) -> &'static str {
     match kind {
@@ -410,7 +389,7 @@ async fn offline_plan(
                         // Where the object goes: its own namespace, else the component's (or
                         // `default`), as applying does; cluster-scoped kinds have none.
                         let ns = m.namespace().or_else(|| {
-                            (!cluster_scoped(m.api_version(), m.kind()))
+                            (!kube::builtin_cluster_scoped(m.api_version(), m.kind()))
                                 .then(|| c.namespace.as_deref().unwrap_or("default"))
                         });
                         (

@@ -3,27 +3,10 @@
 use super::Outcome;
 use crate::env::{self, Diagnostic, Environment};
 use crate::error::{ExitCode, Failure};
-use crate::render::{Mode, RenderError, Renderer, SecretValues};
+use crate::render::{Mode, Renderer, SecretValues};
 use crate::report::output::{commit_line, print_json, ValidateDoc};
 use crate::source::Snapshot;
 use crate::workflow::Context;
-
-fn render_diag(e: RenderError) -> Diagnostic {
-    Diagnostic {
-        file: e.file,
-        line: e.line.unwrap_or(0),
-        column: match (e.line, e.column) {
-            (Some(_), Some(c)) => c,
-            (Some(_), None) => 1,
-            _ => 0,
-        },
-        field: String::new(),
-        message: e.message,
-        help: Some(
-            "fix the template or the values it uses; `phoenix render ENV` shows the output".into(),
-        ),
-    }
-}
 
 /// Renders every template the environment uses (secrets redacted), collecting every failure.
 pub fn check_templates(snap: &Snapshot, env: &Environment) -> (Vec<Diagnostic>, usize) {
@@ -37,7 +20,7 @@ pub fn check_templates(snap: &Snapshot, env: &Environment) -> (Vec<Diagnostic>, 
         Mode::Display,
     ) {
         Ok(r) => r,
-        Err(e) => return (vec![render_diag(e)], 0),
+        Err(e) => return (vec![Diagnostic::from(e)], 0),
     };
     if let Some(cloud) = &env.cloud {
         for g in &cloud.instances {
@@ -51,7 +34,7 @@ pub fn check_templates(snap: &Snapshot, env: &Environment) -> (Vec<Diagnostic>, 
                 continue;
             };
             if let Err(e) = renderer.user_data(snap, t, g, 0, &cluster) {
-                diags.push(render_diag(e));
+                diags.push(Diagnostic::from(e));
             }
         }
     }
@@ -59,7 +42,7 @@ pub fn check_templates(snap: &Snapshot, env: &Environment) -> (Vec<Diagnostic>, 
         // Every problem of the component at once, not one file at a time.
         match renderer.manifests_all(snap, c) {
             Ok(m) => objects += m.len(),
-            Err(errors) => diags.extend(errors.into_iter().map(render_diag)),
+            Err(errors) => diags.extend(errors.into_iter().map(Diagnostic::from)),
         }
     }
     (diags, objects)

@@ -25,6 +25,27 @@ pub struct RenderError {
     pub message: String,
 }
 
+impl From<RenderError> for crate::env::Diagnostic {
+    /// A template that does not render, as `phoenix validate` reports it.
+    fn from(e: RenderError) -> Self {
+        crate::env::Diagnostic {
+            file: e.file,
+            line: e.line.unwrap_or(0),
+            column: match (e.line, e.column) {
+                (Some(_), Some(c)) => c,
+                (Some(_), None) => 1,
+                _ => 0,
+            },
+            field: String::new(),
+            message: e.message,
+            help: Some(
+                "fix the template or the values it uses; `phoenix render ENV` shows the output"
+                    .into(),
+            ),
+        }
+    }
+}
+
 impl fmt::Display for RenderError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (self.line, self.column) {

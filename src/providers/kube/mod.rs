@@ -25,7 +25,7 @@ pub use diff::{
     changed_fields, diff_component, diff_component_with, hide_secret_values, ComponentDiff,
     DriftState, ObjectDiff, ObjectFieldDiff, Unhealthy,
 };
-pub use discovery::Resolver;
+pub use discovery::{builtin_cluster_scoped, Resolver};
 pub use error::KubeError;
 pub use health::Health;
 pub use inventory::{inventory_name, Inventory, INVENTORY_NAMESPACE, LABEL_INVENTORY};
