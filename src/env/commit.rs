@@ -14,6 +14,14 @@ impl CommitFiles for Snapshot {
         }
         self.read_to_string(path).map_err(|e| e.to_string())
     }
+    fn read_bytes(&self, path: &str) -> Result<Vec<u8>, String> {
+        if !self.exists(path) {
+            if let Some(text) = builtin::get(path) {
+                return Ok(text.as_bytes().to_vec());
+            }
+        }
+        self.read(path).map_err(|e| e.to_string())
+    }
     fn is_file(&self, path: &str) -> bool {
         (self.exists(path) && !Snapshot::is_dir(self, path))
             || (!self.exists(path) && builtin::get(path).is_some())

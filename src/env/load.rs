@@ -19,6 +19,10 @@ pub trait CommitFiles {
     fn is_dir(&self, path: &str) -> bool;
     /// Every file under `dir`, recursively, sorted.
     fn files_under(&self, dir: &str) -> Result<Vec<String>, String>;
+    /// The file's bytes (a packaged chart is binary).
+    fn read_bytes(&self, path: &str) -> Result<Vec<u8>, String> {
+        self.read_text(path).map(String::into_bytes)
+    }
 }
 
 /// An in-memory commit, for tests and fuzzing.
@@ -1056,6 +1060,202 @@ fn decode_cluster(d: &mut Decoder, n: &Node, p: &str) -> Option<Cluster> {
     }))
 }
 
+/// `chart:` of a component: a chart in the commit (`path`) or of a repository (`repo`, `name`,
+/// `version`, `digest`), used from its vendored copy. An empty release name means the
+/// component's name.
+fn decode_chart(d: &mut Decoder, node: &Node, p: &str, env_dir: &str) -> Option<(Source, String)> {
+    let o = d.obj(
+        node,
+        p,
+        &["path", "repo", "name", "version", "digest", "releaseName"],
+    )?;
+    let release_name = d
+        .opt(&o, "releaseName", Decoder::string)
+        .unwrap_or_default();
+    if let (false, Some(n)) = (release_name.is_empty(), o.get("releaseName")) {
+        let ok = release_name.len() <= 53
+            && release_name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !release_name.starts_with('-')
+            && !release_name.ends_with('-');
+        if !ok {
+            d.error_help(
+                n.pos,
+                &o.child("releaseName"),
+                format!("{release_name:?} is not a valid Helm release name"),
+                "lowercase letters, digits and '-', at most 53 characters, starting and ending with a letter or digit",
+            );
+            return None;
+        }
+    }
+    match (o.get("path"), o.get("repo")) {
+        (Some(pn), None) => {
+            for k in ["name", "version", "digest"] {
+                if let Some(n) = o.get(k) {
+                    d.error_help(
+                        n.pos,
+                        &o.child(k),
+                        format!("{k} applies to a repository chart, and this chart has a path"),
+                        "a chart in the commit is named by path alone (its Chart.yaml says the rest)",
+                    );
+                    return None;
+                }
+            }
+            let rel = d.string(pn, &o.child("path"))?;
+            match resolve_path(env_dir, &rel) {
+                Ok(dir) => Some((
+                    Source::Chart(Chart {
+                        from: ChartFrom::Path(rel),
+                        release_name,
+                    }),
+                    dir,
+                )),
+                Err(why) => {
+                    d.error_help(
+                        pn.pos,
+                        &o.child("path"),
+                        why,
+                        "name a chart directory or a packaged chart (.tgz) relative to the environment directory",
+                    );
+                    None
+                }
+            }
+        }
+        (None, Some(rn)) => {
+            let repo = d.string(rn, &o.child("repo"))?;
+            let uri = repo.parse::<http::Uri>().ok();
+            let scheme = uri
+                .as_ref()
+                .and_then(|u| u.scheme_str().map(str::to_string));
+            if !matches!(scheme.as_deref(), Some("http") | Some("https"))
+                || uri
+                    .as_ref()
+                    .and_then(|u| u.host())
+                    .is_none_or(str::is_empty)
+            {
+                d.error_help(
+                    rn.pos,
+                    &o.child("repo"),
+                    format!("{repo:?} is not an http(s) chart repository URL"),
+                    "write the URL of a Helm chart repository (the directory holding index.yaml), e.g. https://kubernetes.github.io/ingress-nginx; OCI registries are not supported",
+                );
+                return None;
+            }
+            let name = d.req(
+                &o,
+                "name",
+                "the chart's name in the repository, e.g. name: ingress-nginx",
+                Decoder::string,
+            );
+            let version = d.req(
+                &o,
+                "version",
+                "the chart's exact version, e.g. version: 4.11.3",
+                Decoder::string,
+            );
+            let digest = d.req(&o, "digest", "the packaged chart's sha256, e.g. digest: sha256:<64 hex digits> (phoenix vendor prints it)", Decoder::string);
+            let mut ok = true;
+            if let (Some(n), Some(node)) = (&name, o.get("name")) {
+                let valid = !n.is_empty()
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+                    && !n.starts_with('.');
+                if !valid {
+                    d.error_help(
+                        node.pos,
+                        &o.child("name"),
+                        format!("{n:?} is not a chart name"),
+                        "letters, digits, '-', '_' and '.'",
+                    );
+                    ok = false;
+                }
+            }
+            if let (Some(v), Some(node)) = (&version, o.get("version")) {
+                if !exact_version(v) {
+                    d.error_help(
+                        node.pos,
+                        &o.child("version"),
+                        format!("{v:?} is not an exact chart version"),
+                        "write one version, e.g. 4.11.3 (not a range: a rebuild must render the same chart every time)",
+                    );
+                    ok = false;
+                }
+            }
+            if let (Some(g), Some(node)) = (&digest, o.get("digest")) {
+                let hex = g.strip_prefix("sha256:").unwrap_or("");
+                if hex.len() != 64
+                    || !hex
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+                {
+                    d.error_help(
+                        node.pos,
+                        &o.child("digest"),
+                        format!("{g:?} is not a sha256 digest"),
+                        "write sha256: and 64 lowercase hex digits, the digest of the packaged chart (.tgz)",
+                    );
+                    ok = false;
+                }
+            }
+            let (name, version, digest) = (name?, version?, digest?);
+            if !ok {
+                return None;
+            }
+            let dir = ChartFrom::vendored_path(&name, &version);
+            Some((
+                Source::Chart(Chart {
+                    from: ChartFrom::Repo {
+                        repo,
+                        name,
+                        version,
+                        digest,
+                    },
+                    release_name,
+                }),
+                dir,
+            ))
+        }
+        (Some(_), Some(rn)) => {
+            d.error_help(
+                rn.pos,
+                &o.child("repo"),
+                "both path and repo are set",
+                "a chart is in the commit (path) or in a chart repository (repo, name, version, digest), not both",
+            );
+            None
+        }
+        (None, None) => {
+            d.error_help(
+                o.pos,
+                &o.child("path"),
+                "the chart has no path and no repo",
+                "write path: <chart directory or .tgz relative to the environment> or repo: URL with name, version and digest",
+            );
+            None
+        }
+    }
+}
+
+/// An exact semantic version (`1.2.3`, `v1.2.3`, `1.2.3-rc.1+build`): no ranges or wildcards.
+fn exact_version(v: &str) -> bool {
+    let v = v.strip_prefix('v').unwrap_or(v);
+    let (core, rest) = match v.find(['-', '+']) {
+        Some(i) => (&v[..i], &v[i + 1..]),
+        None => (v, ""),
+    };
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        && (v.len() == core.len()
+            || (!rest.is_empty()
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '+')))
+}
+
 /// What k3s deploys by itself and can be told not to (its `--disable` flag).
 const K3S_PACKAGED: &[&str] = &["traefik", "servicelb", "metrics-server", "local-storage"];
 
@@ -1074,6 +1274,8 @@ fn decode_components(
                 "name",
                 "template",
                 "path",
+                "chart",
+                "kustomize",
                 "namespace",
                 "values",
                 "dependsOn",
@@ -1085,47 +1287,69 @@ fn decode_components(
             ],
         )?;
         let name = name_field(d, &o, "component");
-        let source = match (o.get("template"), o.get("path")) {
-            (Some(t), None) => d.string(t, &o.child("template")).and_then(|t| {
-                match resolve_path("templates", &t) {
-                    Ok(dir) if dir.starts_with("templates/") => Some((Source::Template(t), dir)),
-                    Ok(_) | Err(_) => {
-                        d.error_help(
-                            o.get("template").map(|x| x.pos).unwrap_or(o.pos),
-                            &o.child("template"),
-                            format!("template {t:?} points outside templates/"),
-                            "name a directory under templates/, e.g. addons/ingress-nginx",
-                        );
-                        None
+        let set: Vec<&str> = ["template", "path", "chart", "kustomize"]
+            .into_iter()
+            .filter(|k| o.has(k))
+            .collect();
+        let source = match set.as_slice() {
+            ["template"] => {
+                let t_node = o.get("template").expect("present");
+                d.string(t_node, &o.child("template")).and_then(|t| {
+                    match resolve_path("templates", &t) {
+                        Ok(dir) if dir.starts_with("templates/") => {
+                            Some((Source::Template(t), dir))
+                        }
+                        Ok(_) | Err(_) => {
+                            d.error_help(
+                                t_node.pos,
+                                &o.child("template"),
+                                format!("template {t:?} points outside templates/"),
+                                "name a directory under templates/, e.g. addons/ingress-nginx",
+                            );
+                            None
+                        }
                     }
-                }
-            }),
-            (None, Some(pn)) => {
-                d.string(pn, &o.child("path"))
+                })
+            }
+            [key @ ("path" | "kustomize")] => {
+                let key = *key;
+                let pn = o.get(key).expect("present");
+                d.string(pn, &o.child(key))
                     .and_then(|rel| match resolve_path(env_dir, &rel) {
-                        Ok(dir) => Some((Source::Path(rel), dir)),
+                        Ok(dir) if key == "path" => Some((Source::Path(rel), dir)),
+                        Ok(dir) => Some((Source::Kustomize(rel), dir)),
                         Err(why) => {
                             d.error_help(
-                            pn.pos,
-                            &o.child("path"),
-                            why,
-                            "name a directory of manifests relative to the environment directory",
-                        );
+                                pn.pos,
+                                &o.child(key),
+                                why,
+                                if key == "path" {
+                                    "name a directory of manifests relative to the environment directory"
+                                } else {
+                                    "name a directory with a kustomization.yaml relative to the environment directory"
+                                },
+                            );
                             None
                         }
                     })
             }
-            (Some(_), Some(pn)) => {
-                d.error_help(
-                    pn.pos,
-                    &o.child("path"),
-                    "both template and path are set",
-                    "a component comes from a template directory or a manifest path, not both",
-                );
+            ["chart"] => {
+                let node = o.get("chart").expect("present");
+                decode_chart(d, node, &o.child("chart"), env_dir)
+            }
+            [] => {
+                d.error_help(o.pos, &o.child("template"), "the component has no source", "set template: <dir under templates/>, path: <dir relative to the environment>, chart: {...} or kustomize: <dir>");
                 None
             }
-            (None, None) => {
-                d.error_help(o.pos, &o.child("template"), "the component has no source", "set template: <dir under templates/> or path: <dir relative to the environment>");
+            _ => {
+                let second = set.get(1).copied().unwrap_or("template");
+                let pn = o.get(second).expect("present");
+                d.error_help(
+                    pn.pos,
+                    &o.child(second),
+                    format!("more than one source is set ({})", set.join(", ")),
+                    "a component comes from exactly one of template, path, chart or kustomize",
+                );
                 None
             }
         };
@@ -1271,7 +1495,12 @@ fn decode_components(
             .unwrap_or_default();
         let pos = o.get("name").map(|x| x.pos).unwrap_or(o.pos);
         let name = name?;
-        let (source, source_dir) = source?;
+        let (mut source, source_dir) = source?;
+        if let Source::Chart(chart) = &mut source {
+            if chart.release_name.is_empty() {
+                chart.release_name = name.clone();
+            }
+        }
         Some((
             name.clone(),
             pos,

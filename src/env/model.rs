@@ -314,6 +314,46 @@ pub enum Source {
     Template(String),
     /// A directory of manifests in the commit, relative to the environment directory.
     Path(String),
+    /// A Helm chart rendered with `helm template` (docs/environment.md, "Helm charts").
+    Chart(Chart),
+    /// A kustomization directory in the commit, relative to the environment directory, rendered
+    /// with `kubectl kustomize`.
+    Kustomize(String),
+}
+
+/// Where vendored charts live in the repository: `phoenix vendor ENV` writes
+/// `vendor/charts/NAME-VERSION.tgz` here, and a rebuild reads only that file.
+pub const VENDOR_DIR: &str = "vendor/charts";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Chart {
+    pub from: ChartFrom,
+    /// The Helm release name (`.Release.Name`); default: the component's name.
+    pub release_name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ChartFrom {
+    /// A chart directory or a packaged chart (`.tgz`) in the commit, relative to the
+    /// environment directory.
+    Path(String),
+    /// A chart of an HTTP(S) chart repository at an exact version, used from its vendored copy
+    /// in the commit (`vendor/charts/NAME-VERSION.tgz`), whose sha256 must be `digest`.
+    Repo {
+        repo: String,
+        name: String,
+        version: String,
+        /// `sha256:` and 64 lowercase hex digits: the packaged chart's digest.
+        digest: String,
+    },
+}
+
+impl ChartFrom {
+    /// The repo-relative path of the vendored copy of a repository chart.
+    pub fn vendored_path(name: &str, version: &str) -> String {
+        format!("{VENDOR_DIR}/{name}-{version}.tgz")
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -402,6 +402,63 @@ fn check_components(
                     );
                 }
             }
+            Source::Chart(chart) => match &chart.from {
+                ChartFrom::Path(p) => {
+                    let packaged = comp.source_dir.ends_with(".tgz");
+                    let found = if packaged {
+                        files.is_file(&comp.source_dir)
+                    } else {
+                        files.is_file(&format!("{}/Chart.yaml", comp.source_dir))
+                    };
+                    if !found {
+                        c.err(
+                            &format!("{base}.chart.path"),
+                            if packaged {
+                                format!("packaged chart {} does not exist in the commit", comp.source_dir)
+                            } else {
+                                format!("chart directory {} (with a Chart.yaml) does not exist in the commit", comp.source_dir)
+                            },
+                            format!(
+                                "paths are relative to {}; {p:?} resolved to {}; name a chart directory or a .tgz made by `helm package`",
+                                env.dir, comp.source_dir
+                            ),
+                        );
+                    }
+                }
+                ChartFrom::Repo { name, version, .. } => {
+                    if !files.is_file(&comp.source_dir) {
+                        c.err(
+                            &format!("{base}.chart.repo"),
+                            format!(
+                                "chart {name} {version} is not vendored: {} does not exist in the commit",
+                                comp.source_dir
+                            ),
+                            format!(
+                                "run `phoenix vendor {}` and commit what it writes: a rebuild uses only what is in the commit",
+                                env.name
+                            ),
+                        );
+                    }
+                }
+            },
+            Source::Kustomize(p) => {
+                let found = ["kustomization.yaml", "kustomization.yml", "Kustomization"]
+                    .iter()
+                    .any(|f| files.is_file(&format!("{}/{f}", comp.source_dir)));
+                if !found {
+                    c.err(
+                        &format!("{base}.kustomize"),
+                        format!(
+                            "kustomization directory {} (with a kustomization.yaml) does not exist in the commit",
+                            comp.source_dir
+                        ),
+                        format!(
+                            "paths are relative to {}; {p:?} resolved to {}",
+                            env.dir, comp.source_dir
+                        ),
+                    );
+                }
+            }
         }
         let deps_path = format!("{base}.dependsOn");
         for (k, dep) in comp.depends_on.iter().enumerate() {

@@ -1,5 +1,6 @@
 //! Rendering: minijinja templates read from the commit, merged values, and secret references.
 
+pub mod chart;
 mod secrets;
 mod template;
 mod values;

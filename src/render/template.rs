@@ -6,7 +6,7 @@
 use super::secrets::{Mode, SecretValues};
 use super::values::deep_merge;
 use crate::env::load::CommitFiles;
-use crate::env::model::{Component, Environment, InstanceGroup};
+use crate::env::model::{Component, Environment, InstanceGroup, Source};
 use crate::env::yaml;
 use minijinja::{Error as JinjaError, ErrorKind, UndefinedBehavior, Value};
 use serde_json::json;
@@ -97,6 +97,8 @@ pub struct Renderer {
     env_ctx: serde_json::Value,
     secrets: SecretValues,
     mode: Mode,
+    /// Repo-relative directory of the environment (kustomize bases resolve inside it).
+    env_dir: String,
 }
 
 /// A minijinja error as a diagnostic: the file, the line and column where the failing expression
@@ -426,6 +428,7 @@ impl Renderer {
             }),
             secrets,
             mode,
+            env_dir: env.dir.clone(),
         })
     }
 
@@ -485,6 +488,24 @@ impl Renderer {
         files: &dyn CommitFiles,
         comp: &Component,
     ) -> (Vec<RenderedFile>, Vec<RenderError>) {
+        match &comp.source {
+            Source::Chart(chart) => {
+                let rendered = self
+                    .chart_values(files, comp)
+                    .and_then(|values| super::chart::render_chart(files, comp, chart, &values));
+                return match rendered {
+                    Ok(out) => (out, Vec::new()),
+                    Err(e) => (Vec::new(), vec![e]),
+                };
+            }
+            Source::Kustomize(_) => {
+                return match super::chart::render_kustomize(files, comp, &self.env_dir) {
+                    Ok(out) => (out, Vec::new()),
+                    Err(e) => (Vec::new(), vec![e]),
+                };
+            }
+            Source::Template(_) | Source::Path(_) => {}
+        }
         let mut errors = Vec::new();
         let values = match self.values_for(files, Some(comp)) {
             Ok(v) => v,
@@ -540,6 +561,156 @@ impl Renderer {
             }
         }
         (out, errors)
+    }
+
+    /// A chart's values: the component's `values`, each string rendered as a template (with
+    /// `env`, the environment's `values` and `secrets`), so `"{{ secrets.db }}"` passes a secret
+    /// to the chart (through a private file, see [`super::chart::render_chart`]).
+    fn chart_values(
+        &self,
+        files: &dyn CommitFiles,
+        comp: &Component,
+    ) -> Result<serde_json::Value, RenderError> {
+        let ctx = json!({
+            "env": self.env_ctx,
+            "values": self.values_for(files, None)?,
+            "component": { "name": comp.name, "namespace": comp.namespace },
+            "secrets": serde_json::to_value(self.secrets.as_map()).unwrap_or_default(),
+        });
+        let file = format!("component {} values", comp.name);
+        self.render_strings(&comp.values, &ctx, &file)
+    }
+
+    fn render_strings(
+        &self,
+        v: &serde_json::Value,
+        ctx: &serde_json::Value,
+        file: &str,
+    ) -> Result<serde_json::Value, RenderError> {
+        use serde_json::Value as J;
+        Ok(match v {
+            J::String(s) if s.contains("{{") || s.contains("{%") => {
+                let out = self
+                    .jinja
+                    .render_str(s, Value::from(minijinja::value::Serde(ctx)))
+                    .map_err(|e| RenderError {
+                        file: file.to_string(),
+                        line: None,
+                        column: None,
+                        message: format!(
+                            "cannot render {s:?}: {}",
+                            e.detail().unwrap_or(&e.kind().to_string())
+                        ),
+                    })?;
+                J::String(out)
+            }
+            J::Array(a) => J::Array(
+                a.iter()
+                    .map(|x| self.render_strings(x, ctx, file))
+                    .collect::<Result<_, _>>()?,
+            ),
+            J::Object(m) => J::Object(
+                m.iter()
+                    .map(|(k, x)| Ok((k.clone(), self.render_strings(x, ctx, file)?)))
+                    .collect::<Result<_, RenderError>>()?,
+            ),
+            other => other.clone(),
+        })
+    }
+
+    /// What a chart's or a kustomization's output must satisfy before phoenix applies it: Helm
+    /// test hooks are dropped; other hooks are refused (phoenix does not run them in their
+    /// phases); a secret value the chart's values carry may appear only in a Secret's data;
+    /// a Secret's `stringData` is folded into `data` (as the API server does, so it never reads
+    /// as drift).
+    fn check_tool_output(
+        &self,
+        comp: &Component,
+        out: &mut Vec<Manifest>,
+        errors: &mut Vec<RenderError>,
+    ) {
+        let used: Vec<(&str, &str)> = match &comp.source {
+            Source::Chart(_) => {
+                let text = comp.values.to_string();
+                self.secrets
+                    .names()
+                    .filter(|n| {
+                        text.contains(&format!("secrets.{n}"))
+                            || text.contains(&format!("secrets[\\\"{n}\\\"]"))
+                            || text.contains(&format!("secrets['{n}']"))
+                    })
+                    .filter_map(|n| self.secrets.get(n).map(|v| (n, v)))
+                    .filter(|(_, v)| !v.is_empty())
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
+        let mut kept = Vec::with_capacity(out.len());
+        for mut m in out.drain(..) {
+            let hooks: Vec<String> = m.object["metadata"]["annotations"]["helm.sh/hook"]
+                .as_str()
+                .map(|h| h.split(',').map(|x| x.trim().to_string()).collect())
+                .unwrap_or_default();
+            if !hooks.is_empty() {
+                if hooks.iter().all(|h| h.starts_with("test")) {
+                    continue;
+                }
+                errors.push(RenderError {
+                    file: m.source.clone(),
+                    line: None,
+                    column: None,
+                    message: format!(
+                        "{} {} is a Helm hook ({}): phoenix does not run Helm hooks (it applies a chart's objects together, so it cannot honour a hook's phase and weight); refused rather than applied at the wrong time",
+                        m.kind(),
+                        m.name(),
+                        hooks.join(", ")
+                    ),
+                });
+                continue;
+            }
+            if m.kind() == "Secret" && m.api_version() == "v1" {
+                if let Some(sd) = m.object.get_mut("stringData").map(serde_json::Value::take) {
+                    if let Some(map) = m.object.as_object_mut() {
+                        map.remove("stringData");
+                    }
+                    let data = m.object["data"].take();
+                    let mut data = data.as_object().cloned().unwrap_or_default();
+                    for (k, v) in sd.as_object().into_iter().flatten() {
+                        let text = v
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| v.to_string());
+                        data.insert(k.clone(), json!(base64_encode(text.as_bytes())));
+                    }
+                    m.object["data"] = serde_json::Value::Object(data);
+                }
+            }
+            let mut outside = m.object.clone();
+            if m.kind() == "Secret" {
+                if let Some(map) = outside.as_object_mut() {
+                    map.remove("data");
+                }
+            }
+            let text = outside.to_string();
+            if let Some((name, _)) = used
+                .iter()
+                .find(|(_, v)| text.contains(*v) || text.contains(&base64_encode(v.as_bytes())))
+            {
+                errors.push(RenderError {
+                    file: m.source.clone(),
+                    line: None,
+                    column: None,
+                    message: format!(
+                        "the value of secret {name:?} reaches {} {} outside a Secret's data: refused (a secret value may go only into a Secret's data, where phoenix redacts it)",
+                        m.kind(),
+                        m.name()
+                    ),
+                });
+                continue;
+            }
+            kept.push(m);
+        }
+        *out = kept;
     }
 
     /// The component's Kubernetes objects: rendered files split into documents, plus the Secrets
@@ -609,6 +780,9 @@ impl Renderer {
                     object,
                 });
             }
+        }
+        if matches!(comp.source, Source::Chart(_) | Source::Kustomize(_)) {
+            self.check_tool_output(comp, &mut out, &mut errors);
         }
         for s in &comp.secrets {
             let mut data = serde_json::Map::new();
