@@ -459,6 +459,187 @@ fn a_kustomize_overlay_converges_and_remote_bases_are_refused() {
     );
 }
 
+/// A chart repository on 127.0.0.1 serving the files of `dir` (index.yaml, packaged charts) until
+/// dropped; every request is counted.
+struct ChartRepo {
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ChartRepo {
+    fn serve(dir: PathBuf) -> ChartRepo {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}/stable", listener.local_addr().unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stop2, requests2) = (stop.clone(), requests.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                };
+                conn.set_nonblocking(false).unwrap();
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_string();
+                let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                requests2.lock().unwrap().push(path.clone());
+                let file = path.strip_prefix("/stable/").map(|p| dir.join(p));
+                let (status, body) = match file.and_then(|f| std::fs::read(f).ok()) {
+                    Some(b) => ("200 OK", b),
+                    None => ("404 Not Found", b"not found".to_vec()),
+                };
+                let _ = conn.write_all(
+                    format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+                let _ = conn.write_all(&body);
+            }
+        });
+        ChartRepo {
+            url,
+            stop,
+            requests,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ChartRepo {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `helm repo index` of `dir` for `url`.
+fn index(dir: &Path, url: &str) {
+    let out = Command::new(helm())
+        .arg("repo")
+        .arg("index")
+        .arg(dir)
+        .args(["--url", url])
+        .env("HELM_CACHE_HOME", dir.join("../.cache"))
+        .env("HELM_CONFIG_HOME", dir.join("../.config"))
+        .env("HELM_DATA_HOME", dir.join("../.data"))
+        .output()
+        .expect("run helm repo index");
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_chart_repository_is_vendored_then_rebuilt_with_the_server_stopped() {
+    let bed = Bed::new();
+    let env = Env::new(&bed);
+    let work = env.tmp.parent().unwrap().to_path_buf();
+    let served = work.join("served");
+    write_chart(&work.join("src"), "1.0.0", "from-the-repository");
+    let v1 = package(&work.join("src"), &served);
+    let digest = sha256(&v1);
+    let server = ChartRepo::serve(served.clone());
+    index(&served, &server.url);
+    let entry = |version: &str, digest: &str| {
+        format!("    - name: hello\n      chart: {{ repo: \"{}\", name: hello, version: \"{version}\", digest: \"{digest}\" }}\n      wait: 1m\n", server.url)
+    };
+
+    // Not vendored yet: validate and rebuild say to run vendor; nothing is fetched by them.
+    env.define(&entry("1.0.0", &digest), "a repository chart");
+    for args in [&["validate", "charts"][..], &["rebuild", "charts"][..]] {
+        let out = env.phoenix(args);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {all}");
+        assert!(all.contains("phoenix vendor charts"), "{args:?}: {all}");
+    }
+    assert!(
+        server.requests.lock().unwrap().is_empty(),
+        "only vendor reaches the repository"
+    );
+
+    // A digest other than the served chart's is refused by vendor, and nothing is written.
+    let wrong = format!("sha256:{}", "1".repeat(64));
+    env.define(&entry("1.0.0", &wrong), "a wrong digest");
+    let out = env.phoenix(&["vendor", "charts"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(all.contains(&digest) && all.contains(&wrong), "{all}");
+    assert!(!env.repo.dir.join("vendor/charts/hello-1.0.0.tgz").exists());
+
+    // Vendored: index.yaml, then the chart; the user commits it.
+    env.define(&entry("1.0.0", &digest), "the right digest");
+    let out = env.phoenix(&["vendor", "charts"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("git add vendor/charts/hello-1.0.0.tgz"),
+        "{all}"
+    );
+    let requests = server.requests.lock().unwrap().clone();
+    assert_eq!(
+        requests,
+        [
+            "/stable/index.yaml",
+            "/stable/hello-1.0.0.tgz",
+            "/stable/index.yaml",
+            "/stable/hello-1.0.0.tgz"
+        ],
+        "the refused run fetched too"
+    );
+    assert_eq!(
+        sha256(&env.repo.dir.join("vendor/charts/hello-1.0.0.tgz")),
+        digest
+    );
+    env.repo.commit("vendor hello 1.0.0");
+    // A second run finds it in place.
+    let out = env.phoenix(&["vendor", "charts"]);
+    assert!(text(&out).contains("unchanged"), "{}", text(&out));
+
+    // The server stops; the rebuild needs only Git.
+    drop(server);
+    let out = env.phoenix(&["rebuild", "charts"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let data = env.configmap("hello-config").unwrap().data.unwrap();
+    assert_eq!(
+        (data["version"].as_str(), data["greeting"].as_str()),
+        ("1.0.0", "from-the-repository")
+    );
+
+    // An upgrade: 1.1.0 published, vendored, committed, converged.
+    write_chart(&work.join("src"), "1.1.0", "upgraded");
+    let v2 = package(&work.join("src"), &served);
+    let server = ChartRepo::serve(served.clone());
+    index(&served, &server.url);
+    let entry2 = format!("    - name: hello\n      chart: {{ repo: \"{}\", name: hello, version: \"1.1.0\", digest: \"{}\" }}\n      wait: 1m\n", server.url, sha256(&v2));
+    env.define(&entry2, "hello 1.1.0");
+    let out = env.phoenix(&["vendor", "charts"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    env.repo.commit("vendor hello 1.1.0");
+    drop(server);
+    let out = env.phoenix(&["rebuild", "charts"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let data = env.configmap("hello-config").unwrap().data.unwrap();
+    assert_eq!(
+        (data["version"].as_str(), data["greeting"].as_str()),
+        ("1.1.0", "upgraded")
+    );
+}
+
 #[test]
 fn validate_names_the_missing_tool() {
     let bed = Bed::new();

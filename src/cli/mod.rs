@@ -119,6 +119,9 @@ pub enum Command {
     Man(ManArgs),
     /// Write a minimal environment (an existing cluster, or k3s on AWS) into the working tree
     Init(InitArgs),
+    /// Fetch the Helm charts the environment names by repository URL into vendor/charts/
+    /// (digest-checked), to commit so a rebuild needs only Git
+    Vendor(EnvArg),
 }
 
 #[derive(Debug, Args)]

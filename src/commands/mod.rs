@@ -15,6 +15,7 @@ mod render;
 mod runbook;
 mod ssh_key;
 mod validate;
+mod vendor;
 mod watch;
 
 use crate::cli::{Cli, Command};
@@ -51,5 +52,6 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Completions(a) => completions::completions(a.shell),
         Command::Man(a) => completions::man(&ctx, a.dir.as_deref()),
         Command::Init(a) => init::run(&ctx, &a),
+        Command::Vendor(a) => vendor::run(&ctx, &a.env).await,
     }
 }

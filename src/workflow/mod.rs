@@ -13,6 +13,7 @@ pub mod deployment;
 pub mod drill;
 pub mod heal;
 pub mod teardown;
+pub mod vendor;
 
 pub use context::{load_env, Context};
 pub use deployment::Deployment;
