@@ -99,6 +99,12 @@ impl Bed {
             .env_remove("PHOENIX_TRUSTED_KEYS")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null());
+        // The demo's ingress add-on is a chart: Helm 4 as scripts/setup builds it, unless
+        // PHOENIX_HELM names one.
+        if std::env::var_os("PHOENIX_HELM").is_none() {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            cmd.env("PHOENIX_HELM", root.join("testenv/bin/helm"));
+        }
         cmd
     }
 
