@@ -1521,3 +1521,157 @@ fn decode_components(
         ))
     })
 }
+
+#[cfg(test)]
+mod chart_tests {
+    use super::*;
+
+    const HEAD: &str = "apiVersion: phoenix/v1\nkind: Environment\nmetadata: {name: t}\nspec:\n  cluster: {existing: {kubeconfig: /dev/null}}\n  addons:\n";
+    const DIGEST: &str = "sha256:2182c9c5f5c52464e46accb4462a1637a36b898a53080ba78a77819011faeb86";
+
+    fn load_with(addons: &str, extra: &[(&str, &str)]) -> Result<Environment, Vec<Diagnostic>> {
+        let mut f = MemFiles::default().with(
+            "environments/t/environment.yaml",
+            &format!("{HEAD}{addons}"),
+        );
+        for (p, t) in extra {
+            f = f.with(p, t);
+        }
+        load(&f, "t")
+    }
+
+    fn problems(addons: &str, extra: &[(&str, &str)]) -> Vec<(usize, String, String)> {
+        load_with(addons, extra)
+            .unwrap_err()
+            .into_iter()
+            .map(|d| {
+                (
+                    d.line,
+                    d.field,
+                    format!("{} | {}", d.message, d.help.unwrap_or_default()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chart_sources_decode() {
+        let env = load_with(
+            &format!("    - {{name: a, chart: {{path: charts/a}}}}\n    - {{name: b, chart: {{path: b.tgz, releaseName: bee}}}}\n    - {{name: c, chart: {{repo: 'https://charts.example/x', name: c, version: 1.2.3, digest: '{DIGEST}'}}}}\n    - {{name: d, kustomize: k/prod}}\n"),
+            &[
+                ("environments/t/charts/a/Chart.yaml", "name: a\n"),
+                ("environments/t/b.tgz", "x"),
+                ("vendor/charts/c-1.2.3.tgz", "x"),
+                ("environments/t/k/prod/kustomization.yaml", "resources: []\n"),
+            ],
+        )
+        .unwrap();
+        let a = &env.addons[0];
+        assert_eq!(a.source_dir, "environments/t/charts/a");
+        assert!(matches!(&a.source, Source::Chart(c) if c.release_name == "a"));
+        assert!(matches!(&env.addons[1].source, Source::Chart(c) if c.release_name == "bee"));
+        assert_eq!(env.addons[2].source_dir, "vendor/charts/c-1.2.3.tgz");
+        assert_eq!(env.addons[3].source, Source::Kustomize("k/prod".into()));
+        assert_eq!(env.addons[3].source_dir, "environments/t/k/prod");
+    }
+
+    #[test]
+    fn chart_problems_point_at_the_field() {
+        let p = problems(
+            "    - name: a\n      chart:\n        repo: 'https://charts.example/x'\n        name: c\n        version: '^1.2'\n        digest: md5:abc\n",
+            &[],
+        );
+        assert!(
+            p.iter().any(|(l, f, m)| *l == 11
+                && f == "spec.addons[0].chart.version"
+                && m.contains("not an exact chart version")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(|(l, f, m)| *l == 12
+                && f == "spec.addons[0].chart.digest"
+                && m.contains("not a sha256 digest")),
+            "{p:?}"
+        );
+
+        let p = problems(
+            &format!("    - name: a\n      chart: {{repo: 'https://charts.example/x', name: c, version: 1.2.3, digest: '{DIGEST}'}}\n"),
+            &[],
+        );
+        assert!(
+            p.iter().any(|(l, f, m)| *l == 8
+                && f.ends_with("chart.repo")
+                && m.contains("not vendored")
+                && m.contains("run `phoenix vendor t`")),
+            "{p:?}"
+        );
+
+        let p = problems(
+            "    - {name: a, chart: {repo: 'oci://r/x', name: c, version: 1.2.3, digest: x}}\n",
+            &[],
+        );
+        assert!(
+            p.iter()
+                .any(|(_, f, m)| f.ends_with("chart.repo") && m.contains("OCI")),
+            "{p:?}"
+        );
+
+        let p = problems("    - {name: a, template: x, chart: {path: c}}\n", &[]);
+        assert!(
+            p.iter()
+                .any(|(l, _, m)| *l == 7 && m.contains("more than one source")),
+            "{p:?}"
+        );
+
+        let p = problems("    - {name: a, chart: {path: c, version: 1.0.0}}\n", &[]);
+        assert!(
+            p.iter().any(|(_, f, m)| f.ends_with("chart.version")
+                && m.contains("applies to a repository chart")),
+            "{p:?}"
+        );
+
+        let p = problems(
+            "    - {name: a, chart: {path: missing}}\n    - {name: b, kustomize: nope}\n",
+            &[],
+        );
+        assert!(
+            p.iter()
+                .any(|(_, f, m)| f.ends_with("chart.path") && m.contains("Chart.yaml")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|(_, f, m)| f.ends_with("kustomize") && m.contains("kustomization.yaml")),
+            "{p:?}"
+        );
+
+        let p = problems(
+            "    - {name: a, chart: {path: c, releaseName: Not_Valid}}\n",
+            &[("environments/t/c/Chart.yaml", "")],
+        );
+        assert!(
+            p.iter().any(|(_, f, m)| f.ends_with("releaseName")
+                && m.contains("not a valid Helm release name")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn exact_versions() {
+        for ok in ["1.2.3", "v1.2.3", "1.2.3-rc.1", "1.2.3+build.5", "0.0.0"] {
+            assert!(exact_version(ok), "{ok}");
+        }
+        for bad in [
+            "1.2",
+            "^1.2.3",
+            "~1.2.3",
+            "1.2.x",
+            ">=1.0.0",
+            "1.2.3-",
+            "",
+            "1.2.3 || 2.0.0",
+        ] {
+            assert!(!exact_version(bad), "{bad}");
+        }
+    }
+}
