@@ -581,11 +581,21 @@ fn a_chart_repository_is_vendored_then_rebuilt_with_the_server_stopped() {
     assert!(all.contains(&digest) && all.contains(&wrong), "{all}");
     assert!(!env.repo.dir.join("vendor/charts/hello-1.0.0.tgz").exists());
 
-    // Vendored: index.yaml, then the chart; the user commits it.
-    env.define(&entry("1.0.0", &digest), "the right digest");
+    // No digest declared: validate says to vendor; vendor fetches (index.yaml, then the chart,
+    // checked against the index's digest) and prints the digest to declare.
+    let undeclared = entry("1.0.0", "").replace(", digest: \"\"", "");
+    env.define(&undeclared, "no digest yet");
+    let out = env.phoenix(&["validate", "charts"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(
+        all.contains("has no digest") && all.contains("phoenix vendor charts"),
+        "{all}"
+    );
     let out = env.phoenix(&["vendor", "charts"]);
     let all = text(&out);
     assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(all.contains(&format!("add `digest: {digest}`")), "{all}");
     assert!(
         all.contains("git add vendor/charts/hello-1.0.0.tgz"),
         "{all}"
@@ -605,7 +615,8 @@ fn a_chart_repository_is_vendored_then_rebuilt_with_the_server_stopped() {
         sha256(&env.repo.dir.join("vendor/charts/hello-1.0.0.tgz")),
         digest
     );
-    env.repo.commit("vendor hello 1.0.0");
+    // Declared and committed.
+    env.define(&entry("1.0.0", &digest), "vendor hello 1.0.0");
     // A second run finds it in place.
     let out = env.phoenix(&["vendor", "charts"]);
     assert!(text(&out).contains("unchanged"), "{}", text(&out));

@@ -73,7 +73,7 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
         for v in &results {
             match v.error.as_deref() {
                 None => crate::outln!(
-                    "{} {} {} {} ({})",
+                    "{} {} {} {} {} ({})",
                     if v.status == "fetched" {
                         "✓ fetched"
                     } else {
@@ -82,10 +82,18 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
                     v.chart,
                     v.version,
                     v.path,
+                    v.digest.as_deref().unwrap_or(""),
                     v.component
                 ),
                 Some(e) => crate::outln!("✗ {} {} ({}): {e}", v.chart, v.version, v.component),
             }
+        }
+        for v in results.iter().filter(|v| v.undeclared && v.error.is_none()) {
+            crate::outln!(
+                "component {} declares no digest: add `digest: {}` to its chart (environments/{name}/environment.yaml)",
+                v.component,
+                v.digest.as_deref().unwrap_or("")
+            );
         }
         let fetched: Vec<&str> = results
             .iter()

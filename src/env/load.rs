@@ -23,6 +23,11 @@ pub trait CommitFiles {
     fn read_bytes(&self, path: &str) -> Result<Vec<u8>, String> {
         self.read_text(path).map(String::into_bytes)
     }
+    /// Whether the environment is loaded by `phoenix vendor`, which is what makes repository
+    /// charts present: their absence, and a digest not declared yet, are then no problem.
+    fn vendoring(&self) -> bool {
+        false
+    }
 }
 
 /// An in-memory commit, for tests and fuzzing.
@@ -1154,7 +1159,8 @@ fn decode_chart(d: &mut Decoder, node: &Node, p: &str, env_dir: &str) -> Option<
                 "the chart's exact version, e.g. version: 4.11.3",
                 Decoder::string,
             );
-            let digest = d.req(&o, "digest", "the packaged chart's sha256, e.g. digest: sha256:<64 hex digits> (phoenix vendor prints it)", Decoder::string);
+            // Absent until the first `phoenix vendor`, which prints it (validate says so).
+            let digest = Some(d.opt(&o, "digest", Decoder::string).unwrap_or_default());
             let mut ok = true;
             if let (Some(n), Some(node)) = (&name, o.get("name")) {
                 let valid = !n.is_empty()
@@ -1182,7 +1188,9 @@ fn decode_chart(d: &mut Decoder, node: &Node, p: &str, env_dir: &str) -> Option<
                     ok = false;
                 }
             }
-            if let (Some(g), Some(node)) = (&digest, o.get("digest")) {
+            if let (Some(g), Some(node)) =
+                (digest.as_ref().filter(|g| !g.is_empty()), o.get("digest"))
+            {
                 let hex = g.strip_prefix("sha256:").unwrap_or("");
                 if hex.len() != 64
                     || !hex

@@ -344,7 +344,8 @@ pub enum ChartFrom {
         repo: String,
         name: String,
         version: String,
-        /// `sha256:` and 64 lowercase hex digits: the packaged chart's digest.
+        /// `sha256:` and 64 lowercase hex digits: the packaged chart's digest. Empty when not
+        /// declared yet: `validate` refuses that, and `phoenix vendor` prints the digest to declare.
         digest: String,
     },
 }

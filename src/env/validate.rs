@@ -425,8 +425,22 @@ fn check_components(
                         );
                     }
                 }
-                ChartFrom::Repo { name, version, .. } => {
-                    if !files.is_file(&comp.source_dir) {
+                ChartFrom::Repo {
+                    name,
+                    version,
+                    digest,
+                    ..
+                } => {
+                    if digest.is_empty() && !files.vendoring() {
+                        c.err(
+                            &format!("{base}.chart.repo"),
+                            format!("chart {name} {version} has no digest"),
+                            format!(
+                                "run `phoenix vendor {}`: it fetches the chart, checks it against the repository's index and prints the digest to declare as chart.digest; commit both",
+                                env.name
+                            ),
+                        );
+                    } else if !files.is_file(&comp.source_dir) {
                         c.err(
                             &format!("{base}.chart.repo"),
                             format!(

@@ -183,6 +183,12 @@ pub fn render_chart(
     let dir = PrivateDir::new()
         .map_err(|e| error(src, format!("cannot create a temporary directory: {e}")))?;
     let chart_path = match &chart.from {
+        ChartFrom::Repo { digest, .. } if digest.is_empty() => {
+            return Err(error(
+                src,
+                "the chart declares no digest: run `phoenix vendor ENV`, declare the digest it prints, and commit both",
+            ));
+        }
         ChartFrom::Repo { digest, .. } => {
             let bytes = files.read_bytes(src).map_err(|_| {
                 error(

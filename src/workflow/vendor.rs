@@ -41,6 +41,9 @@ impl CommitFiles for AssumeVendored<'_> {
     fn read_bytes(&self, path: &str) -> Result<Vec<u8>, String> {
         self.0.read_bytes(path)
     }
+    fn vendoring(&self) -> bool {
+        true
+    }
 }
 
 /// One repository chart of the environment and what vendoring it did.
@@ -54,6 +57,11 @@ pub struct Vendored {
     pub path: String,
     /// `fetched`, `unchanged` (already there with the declared digest) or `failed`.
     pub status: &'static str,
+    /// The packaged chart's digest (what `chart.digest` must say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Whether the environment declares no digest yet: the user adds `digest`.
+    pub undeclared: bool,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -84,13 +92,22 @@ pub async fn vendor(env: &Environment, root: &Path) -> Vec<Vendored> {
             version: version.clone(),
             path,
             status: "fetched",
+            digest: None,
+            undeclared: digest.is_empty(),
             error: None,
         };
-        if std::fs::read(&target).is_ok_and(|b| &sha256_digest(&b) == digest) {
+        if !digest.is_empty() && std::fs::read(&target).is_ok_and(|b| &sha256_digest(&b) == digest)
+        {
             v.status = "unchanged";
-        } else if let Err(e) = fetch_chart(repo, name, version, digest, &target).await {
-            v.status = "failed";
-            v.error = Some(e);
+            v.digest = Some(digest.clone());
+        } else {
+            match fetch_chart(repo, name, version, digest, &target).await {
+                Ok(found) => v.digest = Some(found),
+                Err(e) => {
+                    v.status = "failed";
+                    v.error = Some(e);
+                }
+            }
         }
         out.push(v);
     }
@@ -103,7 +120,7 @@ async fn fetch_chart(
     version: &str,
     digest: &str,
     target: &PathBuf,
-) -> Result<(), String> {
+) -> Result<String, String> {
     let base = format!("{}/", repo.trim_end_matches('/'));
     let index_url = format!("{base}index.yaml");
     let index = get(&index_url).await?;
@@ -154,7 +171,9 @@ async fn fetch_chart(
             ));
         }
     }
-    if found != digest {
+    // No digest declared yet: trusted on first use, checked against the index when it lists one,
+    // and printed for the user to declare.
+    if !digest.is_empty() && found != digest {
         return Err(format!(
             "{chart_url} has digest {found}, and the environment declares {digest}: refused, nothing written (if you trust this chart, set digest: {found})"
         ));
@@ -167,7 +186,8 @@ async fn fetch_chart(
     let partial = target.with_extension("tgz.partial");
     std::fs::write(&partial, &bytes)
         .and_then(|()| std::fs::rename(&partial, target))
-        .map_err(|e| format!("cannot write {}: {e}", target.display()))
+        .map_err(|e| format!("cannot write {}: {e}", target.display()))?;
+    Ok(found)
 }
 
 /// One GET with redirects followed, bounded by [`FETCH_TIMEOUT`] and [`MAX_BYTES`]: the body.
