@@ -1018,7 +1018,7 @@ fn every_environment_shipped_in_the_repository_validates() {
     let sb = Sandbox::new();
     let repo = sb.repo("shipped");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for dir in ["environments", "templates"] {
+    for dir in ["environments", "templates", "vendor"] {
         std::fs::create_dir_all(repo.dir.join(dir)).expect("mkdir");
         copy_tree(&root.join(dir), &repo.dir.join(dir));
     }
