@@ -1355,7 +1355,10 @@ fn decode_components(
                 d.error_help(
                     pn.pos,
                     &o.child(second),
-                    format!("more than one source is set ({})", set.join(", ")),
+                    match set.as_slice() {
+                        [a, b] => format!("both {a} and {b} are set"),
+                        _ => format!("more than one source is set ({})", set.join(", ")),
+                    },
                     "a component comes from exactly one of template, path, chart or kustomize",
                 );
                 None
@@ -1627,7 +1630,7 @@ mod chart_tests {
         let p = problems("    - {name: a, template: x, chart: {path: c}}\n", &[]);
         assert!(
             p.iter()
-                .any(|(l, _, m)| *l == 7 && m.contains("more than one source")),
+                .any(|(l, _, m)| *l == 7 && m.contains("both template and chart are set")),
             "{p:?}"
         );
 
