@@ -207,6 +207,20 @@ fn a_chart_directory_and_a_packaged_chart_converge_with_values_and_a_secret() {
         &env.repo.dir.join("environments/charts/packages"),
     );
     assert!(packaged.ends_with("hello-0.1.0.tgz"), "{packaged:?}");
+    // The directory chart (not the packaged one) also brings a CRD (crds/, applied first) and an
+    // object of it.
+    let dir = env.repo.dir.join("environments/charts/charts/hello");
+    std::fs::create_dir_all(dir.join("crds")).unwrap();
+    std::fs::write(
+        dir.join("crds/greeting.yaml"),
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: greetings.charts.test.dev}\nspec:\n  group: charts.test.dev\n  scope: Namespaced\n  names: {kind: Greeting, plural: greetings, singular: greeting}\n  versions:\n    - name: v1\n      served: true\n      storage: true\n      schema:\n        openAPIV3Schema:\n          type: object\n          properties:\n            spec: {type: object, properties: {text: {type: string}}}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("templates/greeting.yaml"),
+        "apiVersion: charts.test.dev/v1\nkind: Greeting\nmetadata: {name: {{ .Release.Name }}}\nspec: {text: {{ .Values.greeting | quote }}}\n",
+    )
+    .unwrap();
     env.define(
         "    - name: hello\n      chart: { path: charts/hello }\n      values: { greeting: \"{{ values.greeting }}\", password: \"{{ secrets.db }}\", replicas: 2 }\n      wait: 1m\n    - name: packaged\n      chart: { path: packages/hello-0.1.0.tgz, releaseName: boxed }\n      wait: 1m\n",
         "two charts",
@@ -230,6 +244,10 @@ fn a_chart_directory_and_a_packaged_chart_converge_with_values_and_a_secret() {
         "test hooks are skipped: {shown}"
     );
     assert!(!shown.contains(SECRET), "{shown}");
+    assert!(
+        shown.contains("password: \"**redacted**(db)\""),
+        "the chart's Secret shows the marker: {shown}"
+    );
 
     let started = std::time::Instant::now();
     let out = env.phoenix(&["rebuild", "charts"]);
@@ -249,6 +267,20 @@ fn a_chart_directory_and_a_packaged_chart_converge_with_values_and_a_secret() {
         .configmap("boxed-config")
         .expect("the packaged chart's ConfigMap");
     assert_eq!(boxed.data.unwrap()["greeting"], "chart-default");
+    let (ok, greeting, err) = control_plane::kubectl(
+        &bed.kube.cluster_url("charts"),
+        &[
+            "get",
+            "greetings",
+            "hello",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.text}",
+        ],
+    );
+    assert!(ok, "the chart's CRD and its object: {err}");
+    assert_eq!(greeting, "hello-from-env");
     let labels = cm.metadata.labels.unwrap_or_default();
     assert!(
         labels.keys().any(|k| k.starts_with("phoenix")),

@@ -685,6 +685,21 @@ impl Renderer {
                     m.object["data"] = serde_json::Value::Object(data);
                 }
             }
+            if self.mode == Mode::Display && m.kind() == "Secret" {
+                // As for spec.secrets: a redaction marker is shown as such, not as base64.
+                use base64::Engine as _;
+                if let Some(data) = m.object["data"].as_object_mut() {
+                    for v in data.values_mut() {
+                        let decoded = v
+                            .as_str()
+                            .and_then(|t| base64::engine::general_purpose::STANDARD.decode(t).ok())
+                            .and_then(|b| String::from_utf8(b).ok());
+                        if let Some(text) = decoded.filter(|t| t.contains(super::REDACTED)) {
+                            *v = json!(text);
+                        }
+                    }
+                }
+            }
             let mut outside = m.object.clone();
             if m.kind() == "Secret" {
                 if let Some(map) = outside.as_object_mut() {
