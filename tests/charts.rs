@@ -354,22 +354,27 @@ fn a_secret_outside_a_secrets_data_and_a_helm_hook_are_refused() {
         "0.1.0",
         "x",
     );
-    // The secret as the ConfigMap's greeting.
-    env.define(
-        "    - name: hello\n      chart: { path: charts/hello }\n      values: { greeting: \"{{ secrets.db }}\" }\n",
-        "a secret into a ConfigMap",
-    );
-    for args in [&["validate", "charts"][..], &["rebuild", "charts"][..]] {
-        let out = env.phoenix(args);
-        let all = text(&out);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {all}");
-        assert!(
-            all.contains("secret \"db\"")
-                && all.contains("ConfigMap hello-config")
-                && all.contains("outside a Secret's data"),
-            "{args:?}: {all}"
+    // The secret as the ConfigMap's greeting: by name, and reached indirectly.
+    for (i, expr) in ["{{ secrets.db }}", "{{ (secrets | dictsort | first)[1] }}"]
+        .iter()
+        .enumerate()
+    {
+        env.define(
+            &format!("    - name: hello\n      chart: {{ path: charts/hello }}\n      values: {{ greeting: \"{expr}\" }}\n"),
+            &format!("a secret into a ConfigMap ({i})"),
         );
-        assert!(!all.contains(SECRET), "{all}");
+        for args in [&["validate", "charts"][..], &["rebuild", "charts"][..]] {
+            let out = env.phoenix(args);
+            let all = text(&out);
+            assert_eq!(out.status.code(), Some(1), "{expr} {args:?}: {all}");
+            assert!(
+                all.contains("secret \"db\"")
+                    && all.contains("ConfigMap hello-config")
+                    && all.contains("outside a Secret's data"),
+                "{expr} {args:?}: {all}"
+            );
+            assert!(!all.contains(SECRET), "{all}");
+        }
     }
     assert!(env.configmap("hello-config").is_none(), "nothing applied");
 

@@ -625,26 +625,29 @@ impl Renderer {
     /// as drift).
     fn check_tool_output(
         &self,
+        files: &dyn CommitFiles,
         comp: &Component,
         out: &mut Vec<Manifest>,
         errors: &mut Vec<RenderError>,
     ) {
-        let used: Vec<(&str, &str)> = match &comp.source {
+        // The secrets whose values the chart was given, however its values referred to them:
+        // every string the rendered values hold is searched for each secret's value.
+        let given: String = match &comp.source {
             Source::Chart(_) => {
-                let text = comp.values.to_string();
-                self.secrets
-                    .names()
-                    .filter(|n| {
-                        text.contains(&format!("secrets.{n}"))
-                            || text.contains(&format!("secrets[\\\"{n}\\\"]"))
-                            || text.contains(&format!("secrets['{n}']"))
-                    })
-                    .filter_map(|n| self.secrets.get(n).map(|v| (n, v)))
-                    .filter(|(_, v)| !v.is_empty())
-                    .collect()
+                let mut strings = Vec::new();
+                if let Ok(values) = self.chart_values(files, comp) {
+                    collect_strings(&values, &mut strings);
+                }
+                strings.join("\n")
             }
-            _ => Vec::new(),
+            _ => String::new(),
         };
+        let used: Vec<(&str, &str)> = self
+            .secrets
+            .names()
+            .filter_map(|n| self.secrets.get(n).map(|v| (n, v)))
+            .filter(|(_, v)| !v.is_empty() && given.contains(*v))
+            .collect();
         let mut kept = Vec::with_capacity(out.len());
         for mut m in out.drain(..) {
             let hooks: Vec<String> = m.object["metadata"]["annotations"]["helm.sh/hook"]
@@ -797,7 +800,7 @@ impl Renderer {
             }
         }
         if matches!(comp.source, Source::Chart(_) | Source::Kustomize(_)) {
-            self.check_tool_output(comp, &mut out, &mut errors);
+            self.check_tool_output(files, comp, &mut out, &mut errors);
         }
         for s in &comp.secrets {
             let mut data = serde_json::Map::new();
@@ -863,6 +866,21 @@ impl Renderer {
             "cluster": cluster,
         });
         self.render(&path, &ctx)
+    }
+}
+
+/// Every string of a JSON value, keys included.
+fn collect_strings(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Array(a) => a.iter().for_each(|x| collect_strings(x, out)),
+        serde_json::Value::Object(m) => {
+            for (k, x) in m {
+                out.push(k.clone());
+                collect_strings(x, out);
+            }
+        }
+        _ => {}
     }
 }
 
