@@ -305,7 +305,7 @@ pub fn render_kustomize(
             "kustomization.yaml" | "kustomization.yml" | "Kustomization"
         ) {
             let text = files.read_text(path).map_err(|m| error(path, m))?;
-            check_kustomization(path, &text)?;
+            check_kustomization(path, &text, root)?;
         }
     }
     let dir = PrivateDir::new()
@@ -328,7 +328,9 @@ pub fn render_kustomize(
 
 /// Refuses what would make kustomize reach outside the commit: remote resources/bases/components
 /// (URLs, `github.com/...`, `git@...`, `?ref=`) and `helmCharts` (kustomize would download them).
-fn check_kustomization(path: &str, text: &str) -> Result<(), RenderError> {
+/// Also refuses a local entry that leads out of `root` (the directory copied for kustomize):
+/// it would not be there, and kustomize's own error would not say why.
+fn check_kustomization(path: &str, text: &str, root: &str) -> Result<(), RenderError> {
     let node = crate::env::yaml::parse_one(text).map_err(|e| RenderError {
         file: path.to_string(),
         line: Some(e.pos.line),
@@ -357,6 +359,17 @@ fn check_kustomization(path: &str, text: &str) -> Result<(), RenderError> {
                     path,
                     format!(
                         "{key} entry {e:?} is a remote base: refused, a rebuild uses only what is in the commit; copy it into the repository (inside the environment directory) and name it by a relative path"
+                    ),
+                ));
+            }
+            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+            let inside = crate::env::load::resolve_path(dir, e)
+                .is_ok_and(|p| p == root || p.starts_with(&format!("{root}/")));
+            if !inside {
+                return Err(error(
+                    path,
+                    format!(
+                        "{key} entry {e:?} leads out of {root}: kustomize components see only the environment directory; move the base inside it"
                     ),
                 ));
             }
@@ -389,10 +402,18 @@ mod tests {
             "bases: [\"git@github.com:x/y.git\"]\n",
             "helmCharts: [{name: x}]\n",
         ] {
-            let e = check_kustomization("k/kustomization.yaml", bad).unwrap_err();
+            let e = check_kustomization("k/kustomization.yaml", bad, "k").unwrap_err();
             assert!(e.message.contains("refused"), "{bad}: {e}");
         }
-        check_kustomization("k/kustomization.yaml", "resources: [../base, cm.yaml]\n").unwrap();
+        check_kustomization(
+            "e/k/kustomization.yaml",
+            "resources: [../base, cm.yaml]\n",
+            "e",
+        )
+        .unwrap();
+        let e = check_kustomization("e/k/kustomization.yaml", "resources: [../../other]\n", "e")
+            .unwrap_err();
+        assert!(e.message.contains("leads out of e"), "{e}");
     }
 
     #[test]
