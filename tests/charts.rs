@@ -438,6 +438,11 @@ fn a_vendored_repository_chart_is_digest_checked_and_upgrades() {
     write_chart(&src, "1.1.0", "v2");
     let v2 = package(&src, &env.repo.dir.join("vendor/charts"));
     env.define(&entry("1.1.0", &sha256(&v2)), "hello 1.1.0");
+    // plan shows the upgrade from the commit alone.
+    let out = env.phoenix(&["plan", "charts", "--detailed-exitcode"]);
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{all}");
+    assert!(all.contains("hello-config"), "{all}");
     let out = env.phoenix(&["rebuild", "charts"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let data = env.configmap("hello-config").unwrap().data.unwrap();
