@@ -2,17 +2,12 @@
 //! create, no-op re-run, in-place updates, replacement, pruning, foreign resources, destroy,
 //! SIGKILL at several points, and faults injected by a loopback proxy.
 
-#[path = "support/fault_proxy.rs"]
-mod fault_proxy;
-#[path = "support/moto.rs"]
-mod moto;
+use testkit::{fault_proxy, moto};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_ec2::config::Credentials;
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use fault_proxy::{Fault, FaultProxy};
 use moto::Moto;
@@ -180,19 +175,7 @@ fn converge_opts() -> ConvergeOptions {
 }
 
 async fn client(endpoint: &str, opts: &AwsOptions) -> Ec2 {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "phoenix-tests",
-        ))
-        .load()
-        .await;
-    Ec2::from_sdk_config(&config, opts).expect("client")
+    testkit::ec2::client_with(endpoint, opts).await
 }
 
 async fn run_nodes(nodes: Vec<(engine::NodeSpec, Arc<dyn engine::Action>)>) -> RunSummary {
@@ -857,6 +840,12 @@ async fn killed_runs_then_rerun_converge_without_duplicates() {
     let proxy = FaultProxy::start(moto.port);
     let ec2 = client(&moto.endpoint(), &fast_opts()).await;
     let exe = std::env::current_exe().expect("test binary");
+    // child_converge's path in this binary: its module's path without the binary's name.
+    let module = module_path!()
+        .split_once("::")
+        .expect("a module of the binary")
+        .1;
+    let child_test = format!("{module}::child_converge");
     let mut proxy_env = moto.sdk_env(REGION);
     for (k, v) in proxy_env.iter_mut() {
         if k == "AWS_ENDPOINT_URL" {
@@ -870,7 +859,7 @@ async fn killed_runs_then_rerun_converge_without_duplicates() {
         let start = proxy.log().len();
         let mut child = std::process::Command::new(&exe)
             .args([
-                "child_converge",
+                child_test.as_str(),
                 "--exact",
                 "--ignored",
                 "--nocapture",

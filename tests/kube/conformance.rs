@@ -4,8 +4,7 @@
 //! docs/testing.md); now it guards the test bed itself: a testenv change that breaks what phoenix's tests assume of
 //! a real cluster fails here first.
 
-#[path = "support/control_plane.rs"]
-mod control_plane;
+use testkit::control_plane;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

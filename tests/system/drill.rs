@@ -3,14 +3,7 @@
 //! with a never-ready component exits 1 and still tears down; one over its recovery objective
 //! exits 3; an ephemeral copy with a 1-second TTL is removed by gc; `destroy --ephemeral`.
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/control_plane.rs"]
-mod control_plane;
-#[path = "support/moto.rs"]
-mod moto;
-#[path = "support_git/mod.rs"]
-mod support_git;
+use testkit::bed;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,15 +16,7 @@ use serde_json::Value;
 /// Every live cloud resource of `env` by resource id → AWS ids, and every Deployment of the
 /// env's cluster by name → resourceVersion: what a drill must not change.
 fn fingerprint(bed: &Bed, env: &str) -> (BTreeMap<String, Vec<String>>, BTreeMap<String, String>) {
-    let opts = phoenix::providers::aws::AwsOptions {
-        connect_timeout: std::time::Duration::from_secs(2),
-        attempt_timeout: std::time::Duration::from_secs(10),
-        operation_timeout: std::time::Duration::from_secs(30),
-        max_attempts: 3,
-        profile: None,
-        endpoint_url: None,
-    };
-    let ec2 = phoenix::providers::aws::Ec2::from_sdk_config(&bed.sdk_config(), &opts).expect("ec2");
+    let ec2 = bed.ec2();
     let live = bed
         .rt
         .block_on(phoenix::providers::aws::observe(&ec2, env))

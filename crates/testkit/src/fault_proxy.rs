@@ -3,11 +3,9 @@
 //! endpoint that accepts and never answers. It can also enforce RunInstances `ClientToken`
 //! semantics as EC2 documents them, which moto ignores.
 //!
-//! Use from any test file with `#[path = "support/fault_proxy.rs"] mod fault_proxy;`.
 //! Self-contained: tokio and std only; it runs on its own thread and runtime, so sync and async
 //! tests can both drive it. One request per client connection (the backends close after each
 //! answer, as moto's does).
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -1,10 +1,7 @@
 //! The Kubernetes provider against the real control plane (testenv, one per test, on 127.0.0.1), through
 //! the real engine; cross-checked with kubectl 1.37 where a second client makes the point.
 
-#[path = "support/control_plane.rs"]
-mod control_plane;
-#[path = "support/kube_proxy.rs"]
-mod kube_proxy;
+use testkit::{control_plane, kube_proxy};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,13 +1,11 @@
 //! A moto server (the EC2 test bed) started by a test and killed when dropped.
 //!
-//! Use from any test file with `#[path = "support/moto.rs"] mod moto;`. Self-contained: std only.
 //! The server binary is `$MOTO_SERVER`, else `<repo>/.venv/bin/moto_server`, else `moto_server`
 //! on PATH; without one the test fails with a message saying how to install it.
-#![allow(dead_code)]
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,7 +27,7 @@ pub fn moto_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("MOTO_SERVER") {
         return PathBuf::from(p);
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server");
+    let venv = crate::repo_root().join(".venv/bin/moto_server");
     if venv.is_file() {
         return venv;
     }

@@ -4,16 +4,7 @@
 //! after a Git change — gives exit 2 with the right entry; an unreachable API gives exit 1;
 //! the metrics file passes promtool; `plan --detailed-exitcode` agrees.
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/control_plane.rs"]
-mod control_plane;
-#[path = "support/kube_proxy.rs"]
-mod kube_proxy;
-#[path = "support/moto.rs"]
-mod moto;
-#[path = "support_git/mod.rs"]
-mod support_git;
+use testkit::{bed, git, kube_proxy, moto};
 
 use std::process::Output;
 
@@ -43,7 +34,7 @@ fn entry<'a>(doc: &'a Value, layer_name: &str, resource: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("entry {resource} in layer {layer_name}: {doc:#}"))
 }
 
-fn converged_demo(bed: &Bed) -> support_git::Repo<'_> {
+fn converged_demo(bed: &Bed) -> git::Repo<'_> {
     let repo = bed.demo_repo();
     let out = bed.phoenix(&repo.dir, &["rebuild", "demo"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

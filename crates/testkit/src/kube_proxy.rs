@@ -3,9 +3,7 @@
 //! connections, a silent endpoint, and a switch to another backend (a restarted server).
 //! Each client connection carries one request: the proxy asks the backend to close after its
 //! answer and closes the client side too, so kube's client simply reconnects.
-//!
-//! Use with `#[path = "support/kube_proxy.rs"] mod kube_proxy;`. Runs on its own thread.
-#![allow(dead_code)]
+//! Runs on its own thread.
 
 use std::sync::{Arc, Mutex, PoisonError};
 

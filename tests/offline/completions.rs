@@ -85,7 +85,7 @@ fn have(tool: &str) -> bool {
 /// Runs bash with the completion script loaded and asks it to complete `words`, the last being
 /// the word under the cursor; returns the candidates.
 fn bash_complete(script: &Path, words: &[&str]) -> Vec<String> {
-    bash_complete_in(script, words, Path::new("."))
+    bash_complete_in(script, words, Path::new(env!("CARGO_MANIFEST_DIR")))
 }
 
 /// [`bash_complete`] with bash running in `dir`.

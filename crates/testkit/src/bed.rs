@@ -1,10 +1,6 @@
 //! The end-to-end test bed: moto, the real control plane (testenv) registering nodes from moto's
 //! instances (so the cluster's nodes join only after the cloud layer launched them), and a git repo
 //! with this project's demo environment; the real `phoenix` binary pointed at all three.
-//!
-//! Use with `#[path = "support/bed.rs"] mod bed;` next to the moto, control_plane and support_git
-//! modules (declared by the test file: `mod moto; mod control_plane; mod support_git;`).
-#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -14,11 +10,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ListParams};
 
-use super::control_plane::{self, ControlPlane};
-use super::moto::Moto;
-use super::support_git::{Repo, Sandbox as GitSandbox};
+use crate::control_plane::{self, ControlPlane};
+use crate::ec2;
+use crate::git::{Repo, Sandbox as GitSandbox};
+use crate::moto::Moto;
 
-pub const REGION: &str = "us-east-1";
+pub use crate::ec2::REGION;
 pub const DB_PASSWORD: &str = "demo-db-password-for-tests";
 /// The demo's cluster secret (`spec.cluster.secret`): every cluster credential derives from it.
 pub const CLUSTER_SECRET: &str = "demo-cluster-secret-for-tests-0123456789abcdef";
@@ -67,7 +64,7 @@ impl Bed {
     /// A repo holding this project's demo environment and templates, committed.
     pub fn demo_repo(&self) -> Repo<'_> {
         let repo = self.git.repo("envs");
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = crate::repo_root();
         copy_tree(
             &root.join("environments/demo"),
             &repo.dir.join("environments/demo"),
@@ -78,7 +75,7 @@ impl Bed {
     }
 
     pub fn command(&self, dir: &Path) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_phoenix"));
+        let mut cmd = Command::new(phoenix_binary());
         cmd.current_dir(dir)
             .env("HOME", self.git.home())
             .env("PHOENIX_HOME", self.git.phoenix_home())
@@ -175,39 +172,18 @@ pub fn names(deployments: &[Deployment]) -> Vec<String> {
 
 impl Bed {
     /// The SDK's EC2 client on moto (for changing things behind phoenix's back).
-    pub fn sdk_config(&self) -> aws_config::SdkConfig {
-        use aws_config::{BehaviorVersion, Region};
-        self.rt.block_on(
-            aws_config::defaults(BehaviorVersion::latest())
-                .region(Region::new(REGION))
-                .endpoint_url(self.moto.endpoint())
-                .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                    "test",
-                    "test",
-                    None,
-                    None,
-                    "phoenix-tests",
-                ))
-                .load(),
-        )
+    pub fn ec2_client(&self) -> aws_sdk_ec2::Client {
+        self.rt.block_on(ec2::sdk_client(&self.moto.endpoint()))
     }
 
-    pub fn ec2_client(&self) -> aws_sdk_ec2::Client {
-        aws_sdk_ec2::Client::new(&self.sdk_config())
+    /// phoenix's EC2 client on moto (to observe what phoenix sees).
+    pub fn ec2(&self) -> phoenix::providers::aws::Ec2 {
+        self.rt.block_on(ec2::client(&self.moto.endpoint()))
     }
 
     /// How many live cloud resources carry `env`'s ownership tags.
     pub fn live_cloud(&self, env: &str) -> usize {
-        let opts = phoenix::providers::aws::AwsOptions {
-            connect_timeout: Duration::from_secs(2),
-            attempt_timeout: Duration::from_secs(10),
-            operation_timeout: Duration::from_secs(30),
-            max_attempts: 3,
-            profile: None,
-            endpoint_url: None,
-        };
-        let ec2 =
-            phoenix::providers::aws::Ec2::from_sdk_config(&self.sdk_config(), &opts).expect("ec2");
+        let ec2 = self.ec2();
         let live = self
             .rt
             .block_on(phoenix::providers::aws::observe(&ec2, env))
@@ -238,4 +214,22 @@ impl Bed {
     pub fn phoenix_home_has(&self, rel: &str) -> bool {
         self.git.phoenix_home().join(rel).exists()
     }
+}
+
+/// The `phoenix` binary cargo built for this test run. Cargo names it to an integration test in
+/// `CARGO_BIN_EXE_phoenix` at compile time only, which a library does not get; it is where that variable points:
+/// next to the `deps/` directory holding the test binary.
+pub fn phoenix_binary() -> std::path::PathBuf {
+    let test = std::env::current_exe().expect("the test binary's path");
+    let bin = test
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(format!("phoenix{}", std::env::consts::EXE_SUFFIX)))
+        .expect("the test binary is in target/<profile>/deps");
+    assert!(
+        bin.is_file(),
+        "{} not found: cargo builds it for integration tests",
+        bin.display()
+    );
+    bin
 }

@@ -3,18 +3,7 @@
 //! endpoint and a restarted API server. Each run ends converged or with a clear failure within
 //! its timeouts, and a re-run converges.
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/control_plane.rs"]
-mod control_plane;
-#[path = "support/fault_proxy.rs"]
-mod fault_proxy;
-#[path = "support/kube_proxy.rs"]
-mod kube_proxy;
-#[path = "support/moto.rs"]
-mod moto;
-#[path = "support_git/mod.rs"]
-mod support_git;
+use testkit::{bed, fault_proxy, kube_proxy};
 
 use std::path::Path;
 use std::process::{Command, Output};

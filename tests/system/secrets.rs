@@ -4,14 +4,7 @@
 //! secret and the tokens and CA private keys derived from it. Zero occurrences. The kubeconfig
 //! is 0600. (phoenix keeps no key pair: it derives it from the cluster secret.)
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/control_plane.rs"]
-mod control_plane;
-#[path = "support/moto.rs"]
-mod moto;
-#[path = "support_git/mod.rs"]
-mod support_git;
+use testkit::bed;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -3,8 +3,6 @@
 //! kubelet per cluster on first use, behind a plain-HTTP router at `/clusters/NAME`. Stopped when dropped. Also
 //! clients for it with explicit timeouts, and kubectl 1.37.
 //!
-//! Use from any test file with `#[path = "support/control_plane.rs"] mod control_plane;`.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -60,7 +58,7 @@ pub fn testenv_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("PHOENIX_TESTENV") {
         return PathBuf::from(p);
     }
-    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("testenv/bin/testenv");
+    let built = crate::repo_root().join("testenv/bin/testenv");
     if built.is_file() {
         return built;
     }
@@ -311,7 +309,7 @@ pub fn kubectl_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("KUBECTL") {
         return PathBuf::from(p);
     }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/kubectl");
+    let venv = crate::repo_root().join(".venv/bin/kubectl");
     if venv.is_file() {
         return venv;
     }

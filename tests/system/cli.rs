@@ -1,14 +1,11 @@
 //! The real `phoenix` binary on real Git repositories made in temp dirs: what a user types and sees,
 //! with exit codes. The cloud tests run against a moto server started by the test.
 
-#[path = "support/moto.rs"]
-mod moto;
-#[path = "support_git/mod.rs"]
-mod support_git;
+use testkit::{git, moto};
 
+use git::{Repo, Sandbox};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use support_git::{Repo, Sandbox};
 
 const SKETCH: &str = "tests/fixtures/valid/design-sketch";
 

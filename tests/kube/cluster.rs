@@ -4,24 +4,19 @@
 //! NotReady node on timeout, works for an existing cluster's kubeconfig + context, and writes
 //! the kubeconfig 0600.
 
-#[path = "support/control_plane.rs"]
-mod control_plane;
-#[path = "support/moto.rs"]
-mod moto;
+use testkit::{control_plane, moto};
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_ec2::config::Credentials as AwsCredentials;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use moto::Moto;
 use phoenix::engine::{self, CancelToken, EngineOptions, Graph, NodeState, Policy, RunSummary};
 use phoenix::env::model::*;
-use phoenix::providers::aws::{self, AwsOptions, ConvergeOptions, DesiredInputs, Ec2, KeyMaterial};
+use phoenix::providers::aws::{self, ConvergeOptions, DesiredInputs, Ec2, KeyMaterial};
 use phoenix::providers::cluster::{
     client_for, control_plane_node, ClusterAccess, Credentials, GateOptions, GateTarget,
     KubeconfigConnector, Secret, CONTROL_PLANE_NODE,
@@ -29,12 +24,6 @@ use phoenix::providers::cluster::{
 use phoenix::report::events::{Event, EventSink};
 
 const REGION: &str = "us-east-1";
-
-fn init_env() {
-    // The SDK must never wait for an instance metadata service on a developer machine.
-    std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-    std::env::set_var("AWS_REGION", REGION);
-}
 
 fn cloud(agents: u32) -> Cloud {
     let group = |name: &str, role: Role, count: u32| InstanceGroup {
@@ -101,27 +90,7 @@ fn k3s() -> K3s {
 }
 
 async fn ec2(moto: &Moto) -> Ec2 {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(REGION))
-        .endpoint_url(moto.endpoint())
-        .credentials_provider(AwsCredentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "phoenix-tests",
-        ))
-        .load()
-        .await;
-    let opts = AwsOptions {
-        connect_timeout: Duration::from_secs(2),
-        attempt_timeout: Duration::from_secs(10),
-        operation_timeout: Duration::from_secs(30),
-        max_attempts: 3,
-        profile: None,
-        endpoint_url: None,
-    };
-    Ec2::from_sdk_config(&config, &opts).expect("ec2 client")
+    testkit::ec2::client(&moto.endpoint()).await
 }
 
 fn converge_opts() -> ConvergeOptions {
@@ -166,7 +135,6 @@ struct Bed {
 
 impl Bed {
     async fn new(env: &str, agents: u32) -> Bed {
-        init_env();
         let moto = Moto::start();
         let ec2 = ec2(&moto).await;
         let home = tempfile::tempdir().unwrap();
@@ -550,7 +518,6 @@ async fn a_not_ready_node_blocks_the_gate_until_it_is_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_existing_cluster_is_gated_through_its_kubeconfig_and_context() {
-    init_env();
     let sb = control_plane::ControlPlane::start_async(control_plane::Options {
         static_nodes: 1,
         ready_delay: Duration::from_millis(100),

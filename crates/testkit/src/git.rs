@@ -1,5 +1,4 @@
-//! Helpers for tests/source.rs: hermetic `git` and `ssh-keygen` runs in temp dirs, and a `git daemon` guard.
-#![allow(dead_code)]
+//! Git for tests: hermetic `git` and `ssh-keygen` runs in temp dirs, and a `git daemon` guard.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

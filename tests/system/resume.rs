@@ -6,14 +6,7 @@
 //! API, by tags); every Kubernetes object labelled for the env is one Git names (nothing
 //! orphaned); the audit trail shows the killed runs as interrupted.
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/control_plane.rs"]
-mod control_plane;
-#[path = "support/moto.rs"]
-mod moto;
-#[path = "support_git/mod.rs"]
-mod support_git;
+use testkit::bed;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -604,8 +604,14 @@ fn alias_depth_amplification_child() {
 fn in_child_process(name: &str, limit: Duration) {
     use std::process::{Command, Stdio};
     let exe = std::env::current_exe().expect("test binary");
+    // The test's path in this binary: its module's path without the binary's name.
+    let module = module_path!()
+        .split_once("::")
+        .expect("a module of the binary")
+        .1;
+    let path = format!("{module}::{name}");
     let mut child = Command::new(exe)
-        .args(["--exact", name, "--include-ignored", "--test-threads", "1"])
+        .args(["--exact", &path, "--include-ignored", "--test-threads", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

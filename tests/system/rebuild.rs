@@ -5,14 +5,7 @@
 //! fails within its wait and nothing after it starts, objects that left Git are pruned (rollback
 //! to an older commit), and an existing cluster is reached through a kubeconfig and context.
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/control_plane.rs"]
-mod control_plane;
-#[path = "support/moto.rs"]
-mod moto;
-#[path = "support_git/mod.rs"]
-mod support_git;
+use testkit::{bed, control_plane, git};
 
 use std::path::Path;
 use std::time::Duration;
@@ -327,7 +320,7 @@ fn an_existing_cluster_is_reached_through_its_kubeconfig_and_context() {
 
 /// The env `shared`: an existing cluster (the control plane's cluster `shared`, with one Ready
 /// node), reached through a kubeconfig and context; one add-on. Returns the repo and the context.
-fn existing_cluster_env(bed: &Bed) -> (support_git::Repo<'_>, String) {
+fn existing_cluster_env(bed: &Bed) -> (git::Repo<'_>, String) {
     let repo = bed.git.repo("existing");
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     copy_tree(&root.join("templates"), &repo.dir.join("templates"));

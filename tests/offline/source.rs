@@ -1,13 +1,13 @@
 //! The Git source against real repositories made with the `git` CLI: refs, dirty trees, reading from the commit,
 //! the clone cache (file:// and git daemon remotes) and the signed-commit policy with ssh-keygen keys.
 
-mod support_git;
+use testkit::git;
 
+use git::{Daemon, Sandbox};
 use phoenix::source::{
     self, EntryKind, ResolvedRef, SignatureStatus, Snapshot, SourceError, SourceOptions,
     MAX_BLOB_SIZE,
 };
-use support_git::{Daemon, Sandbox};
 
 fn open(opts: &SourceOptions) -> Snapshot {
     match source::open(opts) {
@@ -117,8 +117,17 @@ fn head_commit_is_read_with_its_metadata() {
 
 #[test]
 fn repository_is_discovered_from_the_current_directory() {
-    // The only test that uses the process-wide current directory; every other test passes absolute paths.
+    // The only test that changes the process-wide current directory. Every other test in this binary names files
+    // by absolute paths, so where the process stands does not matter to them; the guard puts it back (declared
+    // after the sandbox, it is dropped first: before the directory it left is deleted).
+    struct Restore(std::path::PathBuf);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = std::env::set_current_dir(&self.0);
+        }
+    }
     let sb = Sandbox::new();
+    let _restore = Restore(std::env::current_dir().expect("the current directory"));
     let repo = sb.repo("r");
     repo.write("deep/er/file", "x");
     let sha = repo.commit("c");
@@ -464,7 +473,7 @@ fn non_utf8_file_is_an_error_for_read_to_string() {
 }
 
 /// A bare "remote" with one commit on main, and a work clone to push from.
-fn remote_with_clone(sb: &Sandbox) -> (std::path::PathBuf, support_git::Repo<'_>) {
+fn remote_with_clone(sb: &Sandbox) -> (std::path::PathBuf, git::Repo<'_>) {
     let seed = sb.repo("seed");
     seed.write("f", "v1");
     seed.commit("v1");
@@ -478,7 +487,7 @@ fn remote_with_clone(sb: &Sandbox) -> (std::path::PathBuf, support_git::Repo<'_>
         sb.tmp.path(),
         &["clone", "-q", remote.to_str().unwrap(), "work"],
     );
-    let work = support_git::Repo {
+    let work = git::Repo {
         sb,
         dir: sb.path("work"),
     };

@@ -3,14 +3,7 @@
 //! converged notice once it is fixed; `/metrics` serves the drift gauges; with `--heal` the
 //! agent re-converges by itself and the heal is in `phoenix history`.
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/control_plane.rs"]
-mod control_plane;
-#[path = "support/moto.rs"]
-mod moto;
-#[path = "support_git/mod.rs"]
-mod support_git;
+use testkit::{bed, control_plane, moto};
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
