@@ -1,10 +1,12 @@
 //! `phoenix completions` and `phoenix man` through the real binary: the scripts load in their
 //! shell and complete phoenix's subcommands and flags, the man pages are valid roff with every
-//! subcommand's options, and `--dir` writes world-readable pages whatever the umask.
+//! subcommand's options, and `--dir` writes world-readable pages whatever the umask. The scripts are checked in
+//! bash, zsh and fish and the pages with groff: a missing one fails its test (scripts/setup installs them).
 
 use clap::CommandFactory;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use testkit::tools;
 
 /// The binary in `dir` with a throwaway HOME and PHOENIX_HOME and no phoenix settings from the
 /// machine. `dir` is not a Git repository: neither command reads one.
@@ -70,16 +72,6 @@ fn subcommands() -> Vec<String> {
         .filter(|s| !s.is_hide_set())
         .map(|s| s.get_name().to_string())
         .collect()
-}
-
-fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 /// Runs bash with the completion script loaded and asks it to complete `words`, the last being
@@ -239,27 +231,6 @@ fn env_repo(bed: &Bed) -> std::path::PathBuf {
     repo
 }
 
-/// Whether `shell` can be run. Missing, the test is skipped with a note, unless
-/// `PHOENIX_REQUIRE_LINTERS=1` (scripts/test, CI: scripts/setup installs zsh and fish) makes
-/// that a failure.
-fn shell_available(shell: &str) -> bool {
-    let found = Command::new(shell)
-        .args(["-c", "exit 0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if !found {
-        assert!(
-            std::env::var("PHOENIX_REQUIRE_LINTERS").as_deref() != Ok("1"),
-            "{shell} is required (PHOENIX_REQUIRE_LINTERS=1) but not on PATH"
-        );
-        println!("note: {shell} is not installed; its completion is not exercised");
-    }
-    found
-}
-
 /// Drives an interactive zsh in a pseudo-terminal (zsh/zpty): loads compinit and the script,
 /// types `words` (the last being the word under the cursor, possibly partial) in `dir` and runs
 /// completion from a widget bound to ^T, recording every candidate handed to `compadd`.
@@ -305,9 +276,7 @@ fn zsh_complete_in(bed: &Bed, script: &Path, words: &[&str], dir: &Path) -> Vec<
 
 #[test]
 fn zsh_completions_offer_environment_names_from_the_commit() {
-    if !shell_available("zsh") {
-        return;
-    }
+    tools::require("zsh");
     let bed = Bed::new();
     let out = bed.phoenix(&["completions", "zsh"]);
     assert_ok(&out, "phoenix completions zsh");
@@ -379,9 +348,7 @@ fn fish_complete_in(bed: &Bed, script: &Path, line: &str, dir: &Path) -> Vec<Str
 
 #[test]
 fn fish_completions_offer_environment_names_from_the_commit() {
-    if !shell_available("fish") {
-        return;
-    }
+    tools::require("fish");
     let bed = Bed::new();
     let out = bed.phoenix(&["completions", "fish"]);
     assert_ok(&out, "phoenix completions fish");
@@ -441,7 +408,7 @@ fn every_shell_gets_a_script_naming_every_subcommand() {
                 "the {shell} script names {name}"
             );
         }
-        // Syntax check where the shell is installed; the tests do not install shells.
+        // Syntax check in the shell itself (scripts/setup installs zsh and fish).
         let path = bed.path(&format!("phoenix.{shell}"));
         std::fs::write(&path, &script).expect("write script");
         let check: Option<(&str, Vec<&str>)> = match shell {
@@ -450,16 +417,12 @@ fn every_shell_gets_a_script_naming_every_subcommand() {
             _ => None,
         };
         if let Some((tool, args)) = check {
-            if have(tool) {
-                let out = Command::new(tool)
-                    .args(&args)
-                    .arg(&path)
-                    .output()
-                    .expect("run the shell");
-                assert_ok(&out, &format!("{tool} {args:?} on the {shell} script"));
-            } else {
-                println!("note: {tool} is not installed; the {shell} script is not syntax-checked");
-            }
+            let out = Command::new(tools::require(tool))
+                .args(&args)
+                .arg(&path)
+                .output()
+                .expect("run the shell");
+            assert_ok(&out, &format!("{tool} {args:?} on the {shell} script"));
         }
     }
 }
@@ -524,19 +487,15 @@ fn man_prints_one_page_per_command_with_the_rebuild_options() {
         "the footer names phoenix, not the subcommand"
     );
 
-    if have("groff") {
-        let path = bed.path("all.roff");
-        std::fs::write(&path, &roff).expect("write roff");
-        let out = Command::new("groff")
-            .args(["-man", "-Tutf8", "-ww", "-z"])
-            .arg(&path)
-            .output()
-            .expect("run groff");
-        assert_ok(&out, "groff");
-        assert!(out.stderr.is_empty(), "groff warnings:\n{}", stderr(&out));
-    } else {
-        println!("note: groff is not installed; the pages are not run through it");
-    }
+    let path = bed.path("all.roff");
+    std::fs::write(&path, &roff).expect("write roff");
+    let out = Command::new(tools::require("groff"))
+        .args(["-man", "-Tutf8", "-ww", "-z"])
+        .arg(&path)
+        .output()
+        .expect("run groff");
+    assert_ok(&out, "groff");
+    assert!(out.stderr.is_empty(), "groff warnings:\n{}", stderr(&out));
 }
 
 /// The text of one page (from its `.TH` to the next page's preamble) in a `phoenix man` stream.

@@ -1,6 +1,6 @@
 //! The runbooks and the example CI workflow against the real CLI: every `phoenix ...` command they
 //! show parses with phoenix's clap definition, the workflow is valid YAML with the two schedules,
-//! and its shell steps pass `bash -n` (and shellcheck where installed).
+//! and its shell steps pass `bash -n` and shellcheck.
 
 use clap::{CommandFactory, Parser};
 use phoenix::cli::Cli;
@@ -403,21 +403,17 @@ fn check_script(dir: &Path, label: &str, script: &str) {
         "{label}: bash -n: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let shellcheck = Command::new("shellcheck")
+    let out = Command::new(testkit::tools::require("shellcheck"))
         .args(["--shell=bash", "--severity=style"])
         .arg(&path)
         .stdin(Stdio::null())
-        .output();
-    match shellcheck {
-        Ok(out) => assert!(
-            out.status.success(),
-            "{label}: shellcheck:\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        ),
-        Err(_) => {
-            println!("note: shellcheck is not installed; {label} is checked with bash -n only")
-        }
-    }
+        .output()
+        .expect("run shellcheck");
+    assert!(
+        out.status.success(),
+        "{label}: shellcheck:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]

@@ -11,17 +11,13 @@ use phoenix::drift::metrics::{render, write_file, CheckCounters};
 use phoenix::drift::{DriftEntry, DriftReport, EntryKind, FieldDiff, LayerDrift, Unhealthy};
 use phoenix::engine::Layer;
 
-/// `$PROMTOOL`, /usr/bin/promtool, or `promtool` on PATH. Missing promtool fails the test: a
+/// `$PROMTOOL`, else `promtool` on PATH. Missing promtool fails the test: a
 /// skipped check would pass without checking anything.
 fn promtool() -> PathBuf {
     if let Some(p) = std::env::var_os("PROMTOOL") {
         return PathBuf::from(p);
     }
-    let debian = PathBuf::from("/usr/bin/promtool");
-    if debian.exists() {
-        return debian;
-    }
-    PathBuf::from("promtool")
+    testkit::tools::require("promtool")
 }
 
 /// promtool's verdict: Ok when it exits 0 and prints nothing, else everything it said.

@@ -3,8 +3,7 @@
 //! the same bytes from the same secret on any machine, certificates openssl accepts, a separate
 //! agent token, and no secret in Debug or serialized output.
 //!
-//! A missing `cloud-init` or `shellcheck` skips those checks with a loud message; set
-//! `PHOENIX_REQUIRE_LINTERS=1` (CI does) to make a missing tool a failure instead.
+//! A missing `cloud-init` or `shellcheck` fails the test, naming it (scripts/setup installs both).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -18,6 +17,7 @@ use phoenix::providers::cluster::{
     write_kubeconfig, Credentials, Secret,
 };
 use phoenix::render::{Mode, Renderer, SecretValues};
+use testkit::tools;
 
 const ENV_YAML: &str = "apiVersion: phoenix/v1
 kind: Environment
@@ -123,25 +123,6 @@ fn render_all(creds: &Credentials) -> Vec<(String, Role, String)> {
     out
 }
 
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var("PHOENIX_REQUIRE_LINTERS").as_deref() != Ok("1"),
-            "{name} is required (PHOENIX_REQUIRE_LINTERS=1) but not on PATH"
-        );
-        eprintln!(
-            "\n!!!!! SKIPPING the {name} check: {name} is not on PATH (Debian: apt-get install {}) !!!!!\n",
-            if name == "cloud-init" { "cloud-init" } else { "shellcheck" }
-        );
-    }
-    found
-}
-
 fn yaml(text: &str) -> serde_yaml_ng::Value {
     serde_yaml_ng::from_str(text)
         .unwrap_or_else(|e| panic!("rendered user-data is YAML: {e}\n{text}"))
@@ -192,8 +173,8 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
     let rendered = render_all(&creds);
     assert_eq!(rendered.len(), 3, "one server, two agents");
     let dir = tempfile::tempdir().unwrap();
-    let cloud_init = tool("cloud-init");
-    let shellcheck = tool("shellcheck");
+    let cloud_init = tools::require("cloud-init");
+    let shellcheck = tools::require("shellcheck");
     let mut script_count = 0;
     for (name, role, text) in &rendered {
         assert!(
@@ -207,27 +188,25 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
         );
         let file = dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, text).unwrap();
-        if let Some(ci) = &cloud_init {
-            let out = Command::new(ci)
-                .args(["schema", "--config-file"])
-                .arg(&file)
-                .output()
-                .expect("cloud-init runs");
-            let all = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(
-                out.status.success(),
-                "cloud-init schema rejects {name}:\n{all}\n---\n{text}"
-            );
-            assert!(
-                !all.to_lowercase().contains("deprecat") && !all.to_lowercase().contains("warning"),
-                "cloud-init schema reports a problem for {name}:\n{all}"
-            );
-            assert!(all.contains("Valid cloud-config"), "{name}: {all}");
-        }
+        let out = Command::new(&cloud_init)
+            .args(["schema", "--config-file"])
+            .arg(&file)
+            .output()
+            .expect("cloud-init runs");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "cloud-init schema rejects {name}:\n{all}\n---\n{text}"
+        );
+        assert!(
+            !all.to_lowercase().contains("deprecat") && !all.to_lowercase().contains("warning"),
+            "cloud-init schema reports a problem for {name}:\n{all}"
+        );
+        assert!(all.contains("Valid cloud-config"), "{name}: {all}");
         let doc = yaml(text);
         let found = scripts(&doc);
         assert!(!found.is_empty(), "{name}: carries the install script");
@@ -235,18 +214,16 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
             script_count += 1;
             let sfile = dir.path().join(format!("{name}-{}.sh", script_count));
             std::fs::write(&sfile, &script).unwrap();
-            if let Some(sc) = &shellcheck {
-                let out = Command::new(sc)
-                    .args(["--severity=style", "--shell=sh"])
-                    .arg(&sfile)
-                    .output()
-                    .expect("shellcheck runs");
-                assert!(
-                    out.status.success(),
-                    "shellcheck reports problems in {path} of {name}:\n{}\n---\n{script}",
-                    String::from_utf8_lossy(&out.stdout)
-                );
-            }
+            let out = Command::new(&shellcheck)
+                .args(["--severity=style", "--shell=sh"])
+                .arg(&sfile)
+                .output()
+                .expect("shellcheck runs");
+            assert!(
+                out.status.success(),
+                "shellcheck reports problems in {path} of {name}:\n{}\n---\n{script}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         // What each role carries, and what it must not.
         let write_files: Vec<String> = doc["write_files"]
@@ -359,36 +336,32 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
 #[test]
 fn the_linters_catch_broken_user_data() {
     let dir = tempfile::tempdir().unwrap();
-    if let Some(ci) = tool("cloud-init") {
-        let bad = dir.path().join("bad.yaml");
-        std::fs::write(
-            &bad,
-            "#cloud-config\nwrite_files:\n  - path: /x\n    permissions: 600\n    encodin: b64\n",
-        )
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "#cloud-config\nwrite_files:\n  - path: /x\n    permissions: 600\n    encodin: b64\n",
+    )
+    .unwrap();
+    let out = Command::new(tools::require("cloud-init"))
+        .args(["schema", "--config-file"])
+        .arg(&bad)
+        .output()
         .unwrap();
-        let out = Command::new(ci)
-            .args(["schema", "--config-file"])
-            .arg(&bad)
-            .output()
-            .unwrap();
-        assert!(
-            !out.status.success(),
-            "cloud-init schema accepts a broken document"
-        );
-    }
-    if let Some(sc) = tool("shellcheck") {
-        let bad = dir.path().join("bad.sh");
-        std::fs::write(&bad, "#!/bin/sh\nrm -rf $dir/*\n").unwrap();
-        let out = Command::new(sc)
-            .args(["--severity=style", "--shell=sh"])
-            .arg(&bad)
-            .output()
-            .unwrap();
-        assert!(
-            !out.status.success(),
-            "shellcheck accepts an unquoted expansion"
-        );
-    }
+    assert!(
+        !out.status.success(),
+        "cloud-init schema accepts a broken document"
+    );
+    let bad = dir.path().join("bad.sh");
+    std::fs::write(&bad, "#!/bin/sh\nrm -rf $dir/*\n").unwrap();
+    let out = Command::new(tools::require("shellcheck"))
+        .args(["--severity=style", "--shell=sh"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "shellcheck accepts an unquoted expansion"
+    );
 }
 
 #[test]
