@@ -445,35 +445,3 @@ async fn every_case_holds_on_the_real_api_server() {
         failed.join("\n")
     );
 }
-
-/// A cluster asked for while its wiped predecessor is still stopping is a new, whole cluster: the wipe deletes
-/// only the old one's keys. (It once deleted by name, so the new API server lost its NodePort range and its
-/// `default` Namespace moments after it had written them; a rebuild right after a teardown then failed on every
-/// NodePort Service for minutes.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_started_during_its_wipe_keeps_what_it_wrote() {
-    let cp = control_plane::start().await;
-    let url = cp.cluster_url("rewipe");
-    let cp = &cp;
-    tokio::task::block_in_place(|| {
-        std::thread::scope(|s| {
-            let wipe = s.spawn(|| cp.wipe_cluster("rewipe"));
-            std::thread::sleep(Duration::from_millis(50));
-            cp.ensure("rewipe");
-            assert!(
-                wipe.join().expect("wipe thread"),
-                "the first cluster was wiped"
-            );
-        })
-    });
-    // The new cluster, once whatever the old one's stop was doing is over.
-    let k = Kubectl::new(url);
-    let svc = "apiVersion: v1\nkind: Service\nmetadata: { name: np, namespace: default }\nspec: { type: NodePort, selector: { app: np }, ports: [ { port: 80 } ] }\n";
-    let created = k.with_file(&["create"], svc).await;
-    assert!(
-        created.is_ok(),
-        "a NodePort Service in the restarted cluster: {created:?}"
-    );
-    let ns = k.run(&["get", "namespace", "default", "-o", "name"]).await;
-    assert_eq!(ns.as_deref().map(str::trim), Ok("namespace/default"));
-}
