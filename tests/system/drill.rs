@@ -210,7 +210,7 @@ fn a_drill_over_its_recovery_objective_exits_3() {
 
 /// The drill report (docs/json.md), pinned: every top-level key and value, with the time,
 /// durations and the copy's random suffix normalised; the run summaries and the drift report it
-/// embeds by their keys (their values are pinned by tests/cli.rs and drift::output's snapshot).
+/// embeds by their keys (their values are pinned by tests/system/cli.rs and drift::output's snapshot).
 fn assert_drill_report_schema(doc: &Value, head: &str) {
     fn snake_keys(v: &Value, out: &mut Vec<String>) {
         match v {
