@@ -184,3 +184,38 @@ fn a_cluster_started_during_its_wipe_keeps_what_it_wrote() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "namespace/default");
 }
+
+/// Concurrent opens of one remote in one process share its mirror in `$PHOENIX_HOME/cache` (16b0210: cache
+/// updates are serialized in-process: the watch agent and a command share a process). Unserialized, concurrent
+/// fetches into the mirror fail on git's lock files (`HEAD.lock`, `refs/heads/main.lock`).
+#[test]
+fn concurrent_opens_of_one_remote_share_its_mirror() {
+    let sb = Sandbox::new();
+    let remote = sb.repo("remote");
+    let mut sha = String::new();
+    // The first round clones the mirror, the next ones fetch a new commit into it, each from eight threads.
+    for round in 0..4 {
+        remote.write("f", format!("round {round}\n"));
+        sha = remote.commit(&format!("round {round}"));
+        let opts = sb.options(remote.url());
+        let results: Vec<Result<String, String>> = std::thread::scope(|s| {
+            let opens: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        phoenix::source::open(&opts)
+                            .map(|snap| snap.commit().sha.clone())
+                            .map_err(|e| format!("{e} ({e:?})"))
+                    })
+                })
+                .collect();
+            opens
+                .into_iter()
+                .map(|o| o.join().expect("open thread"))
+                .collect()
+        });
+        for result in results {
+            assert_eq!(result.as_deref(), Ok(sha.as_str()), "round {round}");
+        }
+    }
+    assert!(!sha.is_empty());
+}
