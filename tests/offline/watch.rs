@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 use phoenix::drift::{DriftEntry, DriftReport, EntryKind, LayerDrift};
 use phoenix::engine::{BoxFuture, CancelToken, Layer, Policy};
 use phoenix::watch::{
-    Agent, Checker, DeliveryOptions, Healer, NoticeKind, Verdict, WatchEvent, WatchOptions, Webhook,
+    Agent, CheckVerdict, Checker, DeliveryOptions, Healer, NoticeKind, WatchEvent, WatchOptions,
+    Webhook,
 };
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -257,7 +258,7 @@ impl Running {
     }
 
     /// Waits until `n` more checks have finished; returns their verdicts.
-    async fn checks(&mut self, n: usize) -> Vec<Verdict> {
+    async fn checks(&mut self, n: usize) -> Vec<CheckVerdict> {
         let mut out = Vec::new();
         while out.len() < n {
             let v = self
@@ -378,7 +379,13 @@ async fn no_alert_before_alert_after() {
         let checker = Scripted::new(vec![drift(), drift(), drift(), drift(), drift()], sync());
         let mut agent = start(opts, events, checker).await;
         let verdicts = agent.checks(8).await;
-        assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Drift).count(), 5);
+        assert_eq!(
+            verdicts
+                .iter()
+                .filter(|v| **v == CheckVerdict::Drift)
+                .count(),
+            5
+        );
         agent.stop().await;
         assert!(
             rx.posts.try_recv().is_err(),
@@ -411,7 +418,7 @@ async fn check_errors_neither_alert_nor_close_an_episode() {
         let verdicts = agent.checks(4).await;
         assert_eq!(
             verdicts,
-            vec![Verdict::Unknown; 4],
+            vec![CheckVerdict::Unknown; 4],
             "hung and panicking checks are check errors"
         );
         assert!(rx.posts.try_recv().is_err(), "errors must not alert");
@@ -540,7 +547,7 @@ async fn heal_is_called_for_the_drifted_layers_and_recorded() {
         assert_eq!(record.commit, COMMIT);
         assert_eq!(record.result, Ok(()));
         // After the heal the checks are clean, and no further heal happens.
-        assert_eq!(agent.checks(3).await, vec![Verdict::InSync; 3]);
+        assert_eq!(agent.checks(3).await, vec![CheckVerdict::InSync; 3]);
         agent.stop().await;
         assert_eq!(
             *healer.calls.lock().expect("lock"),
