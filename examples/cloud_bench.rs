@@ -11,22 +11,16 @@
 //!     [--boot-ms 1000,0] [--poll-ms 250]
 //! ```
 
-#[path = "../tests/support/fault_proxy.rs"]
-mod fault_proxy;
-#[path = "../tests/support/moto.rs"]
-mod moto;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_ec2::config::Credentials;
 use aws_sdk_ec2::types::{InstanceType, ResourceType, SummaryStatus, Tag, TagSpecification};
 use phoenix::engine::{self, CancelToken, EngineOptions, Graph, Policy};
 use phoenix::env::model::*;
 use phoenix::providers::aws::{self, AwsOptions, ConvergeOptions, DesiredInputs, Ec2};
 use phoenix::report::events::EventSink;
+use testkit::{fault_proxy, moto};
 
 const AMI: &str = "ami-03c3da4cfa8e8943a";
 
@@ -109,13 +103,7 @@ fn model(n: u32) -> Cloud {
 }
 
 async fn client(endpoint: &str) -> Ec2 {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "bench"))
-        .load()
-        .await;
-    Ec2::from_sdk_config(&config, &AwsOptions::default()).expect("client")
+    testkit::ec2::client_with(endpoint, &AwsOptions::default()).await
 }
 
 async fn phoenix_run(ec2: &Ec2, n: u32, concurrency: usize, poll: Duration) -> Duration {

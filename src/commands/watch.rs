@@ -72,9 +72,9 @@ pub fn event_json(event: &watch::WatchEvent) -> Option<serde_json::Value> {
         WatchEvent::CheckFinished { report, verdict } => json!({
             "type": "check",
             "verdict": match verdict {
-                watch::Verdict::Drift => "drift",
-                watch::Verdict::InSync => "in-sync",
-                watch::Verdict::Unknown => "unknown",
+                watch::CheckVerdict::Drift => "drift",
+                watch::CheckVerdict::InSync => "in-sync",
+                watch::CheckVerdict::Unknown => "unknown",
             },
             "report": crate::drift::json_value(report),
         }),

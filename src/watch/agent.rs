@@ -12,7 +12,7 @@ use tokio::time::MissedTickBehavior;
 use crate::drift::{DriftReport, DriftStatus, LayerDrift};
 use crate::engine::{BoxFuture, CancelToken, Layer};
 
-use super::episode::{alert_text, converged_text, Episodes, Notice, Verdict};
+use super::episode::{alert_text, converged_text, CheckVerdict, Episodes, Notice};
 use super::server::{self, Shared};
 use super::webhook::{DeliveryOptions, Webhook, WebhookClient, WebhookError};
 
@@ -60,7 +60,7 @@ pub enum WatchEvent {
     },
     CheckFinished {
         report: Arc<DriftReport>,
-        verdict: Verdict,
+        verdict: CheckVerdict,
     },
     /// A notice was handed to the webhook worker (or would have been, without a webhook).
     Notice {
@@ -272,7 +272,7 @@ async fn check_loop(
             // means here; the spawned check task is aborted by `timed_check`'s guard.
             r = timed_check(opts, &checker, previous.as_deref()) => Arc::new(r),
         };
-        let verdict = Verdict::of(&report);
+        let verdict = CheckVerdict::of(&report);
         {
             let mut status = shared.lock().unwrap_or_else(|p| p.into_inner());
             status.counters.record(&report);
@@ -296,7 +296,7 @@ async fn check_loop(
             };
             notify(opts, queue, kind, text);
         }
-        if verdict == Verdict::Drift {
+        if verdict == CheckVerdict::Drift {
             if let Some(healer) = &opts.healer {
                 let healed = tokio::select! {
                     biased;

@@ -9,7 +9,7 @@ use crate::engine::Layer;
 
 /// How a report reads for episodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub enum CheckVerdict {
     /// Some layer that could be checked shows drift (other layers may be in error).
     Drift,
     /// Every layer was checked (or skipped on purpose) and none drifted.
@@ -19,14 +19,14 @@ pub enum Verdict {
     Unknown,
 }
 
-impl Verdict {
-    pub fn of(report: &DriftReport) -> Verdict {
+impl CheckVerdict {
+    pub fn of(report: &DriftReport) -> CheckVerdict {
         if report.has_drift() {
-            Verdict::Drift
+            CheckVerdict::Drift
         } else if report.has_error() {
-            Verdict::Unknown
+            CheckVerdict::Unknown
         } else {
-            Verdict::InSync
+            CheckVerdict::InSync
         }
     }
 }
@@ -71,19 +71,19 @@ impl Episodes {
     /// first drifted check; the first drifted check at least `alert_after` later alerts, once;
     /// a clean, fully checked report closes it (with a converged notice only if it alerted — an
     /// episode nobody was told about needs no all-clear); an unknown report changes nothing.
-    pub fn observe(&mut self, now: Instant, verdict: Verdict) -> Option<Notice> {
+    pub fn observe(&mut self, now: Instant, verdict: CheckVerdict) -> Option<Notice> {
         match (self.state, verdict) {
-            (_, Verdict::Unknown) => None,
-            (State::Clear, Verdict::InSync) => None,
-            (State::Clear, Verdict::Drift) => {
+            (_, CheckVerdict::Unknown) => None,
+            (State::Clear, CheckVerdict::InSync) => None,
+            (State::Clear, CheckVerdict::Drift) => {
                 self.state = State::Drifting {
                     since: now,
                     alerted: false,
                 };
                 self.alert_if_due(now)
             }
-            (State::Drifting { .. }, Verdict::Drift) => self.alert_if_due(now),
-            (State::Drifting { since, alerted }, Verdict::InSync) => {
+            (State::Drifting { .. }, CheckVerdict::Drift) => self.alert_if_due(now),
+            (State::Drifting { since, alerted }, CheckVerdict::InSync) => {
                 self.state = State::Clear;
                 alerted.then(|| Notice::Converged {
                     lasted: now.saturating_duration_since(since),
@@ -173,7 +173,7 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
-    fn run(alert_after: Duration, script: &[(u64, Verdict)]) -> Vec<(u64, Notice)> {
+    fn run(alert_after: Duration, script: &[(u64, CheckVerdict)]) -> Vec<(u64, Notice)> {
         let t0 = Instant::now();
         let mut e = Episodes::new(alert_after);
         script
@@ -182,7 +182,7 @@ mod tests {
             .collect()
     }
 
-    use Verdict::{Drift, InSync, Unknown};
+    use CheckVerdict::{Drift, InSync, Unknown};
 
     #[test]
     fn one_alert_per_episode_after_alert_after() {
@@ -290,12 +290,12 @@ mod tests {
             Duration::ZERO,
         );
         let err = LayerDrift::error(Layer::Cluster, "down", Duration::ZERO);
-        assert_eq!(Verdict::of(&report(vec![sync.clone()])), InSync);
+        assert_eq!(CheckVerdict::of(&report(vec![sync.clone()])), InSync);
         assert_eq!(
-            Verdict::of(&report(vec![sync.clone(), err.clone()])),
+            CheckVerdict::of(&report(vec![sync.clone(), err.clone()])),
             Unknown
         );
-        assert_eq!(Verdict::of(&report(vec![drift, err])), Drift);
+        assert_eq!(CheckVerdict::of(&report(vec![drift, err])), Drift);
     }
 
     #[test]

@@ -9,5 +9,5 @@ mod webhook;
 pub use agent::{
     run, Agent, Checker, HealRecord, Healer, NoticeKind, WatchError, WatchEvent, WatchOptions,
 };
-pub use episode::{alert_text, converged_text, Episodes, Notice, Verdict, ALERT_ENTRIES};
+pub use episode::{alert_text, converged_text, CheckVerdict, Episodes, Notice, ALERT_ENTRIES};
 pub use webhook::{DeliveryOptions, Webhook, WebhookClient, WebhookError};

@@ -247,10 +247,8 @@ impl Phases<'_> {
                     Some(Kind::FromCrd { .. })
                 )
             }) {
-                // Kinds from this component's CRDs are served now that the CRDs are Established.
-                self.resolver.refresh(self.client, generation).await?;
-                (generation, kinds) =
-                    resolve_kinds(self.client, self.resolver, objects, false).await?;
+                // Kinds from this component's CRDs, now that the CRDs are Established.
+                (generation, kinds) = self.await_crd_kinds(generation, &batch).await?;
             }
             self.ctx
                 .progress(format!("applying {} {}", batch.len(), phase.as_str()));
@@ -272,6 +270,47 @@ impl Phases<'_> {
             applied.extend(done);
         }
         Ok((applied, kinds))
+    }
+
+    /// The kinds resolved again once discovery serves every kind `batch` needs. The API server
+    /// adds a CRD's kinds to discovery a moment after the CRD is Established (under load, after
+    /// the first refresh), so this waits for them, within the component's wait.
+    async fn await_crd_kinds(
+        &self,
+        generation: u64,
+        batch: &[usize],
+    ) -> Result<(u64, HashMap<KindKey, Kind>), NodeError> {
+        let seen = std::sync::Mutex::new(generation);
+        let what = "discovery to serve the kinds of this component's CustomResourceDefinitions";
+        self.ctx
+            .wait_for_state(what, self.spec.wait, self.opts.poll_interval, || {
+                let seen = &seen;
+                async move {
+                    let last = *seen
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    self.resolver.refresh(self.client, last).await?;
+                    let (generation, kinds) =
+                        resolve_kinds(self.client, self.resolver, self.objects, true).await?;
+                    *seen
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = generation;
+                    let mut missing: Vec<String> = batch
+                        .iter()
+                        .map(|&i| &self.objects[i].id)
+                        .filter(|id| !matches!(kinds.get(&kind_key(id)), Some(Kind::Served(_))))
+                        .map(|id| format!("{} {}", id.api_version, id.kind))
+                        .collect();
+                    missing.sort();
+                    missing.dedup();
+                    Ok(if missing.is_empty() {
+                        Check::Ready((generation, kinds))
+                    } else {
+                        Check::Waiting(format!("not served yet: {}", summarize(&missing)))
+                    })
+                }
+            })
+            .await
     }
 
     /// Applies object `i`: unforced first, so a conflict says who held which fields; then, on an

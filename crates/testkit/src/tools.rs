@@ -1,0 +1,30 @@
+//! External programs the tests check phoenix's output with (cloud-init, shellcheck, promtool, zsh, fish, groff).
+//! `scripts/setup` installs every one of them; a test that needs one and does not find it fails, naming the tool and
+//! its Debian package: a check that is skipped would pass without checking anything.
+
+use std::path::PathBuf;
+
+/// The Debian package `scripts/setup` installs `tool` from.
+fn package(tool: &str) -> &str {
+    match tool {
+        "promtool" => "prometheus",
+        "groff" => "groff-base",
+        other => other,
+    }
+}
+
+/// `tool` on PATH, or a failure telling how to install it.
+pub fn require(tool: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(tool))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "{tool} is not on PATH: this test checks phoenix's output with it. Run scripts/setup \
+             (Debian package `{}`)",
+            package(tool)
+        )
+    })
+}
