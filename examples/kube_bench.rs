@@ -152,6 +152,7 @@ fn components(namespaces: usize, per: usize) -> Vec<ComponentSpec> {
                         source: format!("bench/{ns}.yaml"),
                         line: i + 1,
                         object,
+                        stage: Default::default(),
                     })
                     .collect(),
                 depends_on: Vec::new(),

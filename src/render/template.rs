@@ -71,6 +71,8 @@ pub struct Manifest {
     pub source: String,
     pub line: usize,
     pub object: serde_json::Value,
+    /// When it is applied within its component: `Main` but for a chart's Helm hooks.
+    pub stage: super::Stage,
 }
 
 impl Manifest {
@@ -619,8 +621,8 @@ impl Renderer {
     }
 
     /// What a chart's or a kustomization's output must satisfy before phoenix applies it: Helm
-    /// test hooks are dropped; other hooks are refused (phoenix does not run them in their
-    /// phases); a secret value the chart's values carry may appear only in a Secret's data;
+    /// test hooks are dropped; install/upgrade hooks get their stage (see [`super::Stage`]);
+    /// other hooks are refused; a secret value the chart's values carry may appear only in a Secret's data;
     /// a Secret's `stringData` is folded into `data` (as the API server does, so it never reads
     /// as drift).
     fn check_tool_output(
@@ -650,26 +652,18 @@ impl Renderer {
             .collect();
         let mut kept = Vec::with_capacity(out.len());
         for mut m in out.drain(..) {
-            let hooks: Vec<String> = m.object["metadata"]["annotations"]["helm.sh/hook"]
-                .as_str()
-                .map(|h| h.split(',').map(|x| x.trim().to_string()).collect())
-                .unwrap_or_default();
-            if !hooks.is_empty() {
-                if hooks.iter().all(|h| h.starts_with("test")) {
+            match super::hooks::classify(&m.object["metadata"]["annotations"]) {
+                Ok(super::hooks::Hook::Test) => continue,
+                Ok(super::hooks::Hook::Apply(stage)) => m.stage = stage,
+                Err(why) => {
+                    errors.push(RenderError {
+                        file: m.source.clone(),
+                        line: None,
+                        column: None,
+                        message: format!("{} {} {why}", m.kind(), m.name()),
+                    });
                     continue;
                 }
-                errors.push(RenderError {
-                    file: m.source.clone(),
-                    line: None,
-                    column: None,
-                    message: format!(
-                        "{} {} is a Helm hook ({}): phoenix does not run Helm hooks (it applies a chart's objects together, so it cannot honour a hook's phase and weight); refused rather than applied at the wrong time",
-                        m.kind(),
-                        m.name(),
-                        hooks.join(", ")
-                    ),
-                });
-                continue;
             }
             if m.kind() == "Secret" && m.api_version() == "v1" {
                 if let Some(sd) = m.object.get_mut("stringData").map(serde_json::Value::take) {
@@ -796,6 +790,7 @@ impl Renderer {
                     source: f.source.clone(),
                     line: doc.pos.line,
                     object,
+                    stage: super::Stage::Main,
                 });
             }
         }
@@ -833,6 +828,7 @@ impl Renderer {
                     "type": "Opaque",
                     "data": data,
                 }),
+                stage: super::Stage::Main,
             });
         }
         if errors.is_empty() {

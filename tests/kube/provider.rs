@@ -34,6 +34,7 @@ fn manifests(source: &str, yaml: &str) -> Vec<Manifest> {
                 source: source.to_string(),
                 line,
                 object,
+                stage: Default::default(),
             });
         }
         line += doc.lines().count() + 1;

@@ -339,7 +339,7 @@ fn a_chart_directory_and_a_packaged_chart_converge_with_values_and_a_secret() {
 }
 
 #[test]
-fn a_secret_outside_a_secrets_data_and_a_helm_hook_are_refused() {
+fn a_secret_outside_a_secrets_data_and_a_delete_hook_are_refused() {
     let bed = Bed::new();
     let env = Env::new(&bed);
     write_chart(
@@ -371,22 +371,140 @@ fn a_secret_outside_a_secrets_data_and_a_helm_hook_are_refused() {
     }
     assert!(env.configmap("hello-config").is_none(), "nothing applied");
 
-    // A pre-install hook is refused, naming it.
+    // A pre-delete hook is refused, naming it (phoenix has no delete step to run it in).
     env.repo.write(
         "environments/charts/charts/hello/templates/job.yaml",
-        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: migrate\n  annotations: {\"helm.sh/hook\": pre-install, \"helm.sh/hook-weight\": \"1\"}\nspec:\n  template:\n    spec: {restartPolicy: Never, containers: [{name: m, image: busybox}]}\n",
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: cleanup\n  annotations: {\"helm.sh/hook\": pre-delete, \"helm.sh/hook-weight\": \"1\"}\nspec:\n  template:\n    spec: {restartPolicy: Never, containers: [{name: m, image: busybox}]}\n",
     );
     env.define(
         "    - name: hello\n      chart: { path: charts/hello }\n",
-        "a hook",
+        "a delete hook",
     );
-    let out = env.phoenix(&["validate", "charts"]);
+    for args in [&["validate", "charts"][..], &["rebuild", "charts"][..]] {
+        let out = env.phoenix(args);
+        let all = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {all}");
+        assert!(
+            all.contains("Job cleanup is a Helm hook (pre-delete): refused")
+                && all.contains("templates/job.yaml"),
+            "{args:?}: {all}"
+        );
+    }
+    assert!(env.configmap("hello-config").is_none(), "nothing applied");
+}
+
+/// A hook Job of the chart, with its hook annotations.
+fn hook_job(name: &str, hook: &str, weight: Option<i64>) -> String {
+    let weight = weight.map_or(String::new(), |w| {
+        format!(", \"helm.sh/hook-weight\": \"{w}\"")
+    });
+    format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\n  annotations: {{\"helm.sh/hook\": \"{hook}\"{weight}, \"helm.sh/hook-delete-policy\": before-hook-creation}}\nspec:\n  backoffLimit: 0\n  template:\n    spec: {{restartPolicy: Never, containers: [{{name: m, image: busybox}}]}}\n"
+    )
+}
+
+#[test]
+fn install_hooks_run_before_and_after_the_charts_objects_in_weight_order() {
+    use k8s_openapi::api::batch::v1::Job;
+    let bed = Bed::new();
+    let env = Env::new(&bed);
+    let chart = env.repo.dir.join("environments/charts/charts/hello");
+    write_chart(&chart, "0.1.0", "x");
+    let hooks = [
+        hook_job("migrate", "pre-install,pre-upgrade", Some(-5)),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: pre-config\n  annotations: {\"helm.sh/hook\": pre-install, \"helm.sh/hook-weight\": \"0\"}\ndata: {a: b}\n".to_string(),
+        hook_job("notify", "post-install", None),
+    ]
+    .join("---\n");
+    std::fs::write(chart.join("templates/hooks.yaml"), hooks).unwrap();
+    env.define(
+        "    - name: hello\n      chart: { path: charts/hello }\n      wait: 2m\n",
+        "a chart with install hooks",
+    );
+    let out = env.phoenix(&["rebuild", "charts", "--output", "json"]);
     let all = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert_eq!(out.status.code(), Some(0), "{all}");
+
+    // The engine's account: each stage applied, then healthy, before the next is applied.
+    let progress: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["type"] == "nodeProgress")
+        .filter_map(|e| e["message"].as_str().map(str::to_string))
+        .collect();
+    let at = |message: &str| {
+        progress
+            .iter()
+            .position(|m| m == message)
+            .unwrap_or_else(|| panic!("no progress {message:?} in {progress:#?}"))
+    };
+    let order = [
+        at("applying pre-install/pre-upgrade hooks of weight -5"),
+        at("pre-install/pre-upgrade hooks of weight -5 healthy"),
+        at("applying pre-install/pre-upgrade hooks of weight 0"),
+        at("pre-install/pre-upgrade hooks of weight 0 healthy"),
+        at("applying the chart's objects"),
+        at("the chart's objects healthy"),
+        at("applying post-install/post-upgrade hooks of weight 0"),
+    ];
     assert!(
-        all.contains("Job migrate is a Helm hook (pre-install)"),
-        "{all}"
+        order.windows(2).all(|w| w[0] < w[1]),
+        "{order:?}: {progress:#?}"
     );
+
+    // The server's account (to the second): the pre hook Job finished before the next stage's
+    // ConfigMap and the chart's Deployment were created; the post hook Job was created once the
+    // Deployment was Available, and is Complete.
+    let client = bed.client("charts");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let deployments: Api<Deployment> = Api::namespaced(client, "default");
+    let job = |name: &str| bed.rt.block_on(jobs.get(name)).expect("get job");
+    let migrate = job("migrate");
+    let notify = job("notify");
+    let web = bed.rt.block_on(deployments.get("hello-web")).unwrap();
+    let pre_config = env
+        .configmap("pre-config")
+        .expect("the pre-install ConfigMap");
+    let migrated = migrate
+        .status
+        .as_ref()
+        .and_then(|s| s.completion_time.clone());
+    let migrated = migrated.expect("migrate completed").0;
+    let created = |m: &kube::api::ObjectMeta| m.creation_timestamp.clone().unwrap().0;
+    assert!(
+        migrated <= created(&pre_config.metadata),
+        "{migrated:?} {pre_config:?}"
+    );
+    assert!(created(&pre_config.metadata) <= created(&web.metadata));
+    let available = web
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.type_ == "Available" && c.status == "True")
+        })
+        .and_then(|c| c.last_transition_time.clone())
+        .expect("hello-web Available")
+        .0;
+    assert!(
+        available <= created(&notify.metadata),
+        "{available:?} {notify:?}"
+    );
+    assert!(
+        notify
+            .status
+            .as_ref()
+            .and_then(|s| s.completion_time.as_ref())
+            .is_some(),
+        "{notify:?}"
+    );
+
+    // Converged again from the same commit: the hooks are unchanged objects, not run again.
+    let out = env.phoenix(&["rebuild", "charts"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(job("migrate").metadata.uid, migrate.metadata.uid);
+    assert_eq!(job("notify").metadata.uid, notify.metadata.uid);
 }
 
 #[test]

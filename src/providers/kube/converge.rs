@@ -21,6 +21,7 @@ use super::inventory;
 use super::object::{apply_order, ApplyPhase, Desired, Marks, ObjectRef};
 use super::ops;
 use super::seals::{self, body_hash, Seals};
+use crate::render::Stage;
 
 /// What the ownership check saw of an existing object.
 struct Before {
@@ -84,9 +85,16 @@ pub async fn converge(
         before: &before,
         limit,
     };
-    let (applied, kinds) = run.apply_all(generation, kinds, &done).await?;
+    let StagesApplied {
+        applied,
+        kinds,
+        waited,
+    } = run.apply_all(generation, kinds, &done).await?;
 
-    let last_seen = wait_healthy(client, spec, opts, ctx, &objects, &kinds, &applied).await?;
+    // What a stage wait saw through is not waited for again.
+    let last = applied.iter().filter(|a| !waited.contains_key(&a.index));
+    let mut last_seen = wait_healthy(client, spec, opts, ctx, &objects, &kinds, last).await?;
+    last_seen.extend(waited.into_iter().filter(|(_, v)| !v.is_null()));
     run_checks(spec, opts, ctx).await?;
     let sealed = seal_in_sync(&objects, &applied, &last_seen);
 
@@ -210,6 +218,45 @@ fn finished_earlier(
     done
 }
 
+/// What [`Phases::apply_all`] did.
+struct StagesApplied {
+    applied: Vec<Applied>,
+    kinds: HashMap<KindKey, Kind>,
+    /// The objects of the stages waited healthy before the next stage, with what the wait saw
+    /// last of each (`Null` when it did not poll it: healthy when applied).
+    waited: HashMap<usize, Value>,
+}
+
+/// The phases of one stage, each with the indices of its objects.
+type PhaseBatches = Vec<(ApplyPhase, Vec<usize>)>;
+
+/// The order of the apply: each stage (ascending) with its phases (ascending), each with the
+/// indices of its objects, leaving out those `done` and anything empty.
+fn apply_stages(objects: &[Desired], done: &HashSet<usize>) -> Vec<(Stage, PhaseBatches)> {
+    let mut stages: Vec<Stage> = objects.iter().map(|d| d.stage).collect();
+    stages.sort();
+    stages.dedup();
+    stages
+        .into_iter()
+        .filter_map(|stage| {
+            let phases: Vec<(ApplyPhase, Vec<usize>)> = ApplyPhase::ALL
+                .into_iter()
+                .filter_map(|phase| {
+                    let batch: Vec<usize> = (0..objects.len())
+                        .filter(|&i| {
+                            objects[i].stage == stage
+                                && objects[i].phase == phase
+                                && !done.contains(&i)
+                        })
+                        .collect();
+                    (!batch.is_empty()).then_some((phase, batch))
+                })
+                .collect();
+            (!phases.is_empty()).then_some((stage, phases))
+        })
+        .collect()
+}
+
 /// What the apply phases share.
 struct Phases<'a> {
     client: &'a ::kube::Client,
@@ -223,53 +270,78 @@ struct Phases<'a> {
 }
 
 impl Phases<'_> {
-    /// Applies every object but those `done`, phase by phase; CRDs are waited for until
-    /// Established before the kinds they define are resolved and applied. Returns what was
-    /// applied and the kinds as last resolved.
+    /// Applies every object but those `done`, stage by stage (a chart's pre hooks by weight, the
+    /// rest, its post hooks by weight), and within a stage phase by phase; CRDs are waited for
+    /// until Established before the kinds they define are resolved and applied. Every stage but
+    /// the last is waited healthy (a hook Job Complete) before the next starts; the last is left
+    /// to the caller's wait. Returns what was applied, the kinds as last resolved, and what the
+    /// stage waits saw last of each object they waited for (those need no further wait).
     async fn apply_all(
         &self,
         mut generation: u64,
         mut kinds: HashMap<KindKey, Kind>,
         done: &HashSet<usize>,
-    ) -> Result<(Vec<Applied>, HashMap<KindKey, Kind>), NodeError> {
+    ) -> Result<StagesApplied, NodeError> {
         let objects = self.objects;
         let mut applied: Vec<Applied> = Vec::with_capacity(objects.len());
-        for phase in ApplyPhase::ALL {
-            let batch: Vec<usize> = (0..objects.len())
-                .filter(|&i| objects[i].phase == phase && !done.contains(&i))
-                .collect();
-            if batch.is_empty() {
-                continue;
+        let mut waited: HashMap<usize, Value> = HashMap::new();
+        let stages = apply_stages(objects, done);
+        let count = stages.len();
+        for (n, (stage, phases)) in stages.into_iter().enumerate() {
+            if count > 1 {
+                self.ctx.progress(format!("applying {stage}"));
             }
-            if batch.iter().any(|&i| {
-                matches!(
-                    kinds.get(&kind_key(&objects[i].id)),
-                    Some(Kind::FromCrd { .. })
-                )
-            }) {
-                // Kinds from this component's CRDs, now that the CRDs are Established.
-                (generation, kinds) = self.await_crd_kinds(generation, &batch).await?;
+            let start = applied.len();
+            for (phase, batch) in phases {
+                if batch.iter().any(|&i| {
+                    matches!(
+                        kinds.get(&kind_key(&objects[i].id)),
+                        Some(Kind::FromCrd { .. })
+                    )
+                }) {
+                    // Kinds from this component's CRDs, now that the CRDs are Established.
+                    (generation, kinds) = self.await_crd_kinds(generation, &batch).await?;
+                }
+                self.ctx
+                    .progress(format!("applying {} {}", batch.len(), phase.as_str()));
+                let kinds_ref = &kinds;
+                let results = bounded(batch, self.limit, |i| self.apply_one(kinds_ref, i)).await;
+                let done = first_error(results)?;
+                if phase == ApplyPhase::Crds {
+                    wait_established(
+                        self.client,
+                        self.spec,
+                        self.opts,
+                        self.ctx,
+                        objects,
+                        &kinds,
+                        &done,
+                    )
+                    .await?;
+                }
+                applied.extend(done);
             }
-            self.ctx
-                .progress(format!("applying {} {}", batch.len(), phase.as_str()));
-            let kinds_ref = &kinds;
-            let results = bounded(batch, self.limit, |i| self.apply_one(kinds_ref, i)).await;
-            let done = first_error(results)?;
-            if phase == ApplyPhase::Crds {
-                wait_established(
+            if n + 1 < count {
+                let seen = wait_healthy(
                     self.client,
                     self.spec,
                     self.opts,
                     self.ctx,
                     objects,
                     &kinds,
-                    &done,
+                    &applied[start..],
                 )
                 .await?;
+                waited.extend(applied[start..].iter().map(|a| (a.index, Value::Null)));
+                waited.extend(seen);
+                self.ctx.progress(format!("{stage} healthy"));
             }
-            applied.extend(done);
         }
-        Ok((applied, kinds))
+        Ok(StagesApplied {
+            applied,
+            kinds,
+            waited,
+        })
     }
 
     /// The kinds resolved again once discovery serves every kind `batch` needs. The API server
@@ -507,7 +579,7 @@ async fn wait_healthy(
     ctx: &NodeCtx,
     objects: &[Desired],
     kinds: &HashMap<KindKey, Kind>,
-    applied: &[Applied],
+    applied: impl IntoIterator<Item = &Applied>,
 ) -> Result<HashMap<usize, Value>, NodeError> {
     // What the apply returned is the first observation; only objects not yet healthy are polled.
     // Returns the last observation of each polled object.
@@ -661,4 +733,68 @@ async fn recreate(
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     ops::apply(client, target, &d.id, &d.body, force, false).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::Manifest;
+    use serde_json::json;
+
+    fn objects(specs: &[(&str, &str, Stage)]) -> Vec<Desired> {
+        let ms: Vec<Manifest> = specs
+            .iter()
+            .map(|(kind, name, stage)| Manifest {
+                source: "t.yaml".into(),
+                line: 1,
+                object: json!({"apiVersion": if *kind == "Job" { "batch/v1" } else { "v1" },
+                               "kind": kind, "metadata": {"name": name}}),
+                stage: *stage,
+            })
+            .collect();
+        super::super::object::prepare(&ms, &super::super::object::tests::marks()).unwrap()
+    }
+
+    #[test]
+    fn stages_go_pre_hooks_by_weight_then_the_rest_then_post_hooks_each_by_phase() {
+        let objs = objects(&[
+            ("Job", "post", Stage::Post(0)),
+            ("Deployment", "web", Stage::Main),
+            ("ConfigMap", "web", Stage::Main),
+            ("ConfigMap", "hook-cm", Stage::Pre(0)),
+            ("Job", "migrate", Stage::Pre(-5)),
+            ("Job", "late", Stage::Pre(0)),
+        ]);
+        let order = apply_stages(&objs, &HashSet::new());
+        assert_eq!(
+            order,
+            vec![
+                (Stage::Pre(-5), vec![(ApplyPhase::Rest, vec![4])]),
+                (
+                    Stage::Pre(0),
+                    vec![(ApplyPhase::Config, vec![3]), (ApplyPhase::Rest, vec![5])]
+                ),
+                (
+                    Stage::Main,
+                    vec![(ApplyPhase::Config, vec![2]), (ApplyPhase::Rest, vec![1])]
+                ),
+                (Stage::Post(0), vec![(ApplyPhase::Rest, vec![0])]),
+            ]
+        );
+        // A stage left with nothing to apply is no stage (and is not waited for).
+        let order = apply_stages(&objs, &HashSet::from([4]));
+        assert_eq!(order.first().map(|s| s.0), Some(Stage::Pre(0)));
+        assert_eq!(order.len(), 3);
+    }
+
+    #[test]
+    fn objects_that_are_not_hooks_are_one_stage() {
+        let objs = objects(&[
+            ("Deployment", "web", Stage::Main),
+            ("ConfigMap", "web", Stage::Main),
+        ]);
+        let order = apply_stages(&objs, &HashSet::new());
+        assert_eq!(order.len(), 1);
+        assert_eq!(order[0].0, Stage::Main);
+    }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::engine::Layer;
-use crate::render::Manifest;
+use crate::render::{Manifest, Stage};
 
 use super::error::KubeError;
 
@@ -250,6 +250,9 @@ pub struct Desired {
     pub source: String,
     pub line: usize,
     pub phase: ApplyPhase,
+    /// The stage of the component's apply it belongs to (a chart's Helm hooks before or after
+    /// the rest); within a stage, objects go by `phase`.
+    pub stage: Stage,
     pub body: Value,
 }
 
@@ -309,6 +312,7 @@ pub fn prepare(manifests: &[Manifest], marks: &Marks) -> Result<Vec<Desired>, Ku
         }
         out.push(Desired {
             phase: ApplyPhase::of(&id.api_version, &id.kind),
+            stage: m.stage,
             id,
             source: m.source.clone(),
             line: m.line,
@@ -434,6 +438,7 @@ pub(crate) mod tests {
             source: "apps/web/x.yaml".into(),
             line: 7,
             object: json!({"kind": "ConfigMap", "metadata": {"name": "x"}}),
+            stage: Default::default(),
         };
         let err = prepare(&[m], &marks()).unwrap_err().to_string();
         assert!(err.starts_with("apps/web/x.yaml:7: "), "{err}");
@@ -448,6 +453,7 @@ pub(crate) mod tests {
                 source: "a.yaml".into(),
                 line: *line,
                 object: json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}}),
+                stage: Default::default(),
             })
             .collect();
         let mut objs = prepare(&ms[..1], &marks()).unwrap();
