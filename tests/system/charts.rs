@@ -410,6 +410,17 @@ fn install_hooks_run_before_and_after_the_charts_objects_in_weight_order() {
     let env = Env::new(&bed);
     let chart = env.repo.dir.join("environments/charts/charts/hello");
     write_chart(&chart, "0.1.0", "x");
+    // Available 2 seconds after its Pod is Ready: a post hook applied without waiting for it would
+    // be created seconds before it was Available, which the server's timestamps show.
+    let deployment = chart.join("templates/deployment.yaml");
+    let template = std::fs::read_to_string(&deployment).unwrap();
+    let template = template.replacen(
+        "spec:\n  replicas:",
+        "spec:\n  minReadySeconds: 2\n  replicas:",
+        1,
+    );
+    assert!(template.contains("minReadySeconds"), "{template}");
+    std::fs::write(&deployment, template).unwrap();
     let hooks = [
         hook_job("migrate", "pre-install,pre-upgrade", Some(-5)),
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: pre-config\n  annotations: {\"helm.sh/hook\": pre-install, \"helm.sh/hook-weight\": \"0\"}\ndata: {a: b}\n".to_string(),
