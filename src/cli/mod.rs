@@ -142,6 +142,15 @@ pub struct RebuildArgs {
     /// `forceConflicts: false` (elsewhere phoenix takes them back on objects it owns by default)
     #[arg(long)]
     pub force_conflicts: bool,
+    /// Where a missing data volume is restored from: a snapshot id (snap-...; for the volume it
+    /// was taken of) or an RFC 3339 time (the newest completed snapshot at or before it).
+    /// Default: the newest completed snapshot the env owns
+    #[arg(long, value_name = "SNAPSHOT|TIME", value_parser = parse_restore_point)]
+    pub restore_point: Option<crate::providers::aws::RestorePoint>,
+}
+
+fn parse_restore_point(text: &str) -> Result<crate::providers::aws::RestorePoint, String> {
+    crate::providers::aws::RestorePoint::parse(text)
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +166,10 @@ pub struct DestroyArgs {
     /// Nodes in flight at once
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+    /// Delete the data volumes without taking a final snapshot of each first (snapshots are
+    /// never deleted by destroy either way)
+    #[arg(long)]
+    pub skip_final_snapshot: bool,
 }
 
 #[derive(Debug, Args)]

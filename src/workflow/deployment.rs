@@ -46,6 +46,19 @@ impl Deployment {
         &self.snap.commit().sha
     }
 
+    /// The env's data volumes as deployed under the effective name. A copy (drill, ephemeral)
+    /// restores its own volumes from the snapshots of the env it copies and never touches that
+    /// env's volumes: they carry another `phoenix:env`.
+    pub fn volume_specs(&self) -> Vec<aws::VolumeSpec> {
+        aws::volume_specs(
+            &self.env,
+            &self.name,
+            &self.env.name,
+            self.commit(),
+            &self.extra_tags,
+        )
+    }
+
     /// Reads every secret the environment declares; the error names the secret, never a value.
     pub fn secrets(&self, ctx: &Context) -> Result<SecretValues, Failure> {
         SecretValues::resolve(&self.env, &ctx.secrets_dir).map_err(|why| {

@@ -68,6 +68,7 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         layers: Vec::new(),
         concurrency: args.concurrency,
         force_conflicts: false,
+        ..ConvergeSettings::default()
     };
     let rebuild = converge(ctx, &deployment, &settings, "drill").await;
     let rebuild_time = t.elapsed();
