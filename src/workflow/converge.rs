@@ -166,12 +166,12 @@ async fn converge_nodes(
                 nodes.extend(run(aws::converge_nodes(ec2.clone(), desired, &live, &opts)));
                 let volume_opts = aws::VolumeOptions {
                     restore: settings.restore.clone(),
-                    wait_timeout: dep.env.timeouts.cloud,
+                    wait_timeout: deployment.env.timeouts.cloud,
                     poll_interval: Duration::from_secs(1),
                 };
                 nodes.extend(run(aws::volume_nodes(
                     ec2.clone(),
-                    dep.volume_specs(),
+                    deployment.volume_specs(),
                     opts.node_timeout,
                     &volume_opts,
                 )));
@@ -185,7 +185,7 @@ async fn converge_nodes(
                         .map(|spec| (spec, None)),
                 );
                 nodes.extend(
-                    aws::volume_node_specs(&dep.volume_specs(), opts.node_timeout)
+                    aws::volume_node_specs(&deployment.volume_specs(), opts.node_timeout)
                         .into_iter()
                         .map(|spec| (spec, None)),
                 );

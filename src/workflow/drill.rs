@@ -94,7 +94,7 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         if !ctx.json() {
             eprintln!("\ntearing down {}", deployment.name);
         }
-        let r = destroy(ctx, &deployment, args.concurrency).await;
+        let r = destroy(ctx, &deployment, args.concurrency, false).await;
         if matches!(&r, Ok(s) if s.converged) {
             forget_local_state(ctx, &deployment.name);
         }

@@ -36,7 +36,7 @@ pub use tags::{
 };
 pub use volumes::{
     copy_snapshot, create_snapshot, delete_snapshot, delete_volume, owned_snapshots, owned_volumes,
-    pick_snapshot, snapshot, snapshot_tags, to_prune, volume_node_id, volume_node_specs,
-    volume_nodes, volume_specs, LiveSnapshot, LiveVolume, RestorePoint, VolumeOptions, VolumeSpec,
-    TAG_RESTORED_FROM, TAG_SNAPSHOT, TAG_TIME, TAG_VOLUME,
+    pick_snapshot, snapshot, snapshot_tags, to_prune, volume_destroy_nodes, volume_node_id,
+    volume_node_specs, volume_nodes, volume_specs, wait_snapshots, LiveSnapshot, LiveVolume,
+    RestorePoint, VolumeOptions, VolumeSpec, TAG_RESTORED_FROM, TAG_SNAPSHOT, TAG_TIME, TAG_VOLUME,
 };

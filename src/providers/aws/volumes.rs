@@ -921,3 +921,169 @@ mod tests {
         assert!(RestorePoint::parse("yesterday").is_err());
     }
 }
+
+/// Polls until every snapshot of `ids` is completed, at most `timeout`; `progress` hears each
+/// change of state ("snap-1 pending 40%"). The error names what it waited for and what it saw
+/// last; a snapshot in state `error` ends the wait at once.
+pub async fn wait_snapshots(
+    ec2: &Ec2,
+    ids: &[String],
+    timeout: Duration,
+    poll: Duration,
+    mut progress: impl FnMut(&str),
+) -> Res<Vec<LiveSnapshot>> {
+    let what = format!(
+        "snapshot{} {} in {} completed",
+        if ids.len() == 1 { "" } else { "s" },
+        ids.join(", "),
+        ec2.region()
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let mut seen = Vec::new();
+        let mut waiting = Vec::new();
+        for id in ids {
+            match snapshot(ec2, id).await? {
+                Some(s) if s.state == "completed" => seen.push(s),
+                Some(s) if s.state == "error" => {
+                    return Err(AwsError::refused(
+                        format!("waiting for {what}"),
+                        format!("snapshot {id} failed (state error)"),
+                    ))
+                }
+                Some(s) => waiting.push(format!("{id} {} {}", s.state, s.progress)),
+                None => waiting.push(format!("{id} not visible yet")),
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(seen);
+        }
+        let now = waiting.join(", ");
+        if now != last {
+            progress(&format!("waiting for {what}: {now}"));
+            last = now;
+        }
+        if tokio::time::Instant::now() + poll > deadline {
+            return Err(AwsError::refused(
+                format!("waiting for {what}"),
+                format!(
+                    "timed out after {} (last observed: {last})",
+                    crate::report::format_duration(timeout)
+                ),
+            ));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Destroy nodes for the env's live volumes: each after the instances are gone (`after`), a
+/// final snapshot first unless `final_snapshot` is false, then the volume is deleted. Snapshots
+/// are never deleted here.
+pub fn volume_destroy_nodes(
+    ec2: Ec2,
+    env: &str,
+    commit: &str,
+    live: Vec<LiveVolume>,
+    final_snapshot: bool,
+    after: Vec<String>,
+    timeout: Duration,
+) -> Vec<(NodeSpec, Arc<dyn Action>)> {
+    live.into_iter()
+        .map(|v| {
+            let name = v.tags.get(TAG_VOLUME).cloned().unwrap_or_default();
+            let description = if final_snapshot {
+                format!(
+                    "a final snapshot of volume/{name} ({}), then its deletion",
+                    v.id
+                )
+            } else {
+                format!(
+                    "deletion of volume/{name} ({}) without a final snapshot",
+                    v.id
+                )
+            };
+            let spec = NodeSpec::new(
+                format!("cloud/delete/volume/{name}"),
+                Layer::Cloud,
+                timeout,
+                description,
+            )
+            .depends_on(after.clone());
+            let action: Arc<dyn Action> = Arc::new(DestroyVolume {
+                ec2: ec2.clone(),
+                env: env.to_string(),
+                commit: commit.to_string(),
+                volume: v,
+                name,
+                final_snapshot,
+                timeout,
+            });
+            (spec, action)
+        })
+        .collect()
+}
+
+struct DestroyVolume {
+    ec2: Ec2,
+    env: String,
+    commit: String,
+    volume: LiveVolume,
+    name: String,
+    final_snapshot: bool,
+    timeout: Duration,
+}
+
+impl Action for DestroyVolume {
+    fn run(&self, ctx: NodeCtx) -> BoxFuture<'static, Result<NodeOutcome, NodeError>> {
+        let ec2 = self.ec2.clone();
+        let env = self.env.clone();
+        let commit = self.commit.clone();
+        let id = self.volume.id.clone();
+        let name = self.name.clone();
+        let final_snapshot = self.final_snapshot;
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let doing = format!("reading volume {id} (volume/{name})");
+            let Some(v) = describe_volume(&ec2, &id, &doing).await? else {
+                return Ok(NodeOutcome::Unchanged);
+            };
+            if !tags::owned_by(&v.tags, &env) {
+                return Err(NodeError::permanent(format!(
+                    "volume {id} is no longer owned by {env}; left alone"
+                )));
+            }
+            // The instances are deleted first, so the final snapshot is of a quiet disk.
+            let what = format!("volume {id} (volume/{name}) detached");
+            ctx.wait_for_state(&what, timeout, Duration::from_secs(1), || {
+                let ec2 = ec2.clone();
+                let id = id.clone();
+                let doing = doing.clone();
+                async move {
+                    match describe_volume(&ec2, &id, &doing).await? {
+                        Some(v) if v.state == "available" => Ok(Check::Ready(())),
+                        Some(v) => Ok(Check::Waiting(v.state)),
+                        None => Ok(Check::Ready(())),
+                    }
+                }
+            })
+            .await?;
+            if final_snapshot {
+                let tags = snapshot_tags(&env, &name, &commit, "final", SystemTime::now());
+                let snap = create_snapshot(&ec2, &id, &tags).await?;
+                ctx.progress(format!("final snapshot {snap} of volume/{name} started"));
+                wait_snapshots(
+                    &ec2,
+                    std::slice::from_ref(&snap),
+                    timeout,
+                    Duration::from_secs(1),
+                    |p| ctx.progress(p.to_string()),
+                )
+                .await?;
+                ctx.progress(format!("final snapshot {snap} of volume/{name} completed"));
+            }
+            delete_volume(&ec2, &env, &v).await?;
+            Ok(NodeOutcome::Deleted)
+        })
+    }
+}
