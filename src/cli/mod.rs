@@ -104,6 +104,8 @@ pub enum Command {
     Gc(GcArgs),
     /// List drill and ephemeral copies: name, age, expiry, commit
     List,
+    /// Snapshot the env's data volumes, copy the snapshots to the backup regions, prune old ones
+    Backup(BackupArgs),
     /// Rehearse recovery: rebuild an isolated copy, verify it, time it, tear it down, report
     Drill(DrillArgs),
     /// Print a recovery runbook for an environment, generated from its graph and last drill
@@ -275,6 +277,18 @@ pub struct DrillArgs {
     /// Directory for the Markdown and JSON reports (default: $PHOENIX_HOME/drills/ENV)
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
+    /// Nodes in flight at once
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// How long one snapshot or copy may take to complete (default: the env's timeouts.cloud)
+    #[arg(long, value_parser = positive_duration)]
+    pub timeout: Option<std::time::Duration>,
     /// Nodes in flight at once
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,

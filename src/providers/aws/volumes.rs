@@ -922,59 +922,32 @@ mod tests {
     }
 }
 
-/// Polls until every snapshot of `ids` is completed, at most `timeout`; `progress` hears each
-/// change of state ("snap-1 pending 40%"). The error names what it waited for and what it saw
-/// last; a snapshot in state `error` ends the wait at once.
-pub async fn wait_snapshots(
+/// Waits (the engine's way: progress on each change, cancellable) until snapshot `id` is
+/// completed, at most `timeout`; the timeout error names the snapshot, its volume, its region
+/// and the state and progress seen last. A snapshot in state `error` ends the wait at once.
+pub async fn wait_snapshot(
+    ctx: &NodeCtx,
     ec2: &Ec2,
-    ids: &[String],
+    id: &str,
+    volume: &str,
     timeout: Duration,
     poll: Duration,
-    mut progress: impl FnMut(&str),
-) -> Res<Vec<LiveSnapshot>> {
+) -> Result<LiveSnapshot, NodeError> {
     let what = format!(
-        "snapshot{} {} in {} completed",
-        if ids.len() == 1 { "" } else { "s" },
-        ids.join(", "),
+        "snapshot {id} of volume/{volume} in {} completed",
         ec2.region()
     );
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        let mut seen = Vec::new();
-        let mut waiting = Vec::new();
-        for id in ids {
-            match snapshot(ec2, id).await? {
-                Some(s) if s.state == "completed" => seen.push(s),
-                Some(s) if s.state == "error" => {
-                    return Err(AwsError::refused(
-                        format!("waiting for {what}"),
-                        format!("snapshot {id} failed (state error)"),
-                    ))
-                }
-                Some(s) => waiting.push(format!("{id} {} {}", s.state, s.progress)),
-                None => waiting.push(format!("{id} not visible yet")),
-            }
+    ctx.wait_for_state(&what, timeout, poll, || async move {
+        match snapshot(ec2, id).await.map_err(node_err)? {
+            Some(s) if s.state == "completed" => Ok(Check::Ready(s)),
+            Some(s) if s.state == "error" => Err(NodeError::permanent(format!(
+                "snapshot {id} of volume/{volume} failed (state error)"
+            ))),
+            Some(s) => Ok(Check::Waiting(format!("{} {}", s.state, s.progress))),
+            None => Ok(Check::Waiting("not visible yet".into())),
         }
-        if waiting.is_empty() {
-            return Ok(seen);
-        }
-        let now = waiting.join(", ");
-        if now != last {
-            progress(&format!("waiting for {what}: {now}"));
-            last = now;
-        }
-        if tokio::time::Instant::now() + poll > deadline {
-            return Err(AwsError::refused(
-                format!("waiting for {what}"),
-                format!(
-                    "timed out after {} (last observed: {last})",
-                    crate::report::format_duration(timeout)
-                ),
-            ));
-        }
-        tokio::time::sleep(poll).await;
-    }
+    })
+    .await
 }
 
 /// Destroy nodes for the env's live volumes: each after the instances are gone (`after`), a
@@ -1072,14 +1045,7 @@ impl Action for DestroyVolume {
                 let tags = snapshot_tags(&env, &name, &commit, "final", SystemTime::now());
                 let snap = create_snapshot(&ec2, &id, &tags).await?;
                 ctx.progress(format!("final snapshot {snap} of volume/{name} started"));
-                wait_snapshots(
-                    &ec2,
-                    std::slice::from_ref(&snap),
-                    timeout,
-                    Duration::from_secs(1),
-                    |p| ctx.progress(p.to_string()),
-                )
-                .await?;
+                wait_snapshot(&ctx, &ec2, &snap, &name, timeout, Duration::from_secs(1)).await?;
                 ctx.progress(format!("final snapshot {snap} of volume/{name} completed"));
             }
             delete_volume(&ec2, &env, &v).await?;
