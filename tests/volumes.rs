@@ -1,0 +1,464 @@
+//! Data volumes end to end through the real binary on moto (issue 16): a rebuild creates the
+//! volume (empty only with allowEmpty), `phoenix backup` snapshots it, copies to the second
+//! region and prunes beyond `keep` (foreign and newest snapshots stay), destroy takes a final
+//! snapshot and deletes the volume, a rebuild restores from the newest snapshot or from
+//! `--restore-point` (a snapshot id or a time), checked through the EC2 API; a rebuild with no
+//! snapshot fails naming the volume; validation points at file:line.
+
+#[path = "support/moto.rs"]
+mod moto;
+#[path = "support_git/mod.rs"]
+mod support_git;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use moto::Moto;
+use support_git::{Repo, Sandbox};
+
+const REGION: &str = "us-east-1";
+const OTHER: &str = "us-west-2";
+const AMI: &str = "ami-03c3da4cfa8e8943a";
+
+fn env_yaml(name: &str, allow_empty: bool, keep: u32) -> String {
+    format!(
+        r#"apiVersion: phoenix/v1
+kind: Environment
+metadata: {{ name: {name} }}
+spec:
+  cloud:
+    region: {REGION}
+    network:
+      cidr: 10.50.0.0/16
+      subnets: [{{ name: a, cidr: 10.50.1.0/24, zone: us-east-1a, public: true }}]
+    instances:
+      - {{ name: db, role: none, count: 1, type: t3.medium, image: {{ id: {AMI} }}, subnet: a, userData: cloud-init/data.yaml.j2 }}
+  volumes:
+    - name: data
+      size: 4
+      instance: db/0
+      mountPath: /srv/data
+      allowEmpty: {allow_empty}
+      backup: {{ keep: {keep}, copyTo: [{OTHER}], every: 1h, recoveryPointObjective: 2h }}
+"#
+    )
+}
+
+struct Bed {
+    moto: Moto,
+    git: Sandbox,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        Bed {
+            moto: Moto::start(),
+            git: Sandbox::new(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+        }
+    }
+
+    fn repo(&self, name: &str, yaml: &str) -> Repo<'_> {
+        let repo = self.git.repo("envs");
+        repo.write(&format!("environments/{name}/environment.yaml"), yaml);
+        repo.write(
+            "templates/cloud-init/data.yaml.j2",
+            "#cloud-config\nruncmd: [\"true\"]\n",
+        );
+        repo.commit("an env with a data volume");
+        repo
+    }
+
+    fn phoenix(&self, dir: &Path, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_phoenix"))
+            .current_dir(dir)
+            .args(args)
+            .env("HOME", self.git.home())
+            .env("PHOENIX_HOME", self.git.phoenix_home())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", REGION)
+            .env("AWS_ENDPOINT_URL", self.moto.endpoint())
+            .env_remove("AWS_PROFILE")
+            .env_remove("PHOENIX_REPO")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run phoenix")
+    }
+
+    fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        use aws_config::{BehaviorVersion, Region};
+        let config = self.rt.block_on(
+            aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new(region.to_string()))
+                .endpoint_url(self.moto.endpoint())
+                .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                    "test", "test", None, None, "tests",
+                ))
+                .load(),
+        );
+        aws_sdk_ec2::Client::new(&config)
+    }
+
+    /// (id, SnapshotId, phoenix:restored-from) of the env's live volumes.
+    fn volumes(&self, env: &str) -> Vec<(String, Option<String>, Option<String>, Vec<String>)> {
+        let resp = self
+            .rt
+            .block_on(
+                self.ec2(REGION)
+                    .describe_volumes()
+                    .filters(filter("tag:phoenix:env", env))
+                    // Root volumes carry the instance's tags; data volumes name their volume.
+                    .filters(filter("tag-key", "phoenix:volume"))
+                    .send(),
+            )
+            .expect("describe volumes");
+        resp.volumes()
+            .iter()
+            .filter(|v| v.state().map(|s| s.as_str()) != Some("deleted"))
+            .map(|v| {
+                let tags = tags(v.tags());
+                (
+                    v.volume_id().unwrap_or_default().to_string(),
+                    v.snapshot_id()
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                    tags.get("phoenix:restored-from").cloned(),
+                    v.attachments()
+                        .iter()
+                        .map(|a| {
+                            format!(
+                                "{} {} {}",
+                                a.instance_id().unwrap_or_default(),
+                                a.device().unwrap_or_default(),
+                                a.state().map(|s| s.as_str()).unwrap_or_default()
+                            )
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// This account's snapshots in `region` as (id, tags), newest phoenix:time last.
+    fn snapshots(&self, region: &str) -> Vec<(String, BTreeMap<String, String>)> {
+        let resp = self
+            .rt
+            .block_on(
+                self.ec2(region)
+                    .describe_snapshots()
+                    .owner_ids("self")
+                    .send(),
+            )
+            .expect("describe snapshots");
+        let mut out: Vec<(String, BTreeMap<String, String>)> = resp
+            .snapshots()
+            .iter()
+            .map(|s| {
+                (
+                    s.snapshot_id().unwrap_or_default().to_string(),
+                    tags(s.tags()),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            a.1.get("phoenix:time")
+                .cmp(&b.1.get("phoenix:time"))
+                .then(a.0.cmp(&b.0))
+        });
+        out
+    }
+
+    fn owned_snapshots(&self, region: &str, env: &str) -> Vec<(String, BTreeMap<String, String>)> {
+        self.snapshots(region)
+            .into_iter()
+            .filter(|(_, t)| t.get("phoenix:env").map(String::as_str) == Some(env))
+            .collect()
+    }
+}
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+fn tags(t: &[Tag]) -> BTreeMap<String, String> {
+    t.iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn last_json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is JSON ({e}):\n{last}"))
+}
+
+fn ok(out: &Output) {
+    assert_eq!(out.status.code(), Some(0), "{}", text(out));
+}
+
+#[test]
+fn backup_destroy_rebuild_restores_the_newest_snapshot_or_the_restore_point() {
+    let bed = Bed::new();
+    let repo = bed.repo("shop", &env_yaml("shop", true, 2));
+    let dir = &repo.dir;
+
+    // First build: no snapshot yet, allowEmpty: the volume is created empty and attached.
+    ok(&bed.phoenix(dir, &["rebuild", "shop"]));
+    let vols = bed.volumes("shop");
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    assert_eq!(vols[0].1, None, "created empty: {vols:?}");
+    assert_eq!(vols[0].2.as_deref(), Some("empty"));
+    assert!(
+        vols[0].3.iter().any(|a| a.contains("/dev/sdf attached")),
+        "attached as /dev/sdf: {vols:?}"
+    );
+    // A second run attaches the same volume as it is.
+    ok(&bed.phoenix(dir, &["rebuild", "shop"]));
+    assert_eq!(bed.volumes("shop")[0].0, vols[0].0, "the same volume");
+
+    // A foreign snapshot of the same volume (no phoenix tags) and one of another env: never pruned.
+    let ec2 = bed.ec2(REGION);
+    let foreign = bed
+        .rt
+        .block_on(ec2.create_snapshot().volume_id(&vols[0].0).send())
+        .expect("foreign snapshot")
+        .snapshot_id()
+        .unwrap()
+        .to_string();
+    let other_env = bed
+        .rt
+        .block_on(
+            ec2.create_snapshot()
+                .volume_id(&vols[0].0)
+                .tag_specifications(
+                    TagSpecification::builder()
+                        .resource_type(ResourceType::Snapshot)
+                        .tags(Tag::builder().key("phoenix:env").value("other").build())
+                        .tags(
+                            Tag::builder()
+                                .key("phoenix:resource")
+                                .value("snapshot/data")
+                                .build(),
+                        )
+                        .tags(Tag::builder().key("phoenix:volume").value("data").build())
+                        .tags(
+                            Tag::builder()
+                                .key("phoenix:time")
+                                .value("2020-01-01T00:00:00.000Z")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .send(),
+        )
+        .expect("other env's snapshot")
+        .snapshot_id()
+        .unwrap()
+        .to_string();
+
+    // Three backups with keep: 2 — each copies to us-west-2, the third prunes the first.
+    let mut taken: Vec<String> = Vec::new();
+    for i in 0..3 {
+        let out = bed.phoenix(dir, &["backup", "shop", "--output", "json"]);
+        ok(&out);
+        let report = last_json(&out);
+        assert_eq!(report["type"], "backupReport", "{report}");
+        assert_eq!(report["schemaVersion"], 1);
+        let v = &report["volumes"][0];
+        assert_eq!(v["volume"], "data");
+        assert_eq!(v["volumeId"], vols[0].0.as_str());
+        let id = v["snapshotId"].as_str().expect("snapshot id").to_string();
+        assert_eq!(v["copies"][0]["region"], OTHER, "{report}");
+        let pruned: Vec<&str> = v["pruned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["snapshotId"].as_str().unwrap())
+            .collect();
+        if i < 2 {
+            assert!(pruned.is_empty(), "nothing beyond keep 2 yet: {report}");
+        } else {
+            assert_eq!(
+                pruned.len(),
+                2,
+                "the oldest here and its copy there: {report}"
+            );
+            assert!(pruned.contains(&taken[0].as_str()), "{report}");
+        }
+        taken.push(id);
+    }
+    let owned = bed.owned_snapshots(REGION, "shop");
+    let ids: Vec<&str> = owned.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [taken[1].as_str(), taken[2].as_str()],
+        "keep 2, newest kept"
+    );
+    let (_, t) = &owned[1];
+    for key in [
+        "phoenix:env",
+        "phoenix:resource",
+        "phoenix:commit",
+        "phoenix:volume",
+        "phoenix:time",
+    ] {
+        assert!(t.contains_key(key), "snapshot tag {key}: {t:?}");
+    }
+    assert_eq!(t["phoenix:commit"], repo.head());
+    let all: Vec<String> = bed
+        .snapshots(REGION)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(all.contains(&foreign), "the foreign snapshot stays");
+    assert!(all.contains(&other_env), "another env's snapshot stays");
+    // The copies in the second region: two kept, each naming its source.
+    let copies = bed.owned_snapshots(OTHER, "shop");
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    assert_eq!(
+        copies[1]
+            .1
+            .get("phoenix:source-snapshot")
+            .map(String::as_str),
+        Some(format!("{REGION}/{}", taken[2]).as_str())
+    );
+
+    // destroy: a final snapshot, then the volume is deleted; snapshots stay.
+    ok(&bed.phoenix(dir, &["destroy", "shop", "--yes"]));
+    assert!(bed.volumes("shop").is_empty(), "{:?}", bed.volumes("shop"));
+    let owned = bed.owned_snapshots(REGION, "shop");
+    assert_eq!(
+        owned.len(),
+        3,
+        "the two backups and the final snapshot: {owned:?}"
+    );
+    let final_snap = owned[2].0.clone();
+    assert_eq!(owned[2].1["phoenix:snapshot"], "final");
+
+    // rebuild: restored from the newest completed owned snapshot (the final one).
+    ok(&bed.phoenix(dir, &["rebuild", "shop"]));
+    let vols = bed.volumes("shop");
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    assert_eq!(vols[0].1.as_deref(), Some(final_snap.as_str()), "{vols:?}");
+    assert!(
+        vols[0].3.iter().any(|a| a.ends_with("attached")),
+        "{vols:?}"
+    );
+
+    // --restore-point with a snapshot id picks that older one.
+    ok(&bed.phoenix(dir, &["destroy", "shop", "--yes", "--skip-final-snapshot"]));
+    assert_eq!(
+        bed.owned_snapshots(REGION, "shop").len(),
+        3,
+        "no final snapshot"
+    );
+    ok(&bed.phoenix(dir, &["rebuild", "shop", "--restore-point", &taken[1]]));
+    assert_eq!(bed.volumes("shop")[0].1.as_deref(), Some(taken[1].as_str()));
+
+    // --restore-point with a time: the newest completed snapshot at or before it.
+    ok(&bed.phoenix(dir, &["destroy", "shop", "--yes", "--skip-final-snapshot"]));
+    let time_of_newest_backup = bed
+        .owned_snapshots(REGION, "shop")
+        .into_iter()
+        .find(|(id, _)| *id == taken[2])
+        .map(|(_, t)| t["phoenix:time"].clone())
+        .expect("the third backup");
+    ok(&bed.phoenix(
+        dir,
+        &["rebuild", "shop", "--restore-point", &time_of_newest_backup],
+    ));
+    assert_eq!(bed.volumes("shop")[0].1.as_deref(), Some(taken[2].as_str()));
+}
+
+#[test]
+fn a_rebuild_without_a_snapshot_fails_naming_the_volume() {
+    let bed = Bed::new();
+    let repo = bed.repo("shop", &env_yaml("shop", false, 3));
+    let out = bed.phoenix(&repo.dir, &["rebuild", "shop"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("volume data is missing and no completed snapshot of it is owned by shop"),
+        "{all}"
+    );
+    assert!(all.contains("allowEmpty: true"), "says what to do: {all}");
+    assert!(bed.volumes("shop").is_empty(), "nothing created empty");
+    // An unknown restore point is refused before anything runs.
+    let out = bed.phoenix(
+        &repo.dir,
+        &["rebuild", "shop", "--restore-point", "yesterday"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("neither a snapshot id"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn volume_mistakes_are_diagnostics_with_file_and_line() {
+    let git = Sandbox::new();
+    let repo = git.repo("envs");
+    let yaml = env_yaml("shop", true, 1)
+        .replace("instance: db/0", "instance: db/3")
+        .replace("copyTo: [us-west-2]", "copyTo: [us-east-1]");
+    repo.write("environments/shop/environment.yaml", &yaml);
+    repo.write("templates/cloud-init/data.yaml.j2", "#cloud-config\n");
+    repo.commit("bad volume");
+    let out = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+        .current_dir(&repo.dir)
+        .args(["validate", "shop"])
+        .env("HOME", git.home())
+        .env("PHOENIX_HOME", git.phoenix_home())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run phoenix");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    let file = "environments/shop/environment.yaml";
+    let line_of = |needle: &str| {
+        yaml.lines()
+            .position(|l| l.contains(needle))
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("{needle} in the yaml"))
+    };
+    assert!(
+        all.contains(&format!("{file}:{}:", line_of("instance: db/3"))),
+        "the instance error at its line: {all}"
+    );
+    assert!(all.contains("group db has 1 instance"), "{all}");
+    assert!(
+        all.contains(&format!("{file}:{}:", line_of("copyTo: [us-east-1]"))),
+        "the copy region error at its line: {all}"
+    );
+    assert!(
+        all.contains("us-east-1 is the environment's own region"),
+        "{all}"
+    );
+}
