@@ -240,6 +240,17 @@ fn backup_destroy_rebuild_restores_the_newest_snapshot_or_the_restore_point() {
     ok(&bed.phoenix(dir, &["rebuild", "shop"]));
     assert_eq!(bed.volumes("shop")[0].0, vols[0].0, "the same volume");
 
+    // diff: no backup yet, so the recovery point objective is missed: drift (exit 2).
+    let out = bed.phoenix(dir, &["diff", "shop", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let drift = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(drift.contains("\"backup/data\""), "{drift}");
+    assert!(drift.contains("no completed snapshot"), "{drift}");
+    assert!(
+        !drift.contains("\"volume/data\""),
+        "the volume itself is in sync: {drift}"
+    );
+
     // A foreign snapshot of the same volume (no phoenix tags) and one of another env: never pruned.
     let ec2 = bed.ec2(REGION);
     let foreign = bed
@@ -345,6 +356,45 @@ fn backup_destroy_rebuild_restores_the_newest_snapshot_or_the_restore_point() {
             .get("phoenix:source-snapshot")
             .map(String::as_str),
         Some(format!("{REGION}/{}", taken[2]).as_str())
+    );
+
+    // diff after the backups: in sync, and the metrics carry the age of the newest snapshot.
+    let metrics = bed.git.path("metrics.prom");
+    let out = bed.phoenix(
+        dir,
+        &["diff", "shop", "--metrics-file", metrics.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let prom = std::fs::read_to_string(&metrics).expect("metrics file");
+    assert!(
+        prom.contains("phoenix_backup_age_seconds{env=\"shop\",volume=\"data\"} "),
+        "{prom}"
+    );
+    // Detached behind phoenix's back: drift on the volume, and a rebuild attaches it again.
+    let instance = vols[0].3[0].split(' ').next().unwrap().to_string();
+    bed.rt
+        .block_on(
+            ec2.detach_volume()
+                .volume_id(&vols[0].0)
+                .instance_id(&instance)
+                .device("/dev/sdf")
+                .send(),
+        )
+        .expect("detach");
+    let out = bed.phoenix(dir, &["diff", "shop", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let drift = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        drift.contains("\"volume/data\"") && drift.contains("detached"),
+        "{drift}"
+    );
+    ok(&bed.phoenix(dir, &["rebuild", "shop"]));
+    assert!(
+        bed.volumes("shop")[0]
+            .3
+            .iter()
+            .any(|a| a.ends_with("attached")),
+        "attached again"
     );
 
     // destroy: a final snapshot, then the volume is deleted; snapshots stay.

@@ -77,6 +77,8 @@ pub struct VolumeSpec {
     /// a drill copy the env it copies (a copy restores the live env's data, never attaches it).
     pub snapshot_env: String,
     pub commit: String,
+    /// `backup.recoveryPointObjective`: the newest completed snapshot must be younger.
+    pub recovery_point_objective: Option<Duration>,
     /// Tags on every volume phoenix creates (ownership, name, extra tags of a copy).
     pub tags: BTreeMap<String, String>,
 }
@@ -137,6 +139,7 @@ fn spec_of(
         env: name.into(),
         snapshot_env: snapshot_env.into(),
         commit: commit.into(),
+        recovery_point_objective: v.backup.as_ref().and_then(|b| b.recovery_point_objective),
         tags,
     }
 }
@@ -414,6 +417,36 @@ async fn owned_instance(ec2: &Ec2, env: &str, resource: &str) -> Res<Option<(Str
         })
         .max();
     Ok(found)
+}
+
+/// What `diff` reads about one desired volume.
+#[derive(Clone, Debug)]
+pub struct ObservedVolume {
+    /// The owned volumes holding the resource (one, normally).
+    pub live: Vec<LiveVolume>,
+    /// The instance it attaches to, when that is live.
+    pub instance_id: Option<String>,
+    /// The newest completed owned snapshot of the volume in the env's region.
+    pub newest_snapshot: Option<LiveSnapshot>,
+}
+
+/// Reads, for each of `specs`, its live volumes, its instance and its newest completed snapshot.
+pub async fn observe_volumes(ec2: &Ec2, specs: &[VolumeSpec]) -> Res<Vec<ObservedVolume>> {
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let live = owned_volumes(ec2, &spec.env, Some(&spec.name)).await?;
+        let instance_id = owned_instance(ec2, &spec.env, &spec.instance)
+            .await?
+            .map(|(id, _)| id);
+        let snapshots = owned_snapshots(ec2, &spec.snapshot_env, Some(&spec.name)).await?;
+        let newest_snapshot = pick_snapshot(&snapshots, &RestorePoint::Newest).cloned();
+        out.push(ObservedVolume {
+            live,
+            instance_id,
+            newest_snapshot,
+        });
+    }
+    Ok(out)
 }
 
 /// Picks the snapshot a missing volume is created from; `None` when there is none.
