@@ -5,6 +5,10 @@
 //! `--restore-point` (a snapshot id or a time), checked through the EC2 API; a rebuild with no
 //! snapshot fails naming the volume; validation points at file:line.
 
+#[path = "support/bed.rs"]
+mod bed;
+#[path = "support/control_plane.rs"]
+mod control_plane;
 #[path = "support/moto.rs"]
 mod moto;
 #[path = "support_git/mod.rs"]
@@ -46,15 +50,15 @@ spec:
     )
 }
 
-struct Bed {
+struct Lab {
     moto: Moto,
     git: Sandbox,
     rt: tokio::runtime::Runtime,
 }
 
-impl Bed {
-    fn new() -> Bed {
-        Bed {
+impl Lab {
+    fn new() -> Lab {
+        Lab {
             moto: Moto::start(),
             git: Sandbox::new(),
             rt: tokio::runtime::Builder::new_current_thread()
@@ -222,7 +226,7 @@ fn ok(out: &Output) {
 
 #[test]
 fn backup_destroy_rebuild_restores_the_newest_snapshot_or_the_restore_point() {
-    let bed = Bed::new();
+    let bed = Lab::new();
     let repo = bed.repo("shop", &env_yaml("shop", true, 2));
     let dir = &repo.dir;
 
@@ -446,7 +450,7 @@ fn backup_destroy_rebuild_restores_the_newest_snapshot_or_the_restore_point() {
 
 #[test]
 fn a_rebuild_without_a_snapshot_fails_naming_the_volume() {
-    let bed = Bed::new();
+    let bed = Lab::new();
     let repo = bed.repo("shop", &env_yaml("shop", false, 3));
     let out = bed.phoenix(&repo.dir, &["rebuild", "shop"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -510,5 +514,134 @@ fn volume_mistakes_are_diagnostics_with_file_and_line() {
     assert!(
         all.contains("us-east-1 is the environment's own region"),
         "{all}"
+    );
+}
+
+/// A drill next to the live demo (with a data volume) restores the copy's volume from the live
+/// env's snapshot, never touching the live volume, and reports the recovery point; an objective
+/// the snapshot's age misses makes it exit 3 naming the volume.
+#[test]
+fn a_drill_restores_its_own_volume_from_the_live_snapshot_and_reports_the_recovery_point() {
+    let bed = bed::Bed::new();
+    let repo = bed.demo_repo();
+    let path = repo.dir.join("environments/demo/environment.yaml");
+    let mut yaml = std::fs::read_to_string(&path).expect("demo env");
+    let volume = "  volumes:\n    - { name: data, size: 4, instance: server/0, mountPath: /srv/data, allowEmpty: true, backup: { keep: 3, recoveryPointObjective: 1h } }\n";
+    if !yaml.contains("\n  volumes:") {
+        yaml.push_str(volume);
+    }
+    std::fs::write(&path, &yaml).expect("write env");
+    repo.commit("a data volume on the server");
+    let dir = &repo.dir;
+    let run = |args: &[&str]| bed.phoenix(dir, args);
+    let ok = |out: Output| assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(run(&["rebuild", "demo"]));
+    ok(run(&["backup", "demo"]));
+    let ec2 = bed.ec2_client();
+    let live = |env: &str| -> Vec<(String, Option<String>, Vec<String>)> {
+        let resp = bed
+            .rt
+            .block_on(
+                ec2.describe_volumes()
+                    .filters(filter("tag:phoenix:env", env))
+                    .filters(filter("tag-key", "phoenix:volume"))
+                    .send(),
+            )
+            .expect("describe volumes");
+        resp.volumes()
+            .iter()
+            .map(|v| {
+                (
+                    v.volume_id().unwrap_or_default().to_string(),
+                    v.snapshot_id()
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                    v.attachments()
+                        .iter()
+                        .map(|a| format!("{} {:?}", a.instance_id().unwrap_or_default(), a.state()))
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let before = live("demo");
+    assert_eq!(before.len(), 1, "{before:?}");
+    let snapshots = bed
+        .rt
+        .block_on(
+            ec2.describe_snapshots()
+                .owner_ids("self")
+                .filters(filter("tag:phoenix:env", "demo"))
+                .send(),
+        )
+        .expect("snapshots");
+    let snap = snapshots.snapshots()[0].snapshot_id().unwrap().to_string();
+
+    let drill = |args: &[&str]| -> (i32, serde_json::Value, String) {
+        let out = run(args);
+        let all = text(&out);
+        (out.status.code().unwrap_or(-1), last_json(&out), all)
+    };
+    let (code, doc, all) = drill(&["drill", "demo", "--output", "json"]);
+    assert_eq!(code, 0, "{all}");
+    let copy = doc["copy"].as_str().expect("copy").to_string();
+    let v = &doc["volumes"][0];
+    assert_eq!(v["volume"], "data", "{doc:#}");
+    assert_eq!(
+        v["snapshotId"],
+        snap.as_str(),
+        "restored from the live env's snapshot"
+    );
+    assert!(
+        v["restoreSeconds"].as_f64().is_some_and(|s| s >= 0.0),
+        "{doc:#}"
+    );
+    let rp = v["recoveryPointSeconds"].as_f64().expect("recovery point");
+    assert!((0.0..3600.0).contains(&rp), "{rp}");
+    assert_eq!(v["recoveryPointObjectiveSeconds"], 3600.0);
+    assert!(
+        doc["rebuild"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "cloud/volume/data" && n["state"]["outcome"] == "created"),
+        "{doc:#}"
+    );
+    // The live volume is untouched; the copy's is gone, without a final snapshot.
+    assert_eq!(live("demo"), before);
+    assert!(live(&copy).is_empty(), "{:?}", live(&copy));
+    let copy_snaps = bed
+        .rt
+        .block_on(
+            ec2.describe_snapshots()
+                .owner_ids("self")
+                .filters(filter("tag:phoenix:env", &copy))
+                .send(),
+        )
+        .expect("snapshots");
+    assert!(
+        copy_snaps.snapshots().is_empty(),
+        "no final snapshot of a copy"
+    );
+
+    // An objective the snapshot is already older than: converged, over objective, named.
+    std::fs::write(
+        &path,
+        yaml.replace("recoveryPointObjective: 1h", "recoveryPointObjective: 1s"),
+    )
+    .expect("write env");
+    repo.commit("a one-second recovery point objective");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (code, doc, all) = drill(&["drill", "demo", "--output", "json"]);
+    assert_eq!(code, 3, "{all}");
+    assert_eq!(doc["verdict"], "over-objective");
+    let missed = doc["missedObjectives"].to_string();
+    assert!(
+        missed.contains("recoveryPointObjective of volume data"),
+        "{missed}"
+    );
+    assert!(
+        !missed.contains("recoveryObjective:"),
+        "the RTO was met: {missed}"
     );
 }

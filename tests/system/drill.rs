@@ -257,6 +257,14 @@ fn assert_drill_report_schema(doc: &Value, head: &str) {
     top["copy"] = "demo-drill-*".into();
     assert!(humantime::parse_rfc3339(top["startedAt"].as_str().unwrap_or_default()).is_ok());
     top["startedAt"] = "<time>".into();
+    // The missed objectives name durations measured by this run.
+    assert!(
+        top["missedObjectives"][0]
+            .as_str()
+            .is_some_and(|m| m.starts_with("recoveryObjective: recovery took")),
+        "{doc:#}"
+    );
+    top["missedObjectives"] = "<missed>".into();
     for k in [
         "recoverySeconds",
         "rebuildSeconds",
@@ -295,7 +303,7 @@ fn assert_drill_report_schema(doc: &Value, head: &str) {
             "teardownSeconds": "<seconds>", "kept": false,
             "rebuild": summary, "teardown": summary,
             "verify": ["checkedAt", "commit", "durationSeconds", "env", "exitCode", "layers", "schemaVersion", "status"],
-            "failures": []
+            "failures": [], "volumes": [], "missedObjectives": "<missed>"
         }),
         "{doc:#}"
     );
