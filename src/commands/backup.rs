@@ -11,17 +11,17 @@ use crate::workflow::{Context, Deployment};
 use std::time::Duration;
 
 pub async fn run(ctx: &Context, args: &BackupArgs) -> Outcome {
-    let dep = Deployment::open(ctx, &args.env.env, None).await?;
+    let deployment = Deployment::open(ctx, &args.env.env, None).await?;
     if !ctx.json() {
-        eprintln!("{}", commit_line(&dep.snap));
+        eprintln!("{}", commit_line(&deployment.snap));
     }
     let settings = BackupSettings {
-        timeout: args.timeout.unwrap_or(dep.env.timeouts.cloud),
+        timeout: args.timeout.unwrap_or(deployment.env.timeouts.cloud),
         concurrency: args.concurrency as usize,
         poll_interval: Duration::from_secs(1),
     };
-    let (summary, report) = backup(ctx, &dep, &settings).await?;
-    print_run_report(ctx, &dep, &summary);
+    let (summary, report) = backup(ctx, &deployment, &settings).await?;
+    print_run_report(ctx, &deployment, &summary);
     if ctx.json() {
         match serde_json::to_string(&report) {
             Ok(text) => crate::outln!("{text}"),

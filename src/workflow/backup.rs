@@ -362,28 +362,28 @@ async fn prune(
     })
 }
 
-/// Runs the backup of every data volume of `dep`.
+/// Runs the backup of every data volume of `deployment`.
 pub async fn backup(
     ctx: &Context,
-    dep: &Deployment,
+    deployment: &Deployment,
     settings: &BackupSettings,
 ) -> Result<(RunSummary, BackupReport), Failure> {
-    let Some(cloud) = &dep.env.cloud else {
+    let Some(cloud) = &deployment.env.cloud else {
         return Err(Failure::new(format!(
             "{} has no spec.cloud, so no data volumes to back up",
-            dep.name
+            deployment.name
         )));
     };
-    if dep.env.volumes.is_empty() {
+    if deployment.env.volumes.is_empty() {
         return Err(
-            Failure::new(format!("{} declares no data volumes", dep.name))
+            Failure::new(format!("{} declares no data volumes", deployment.name))
                 .help("declare them under spec.volumes (docs/environment.md)"),
         );
     }
     let home = cloud.region.clone();
     let mut clients = BTreeMap::new();
     let mut regions: Vec<String> = vec![home.clone()];
-    for v in &dep.env.volumes {
+    for v in &deployment.env.volumes {
         for r in v.backup.iter().flat_map(|b| b.copy_to.iter()) {
             if !regions.contains(r) {
                 regions.push(r.clone());
@@ -399,8 +399,8 @@ pub async fn backup(
     let clients = Arc::new(clients);
     let shared = Arc::new(Shared::default());
     let mut graph = Graph::new();
-    for spec in backup_specs(&home, &dep.env.volumes, settings.timeout) {
-        let (volume, op) = op_of(&spec.id, &dep.env.volumes).ok_or_else(|| {
+    for spec in backup_specs(&home, &deployment.env.volumes, settings.timeout) {
+        let (volume, op) = op_of(&spec.id, &deployment.env.volumes).ok_or_else(|| {
             Failure::new(format!(
                 "unknown backup node {} (a bug in phoenix)",
                 spec.id
@@ -409,8 +409,8 @@ pub async fn backup(
         let action: Arc<dyn Action> = Arc::new(BackupAction {
             op,
             volume,
-            env: dep.name.clone(),
-            commit: dep.commit().to_string(),
+            env: deployment.name.clone(),
+            commit: deployment.commit().to_string(),
             clients: Arc::clone(&clients),
             home_region: home.clone(),
             shared: Arc::clone(&shared),
@@ -423,7 +423,7 @@ pub async fn backup(
     }
     let summary = run_graph(
         ctx,
-        dep,
+        deployment,
         graph,
         RunSettings {
             command: "backup",
@@ -437,7 +437,7 @@ pub async fn backup(
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    let volumes = dep
+    let volumes = deployment
         .env
         .volumes
         .iter()
@@ -453,8 +453,8 @@ pub async fn backup(
         BackupReport {
             schema_version: BACKUP_SCHEMA_VERSION,
             kind: "backupReport",
-            env: dep.name.clone(),
-            commit: dep.commit().to_string(),
+            env: deployment.name.clone(),
+            commit: deployment.commit().to_string(),
             region: home,
             volumes,
         },

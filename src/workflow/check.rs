@@ -361,11 +361,14 @@ async fn cloud_drift(
     // Data volumes: missing, detached, resized; and backups older than their objective.
     let specs = deployment.volume_specs();
     let observed = aws::observe_volumes(ec2, &specs).await.map_err(|e| {
-        Failure::from_error(format!("cannot read the data volumes of {}", deployment.name), &e)
+        Failure::from_error(
+            format!("cannot read the data volumes of {}", deployment.name),
+            &e,
+        )
     })?;
     let (mut volume_entries, backups) =
         drift::volume_entries(&specs, &observed, std::time::SystemTime::now());
-    if dep.name != dep.env.name {
+    if deployment.name != deployment.env.name {
         // A copy takes no backups: the age of the env's snapshots is the env's drift, and a
         // drill judges the recovery point of what it restored in its verdict instead.
         volume_entries.retain(|e| !e.resource.starts_with("backup/"));

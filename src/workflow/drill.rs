@@ -74,7 +74,7 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
     let rebuild_time = t.elapsed();
     // The copy's volumes, while they exist: what each was restored from.
     let volumes = match &rebuild {
-        Ok(summary) => restored_volumes(&dep, summary).await,
+        Ok(summary) => restored_volumes(&deployment, summary).await,
         Err(_) => Vec::new(),
     };
 
@@ -219,15 +219,15 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
 /// the volume's SnapshotId and the snapshot's `phoenix:time`), its node's time in the rebuild and
 /// its recovery point. A volume that cannot be read is reported without them.
 async fn restored_volumes(
-    dep: &super::Deployment,
+    deployment: &super::Deployment,
     summary: &RunSummary,
 ) -> Vec<crate::report::drill::VolumeRestore> {
-    let specs = dep.volume_specs();
+    let specs = deployment.volume_specs();
     if specs.is_empty() {
         return Vec::new();
     }
     let now = SystemTime::now();
-    let ec2 = dep.ec2().await.ok().flatten();
+    let ec2 = deployment.ec2().await.ok().flatten();
     let mut out = Vec::new();
     for spec in &specs {
         let node = summary.node(&crate::providers::aws::volume_node_id(&spec.name));

@@ -75,7 +75,10 @@ pub async fn destroy(
         let volumes = aws::owned_volumes(&ec2, &deployment.name, None)
             .await
             .map_err(|e| {
-                Failure::from_error(format!("cannot list the data volumes of {}", deployment.name), &e)
+                Failure::from_error(
+                    format!("cannot list the data volumes of {}", deployment.name),
+                    &e,
+                )
             })?;
         let mut nodes = aws::destroy_nodes(ec2.clone(), &deployment.name, &live, &opts);
         let instances: Vec<String> = nodes
