@@ -531,11 +531,43 @@ fn a_drill_restores_its_own_volume_from_the_live_snapshot_and_reports_the_recove
         yaml.push_str(volume);
     }
     std::fs::write(&path, &yaml).expect("write env");
+    // The app web claims it by name: its PVC must be Bound before web is healthy.
+    std::fs::write(
+        repo.dir.join("environments/demo/apps/web/data-claim.yaml"),
+        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: { name: data, namespace: web }\nspec:\n  volumeName: data\n  storageClassName: \"\"\n  accessModes: [ReadWriteOnce]\n  resources: { requests: { storage: 4Gi } }\n",
+    )
+    .expect("write claim");
     repo.commit("a data volume on the server");
     let dir = &repo.dir;
     let run = |args: &[&str]| bed.phoenix(dir, args);
     let ok = |out: Output| assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     ok(run(&["rebuild", "demo"]));
+    // The volume offered as a local PersistentVolume pinned to the server's node, bound by the
+    // real controller manager to the app's claim.
+    let pv = bed.kubectl("demo", &["get", "pv", "data", "-o", "json"]);
+    let pv: serde_json::Value = serde_json::from_str(&pv).expect("pv json");
+    assert_eq!(pv["spec"]["local"]["path"], "/srv/data", "{pv:#}");
+    assert_eq!(
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+            ["values"][0],
+        "server-0"
+    );
+    assert_eq!(pv["status"]["phase"], "Bound", "{pv:#}");
+    assert_eq!(
+        bed.kubectl(
+            "demo",
+            &[
+                "get",
+                "pvc",
+                "data",
+                "-n",
+                "web",
+                "-o",
+                "jsonpath={.status.phase}"
+            ]
+        ),
+        "Bound"
+    );
     ok(run(&["backup", "demo"]));
     let ec2 = bed.ec2_client();
     let live = |env: &str| -> Vec<(String, Option<String>, Vec<String>)> {

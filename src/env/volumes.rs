@@ -381,6 +381,22 @@ pub(super) fn check(
         );
         return;
     };
+    // The PersistentVolumes of a k3s env are applied as the add-on `volumes`.
+    if matches!(env.cluster, Some(Cluster::K3s(_))) {
+        for (list, key) in [(&env.addons, "spec.addons"), (&env.apps, "spec.apps")] {
+            for (i, comp) in list.iter().enumerate() {
+                if comp.name == crate::providers::cluster::VOLUMES_COMPONENT {
+                    let field = format!("{}.name", spans.item(key, i));
+                    err(
+                        spans.at(&field),
+                        &field,
+                        "the component name \"volumes\" is taken by the data volumes' PersistentVolumes".into(),
+                        "rename the component: phoenix applies one PersistentVolume per spec.volumes entry as the add-on volumes".into(),
+                    );
+                }
+            }
+        }
+    }
     let mut devices: BTreeMap<(String, u32, String), &str> = BTreeMap::new();
     let mut mounts: BTreeMap<(String, u32, &str), &str> = BTreeMap::new();
     for (i, v) in env.volumes.iter().enumerate() {

@@ -461,6 +461,31 @@ impl Deployment {
                 });
             }
         }
+        // The data volumes, offered as PersistentVolumes: an add-on of their own, so every app
+        // (and its PVC, healthy once Bound) comes after them.
+        let pvs = crate::providers::cluster::persistent_volumes(&self.env);
+        if !pvs.is_empty() {
+            out.push(ComponentSpec {
+                env: self.name.clone(),
+                commit: self.commit().to_string(),
+                layer: Layer::Addons,
+                name: crate::providers::cluster::VOLUMES_COMPONENT.to_string(),
+                namespace: None,
+                manifests: pvs
+                    .into_iter()
+                    .map(|object| crate::render::Manifest {
+                        source: format!("spec.volumes of {}", self.env.file),
+                        line: self.env.spans.at("spec.volumes").line,
+                        object,
+                    })
+                    .collect(),
+                depends_on: Vec::new(),
+                wait: self.env.timeouts.addons,
+                force_conflicts: true,
+                leave_fields: Vec::new(),
+                checks: Vec::new(),
+            });
+        }
         Ok(out)
     }
 
