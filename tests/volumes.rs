@@ -113,8 +113,8 @@ impl Lab {
         aws_sdk_ec2::Client::new(&config)
     }
 
-    /// (id, SnapshotId, phoenix:restored-from) of the env's live volumes.
-    fn volumes(&self, env: &str) -> Vec<(String, Option<String>, Option<String>, Vec<String>)> {
+    /// The env's live data volumes.
+    fn volumes(&self, env: &str) -> Vec<LiveVolume> {
         let resp = self
             .rt
             .block_on(
@@ -189,6 +189,9 @@ impl Lab {
             .collect()
     }
 }
+
+/// (id, SnapshotId, phoenix:restored-from, attachments as "instance device state").
+type LiveVolume = (String, Option<String>, Option<String>, Vec<String>);
 
 fn filter(name: &str, value: &str) -> Filter {
     Filter::builder().name(name).values(value).build()

@@ -888,73 +888,6 @@ pub fn to_prune(snapshots: &[LiveSnapshot], keep: u32) -> Vec<&LiveSnapshot> {
     completed.into_iter().skip(keep.max(1) as usize).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snap(id: &str, secs: u64, state: &str) -> LiveSnapshot {
-        LiveSnapshot {
-            id: id.into(),
-            volume: "db".into(),
-            state: state.into(),
-            progress: String::new(),
-            time: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
-            size: 1,
-            tags: BTreeMap::new(),
-        }
-    }
-
-    #[test]
-    fn the_restore_point_picks_the_newest_completed_at_or_before() {
-        let s = vec![
-            snap("snap-c", 300, "pending"),
-            snap("snap-b", 200, "completed"),
-            snap("snap-a", 100, "completed"),
-        ];
-        assert_eq!(
-            pick_snapshot(&s, &RestorePoint::Newest).unwrap().id,
-            "snap-b"
-        );
-        let at = |secs| RestorePoint::At(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
-        assert_eq!(pick_snapshot(&s, &at(199)).unwrap().id, "snap-a");
-        assert_eq!(pick_snapshot(&s, &at(200)).unwrap().id, "snap-b");
-        assert!(pick_snapshot(&s, &at(99)).is_none());
-        let by_id = RestorePoint::Snapshot("snap-a".into());
-        assert_eq!(pick_snapshot(&s, &by_id).unwrap().id, "snap-a");
-    }
-
-    #[test]
-    fn pruning_keeps_the_newest_and_pending_ones() {
-        let s = vec![
-            snap("snap-d", 400, "pending"),
-            snap("snap-c", 300, "completed"),
-            snap("snap-b", 200, "completed"),
-            snap("snap-a", 100, "completed"),
-        ];
-        let ids = |v: Vec<&LiveSnapshot>| v.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(to_prune(&s, 2)), ["snap-a"]);
-        assert_eq!(ids(to_prune(&s, 1)), ["snap-b", "snap-a"]);
-        assert_eq!(
-            ids(to_prune(&s, 0)),
-            ["snap-b", "snap-a"],
-            "keep 0 still keeps the newest"
-        );
-    }
-
-    #[test]
-    fn a_restore_point_is_a_snapshot_id_or_a_time() {
-        assert_eq!(
-            RestorePoint::parse("snap-0abc").unwrap(),
-            RestorePoint::Snapshot("snap-0abc".into())
-        );
-        assert!(matches!(
-            RestorePoint::parse("2026-12-05T04:00:00Z").unwrap(),
-            RestorePoint::At(_)
-        ));
-        assert!(RestorePoint::parse("yesterday").is_err());
-    }
-}
-
 /// Waits (the engine's way: progress on each change, cancellable) until snapshot `id` is
 /// completed, at most `timeout`; the timeout error names the snapshot, its volume, its region
 /// and the state and progress seen last. A snapshot in state `error` ends the wait at once.
@@ -1084,5 +1017,72 @@ impl Action for DestroyVolume {
             delete_volume(&ec2, &env, &v).await?;
             Ok(NodeOutcome::Deleted)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(id: &str, secs: u64, state: &str) -> LiveSnapshot {
+        LiveSnapshot {
+            id: id.into(),
+            volume: "db".into(),
+            state: state.into(),
+            progress: String::new(),
+            time: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            size: 1,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_restore_point_picks_the_newest_completed_at_or_before() {
+        let s = vec![
+            snap("snap-c", 300, "pending"),
+            snap("snap-b", 200, "completed"),
+            snap("snap-a", 100, "completed"),
+        ];
+        assert_eq!(
+            pick_snapshot(&s, &RestorePoint::Newest).unwrap().id,
+            "snap-b"
+        );
+        let at = |secs| RestorePoint::At(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(pick_snapshot(&s, &at(199)).unwrap().id, "snap-a");
+        assert_eq!(pick_snapshot(&s, &at(200)).unwrap().id, "snap-b");
+        assert!(pick_snapshot(&s, &at(99)).is_none());
+        let by_id = RestorePoint::Snapshot("snap-a".into());
+        assert_eq!(pick_snapshot(&s, &by_id).unwrap().id, "snap-a");
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_and_pending_ones() {
+        let s = vec![
+            snap("snap-d", 400, "pending"),
+            snap("snap-c", 300, "completed"),
+            snap("snap-b", 200, "completed"),
+            snap("snap-a", 100, "completed"),
+        ];
+        let ids = |v: Vec<&LiveSnapshot>| v.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(to_prune(&s, 2)), ["snap-a"]);
+        assert_eq!(ids(to_prune(&s, 1)), ["snap-b", "snap-a"]);
+        assert_eq!(
+            ids(to_prune(&s, 0)),
+            ["snap-b", "snap-a"],
+            "keep 0 still keeps the newest"
+        );
+    }
+
+    #[test]
+    fn a_restore_point_is_a_snapshot_id_or_a_time() {
+        assert_eq!(
+            RestorePoint::parse("snap-0abc").unwrap(),
+            RestorePoint::Snapshot("snap-0abc".into())
+        );
+        assert!(matches!(
+            RestorePoint::parse("2026-12-05T04:00:00Z").unwrap(),
+            RestorePoint::At(_)
+        ));
+        assert!(RestorePoint::parse("yesterday").is_err());
     }
 }
