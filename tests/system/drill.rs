@@ -265,6 +265,13 @@ fn assert_drill_report_schema(doc: &Value, head: &str) {
         "{doc:#}"
     );
     top["missedObjectives"] = "<missed>".into();
+    // The demo's data volume: restored (empty: the demo was never backed up) and timed.
+    assert_eq!(top["volumes"][0]["volume"], "web-data", "{doc:#}");
+    assert!(
+        top["volumes"][0]["restoreSeconds"].as_f64().is_some(),
+        "{doc:#}"
+    );
+    top["volumes"] = keys(&top["volumes"][0]).into();
     for k in [
         "recoverySeconds",
         "rebuildSeconds",
@@ -303,7 +310,8 @@ fn assert_drill_report_schema(doc: &Value, head: &str) {
             "teardownSeconds": "<seconds>", "kept": false,
             "rebuild": summary, "teardown": summary,
             "verify": ["checkedAt", "commit", "durationSeconds", "env", "exitCode", "layers", "schemaVersion", "status"],
-            "failures": [], "volumes": [], "missedObjectives": "<missed>"
+            "failures": [], "missedObjectives": "<missed>",
+            "volumes": ["recoveryPointObjectiveSeconds", "recoveryPointSeconds", "restoreSeconds", "snapshotId", "snapshotTime", "volume"]
         }),
         "{doc:#}"
     );
