@@ -80,6 +80,10 @@ impl Lab {
     }
 
     fn phoenix(&self, dir: &Path, args: &[&str]) -> Output {
+        self.phoenix_via(&self.moto.endpoint(), dir, args)
+    }
+
+    fn phoenix_via(&self, endpoint: &str, dir: &Path, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_phoenix"))
             .current_dir(dir)
             .args(args)
@@ -90,7 +94,7 @@ impl Lab {
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_REGION", REGION)
-            .env("AWS_ENDPOINT_URL", self.moto.endpoint())
+            .env("AWS_ENDPOINT_URL", endpoint)
             .env_remove("AWS_PROFILE")
             .env_remove("PHOENIX_REPO")
             .env("NO_COLOR", "1")
@@ -678,5 +682,169 @@ fn a_drill_restores_its_own_volume_from_the_live_snapshot_and_reports_the_recove
     assert!(
         !missed.contains("recoveryObjective:"),
         "the RTO was met: {missed}"
+    );
+}
+
+/// A loopback proxy in front of moto that answers the first `hold` DescribeSnapshots calls with
+/// every snapshot `pending` at 42% (moto completes snapshots at once): one request per
+/// connection (`Connection: close`), so no HTTP parsing beyond headers and Content-Length.
+struct HoldSnapshots {
+    port: u16,
+}
+
+impl HoldSnapshots {
+    fn start(backend: u16, hold: usize) -> HoldSnapshots {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let held = std::sync::Arc::new(AtomicUsize::new(0));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { continue };
+                let held = std::sync::Arc::clone(&held);
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let head_end = loop {
+                        let n = client.read(&mut chunk).unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < head_end + length {
+                        let n = client.read(&mut chunk).unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+                    // Forward with Connection: close, read the whole answer.
+                    let head_out: String = head
+                        .lines()
+                        .filter(|l| {
+                            !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty()
+                        })
+                        .map(|l| format!("{l}\r\n"))
+                        .collect::<String>()
+                        + "Connection: close\r\n\r\n";
+                    let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", backend)) else {
+                        return;
+                    };
+                    let _ = up.write_all(head_out.as_bytes());
+                    let _ = up.write_all(&buf[head_end..]);
+                    let mut answer = Vec::new();
+                    let _ = up.read_to_end(&mut answer);
+                    let describe = body.contains("Action=DescribeSnapshots");
+                    if describe && held.fetch_add(1, Ordering::SeqCst) < hold {
+                        let text = String::from_utf8_lossy(&answer).to_string();
+                        if let Some(split) = text.find("\r\n\r\n") {
+                            let (h, b) = text.split_at(split + 4);
+                            let b = b
+                                .replace("<status>completed</status>", "<status>pending</status>")
+                                .replace("<progress>100%</progress>", "<progress>42%</progress>");
+                            let h: String = h
+                                .lines()
+                                .filter(|l| {
+                                    !l.to_ascii_lowercase().starts_with("content-length:")
+                                        && !l.is_empty()
+                                })
+                                .map(|l| format!("{l}\r\n"))
+                                .collect();
+                            answer =
+                                format!("{h}Content-Length: {}\r\n\r\n{b}", b.len()).into_bytes();
+                        }
+                    }
+                    let _ = client.write_all(&answer);
+                });
+            }
+        });
+        HoldSnapshots { port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+#[test]
+fn pending_snapshots_are_waited_for_within_the_timeout_and_reported() {
+    let bed = Lab::new();
+    let yaml = env_yaml("shop", true, 3).replace("copyTo: [us-west-2], ", "");
+    let repo = bed.repo("shop", &yaml);
+    let dir = &repo.dir;
+    ok(&bed.phoenix(dir, &["rebuild", "shop"]));
+
+    // Held pending for good: the backup fails within its timeout, naming what it waited for.
+    let forever = HoldSnapshots::start(bed.moto.port, usize::MAX);
+    let t = std::time::Instant::now();
+    let out = bed.phoenix_via(
+        &forever.endpoint(),
+        dir,
+        &["backup", "shop", "--timeout", "3s", "-v"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        t.elapsed()
+    );
+    let all = text(&out);
+    assert!(
+        all.contains("timed out after 3s waiting for snapshot snap-")
+            && all.contains("of volume/data in us-east-1 completed")
+            && all.contains("(last observed: pending 42%)"),
+        "{all}"
+    );
+    assert!(all.contains("(not completed)"), "{all}");
+    assert!(
+        all.contains("error: backup/data/prune/us-east-1: not run"),
+        "the prune after a failed snapshot is named: {all}"
+    );
+
+    // Held for the first few looks: waited for, reported, then completed.
+    let briefly = HoldSnapshots::start(bed.moto.port, 3);
+    let out = bed.phoenix_via(
+        &briefly.endpoint(),
+        dir,
+        &[
+            "backup",
+            "shop",
+            "--timeout",
+            "1m",
+            "-v",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("pending 42%"),
+        "the wait reported the state it saw: {all}"
+    );
+    let report = last_json(&out);
+    assert!(
+        report["volumes"][0]["snapshotId"].as_str().is_some(),
+        "{report}"
+    );
+    assert_eq!(
+        report["volumes"][0]["errors"],
+        serde_json::json!([]),
+        "{report}"
     );
 }

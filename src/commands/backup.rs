@@ -42,10 +42,11 @@ fn render(r: &BackupReport) -> String {
     for v in &r.volumes {
         match (&v.snapshot_id, &v.volume_id) {
             (Some(s), Some(id)) => out.push_str(&format!(
-                "volume/{} ({id}): snapshot {s} in {} at {}\n",
+                "volume/{} ({id}): snapshot {s} in {} at {}{}\n",
                 v.volume,
                 r.region,
-                v.time.as_deref().unwrap_or("?")
+                v.time.as_deref().unwrap_or("?"),
+                if v.completed { "" } else { " (not completed)" }
             )),
             _ => out.push_str(&format!("volume/{}: no snapshot taken\n", v.volume)),
         }

@@ -6,7 +6,8 @@
 use super::context::Context;
 use super::deployment::{run_graph, Deployment, RunSettings};
 use crate::engine::{
-    Action, BoxFuture, Graph, Layer, NodeCtx, NodeError, NodeOutcome, NodeSpec, RunSummary,
+    Action, BoxFuture, Graph, Layer, NodeCtx, NodeError, NodeOutcome, NodeSpec, NodeState,
+    RunSummary,
 };
 use crate::env::model::Volume;
 use crate::error::Failure;
@@ -51,6 +52,8 @@ pub struct VolumeBackup {
     pub snapshot_id: Option<String>,
     /// RFC 3339 UTC (the `phoenix:time` tag).
     pub time: Option<String>,
+    /// Whether the new snapshot was seen completed.
+    pub completed: bool,
     pub copies: Vec<RegionSnapshot>,
     /// Owned snapshots deleted by the retention policy (`keep`).
     pub pruned: Vec<RegionSnapshot>,
@@ -265,6 +268,7 @@ async fn snapshot_volume(
         }
     };
     aws::wait_snapshot(ctx, ec2, &id, name, timeout, poll).await?;
+    shared.with(name, |b| b.completed = true);
     ctx.progress(format!("snapshot {id} of volume/{name} completed"));
     Ok(NodeOutcome::Created)
 }
@@ -399,7 +403,10 @@ pub async fn backup(
     let clients = Arc::new(clients);
     let shared = Arc::new(Shared::default());
     let mut graph = Graph::new();
-    for spec in backup_specs(&home, &deployment.env.volumes, settings.timeout) {
+    // The node's deadline is a little past the wait's, so a wait that expires says what it
+    // waited for and what it saw last.
+    let node_timeout = settings.timeout + Duration::from_secs(30);
+    for spec in backup_specs(&home, &deployment.env.volumes, node_timeout) {
         let (volume, op) = op_of(&spec.id, &deployment.env.volumes).ok_or_else(|| {
             Failure::new(format!(
                 "unknown backup node {} (a bug in phoenix)",
@@ -432,6 +439,25 @@ pub async fn backup(
         },
     )
     .await?;
+    // What the engine stopped (a node timeout, a skipped prune) is the volume's error too.
+    for n in &summary.nodes {
+        let Some(volume) =
+            n.id.strip_prefix("backup/")
+                .and_then(|r| r.split('/').next())
+        else {
+            continue;
+        };
+        let why = match &n.state {
+            NodeState::Failed { error, .. } => format!("{}: {error}", n.id),
+            NodeState::Skipped { reason } => format!("{}: not run: {reason}", n.id),
+            _ => continue,
+        };
+        shared.with(volume, |b| {
+            if !b.errors.iter().any(|e| why.contains(e.as_str())) {
+                b.errors.push(why.clone());
+            }
+        });
+    }
     let mut by_volume = shared
         .report
         .lock()
