@@ -499,3 +499,51 @@ fn op_of(id: &str, volumes: &[Volume]) -> Option<(Volume, Op)> {
     };
     Some((volume, op))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::env::{load, MemFiles};
+
+    #[test]
+    fn per_volume_a_snapshot_then_a_copy_per_region_each_pruned_after_it() {
+        let text = "apiVersion: phoenix/v1\nkind: Environment\nmetadata: { name: t }\nspec:\n  cloud:\n    region: us-east-1\n    network: { cidr: 10.0.0.0/16, subnets: [{ name: a, cidr: 10.0.1.0/24, zone: us-east-1a, public: true }] }\n    instances: [{ name: db, role: none, count: 1, type: t3.small, image: { id: ami-12345678 }, subnet: a, userData: x.j2 }]\n  volumes:\n    - { name: data, size: 1, instance: db/0, mountPath: /srv/data, backup: { keep: 2, copyTo: [us-west-2, eu-west-1] } }\n    - { name: logs, size: 1, instance: db/0, mountPath: /srv/logs }\n";
+        let files = MemFiles::default()
+            .with("environments/t/environment.yaml", text)
+            .with("templates/x.j2", "#cloud-config\n");
+        let env = load(&files, "t").unwrap_or_else(|d| panic!("{d:?}"));
+        let specs = backup_specs("us-east-1", &env.volumes, Duration::from_secs(60));
+        let edges: Vec<(String, Vec<String>)> = specs
+            .iter()
+            .map(|s| (s.id.clone(), s.depends_on.clone()))
+            .collect();
+        let snap = "backup/data/snapshot".to_string();
+        assert_eq!(
+            edges,
+            vec![
+                (snap.clone(), vec![]),
+                ("backup/data/prune/us-east-1".into(), vec![snap.clone()]),
+                ("backup/data/copy/us-west-2".into(), vec![snap.clone()]),
+                (
+                    "backup/data/prune/us-west-2".into(),
+                    vec!["backup/data/copy/us-west-2".into()]
+                ),
+                ("backup/data/copy/eu-west-1".into(), vec![snap.clone()]),
+                (
+                    "backup/data/prune/eu-west-1".into(),
+                    vec!["backup/data/copy/eu-west-1".into()]
+                ),
+                ("backup/logs/snapshot".into(), vec![]),
+                (
+                    "backup/logs/prune/us-east-1".into(),
+                    vec!["backup/logs/snapshot".into()]
+                ),
+            ]
+        );
+        // Every node id maps back to its volume and operation.
+        for s in &specs {
+            assert!(op_of(&s.id, &env.volumes).is_some(), "{}", s.id);
+        }
+        assert!(op_of("backup/nope/snapshot", &env.volumes).is_none());
+    }
+}
