@@ -459,6 +459,15 @@ fn backup_destroy_rebuild_restores_the_newest_snapshot_or_the_restore_point() {
 fn a_rebuild_without_a_snapshot_fails_naming_the_volume() {
     let bed = Lab::new();
     let repo = bed.repo("shop", &env_yaml("shop", false, 3));
+    // The live plan says so before anything runs.
+    let out = bed.phoenix(&repo.dir, &["plan", "shop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("+ create volume/data (no snapshot to restore it from: a rebuild fails)"),
+        "{}",
+        text(&out)
+    );
     let out = bed.phoenix(&repo.dir, &["rebuild", "shop"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let all = text(&out);
@@ -532,28 +541,28 @@ fn a_drill_restores_its_own_volume_from_the_live_snapshot_and_reports_the_recove
     let bed = bed::Bed::new();
     let repo = bed.demo_repo();
     let path = repo.dir.join("environments/demo/environment.yaml");
-    let mut yaml = std::fs::read_to_string(&path).expect("demo env");
-    let volume = "  volumes:\n    - { name: data, size: 4, instance: server/0, mountPath: /srv/data, allowEmpty: true, backup: { keep: 3, recoveryPointObjective: 1h } }\n";
-    if !yaml.contains("\n  volumes:") {
-        yaml.push_str(volume);
-    }
+    // The demo's data volume web-data (claimed by the app web), with a recovery point objective.
+    let yaml = std::fs::read_to_string(&path).expect("demo env");
+    let policy = "backup: { every: 1h, keep: 24, copyTo: [us-west-2] }";
+    assert!(
+        yaml.contains(policy),
+        "the demo's volume policy changed: update this test"
+    );
+    let yaml = yaml.replace(
+        policy,
+        "backup: { every: 1h, keep: 24, copyTo: [us-west-2], recoveryPointObjective: 1h }",
+    );
     std::fs::write(&path, &yaml).expect("write env");
-    // The app web claims it by name: its PVC must be Bound before web is healthy.
-    std::fs::write(
-        repo.dir.join("environments/demo/apps/web/data-claim.yaml"),
-        "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: { name: data, namespace: web }\nspec:\n  volumeName: data\n  storageClassName: \"\"\n  accessModes: [ReadWriteOnce]\n  resources: { requests: { storage: 4Gi } }\n",
-    )
-    .expect("write claim");
-    repo.commit("a data volume on the server");
+    repo.commit("a recovery point objective on the data volume");
     let dir = &repo.dir;
     let run = |args: &[&str]| bed.phoenix(dir, args);
     let ok = |out: Output| assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     ok(run(&["rebuild", "demo"]));
     // The volume offered as a local PersistentVolume pinned to the server's node, bound by the
     // real controller manager to the app's claim.
-    let pv = bed.kubectl("demo", &["get", "pv", "data", "-o", "json"]);
+    let pv = bed.kubectl("demo", &["get", "pv", "web-data", "-o", "json"]);
     let pv: serde_json::Value = serde_json::from_str(&pv).expect("pv json");
-    assert_eq!(pv["spec"]["local"]["path"], "/srv/data", "{pv:#}");
+    assert_eq!(pv["spec"]["local"]["path"], "/var/lib/web-data", "{pv:#}");
     assert_eq!(
         pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
             ["values"][0],
@@ -566,7 +575,7 @@ fn a_drill_restores_its_own_volume_from_the_live_snapshot_and_reports_the_recove
             &[
                 "get",
                 "pvc",
-                "data",
+                "web-data",
                 "-n",
                 "web",
                 "-o",
@@ -625,7 +634,7 @@ fn a_drill_restores_its_own_volume_from_the_live_snapshot_and_reports_the_recove
     assert_eq!(code, 0, "{all}");
     let copy = doc["copy"].as_str().expect("copy").to_string();
     let v = &doc["volumes"][0];
-    assert_eq!(v["volume"], "data", "{doc:#}");
+    assert_eq!(v["volume"], "web-data", "{doc:#}");
     assert_eq!(
         v["snapshotId"],
         snap.as_str(),
@@ -643,7 +652,7 @@ fn a_drill_restores_its_own_volume_from_the_live_snapshot_and_reports_the_recove
             .as_array()
             .unwrap()
             .iter()
-            .any(|n| n["id"] == "cloud/volume/data" && n["state"]["outcome"] == "created"),
+            .any(|n| n["id"] == "cloud/volume/web-data" && n["state"]["outcome"] == "created"),
         "{doc:#}"
     );
     // The live volume is untouched; the copy's is gone, without a final snapshot.
@@ -666,7 +675,9 @@ fn a_drill_restores_its_own_volume_from_the_live_snapshot_and_reports_the_recove
     // An objective the snapshot is already older than: converged, over objective, named.
     std::fs::write(
         &path,
-        yaml.replace("recoveryPointObjective: 1h", "recoveryPointObjective: 1s"),
+        // (without `every`: an hourly schedule cannot meet it, which validation refuses)
+        yaml.replace("every: 1h, ", "")
+            .replace("recoveryPointObjective: 1h", "recoveryPointObjective: 1s"),
     )
     .expect("write env");
     repo.commit("a one-second recovery point objective");
@@ -676,7 +687,7 @@ fn a_drill_restores_its_own_volume_from_the_live_snapshot_and_reports_the_recove
     assert_eq!(doc["verdict"], "over-objective");
     let missed = doc["missedObjectives"].to_string();
     assert!(
-        missed.contains("recoveryPointObjective of volume data"),
+        missed.contains("recoveryPointObjective of volume web-data"),
         "{missed}"
     );
     assert!(
