@@ -5,22 +5,15 @@
 //! `--restore-point` (a snapshot id or a time), checked through the EC2 API; a rebuild with no
 //! snapshot fails naming the volume; validation points at file:line.
 
-#[path = "support/bed.rs"]
-mod bed;
-#[path = "support/control_plane.rs"]
-mod control_plane;
-#[path = "support/moto.rs"]
-mod moto;
-#[path = "support_git/mod.rs"]
-mod support_git;
+use testkit::bed;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
-use moto::Moto;
-use support_git::{Repo, Sandbox};
+use testkit::git::{Repo, Sandbox};
+use testkit::moto::Moto;
 
 const REGION: &str = "us-east-1";
 const OTHER: &str = "us-west-2";
@@ -84,7 +77,7 @@ impl Lab {
     }
 
     fn phoenix_via(&self, endpoint: &str, dir: &Path, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_phoenix"))
+        Command::new(bed::phoenix_binary())
             .current_dir(dir)
             .args(args)
             .env("HOME", self.git.home())
@@ -500,7 +493,7 @@ fn volume_mistakes_are_diagnostics_with_file_and_line() {
     repo.write("environments/shop/environment.yaml", &yaml);
     repo.write("templates/cloud-init/data.yaml.j2", "#cloud-config\n");
     repo.commit("bad volume");
-    let out = Command::new(env!("CARGO_BIN_EXE_phoenix"))
+    let out = Command::new(bed::phoenix_binary())
         .current_dir(&repo.dir)
         .args(["validate", "shop"])
         .env("HOME", git.home())
