@@ -9,4 +9,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/helm"
 if ! command -v go >/dev/null 2>&1 && [ -x /usr/local/go/bin/go ]; then
     export PATH="/usr/local/go/bin:$PATH"
 fi
-go build -trimpath -buildvcs=false -ldflags "-s -w" -o ../bin/helm helm.sh/helm/v4/cmd/helm
+helm="$(sed -n 's/^\thelm.sh\/helm\/v4 \(v[0-9.]*\).*$/\1/p' go.mod | head -1)"
+if [ -z "$helm" ]; then
+    echo "testenv/build-helm.sh: no helm.sh/helm/v4 version in testenv/helm/go.mod" >&2
+    exit 1
+fi
+# `helm version` reports the exact release, as a downloaded Helm would.
+go build -trimpath -buildvcs=false -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$helm" \
+    -o ../bin/helm helm.sh/helm/v4/cmd/helm

@@ -104,6 +104,8 @@ pub enum Command {
     Gc(GcArgs),
     /// List drill and ephemeral copies: name, age, expiry, commit
     List,
+    /// Snapshot the env's data volumes, copy the snapshots to the backup regions, prune old ones
+    Backup(BackupArgs),
     /// Rehearse recovery: rebuild an isolated copy, verify it, time it, tear it down, report
     Drill(DrillArgs),
     /// Print a recovery runbook for an environment, generated from its graph and last drill
@@ -145,6 +147,15 @@ pub struct RebuildArgs {
     /// `forceConflicts: false` (elsewhere phoenix takes them back on objects it owns by default)
     #[arg(long)]
     pub force_conflicts: bool,
+    /// Where a missing data volume is restored from: a snapshot id (snap-...; for the volume it
+    /// was taken of) or an RFC 3339 time (the newest completed snapshot at or before it).
+    /// Default: the newest completed snapshot the env owns
+    #[arg(long, value_name = "SNAPSHOT|TIME", value_parser = parse_restore_point)]
+    pub restore_point: Option<crate::providers::aws::RestorePoint>,
+}
+
+fn parse_restore_point(text: &str) -> Result<crate::providers::aws::RestorePoint, String> {
+    crate::providers::aws::RestorePoint::parse(text)
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +171,10 @@ pub struct DestroyArgs {
     /// Nodes in flight at once
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,
+    /// Delete the data volumes without taking a final snapshot of each first (snapshots are
+    /// never deleted by destroy either way)
+    #[arg(long)]
+    pub skip_final_snapshot: bool,
 }
 
 #[derive(Debug, Args)]
@@ -265,6 +280,18 @@ pub struct DrillArgs {
     /// Directory for the Markdown and JSON reports (default: $PHOENIX_HOME/drills/ENV)
     #[arg(long, value_name = "DIR")]
     pub report_dir: Option<PathBuf>,
+    /// Nodes in flight at once
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub env: EnvArg,
+    /// How long one snapshot or copy may take to complete (default: the env's timeouts.cloud)
+    #[arg(long, value_parser = positive_duration)]
+    pub timeout: Option<std::time::Duration>,
     /// Nodes in flight at once
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub concurrency: u16,

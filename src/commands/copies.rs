@@ -31,6 +31,7 @@ pub async fn up(ctx: &Context, args: &UpArgs) -> Outcome {
         layers: Vec::new(),
         concurrency: args.concurrency as usize,
         force_conflicts: false,
+        ..ConvergeSettings::default()
     };
     let summary = converge(ctx, &deployment, &settings, "up").await?;
     print_run_report(ctx, &deployment, &summary);

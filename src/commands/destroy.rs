@@ -34,7 +34,13 @@ pub async fn run(ctx: &Context, args: &DestroyArgs) -> Outcome {
     if !ctx.json() {
         eprintln!("{}", commit_line(&deployment.snap));
     }
-    let summary = destroy(ctx, &deployment, args.concurrency as usize).await?;
+    let summary = destroy(
+        ctx,
+        &deployment,
+        args.concurrency as usize,
+        !args.skip_final_snapshot,
+    )
+    .await?;
     print_run_report(ctx, &deployment, &summary);
     if summary.converged && effective.is_some() {
         forget_local_state(ctx, &deployment.name);

@@ -2,6 +2,7 @@
 //! ([`crate::workflow`]) or a provider, prints what came back, and returns an exit code. No
 //! command module uses another.
 
+mod backup;
 mod completions;
 mod copies;
 mod destroy;
@@ -45,6 +46,7 @@ pub async fn run(cli: Cli) -> Outcome {
         Command::Up(a) => copies::up(&ctx, &a).await,
         Command::Gc(a) => copies::gc(&ctx, &a).await,
         Command::List => copies::list(&ctx).await,
+        Command::Backup(a) => backup::run(&ctx, &a).await,
         Command::Drill(a) => drill::run(&ctx, &a).await,
         Command::Runbook(a) => runbook::run(&ctx, &a.env.env).await,
         Command::SshKey(a) => ssh_key::run(&ctx, &a).await,

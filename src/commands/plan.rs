@@ -62,7 +62,12 @@ async fn live_plan(
             f.help("`phoenix plan --offline` shows the whole graph without contacting anything")
         );
     }
-    let changes: usize = report.entry_count();
+    // A backup older than its objective is drift, but nothing a rebuild changes.
+    let stale_backups = report
+        .entries()
+        .filter(|e| e.layer == Layer::Cloud && e.resource.starts_with("backup/"))
+        .count();
+    let changes: usize = report.entry_count() - stale_backups;
     if ctx.json() {
         print_json(&live_json(&deployment, &checked));
     } else {
@@ -82,6 +87,19 @@ async fn live_plan(
                 (_, Layer::Cloud) => {
                     if let Some(plan) = &checked.cloud_plan {
                         crate::outln!("\ncloud:\n{plan}");
+                    }
+                    // Data volumes and their backups are not in the cloud plan: their entries.
+                    for e in l.entries.iter().filter(|e| is_volume_entry(&e.resource)) {
+                        if e.resource.starts_with("backup/") {
+                            crate::outln!(
+                                "  note: {}{}; a rebuild does not change it: run `phoenix backup {}`",
+                                e.resource,
+                                describe(e),
+                                deployment.name
+                            );
+                        } else {
+                            crate::outln!("  {} {}{}", action_of(e.kind), e.resource, describe(e));
+                        }
                     }
                 }
                 (_, layer) if l.entries.is_empty() && l.unknown.is_empty() => {
@@ -227,6 +245,26 @@ fn live_json(deployment: &Deployment, checked: &Checked) -> serde_json::Value {
                         action,
                         detail,
                         fields,
+                    ));
+                }
+                for e in l
+                    .entries
+                    .iter()
+                    .filter(|e| e.resource.starts_with("volume/"))
+                {
+                    let name = e.resource.split_once('/').map(|(_, n)| n).unwrap_or("");
+                    let action = match e.kind {
+                        EntryKind::Missing => "create",
+                        EntryKind::Extra => "delete",
+                        _ => "update",
+                    };
+                    changes.push(change(
+                        &crate::providers::aws::volume_node_id(name),
+                        Layer::Cloud,
+                        &e.resource,
+                        action,
+                        e.detail.as_deref(),
+                        fields_of(e),
                     ));
                 }
             }
@@ -492,4 +530,10 @@ async fn offline_plan(
         return Ok(ExitCode::Changes);
     }
     Ok(ExitCode::Ok)
+}
+
+/// Cloud drift entries that come from the data volumes (`volume/NAME`, and `backup/NAME`: a
+/// backup older than its objective), not from the cloud plan.
+fn is_volume_entry(resource: &str) -> bool {
+    resource.starts_with("volume/") || resource.starts_with("backup/")
 }

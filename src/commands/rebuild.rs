@@ -13,6 +13,7 @@ pub async fn run(ctx: &Context, args: &RebuildArgs) -> Outcome {
         layers: args.run.layers.clone(),
         concurrency: args.run.concurrency as usize,
         force_conflicts: args.force_conflicts,
+        restore: args.restore_point.clone().unwrap_or_default(),
     };
     if !ctx.json() {
         eprintln!("{}", commit_line(&deployment.snap));

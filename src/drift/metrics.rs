@@ -109,6 +109,11 @@ const COMMIT: Family = Family {
     kind: "gauge",
     help: "The commit the last check compared against (always 1).",
 };
+const BACKUP_AGE: Family = Family {
+    name: "phoenix_backup_age_seconds",
+    kind: "gauge",
+    help: "Age of the newest completed snapshot of the data volume; absent while it has none.",
+};
 const ERRORS_TOTAL: Family = Family {
     name: "phoenix_drift_check_errors_total",
     kind: "counter",
@@ -173,6 +178,25 @@ pub fn render(reports: &[&DriftReport], counters: Option<&CheckCounters>) -> Str
         Some(unix_seconds(r.checked_at))
     });
     per_layer(&mut out, &DURATION, &|_, l| Some(l.duration.as_secs_f64()));
+    let mut ages = String::new();
+    for r in by_env.values() {
+        for l in checked(r) {
+            for b in &l.backups {
+                if let Some(age) = b.age {
+                    sample(
+                        &mut ages,
+                        BACKUP_AGE.name,
+                        &[("env", &r.env), ("volume", &b.volume)],
+                        age.as_secs_f64(),
+                    );
+                }
+            }
+        }
+    }
+    if !ages.is_empty() {
+        header(&mut out, &BACKUP_AGE);
+        out.push_str(&ages);
+    }
     if !by_env.is_empty() {
         header(&mut out, &COMMIT);
         for r in by_env.values() {
@@ -320,6 +344,34 @@ mod tests {
             duration: Duration::from_millis(700),
             layers,
         }
+    }
+
+    #[test]
+    fn backup_age_per_volume_and_none_without_a_snapshot() {
+        let mut cloud = LayerDrift::checked(Layer::Cloud, vec![], vec![], Duration::ZERO);
+        cloud.backups = vec![
+            crate::drift::BackupAge {
+                volume: "db".into(),
+                age: Some(Duration::from_millis(90_500)),
+                objective: Some(Duration::from_secs(3600)),
+                snapshot: Some("snap-1".into()),
+            },
+            crate::drift::BackupAge {
+                volume: "logs".into(),
+                age: None,
+                objective: None,
+                snapshot: None,
+            },
+        ];
+        let text = render(&[&report("demo", vec![cloud])], None);
+        assert!(
+            text.contains("# TYPE phoenix_backup_age_seconds gauge\nphoenix_backup_age_seconds{env=\"demo\",volume=\"db\"} 90.5\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("volume=\"logs\""),
+            "no snapshot, no sample: {text}"
+        );
     }
 
     #[test]

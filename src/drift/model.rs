@@ -61,6 +61,19 @@ pub struct LayerDrift {
     pub duration: Duration,
     /// What is worth knowing but is not drift (e.g. a newer image for a pinned lookup).
     pub notes: Vec<String>,
+    /// Cloud layer: the age of each data volume's newest completed snapshot (metrics).
+    pub backups: Vec<BackupAge>,
+}
+
+/// How old the newest completed snapshot of a data volume is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupAge {
+    pub volume: String,
+    /// `None`: the volume has no completed snapshot.
+    pub age: Option<Duration>,
+    /// `backup.recoveryPointObjective`.
+    pub objective: Option<Duration>,
+    pub snapshot: Option<String>,
 }
 
 /// An object with fields that could not be compared (see [`LayerDrift::unknown`]).
@@ -92,6 +105,7 @@ impl LayerDrift {
             unknown: Vec::new(),
             duration,
             notes: Vec::new(),
+            backups: Vec::new(),
         }
     }
 
@@ -111,6 +125,7 @@ impl LayerDrift {
             unknown: Vec::new(),
             duration,
             notes: Vec::new(),
+            backups: Vec::new(),
         }
     }
 
@@ -124,6 +139,7 @@ impl LayerDrift {
             unknown: Vec::new(),
             duration: Duration::ZERO,
             notes: Vec::new(),
+            backups: Vec::new(),
         }
     }
 

@@ -38,6 +38,10 @@ pub const FILES: &[(&str, &str)] = &[
         include_str!("../../templates/cloud-init/_k3s-install.sh.j2"),
     ),
     (
+        "templates/cloud-init/_mount-volumes.sh.j2",
+        include_str!("../../templates/cloud-init/_mount-volumes.sh.j2"),
+    ),
+    (
         "templates/cloud-init/k3s-agent.yaml.j2",
         include_str!("../../templates/cloud-init/k3s-agent.yaml.j2"),
     ),

@@ -302,6 +302,7 @@ fn decode_environment(
             "cluster",
             "addons",
             "apps",
+            "volumes",
         ],
     )?;
     let recovery_objective = d.opt(&spec, "recoveryObjective", Decoder::duration);
@@ -337,6 +338,9 @@ fn decode_environment(
             Some(decode_components(d, n, p, dir, timeouts.apps))
         })
         .unwrap_or_default();
+    let volumes = d
+        .opt(&spec, "volumes", super::volumes::decode_volumes)
+        .unwrap_or_default();
     Some(Environment {
         spans: std::mem::take(&mut d.spans),
         name: name.to_string(),
@@ -352,6 +356,7 @@ fn decode_environment(
         cluster,
         addons,
         apps,
+        volumes,
     })
 }
 
@@ -384,7 +389,7 @@ fn secret_source(d: &mut Decoder, n: &Node, p: &str) -> Option<SecretSource> {
     }
 }
 
-fn name_field(d: &mut Decoder, o: &Obj, what: &str) -> Option<String> {
+pub(super) fn name_field(d: &mut Decoder, o: &Obj, what: &str) -> Option<String> {
     let n = d.req(
         o,
         "name",
@@ -405,7 +410,7 @@ fn name_field(d: &mut Decoder, o: &Obj, what: &str) -> Option<String> {
 }
 
 /// Decodes each item of a list with `f`, reporting duplicate names.
-fn named_list<T>(
+pub(super) fn named_list<T>(
     d: &mut Decoder,
     n: &Node,
     p: &str,

@@ -9,6 +9,7 @@ pub mod load;
 pub mod model;
 pub mod spans;
 pub mod validate;
+pub mod volumes;
 pub mod yaml;
 
 pub use diag::Diagnostic;

@@ -31,6 +31,8 @@ pub struct Environment {
     pub cluster: Option<Cluster>,
     pub addons: Vec<Component>,
     pub apps: Vec<Component>,
+    /// Data volumes (EBS), restored from the newest owned snapshot on rebuild.
+    pub volumes: Vec<Volume>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -267,6 +269,151 @@ pub struct InstanceGroup {
     pub tags: BTreeMap<String, String>,
     #[serde(skip)]
     pub pos: Pos,
+}
+
+/// The EBS volume types phoenix declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeType {
+    Gp3,
+    Gp2,
+    Io1,
+    Io2,
+    St1,
+    Sc1,
+}
+
+impl VolumeType {
+    pub const ALL: [VolumeType; 6] = [
+        VolumeType::Gp3,
+        VolumeType::Gp2,
+        VolumeType::Io1,
+        VolumeType::Io2,
+        VolumeType::St1,
+        VolumeType::Sc1,
+    ];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            VolumeType::Gp3 => "gp3",
+            VolumeType::Gp2 => "gp2",
+            VolumeType::Io1 => "io1",
+            VolumeType::Io2 => "io2",
+            VolumeType::St1 => "st1",
+            VolumeType::Sc1 => "sc1",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<VolumeType> {
+        Self::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+
+    /// Size range in GiB EBS accepts for the type.
+    pub fn size_range(&self) -> (u32, u32) {
+        match self {
+            VolumeType::Gp3 | VolumeType::Gp2 => (1, 16384),
+            VolumeType::Io1 => (4, 16384),
+            VolumeType::Io2 => (4, 65536),
+            VolumeType::St1 | VolumeType::Sc1 => (125, 16384),
+        }
+    }
+
+    /// Provisioned IOPS range, for the types that take an IOPS setting.
+    pub fn iops_range(&self) -> Option<(u32, u32)> {
+        match self {
+            VolumeType::Gp3 => Some((3000, 16000)),
+            VolumeType::Io1 => Some((100, 64000)),
+            VolumeType::Io2 => Some((100, 256000)),
+            _ => None,
+        }
+    }
+
+    /// io1 and io2 have no default IOPS: EC2 refuses them without one.
+    pub fn needs_iops(&self) -> bool {
+        matches!(self, VolumeType::Io1 | VolumeType::Io2)
+    }
+
+    /// Throughput range in MiB/s, for the types that take a throughput setting (gp3 only).
+    pub fn throughput_range(&self) -> Option<(u32, u32)> {
+        match self {
+            VolumeType::Gp3 => Some((125, 1000)),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    Ext4,
+    Xfs,
+}
+
+impl Filesystem {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+        }
+    }
+}
+
+/// A data volume: an EBS volume attached to one instance of a group, mounted on a path, backed
+/// up by `phoenix backup` and restored from the newest owned snapshot when a rebuild finds it
+/// missing.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume {
+    pub name: String,
+    /// GiB.
+    pub size: u32,
+    pub volume_type: VolumeType,
+    pub iops: Option<u32>,
+    /// MiB/s (gp3).
+    pub throughput: Option<u32>,
+    /// The instance group it attaches to.
+    pub instance: String,
+    /// The index of the instance in the group (`server/0`).
+    pub index: u32,
+    /// The device name it is attached as (`/dev/sdf`).
+    pub device: String,
+    pub mount_path: String,
+    pub filesystem: Filesystem,
+    /// With no snapshot to restore from, create the volume empty (otherwise the rebuild fails).
+    pub allow_empty: bool,
+    pub backup: Option<BackupPolicy>,
+    #[serde(skip)]
+    pub pos: Pos,
+}
+
+impl Volume {
+    /// The stable resource id (`volume/<name>`), as in `phoenix:resource`.
+    pub fn resource_id(&self) -> String {
+        format!("volume/{}", self.name)
+    }
+
+    /// The resource id of the instance it attaches to (`instance/<group>/<index>`).
+    pub fn instance_resource(&self) -> String {
+        format!("instance/{}/{}", self.instance, self.index)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupPolicy {
+    /// How often a scheduled `phoenix backup` is meant to run (documentation for the schedule and
+    /// the check against the recovery point objective).
+    #[serde(with = "humantime_serde_opt")]
+    pub every: Option<Duration>,
+    /// Owned snapshots kept per volume and region; older ones are pruned by `phoenix backup`.
+    pub keep: u32,
+    /// Other regions each new snapshot is copied to.
+    pub copy_to: Vec<String>,
+    #[serde(skip)]
+    pub copy_to_pos: Vec<Pos>,
+    /// The newest completed snapshot must be younger than this (drift, metrics, drills).
+    #[serde(with = "humantime_serde_opt")]
+    pub recovery_point_objective: Option<Duration>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -106,6 +106,11 @@ pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnosti
         );
     }
 
+    super::volumes::check(env, c.spans, |pos, field, msg, help| {
+        c.out
+            .push(Diagnostic::new(c.file, pos, field, msg).help(help))
+    });
+
     let secret_names: BTreeSet<&str> = env.secrets.iter().map(|s| s.name.as_str()).collect();
     check_components(&mut c, env, files, &secret_names);
 
@@ -309,6 +314,10 @@ fn role_name(role: &Role) -> &'static str {
         Role::Agent => "agent",
         Role::None => "none",
     }
+}
+
+pub(super) fn known_names(what: &str, name: &str, names: &[&str]) -> String {
+    known(what, name, names)
 }
 
 fn known(what: &str, name: &str, names: &[&str]) -> String {

@@ -101,6 +101,8 @@ pub struct Renderer {
     mode: Mode,
     /// Repo-relative directory of the environment (kustomize bases resolve inside it).
     env_dir: String,
+    /// The env's data volumes: each instance's user-data mounts its own.
+    volumes: Vec<crate::env::model::Volume>,
 }
 
 /// A minijinja error as a diagnostic: the file, the line and column where the failing expression
@@ -431,6 +433,7 @@ impl Renderer {
             secrets,
             mode,
             env_dir: env.dir.clone(),
+            volumes: env.volumes.clone(),
         })
     }
 
@@ -850,6 +853,21 @@ impl Renderer {
     ) -> Result<String, RenderError> {
         let values = self.values_for(files, None)?;
         let path = format!("templates/{template}");
+        // Only what the mount needs: a volume's id is not known when the user-data is rendered
+        // (a restore creates a new one), and the user-data must not change when it does.
+        let volumes: Vec<serde_json::Value> = self
+            .volumes
+            .iter()
+            .filter(|v| v.instance == group.name && v.index == index)
+            .map(|v| {
+                json!({
+                    "name": v.name,
+                    "device": v.device,
+                    "mount_path": v.mount_path,
+                    "filesystem": v.filesystem.as_str(),
+                })
+            })
+            .collect();
         let ctx = json!({
             "env": self.env_ctx,
             "values": values,
@@ -857,6 +875,7 @@ impl Renderer {
                 "group": group.name,
                 "index": index,
                 "role": group.role,
+                "volumes": volumes,
                 "name": format!("{}-{}-{}", self.env_ctx["name"].as_str().unwrap_or(""), group.name, index),
             },
             "cluster": cluster,

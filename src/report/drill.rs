@@ -56,6 +56,33 @@ pub struct DrillReport {
     #[serde(default)]
     pub teardown: Option<RunSummary>,
     pub failures: Vec<String>,
+    /// The copy's data volumes: what each was restored from, how long it took, and its recovery
+    /// point (how much data a disaster at the time of the drill would have lost).
+    #[serde(default)]
+    pub volumes: Vec<VolumeRestore>,
+    /// The objectives a converged drill missed (exit 3), one sentence each.
+    #[serde(default)]
+    pub missed_objectives: Vec<String>,
+}
+
+/// One data volume of a drill's copy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeRestore {
+    pub volume: String,
+    /// The snapshot of the env it was restored from; `null` if created empty or not created.
+    pub snapshot_id: Option<String>,
+    /// RFC 3339 UTC: when that snapshot was taken.
+    pub snapshot_time: Option<String>,
+    /// The volume node's time in the copy's rebuild (create from snapshot and attach).
+    #[serde(with = "seconds::option", default)]
+    pub restore_seconds: Option<Duration>,
+    /// The recovery point: the time of the drill's restore minus the snapshot's time.
+    #[serde(with = "seconds::option", default)]
+    pub recovery_point_seconds: Option<Duration>,
+    /// `backup.recoveryPointObjective`.
+    #[serde(with = "seconds::option", default)]
+    pub recovery_point_objective_seconds: Option<Duration>,
 }
 
 /// How a drill ended: exit 0, 3 and 1.
@@ -176,6 +203,35 @@ impl DrillReport {
                 .collect();
             let _ = writeln!(md, "## Verification\n\n{}\n", summary.join(", "));
         }
+        if !doc.volumes.is_empty() {
+            md.push_str("## Data volumes\n\n| volume | restored from | restore time | recovery point | objective |\n|---|---|---|---|---|\n");
+            for v in &doc.volumes {
+                let dash = || "-".to_string();
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} |",
+                    v.volume,
+                    match (&v.snapshot_id, &v.snapshot_time) {
+                        (Some(id), Some(t)) => format!("{id} ({t})"),
+                        (Some(id), None) => id.clone(),
+                        _ => "empty (no snapshot)".to_string(),
+                    },
+                    v.restore_seconds.map(took).unwrap_or_else(dash),
+                    v.recovery_point_seconds.map(took).unwrap_or_else(dash),
+                    v.recovery_point_objective_seconds
+                        .map(took)
+                        .unwrap_or_else(dash),
+                );
+            }
+            md.push('\n');
+        }
+        if !doc.missed_objectives.is_empty() {
+            md.push_str("## Objectives missed\n\n");
+            for why in &doc.missed_objectives {
+                let _ = writeln!(md, "- {why}");
+            }
+            md.push('\n');
+        }
         if !doc.failures.is_empty() {
             md.push_str("## What failed\n\n");
             for why in &doc.failures {
@@ -210,6 +266,8 @@ mod tests {
             verify: None,
             teardown: None,
             failures: vec![],
+            volumes: vec![],
+            missed_objectives: vec![],
         }
     }
 

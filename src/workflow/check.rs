@@ -108,8 +108,9 @@ async fn check_layers(
         Ok(None) => out.push(LayerDrift::skipped(Layer::Cloud, "not in the environment")),
         Err(e) => out.push(LayerDrift::error(Layer::Cloud, e.summary(), t.elapsed())),
         Ok(Some(ec2)) => match cloud_drift(ctx, deployment, &renderer, &ec2).await {
-            Ok((plan, live, entries)) => {
+            Ok((plan, live, entries, backups)) => {
                 let mut layer = LayerDrift::checked(Layer::Cloud, entries, vec![], t.elapsed());
+                layer.backups = backups;
                 // Not drift, but worth knowing (a newer image for a pinned lookup).
                 layer.notes = plan
                     .changes
@@ -332,7 +333,7 @@ async fn cloud_drift(
     deployment: &Deployment,
     renderer: &Arc<crate::render::Renderer>,
     ec2: &aws::Ec2,
-) -> Result<(CloudPlan, LiveCloud, Vec<DriftEntry>), Failure> {
+) -> Result<(CloudPlan, LiveCloud, Vec<DriftEntry>, Vec<drift::BackupAge>), Failure> {
     let live = deployment.observe_cloud(ec2).await?;
     let desired = deployment
         .desired_cloud(ctx, renderer, &live, false)?
@@ -356,8 +357,24 @@ async fn cloud_drift(
             state,
         })
         .collect::<Vec<_>>();
-    let entries = drift::cloud_entries(&plan, &gone);
-    Ok((plan, live, entries))
+    let mut entries = drift::cloud_entries(&plan, &gone);
+    // Data volumes: missing, detached, resized; and backups older than their objective.
+    let specs = deployment.volume_specs();
+    let observed = aws::observe_volumes(ec2, &specs).await.map_err(|e| {
+        Failure::from_error(
+            format!("cannot read the data volumes of {}", deployment.name),
+            &e,
+        )
+    })?;
+    let (mut volume_entries, backups) =
+        drift::volume_entries(&specs, &observed, std::time::SystemTime::now());
+    if deployment.name != deployment.env.name {
+        // A copy takes no backups: the age of the env's snapshots is the env's drift, and a
+        // drill judges the recovery point of what it restored in its verdict instead.
+        volume_entries.retain(|e| !e.resource.starts_with("backup/"));
+    }
+    entries.extend(volume_entries);
+    Ok((plan, live, entries, backups))
 }
 
 fn cluster_entry(d: &ClusterDrift) -> DriftEntry {

@@ -20,6 +20,8 @@ pub struct ConvergeSettings {
     pub layers: Vec<Layer>,
     pub concurrency: usize,
     pub force_conflicts: bool,
+    /// Which snapshot a missing data volume is restored from (`rebuild --restore-point`).
+    pub restore: aws::RestorePoint,
 }
 
 impl ConvergeSettings {
@@ -162,12 +164,28 @@ async fn converge_nodes(
                     .map(Arc::new)
                     .ok_or_else(no_cloud)?;
                 nodes.extend(run(aws::converge_nodes(ec2.clone(), desired, &live, &opts)));
+                let volume_opts = aws::VolumeOptions {
+                    restore: settings.restore.clone(),
+                    wait_timeout: deployment.env.timeouts.cloud,
+                    poll_interval: Duration::from_secs(1),
+                };
+                nodes.extend(run(aws::volume_nodes(
+                    ec2.clone(),
+                    deployment.volume_specs(),
+                    opts.node_timeout,
+                    &volume_opts,
+                )));
             }
             None => {
                 let desired = deployment.desired_cloud_shape().ok_or_else(no_cloud)?;
                 let nothing = aws::LiveCloud::default();
                 nodes.extend(
                     aws::converge_specs(&desired, &nothing, opts.node_timeout)
+                        .into_iter()
+                        .map(|spec| (spec, None)),
+                );
+                nodes.extend(
+                    aws::volume_node_specs(&deployment.volume_specs(), opts.node_timeout)
                         .into_iter()
                         .map(|spec| (spec, None)),
                 );

@@ -144,7 +144,7 @@ pub async fn collect(
     let deployment = Deployment::open(ctx, base, Some(c.env.clone()))
         .await
         .map_err(|f| f.summary())?;
-    match super::teardown::destroy(ctx, &deployment, concurrency).await {
+    match super::teardown::destroy(ctx, &deployment, concurrency, false).await {
         Ok(summary) if summary.converged => {
             forget_local_state(ctx, &c.env);
             Ok("destroyed")

@@ -46,6 +46,19 @@ impl Deployment {
         &self.snap.commit().sha
     }
 
+    /// The env's data volumes as deployed under the effective name. A copy (drill, ephemeral)
+    /// restores its own volumes from the snapshots of the env it copies and never touches that
+    /// env's volumes: they carry another `phoenix:env`.
+    pub fn volume_specs(&self) -> Vec<aws::VolumeSpec> {
+        aws::volume_specs(
+            &self.env,
+            &self.name,
+            &self.env.name,
+            self.commit(),
+            &self.extra_tags,
+        )
+    }
+
     /// Reads every secret the environment declares; the error names the secret, never a value.
     pub fn secrets(&self, ctx: &Context) -> Result<SecretValues, Failure> {
         SecretValues::resolve(&self.env, &ctx.secrets_dir).map_err(|why| {
@@ -447,6 +460,31 @@ impl Deployment {
                         .collect::<Result<Vec<_>, Failure>>()?,
                 });
             }
+        }
+        // The data volumes, offered as PersistentVolumes: an add-on of their own, so every app
+        // (and its PVC, healthy once Bound) comes after them.
+        let pvs = crate::providers::cluster::persistent_volumes(&self.env);
+        if !pvs.is_empty() {
+            out.push(ComponentSpec {
+                env: self.name.clone(),
+                commit: self.commit().to_string(),
+                layer: Layer::Addons,
+                name: crate::providers::cluster::VOLUMES_COMPONENT.to_string(),
+                namespace: None,
+                manifests: pvs
+                    .into_iter()
+                    .map(|object| crate::render::Manifest {
+                        source: format!("spec.volumes of {}", self.env.file),
+                        line: self.env.spans.at("spec.volumes").line,
+                        object,
+                    })
+                    .collect(),
+                depends_on: Vec::new(),
+                wait: self.env.timeouts.addons,
+                force_conflicts: true,
+                leave_fields: Vec::new(),
+                checks: Vec::new(),
+            });
         }
         Ok(out)
     }

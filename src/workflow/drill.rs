@@ -68,9 +68,15 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         layers: Vec::new(),
         concurrency: args.concurrency,
         force_conflicts: false,
+        ..ConvergeSettings::default()
     };
     let rebuild = converge(ctx, &deployment, &settings, "drill").await;
     let rebuild_time = t.elapsed();
+    // The copy's volumes, while they exist: what each was restored from.
+    let volumes = match &rebuild {
+        Ok(summary) => restored_volumes(&deployment, summary).await,
+        Err(_) => Vec::new(),
+    };
 
     // 2. Verify: a diff of the copy must be clean.
     let t = Instant::now();
@@ -93,7 +99,7 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         if !ctx.json() {
             eprintln!("\ntearing down {}", deployment.name);
         }
-        let r = destroy(ctx, &deployment, args.concurrency).await;
+        let r = destroy(ctx, &deployment, args.concurrency, false).await;
         if matches!(&r, Ok(s) if s.converged) {
             forget_local_state(ctx, &deployment.name);
         }
@@ -136,9 +142,37 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         )),
         _ => None,
     };
+    // Both objectives: the time to recover (RTO) and each volume's recovery point (RPO).
+    let mut missed: Vec<String> = Vec::new();
+    if let Some(o) = objective.filter(|o| recovery > *o) {
+        missed.push(format!(
+            "recoveryObjective: recovery took {}, over the objective of {}",
+            crate::report::format_duration(recovery),
+            crate::report::format_duration(o)
+        ));
+    }
+    for v in &volumes {
+        let Some(rpo) = v.recovery_point_objective_seconds else {
+            continue;
+        };
+        match v.recovery_point_seconds {
+            Some(point) if point <= rpo => {}
+            Some(point) => missed.push(format!(
+                "recoveryPointObjective of volume {}: the restored snapshot {} was {} old, over the objective of {}",
+                v.volume,
+                v.snapshot_id.as_deref().unwrap_or("?"),
+                crate::report::format_duration(point),
+                crate::report::format_duration(rpo)
+            )),
+            None => missed.push(format!(
+                "recoveryPointObjective of volume {}: it was not restored from a snapshot",
+                v.volume
+            )),
+        }
+    }
     let verdict = if !failures.is_empty() || teardown_failure.is_some() {
         DrillVerdict::Failed
-    } else if objective.is_some_and(|o| recovery > o) {
+    } else if !missed.is_empty() {
         DrillVerdict::OverObjective
     } else {
         DrillVerdict::Passed
@@ -164,6 +198,8 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         verify: verify_doc,
         teardown: teardown.as_ref().and_then(|t| t.as_ref().ok()).cloned(),
         failures,
+        volumes,
+        missed_objectives: missed,
     };
     let markdown = doc.markdown();
     let dir = args
@@ -177,6 +213,50 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         markdown_path: md_path,
         json_path,
     })
+}
+
+/// For each data volume of the copy: the snapshot it was restored from (read back from EC2:
+/// the volume's SnapshotId and the snapshot's `phoenix:time`), its node's time in the rebuild and
+/// its recovery point. A volume that cannot be read is reported without them.
+async fn restored_volumes(
+    deployment: &super::Deployment,
+    summary: &RunSummary,
+) -> Vec<crate::report::drill::VolumeRestore> {
+    let specs = deployment.volume_specs();
+    if specs.is_empty() {
+        return Vec::new();
+    }
+    let now = SystemTime::now();
+    let ec2 = deployment.ec2().await.ok().flatten();
+    let mut out = Vec::new();
+    for spec in &specs {
+        let node = summary.node(&crate::providers::aws::volume_node_id(&spec.name));
+        let mut snapshot = None;
+        if let Some(ec2) = &ec2 {
+            let live = crate::providers::aws::owned_volumes(ec2, &spec.env, Some(&spec.name))
+                .await
+                .unwrap_or_default();
+            if let Some(id) = live.first().and_then(|v| v.snapshot_id.clone()) {
+                snapshot = crate::providers::aws::snapshot(ec2, &id)
+                    .await
+                    .ok()
+                    .flatten();
+            }
+        }
+        out.push(crate::report::drill::VolumeRestore {
+            volume: spec.name.clone(),
+            snapshot_id: snapshot.as_ref().map(|s| s.id.clone()),
+            snapshot_time: snapshot
+                .as_ref()
+                .map(|s| humantime::format_rfc3339_millis(s.time).to_string()),
+            restore_seconds: node.and_then(|n| n.duration),
+            recovery_point_seconds: snapshot
+                .as_ref()
+                .map(|s| now.duration_since(s.time).unwrap_or(Duration::ZERO)),
+            recovery_point_objective_seconds: spec.recovery_point_objective,
+        });
+    }
+    out
 }
 
 fn failed_nodes(s: &RunSummary) -> Vec<String> {

@@ -64,6 +64,7 @@ impl Healer for RebuildHealer {
                 layers,
                 concurrency: 16,
                 force_conflicts: false,
+                ..ConvergeSettings::default()
             };
             let summary = converge(&ctx, &deployment, &settings, "heal")
                 .await

@@ -5,6 +5,7 @@
 //! another) → `workflow` → the engine, the providers and the reports. Nothing here reads the
 //! command line beyond the global options that make a [`Context`].
 
+pub mod backup;
 pub mod check;
 pub mod context;
 pub mod converge;

@@ -17,6 +17,7 @@ pub async fn destroy(
     ctx: &Context,
     deployment: &Deployment,
     concurrency: usize,
+    final_snapshots: bool,
 ) -> Result<crate::engine::RunSummary, Failure> {
     let mut graph = Graph::new();
     let ec2 = deployment.ec2().await?;
@@ -71,7 +72,33 @@ pub async fn destroy(
             poll_interval: std::time::Duration::from_secs(1),
             ..ConvergeOptions::default()
         };
-        for (mut spec, action) in aws::destroy_nodes(ec2, &deployment.name, &live, &opts) {
+        let volumes = aws::owned_volumes(&ec2, &deployment.name, None)
+            .await
+            .map_err(|e| {
+                Failure::from_error(
+                    format!("cannot list the data volumes of {}", deployment.name),
+                    &e,
+                )
+            })?;
+        let mut nodes = aws::destroy_nodes(ec2.clone(), &deployment.name, &live, &opts);
+        let instances: Vec<String> = nodes
+            .iter()
+            .map(|(spec, _)| spec.id.clone())
+            .filter(|id| id.starts_with("cloud/delete/instance/"))
+            .collect();
+        // A copy (drill, ephemeral) holds no data of its own worth keeping: its volumes were
+        // restored from the env's snapshots, and a final snapshot would only pile up.
+        let final_snapshot = final_snapshots && deployment.name == deployment.env.name;
+        nodes.extend(aws::volume_destroy_nodes(
+            ec2,
+            &deployment.name,
+            deployment.commit(),
+            volumes,
+            final_snapshot,
+            instances,
+            deployment.env.timeouts.cloud,
+        ));
+        for (mut spec, action) in nodes {
             if objects {
                 // Workloads go before the machines and network they run on.
                 spec.depends_on.push(OBJECTS_NODE.to_string());

@@ -32,6 +32,7 @@ spec:
       - { name: server, role: server, count: 1, type: t3.medium, image: { owner: amazon, name: \"al2023-ami-2023*-x86_64\" }, subnet: public-a, securityGroups: [cluster] }
       - { name: agent, role: agent, count: 2, type: t3.medium, image: { owner: amazon, name: \"al2023-ami-2023*-x86_64\" }, subnet: public-a, securityGroups: [cluster] }
   cluster: { distribution: k3s, version: v1.31.4+k3s1, secret: env:PHOENIX_TEST_CLUSTER_SECRET, tlsSans: [api.demo.example], disable: [traefik, servicelb] }
+  volumes: [{ name: db, size: 20, instance: server/0, mountPath: /var/lib/db, filesystem: xfs }]
 ";
 
 /// A cluster secret for the tests (never a real one).
@@ -232,6 +233,23 @@ fn rendered_user_data_passes_cloud_init_schema_and_shellcheck() {
             .iter()
             .map(|f| f["path"].as_str().unwrap().to_string())
             .collect();
+        // The data volume of server/0 is mounted there (and k3s starts after it), nowhere else.
+        let mounts = write_files
+            .iter()
+            .any(|p| p == "/usr/local/lib/phoenix/mount-volumes.sh");
+        assert_eq!(mounts, *role == Role::Server, "{name}: mount-volumes.sh");
+        if mounts {
+            assert!(
+                text.contains(r#"mount_volume "/dev/sdf" "/var/lib/db" "xfs" "db""#),
+                "{name}: mounts volume db"
+            );
+            assert!(
+                text.contains(
+                    "mount-volumes.sh && exec /usr/local/lib/phoenix/k3s-install.sh server"
+                ),
+                "{name}: k3s starts only after the mount"
+            );
+        }
         match role {
             Role::Server => {
                 for f in [

@@ -257,6 +257,21 @@ fn assert_drill_report_schema(doc: &Value, head: &str) {
     top["copy"] = "demo-drill-*".into();
     assert!(humantime::parse_rfc3339(top["startedAt"].as_str().unwrap_or_default()).is_ok());
     top["startedAt"] = "<time>".into();
+    // The missed objectives name durations measured by this run.
+    assert!(
+        top["missedObjectives"][0]
+            .as_str()
+            .is_some_and(|m| m.starts_with("recoveryObjective: recovery took")),
+        "{doc:#}"
+    );
+    top["missedObjectives"] = "<missed>".into();
+    // The demo's data volume: restored (empty: the demo was never backed up) and timed.
+    assert_eq!(top["volumes"][0]["volume"], "web-data", "{doc:#}");
+    assert!(
+        top["volumes"][0]["restoreSeconds"].as_f64().is_some(),
+        "{doc:#}"
+    );
+    top["volumes"] = keys(&top["volumes"][0]).into();
     for k in [
         "recoverySeconds",
         "rebuildSeconds",
@@ -295,7 +310,8 @@ fn assert_drill_report_schema(doc: &Value, head: &str) {
             "teardownSeconds": "<seconds>", "kept": false,
             "rebuild": summary, "teardown": summary,
             "verify": ["checkedAt", "commit", "durationSeconds", "env", "exitCode", "layers", "schemaVersion", "status"],
-            "failures": []
+            "failures": [], "missedObjectives": "<missed>",
+            "volumes": ["recoveryPointObjectiveSeconds", "recoveryPointSeconds", "restoreSeconds", "snapshotId", "snapshotTime", "volume"]
         }),
         "{doc:#}"
     );

@@ -12,4 +12,5 @@ mod regression;
 mod resume;
 mod review;
 mod secrets;
+mod volumes;
 mod watch_cli;

@@ -14,6 +14,7 @@ mod nodes;
 mod plan;
 mod rules;
 mod tags;
+mod volumes;
 
 pub use apply::ConvergeOptions;
 pub use client::{connect, AwsOptions, Ec2, SDK_RETRY};
@@ -32,4 +33,11 @@ pub use rules::{RuleKey, RulePeer};
 pub use tags::{
     TAG_BASE_ENV, TAG_COMMIT, TAG_COPY, TAG_CREATED, TAG_ENV, TAG_EXPIRES, TAG_GROUP, TAG_NAME,
     TAG_PUBLIC_KEY_SHA256, TAG_RESOURCE, TAG_ROLE, TAG_USER_DATA_SHA256,
+};
+pub use volumes::{
+    copy_snapshot, create_snapshot, delete_snapshot, delete_volume, observe_volumes,
+    owned_snapshots, owned_volumes, pick_snapshot, snapshot, snapshot_tags, to_prune,
+    volume_destroy_nodes, volume_node_id, volume_node_specs, volume_nodes, volume_specs,
+    wait_snapshot, LiveSnapshot, LiveVolume, ObservedVolume, RestorePoint, VolumeOptions,
+    VolumeSpec, TAG_RESTORED_FROM, TAG_SNAPSHOT, TAG_TIME, TAG_VOLUME,
 };

@@ -10,6 +10,7 @@ mod gate;
 mod kubeconfig;
 mod observe;
 mod userdata;
+mod volumes;
 
 pub use access::{
     client_for, config_for, install_crypto_provider, ClientTimeouts, ClusterAccess,
@@ -36,3 +37,4 @@ pub use userdata::{
     agent_context, check_address, check_version, display_context, instance_context, server_context,
     with_disabled, API_PORT,
 };
+pub use volumes::{persistent_volumes, NO_STORAGE_CLASS, VOLUMES_COMPONENT};

@@ -1,0 +1,854 @@
+//! Data volumes end to end through the real binary on moto (issue 16): a rebuild creates the
+//! volume (empty only with allowEmpty), `phoenix backup` snapshots it, copies to the second
+//! region and prunes beyond `keep` (foreign and newest snapshots stay), destroy takes a final
+//! snapshot and deletes the volume, a rebuild restores from the newest snapshot or from
+//! `--restore-point` (a snapshot id or a time), checked through the EC2 API; a rebuild with no
+//! snapshot fails naming the volume; validation points at file:line.
+
+use testkit::bed;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use testkit::git::{Repo, Sandbox};
+use testkit::moto::Moto;
+
+const REGION: &str = "us-east-1";
+const OTHER: &str = "us-west-2";
+const AMI: &str = "ami-03c3da4cfa8e8943a";
+
+fn env_yaml(name: &str, allow_empty: bool, keep: u32) -> String {
+    format!(
+        r#"apiVersion: phoenix/v1
+kind: Environment
+metadata: {{ name: {name} }}
+spec:
+  cloud:
+    region: {REGION}
+    network:
+      cidr: 10.50.0.0/16
+      subnets: [{{ name: a, cidr: 10.50.1.0/24, zone: us-east-1a, public: true }}]
+    instances:
+      - {{ name: db, role: none, count: 1, type: t3.medium, image: {{ id: {AMI} }}, subnet: a, userData: cloud-init/data.yaml.j2 }}
+  volumes:
+    - name: data
+      size: 4
+      instance: db/0
+      mountPath: /srv/data
+      allowEmpty: {allow_empty}
+      backup: {{ keep: {keep}, copyTo: [{OTHER}], every: 1h, recoveryPointObjective: 2h }}
+"#
+    )
+}
+
+struct Lab {
+    moto: Moto,
+    git: Sandbox,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        Lab {
+            moto: Moto::start(),
+            git: Sandbox::new(),
+            rt: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime"),
+        }
+    }
+
+    fn repo(&self, name: &str, yaml: &str) -> Repo<'_> {
+        let repo = self.git.repo("envs");
+        repo.write(&format!("environments/{name}/environment.yaml"), yaml);
+        repo.write(
+            "templates/cloud-init/data.yaml.j2",
+            "#cloud-config\nruncmd: [\"true\"]\n",
+        );
+        repo.commit("an env with a data volume");
+        repo
+    }
+
+    fn phoenix(&self, dir: &Path, args: &[&str]) -> Output {
+        self.phoenix_via(&self.moto.endpoint(), dir, args)
+    }
+
+    fn phoenix_via(&self, endpoint: &str, dir: &Path, args: &[&str]) -> Output {
+        Command::new(bed::phoenix_binary())
+            .current_dir(dir)
+            .args(args)
+            .env("HOME", self.git.home())
+            .env("PHOENIX_HOME", self.git.phoenix_home())
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", REGION)
+            .env("AWS_ENDPOINT_URL", endpoint)
+            .env_remove("AWS_PROFILE")
+            .env_remove("PHOENIX_REPO")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run phoenix")
+    }
+
+    fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        use aws_config::{BehaviorVersion, Region};
+        let config = self.rt.block_on(
+            aws_config::defaults(BehaviorVersion::latest())
+                .region(Region::new(region.to_string()))
+                .endpoint_url(self.moto.endpoint())
+                .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                    "test", "test", None, None, "tests",
+                ))
+                .load(),
+        );
+        aws_sdk_ec2::Client::new(&config)
+    }
+
+    /// The env's live data volumes.
+    fn volumes(&self, env: &str) -> Vec<LiveVolume> {
+        let resp = self
+            .rt
+            .block_on(
+                self.ec2(REGION)
+                    .describe_volumes()
+                    .filters(filter("tag:phoenix:env", env))
+                    // Root volumes carry the instance's tags; data volumes name their volume.
+                    .filters(filter("tag-key", "phoenix:volume"))
+                    .send(),
+            )
+            .expect("describe volumes");
+        resp.volumes()
+            .iter()
+            .filter(|v| v.state().map(|s| s.as_str()) != Some("deleted"))
+            .map(|v| {
+                let tags = tags(v.tags());
+                (
+                    v.volume_id().unwrap_or_default().to_string(),
+                    v.snapshot_id()
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                    tags.get("phoenix:restored-from").cloned(),
+                    v.attachments()
+                        .iter()
+                        .map(|a| {
+                            format!(
+                                "{} {} {}",
+                                a.instance_id().unwrap_or_default(),
+                                a.device().unwrap_or_default(),
+                                a.state().map(|s| s.as_str()).unwrap_or_default()
+                            )
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// This account's snapshots in `region` as (id, tags), newest phoenix:time last.
+    fn snapshots(&self, region: &str) -> Vec<(String, BTreeMap<String, String>)> {
+        let resp = self
+            .rt
+            .block_on(
+                self.ec2(region)
+                    .describe_snapshots()
+                    .owner_ids("self")
+                    .send(),
+            )
+            .expect("describe snapshots");
+        let mut out: Vec<(String, BTreeMap<String, String>)> = resp
+            .snapshots()
+            .iter()
+            .map(|s| {
+                (
+                    s.snapshot_id().unwrap_or_default().to_string(),
+                    tags(s.tags()),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            a.1.get("phoenix:time")
+                .cmp(&b.1.get("phoenix:time"))
+                .then(a.0.cmp(&b.0))
+        });
+        out
+    }
+
+    fn owned_snapshots(&self, region: &str, env: &str) -> Vec<(String, BTreeMap<String, String>)> {
+        self.snapshots(region)
+            .into_iter()
+            .filter(|(_, t)| t.get("phoenix:env").map(String::as_str) == Some(env))
+            .collect()
+    }
+}
+
+/// (id, SnapshotId, phoenix:restored-from, attachments as "instance device state").
+type LiveVolume = (String, Option<String>, Option<String>, Vec<String>);
+
+fn filter(name: &str, value: &str) -> Filter {
+    Filter::builder().name(name).values(value).build()
+}
+
+fn tags(t: &[Tag]) -> BTreeMap<String, String> {
+    t.iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_string(),
+                t.value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn last_json(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is JSON ({e}):\n{last}"))
+}
+
+fn ok(out: &Output) {
+    assert_eq!(out.status.code(), Some(0), "{}", text(out));
+}
+
+#[test]
+fn backup_destroy_rebuild_restores_the_newest_snapshot_or_the_restore_point() {
+    let bed = Lab::new();
+    let repo = bed.repo("shop", &env_yaml("shop", true, 2));
+    let dir = &repo.dir;
+
+    // First build: no snapshot yet, allowEmpty: the volume is created empty and attached.
+    ok(&bed.phoenix(dir, &["rebuild", "shop"]));
+    let vols = bed.volumes("shop");
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    assert_eq!(vols[0].1, None, "created empty: {vols:?}");
+    assert_eq!(vols[0].2.as_deref(), Some("empty"));
+    assert!(
+        vols[0].3.iter().any(|a| a.contains("/dev/sdf attached")),
+        "attached as /dev/sdf: {vols:?}"
+    );
+    // A second run attaches the same volume as it is.
+    ok(&bed.phoenix(dir, &["rebuild", "shop"]));
+    assert_eq!(bed.volumes("shop")[0].0, vols[0].0, "the same volume");
+
+    // diff: no backup yet, so the recovery point objective is missed: drift (exit 2).
+    let out = bed.phoenix(dir, &["diff", "shop", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let drift = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(drift.contains("\"backup/data\""), "{drift}");
+    assert!(drift.contains("no completed snapshot"), "{drift}");
+    assert!(
+        !drift.contains("\"volume/data\""),
+        "the volume itself is in sync: {drift}"
+    );
+
+    // A foreign snapshot of the same volume (no phoenix tags) and one of another env: never pruned.
+    let ec2 = bed.ec2(REGION);
+    let foreign = bed
+        .rt
+        .block_on(ec2.create_snapshot().volume_id(&vols[0].0).send())
+        .expect("foreign snapshot")
+        .snapshot_id()
+        .unwrap()
+        .to_string();
+    let other_env = bed
+        .rt
+        .block_on(
+            ec2.create_snapshot()
+                .volume_id(&vols[0].0)
+                .tag_specifications(
+                    TagSpecification::builder()
+                        .resource_type(ResourceType::Snapshot)
+                        .tags(Tag::builder().key("phoenix:env").value("other").build())
+                        .tags(
+                            Tag::builder()
+                                .key("phoenix:resource")
+                                .value("snapshot/data")
+                                .build(),
+                        )
+                        .tags(Tag::builder().key("phoenix:volume").value("data").build())
+                        .tags(
+                            Tag::builder()
+                                .key("phoenix:time")
+                                .value("2020-01-01T00:00:00.000Z")
+                                .build(),
+                        )
+                        .build(),
+                )
+                .send(),
+        )
+        .expect("other env's snapshot")
+        .snapshot_id()
+        .unwrap()
+        .to_string();
+
+    // Three backups with keep: 2 — each copies to us-west-2, the third prunes the first.
+    let mut taken: Vec<String> = Vec::new();
+    for i in 0..3 {
+        let out = bed.phoenix(dir, &["backup", "shop", "--output", "json"]);
+        ok(&out);
+        let report = last_json(&out);
+        assert_eq!(report["type"], "backupReport", "{report}");
+        assert_eq!(report["schemaVersion"], 1);
+        let v = &report["volumes"][0];
+        assert_eq!(v["volume"], "data");
+        assert_eq!(v["volumeId"], vols[0].0.as_str());
+        let id = v["snapshotId"].as_str().expect("snapshot id").to_string();
+        assert_eq!(v["copies"][0]["region"], OTHER, "{report}");
+        let pruned: Vec<&str> = v["pruned"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["snapshotId"].as_str().unwrap())
+            .collect();
+        if i < 2 {
+            assert!(pruned.is_empty(), "nothing beyond keep 2 yet: {report}");
+        } else {
+            assert_eq!(
+                pruned.len(),
+                2,
+                "the oldest here and its copy there: {report}"
+            );
+            assert!(pruned.contains(&taken[0].as_str()), "{report}");
+        }
+        taken.push(id);
+    }
+    let owned = bed.owned_snapshots(REGION, "shop");
+    let ids: Vec<&str> = owned.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [taken[1].as_str(), taken[2].as_str()],
+        "keep 2, newest kept"
+    );
+    let (_, t) = &owned[1];
+    for key in [
+        "phoenix:env",
+        "phoenix:resource",
+        "phoenix:commit",
+        "phoenix:volume",
+        "phoenix:time",
+    ] {
+        assert!(t.contains_key(key), "snapshot tag {key}: {t:?}");
+    }
+    assert_eq!(t["phoenix:commit"], repo.head());
+    let all: Vec<String> = bed
+        .snapshots(REGION)
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert!(all.contains(&foreign), "the foreign snapshot stays");
+    assert!(all.contains(&other_env), "another env's snapshot stays");
+    // The copies in the second region: two kept, each naming its source.
+    let copies = bed.owned_snapshots(OTHER, "shop");
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    assert_eq!(
+        copies[1]
+            .1
+            .get("phoenix:source-snapshot")
+            .map(String::as_str),
+        Some(format!("{REGION}/{}", taken[2]).as_str())
+    );
+
+    // diff after the backups: in sync, and the metrics carry the age of the newest snapshot.
+    let metrics = bed.git.path("metrics.prom");
+    let out = bed.phoenix(
+        dir,
+        &["diff", "shop", "--metrics-file", metrics.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let prom = std::fs::read_to_string(&metrics).expect("metrics file");
+    assert!(
+        prom.contains("phoenix_backup_age_seconds{env=\"shop\",volume=\"data\"} "),
+        "{prom}"
+    );
+    // Detached behind phoenix's back: drift on the volume, and a rebuild attaches it again.
+    let instance = vols[0].3[0].split(' ').next().unwrap().to_string();
+    bed.rt
+        .block_on(
+            ec2.detach_volume()
+                .volume_id(&vols[0].0)
+                .instance_id(&instance)
+                .device("/dev/sdf")
+                .send(),
+        )
+        .expect("detach");
+    let out = bed.phoenix(dir, &["diff", "shop", "--output", "json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let drift = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        drift.contains("\"volume/data\"") && drift.contains("detached"),
+        "{drift}"
+    );
+    ok(&bed.phoenix(dir, &["rebuild", "shop"]));
+    assert!(
+        bed.volumes("shop")[0]
+            .3
+            .iter()
+            .any(|a| a.ends_with("attached")),
+        "attached again"
+    );
+
+    // destroy: a final snapshot, then the volume is deleted; snapshots stay.
+    ok(&bed.phoenix(dir, &["destroy", "shop", "--yes"]));
+    assert!(bed.volumes("shop").is_empty(), "{:?}", bed.volumes("shop"));
+    let owned = bed.owned_snapshots(REGION, "shop");
+    assert_eq!(
+        owned.len(),
+        3,
+        "the two backups and the final snapshot: {owned:?}"
+    );
+    let final_snap = owned[2].0.clone();
+    assert_eq!(owned[2].1["phoenix:snapshot"], "final");
+
+    // rebuild: restored from the newest completed owned snapshot (the final one).
+    ok(&bed.phoenix(dir, &["rebuild", "shop"]));
+    let vols = bed.volumes("shop");
+    assert_eq!(vols.len(), 1, "{vols:?}");
+    assert_eq!(vols[0].1.as_deref(), Some(final_snap.as_str()), "{vols:?}");
+    assert!(
+        vols[0].3.iter().any(|a| a.ends_with("attached")),
+        "{vols:?}"
+    );
+
+    // --restore-point with a snapshot id picks that older one.
+    ok(&bed.phoenix(dir, &["destroy", "shop", "--yes", "--skip-final-snapshot"]));
+    assert_eq!(
+        bed.owned_snapshots(REGION, "shop").len(),
+        3,
+        "no final snapshot"
+    );
+    ok(&bed.phoenix(dir, &["rebuild", "shop", "--restore-point", &taken[1]]));
+    assert_eq!(bed.volumes("shop")[0].1.as_deref(), Some(taken[1].as_str()));
+
+    // --restore-point with a time: the newest completed snapshot at or before it.
+    ok(&bed.phoenix(dir, &["destroy", "shop", "--yes", "--skip-final-snapshot"]));
+    let time_of_newest_backup = bed
+        .owned_snapshots(REGION, "shop")
+        .into_iter()
+        .find(|(id, _)| *id == taken[2])
+        .map(|(_, t)| t["phoenix:time"].clone())
+        .expect("the third backup");
+    ok(&bed.phoenix(
+        dir,
+        &["rebuild", "shop", "--restore-point", &time_of_newest_backup],
+    ));
+    assert_eq!(bed.volumes("shop")[0].1.as_deref(), Some(taken[2].as_str()));
+}
+
+#[test]
+fn a_rebuild_without_a_snapshot_fails_naming_the_volume() {
+    let bed = Lab::new();
+    let repo = bed.repo("shop", &env_yaml("shop", false, 3));
+    // The live plan says so before anything runs.
+    let out = bed.phoenix(&repo.dir, &["plan", "shop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out)
+            .contains("+ create volume/data (no snapshot to restore it from: a rebuild fails)"),
+        "{}",
+        text(&out)
+    );
+    let out = bed.phoenix(&repo.dir, &["rebuild", "shop"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("volume data is missing and no completed snapshot of it is owned by shop"),
+        "{all}"
+    );
+    assert!(all.contains("allowEmpty: true"), "says what to do: {all}");
+    assert!(bed.volumes("shop").is_empty(), "nothing created empty");
+    // An unknown restore point is refused before anything runs.
+    let out = bed.phoenix(
+        &repo.dir,
+        &["rebuild", "shop", "--restore-point", "yesterday"],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("neither a snapshot id"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn volume_mistakes_are_diagnostics_with_file_and_line() {
+    let git = Sandbox::new();
+    let repo = git.repo("envs");
+    let yaml = env_yaml("shop", true, 1)
+        .replace("instance: db/0", "instance: db/3")
+        .replace("copyTo: [us-west-2]", "copyTo: [us-east-1]");
+    repo.write("environments/shop/environment.yaml", &yaml);
+    repo.write("templates/cloud-init/data.yaml.j2", "#cloud-config\n");
+    repo.commit("bad volume");
+    let out = Command::new(bed::phoenix_binary())
+        .current_dir(&repo.dir)
+        .args(["validate", "shop"])
+        .env("HOME", git.home())
+        .env("PHOENIX_HOME", git.phoenix_home())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run phoenix");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    let file = "environments/shop/environment.yaml";
+    let line_of = |needle: &str| {
+        yaml.lines()
+            .position(|l| l.contains(needle))
+            .map(|i| i + 1)
+            .unwrap_or_else(|| panic!("{needle} in the yaml"))
+    };
+    assert!(
+        all.contains(&format!("{file}:{}:", line_of("instance: db/3"))),
+        "the instance error at its line: {all}"
+    );
+    assert!(all.contains("group db has 1 instance"), "{all}");
+    assert!(
+        all.contains(&format!("{file}:{}:", line_of("copyTo: [us-east-1]"))),
+        "the copy region error at its line: {all}"
+    );
+    assert!(
+        all.contains("us-east-1 is the environment's own region"),
+        "{all}"
+    );
+}
+
+/// A drill next to the live demo (with a data volume) restores the copy's volume from the live
+/// env's snapshot, never touching the live volume, and reports the recovery point; an objective
+/// the snapshot's age misses makes it exit 3 naming the volume.
+#[test]
+fn a_drill_restores_its_own_volume_from_the_live_snapshot_and_reports_the_recovery_point() {
+    let bed = bed::Bed::new();
+    let repo = bed.demo_repo();
+    let path = repo.dir.join("environments/demo/environment.yaml");
+    // The demo's data volume web-data (claimed by the app web), with a recovery point objective.
+    let yaml = std::fs::read_to_string(&path).expect("demo env");
+    let policy = "backup: { every: 1h, keep: 24, copyTo: [us-west-2] }";
+    assert!(
+        yaml.contains(policy),
+        "the demo's volume policy changed: update this test"
+    );
+    let yaml = yaml.replace(
+        policy,
+        "backup: { every: 1h, keep: 24, copyTo: [us-west-2], recoveryPointObjective: 1h }",
+    );
+    std::fs::write(&path, &yaml).expect("write env");
+    repo.commit("a recovery point objective on the data volume");
+    let dir = &repo.dir;
+    let run = |args: &[&str]| bed.phoenix(dir, args);
+    let ok = |out: Output| assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    ok(run(&["rebuild", "demo"]));
+    // The volume offered as a local PersistentVolume pinned to the server's node, bound by the
+    // real controller manager to the app's claim.
+    let pv = bed.kubectl("demo", &["get", "pv", "web-data", "-o", "json"]);
+    let pv: serde_json::Value = serde_json::from_str(&pv).expect("pv json");
+    assert_eq!(pv["spec"]["local"]["path"], "/var/lib/web-data", "{pv:#}");
+    assert_eq!(
+        pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+            ["values"][0],
+        "server-0"
+    );
+    assert_eq!(pv["status"]["phase"], "Bound", "{pv:#}");
+    assert_eq!(
+        bed.kubectl(
+            "demo",
+            &[
+                "get",
+                "pvc",
+                "web-data",
+                "-n",
+                "web",
+                "-o",
+                "jsonpath={.status.phase}"
+            ]
+        ),
+        "Bound"
+    );
+    ok(run(&["backup", "demo"]));
+    let ec2 = bed.ec2_client();
+    let live = |env: &str| -> Vec<(String, Option<String>, Vec<String>)> {
+        let resp = bed
+            .rt
+            .block_on(
+                ec2.describe_volumes()
+                    .filters(filter("tag:phoenix:env", env))
+                    .filters(filter("tag-key", "phoenix:volume"))
+                    .send(),
+            )
+            .expect("describe volumes");
+        resp.volumes()
+            .iter()
+            .map(|v| {
+                (
+                    v.volume_id().unwrap_or_default().to_string(),
+                    v.snapshot_id()
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string),
+                    v.attachments()
+                        .iter()
+                        .map(|a| format!("{} {:?}", a.instance_id().unwrap_or_default(), a.state()))
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let before = live("demo");
+    assert_eq!(before.len(), 1, "{before:?}");
+    let snapshots = bed
+        .rt
+        .block_on(
+            ec2.describe_snapshots()
+                .owner_ids("self")
+                .filters(filter("tag:phoenix:env", "demo"))
+                .send(),
+        )
+        .expect("snapshots");
+    let snap = snapshots.snapshots()[0].snapshot_id().unwrap().to_string();
+
+    let drill = |args: &[&str]| -> (i32, serde_json::Value, String) {
+        let out = run(args);
+        let all = text(&out);
+        (out.status.code().unwrap_or(-1), last_json(&out), all)
+    };
+    let (code, doc, all) = drill(&["drill", "demo", "--output", "json"]);
+    assert_eq!(code, 0, "{all}");
+    let copy = doc["copy"].as_str().expect("copy").to_string();
+    let v = &doc["volumes"][0];
+    assert_eq!(v["volume"], "web-data", "{doc:#}");
+    assert_eq!(
+        v["snapshotId"],
+        snap.as_str(),
+        "restored from the live env's snapshot"
+    );
+    assert!(
+        v["restoreSeconds"].as_f64().is_some_and(|s| s >= 0.0),
+        "{doc:#}"
+    );
+    let rp = v["recoveryPointSeconds"].as_f64().expect("recovery point");
+    assert!((0.0..3600.0).contains(&rp), "{rp}");
+    assert_eq!(v["recoveryPointObjectiveSeconds"], 3600.0);
+    assert!(
+        doc["rebuild"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "cloud/volume/web-data" && n["state"]["outcome"] == "created"),
+        "{doc:#}"
+    );
+    // The live volume is untouched; the copy's is gone, without a final snapshot.
+    assert_eq!(live("demo"), before);
+    assert!(live(&copy).is_empty(), "{:?}", live(&copy));
+    let copy_snaps = bed
+        .rt
+        .block_on(
+            ec2.describe_snapshots()
+                .owner_ids("self")
+                .filters(filter("tag:phoenix:env", &copy))
+                .send(),
+        )
+        .expect("snapshots");
+    assert!(
+        copy_snaps.snapshots().is_empty(),
+        "no final snapshot of a copy"
+    );
+
+    // An objective the snapshot is already older than: converged, over objective, named.
+    std::fs::write(
+        &path,
+        // (without `every`: an hourly schedule cannot meet it, which validation refuses)
+        yaml.replace("every: 1h, ", "")
+            .replace("recoveryPointObjective: 1h", "recoveryPointObjective: 1s"),
+    )
+    .expect("write env");
+    repo.commit("a one-second recovery point objective");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let (code, doc, all) = drill(&["drill", "demo", "--output", "json"]);
+    assert_eq!(code, 3, "{all}");
+    assert_eq!(doc["verdict"], "over-objective");
+    let missed = doc["missedObjectives"].to_string();
+    assert!(
+        missed.contains("recoveryPointObjective of volume web-data"),
+        "{missed}"
+    );
+    assert!(
+        !missed.contains("recoveryObjective:"),
+        "the RTO was met: {missed}"
+    );
+}
+
+/// A loopback proxy in front of moto that answers the first `hold` DescribeSnapshots calls with
+/// every snapshot `pending` at 42% (moto completes snapshots at once): one request per
+/// connection (`Connection: close`), so no HTTP parsing beyond headers and Content-Length.
+struct HoldSnapshots {
+    port: u16,
+}
+
+impl HoldSnapshots {
+    fn start(backend: u16, hold: usize) -> HoldSnapshots {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        let held = std::sync::Arc::new(AtomicUsize::new(0));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut client) = conn else { continue };
+                let held = std::sync::Arc::clone(&held);
+                std::thread::spawn(move || {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    let head_end = loop {
+                        let n = client.read(&mut chunk).unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < head_end + length {
+                        let n = client.read(&mut chunk).unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
+                    // Forward with Connection: close, read the whole answer.
+                    let head_out: String = head
+                        .lines()
+                        .filter(|l| {
+                            !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty()
+                        })
+                        .map(|l| format!("{l}\r\n"))
+                        .collect::<String>()
+                        + "Connection: close\r\n\r\n";
+                    let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", backend)) else {
+                        return;
+                    };
+                    let _ = up.write_all(head_out.as_bytes());
+                    let _ = up.write_all(&buf[head_end..]);
+                    let mut answer = Vec::new();
+                    let _ = up.read_to_end(&mut answer);
+                    let describe = body.contains("Action=DescribeSnapshots");
+                    if describe && held.fetch_add(1, Ordering::SeqCst) < hold {
+                        let text = String::from_utf8_lossy(&answer).to_string();
+                        if let Some(split) = text.find("\r\n\r\n") {
+                            let (h, b) = text.split_at(split + 4);
+                            let b = b
+                                .replace("<status>completed</status>", "<status>pending</status>")
+                                .replace("<progress>100%</progress>", "<progress>42%</progress>");
+                            let h: String = h
+                                .lines()
+                                .filter(|l| {
+                                    !l.to_ascii_lowercase().starts_with("content-length:")
+                                        && !l.is_empty()
+                                })
+                                .map(|l| format!("{l}\r\n"))
+                                .collect();
+                            answer =
+                                format!("{h}Content-Length: {}\r\n\r\n{b}", b.len()).into_bytes();
+                        }
+                    }
+                    let _ = client.write_all(&answer);
+                });
+            }
+        });
+        HoldSnapshots { port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+#[test]
+fn pending_snapshots_are_waited_for_within_the_timeout_and_reported() {
+    let bed = Lab::new();
+    let yaml = env_yaml("shop", true, 3).replace("copyTo: [us-west-2], ", "");
+    let repo = bed.repo("shop", &yaml);
+    let dir = &repo.dir;
+    ok(&bed.phoenix(dir, &["rebuild", "shop"]));
+
+    // Held pending for good: the backup fails within its timeout, naming what it waited for.
+    let forever = HoldSnapshots::start(bed.moto.port, usize::MAX);
+    let t = std::time::Instant::now();
+    let out = bed.phoenix_via(
+        &forever.endpoint(),
+        dir,
+        &["backup", "shop", "--timeout", "3s", "-v"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        t.elapsed()
+    );
+    let all = text(&out);
+    assert!(
+        all.contains("timed out after 3s waiting for snapshot snap-")
+            && all.contains("of volume/data in us-east-1 completed")
+            && all.contains("(last observed: pending 42%)"),
+        "{all}"
+    );
+    assert!(all.contains("(not completed)"), "{all}");
+    assert!(
+        all.contains("error: backup/data/prune/us-east-1: not run"),
+        "the prune after a failed snapshot is named: {all}"
+    );
+
+    // Held for the first few looks: waited for, reported, then completed.
+    let briefly = HoldSnapshots::start(bed.moto.port, 3);
+    let out = bed.phoenix_via(
+        &briefly.endpoint(),
+        dir,
+        &[
+            "backup",
+            "shop",
+            "--timeout",
+            "1m",
+            "-v",
+            "--output",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("pending 42%"),
+        "the wait reported the state it saw: {all}"
+    );
+    let report = last_json(&out);
+    assert!(
+        report["volumes"][0]["snapshotId"].as_str().is_some(),
+        "{report}"
+    );
+    assert_eq!(
+        report["volumes"][0]["errors"],
+        serde_json::json!([]),
+        "{report}"
+    );
+}
