@@ -477,6 +477,7 @@ impl Deployment {
                         source: format!("spec.volumes of {}", self.env.file),
                         line: self.env.spans.at("spec.volumes").line,
                         object,
+                        stage: crate::render::Stage::Main,
                     })
                     .collect(),
                 depends_on: Vec::new(),
