@@ -229,6 +229,36 @@ pub struct LiveVolume {
     pub tags: BTreeMap<String, String>,
 }
 
+impl LiveVolume {
+    /// What EC2 says of one volume; `None` without a volume id.
+    fn from_sdk(v: &aws_sdk_ec2::types::Volume, tags: BTreeMap<String, String>) -> Option<Self> {
+        let text = |s: Option<&str>| s.unwrap_or_default().to_string();
+        Some(LiveVolume {
+            id: v.volume_id()?.to_string(),
+            state: text(v.state().map(|s| s.as_str())),
+            zone: text(v.availability_zone()),
+            size: v.size().unwrap_or_default().max(0) as u32,
+            volume_type: text(v.volume_type().map(|t| t.as_str())),
+            snapshot_id: v
+                .snapshot_id()
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+            attachments: v
+                .attachments()
+                .iter()
+                .map(|a| {
+                    (
+                        text(a.instance_id()),
+                        text(a.device()),
+                        text(a.state().map(|s| s.as_str())),
+                    )
+                })
+                .collect(),
+            tags,
+        })
+    }
+}
+
 /// A completed or pending snapshot phoenix owns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LiveSnapshot {
@@ -347,37 +377,7 @@ pub async fn owned_volumes(ec2: &Ec2, env: &str, name: Option<&str>) -> Res<Vec<
             if !tags::owned_by(&tags, env) || !tags.contains_key(TAG_VOLUME) {
                 return None;
             }
-            Some(LiveVolume {
-                id: v.volume_id()?.to_string(),
-                state: v
-                    .state()
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_default(),
-                zone: v.availability_zone().unwrap_or_default().to_string(),
-                size: v.size().unwrap_or_default().max(0) as u32,
-                volume_type: v
-                    .volume_type()
-                    .map(|t| t.as_str().to_string())
-                    .unwrap_or_default(),
-                snapshot_id: v
-                    .snapshot_id()
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-                attachments: v
-                    .attachments()
-                    .iter()
-                    .map(|a| {
-                        (
-                            a.instance_id().unwrap_or_default().to_string(),
-                            a.device().unwrap_or_default().to_string(),
-                            a.state()
-                                .map(|s| s.as_str().to_string())
-                                .unwrap_or_default(),
-                        )
-                    })
-                    .collect(),
-                tags,
-            })
+            LiveVolume::from_sdk(v, tags)
         })
         .filter(|v| v.state != "deleting" && v.state != "deleted")
         .collect();
@@ -674,37 +674,10 @@ async fn describe_volume(
             return Err(node_err(err));
         }
     };
-    Ok(resp.volumes().first().map(|v| LiveVolume {
-        id: id.to_string(),
-        state: v
-            .state()
-            .map(|s| s.as_str().to_string())
-            .unwrap_or_default(),
-        zone: v.availability_zone().unwrap_or_default().to_string(),
-        size: v.size().unwrap_or_default().max(0) as u32,
-        volume_type: v
-            .volume_type()
-            .map(|t| t.as_str().to_string())
-            .unwrap_or_default(),
-        snapshot_id: v
-            .snapshot_id()
-            .filter(|s| !s.is_empty())
-            .map(str::to_string),
-        attachments: v
-            .attachments()
-            .iter()
-            .map(|a| {
-                (
-                    a.instance_id().unwrap_or_default().to_string(),
-                    a.device().unwrap_or_default().to_string(),
-                    a.state()
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default(),
-                )
-            })
-            .collect(),
-        tags: tags::from_sdk(v.tags.as_deref()),
-    }))
+    Ok(resp
+        .volumes()
+        .first()
+        .and_then(|v| LiveVolume::from_sdk(v, tags::from_sdk(v.tags.as_deref()))))
 }
 
 async fn wait_volume(
