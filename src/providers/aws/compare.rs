@@ -34,23 +34,25 @@ impl CompareCtx<'_> {
             .unwrap_or_else(|| aws_id.to_string())
     }
 
-    fn map_rules(&self, rules: &BTreeSet<RuleKey>) -> BTreeSet<RuleKey> {
-        rules
-            .iter()
-            .map(|r| match &r.peer {
-                RulePeer::Group(id) => RuleKey {
-                    peer: RulePeer::Group(
-                        self.to_resource
-                            .get(id)
-                            .filter(|res| res.starts_with("sg/"))
-                            .cloned()
-                            .unwrap_or_else(|| id.clone()),
-                    ),
-                    ..r.clone()
-                },
-                _ => r.clone(),
-            })
-            .collect()
+    /// A live rule with its group peer named by our resource id (`sg/...`) when it is ours.
+    pub(crate) fn map_rule(&self, r: &RuleKey) -> RuleKey {
+        match &r.peer {
+            RulePeer::Group(id) => RuleKey {
+                peer: RulePeer::Group(
+                    self.to_resource
+                        .get(id)
+                        .filter(|res| res.starts_with("sg/"))
+                        .cloned()
+                        .unwrap_or_else(|| id.clone()),
+                ),
+                ..r.clone()
+            },
+            _ => r.clone(),
+        }
+    }
+
+    pub(crate) fn map_rules(&self, rules: &BTreeSet<RuleKey>) -> BTreeSet<RuleKey> {
+        rules.iter().map(|r| self.map_rule(r)).collect()
     }
 }
 

@@ -72,7 +72,7 @@ impl Exec {
         let cctx = self.compare_ctx(&to_resource, &no_images);
         let mut changed = false;
         for (want, have_raw, is_egress) in [(ingress, li, false), (egress, le, true)] {
-            let have = map_rules(&cctx, have_raw);
+            let have = cctx.map_rules(have_raw);
             for r in want.difference(&have) {
                 ctx.progress(format!(
                     "{resource}: authorizing {}",
@@ -171,36 +171,11 @@ impl Exec {
     }
 }
 
-fn map_rules(
-    cctx: &CompareCtx,
-    rules: &std::collections::BTreeSet<RuleKey>,
-) -> std::collections::BTreeSet<RuleKey> {
-    rules
-        .iter()
-        .map(|r| match &r.peer {
-            RulePeer::Group(id) => RuleKey {
-                peer: RulePeer::Group(
-                    cctx.to_resource
-                        .get(id)
-                        .cloned()
-                        .unwrap_or_else(|| id.clone()),
-                ),
-                ..r.clone()
-            },
-            _ => r.clone(),
-        })
-        .collect()
-}
-
 /// The raw (AWS id) form of a mapped live rule.
 fn raw_rule(
     mapped: &RuleKey,
     raw: &std::collections::BTreeSet<RuleKey>,
     cctx: &CompareCtx,
 ) -> Option<RuleKey> {
-    raw.iter()
-        .find(|r| {
-            map_rules(cctx, &std::collections::BTreeSet::from([(*r).clone()])).contains(mapped)
-        })
-        .cloned()
+    raw.iter().find(|r| cctx.map_rule(r) == *mapped).cloned()
 }
