@@ -5,6 +5,7 @@ pub mod drift;
 pub mod engine;
 pub mod env;
 pub mod error;
+pub mod http;
 pub mod providers;
 pub mod render;
 pub mod report;

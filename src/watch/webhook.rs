@@ -3,7 +3,6 @@
 //! The URL usually carries a secret token, so only its host is ever shown.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::engine::backoff::Policy;
+use crate::http::{ConnectorError, Roots};
 
 /// Errors of webhook configuration and delivery. None of them contains the URL beyond its host.
 #[derive(Debug, thiserror::Error)]
@@ -132,24 +132,18 @@ impl WebhookClient {
     /// Builds the HTTP(S) client: rustls with the ring provider, the system's roots for an
     /// `https` URL (none are needed for `http`).
     pub fn new(webhook: Webhook, opts: DeliveryOptions) -> Result<Self, WebhookError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = hyper_rustls::HttpsConnectorBuilder::new();
-        let builder = if webhook.is_https() {
-            builder
-                .with_provider_and_native_roots(provider)
-                .map_err(|source| WebhookError::Roots {
-                    host: webhook.host.clone(),
-                    source,
-                })?
+        let roots = if webhook.is_https() {
+            Roots::Native
         } else {
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(WebhookError::Tls)?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            builder.with_tls_config(config)
+            Roots::Store(rustls::RootCertStore::empty())
         };
-        let connector = builder.https_or_http().enable_http1().build();
+        let connector = crate::http::connector(roots).map_err(|e| match e {
+            ConnectorError::Roots(source) => WebhookError::Roots {
+                host: webhook.host.clone(),
+                source,
+            },
+            ConnectorError::Tls(e) => WebhookError::Tls(e),
+        })?;
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Ok(WebhookClient {
             webhook,

@@ -5,13 +5,13 @@
 
 use crate::env::load::CommitFiles;
 use crate::env::model::{ChartFrom, Environment, Source, VENDOR_DIR};
+use crate::http::{ConnectorError, Roots};
 use crate::render::chart::sha256_digest;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How long one request (connect, headers and body) may take.
@@ -192,13 +192,10 @@ async fn fetch_chart(
 
 /// One GET with redirects followed, bounded by [`FETCH_TIMEOUT`] and [`MAX_BYTES`]: the body.
 async fn get(url: &str) -> Result<Vec<u8>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_native_roots(provider)
-        .map_err(|e| format!("no system root certificates for https: {e}"))?
-        .https_or_http()
-        .enable_http1()
-        .build();
+    let connector = crate::http::connector(Roots::Native).map_err(|e| match e {
+        ConnectorError::Roots(e) => format!("no system root certificates for https: {e}"),
+        ConnectorError::Tls(e) => format!("cannot set up TLS: {e}"),
+    })?;
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let fetch = async {
         let mut url = url.to_string();

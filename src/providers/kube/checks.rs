@@ -2,13 +2,14 @@
 //! the check's own timeout. https is verified with rustls (ring) against the system's roots, or
 //! against the check's own CA bundle from the commit.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+
+use crate::http::{ConnectorError, Roots};
 
 /// One HTTP check of a component.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,9 +70,7 @@ pub async fn get_status(check: &HttpCheck) -> Result<u16, CheckError> {
         url: check.url.clone(),
         message,
     };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = match (&check.ca_pem, https) {
+    let roots = match (&check.ca_pem, https) {
         (Some(pem), true) => {
             let mut roots = rustls::RootCertStore::empty();
             let mut reader = std::io::Cursor::new(pem.as_bytes());
@@ -80,26 +79,15 @@ pub async fn get_status(check: &HttpCheck) -> Result<u16, CheckError> {
                     tls(format!("the CA bundle holds an unusable certificate: {e}"))
                 })?;
             }
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| tls(e.to_string()))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            builder.with_tls_config(config)
+            Roots::Store(roots)
         }
-        (None, true) => builder
-            .with_provider_and_native_roots(provider)
-            .map_err(|e| tls(format!("no system root certificates: {e}")))?,
-        (_, false) => {
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| tls(e.to_string()))?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
-            builder.with_tls_config(config)
-        }
+        (None, true) => Roots::Native,
+        (_, false) => Roots::Store(rustls::RootCertStore::empty()),
     };
-    let connector = builder.https_or_http().enable_http1().build();
+    let connector = crate::http::connector(roots).map_err(|e| match e {
+        ConnectorError::Roots(e) => tls(format!("no system root certificates: {e}")),
+        ConnectorError::Tls(e) => tls(e.to_string()),
+    })?;
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let request = async {
         let resp = client.get(uri).await.map_err(CheckError::Request)?;
@@ -135,6 +123,7 @@ fn rustls_pemfile_certs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A CA and an https server on 127.0.0.1 with a certificate it signed; every request gets
