@@ -207,18 +207,18 @@ impl Action for BackupAction {
                     NodeError::permanent(format!("no EC2 client for region {region}"))
                 })
             };
+            let step = Step {
+                ctx: &ctx,
+                env: &env,
+                commit: &commit,
+                name: &name,
+                shared: &shared,
+                timeout,
+                poll,
+            };
             let result = match op {
-                Op::Snapshot => {
-                    let ec2 = client(&home)?;
-                    snapshot_volume(&ctx, &ec2, &env, &commit, &name, &shared, timeout, poll).await
-                }
-                Op::Copy(region) => {
-                    let (src, dest) = (client(&home)?, client(&region)?);
-                    copy_to(
-                        &ctx, &src, &dest, &env, &commit, &name, &shared, timeout, poll,
-                    )
-                    .await
-                }
+                Op::Snapshot => snapshot_volume(step, &client(&home)?).await,
+                Op::Copy(region) => copy_to(step, &client(&home)?, &client(&region)?).await,
                 Op::Prune(region) => {
                     let ec2 = client(&region)?;
                     let keep = volume.backup.as_ref().map(|b| b.keep).unwrap_or(7);
@@ -233,17 +233,28 @@ impl Action for BackupAction {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn snapshot_volume(
-    ctx: &NodeCtx,
-    ec2: &Ec2,
-    env: &str,
-    commit: &str,
-    name: &str,
-    shared: &Shared,
+/// What every backup step of one volume works with.
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    ctx: &'a NodeCtx,
+    env: &'a str,
+    commit: &'a str,
+    name: &'a str,
+    shared: &'a Shared,
     timeout: Duration,
     poll: Duration,
-) -> Result<NodeOutcome, NodeError> {
+}
+
+async fn snapshot_volume(step: Step<'_>, ec2: &Ec2) -> Result<NodeOutcome, NodeError> {
+    let Step {
+        ctx,
+        env,
+        commit,
+        name,
+        shared,
+        timeout,
+        poll,
+    } = step;
     // A retried attempt waits for the snapshot the first one started instead of taking another.
     let id = match shared.snapshot_of(name) {
         Some(id) => id,
@@ -273,18 +284,16 @@ async fn snapshot_volume(
     Ok(NodeOutcome::Created)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn copy_to(
-    ctx: &NodeCtx,
-    src: &Ec2,
-    dest: &Ec2,
-    env: &str,
-    commit: &str,
-    name: &str,
-    shared: &Shared,
-    timeout: Duration,
-    poll: Duration,
-) -> Result<NodeOutcome, NodeError> {
+async fn copy_to(step: Step<'_>, src: &Ec2, dest: &Ec2) -> Result<NodeOutcome, NodeError> {
+    let Step {
+        ctx,
+        env,
+        commit,
+        name,
+        shared,
+        timeout,
+        poll,
+    } = step;
     let Some(source) = shared.snapshot_of(name) else {
         return Err(NodeError::permanent(format!(
             "no new snapshot of volume/{name} to copy"
