@@ -577,6 +577,38 @@ fn a_drill_restores_its_own_volume_from_the_live_snapshot_and_reports_the_recove
         ),
         "Bound"
     );
+    // The app mounts it: its pods run on the node k3s labelled from the server's user-data
+    // (phoenix.dev/instance=server-0), the only node the volume is pinned to.
+    let server_node = bed.kubectl(
+        "demo",
+        &[
+            "get",
+            "nodes",
+            "-l",
+            "phoenix.dev/instance=server-0",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    );
+    assert!(
+        !server_node.is_empty() && !server_node.contains(' '),
+        "exactly one node carries phoenix.dev/instance=server-0: {server_node:?}"
+    );
+    let pods = bed.kubectl(
+        "demo",
+        &["get", "pods", "-n", "web", "-l", "app=web", "-o", "json"],
+    );
+    let pods: serde_json::Value = serde_json::from_str(&pods).expect("pods json");
+    let pods = pods["items"].as_array().expect("pod list");
+    assert!(!pods.is_empty(), "the web app has no pods");
+    for pod in pods {
+        assert_eq!(pod["spec"]["nodeName"], server_node.as_str(), "{pod:#}");
+        assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
+        assert_eq!(
+            pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"], "web-data",
+            "{pod:#}"
+        );
+    }
     ok(run(&["backup", "demo"]));
     let ec2 = bed.ec2_client();
     let live = |env: &str| -> Vec<(String, Option<String>, Vec<String>)> {

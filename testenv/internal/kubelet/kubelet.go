@@ -229,7 +229,19 @@ func (k *Kubelet) syncNodes(ctx context.Context) error {
 
 		node := liveByName[name]
 		if node == nil {
-			node, err = k.client.CoreV1().Nodes().Create(ctx, k.newNode(d), metav1.CreateOptions{})
+			var extra map[string]string
+			if d.instance != nil && k.cfg.EC2 != nil {
+				userData, err := k.cfg.EC2.UserData(ctx, d.instance.ID)
+				if err != nil {
+					return err
+				}
+				if extra, err = k3sNodeLabels(userData); err != nil {
+					// A real k3s node would not start with this configuration: it never registers.
+					log.Printf("kubelet %s: instance %s does not join: %v", k.cfg.Cluster, d.instance.ID, err)
+					continue
+				}
+			}
+			node, err = k.client.CoreV1().Nodes().Create(ctx, k.newNode(d, extra), metav1.CreateOptions{})
 			if err != nil {
 				if apierrors.IsAlreadyExists(err) {
 					continue
@@ -261,13 +273,16 @@ func syntheticIP(name string) string {
 	return fmt.Sprintf("198.51.100.%d", 1+int(h[0])%250)
 }
 
-func (k *Kubelet) newNode(d desiredNode) *corev1.Node {
-	labels := map[string]string{
-		"kubernetes.io/hostname": d.name,
-		"kubernetes.io/os":       "linux",
-		"kubernetes.io/arch":     "amd64",
-		"beta.kubernetes.io/os":  "linux",
+// newNode is the Node a kubelet registers: the labels of its k3s configuration (extra), then the well-known ones.
+func (k *Kubelet) newNode(d desiredNode, extra map[string]string) *corev1.Node {
+	labels := map[string]string{}
+	for key, value := range extra {
+		labels[key] = value
 	}
+	labels["kubernetes.io/hostname"] = d.name
+	labels["kubernetes.io/os"] = "linux"
+	labels["kubernetes.io/arch"] = "amd64"
+	labels["beta.kubernetes.io/os"] = "linux"
 	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: d.name, Labels: labels}}
 	if i := d.instance; i != nil {
 		if i.Tags[ec2.RoleTag] == "server" {
