@@ -156,6 +156,7 @@ fn components(namespaces: usize, per: usize) -> Vec<ComponentSpec> {
                     })
                     .collect(),
                 depends_on: Vec::new(),
+                completion: None,
                 wait: Duration::from_secs(300),
                 force_conflicts: false,
                 leave_fields: Vec::new(),

@@ -40,7 +40,7 @@ pub fn volume_entries(
             })),
             [v] => {
                 let mut fields = Vec::new();
-                if let Some(instance) = &seen.instance_id {
+                if let (Some(instance), Some(a)) = (&seen.instance_id, &spec.attach) {
                     let here = v
                         .attachments
                         .iter()
@@ -52,10 +52,7 @@ pub fn volume_entries(
                         };
                         fields.push(FieldDiff::value(
                             "attachment",
-                            format!(
-                                "attached to {} ({instance}) as {}",
-                                spec.instance, spec.device
-                            ),
+                            format!("attached to {} ({instance}) as {}", a.instance, a.device),
                             live,
                         ));
                     }
@@ -66,6 +63,9 @@ pub fn volume_entries(
                         spec.size.to_string(),
                         v.size.to_string(),
                     ));
+                }
+                if spec.attach.is_none() && v.zone != spec.zone {
+                    fields.push(FieldDiff::value("zone", &*spec.zone, &*v.zone));
                 }
                 if v.volume_type != spec.volume_type {
                     fields.push(FieldDiff::value(
@@ -136,13 +136,15 @@ mod tests {
         VolumeSpec {
             name: "db".into(),
             resource: "volume/db".into(),
-            instance: "instance/server/0".into(),
+            attach: Some(crate::providers::aws::AttachSpec {
+                instance: "instance/server/0".into(),
+                device: "/dev/sdf".into(),
+            }),
             zone: "us-east-1a".into(),
             size: 20,
             volume_type: "gp3".into(),
             iops: None,
             throughput: None,
-            device: "/dev/sdf".into(),
             allow_empty: false,
             env: "demo".into(),
             snapshot_env: "demo".into(),

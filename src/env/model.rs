@@ -358,9 +358,9 @@ impl Filesystem {
     }
 }
 
-/// A data volume: an EBS volume attached to one instance of a group, mounted on a path, backed
-/// up by `phoenix backup` and restored from the newest owned snapshot when a rebuild finds it
-/// missing.
+/// A data volume: an EBS volume attached to one instance of a group and mounted on a path (or
+/// left in a zone for the cluster's EBS CSI driver), backed up by `phoenix backup` and restored
+/// from the newest owned snapshot when a rebuild finds it missing.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Volume {
@@ -371,13 +371,9 @@ pub struct Volume {
     pub iops: Option<u32>,
     /// MiB/s (gp3).
     pub throughput: Option<u32>,
-    /// The instance group it attaches to.
-    pub instance: String,
-    /// The index of the instance in the group (`server/0`).
-    pub index: u32,
-    /// The device name it is attached as (`/dev/sdf`).
-    pub device: String,
-    pub mount_path: String,
+    /// Where it lives: attached to an instance by phoenix, or left in a zone for the cluster's
+    /// EBS CSI driver.
+    pub placement: Placement,
     pub filesystem: Filesystem,
     /// With no snapshot to restore from, create the volume empty (otherwise the rebuild fails).
     pub allow_empty: bool,
@@ -392,9 +388,44 @@ impl Volume {
         format!("volume/{}", self.name)
     }
 
+    /// Where phoenix attaches it; `None` for a volume left to the EBS CSI driver.
+    pub fn attachment(&self) -> Option<&Attachment> {
+        match &self.placement {
+            Placement::Instance(a) => Some(a),
+            Placement::Zone(_) => None,
+        }
+    }
+}
+
+/// Where a data volume lives.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Placement {
+    /// Attached by phoenix to one instance and mounted by its user-data (`instance: GROUP/INDEX`);
+    /// offered to a k3s cluster as a local PersistentVolume pinned to that node.
+    Instance(Attachment),
+    /// Created (or restored) unattached in this zone (`zone:`), for the cluster's EBS CSI driver
+    /// to attach wherever the pod that claims it runs; offered as a static CSI PersistentVolume.
+    Zone(String),
+}
+
+/// A volume attached by phoenix to one instance.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    /// The instance group it attaches to.
+    pub group: String,
+    /// The index of the instance in the group (`server/0`).
+    pub index: u32,
+    /// The device name it is attached as (`/dev/sdf`).
+    pub device: String,
+    pub mount_path: String,
+}
+
+impl Attachment {
     /// The resource id of the instance it attaches to (`instance/<group>/<index>`).
     pub fn instance_resource(&self) -> String {
-        format!("instance/{}/{}", self.instance, self.index)
+        format!("instance/{}/{}", self.group, self.index)
     }
 }
 

@@ -17,6 +17,7 @@ const KEYS: &[&str] = &[
     "iops",
     "throughput",
     "instance",
+    "zone",
     "device",
     "mountPath",
     "filesystem",
@@ -37,19 +38,26 @@ pub(super) fn decode_volumes(d: &mut Decoder, n: &Node, p: &str) -> Option<Vec<V
 /// instance names, in the order written: the same commit always gives the same devices.
 fn default_devices(vols: &mut [Volume]) {
     for i in 0..vols.len() {
-        if !vols[i].device.is_empty() {
+        let Some(a) = vols[i].attachment() else {
+            continue;
+        };
+        if !a.device.is_empty() {
             continue;
         }
+        let (group, index) = (a.group.clone(), a.index);
         let used: Vec<String> = vols
             .iter()
-            .filter(|o| o.instance == vols[i].instance && o.index == vols[i].index)
+            .filter_map(Volume::attachment)
+            .filter(|o| o.group == group && o.index == index)
             .map(|o| short_device(&o.device))
             .collect();
         let free = DEVICE_LETTERS
             .map(|c| format!("/dev/sd{c}"))
             .find(|dev| !used.contains(&short_device(dev)));
-        // With every letter taken the check on the whole model reports the instance as full.
-        vols[i].device = free.unwrap_or_else(|| "/dev/sdf".into());
+        if let Placement::Instance(a) = &mut vols[i].placement {
+            // With every letter taken the check on the whole model reports the instance as full.
+            a.device = free.unwrap_or_else(|| "/dev/sdf".into());
+        }
     }
 }
 
@@ -188,12 +196,27 @@ fn decode_volume(d: &mut Decoder, n: &Node, p: &str) -> Option<Volume> {
             _ => {}
         }
     }
-    let instance = d.req(
-        &o,
-        "instance",
-        "name the instance it attaches to as GROUP/INDEX, e.g. instance: server/0",
-        Decoder::string,
-    );
+    // Exactly one of instance (attached by phoenix, mounted by the user-data) and zone (left
+    // for the cluster's EBS CSI driver).
+    let zone = d.opt(&o, "zone", Decoder::string);
+    let instance = match (&zone, o.get("instance")) {
+        (Some(_), Some(_)) => {
+            d.error_help(
+                pos_of("zone"),
+                &o.child("zone"),
+                "a volume has either instance or zone, not both".to_string(),
+                "instance: GROUP/INDEX attaches it to that instance (the zone is the instance's); zone: leaves it unattached for the cluster's EBS CSI driver",
+            );
+            None
+        }
+        (Some(_), None) => None,
+        (None, _) => d.req(
+            &o,
+            "instance",
+            "name the instance it attaches to as GROUP/INDEX, e.g. instance: server/0 (or give zone: for a volume the cluster's EBS CSI driver attaches)",
+            Decoder::string,
+        ),
+    };
     let instance = instance.and_then(|text| {
         let (group, idx) = match text.split_once('/') {
             None => (text.as_str(), Some(0)),
@@ -212,6 +235,19 @@ fn decode_volume(d: &mut Decoder, n: &Node, p: &str) -> Option<Volume> {
             }
         }
     });
+    if zone.is_some() {
+        // The CSI driver attaches and mounts it: nothing here names a device or a path.
+        for key in ["device", "mountPath"] {
+            if o.get(key).is_some() {
+                d.error_help(
+                    pos_of(key),
+                    &o.child(key),
+                    format!("a volume with a zone takes no {key}"),
+                    "the cluster's EBS CSI driver attaches it where its pod runs and mounts it where the pod says; remove it, or use instance: GROUP/INDEX to have phoenix attach and mount it",
+                );
+            }
+        }
+    }
     let device = d.opt(&o, "device", Decoder::string);
     if let Some(dev) = &device {
         if !valid_device(dev) {
@@ -223,12 +259,16 @@ fn decode_volume(d: &mut Decoder, n: &Node, p: &str) -> Option<Volume> {
             );
         }
     }
-    let mount_path = d.req(
-        &o,
-        "mountPath",
-        "write where it is mounted, e.g. mountPath: /var/lib/db",
-        Decoder::string,
-    );
+    let mount_path = if zone.is_some() {
+        None
+    } else {
+        d.req(
+            &o,
+            "mountPath",
+            "write where it is mounted, e.g. mountPath: /var/lib/db",
+            Decoder::string,
+        )
+    };
     if let Some(m) = &mount_path {
         if let Err(why) = valid_mount_path(m) {
             d.error_help(
@@ -258,17 +298,25 @@ fn decode_volume(d: &mut Decoder, n: &Node, p: &str) -> Option<Volume> {
         Some(node) => decode_backup(d, node, &o.child("backup")).map(Some),
     };
     let pos = pos_of("name");
-    let (instance, index) = instance?;
+    let placement = match zone {
+        Some(z) => Placement::Zone(z),
+        None => {
+            let (group, index) = instance?;
+            Placement::Instance(Attachment {
+                group,
+                index,
+                device: device.unwrap_or_default(),
+                mount_path: mount_path?,
+            })
+        }
+    };
     Some(Volume {
         name: name?,
         size: size? as u32,
         volume_type: volume_type?,
         iops: iops.map(|v| v as u32),
         throughput: throughput.map(|v| v as u32),
-        instance,
-        index,
-        device: device.unwrap_or_default(),
-        mount_path: mount_path?,
+        placement,
         filesystem: filesystem?,
         allow_empty,
         backup: backup?,
@@ -403,74 +451,102 @@ pub(super) fn check(
         let base = spans.item("spec.volumes", i);
         let field = |k: &str| format!("{base}.{k}");
         let at = |k: &str| spans.at(&field(k));
-        match cloud.instances.iter().find(|g| g.name == v.instance) {
-            None => {
-                let names: Vec<&str> = cloud.instances.iter().map(|g| g.name.as_str()).collect();
-                err(
-                    at("instance"),
-                    &field("instance"),
-                    format!("volume {} attaches to instance group {:?}, which does not exist", v.name, v.instance),
-                    super::validate::known_names("instance groups", &v.instance, &names),
-                );
+        match &v.placement {
+            Placement::Zone(zone) => {
+                if !super::validate::in_region(zone, &cloud.region) {
+                    err(
+                        at("zone"),
+                        &field("zone"),
+                        format!(
+                            "volume {} is in zone {zone:?}, which is not in the environment's region {}",
+                            v.name, cloud.region
+                        ),
+                        format!("use a zone of {} such as {}a", cloud.region, cloud.region),
+                    );
+                }
+                if !matches!(env.cluster, Some(Cluster::K3s(_))) {
+                    err(
+                        at("zone"),
+                        &field("zone"),
+                        format!(
+                            "volume {} is left for a cluster's EBS CSI driver, but the environment builds no cluster",
+                            v.name
+                        ),
+                        "add a k3s cluster (with the EBS CSI driver as an add-on), or attach the volume to an instance with instance: GROUP/INDEX".into(),
+                    );
+                }
             }
-            Some(g) if v.index >= g.count => err(
-                at("instance"),
-                &field("instance"),
-                format!(
-                    "volume {} attaches to {}/{}, but group {} has {} instance{}",
-                    v.name,
-                    v.instance,
-                    v.index,
-                    g.name,
-                    g.count,
-                    if g.count == 1 { "" } else { "s" }
-                ),
-                format!(
-                    "use an index below {} (instances are numbered from 0), or raise the group's count",
-                    g.count
-                ),
-            ),
-            Some(g) if g.role == Role::None && g.user_data.is_none() => err(
-                at("instance"),
-                &field("instance"),
-                format!(
-                    "volume {} attaches to group {}, which has no user-data to mount it",
-                    v.name, g.name
-                ),
-                "attach it to a k3s server or agent group (their user-data formats and mounts data volumes), or give the group a userData template that does".into(),
-            ),
-            Some(_) => {}
-        }
-        let dev_key = (
-            v.instance.clone(),
-            v.index,
-            super::volumes::short_device(&v.device),
-        );
-        if let Some(other) = devices.insert(dev_key, &v.name) {
-            let written = spans.value(&field("device")).is_some();
-            err(
-                at(if written { "device" } else { "name" }),
-                &field("device"),
-                format!(
-                    "volumes {other} and {} are both attached to {}/{} as {}",
-                    v.name, v.instance, v.index, v.device
-                ),
-                "give each volume of an instance its own device (/dev/sdf to /dev/sdp)".into(),
-            );
-        }
-        if let Some(other) = mounts.insert(
-            (v.instance.clone(), v.index, v.mount_path.as_str()),
-            &v.name,
-        ) {
-            err(
-                at("mountPath"),
-                &field("mountPath"),
-                format!(
-                    "volumes {other} and {} are both mounted on {} of {}/{}",
-                    v.name, v.mount_path, v.instance, v.index
-                ),
-                "give each volume of an instance its own mount path".into(),
-            );
+            Placement::Instance(a) => {
+                match cloud.instances.iter().find(|g| g.name == a.group) {
+                    None => {
+                        let names: Vec<&str> = cloud.instances.iter().map(|g| g.name.as_str()).collect();
+                        err(
+                            at("instance"),
+                            &field("instance"),
+                            format!("volume {} attaches to instance group {:?}, which does not exist", v.name, a.group),
+                            super::validate::known_names("instance groups", &a.group, &names),
+                        );
+                    }
+                    Some(g) if a.index >= g.count => err(
+                        at("instance"),
+                        &field("instance"),
+                        format!(
+                            "volume {} attaches to {}/{}, but group {} has {} instance{}",
+                            v.name,
+                            a.group,
+                            a.index,
+                            g.name,
+                            g.count,
+                            if g.count == 1 { "" } else { "s" }
+                        ),
+                        format!(
+                            "use an index below {} (instances are numbered from 0), or raise the group's count",
+                            g.count
+                        ),
+                    ),
+                    Some(g) if g.role == Role::None && g.user_data.is_none() => err(
+                        at("instance"),
+                        &field("instance"),
+                        format!(
+                            "volume {} attaches to group {}, which has no user-data to mount it",
+                            v.name, g.name
+                        ),
+                        "attach it to a k3s server or agent group (their user-data formats and mounts data volumes), or give the group a userData template that does".into(),
+                    ),
+                    Some(_) => {}
+                }
+                let dev_key = (
+                    a.group.clone(),
+                    a.index,
+                    super::volumes::short_device(&a.device),
+                );
+                if let Some(other) = devices.insert(dev_key, &v.name) {
+                    let written = spans.value(&field("device")).is_some();
+                    err(
+                        at(if written { "device" } else { "name" }),
+                        &field("device"),
+                        format!(
+                            "volumes {other} and {} are both attached to {}/{} as {}",
+                            v.name, a.group, a.index, a.device
+                        ),
+                        "give each volume of an instance its own device (/dev/sdf to /dev/sdp)"
+                            .into(),
+                    );
+                }
+                if let Some(other) =
+                    mounts.insert((a.group.clone(), a.index, a.mount_path.as_str()), &v.name)
+                {
+                    err(
+                        at("mountPath"),
+                        &field("mountPath"),
+                        format!(
+                            "volumes {other} and {} are both mounted on {} of {}/{}",
+                            v.name, a.mount_path, a.group, a.index
+                        ),
+                        "give each volume of an instance its own mount path".into(),
+                    );
+                }
+            }
         }
         if let Some(b) = &v.backup {
             for (j, r) in b.copy_to.iter().enumerate() {
@@ -536,17 +612,15 @@ spec:
         )
         .unwrap();
         let db = &env.volumes[0];
-        assert_eq!(db.device, "/dev/sdf");
+        assert_eq!(db.attachment().unwrap().device, "/dev/sdf");
         assert_eq!(db.volume_type.as_str(), "gp3");
         assert_eq!(db.filesystem.as_str(), "ext4");
         assert!(!db.allow_empty);
         assert!(db.backup.is_none());
         let logs = &env.volumes[1];
-        assert_eq!((logs.instance.as_str(), logs.index), ("server", 0));
-        assert_eq!(
-            logs.device, "/dev/sdg",
-            "the next free device of the instance"
-        );
+        let a = logs.attachment().unwrap();
+        assert_eq!((a.group.as_str(), a.index), ("server", 0));
+        assert_eq!(a.device, "/dev/sdg", "the next free device of the instance");
         let b = logs.backup.as_ref().unwrap();
         assert_eq!(b.keep, 3);
         assert_eq!(b.copy_to, ["us-west-2"]);
@@ -582,6 +656,34 @@ spec:
                 23,
                 "a backup every 2h cannot meet the recovery point objective of 1h",
             ),
+        ];
+        for (line, text) in expect {
+            assert!(
+                errs.iter().any(|(l, m)| *l == line && m.contains(text)),
+                "no error {text:?} at line {line} in {errs:#?}"
+            );
+        }
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+    }
+
+    #[test]
+    fn a_volume_in_a_zone_is_checked_against_the_region_the_cluster_and_instance_fields() {
+        let errs = errors(
+            "    - { name: k, size: 20, zone: us-west-2a }\n\
+             \x20   - { name: l, size: 20, zone: us-east-1b, instance: server/0 }\n\
+             \x20   - { name: m, size: 20, zone: us-east-1a, mountPath: /data/m, device: /dev/sdf }\n",
+        );
+        let expect = [
+            (
+                14,
+                "zone \"us-west-2a\", which is not in the environment's region us-east-1",
+            ),
+            (14, "the environment builds no cluster"),
+            (15, "either instance or zone, not both"),
+            (15, "the environment builds no cluster"),
+            (16, "a volume with a zone takes no device"),
+            (16, "a volume with a zone takes no mountPath"),
+            (16, "the environment builds no cluster"),
         ];
         for (line, text) in expect {
             assert!(

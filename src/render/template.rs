@@ -858,12 +858,13 @@ impl Renderer {
         let volumes: Vec<serde_json::Value> = self
             .volumes
             .iter()
-            .filter(|v| v.instance == group.name && v.index == index)
-            .map(|v| {
+            .filter_map(|v| v.attachment().map(|a| (v, a)))
+            .filter(|(_, a)| a.group == group.name && a.index == index)
+            .map(|(v, a)| {
                 json!({
                     "name": v.name,
-                    "device": v.device,
-                    "mount_path": v.mount_path,
+                    "device": a.device,
+                    "mount_path": a.mount_path,
                     "filesystem": v.filesystem.as_str(),
                 })
             })

@@ -98,7 +98,7 @@ async fn check_layers(
     let secrets = crate::render::SecretValues::resolve_available(&deployment.env, &ctx.secrets_dir);
     checked.unavailable_secrets = secrets.unavailable().to_vec();
     let renderer = Arc::new(deployment.renderer(secrets, Mode::Apply)?);
-    let components = deployment.components(&renderer, false)?;
+    let mut components = deployment.components(&renderer, false)?;
     let mut out = Vec::new();
 
     // Cloud.
@@ -248,6 +248,25 @@ async fn check_layers(
         },
     }
 
+    // What the manifests know only at run time (an EBS CSI volume's id) is filled in first;
+    // what cannot be (a missing volume) stays as rendered and shows as drift.
+    let mut incomplete: Vec<(Layer, String)> = Vec::new();
+    for c in components.iter_mut() {
+        if let Some(completion) = c.completion.clone() {
+            if let Err(e) = completion
+                .complete(
+                    &client,
+                    &mut c.manifests,
+                    kube::CompletionFor::Compare,
+                    &|_| {},
+                )
+                .await
+            {
+                incomplete.push((c.layer, format!("{}: {}", c.name, crate::error::chain(&e))));
+            }
+        }
+    }
+
     // Add-ons and apps: every component compared concurrently, one discovery cache.
     let resolver = Resolver::new();
     let seals = kube::SealStore::under(&ctx.home, &deployment.name);
@@ -272,7 +291,11 @@ async fn check_layers(
             .collect()
             .await;
         let mut diffs = Vec::new();
-        let mut errors = Vec::new();
+        let mut errors: Vec<String> = incomplete
+            .iter()
+            .filter(|(l, _)| *l == layer)
+            .map(|(_, e)| e.clone())
+            .collect();
         for (spec, r) in specs.iter().zip(results) {
             match r {
                 Ok(d) => diffs.push(d),

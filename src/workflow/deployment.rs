@@ -437,6 +437,7 @@ impl Deployment {
                     wait: c.wait,
                     force_conflicts: c.force_conflicts || force_conflicts,
                     leave_fields: c.leave_fields.clone(),
+                    completion: None,
                     checks: c
                         .checks
                         .iter()
@@ -465,6 +466,9 @@ impl Deployment {
         // (and its PVC, healthy once Bound) comes after them.
         let pvs = crate::providers::cluster::persistent_volumes(&self.env);
         if !pvs.is_empty() {
+            let csi = pvs
+                .iter()
+                .any(|pv| crate::providers::cluster::csi_volume_of(pv).is_some());
             out.push(ComponentSpec {
                 env: self.name.clone(),
                 commit: self.commit().to_string(),
@@ -480,11 +484,25 @@ impl Deployment {
                         stage: crate::render::Stage::Main,
                     })
                     .collect(),
-                depends_on: Vec::new(),
+                // A volume left for the EBS CSI driver waits for the add-on that installs it.
+                depends_on: if csi {
+                    self.env.addons.iter().map(|c| c.name.clone()).collect()
+                } else {
+                    Vec::new()
+                },
                 wait: self.env.timeouts.addons,
                 force_conflicts: true,
                 leave_fields: Vec::new(),
                 checks: Vec::new(),
+                completion: match (&self.env.cloud, csi) {
+                    (Some(cloud), true) => {
+                        Some(Arc::new(crate::workflow::csi_volumes::VolumeHandles {
+                            env: self.name.clone(),
+                            region: cloud.region.clone(),
+                        }))
+                    }
+                    _ => None,
+                },
             });
         }
         Ok(out)

@@ -10,6 +10,7 @@ pub mod check;
 pub mod context;
 pub mod converge;
 pub mod copies;
+pub mod csi_volumes;
 pub mod deployment;
 pub mod drill;
 pub mod heal;

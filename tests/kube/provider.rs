@@ -55,6 +55,7 @@ fn component(layer: Layer, name: &str, yaml: &str) -> ComponentSpec {
         force_conflicts: false,
         leave_fields: Vec::new(),
         checks: Vec::new(),
+        completion: None,
     }
 }
 

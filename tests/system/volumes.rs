@@ -884,3 +884,149 @@ fn pending_snapshots_are_waited_for_within_the_timeout_and_reported() {
         "{report}"
     );
 }
+
+/// A volume declared with a zone is left unattached for the cluster's EBS CSI driver and offered
+/// as a static CSI PersistentVolume whose volumeHandle is the live volume id (filled in at
+/// apply, so `diff` is clean); a restore makes a new volume and the PersistentVolume follows it
+/// once no claim holds the old one (with a claim holding it the rebuild stops and says what to
+/// do); without the driver the volumes add-on waits for it and fails naming it.
+#[test]
+fn a_volume_in_a_zone_is_a_static_ebs_csi_volume_that_follows_its_restores() {
+    let bed = bed::Bed::new();
+    let repo = bed.demo_repo();
+    let path = repo.dir.join("environments/demo/environment.yaml");
+    let demo = std::fs::read_to_string(&path).expect("demo env");
+    // The real driver is a chart (aws-ebs-csi-driver); what phoenix looks for is its CSIDriver.
+    let with_driver = demo
+        .replace(
+            "  addons:\n",
+            "  addons:\n    - { name: ebs-csi, path: addons/ebs-csi }\n",
+        )
+        .replace(
+            "  apps:\n",
+            "  apps:\n    - { name: reports, path: apps/reports, namespace: reports }\n",
+        )
+        .replace(
+            "  volumes:\n",
+            "  volumes:\n    - { name: reports, size: 2, zone: us-east-1b, allowEmpty: true, backup: { keep: 3 } }\n",
+        );
+    assert_ne!(
+        with_driver, demo,
+        "the demo's layout changed: update this test"
+    );
+    std::fs::write(&path, &with_driver).expect("write env");
+    repo.write(
+        "environments/demo/addons/ebs-csi/csidriver.yaml",
+        "apiVersion: storage.k8s.io/v1\nkind: CSIDriver\nmetadata: { name: ebs.csi.aws.com }\nspec: { attachRequired: true, podInfoOnMount: false }\n",
+    );
+    repo.write(
+        "environments/demo/apps/reports/claim.yaml",
+        "apiVersion: v1\nkind: Namespace\nmetadata: { name: reports }\n---\napiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: { name: reports, namespace: reports }\nspec:\n  volumeName: reports\n  storageClassName: \"\"\n  accessModes: [ReadWriteOnce]\n  resources: { requests: { storage: 2Gi } }\n",
+    );
+    repo.commit("a volume for the EBS CSI driver, claimed by the app reports");
+    let dir = &repo.dir;
+    let run = |args: &[&str]| bed.phoenix(dir, args);
+    let ec2 = bed.ec2_client();
+    let reports_volumes = || -> Vec<aws_sdk_ec2::types::Volume> {
+        bed.rt
+            .block_on(
+                ec2.describe_volumes()
+                    .filters(filter("tag:phoenix:env", "demo"))
+                    .filters(filter("tag:phoenix:volume", "reports"))
+                    .send(),
+            )
+            .expect("describe volumes")
+            .volumes()
+            .iter()
+            .filter(|v| v.state().map(|s| s.as_str()) != Some("deleted"))
+            .cloned()
+            .collect()
+    };
+    let pv = || -> serde_json::Value {
+        serde_json::from_str(&bed.kubectl("demo", &["get", "pv", "reports", "-o", "json"]))
+            .expect("pv json")
+    };
+    let claim_phase = || {
+        bed.kubectl(
+            "demo",
+            &[
+                "get",
+                "pvc",
+                "reports",
+                "-n",
+                "reports",
+                "-o",
+                "jsonpath={.status.phase}",
+            ],
+        )
+    };
+
+    ok(&run(&["rebuild", "demo"]));
+    let live = reports_volumes();
+    assert_eq!(live.len(), 1, "{live:?}");
+    let first = live[0].volume_id().unwrap_or_default().to_string();
+    assert_eq!(live[0].availability_zone(), Some("us-east-1b"));
+    assert!(
+        live[0].attachments().is_empty(),
+        "phoenix attached it: {live:?}"
+    );
+    let p = pv();
+    assert_eq!(p["spec"]["csi"]["driver"], "ebs.csi.aws.com", "{p:#}");
+    assert_eq!(p["spec"]["csi"]["volumeHandle"], first.as_str(), "{p:#}");
+    assert_eq!(p["status"]["phase"], "Bound", "{p:#}");
+    assert_eq!(claim_phase(), "Bound");
+    // The filled-in id is no drift.
+    let diff = run(&["diff", "demo"]);
+    assert_eq!(diff.status.code(), Some(0), "{}", text(&diff));
+
+    // The volume is lost; its backup is restored as a new volume.
+    ok(&run(&["backup", "demo"]));
+    bed.rt
+        .block_on(ec2.delete_volume().volume_id(&first).send())
+        .expect("delete volume");
+    let diff = run(&["diff", "demo"]);
+    assert_eq!(diff.status.code(), Some(2), "{}", text(&diff));
+    // The claim still holds the PersistentVolume of the lost volume: phoenix does not pull it
+    // from under the claim, and says what to do.
+    let held = run(&["rebuild", "demo"]);
+    assert_eq!(held.status.code(), Some(1), "{}", text(&held));
+    let all = text(&held);
+    assert!(
+        all.contains("while claim reports/reports holds it") && all.contains(&first),
+        "{all}"
+    );
+    let restored = reports_volumes();
+    assert_eq!(restored.len(), 1, "{restored:?}");
+    let second = restored[0].volume_id().unwrap_or_default().to_string();
+    assert_ne!(second, first);
+    assert!(
+        restored[0].snapshot_id().is_some_and(|s| !s.is_empty()),
+        "{restored:?}"
+    );
+    // With the claim gone, the PersistentVolume is replaced and the claim binds it again.
+    bed.kubectl(
+        "demo",
+        &["delete", "pvc", "reports", "-n", "reports", "--wait=true"],
+    );
+    ok(&run(&["rebuild", "demo"]));
+    let p = pv();
+    assert_eq!(p["spec"]["csi"]["volumeHandle"], second.as_str(), "{p:#}");
+    assert_eq!(p["status"]["phase"], "Bound", "{p:#}");
+    assert_eq!(claim_phase(), "Bound");
+
+    // Without the driver the volumes add-on waits for it and fails naming it.
+    let no_driver = with_driver
+        .replace("    - { name: ebs-csi, path: addons/ebs-csi }\n", "")
+        .replace("spec:\n", "spec:\n  timeouts: { addons: 8s }\n");
+    std::fs::write(&path, &no_driver).expect("write env");
+    repo.commit("the EBS CSI driver removed");
+    // (A rebuild would prune it too, but only after the volumes add-on: prunes come last.)
+    bed.kubectl("demo", &["delete", "csidriver", "ebs.csi.aws.com"]);
+    let out = run(&["rebuild", "demo"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("CSIDriver ebs.csi.aws.com"),
+        "{}",
+        text(&out)
+    );
+}

@@ -38,6 +38,6 @@ pub use volumes::{
     copy_snapshot, create_snapshot, delete_snapshot, delete_volume, observe_volumes,
     owned_snapshots, owned_volumes, pick_snapshot, snapshot, snapshot_tags, to_prune,
     volume_destroy_nodes, volume_node_id, volume_node_specs, volume_nodes, volume_specs,
-    wait_snapshot, LiveSnapshot, LiveVolume, ObservedVolume, RestorePoint, VolumeOptions,
-    VolumeSpec, TAG_RESTORED_FROM, TAG_SNAPSHOT, TAG_TIME, TAG_VOLUME,
+    wait_snapshot, AttachSpec, LiveSnapshot, LiveVolume, ObservedVolume, RestorePoint,
+    VolumeOptions, VolumeSpec, TAG_RESTORED_FROM, TAG_SNAPSHOT, TAG_TIME, TAG_VOLUME,
 };

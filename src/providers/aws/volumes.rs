@@ -15,7 +15,7 @@ use super::client::Ec2;
 use super::error::AwsError;
 use super::tags::{self, TAG_COMMIT, TAG_ENV, TAG_NAME, TAG_RESOURCE};
 use crate::engine::{Action, BoxFuture, Check, Layer, NodeCtx, NodeError, NodeOutcome, NodeSpec};
-use crate::env::model::{Environment, Volume};
+use crate::env::model::{Environment, Placement, Volume};
 
 /// Volumes and snapshots: the volume's name in the environment.
 pub const TAG_VOLUME: &str = "phoenix:volume";
@@ -61,15 +61,15 @@ pub struct VolumeSpec {
     pub name: String,
     /// `volume/<name>`.
     pub resource: String,
-    /// `instance/<group>/<index>`.
-    pub instance: String,
-    /// The availability zone of the instance's subnet.
+    /// The instance phoenix attaches it to (`instance/<group>/<index>`) and the device; `None`
+    /// for a volume left unattached for the cluster's EBS CSI driver.
+    pub attach: Option<AttachSpec>,
+    /// The availability zone: the instance's subnet's, or the one declared.
     pub zone: String,
     pub size: u32,
     pub volume_type: String,
     pub iops: Option<u32>,
     pub throughput: Option<u32>,
-    pub device: String,
     pub allow_empty: bool,
     /// The environment that owns the volume (a drill copy's own name).
     pub env: String,
@@ -81,6 +81,15 @@ pub struct VolumeSpec {
     pub recovery_point_objective: Option<Duration>,
     /// Tags on every volume phoenix creates (ownership, name, extra tags of a copy).
     pub tags: BTreeMap<String, String>,
+}
+
+/// Where phoenix attaches a volume.
+#[derive(Clone, Debug)]
+pub struct AttachSpec {
+    /// `instance/<group>/<index>`.
+    pub instance: String,
+    /// `/dev/sdf`.
+    pub device: String,
 }
 
 /// The desired volumes of `env` deployed as `name` (its own name, or a copy's), restoring from
@@ -98,14 +107,19 @@ pub fn volume_specs(
     env.volumes
         .iter()
         .filter_map(|v| {
-            let group = cloud.instances.iter().find(|g| g.name == v.instance)?;
-            let zone = cloud
-                .network
-                .subnets
-                .iter()
-                .find(|s| s.name == group.subnet)?
-                .zone
-                .clone();
+            let zone = match &v.placement {
+                Placement::Zone(zone) => zone.clone(),
+                Placement::Instance(a) => {
+                    let group = cloud.instances.iter().find(|g| g.name == a.group)?;
+                    cloud
+                        .network
+                        .subnets
+                        .iter()
+                        .find(|s| s.name == group.subnet)?
+                        .zone
+                        .clone()
+                }
+            };
             Some(spec_of(v, zone, name, snapshot_env, commit, extra_tags))
         })
         .collect()
@@ -128,13 +142,15 @@ fn spec_of(
     VolumeSpec {
         name: v.name.clone(),
         resource: v.resource_id(),
-        instance: v.instance_resource(),
+        attach: v.attachment().map(|a| AttachSpec {
+            instance: a.instance_resource(),
+            device: a.device.clone(),
+        }),
         zone,
         size: v.size,
         volume_type: v.volume_type.as_str().into(),
         iops: v.iops,
         throughput: v.throughput,
-        device: v.device.clone(),
         allow_empty: v.allow_empty,
         env: name.into(),
         snapshot_env: snapshot_env.into(),
@@ -154,17 +170,26 @@ pub fn volume_node_id(name: &str) -> String {
 pub fn volume_node_specs(specs: &[VolumeSpec], timeout: Duration) -> Vec<NodeSpec> {
     specs
         .iter()
-        .map(|v| {
-            NodeSpec::new(
+        .map(|v| match &v.attach {
+            Some(a) => NodeSpec::new(
                 volume_node_id(&v.name),
                 Layer::Cloud,
                 timeout,
                 format!(
                     "{} attached to {} as {} (restored from the newest snapshot when missing)",
-                    v.resource, v.instance, v.device
+                    v.resource, a.instance, a.device
                 ),
             )
-            .depends_on(vec![format!("cloud/{}", v.instance)])
+            .depends_on(vec![format!("cloud/{}", a.instance)]),
+            None => NodeSpec::new(
+                volume_node_id(&v.name),
+                Layer::Cloud,
+                timeout,
+                format!(
+                    "{} in {}, left for the cluster's EBS CSI driver to attach (restored from the newest snapshot when missing)",
+                    v.resource, v.zone
+                ),
+            ),
         })
         .collect()
 }
@@ -435,9 +460,12 @@ pub async fn observe_volumes(ec2: &Ec2, specs: &[VolumeSpec]) -> Res<Vec<Observe
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {
         let live = owned_volumes(ec2, &spec.env, Some(&spec.name)).await?;
-        let instance_id = owned_instance(ec2, &spec.env, &spec.instance)
-            .await?
-            .map(|(id, _)| id);
+        let instance_id = match &spec.attach {
+            Some(a) => owned_instance(ec2, &spec.env, &a.instance)
+                .await?
+                .map(|(id, _)| id),
+            None => None,
+        };
         let snapshots = owned_snapshots(ec2, &spec.snapshot_env, Some(&spec.name)).await?;
         let newest_snapshot = pick_snapshot(&snapshots, &RestorePoint::Newest).cloned();
         out.push(ObservedVolume {
@@ -474,14 +502,24 @@ async fn converge_volume(
     spec: &VolumeSpec,
     opts: &VolumeOptions,
 ) -> Result<NodeOutcome, NodeError> {
-    let Some((instance_id, instance_zone)) = owned_instance(ec2, &spec.env, &spec.instance)
-        .await
-        .map_err(node_err)?
-    else {
-        return Err(NodeError::transient(format!(
-            "{} of {} is not running yet (volume {} attaches to it)",
-            spec.instance, spec.env, spec.name
-        )));
+    let attach = match &spec.attach {
+        Some(a) => {
+            let Some((instance_id, instance_zone)) = owned_instance(ec2, &spec.env, &a.instance)
+                .await
+                .map_err(node_err)?
+            else {
+                return Err(NodeError::transient(format!(
+                    "{} of {} is not running yet (volume {} attaches to it)",
+                    a.instance, spec.env, spec.name
+                )));
+            };
+            Some((a, instance_id, instance_zone))
+        }
+        None => None,
+    };
+    let zone = match &attach {
+        Some((_, _, instance_zone)) => instance_zone.as_str(),
+        None => spec.zone.as_str(),
     };
     let live = owned_volumes(ec2, &spec.env, Some(&spec.name))
         .await
@@ -498,10 +536,22 @@ async fn converge_volume(
     }
     let (volume, created) = match live.into_iter().next() {
         Some(v) => (v, false),
-        None => (
-            create_volume(ctx, ec2, spec, &instance_zone, opts).await?,
-            true,
-        ),
+        None => (create_volume(ctx, ec2, spec, zone, opts).await?, true),
+    };
+    let Some((a, instance_id, instance_zone)) = attach else {
+        // Left for the cluster's EBS CSI driver: it attaches the volume where the pod that
+        // claims it runs, and only in the volume's zone.
+        if volume.zone != spec.zone {
+            return Err(NodeError::permanent(format!(
+                "volume {} ({}) is in zone {}, but {} declares {}: the cluster's EBS CSI driver attaches it only to nodes in its own zone. Snapshot it with `phoenix backup {}`, delete it, and rebuild: the volume is then restored in {}",
+                volume.id, spec.resource, volume.zone, spec.resource, spec.zone, spec.env, spec.zone
+            )));
+        }
+        return Ok(if created {
+            NodeOutcome::Created
+        } else {
+            NodeOutcome::Unchanged
+        });
     };
     // An existing volume is used as it is: its size, type and data are never changed here.
     if let Some((other, _, state)) = volume
@@ -511,13 +561,13 @@ async fn converge_volume(
     {
         return Err(NodeError::transient(format!(
             "volume {} ({}) is {state} to instance {other}, not to {} ({instance_id}); it is attached once that instance releases it",
-            volume.id, spec.resource, spec.instance
+            volume.id, spec.resource, a.instance
         )));
     }
     if volume.zone != instance_zone {
         return Err(NodeError::permanent(format!(
             "volume {} ({}) is in zone {}, but {} ({instance_id}) runs in {instance_zone}: EBS attaches a volume only in its own zone. Snapshot it with `phoenix backup {}`, delete it, and rebuild: the volume is then restored in {instance_zone}",
-            volume.id, spec.resource, volume.zone, spec.instance, spec.env
+            volume.id, spec.resource, volume.zone, a.instance, spec.env
         )));
     }
     let attached_here = volume
@@ -534,13 +584,13 @@ async fn converge_volume(
             .attach_volume()
             .volume_id(&volume.id)
             .instance_id(&instance_id)
-            .device(&spec.device)
+            .device(&a.device)
             .send()
             .await
             .map_err(ec2.err(&doing))
             .map_err(node_err)?;
     }
-    wait_attached(ctx, ec2, spec, &volume.id, &instance_id, opts).await?;
+    wait_attached(ctx, ec2, spec, a, &volume.id, &instance_id, opts).await?;
     Ok(match (created, attached_here) {
         (true, _) => NodeOutcome::Created,
         (false, true) => NodeOutcome::Unchanged,
@@ -710,13 +760,14 @@ async fn wait_attached(
     ctx: &NodeCtx,
     ec2: &Ec2,
     spec: &VolumeSpec,
+    attach: &AttachSpec,
     id: &str,
     instance: &str,
     opts: &VolumeOptions,
 ) -> Result<(), NodeError> {
     let what = format!(
         "volume {id} ({}) attached to {instance} as {}",
-        spec.resource, spec.device
+        spec.resource, attach.device
     );
     let doing = format!("waiting for {what}");
     ctx.wait_for_state(&what, opts.wait_timeout, opts.poll_interval, || {

@@ -37,4 +37,7 @@ pub use userdata::{
     agent_context, check_address, check_version, display_context, instance_context, server_context,
     with_disabled, API_PORT,
 };
-pub use volumes::{persistent_volumes, NO_STORAGE_CLASS, VOLUMES_COMPONENT};
+pub use volumes::{
+    csi_volume_of, persistent_volumes, EBS_CSI_DRIVER, NO_STORAGE_CLASS, VOLUMES_COMPONENT,
+    VOLUME_HANDLE_PENDING,
+};

@@ -46,9 +46,49 @@ pub struct ComponentSpec {
     /// a diff.
     pub leave_fields: Vec<crate::env::model::LeftFields>,
     pub checks: Vec<HttpCheck>,
+    /// Fills in what the manifests can only know once the layers below have run (the EBS volume
+    /// id of a CSI PersistentVolume): called before the component is applied or compared.
+    pub completion: Option<Arc<dyn Completion>>,
+}
+
+/// Why a [`Completion`] runs: before an apply (what is missing is an error, and it may prepare
+/// the cluster for the apply), or before a comparison (what is missing stays as rendered, so it
+/// shows as drift).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompletionFor {
+    Apply,
+    Compare,
+}
+
+/// Completes a component's rendered manifests from the live world, at run time.
+pub trait Completion: Send + Sync + std::fmt::Debug {
+    fn complete<'a>(
+        &'a self,
+        client: &'a ::kube::Client,
+        manifests: &'a mut [Manifest],
+        purpose: CompletionFor,
+        progress: &'a (dyn Fn(String) + Send + Sync),
+    ) -> BoxFuture<'a, Result<(), NodeError>>;
 }
 
 impl ComponentSpec {
+    /// This spec with its manifests completed (itself when it needs no completion).
+    pub async fn completed(
+        &self,
+        client: &::kube::Client,
+        purpose: CompletionFor,
+        progress: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<std::borrow::Cow<'_, ComponentSpec>, NodeError> {
+        let Some(completion) = &self.completion else {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        };
+        let mut spec = self.clone();
+        completion
+            .complete(client, &mut spec.manifests, purpose, progress)
+            .await?;
+        Ok(std::borrow::Cow::Owned(spec))
+    }
+
     pub fn marks(&self) -> Marks {
         Marks {
             env: self.env.clone(),
@@ -169,7 +209,12 @@ impl Action for ComponentAction {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let client = inner.connector.client().await?;
-            converge(&client, &inner.spec, &inner.opts, &inner.resolver, &ctx).await
+            let progress = |message: String| ctx.progress(message);
+            let spec = inner
+                .spec
+                .completed(&client, CompletionFor::Apply, &progress)
+                .await?;
+            converge(&client, &spec, &inner.opts, &inner.resolver, &ctx).await
         })
     }
 }

@@ -18,7 +18,9 @@ mod prune;
 mod seals;
 
 pub use checks::{CheckError, HttpCheck};
-pub use component::{component_nodes, node_id, ApplyOptions, ComponentSpec};
+pub use component::{
+    component_nodes, node_id, ApplyOptions, Completion, CompletionFor, ComponentSpec,
+};
 pub use connector::{Connector, FixedClient};
 pub use converge::converge;
 pub use diff::{
@@ -30,8 +32,8 @@ pub use error::KubeError;
 pub use health::Health;
 pub use inventory::{inventory_name, Inventory, INVENTORY_NAMESPACE, LABEL_INVENTORY};
 pub use object::{
-    ApplyPhase, Marks, ObjectRef, ANNOTATION_COMMIT, LABEL_COMPONENT, LABEL_ENV, LABEL_LAYER,
-    LABEL_MANAGED_BY, MANAGED_BY,
+    owned_by_env, ApplyPhase, Marks, ObjectRef, ANNOTATION_COMMIT, LABEL_COMPONENT, LABEL_ENV,
+    LABEL_LAYER, LABEL_MANAGED_BY, MANAGED_BY,
 };
 pub use ops::FIELD_MANAGER;
 pub use prune::{delete_component, destroy_all, prune_node_id, prune_nodes};
