@@ -147,6 +147,8 @@ pub struct Impact {
     pub protected: Option<Field>,
     /// Declared secrets whose reference is added, removed or changed (never a value).
     pub secrets: Vec<Field>,
+    /// Data volumes that leave Git: a rebuild leaves them (and their snapshots) as they are.
+    pub volumes_left: Vec<String>,
     /// One line each, loudest first.
     pub warnings: Vec<String>,
 }
@@ -173,6 +175,7 @@ impl Comparison {
         self.counts().total() > 0
             || !self.impact.gates.is_empty()
             || self.impact.recovery_objective.is_some()
+            || !self.impact.volumes_left.is_empty()
             || self.impact.protected.is_some()
             || !self.impact.secrets.is_empty()
     }
@@ -324,6 +327,17 @@ fn compare_cloud(
         if fields.is_empty() && !vpc_replaced && !in_replaced_subnet {
             continue;
         }
+        if item.id.starts_with("volume/") {
+            changes.push(Change {
+                id: node,
+                resource: item.id.clone(),
+                action: Action::Update,
+                reason: Some(volume_change(&fields)),
+                fields,
+                diff,
+            });
+            continue;
+        }
         let is_instance = item.id.starts_with("instance/");
         let server = is_server(item.role.as_deref());
         let mut fixed: Vec<String> = Vec::new();
@@ -412,6 +426,11 @@ fn compare_cloud(
         if now.contains(item.id.as_str()) {
             continue;
         }
+        if item.id.starts_with("volume/") {
+            // A rebuild does not delete a volume that left Git: it is not a change it makes.
+            impact.volumes_left.push(item.id.clone());
+            continue;
+        }
         if item.id.starts_with("instance/") {
             impact.removed_instances.push(item.id.clone());
             if is_server(item.role.as_deref()) {
@@ -431,6 +450,36 @@ fn compare_cloud(
     changes
 }
 
+/// What a rebuild does with a changed data volume: its settings apply when it is made, never to
+/// the live volume (used as it is); where it attaches applies once it is free.
+fn volume_change(fields: &[Field]) -> String {
+    let changed = |names: &[&str]| {
+        fields.iter().any(|f| {
+            names
+                .iter()
+                .any(|n| f.path == *n || f.path.starts_with(&format!("{n}.")))
+        })
+    };
+    let mut why = Vec::new();
+    if changed(&["size", "type", "iops", "throughput", "filesystem"]) {
+        why.push("a live volume is used as it is (never resized, retyped or formatted): the new size, type or filesystem applies when the volume is next created from a snapshot");
+    }
+    if changed(&["instance", "device", "mountPath"]) {
+        why.push("it attaches to the new instance or device once the old one releases it (a replaced instance does on termination); the instances' user-data mounts it at the new path");
+    }
+    if changed(&["zone"]) {
+        why.push("a volume cannot move zones: a rebuild stops until it is snapshotted (`phoenix backup`) and deleted, and then restores it in the new zone");
+    }
+    if changed(&["backup", "allowEmpty"]) {
+        why.push("what `phoenix backup`, diff, watch and drills use, and whether a missing volume may start empty; the volume itself is unchanged");
+    }
+    if why.is_empty() {
+        "settings".into()
+    } else {
+        why.join("; ")
+    }
+}
+
 /// What a created cloud resource is, in a few words.
 fn summary(item: &CloudItem) -> String {
     let s = &item.spec;
@@ -448,6 +497,20 @@ fn summary(item: &CloudItem) -> String {
             }
         ),
         "instance" => format!("{} {}, {}", text("role"), text("type"), text("image")),
+        "volume" => format!(
+            "{} GiB {} {}, restored from the newest snapshot it owns{}",
+            s["size"],
+            text("type"),
+            match s["zone"].as_str() {
+                Some(zone) => format!("in {zone} for the EBS CSI driver"),
+                None => format!("on {} at {}", text("instance"), text("mountPath")),
+            },
+            if s["allowEmpty"].as_bool() == Some(true) {
+                " (or empty, allowEmpty)"
+            } else {
+                " (a rebuild fails without one)"
+            }
+        ),
         "sg" => text("groupName"),
         "key" => text("keyName"),
         "igw" => "attached to the VPC".into(),
@@ -725,6 +788,16 @@ fn warnings(layers: &[LayerChanges], impact: &mut Impact) {
         w.push(format!(
             "THE CLUSTER IS REBUILT: the k3s server {}. A new server starts a new, empty control plane: every add-on and app is applied again, and whatever lived only in the cluster (objects made by hand, data on the server's disk not restored from a volume snapshot) is gone",
             servers.join(", the k3s server ")
+        ));
+    }
+    if !impact.volumes_left.is_empty() {
+        w.push(format!(
+            "data volume{} {} leave{} Git: a rebuild neither detaches nor deletes {} or {} snapshots (`phoenix destroy` snapshots and deletes an env's volumes; otherwise delete them by hand once the data is not needed)",
+            if impact.volumes_left.len() == 1 { "" } else { "s" },
+            impact.volumes_left.join(", "),
+            if impact.volumes_left.len() == 1 { "s" } else { "" },
+            if impact.volumes_left.len() == 1 { "it" } else { "them" },
+            if impact.volumes_left.len() == 1 { "its" } else { "their" },
         ));
     }
     let secret_moved = layers

@@ -196,6 +196,7 @@ fn build(snap: &Snapshot, env: &Environment) -> Result<EnvState, Vec<Diagnostic>
             });
         }
     }
+    cloud_items.extend(env.volumes.iter().map(volume_item));
     let cluster = env.cluster.as_ref().map(|c| match c {
         Cluster::K3s(k) => json!({
             "distribution": "k3s",
@@ -242,6 +243,27 @@ fn build(snap: &Snapshot, env: &Environment) -> Result<EnvState, Vec<Diagnostic>
             }
         }
     }
+    // The data volumes' PersistentVolumes, as the add-on a rebuild applies them as.
+    let pvs = crate::providers::cluster::persistent_volumes(env);
+    if !pvs.is_empty() {
+        components.push(ComponentItem {
+            layer: Layer::Addons,
+            name: crate::providers::cluster::VOLUMES_COMPONENT.to_string(),
+            settings: json!({}),
+            objects: pvs
+                .into_iter()
+                .map(|pv| {
+                    (
+                        format!(
+                            "PersistentVolume/{}",
+                            pv["metadata"]["name"].as_str().unwrap_or("")
+                        ),
+                        pv,
+                    )
+                })
+                .collect(),
+        });
+    }
     if !diags.is_empty() {
         return Err(diags);
     }
@@ -269,6 +291,40 @@ fn build(snap: &Snapshot, env: &Environment) -> Result<EnvState, Vec<Diagnostic>
         cluster,
         components,
     })
+}
+
+/// A data volume as a review compares it: `volume/NAME` with what Git says of it.
+fn volume_item(v: &crate::env::model::Volume) -> CloudItem {
+    use crate::env::model::Placement;
+    let mut spec = json!({
+        "size": v.size,
+        "type": v.volume_type.as_str(),
+        "iops": v.iops,
+        "throughput": v.throughput,
+        "filesystem": v.filesystem.as_str(),
+        "allowEmpty": v.allow_empty,
+        "backup": v.backup.as_ref().map(|b| json!({
+            "every": b.every.map(|d| humantime::format_duration(d).to_string()),
+            "keep": b.keep,
+            "copyTo": b.copy_to,
+            "recoveryPointObjective": b.recovery_point_objective.map(|d| humantime::format_duration(d).to_string()),
+        })),
+    });
+    match &v.placement {
+        Placement::Instance(a) => {
+            spec["instance"] = format!("{}/{}", a.group, a.index).into();
+            spec["device"] = a.device.clone().into();
+            spec["mountPath"] = a.mount_path.clone().into();
+        }
+        Placement::Zone(zone) => spec["zone"] = zone.clone().into(),
+    }
+    CloudItem {
+        id: v.resource_id(),
+        spec,
+        tags: BTreeMap::new(),
+        user_data: None,
+        role: None,
+    }
 }
 
 /// What of a component is not in its rendered objects: its gates, waits and apply settings.

@@ -1112,3 +1112,94 @@ fn live_on_the_real_control_plane_separates_the_change_from_drift() {
         assert!(!md.contains(secret) && !bed::text(&out).contains(secret));
     }
 }
+
+/// Data volumes are compared too: a new one is created (and its PersistentVolume applied); a
+/// size or backup change is an update whose reason says the live volume is used as it is; one
+/// that leaves Git is not deleted by a rebuild, and the plan warns so.
+#[test]
+fn data_volumes_are_compared_with_what_a_rebuild_does_to_them() {
+    let sb = Sandbox::new();
+    let repo = shop_repo(&sb);
+    let volumes = "  volumes:\n    - { name: db, size: 20, zone: us-east-1a, allowEmpty: true, backup: { keep: 3 } }\n";
+    edit(
+        &repo,
+        "environments/shop/environment.yaml",
+        "  addons:\n",
+        &format!("{volumes}  addons:\n"),
+    );
+    repo.commit("a data volume");
+    let (code, doc) = json(&repo, &["plan", "shop", "--against", "main"]);
+    assert_eq!(code, 2, "{doc:#}");
+    assert_eq!(
+        changes(&doc),
+        [
+            "create cloud/volume/db volume/db",
+            "create addons/volumes PersistentVolume/db"
+        ]
+    );
+    let reason = change(&doc, "volume/db")["reason"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("20 GiB gp3 in us-east-1a"), "{reason}");
+
+    repo.git(&["checkout", "-q", "main"]);
+    repo.git(&["merge", "-q", "--ff-only", "pr"]);
+    repo.git(&["checkout", "-q", "pr"]);
+    edit(
+        &repo,
+        "environments/shop/environment.yaml",
+        "size: 20, zone: us-east-1a, allowEmpty: true, backup: { keep: 3 }",
+        "size: 40, zone: us-east-1a, allowEmpty: true, backup: { keep: 5 }",
+    );
+    repo.commit("a bigger volume, more snapshots kept");
+    let (code, doc) = json(&repo, &["plan", "shop", "--against", "main"]);
+    assert_eq!(code, 2, "{doc:#}");
+    let c = change(&doc, "volume/db");
+    assert_eq!(c["action"], "update");
+    let paths: Vec<&str> = c["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["backup.keep", "size"], "{c:#}");
+    let reason = c["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("a live volume is used as it is"),
+        "{reason}"
+    );
+    assert!(reason.contains("phoenix backup"), "{reason}");
+    // The PersistentVolume's capacity follows the size.
+    let pv = change(&doc, "PersistentVolume/db");
+    assert_eq!(pv["action"], "update", "{pv:#}");
+
+    edit(
+        &repo,
+        "environments/shop/environment.yaml",
+        "    - { name: db, size: 40, zone: us-east-1a, allowEmpty: true, backup: { keep: 5 } }\n",
+        "",
+    );
+    edit(
+        &repo,
+        "environments/shop/environment.yaml",
+        "  volumes:\n",
+        "",
+    );
+    repo.commit("the volume leaves Git");
+    let (code, doc) = json(&repo, &["plan", "shop", "--against", "main"]);
+    assert_eq!(code, 2, "{doc:#}");
+    assert!(
+        !changes(&doc).iter().any(|c| c.contains("cloud/volume/db")),
+        "a rebuild does not delete it: {doc:#}"
+    );
+    assert_eq!(
+        doc["impact"]["volumesLeft"],
+        serde_json::json!(["volume/db"])
+    );
+    let warnings = doc["impact"]["warnings"].to_string();
+    assert!(
+        warnings.contains("volume/db leaves Git: a rebuild neither detaches nor deletes it"),
+        "{warnings}"
+    );
+}
