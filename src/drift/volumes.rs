@@ -179,6 +179,7 @@ mod tests {
         LiveSnapshot {
             id: "snap-1".into(),
             volume: "db".into(),
+            source_volume: "vol-1".into(),
             state: "completed".into(),
             progress: "100%".into(),
             time: at,

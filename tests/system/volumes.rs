@@ -883,6 +883,27 @@ fn pending_snapshots_are_waited_for_within_the_timeout_and_reported() {
         serde_json::json!([]),
         "{report}"
     );
+
+    // A destroy whose final snapshot stays pending fails within the cloud timeout; tried again,
+    // it waits for that snapshot instead of taking a second one.
+    std::fs::write(
+        repo.dir.join("environments/shop/environment.yaml"),
+        yaml.replace("spec:\n", "spec:\n  timeouts: { cloud: 4s }\n"),
+    )
+    .expect("write env");
+    repo.commit("a short cloud timeout");
+    let out = bed.phoenix_via(&forever.endpoint(), dir, &["destroy", "shop", "--yes"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("final snapshot"), "{}", text(&out));
+    ok(&bed.phoenix(dir, &["destroy", "shop", "--yes"]));
+    let finals: Vec<String> = bed
+        .owned_snapshots(REGION, "shop")
+        .into_iter()
+        .filter(|(_, t)| t.get("phoenix:snapshot").map(String::as_str) == Some("final"))
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(finals.len(), 1, "one final snapshot: {finals:?}");
+    assert!(bed.volumes("shop").is_empty(), "{:?}", bed.volumes("shop"));
 }
 
 /// A volume declared with a zone is left unattached for the cluster's EBS CSI driver and offered

@@ -289,6 +289,9 @@ impl LiveVolume {
 pub struct LiveSnapshot {
     pub id: String,
     pub volume: String,
+    /// The EBS volume it was taken of (EC2's `VolumeId`; a copy in another region names none
+    /// that exists).
+    pub source_volume: String,
     pub state: String,
     pub progress: String,
     /// `phoenix:time`, else EC2's start time.
@@ -311,6 +314,7 @@ fn snapshot_of(s: &Snapshot) -> Option<LiveSnapshot> {
     Some(LiveSnapshot {
         id: s.snapshot_id()?.to_string(),
         volume: tags.get(TAG_VOLUME).cloned().unwrap_or_default(),
+        source_volume: s.volume_id().unwrap_or_default().to_string(),
         state: s
             .state()
             .map(|x| x.as_str().to_string())
@@ -987,6 +991,20 @@ pub fn volume_destroy_nodes(
         .collect()
 }
 
+/// The final snapshot a destroy already took of the EBS volume `volume_id` (pending or
+/// completed), if any.
+fn earlier_final_snapshot<'a>(
+    snapshots: &'a [LiveSnapshot],
+    volume_id: &str,
+) -> Option<&'a LiveSnapshot> {
+    snapshots
+        .iter()
+        .filter(|s| s.source_volume == volume_id)
+        .filter(|s| s.tags.get(TAG_SNAPSHOT).map(String::as_str) == Some("final"))
+        .filter(|s| s.state == "pending" || s.state == "completed")
+        .max_by(|a, b| a.time.cmp(&b.time))
+}
+
 struct DestroyVolume {
     ec2: Ec2,
     env: String,
@@ -1032,9 +1050,24 @@ impl Action for DestroyVolume {
             })
             .await?;
             if final_snapshot {
-                let tags = snapshot_tags(&env, &name, &commit, "final", SystemTime::now());
-                let snap = create_snapshot(&ec2, &id, &tags).await?;
-                ctx.progress(format!("final snapshot {snap} of volume/{name} started"));
+                // A destroy tried again (after a timeout, or a failed delete) waits for the
+                // final snapshot it took of this volume, rather than taking another.
+                let earlier = owned_snapshots(&ec2, &env, Some(&name)).await?;
+                let snap = match earlier_final_snapshot(&earlier, &id) {
+                    Some(s) => {
+                        ctx.progress(format!(
+                            "final snapshot {} of volume/{name} was taken earlier ({})",
+                            s.id, s.state
+                        ));
+                        s.id.clone()
+                    }
+                    None => {
+                        let tags = snapshot_tags(&env, &name, &commit, "final", SystemTime::now());
+                        let snap = create_snapshot(&ec2, &id, &tags).await?;
+                        ctx.progress(format!("final snapshot {snap} of volume/{name} started"));
+                        snap
+                    }
+                };
                 wait_snapshot(&ctx, &ec2, &snap, &name, timeout, Duration::from_secs(1)).await?;
                 ctx.progress(format!("final snapshot {snap} of volume/{name} completed"));
             }
@@ -1052,6 +1085,7 @@ mod tests {
         LiveSnapshot {
             id: id.into(),
             volume: "db".into(),
+            source_volume: "vol-1".into(),
             state: state.into(),
             progress: String::new(),
             time: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
@@ -1108,5 +1142,25 @@ mod tests {
             RestorePoint::At(_)
         ));
         assert!(RestorePoint::parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn a_retried_destroy_finds_the_final_snapshot_it_took_of_that_volume() {
+        let tagged = |mut s: LiveSnapshot, kind: &str, volume: &str| {
+            s.tags.insert(TAG_SNAPSHOT.into(), kind.into());
+            s.source_volume = volume.into();
+            s
+        };
+        let snaps = vec![
+            tagged(snap("snap-backup", 10, "completed"), "backup", "vol-1"),
+            tagged(snap("snap-other", 20, "completed"), "final", "vol-0"),
+            tagged(snap("snap-failed", 30, "error"), "final", "vol-1"),
+            tagged(snap("snap-final", 40, "pending"), "final", "vol-1"),
+        ];
+        assert_eq!(
+            earlier_final_snapshot(&snaps, "vol-1").map(|s| s.id.as_str()),
+            Some("snap-final")
+        );
+        assert!(earlier_final_snapshot(&snaps[..3], "vol-1").is_none());
     }
 }
