@@ -224,6 +224,21 @@ struct LayerDoc<'a> {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     notes: Vec<&'a str>,
     unknown: Vec<UnknownDoc<'a>>,
+    /// Cloud layer: the newest completed snapshot of each data volume; absent when the env has
+    /// no volumes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    backups: Vec<BackupDoc<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BackupDoc<'a> {
+    volume: &'a str,
+    snapshot_id: Option<&'a str>,
+    age_seconds: Option<f64>,
+    recovery_point_objective_seconds: Option<f64>,
+    /// Older than the objective, or no snapshot at all while there is an objective.
+    stale: bool,
 }
 
 #[derive(Serialize)]
@@ -321,6 +336,21 @@ fn layer_doc(layer: &LayerDrift) -> LayerDoc<'_> {
             .map(|u| UnknownDoc {
                 resource: &u.resource,
                 fields: &u.fields,
+            })
+            .collect(),
+        backups: layer
+            .backups
+            .iter()
+            .map(|b| BackupDoc {
+                volume: &b.volume,
+                snapshot_id: b.snapshot.as_deref(),
+                age_seconds: b.age.map(seconds),
+                recovery_point_objective_seconds: b.objective.map(seconds),
+                stale: match (b.age, b.objective) {
+                    (Some(age), Some(rpo)) => age > rpo,
+                    (None, Some(_)) => true,
+                    _ => false,
+                },
             })
             .collect(),
     }
@@ -570,5 +600,38 @@ drift: 3 resources differ from Git in cloud, apps
         assert_eq!(v["exitCode"], 1);
         assert_eq!(v["layers"][0]["status"], "error");
         assert_eq!(v["layers"][0]["message"], "forbidden");
+    }
+
+    #[test]
+    fn json_carries_each_volumes_backup_age_against_its_objective() {
+        let mut r = sample();
+        r.layers[0].backups = vec![
+            crate::drift::BackupAge {
+                volume: "db".into(),
+                age: Some(Duration::from_secs(7200)),
+                objective: Some(Duration::from_secs(3600)),
+                snapshot: Some("snap-1".into()),
+            },
+            crate::drift::BackupAge {
+                volume: "logs".into(),
+                age: None,
+                objective: None,
+                snapshot: None,
+            },
+        ];
+        let v = json_value(&r);
+        assert_eq!(
+            v["layers"][0]["backups"],
+            serde_json::json!([
+                { "volume": "db", "snapshotId": "snap-1", "ageSeconds": 7200.0,
+                  "recoveryPointObjectiveSeconds": 3600.0, "stale": true },
+                { "volume": "logs", "snapshotId": null, "ageSeconds": null,
+                  "recoveryPointObjectiveSeconds": null, "stale": false }
+            ])
+        );
+        assert!(
+            v["layers"][1].get("backups").is_none(),
+            "absent without volumes"
+        );
     }
 }

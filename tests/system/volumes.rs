@@ -392,6 +392,17 @@ fn backup_destroy_rebuild_restores_the_newest_snapshot_or_the_restore_point() {
         drift.contains("\"volume/data\"") && drift.contains("detached"),
         "{drift}"
     );
+    // The report carries the newest snapshot's age against the objective (2h): fresh.
+    let doc: serde_json::Value = serde_json::from_str(&drift).expect("drift json");
+    let backup = &doc["layers"][0]["backups"][0];
+    assert_eq!(backup["volume"], "data", "{doc:#}");
+    assert_eq!(backup["snapshotId"], taken[2].as_str(), "{doc:#}");
+    assert_eq!(backup["recoveryPointObjectiveSeconds"], 7200.0, "{doc:#}");
+    assert!(
+        backup["ageSeconds"].as_f64().is_some_and(|a| a < 600.0),
+        "{doc:#}"
+    );
+    assert_eq!(backup["stale"], false, "{doc:#}");
     ok(&bed.phoenix(dir, &["rebuild", "shop"]));
     assert!(
         bed.volumes("shop")[0]
