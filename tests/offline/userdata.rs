@@ -542,3 +542,105 @@ fn no_secret_in_debug_or_serialized_output() {
     let kc = kubeconfig_value(&creds, "https://10.0.0.1:6443");
     assert!(kc["clusters"][0]["cluster"]["certificate-authority-data"].is_string());
 }
+
+/// What the mount script does at boot, run for real: in a private mount namespace, on a loop
+/// device standing in for the EBS volume (linked as /dev/sdf and by its volume id, as udev does on
+/// Nitro instances), a blank volume is formatted and mounted; after it is unmounted (a restore
+/// brings back a volume with its filesystem), the same call mounts it as it is — the data is
+/// there — and the fstab line is written once. Needs root and loop devices (`unshare`, `losetup`,
+/// `mkfs.ext4` from util-linux and e2fsprogs).
+#[test]
+fn the_mount_script_formats_a_blank_volume_once_and_mounts_a_restored_one_as_it_is() {
+    let creds = derive(tempfile::tempdir().unwrap().path(), "demo");
+    let rendered = render_all(&creds);
+    let (_, _, server) = rendered
+        .iter()
+        .find(|(_, role, _)| *role == Role::Server)
+        .expect("a server");
+    let script = scripts(&yaml(server))
+        .into_iter()
+        .find(|(path, _)| path == "/usr/local/lib/phoenix/mount-volumes.sh")
+        .map(|(_, s)| s)
+        .expect("the server mounts its volume");
+    // The functions, without the calls for the sample's volumes: the harness makes its own.
+    let functions = script
+        .split("\nmount_volume \"")
+        .next()
+        .expect("script text")
+        .to_string();
+    assert!(functions.contains("mount_volume() {"), "{functions}");
+    for tool in ["unshare", "losetup", "mkfs.ext4", "blkid", "mountpoint"] {
+        testkit::tools::require(tool);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("mount-volumes.sh"), &functions).unwrap();
+    std::fs::write(path("fstab"), "# test fstab\n").unwrap();
+    std::fs::File::create(path("disk.img"))
+        .and_then(|f| f.set_len(64 << 20))
+        .unwrap();
+    std::fs::create_dir(path("mnt")).unwrap();
+    let harness = r#"
+loop=$(losetup --find --show "$IMG")
+n=${loop#/dev/loop}
+cleanup() { umount "$MNT" 2>/dev/null || true; losetup -d "$loop"; }
+trap cleanup EXIT
+# A /dev of its own: the loop device as the attached volume, nothing of the machine's.
+mount -t tmpfs -o mode=755 phoenix-test-dev /dev
+mknod -m 666 /dev/null c 1 3
+mknod -m 666 /dev/zero c 1 5
+mknod -m 444 /dev/urandom c 1 9
+mknod -m 660 "/dev/loop$n" b 7 "$n"
+ln -s "loop$n" /dev/sdf
+mkdir -p /dev/disk/by-id
+ln -s "../../loop$n" /dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0
+mount --bind "$FSTAB" /etc/fstab
+. "$SCRIPT"
+echo "== first boot"
+mount_volume /dev/sdf "$MNT" ext4 data
+echo "written before the restore" > "$MNT/data.txt"
+umount "$MNT"
+echo "== boot after a restore"
+mount_volume /dev/sdf "$MNT" ext4 data
+echo "data: $(cat "$MNT/data.txt")"
+echo "fstab lines: $(grep -c " $MNT " /etc/fstab)"
+"#;
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-eu",
+            "-c",
+            harness,
+        ])
+        .env("IMG", path("disk.img"))
+        .env("MNT", path("mnt"))
+        .env("FSTAB", path("fstab"))
+        .env("SCRIPT", path("mount-volumes.sh"))
+        .output()
+        .expect("unshare runs");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "the mount script on a loop device (needs root and loop devices):\n{all}"
+    );
+    let (first, second) = all
+        .split_once("== boot after a restore")
+        .expect("both boots ran");
+    assert!(
+        first.contains("volume data (/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0) is blank: formatting it ext4"),
+        "found by its volume id and formatted: {all}"
+    );
+    assert!(
+        second.contains("has a filesystem: mounting it as it is") && !second.contains("formatting"),
+        "a restored volume is never formatted: {all}"
+    );
+    assert!(second.contains("data: written before the restore"), "{all}");
+    assert!(second.contains("fstab lines: 1"), "{all}");
+}

@@ -1,4 +1,5 @@
-//! External programs the tests check phoenix's output with (cloud-init, shellcheck, promtool, zsh, fish, groff).
+//! External programs the tests check phoenix's output with (cloud-init, shellcheck, promtool, zsh, fish, groff, and
+//! the util-linux and e2fsprogs tools the mount script is run with).
 //! `scripts/setup` installs every one of them; a test that needs one and does not find it fails, naming the tool and
 //! its Debian package: a check that is skipped would pass without checking anything.
 
@@ -9,6 +10,9 @@ fn package(tool: &str) -> &str {
     match tool {
         "promtool" => "prometheus",
         "groff" => "groff-base",
+        "mkfs.ext4" => "e2fsprogs",
+        "losetup" => "mount",
+        "unshare" | "blkid" | "mountpoint" => "util-linux",
         other => other,
     }
 }
