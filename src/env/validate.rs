@@ -110,6 +110,10 @@ pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnosti
         c.out
             .push(Diagnostic::new(c.file, pos, field, msg).help(help))
     });
+    super::failover::check(env, c.spans, |pos, field, msg, help| {
+        c.out
+            .push(Diagnostic::new(c.file, pos, field, msg).help(help))
+    });
 
     let secret_names: BTreeSet<&str> = env.secrets.iter().map(|s| s.name.as_str()).collect();
     check_components(&mut c, env, files, &secret_names);
@@ -253,7 +257,7 @@ fn check_cloud(c: &mut Validator, cloud: &Cloud, files: &dyn CommitFiles) {
 
 /// A zone of a region is the region name followed by letters (us-east-1a, not us-east-10a), or
 /// by a dash and a Local or Wavelength Zone suffix (us-east-1-bos-1a).
-fn in_region(zone: &str, region: &str) -> bool {
+pub(super) fn in_region(zone: &str, region: &str) -> bool {
     zone.strip_prefix(region).is_some_and(|rest| {
         let letters = !rest.is_empty() && rest.chars().all(|ch| ch.is_ascii_lowercase());
         let local = rest.len() > 1
