@@ -92,6 +92,10 @@ pub async fn all_copies(ctx: &Context) -> Result<Vec<(String, CopyInfo)>, Failur
                 if let Some(cloud) = &env.cloud {
                     regions.insert(cloud.region.clone());
                 }
+                // Copies made with `--failover` (drills there) live in the failover region.
+                if let Some(f) = &env.failover {
+                    regions.insert(f.region.clone());
+                }
             }
             Err(diags) => eprintln!(
                 "warning: environment {name} is invalid ({} problem{}, see `phoenix validate {name}`); its region is not searched",

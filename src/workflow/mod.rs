@@ -12,6 +12,7 @@ pub mod converge;
 pub mod copies;
 pub mod deployment;
 pub mod drill;
+pub mod failover;
 pub mod heal;
 pub mod teardown;
 pub mod vendor;
