@@ -567,6 +567,16 @@ fn a_failover_drill_reports_rto_and_rpo_and_leaves_the_primary_alone() {
         .reservations()
         .to_vec();
     assert!(left.is_empty(), "the drill copy is torn down: {left:?}");
+
+    // The generated runbook carries the failover commands.
+    let out = lab.phoenix(dir, &["runbook", "shop"]);
+    ok(&out);
+    let runbook = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        runbook.contains(&format!("## If {PRIMARY} is out"))
+            && runbook.contains("phoenix rebuild shop --failover --ref"),
+        "{runbook}"
+    );
 }
 
 #[test]
