@@ -6,7 +6,8 @@
 //! region) from the copied snapshot without one request reaching the primary; failing back is
 //! the command without the switch; `plan`/`diff`/`destroy --failover` touch only the failover
 //! region; a newer snapshot is copied on the spot while the primary answers; `drill --failover`
-//! reports RTO and RPO and changes nothing in the primary; `validate` points at file:line.
+//! reports RTO and RPO and changes nothing in the primary, `list` finds a kept failover copy while
+//! the primary is dark and `gc` removes it there; `validate` points at file:line.
 
 use testkit::bed;
 
@@ -567,6 +568,55 @@ fn a_failover_drill_reports_rto_and_rpo_and_leaves_the_primary_alone() {
         .reservations()
         .to_vec();
     assert!(left.is_empty(), "the drill copy is torn down: {left:?}");
+
+    // A failover copy kept past its expiry: `list` finds it in the failover region even while
+    // the primary is dark (naming the region it could not search, exit 1), and `gc` tears it
+    // down there.
+    ok(&lab.phoenix(
+        dir,
+        &["drill", "shop", "--failover", "--keep", "--ttl", "1s"],
+    ));
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    lab.proxy.always_in_region(Fault::Drop, PRIMARY);
+    let out = lab.phoenix(dir, &["list"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    let row = listing
+        .lines()
+        .find(|l| l.starts_with("shop-drill-"))
+        .unwrap_or_else(|| panic!("the kept copy is listed: {}", text(&out)));
+    assert!(row.ends_with(FAILOVER) && row.contains("drill"), "{row}");
+    assert!(
+        text(&out).contains(&format!("cannot list the copies in {PRIMARY}")),
+        "{}",
+        text(&out)
+    );
+    lab.proxy.pass();
+    ok(&lab.phoenix(dir, &["gc"]));
+    let left = lab
+        .rt
+        .block_on(
+            lab.ec2(FAILOVER)
+                .describe_instances()
+                .filters(filter("tag:phoenix:base-env", "shop"))
+                .filters(filter("instance-state-name", "running"))
+                .send(),
+        )
+        .expect("instances")
+        .reservations()
+        .len();
+    assert_eq!(left, 0, "gc removed the copy from {FAILOVER}");
+    let out = lab.phoenix(dir, &["list"]);
+    ok(&out);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no drill or ephemeral copies found"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(
+        (lab.instances(PRIMARY, "shop"), lab.volumes(PRIMARY, "shop")),
+        before
+    );
 
     // The generated runbook carries the failover commands.
     let out = lab.phoenix(dir, &["runbook", "shop"]);
