@@ -181,7 +181,7 @@ pub struct DestroyArgs {
     pub skip_final_snapshot: bool,
 }
 
-/// `--failover` of rebuild, plan, diff, destroy and drill.
+/// `--failover` of rebuild, plan, diff, destroy, drill and backup.
 #[derive(Debug, Args)]
 pub struct FailoverArg {
     /// The same env in the region its spec.failover names (zones, blocks, instance types and
@@ -199,6 +199,7 @@ impl Command {
             Command::Diff(a) => a.failover.failover,
             Command::Drill(a) => a.failover.failover,
             Command::Plan(a) => a.failover.failover,
+            Command::Backup(a) => a.failover.failover,
             _ => false,
         }
     }
@@ -320,6 +321,8 @@ pub struct DrillArgs {
 pub struct BackupArgs {
     #[command(flatten)]
     pub env: EnvArg,
+    #[command(flatten)]
+    pub failover: FailoverArg,
     /// How long one snapshot or copy may take to complete (default: the env's timeouts.cloud)
     #[arg(long, value_parser = positive_duration)]
     pub timeout: Option<std::time::Duration>,

@@ -142,7 +142,7 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
         let _ = writeln!(md, "```\n");
         let _ = writeln!(
             md,
-            "Failing back: `phoenix rebuild {name} --ref {sha}` once {} answers, then `phoenix destroy {name} --failover`.",
+            "Failing back, once {} answers: `phoenix backup {name} --failover` copies the data written there home, then `phoenix rebuild {name} --ref {sha}` (after removing the stale volumes: runbooks/region-failover.md), then `phoenix destroy {name} --failover`.",
             cloud.region
         );
     }

@@ -364,8 +364,10 @@ pub fn failover_cloud(cloud: &Cloud, f: &Failover) -> Result<Cloud, String> {
 }
 
 /// The environment as rebuilt in its failover region: the same definition with the region,
-/// zones and declared differences of `spec.failover` in `spec.cloud`. The error says why the env
-/// cannot fail over (no failover section, no cloud).
+/// zones and declared differences of `spec.failover` in `spec.cloud`. Backups taken there
+/// (`backup --failover`) are copied back to the primary region in place of the failover region,
+/// which is how data written during a failover gets home. The error says why the env cannot
+/// fail over (no failover section, no cloud).
 pub fn in_failover_region(env: &Environment) -> Result<Environment, String> {
     let Some(f) = &env.failover else {
         return Err(format!(
@@ -381,6 +383,18 @@ pub fn in_failover_region(env: &Environment) -> Result<Environment, String> {
     };
     let mut out = env.clone();
     out.cloud = Some(failover_cloud(cloud, f)?);
+    for v in &mut out.volumes {
+        if let Some(b) = &mut v.backup {
+            let mut regions: Vec<String> = Vec::new();
+            for r in &b.copy_to {
+                let r = if *r == f.region { &cloud.region } else { r };
+                if !regions.contains(r) {
+                    regions.push(r.clone());
+                }
+            }
+            b.copy_to = regions;
+        }
+    }
     Ok(out)
 }
 
@@ -453,6 +467,19 @@ spec:
         assert_eq!(cloud.instances[1].instance_type, "t3a.small");
         assert!(matches!(&cloud.instances[0].image, Image::Id(id) if id == "ami-87654321"));
         assert!(matches!(&cloud.instances[1].image, Image::Lookup { .. }));
+        // Backups taken there go home: the failover region's place in copyTo is the primary's.
+        let copy_to: Vec<&Vec<String>> = moved
+            .volumes
+            .iter()
+            .map(|v| &v.backup.as_ref().unwrap().copy_to)
+            .collect();
+        assert_eq!(
+            copy_to,
+            [
+                &vec!["us-east-1".to_string()],
+                &vec!["eu-west-1".to_string(), "us-east-1".to_string()]
+            ]
+        );
         // The primary definition is untouched, and an env without the section cannot fail over.
         assert_eq!(env.cloud.as_ref().unwrap().region, "us-east-1");
         let mut plain = env.clone();

@@ -404,7 +404,7 @@ fn failover_builds_the_env_in_the_failover_region_from_the_copied_snapshot_and_f
     );
 
     // Fail back: the primary answers again and the same command without the switch converges
-    // it (nothing to change there); destroy --failover then removes only the failover copy.
+    // it (nothing to change there).
     lab.proxy.pass();
     let from = lab.seen();
     ok(&lab.phoenix(dir, &["rebuild", "shop"]));
@@ -413,6 +413,44 @@ fn failover_builds_the_env_in_the_failover_region_from_the_copied_snapshot_and_f
         "a primary run leaves {FAILOVER} alone"
     );
     assert_eq!(lab.instances(PRIMARY, "shop")[0].0, primary[0].0);
+
+    // The data written during the failover goes home: a backup in the failover region copies
+    // to the primary (in place of the failover region in copyTo); the primary's stale volume is
+    // destroyed and the rebuild restores it from that copy.
+    let out = lab.phoenix(dir, &["backup", "shop", "--failover", "--output", "json"]);
+    ok(&out);
+    let report = last_json(&out);
+    let taken = report["volumes"][0]["snapshotId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a snapshot: {report:#}"))
+        .to_string();
+    assert_eq!(
+        report["volumes"][0]["copies"][0]["region"], PRIMARY,
+        "{report:#}"
+    );
+    let home: Vec<(String, Tags)> = lab
+        .snapshots(PRIMARY, "shop")
+        .into_iter()
+        .filter(|(_, t)| t.get("phoenix:source-snapshot") == Some(&format!("{FAILOVER}/{taken}")))
+        .collect();
+    assert_eq!(home.len(), 1, "the failover backup's copy in {PRIMARY}");
+    let from = lab.seen();
+    ok(&lab.phoenix(dir, &["destroy", "shop", "--yes", "--skip-final-snapshot"]));
+    ok(&lab.phoenix(dir, &["rebuild", "shop"]));
+    assert!(
+        mutations(&lab.actions_in(FAILOVER, from)).is_empty(),
+        "destroy and rebuild in {PRIMARY} change nothing in {FAILOVER}"
+    );
+    let back = lab.volumes(PRIMARY, "shop");
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(
+        back[0].2["phoenix:restored-from"], home[0].0,
+        "the primary's volume comes from the failover region's data: {back:?}"
+    );
+    let primary = lab.instances(PRIMARY, "shop");
+    assert_eq!(primary.len(), 1);
+
+    // destroy --failover then removes only the failover copy.
     let from = lab.seen();
     ok(&lab.phoenix(
         dir,
@@ -430,8 +468,8 @@ fn failover_builds_the_env_in_the_failover_region_from_the_copied_snapshot_and_f
         lab.actions_in(PRIMARY, from).is_empty(),
         "destroy --failover sent nothing to {PRIMARY}"
     );
-    assert_eq!(lab.instances(PRIMARY, "shop")[0].0, primary[0].0);
-    assert_eq!(lab.volumes(PRIMARY, "shop")[0].0, primary_volumes[0].0);
+    assert_eq!(lab.instances(PRIMARY, "shop"), primary);
+    assert_eq!(lab.volumes(PRIMARY, "shop"), back);
     eprintln!("rebuild --failover with the primary dark took {took:?}");
 }
 
