@@ -39,18 +39,18 @@ impl Deployment {
         let snap = ctx.open().await?;
         let written = load_env(ctx, &snap, name)?;
         let primary_region = written.cloud.as_ref().map(|c| c.region.clone());
+        let region = ctx.region(&written);
         let env = ctx.deployed(written)?;
         let mut extra_tags = BTreeMap::new();
         let mut failover_from = None;
         if ctx.failover {
-            if let Some(cloud) = &env.cloud {
-                extra_tags.insert(aws::TAG_REGION.to_string(), cloud.region.clone());
+            if let Some(region) = &region {
+                extra_tags.insert(aws::TAG_REGION.to_string(), region.clone());
             }
-            if let (Some(cloud), Some(primary), false) = (&env.cloud, &primary_region, ctx.json()) {
+            if let (Some(region), Some(primary), false) = (&region, &primary_region, ctx.json()) {
                 eprintln!(
-                    "failover: {} in {} (spec.failover) instead of {primary}",
+                    "failover: {} in {region} (spec.failover) instead of {primary}",
                     effective.as_deref().unwrap_or(&env.name),
-                    cloud.region
                 );
             }
             failover_from = primary_region;
