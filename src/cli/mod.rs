@@ -142,6 +142,8 @@ pub struct RebuildArgs {
     #[command(flatten)]
     pub env: EnvArg,
     #[command(flatten)]
+    pub failover: FailoverArg,
+    #[command(flatten)]
     pub run: RunArgs,
     /// Take fields another field manager holds back even in components that set
     /// `forceConflicts: false` (elsewhere phoenix takes them back on objects it owns by default)
@@ -162,6 +164,8 @@ fn parse_restore_point(text: &str) -> Result<crate::providers::aws::RestorePoint
 pub struct DestroyArgs {
     #[command(flatten)]
     pub env: EnvArg,
+    #[command(flatten)]
+    pub failover: FailoverArg,
     /// Do not ask: destroy without typing the environment name
     #[arg(long)]
     pub yes: bool,
@@ -177,6 +181,30 @@ pub struct DestroyArgs {
     pub skip_final_snapshot: bool,
 }
 
+/// `--failover` of rebuild, plan, diff, destroy, drill and backup.
+#[derive(Debug, Args)]
+pub struct FailoverArg {
+    /// The same env in the region its spec.failover names (zones, blocks, instance types and
+    /// AMI ids as declared there) instead of spec.cloud.region; without it, the primary region
+    #[arg(long)]
+    pub failover: bool,
+}
+
+impl Command {
+    /// Whether the command runs against the env's failover region (`--failover`).
+    pub fn failover(&self) -> bool {
+        match self {
+            Command::Rebuild(a) => a.failover.failover,
+            Command::Destroy(a) => a.failover.failover,
+            Command::Diff(a) => a.failover.failover,
+            Command::Drill(a) => a.failover.failover,
+            Command::Plan(a) => a.failover.failover,
+            Command::Backup(a) => a.failover.failover,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct EnvArg {
     /// Environment name (a directory under environments/)
@@ -188,6 +216,8 @@ pub struct EnvArg {
 pub struct DiffArgs {
     #[command(flatten)]
     pub env: EnvArg,
+    #[command(flatten)]
+    pub failover: FailoverArg,
     /// Also write Prometheus text metrics (node-exporter textfile format) to this file
     #[arg(long, value_name = "FILE")]
     pub metrics_file: Option<PathBuf>,
@@ -271,6 +301,8 @@ pub struct GcArgs {
 pub struct DrillArgs {
     #[command(flatten)]
     pub env: EnvArg,
+    #[command(flatten)]
+    pub failover: FailoverArg,
     /// Leave the copy running after the drill (it still expires: see --ttl)
     #[arg(long)]
     pub keep: bool,
@@ -289,6 +321,8 @@ pub struct DrillArgs {
 pub struct BackupArgs {
     #[command(flatten)]
     pub env: EnvArg,
+    #[command(flatten)]
+    pub failover: FailoverArg,
     /// How long one snapshot or copy may take to complete (default: the env's timeouts.cloud)
     #[arg(long, value_parser = positive_duration)]
     pub timeout: Option<std::time::Duration>,
@@ -317,6 +351,8 @@ pub struct SshKeyArgs {
 pub struct PlanArgs {
     #[command(flatten)]
     pub env: EnvArg,
+    #[command(flatten)]
+    pub failover: FailoverArg,
     /// Do not contact any live system: show the graph and what would be created from nothing
     #[arg(long, conflicts_with = "against")]
     pub offline: bool,

@@ -80,7 +80,10 @@ struct CopyDoc<'a> {
 }
 
 pub async fn list(ctx: &Context) -> Outcome {
-    let copies = all_copies(ctx).await?;
+    let (copies, unsearched) = all_copies(ctx).await?;
+    for why in &unsearched {
+        eprintln!("warning: {why}");
+    }
     let now = SystemTime::now();
     if ctx.json() {
         let copies = copies
@@ -101,11 +104,11 @@ pub async fn list(ctx: &Context) -> Outcome {
             schema_version: LIST_SCHEMA_VERSION,
             copies,
         });
-        return Ok(ExitCode::Ok);
+        return unsearched_outcome(&unsearched);
     }
     if copies.is_empty() {
         crate::outln!("no drill or ephemeral copies found");
-        return Ok(ExitCode::Ok);
+        return unsearched_outcome(&unsearched);
     }
     crate::outln!(
         "{:<28} {:<10} {:<12} {:>8}  {:<22} {:<12} region",
@@ -142,7 +145,23 @@ pub async fn list(ctx: &Context) -> Outcome {
                 .unwrap_or("-"),
         );
     }
-    Ok(ExitCode::Ok)
+    unsearched_outcome(&unsearched)
+}
+
+/// Exit 1 when a region could not be searched (what was found is shown all the same).
+fn unsearched_outcome(unsearched: &[String]) -> Outcome {
+    if unsearched.is_empty() {
+        return Ok(ExitCode::Ok);
+    }
+    let mut f = Failure::new(format!(
+        "{} region{} could not be searched",
+        unsearched.len(),
+        if unsearched.len() == 1 { "" } else { "s" }
+    ));
+    for why in unsearched {
+        f = f.cause(why.clone());
+    }
+    Err(f.help("the copies listed are those of the regions that answered; run it again once the region answers"))
 }
 
 /// The version of the `gc --output json` document (docs/json.md).
@@ -176,17 +195,17 @@ struct GcCopyDoc<'a> {
 
 pub async fn gc(ctx: &Context, args: &GcArgs) -> Outcome {
     let now = SystemTime::now();
-    let due: Vec<(String, CopyInfo)> = all_copies(ctx)
-        .await?
-        .into_iter()
-        .filter(|(_, c)| expired(c, now))
-        .collect();
+    let (found, unsearched) = all_copies(ctx).await?;
+    for why in &unsearched {
+        eprintln!("warning: {why}");
+    }
+    let due: Vec<(String, CopyInfo)> = found.into_iter().filter(|(_, c)| expired(c, now)).collect();
     if due.is_empty() {
         eprintln!("nothing to collect: no expired copies");
     }
     let mut results: Vec<(&'static str, Option<String>)> = Vec::new();
-    for (_, c) in &due {
-        let result = collect(ctx, c, args.dry_run, args.concurrency as usize).await;
+    for (region, c) in &due {
+        let result = collect(ctx, c, region, args.dry_run, args.concurrency as usize).await;
         results.push(match result {
             Ok(done) => (done, None),
             Err(why) => ("failed", Some(why)),
@@ -221,7 +240,7 @@ pub async fn gc(ctx: &Context, args: &GcArgs) -> Outcome {
         .filter_map(|((_, c), (_, error))| error.as_ref().map(|why| format!("{}: {why}", c.env)))
         .collect();
     if failed.is_empty() {
-        Ok(ExitCode::Ok)
+        unsearched_outcome(&unsearched)
     } else {
         let mut f = Failure::new(format!(
             "{} of {} expired copies were not removed",

@@ -55,10 +55,11 @@ pub async fn run(ctx: &Context, name: &str, limit: usize) -> Outcome {
         return Ok(ExitCode::Ok);
     }
     crate::outln!(
-        "{:<20}  {:<9}  {:<12}  {:<12}  {:<9}  {:>8}  LAYERS",
+        "{:<20}  {:<9}  {:<12}  {:<14}  {:<12}  {:<9}  {:>8}  LAYERS",
         "STARTED",
         "COMMAND",
         "COMMIT",
+        "REGION",
         "ACTOR",
         "OUTCOME",
         "DURATION"
@@ -85,10 +86,11 @@ pub async fn run(ctx: &Context, name: &str, limit: usize) -> Outcome {
             .unwrap_or(&r.started_at)
             .replace('T', " ");
         crate::outln!(
-            "{:<20}  {:<9}  {:<12}  {:<12}  {:<9}  {:>8}  {}",
+            "{:<20}  {:<9}  {:<12}  {:<14}  {:<12}  {:<9}  {:>8}  {}",
             started,
             r.command,
             r.commit.get(..12).unwrap_or(&r.commit),
+            r.region.as_deref().unwrap_or("-"),
             r.actor,
             r.outcome.as_str(),
             ms(r.duration_ms),

@@ -27,7 +27,8 @@ use crate::workflow::Context;
 pub type Outcome = Result<ExitCode, Failure>;
 
 pub async fn run(cli: Cli) -> Outcome {
-    let ctx = Context::from_global(&cli.global)?;
+    let mut ctx = Context::from_global(&cli.global)?;
+    ctx.failover = cli.command.failover();
     let review = matches!(&cli.command, Command::Plan(a) if a.against.is_some());
     if ctx.output == crate::cli::Output::Markdown && !review {
         return Err(

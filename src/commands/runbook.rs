@@ -127,6 +127,25 @@ pub async fn run(ctx: &Context, name: &str) -> Outcome {
         md,
         "Exit codes: 0 done, 1 failed (the report names the node and why; re-running is safe), 2 drift (diff). A layer starts only after the one below converged; `--layers` re-runs some of them."
     );
+    if let (Some(f), Some(cloud)) = (&env.failover, &env.cloud) {
+        let sha = &commit.short_sha;
+        let _ = writeln!(md, "\n## If {} is out\n", cloud.region);
+        let _ = writeln!(
+            md,
+            "The same env is built in {} (spec.failover), its data volumes restored from the snapshots `phoenix backup` copied there (runbooks/region-failover.md):\n",
+            f.region
+        );
+        let _ = writeln!(md, "```sh");
+        let _ = writeln!(md, "phoenix plan {name} --failover --ref {sha}");
+        let _ = writeln!(md, "phoenix rebuild {name} --failover --ref {sha}");
+        let _ = writeln!(md, "phoenix diff {name} --failover --ref {sha}");
+        let _ = writeln!(md, "```\n");
+        let _ = writeln!(
+            md,
+            "Failing back, once {} answers: `phoenix backup {name} --failover` copies the data written there home, then `phoenix rebuild {name} --ref {sha}` (after removing the stale volumes: runbooks/region-failover.md), then `phoenix destroy {name} --failover`.",
+            cloud.region
+        );
+    }
 
     let _ = writeln!(md, "\n## What converges, in order\n");
     for layer in Layer::ALL {

@@ -66,6 +66,7 @@ pub async fn run(
         command: opts.run.command.clone(),
         actor: opts.run.actor.clone(),
         host: opts.run.host.clone(),
+        region: opts.run.region.clone(),
         pid: std::process::id(),
         layers: Layer::ALL
             .into_iter()

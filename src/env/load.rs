@@ -303,6 +303,7 @@ fn decode_environment(
             "addons",
             "apps",
             "volumes",
+            "failover",
         ],
     )?;
     let recovery_objective = d.opt(&spec, "recoveryObjective", Decoder::duration);
@@ -341,6 +342,7 @@ fn decode_environment(
     let volumes = d
         .opt(&spec, "volumes", super::volumes::decode_volumes)
         .unwrap_or_default();
+    let failover = d.opt(&spec, "failover", super::failover::decode_failover);
     Some(Environment {
         spans: std::mem::take(&mut d.spans),
         name: name.to_string(),
@@ -357,6 +359,7 @@ fn decode_environment(
         addons,
         apps,
         volumes,
+        failover,
     })
 }
 
@@ -459,7 +462,7 @@ fn decode_secrets(d: &mut Decoder, n: &Node, p: &str) -> Option<Vec<SecretRef>> 
     }))
 }
 
-fn cidr(d: &mut Decoder, n: &Node, p: &str) -> Option<Cidr> {
+pub(super) fn cidr(d: &mut Decoder, n: &Node, p: &str) -> Option<Cidr> {
     let text = d.string(n, p)?;
     match text.parse::<Cidr>() {
         Ok(c) => Some(c),

@@ -33,6 +33,27 @@ pub struct Environment {
     pub apps: Vec<Component>,
     /// Data volumes (EBS), restored from the newest owned snapshot on rebuild.
     pub volumes: Vec<Volume>,
+    /// Where the env is rebuilt with `--failover` (see src/env/failover.rs).
+    pub failover: Option<Failover>,
+}
+
+/// `spec.failover`: the region the same env is rebuilt in with `--failover`, and what must
+/// differ there. Everything not named here is the same as in `spec.cloud`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Failover {
+    pub region: String,
+    /// Subnet name → its availability zone in the failover region (every subnet has one).
+    pub zones: BTreeMap<String, String>,
+    /// The VPC block there; `None` keeps spec.cloud.network.cidr.
+    pub cidr: Option<Cidr>,
+    /// Subnet name → its block there; a subnet not named keeps its block.
+    pub subnet_cidrs: BTreeMap<String, Cidr>,
+    /// Instance group → the instance type there (a type the region does not offer).
+    pub instance_types: BTreeMap<String, String>,
+    /// Instance group → the AMI id there: AMI ids differ per region, so a group whose image is
+    /// an id needs one (a lookup is resolved in the failover region by the same query).
+    pub images: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize)]

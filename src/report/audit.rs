@@ -91,6 +91,9 @@ pub struct AuditRecord {
     pub git_ref: Option<String>,
     pub actor: String,
     pub host: Option<String>,
+    /// The AWS region the run's cloud layer used (absent in records written before it was kept).
+    #[serde(default)]
+    pub region: Option<String>,
     pub pid: u32,
     /// RFC 3339, UTC.
     pub started_at: String,
@@ -191,6 +194,7 @@ pub async fn record(mut stream: EventStream, home: PathBuf) -> Result<Vec<PathBu
                 command,
                 actor,
                 host,
+                region,
                 pid,
                 layers,
                 nodes,
@@ -204,6 +208,7 @@ pub async fn record(mut stream: EventStream, home: PathBuf) -> Result<Vec<PathBu
                     git_ref: git_ref.clone(),
                     actor: actor.clone(),
                     host: host.clone(),
+                    region: region.clone(),
                     pid: *pid,
                     started_at: envelope.ts.clone(),
                     finished_at: None,

@@ -28,6 +28,9 @@ pub struct DrillReport {
     pub env: String,
     /// The isolated copy's effective name (`ENV-drill-XXXXXX`).
     pub copy: String,
+    /// The AWS region the copy was built in (the failover region with `drill --failover`).
+    #[serde(default)]
+    pub region: Option<String>,
     /// The commit object of docs/json.md (`sha`, `shortSha`, `summary`, ...).
     pub commit: Value,
     /// RFC 3339, UTC, seconds.
@@ -128,6 +131,9 @@ impl DrillReport {
                 .map(took)
                 .unwrap_or_else(|| "none (set spec.recoveryObjective)".to_string())
         );
+        if let Some(region) = &doc.region {
+            let _ = writeln!(md, "- Region: {region}");
+        }
         let _ = writeln!(
             md,
             "- Commit: `{}` {}",
@@ -249,6 +255,7 @@ mod tests {
 
     fn report() -> DrillReport {
         DrillReport {
+            region: Some("us-east-1".into()),
             schema_version: DRILL_SCHEMA_VERSION,
             kind: DRILL_REPORT_TYPE.into(),
             env: "demo".into(),

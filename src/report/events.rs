@@ -29,6 +29,9 @@ pub struct RunInfo {
     pub command: String,
     pub actor: String,
     pub host: Option<String>,
+    /// The AWS region the run's cloud layer used (`None`: no cloud layer).
+    #[serde(default)]
+    pub region: Option<String>,
 }
 
 impl RunInfo {
@@ -46,6 +49,7 @@ impl RunInfo {
             command: command.into(),
             actor: actor_from_env(),
             host: hostname(),
+            region: None,
         }
     }
 
@@ -162,6 +166,9 @@ pub enum Event {
         command: String,
         actor: String,
         host: Option<String>,
+        /// The AWS region of the cloud layer (the failover region with `--failover`).
+        #[serde(default)]
+        region: Option<String>,
         /// The phoenix process, so a record left "running" by a killed process can be told apart.
         pid: u32,
         /// The selected layers (all four unless `--layers` limits them).

@@ -18,6 +18,10 @@ pub struct Context {
     pub cluster_endpoint: Option<String>,
     /// `--secrets-dir` / `PHOENIX_SECRETS_DIR`: the only place `file:` references are read from.
     pub secrets_dir: PathBuf,
+    /// `--failover`: this run deploys (plans, diffs, destroys, drills) the env in the region its
+    /// `spec.failover` names. [`Context::deployed`] applies it; [`Context::region`] says which
+    /// region a run of an env uses.
+    pub failover: bool,
 }
 
 impl Context {
@@ -45,6 +49,7 @@ impl Context {
             home,
             verbose: g.verbose,
             cluster_endpoint: g.cluster_endpoint.clone(),
+            failover: false,
             secrets_dir: match &g.secrets_dir {
                 Some(d) => d.clone(),
                 None => crate::render::default_secrets_dir().ok_or_else(|| {
@@ -52,6 +57,31 @@ impl Context {
                         .help("set PHOENIX_SECRETS_DIR or pass --secrets-dir DIR")
                 })?,
             },
+        })
+    }
+
+    /// The region this run uses for `env` as written in Git: its failover region with
+    /// `--failover`, else `spec.cloud.region`; `None` without a cloud layer (or, with
+    /// `--failover`, without a failover section). The env of a [`super::Deployment`] is already
+    /// the deployed one: its `spec.cloud.region` is this region.
+    pub fn region(&self, env: &Environment) -> Option<String> {
+        if self.failover {
+            env.failover.as_ref().map(|f| f.region.clone())
+        } else {
+            env.cloud.as_ref().map(|c| c.region.clone())
+        }
+    }
+
+    /// `env` (as written in Git) as this run deploys it: moved to its failover region with
+    /// `--failover`, else unchanged.
+    pub fn deployed(&self, env: Environment) -> Result<Environment, Failure> {
+        if !self.failover {
+            return Ok(env);
+        }
+        crate::env::failover::in_failover_region(&env).map_err(|why| {
+            Failure::new(format!("cannot fail {} over: {why}", env.name)).help(
+                "declare spec.failover (region and a zone per subnet, docs/failover.md), or run without --failover",
+            )
         })
     }
 

@@ -191,6 +191,14 @@ async fn converge_nodes(
                 );
             }
         }
+        // A failover run first brings each volume's newest snapshot to its region.
+        let steps = super::failover::add_snapshot_nodes(
+            &mut nodes,
+            deployment,
+            ec2.as_ref(),
+            deployment.env.timeouts.cloud,
+        );
+        nodes.extend(steps);
     }
 
     let Some(access) = deployment.cluster_access(ctx)? else {

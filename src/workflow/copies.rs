@@ -79,8 +79,10 @@ pub fn forget_local_state(ctx: &Context, name: &str) {
     }
 }
 
-/// Every copy in the regions of the environments in the commit.
-pub async fn all_copies(ctx: &Context) -> Result<Vec<(String, CopyInfo)>, Failure> {
+/// Every copy in the regions of the environments in the commit (their own and their failover
+/// regions), with the region it is in; and the regions that could not be searched, with why
+/// (one region out does not hide the copies in the others).
+pub async fn all_copies(ctx: &Context) -> Result<(Vec<(String, CopyInfo)>, Vec<String>), Failure> {
     let snap = ctx.open().await?;
     let names = crate::env::load::names(&*snap);
     let mut regions = BTreeSet::new();
@@ -92,6 +94,10 @@ pub async fn all_copies(ctx: &Context) -> Result<Vec<(String, CopyInfo)>, Failur
                 if let Some(cloud) = &env.cloud {
                     regions.insert(cloud.region.clone());
                 }
+                // Copies made with `--failover` (drills there) live in the failover region.
+                if let Some(f) = &env.failover {
+                    regions.insert(f.region.clone());
+                }
             }
             Err(diags) => eprintln!(
                 "warning: environment {name} is invalid ({} problem{}, see `phoenix validate {name}`); its region is not searched",
@@ -101,16 +107,17 @@ pub async fn all_copies(ctx: &Context) -> Result<Vec<(String, CopyInfo)>, Failur
         }
     }
     let mut out = Vec::new();
+    let mut unsearched = Vec::new();
     for region in regions {
         let ec2 = aws::connect(&region, &AwsOptions::default())
             .await
             .map_err(|e| Failure::from_error(format!("cannot connect to EC2 in {region}"), &e))?;
-        let found = aws::copies(&ec2)
-            .await
-            .map_err(|e| Failure::from_error(format!("cannot list the copies in {region}"), &e))?;
-        out.extend(found.into_iter().map(|c| (region.clone(), c)));
+        match aws::copies(&ec2).await {
+            Ok(found) => out.extend(found.into_iter().map(|c| (region.clone(), c))),
+            Err(e) => unsearched.push(format!("cannot list the copies in {region}: {e}")),
+        }
     }
-    Ok(out)
+    Ok((out, unsearched))
 }
 
 pub fn expired(c: &CopyInfo, now: SystemTime) -> bool {
@@ -124,6 +131,7 @@ pub fn expired(c: &CopyInfo, now: SystemTime) -> bool {
 pub async fn collect(
     ctx: &Context,
     c: &CopyInfo,
+    region: &str,
     dry_run: bool,
     concurrency: usize,
 ) -> Result<&'static str, String> {
@@ -141,9 +149,26 @@ pub async fn collect(
         return Ok("would-destroy");
     }
     eprintln!("destroying {} (copy of {base}, expired {expires})", c.env);
-    let deployment = Deployment::open(ctx, base, Some(c.env.clone()))
+    // A copy made with `--failover` lives in the base env's failover region: tear it down there.
+    let mut ctx = ctx.clone();
+    let mut deployment = Deployment::open(&ctx, base, Some(c.env.clone()))
         .await
         .map_err(|f| f.summary())?;
+    let region_of = |d: &Deployment| d.env.cloud.as_ref().map(|c| c.region.clone());
+    if region_of(&deployment).as_deref() != Some(region)
+        && deployment.env.failover.as_ref().map(|f| f.region.as_str()) == Some(region)
+    {
+        ctx.failover = true;
+        deployment = Deployment::open(&ctx, base, Some(c.env.clone()))
+            .await
+            .map_err(|f| f.summary())?;
+    }
+    if region_of(&deployment).as_deref() != Some(region) {
+        return Err(format!(
+            "it is in {region}, which is neither the region nor the failover region of {base} at this commit"
+        ));
+    }
+    let ctx = &ctx;
     match super::teardown::destroy(ctx, &deployment, concurrency, false).await {
         Ok(summary) if summary.converged => {
             forget_local_state(ctx, &c.env);

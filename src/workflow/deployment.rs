@@ -21,8 +21,12 @@ pub struct Deployment {
     pub env: Environment,
     /// The effective name: every tag, cluster name and audit record uses it.
     pub name: String,
-    /// Tags added to every cloud resource (e.g. `phoenix:expires` of an ephemeral copy).
+    /// Tags added to every cloud resource (e.g. `phoenix:expires` of an ephemeral copy, the
+    /// `phoenix:region` of a failover run).
     pub extra_tags: BTreeMap<String, String>,
+    /// With `--failover`: the primary region (`spec.cloud.region` as written), which the run
+    /// reads snapshots from while it answers and otherwise leaves alone.
+    pub primary_region: Option<String>,
 }
 
 impl Deployment {
@@ -33,12 +37,30 @@ impl Deployment {
         effective: Option<String>,
     ) -> Result<Self, Failure> {
         let snap = ctx.open().await?;
-        let env = load_env(ctx, &snap, name)?;
+        let written = load_env(ctx, &snap, name)?;
+        let primary_region = written.cloud.as_ref().map(|c| c.region.clone());
+        let region = ctx.region(&written);
+        let env = ctx.deployed(written)?;
+        let mut extra_tags = BTreeMap::new();
+        let mut failover_from = None;
+        if ctx.failover {
+            if let Some(region) = &region {
+                extra_tags.insert(aws::TAG_REGION.to_string(), region.clone());
+            }
+            if let (Some(region), Some(primary), false) = (&region, &primary_region, ctx.json()) {
+                eprintln!(
+                    "failover: {} in {region} (spec.failover) instead of {primary}",
+                    effective.as_deref().unwrap_or(&env.name),
+                );
+            }
+            failover_from = primary_region;
+        }
         Ok(Deployment {
             name: effective.unwrap_or_else(|| env.name.clone()),
             snap,
             env,
-            extra_tags: BTreeMap::new(),
+            extra_tags,
+            primary_region: failover_from,
         })
     }
 
@@ -519,7 +541,8 @@ impl Deployment {
     }
 
     pub fn run_info(&self, ctx: &Context, command: &str) -> RunInfo {
-        let info = RunInfo::new(self.name.clone(), command, self.commit().to_string());
+        let mut info = RunInfo::new(self.name.clone(), command, self.commit().to_string());
+        info.region = self.env.cloud.as_ref().map(|c| c.region.clone());
         match &ctx.source.reference {
             Some(r) => info.with_ref(r.clone()),
             None => info,

@@ -53,9 +53,15 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
     if !ctx.json() {
         eprintln!("{}", commit_line(&deployment.snap));
         eprintln!(
-            "drill of {}: rebuilding the isolated copy {} (recovery objective {})",
+            "drill of {}: rebuilding the isolated copy {}{} (recovery objective {})",
             env,
             deployment.name,
+            deployment
+                .env
+                .cloud
+                .as_ref()
+                .map(|c| format!(" in {}", c.region))
+                .unwrap_or_default(),
             objective
                 .map(crate::report::format_duration)
                 .unwrap_or_else(|| "not set".into())
@@ -185,6 +191,7 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         kind: DRILL_REPORT_TYPE.to_string(),
         env: env.to_string(),
         copy: deployment.name.clone(),
+        region: deployment.env.cloud.as_ref().map(|c| c.region.clone()),
         commit: commit_json_camel(&deployment.snap),
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
         verdict,

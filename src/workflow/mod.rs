@@ -13,6 +13,7 @@ pub mod copies;
 pub mod csi_volumes;
 pub mod deployment;
 pub mod drill;
+pub mod failover;
 pub mod heal;
 pub mod teardown;
 pub mod vendor;

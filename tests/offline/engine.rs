@@ -1434,6 +1434,7 @@ fn test_run_info(run_id: &str) -> RunInfo {
         command: "rebuild".to_string(),
         actor: "tester".to_string(),
         host: phoenix::report::events::hostname(),
+        region: Some("us-east-1".to_string()),
     }
 }
 
@@ -1502,6 +1503,7 @@ async fn audit_records_are_private_and_listed_newest_first() {
     assert_eq!(newest.commit, "a".repeat(40));
     assert_eq!(newest.git_ref.as_deref(), Some("main"));
     assert_eq!(newest.actor, "tester");
+    assert_eq!(newest.region.as_deref(), Some("us-east-1"));
     assert_eq!(newest.pid, std::process::id());
     assert!(newest.finished_at.as_deref().unwrap() >= newest.started_at.as_str());
     let web = newest.nodes.iter().find(|n| n.id == "apps/web").unwrap();

@@ -1129,8 +1129,8 @@ fn rebuild_events_history_list_and_gc_json_snapshots() {
         lines[0],
         json!({ "schemaVersion": 1, "seq": 0, "ts": "<time>", "type": "runStarted",
                 "runId": "<runId>", "env": "c0", "commit": "<sha>", "gitRef": null,
-                "command": "rebuild", "actor": "<who>", "host": "<who>", "pid": "<pid>",
-                "layers": ["cloud", "cluster", "addons", "apps"], "nodes": nodes }),
+                "command": "rebuild", "actor": "<who>", "host": "<who>", "region": "us-east-1",
+                "pid": "<pid>", "layers": ["cloud", "cluster", "addons", "apps"], "nodes": nodes }),
         "{:#}",
         lines[0]
     );
@@ -1223,8 +1223,8 @@ fn rebuild_events_history_list_and_gc_json_snapshots() {
             "schemaVersion": 1, "env": "c0",
             "runs": [{
                 "recordVersion": 2, "runId": "<runId>", "env": "c0", "command": "rebuild",
-                "commit": "<sha>", "gitRef": null, "actor": "<who>", "host": "<who>", "pid": "<pid>",
-                "startedAt": "<time>", "finishedAt": "<time>", "durationSeconds": "<seconds>",
+                "commit": "<sha>", "gitRef": null, "actor": "<who>", "host": "<who>",
+                "region": "us-east-1", "pid": "<pid>", "startedAt": "<time>", "finishedAt": "<time>", "durationSeconds": "<seconds>",
                 "outcome": "converged", "error": null, "cancelReason": null, "inFlightAtCancel": [],
                 "layers": [record_layer("cloud"), record_layer("cluster"), record_layer("addons"), record_layer("apps")],
                 "nodes": [
@@ -1436,7 +1436,7 @@ fn history_lists_a_record_written_by_an_older_version() {
             "runs": [{
                 "recordVersion": 1, "runId": "65a1b2c3d4e5", "env": "s", "command": "rebuild",
                 "commit": "0123456789abcdef0123456789abcdef01234567", "gitRef": "main",
-                "actor": "ops", "host": "old-box", "pid": 4242,
+                "actor": "ops", "host": "old-box", "region": null, "pid": 4242,
                 "startedAt": "2026-11-23T19:21:13.123Z", "finishedAt": "2026-11-23T19:22:14.623Z",
                 "durationSeconds": 61.5, "outcome": "failed", "error": "1 node failed",
                 "cancelReason": null, "inFlightAtCancel": [],

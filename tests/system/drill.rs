@@ -299,6 +299,7 @@ fn assert_drill_report_schema(doc: &Value, head: &str) {
         top,
         serde_json::json!({
             "schemaVersion": 1, "type": "drillReport", "env": "demo", "copy": "demo-drill-*",
+            "region": "us-east-1",
             "commit": {
                 "sha": "*", "shortSha": "*", "summary": "*", "authorName": "*", "authorEmail": "*",
                 "time": "*", "reference": "HEAD", "resolved": { "kind": "branch", "name": "main" },

@@ -6,6 +6,7 @@ mod charts;
 mod cli;
 mod diff;
 mod drill;
+mod failover;
 mod faults;
 mod rebuild;
 mod regression;

@@ -1,7 +1,9 @@
 //! A loopback HTTP proxy in front of a test server that injects faults on command: EC2
 //! throttling (503 RequestLimitExceeded), 500 InternalError, dropped connections, and a silent
 //! endpoint that accepts and never answers. It can also enforce RunInstances `ClientToken`
-//! semantics as EC2 documents them, which moto ignores.
+//! semantics as EC2 documents them, which moto ignores. A rule can be limited to one region:
+//! moto serves every region on one endpoint and reads the region from the SigV4 credential
+//! scope, so a fault on the requests signed for `us-east-1` takes that region out alone.
 //!
 //! Self-contained: tokio and std only; it runs on its own thread and runtime, so sync and async
 //! tests can both drive it. One request per client connection (the backends close after each
@@ -44,6 +46,8 @@ struct Rule {
     remaining: Option<u32>,
     /// Only requests whose EC2 `Action` equals this.
     action: Option<String>,
+    /// Only requests signed for this region (the credential scope of their Authorization).
+    region: Option<String>,
 }
 
 #[derive(Default, Debug)]
@@ -52,6 +56,8 @@ struct State {
     rules: Vec<Rule>,
     /// `Action` of every request seen, in order, with whether a fault was injected.
     log: Vec<(String, Option<Fault>)>,
+    /// (signed region, `Action`, fault) of every request seen, in order.
+    region_log: Vec<(String, String, Option<Fault>)>,
     /// Simulated boot time: an instance is reported `pending` / `initializing` by
     /// DescribeInstanceStatus until this long after its RunInstances answer passed the proxy.
     boot_delay: Option<Duration>,
@@ -130,6 +136,7 @@ impl FaultProxy {
             fault,
             remaining: Some(count),
             action: action.map(str::to_string),
+            region: None,
         });
     }
 
@@ -139,7 +146,25 @@ impl FaultProxy {
             fault,
             remaining: None,
             action: action.map(str::to_string),
+            region: None,
         });
+    }
+
+    /// Every request signed for `region` gets `fault` until [`FaultProxy::pass`]; other
+    /// regions pass. With [`Fault::Drop`] the region is unreachable as in an outage.
+    pub fn always_in_region(&self, fault: Fault, region: &str) {
+        self.lock().rules.push(Rule {
+            fault,
+            remaining: None,
+            action: None,
+            region: Some(region.to_string()),
+        });
+    }
+
+    /// (region, `Action`, fault injected) of every request seen so far; the region is read from
+    /// the credential scope (empty if the request is unsigned).
+    pub fn region_log(&self) -> Vec<(String, String, Option<Fault>)> {
+        self.lock().region_log.clone()
     }
 
     /// Simulates instances that take `delay` to boot (moto's are running at once): until then,
@@ -236,6 +261,26 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The region of a SigV4-signed request: `Credential=AKID/DATE/REGION/SERVICE/aws4_request`
+/// in its Authorization header.
+fn region_of(request: &[u8]) -> String {
+    let end = find(request, b"\r\n\r\n").unwrap_or(request.len());
+    let head = String::from_utf8_lossy(&request[..end]);
+    head.lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("authorization")
+                .then(|| value.to_string())
+        })
+        .and_then(|auth| {
+            let scope = auth.split("Credential=").nth(1)?;
+            let scope = scope.split([',', ' ']).next()?;
+            scope.split('/').nth(2).map(str::to_string)
+        })
+        .unwrap_or_default()
+}
+
 fn action_of(request: &[u8]) -> String {
     let text = String::from_utf8_lossy(request);
     text.split(['&', '\n', '?'])
@@ -276,11 +321,13 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
         return Ok(());
     };
     let action = action_of(&request);
+    let region = region_of(&request);
     let (fault, backend) = {
         let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut fault = None;
         for rule in s.rules.iter_mut() {
-            let matches = rule.action.as_deref().is_none_or(|a| a == action);
+            let matches = rule.action.as_deref().is_none_or(|a| a == action)
+                && rule.region.as_deref().is_none_or(|r| r == region);
             if matches && rule.remaining != Some(0) {
                 if let Some(n) = rule.remaining.as_mut() {
                     *n -= 1;
@@ -291,6 +338,7 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
         }
         s.rules.retain(|r| r.remaining != Some(0));
         s.log.push((action.clone(), fault.clone()));
+        s.region_log.push((region, action.clone(), fault.clone()));
         (fault, s.backend)
     };
     match fault {
@@ -440,5 +488,15 @@ fn simulate_boot(state: &Arc<Mutex<State>>, action: &str, response: Vec<u8>) -> 
             format!("{}\r\n\r\n{body}", out.join("\r\n")).into_bytes()
         }
         _ => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_region_is_read_from_the_credential_scope() {
+        let req = b"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: AWS4-HMAC-SHA256 Credential=AKID/20261205/us-west-2/ec2/aws4_request, SignedHeaders=host, Signature=0\r\n\r\nAction=DescribeVpcs";
+        assert_eq!(super::region_of(req), "us-west-2");
+        assert_eq!(super::region_of(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "");
     }
 }

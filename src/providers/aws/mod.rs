@@ -32,7 +32,7 @@ pub use plan::{plan, plan_live, ChangeAction, CloudPlan, FieldChange, ResourceCh
 pub use rules::{RuleKey, RulePeer};
 pub use tags::{
     TAG_BASE_ENV, TAG_COMMIT, TAG_COPY, TAG_CREATED, TAG_ENV, TAG_EXPIRES, TAG_GROUP, TAG_NAME,
-    TAG_PUBLIC_KEY_SHA256, TAG_RESOURCE, TAG_ROLE, TAG_USER_DATA_SHA256,
+    TAG_PUBLIC_KEY_SHA256, TAG_REGION, TAG_RESOURCE, TAG_ROLE, TAG_USER_DATA_SHA256,
 };
 pub use volumes::{
     copy_snapshot, create_snapshot, delete_snapshot, delete_volume, observe_volumes,

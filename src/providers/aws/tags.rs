@@ -22,6 +22,8 @@ pub const TAG_PUBLIC_KEY_SHA256: &str = "phoenix:public-key-sha256";
 pub const TAG_NAME: &str = "Name";
 /// On instances launched from an image lookup: the lookup (`owner/name (architecture)`).
 pub const TAG_IMAGE_LOOKUP: &str = "phoenix:image-lookup";
+/// Resources built by a `--failover` run: the failover region they were built in.
+pub const TAG_REGION: &str = "phoenix:region";
 /// Copies (drills, ephemeral environments): the environment definition they were made from.
 pub const TAG_BASE_ENV: &str = "phoenix:base-env";
 /// Copies: `drill` or `ephemeral`.
