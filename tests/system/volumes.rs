@@ -940,7 +940,7 @@ fn a_volume_in_a_zone_is_a_static_ebs_csi_volume_that_follows_its_restores() {
         )
         .replace(
             "  volumes:\n",
-            "  volumes:\n    - { name: reports, size: 2, zone: us-east-1b, allowEmpty: true, backup: { keep: 3 } }\n",
+            "  volumes:\n    - { name: reports, size: 2, zone: us-east-1b, allowEmpty: true, backup: { keep: 3, copyTo: [us-west-2] } }\n",
         );
     assert_ne!(
         with_driver, demo,
