@@ -303,6 +303,7 @@ fn decode_environment(
             "addons",
             "apps",
             "volumes",
+            "dns",
         ],
     )?;
     let recovery_objective = d.opt(&spec, "recoveryObjective", Decoder::duration);
@@ -341,6 +342,7 @@ fn decode_environment(
     let volumes = d
         .opt(&spec, "volumes", super::volumes::decode_volumes)
         .unwrap_or_default();
+    let dns = d.opt(&spec, "dns", super::dns::decode_dns);
     Some(Environment {
         spans: std::mem::take(&mut d.spans),
         name: name.to_string(),
@@ -357,6 +359,7 @@ fn decode_environment(
         addons,
         apps,
         volumes,
+        dns,
     })
 }
 
