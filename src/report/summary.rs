@@ -5,6 +5,24 @@ use std::fmt::Write as _;
 
 use super::format_duration;
 use crate::engine::{LayerStatus, NodeState, RunSummary};
+use std::time::Duration;
+
+/// The id prefix of the DNS cutover's nodes (and of the teardown's DNS node).
+pub const DNS_STEP: &str = "dns/";
+
+/// The wall time of the nodes whose ids start with `prefix`, from the first start to the last
+/// end; `None` when none of them ran.
+pub fn step_time(summary: &RunSummary, prefix: &str) -> Option<Duration> {
+    let spans: Vec<(Duration, Duration)> = summary
+        .nodes
+        .iter()
+        .filter(|n| n.id.starts_with(prefix))
+        .filter_map(|n| Some((n.start?, n.start? + n.duration?)))
+        .collect();
+    let first = spans.iter().map(|s| s.0).min()?;
+    let last = spans.iter().map(|s| s.1).max()?;
+    Some(last.saturating_sub(first))
+}
 
 /// Renders `summary` as the plain-text report printed after `phoenix rebuild`.
 pub fn render(summary: &RunSummary) -> String {
@@ -44,6 +62,24 @@ pub fn render(summary: &RunSummary) -> String {
         verdict,
         format_duration(summary.duration)
     );
+    if let Some(dns) = step_time(summary, DNS_STEP) {
+        let records = summary
+            .nodes
+            .iter()
+            .filter(|n| n.id.starts_with(DNS_STEP))
+            .count();
+        let _ = writeln!(
+            out,
+            "dns step {:>21}  {records} (part of the {} layer: the time until users reach the names)",
+            format_duration(dns),
+            summary
+                .nodes
+                .iter()
+                .find(|n| n.id.starts_with(DNS_STEP))
+                .map(|n| n.layer.as_str())
+                .unwrap_or("apps")
+        );
+    }
     if let Some(error) = &summary.error {
         let _ = writeln!(out, "\nerror: {error}");
     }

@@ -11,6 +11,7 @@ pub mod context;
 pub mod converge;
 pub mod copies;
 pub mod deployment;
+pub mod dns;
 pub mod drill;
 pub mod heal;
 pub mod teardown;
