@@ -258,11 +258,17 @@ async fn wait_in_sync(
     .await
 }
 
+/// Beyond the wait for INSYNC, a node makes a few calls, each bounded by the SDK's operation
+/// timeout; the node's own deadline leaves room for them, so the wait's expiry is what a user
+/// sees ("timed out after ... waiting for Route 53 change ... INSYNC (last observed: PENDING)").
+const CALLS_MARGIN: Duration = Duration::from_secs(30);
+
 /// How the DNS nodes run.
 #[derive(Clone, Debug)]
 pub struct DnsOptions {
     /// Change records phoenix does not own (recorded in the audit trail).
     pub take_over: bool,
+    /// How long a change may take to be INSYNC.
     pub timeout: Duration,
     pub poll_interval: Duration,
 }
@@ -300,7 +306,7 @@ pub fn cutover_specs(env: &Environment, after: &[String], opts_timeout: Duration
             NodeSpec::new(
                 r.resource_id(),
                 Layer::Apps,
-                opts_timeout,
+                opts_timeout + CALLS_MARGIN,
                 format!(
                     "DNS record {} {} in zone {} pointing at {}, in sync",
                     r.name,
@@ -523,7 +529,7 @@ pub fn delete_node(
     let spec = NodeSpec::new(
         DELETE_NODE,
         layer,
-        opts.timeout,
+        opts.timeout + CALLS_MARGIN,
         format!("every DNS record of {deployment} in zone {zone} deleted, in sync"),
     );
     let action: Arc<dyn Action> = Arc::new(DeleteOwned {
