@@ -62,7 +62,7 @@ pub async fn cutover_nodes(
 /// Adds the DNS drift to the apps layer of a check (where the cutover nodes run): a layer that
 /// was skipped for having no apps becomes a checked one; one that could not be checked keeps
 /// its error and gains the entries.
-pub async fn add_drift(deployment: &Deployment, layers: &mut Vec<LayerDrift>) {
+pub async fn add_drift(deployment: &Deployment, layers: &mut [LayerDrift]) {
     if deployment.env.dns.is_none() {
         return;
     }
