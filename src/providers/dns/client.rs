@@ -114,10 +114,12 @@ impl Route53 {
     }
 
     /// Converts an SDK error into a [`DnsError`] naming this endpoint and `doing`.
-    pub(crate) fn err<E, R>(&self, doing: &str) -> impl FnOnce(SdkError<E, R>) -> DnsError + '_
+    pub(crate) fn err<E>(
+        &self,
+        doing: &str,
+    ) -> impl FnOnce(SdkError<E, aws_sdk_route53::config::http::HttpResponse>) -> DnsError + '_
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug,
     {
         let doing = doing.to_string();
         move |err| {
@@ -143,9 +145,10 @@ impl Route53 {
                 SdkError::ServiceError(s) => {
                     let code = s.err().code().unwrap_or("UnknownError");
                     let message = s.err().message().unwrap_or("no message");
+                    let status = s.raw().status().as_u16();
                     (
                         format!("{code}: {message}"),
-                        TRANSIENT_CODES.contains(&code),
+                        TRANSIENT_CODES.contains(&code) || status >= 500 || status == 429,
                     )
                 }
                 other => (crate::error::chain(other), true),
