@@ -66,7 +66,8 @@ pub async fn destroy(
         }
         None => false,
     };
-    // The names go first: users stop reaching the machines before they go.
+    // The records this deployment owns go in the first layer, independent of the rest: a Route 53
+    // outage must not keep the machines from going.
     let dns_layer = match deployment.env.cloud {
         Some(_) => Layer::Cloud,
         None => Layer::Cluster,
