@@ -557,6 +557,74 @@ fn the_cutover_waits_until_route53_reports_the_change_in_sync() {
 }
 
 #[test]
+fn the_demo_is_cut_over_after_its_apps_converged_to_every_node_of_its_cluster() {
+    let bed = bed::Bed::new();
+    let repo = bed.demo_repo();
+    let out = bed.phoenix(&repo.dir, &["rebuild", "demo", "--output", "json"]);
+    ok(&out);
+    let report = bed::report(&out);
+    let dns = bed::node_outcome(&report, "dns/www/A");
+    assert_eq!(dns["state"]["outcome"], "created", "{dns}");
+    let start = dns["startSeconds"].as_f64().unwrap();
+    for app in ["apps/web", "apps/worker"] {
+        let n = bed::node_outcome(&report, app);
+        let end = n["startSeconds"].as_f64().unwrap() + n["durationSeconds"].as_f64().unwrap();
+        assert!(
+            end <= start,
+            "{app} ended ({end}) before the cutover started ({start})"
+        );
+    }
+    // The ingress answers on every node: the server and both agents.
+    let r53 = bed
+        .rt
+        .block_on(testkit::route53::client(&bed.moto.endpoint()));
+    let zone = bed
+        .rt
+        .block_on(r53.list_hosted_zones_by_name().dns_name(ZONE).send())
+        .unwrap()
+        .hosted_zones()[0]
+        .id()
+        .to_string();
+    let sets = bed
+        .rt
+        .block_on(r53.list_resource_record_sets().hosted_zone_id(&zone).send())
+        .unwrap();
+    let mut values: Vec<String> = sets
+        .resource_record_sets()
+        .iter()
+        .find(|s| s.name() == "www.demo.example." && s.r#type().as_str() == "A")
+        .expect("www.demo.example. A")
+        .resource_records()
+        .iter()
+        .map(|r| r.value().to_string())
+        .collect();
+    values.sort();
+    let instances = bed
+        .rt
+        .block_on(
+            bed.ec2_client()
+                .describe_instances()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("tag:phoenix:env")
+                        .values("demo")
+                        .build(),
+                )
+                .send(),
+        )
+        .unwrap();
+    let mut ips: Vec<String> = instances
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.public_ip_address().map(str::to_string))
+        .collect();
+    ips.sort();
+    assert_eq!(ips.len(), 3, "{ips:?}");
+    assert_eq!(values, ips);
+}
+
+#[test]
 fn validate_points_at_the_line_of_a_bad_record() {
     let lab = Lab::new();
     let yaml = env_yaml(
