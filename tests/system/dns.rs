@@ -2,8 +2,9 @@
 //! record at the instances' public addresses with its TXT ownership mark, and waits for the
 //! change to be INSYNC (a proxy holds it PENDING); a record phoenix does not own stops the
 //! cutover until `--take-over-dns`, which the audit trail records; diff reports a record changed
-//! by hand, a missing one and an unowned one; destroy removes only owned records; a drill writes
-//! under its own names and reports the DNS step's time; validation points at file:line. All
+//! by hand, a missing one and an unowned one; destroy removes only owned records; a drill and an
+//! ephemeral copy write under their own names (the drill reports the DNS step's time); the demo
+//! on the real control plane is cut over after its apps; validation points at file:line. All
 //! checked through the Route 53 and EC2 APIs, not phoenix's word.
 
 use testkit::bed::{self, text};
@@ -503,6 +504,40 @@ fn a_drill_writes_under_its_own_names_leaves_the_live_ones_alone_and_times_the_d
         .map(|e| std::fs::read_to_string(e.path()).unwrap())
         .expect("the Markdown report");
     assert!(md.contains("- DNS cutover "), "{md}");
+}
+
+#[test]
+fn an_ephemeral_copy_has_records_of_its_own_and_its_destroy_removes_only_them() {
+    let lab = Lab::new();
+    let repo = lab.repo("web", &env_yaml("web", ""));
+    ok(&lab.phoenix(&repo.dir, &["rebuild", "web"]));
+    let live = lab.record("www.demo.example.", "A").unwrap();
+    ok(&lab.phoenix(
+        &repo.dir,
+        &["up", "web", "--ephemeral", "pr-7", "--ttl", "1h"],
+    ));
+    assert_eq!(
+        lab.record("pr-7.www.demo.example.", "A"),
+        Some(lab.addresses("web-pr-7")),
+        "the copy's record points at the copy's instances"
+    );
+    assert!(owner_mark(
+        &lab.record("_phoenix-a.pr-7.www.demo.example.", "TXT")
+            .unwrap(),
+        "web-pr-7"
+    ));
+    assert_eq!(lab.record("www.demo.example.", "A"), Some(live.clone()));
+    ok(&lab.phoenix(
+        &repo.dir,
+        &["destroy", "web", "--ephemeral", "pr-7", "--yes"],
+    ));
+    assert_eq!(lab.record("pr-7.www.demo.example.", "A"), None);
+    assert_eq!(lab.record("_phoenix-a.pr-7.www.demo.example.", "TXT"), None);
+    assert_eq!(lab.record("www.demo.example.", "A"), Some(live));
+    assert!(owner_mark(
+        &lab.record("_phoenix-a.www.demo.example.", "TXT").unwrap(),
+        "web"
+    ));
 }
 
 #[test]
