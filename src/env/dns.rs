@@ -156,15 +156,18 @@ fn parse_zone(text: &str) -> Result<ZoneRef, String> {
         return parse_zone(id);
     }
     if !text.contains('.') {
+        // Route 53's ids are capital letters and digits (Z0123456789ABCDEFGHIJ).
         let ok = text.len() >= 2
-            && text.starts_with('Z')
             && text
                 .chars()
                 .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
         return if ok {
             Ok(ZoneRef::Id(text.to_string()))
         } else {
-            Err("a zone name has at least two labels, and a zone id is Z and capital letters and digits".into())
+            Err(
+                "a zone name has at least two labels, and a zone id is capital letters and digits"
+                    .into(),
+            )
         };
     }
     let lower = text.to_ascii_lowercase();

@@ -660,6 +660,40 @@ fn the_demo_is_cut_over_after_its_apps_converged_to_every_node_of_its_cluster() 
 }
 
 #[test]
+fn a_zone_is_found_by_its_id_and_a_missing_one_is_named_not_created() {
+    let lab = Lab::new();
+    let by_id = env_with_zone("web", &lab.zone);
+    let repo = lab.repo("web", &by_id);
+    ok(&lab.phoenix(&repo.dir, &["rebuild", "web"]));
+    assert_eq!(
+        lab.record("www.demo.example.", "A"),
+        Some(lab.addresses("web"))
+    );
+
+    repo.write(
+        "environments/other/environment.yaml",
+        &env_with_zone("other", "nothere.example"),
+    );
+    repo.commit("an env naming a zone that does not exist");
+    let out = lab.phoenix(&repo.dir, &["rebuild", "other"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("no hosted zone is named nothere.example"),
+        "{}",
+        text(&out)
+    );
+    let zones = lab
+        .rt
+        .block_on(lab.r53().list_hosted_zones().send())
+        .unwrap();
+    assert_eq!(zones.hosted_zones().len(), 1, "no zone was created");
+}
+
+fn env_with_zone(name: &str, zone: &str) -> String {
+    env_yaml(name, "").replace(&format!("zone: {ZONE}"), &format!("zone: {zone}"))
+}
+
+#[test]
 fn validate_points_at_the_line_of_a_bad_record() {
     let lab = Lab::new();
     let yaml = env_yaml(
