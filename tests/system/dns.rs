@@ -672,7 +672,7 @@ fn a_zone_is_found_by_its_id_and_a_missing_one_is_named_not_created() {
 
     repo.write(
         "environments/other/environment.yaml",
-        &env_with_zone("other", "nothere.example"),
+        env_with_zone("other", "nothere.example"),
     );
     repo.commit("an env naming a zone that does not exist");
     let out = lab.phoenix(&repo.dir, &["rebuild", "other"]);
