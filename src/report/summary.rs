@@ -70,7 +70,7 @@ pub fn render(summary: &RunSummary) -> String {
             .count();
         let _ = writeln!(
             out,
-            "dns step {:>21}  {records} (part of the {} layer: the time until users reach the names)",
+            "dns step {:>21}  {records} (Route 53, in the {} layer)",
             format_duration(dns),
             summary
                 .nodes
