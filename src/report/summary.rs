@@ -145,3 +145,58 @@ fn list_or_none(ids: &[&str]) -> String {
         ids.join(", ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Layer, NodeOutcome, NodeResult};
+
+    fn node(id: &str, start: Option<u64>, duration: Option<u64>) -> NodeResult {
+        NodeResult {
+            id: id.into(),
+            layer: Layer::Apps,
+            description: id.into(),
+            state: NodeState::Succeeded {
+                outcome: NodeOutcome::Created,
+            },
+            attempts: 1,
+            start: start.map(Duration::from_millis),
+            duration: duration.map(Duration::from_millis),
+            last_progress: None,
+            in_flight_at_cancel: false,
+        }
+    }
+
+    fn summary(nodes: Vec<NodeResult>) -> RunSummary {
+        RunSummary {
+            run_id: "r".into(),
+            env: "demo".into(),
+            nodes,
+            layers: Vec::new(),
+            duration: Duration::from_secs(10),
+            converged: true,
+            cancelled: false,
+            error: None,
+            critical_path: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_dns_step_spans_its_nodes_from_the_first_start_to_the_last_end() {
+        let s = summary(vec![
+            node("apps/web", Some(0), Some(5000)),
+            node("dns/www/A", Some(5000), Some(1200)),
+            node("dns/api/A", Some(5100), Some(1500)),
+            node("dns/never/A", None, None),
+        ]);
+        assert_eq!(step_time(&s, DNS_STEP), Some(Duration::from_millis(1600)));
+        let text = render(&s);
+        assert!(
+            text.contains("dns step") && text.contains("1s 600ms"),
+            "{text}"
+        );
+        let none = summary(vec![node("apps/web", Some(0), Some(5000))]);
+        assert_eq!(step_time(&none, DNS_STEP), None);
+        assert!(!render(&none).contains("dns step"));
+    }
+}
