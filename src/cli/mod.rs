@@ -154,6 +154,10 @@ pub struct RebuildArgs {
     /// Default: the newest completed snapshot the env owns
     #[arg(long, value_name = "SNAPSHOT|TIME", value_parser = parse_restore_point)]
     pub restore_point: Option<crate::providers::aws::RestorePoint>,
+    /// Point DNS records of spec.dns at this env even where phoenix does not own them (no
+    /// ownership TXT record for this env); each one taken over is recorded in the audit trail
+    #[arg(long)]
+    pub take_over_dns: bool,
 }
 
 fn parse_restore_point(text: &str) -> Result<crate::providers::aws::RestorePoint, String> {

@@ -99,6 +99,11 @@ pub async fn run(ctx: &Context, name: &str, limit: usize) -> Outcome {
         if let Some(e) = &r.error {
             crate::outln!("{:<20}  ↳ {e}", "");
         }
+        for n in &r.nodes {
+            for a in &n.audit {
+                crate::outln!("{:<20}  ↳ {}: {a}", "", n.id);
+            }
+        }
     }
     Ok(ExitCode::Ok)
 }

@@ -14,6 +14,7 @@ pub async fn run(ctx: &Context, args: &RebuildArgs) -> Outcome {
         concurrency: args.run.concurrency as usize,
         force_conflicts: args.force_conflicts,
         restore: args.restore_point.clone().unwrap_or_default(),
+        take_over_dns: args.take_over_dns,
     };
     if !ctx.json() {
         eprintln!("{}", commit_line(&deployment.snap));

@@ -118,6 +118,17 @@ impl NodeCtx {
         });
     }
 
+    /// Records what the node did in the run's audit trail (and shows it as progress): for
+    /// actions an operator must be able to account for later. Never put secret values in it.
+    pub fn audit(&self, message: impl Into<String>) {
+        let message = message.into();
+        self.events.emit(Event::NodeAudit {
+            id: self.id.to_string(),
+            message: message.clone(),
+        });
+        self.progress(message);
+    }
+
     pub fn last_progress(&self) -> Option<String> {
         self.shared.last_progress()
     }

@@ -304,6 +304,7 @@ fn decode_environment(
             "apps",
             "volumes",
             "failover",
+            "dns",
         ],
     )?;
     let recovery_objective = d.opt(&spec, "recoveryObjective", Decoder::duration);
@@ -343,6 +344,7 @@ fn decode_environment(
         .opt(&spec, "volumes", super::volumes::decode_volumes)
         .unwrap_or_default();
     let failover = d.opt(&spec, "failover", super::failover::decode_failover);
+    let dns = d.opt(&spec, "dns", super::dns::decode_dns);
     Some(Environment {
         spans: std::mem::take(&mut d.spans),
         name: name.to_string(),
@@ -360,6 +362,7 @@ fn decode_environment(
         apps,
         volumes,
         failover,
+        dns,
     })
 }
 

@@ -5,6 +5,7 @@ pub mod cidr;
 mod commit;
 pub mod decode;
 pub mod diag;
+pub mod dns;
 pub mod failover;
 pub mod load;
 pub mod model;

@@ -33,6 +33,8 @@ pub struct Environment {
     pub apps: Vec<Component>,
     /// Data volumes (EBS), restored from the newest owned snapshot on rebuild.
     pub volumes: Vec<Volume>,
+    /// DNS records upserted as the last step of a rebuild (the cutover); see src/env/dns.rs.
+    pub dns: Option<super::dns::Dns>,
     /// Where the env is rebuilt with `--failover` (see src/env/failover.rs).
     pub failover: Option<Failover>,
 }

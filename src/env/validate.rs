@@ -114,6 +114,10 @@ pub fn check(env: &Environment, files: &dyn CommitFiles, out: &mut Vec<Diagnosti
         c.out
             .push(Diagnostic::new(c.file, pos, field, msg).help(help))
     });
+    super::dns::check(env, c.spans, |pos, field, msg, help| {
+        c.out
+            .push(Diagnostic::new(c.file, pos, field, msg).help(help))
+    });
 
     let secret_names: BTreeSet<&str> = env.secrets.iter().map(|s| s.name.as_str()).collect();
     check_components(&mut c, env, files, &secret_names);

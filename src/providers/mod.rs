@@ -2,6 +2,7 @@
 
 pub mod aws;
 pub mod cluster;
+pub mod dns;
 pub mod kube;
 
 /// Lower-case hex SHA-256 of `data` (content fingerprints: user-data, keys, certificates, seals).

@@ -75,6 +75,9 @@ pub struct NodeRecord {
     #[serde(rename = "durationSeconds", with = "seconds::millis_option")]
     pub duration_ms: Option<u64>,
     pub attempts: u32,
+    /// What the node did that must be accounted for (e.g. a DNS record taken over).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit: Vec<String>,
 }
 
 /// The audit record of one run.
@@ -234,6 +237,7 @@ pub async fn record(mut stream: EventStream, home: PathBuf) -> Result<Vec<PathBu
                             result: None,
                             duration_ms: None,
                             attempts: 0,
+                            audit: Vec::new(),
                         })
                         .collect(),
                     path: None,
@@ -252,6 +256,12 @@ pub async fn record(mut stream: EventStream, home: PathBuf) -> Result<Vec<PathBu
             Event::NodeStarted { id, .. } => {
                 if let Some(node) = node_mut(&mut current, id) {
                     node.started = true;
+                }
+            }
+            Event::NodeAudit { id, message } => {
+                if let Some(node) = node_mut(&mut current, id) {
+                    node.audit.push(message.clone());
+                    write_now = true;
                 }
             }
             Event::NodeFinished {

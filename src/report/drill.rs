@@ -45,6 +45,10 @@ pub struct DrillReport {
     pub rebuild_seconds: Duration,
     #[serde(with = "seconds")]
     pub verify_seconds: Duration,
+    /// The DNS cutover's part of the rebuild (the copy's records, under its own names); `null`
+    /// when the env declares no records or the step did not run.
+    #[serde(with = "seconds::option", default)]
+    pub dns_seconds: Option<Duration>,
     /// `null` with `--keep`.
     #[serde(with = "seconds::option", default)]
     pub teardown_seconds: Option<Duration>,
@@ -141,6 +145,13 @@ impl DrillReport {
             doc.commit["summary"].as_str().unwrap_or("")
         );
         let _ = writeln!(md, "- Copy: `{}` (started {})", doc.copy, doc.started_at);
+        if let Some(dns) = doc.dns_seconds {
+            let _ = writeln!(
+                md,
+                "- DNS cutover {} of the rebuild (the copy's own records; the live names were not touched)",
+                took(dns)
+            );
+        }
         let _ = writeln!(
             md,
             "- Rebuild {}, verify {}, teardown {}\n",
@@ -267,6 +278,7 @@ mod tests {
             recovery_seconds: Duration::from_millis(700_500),
             rebuild_seconds: Duration::from_secs(690),
             verify_seconds: Duration::from_millis(10_500),
+            dns_seconds: Some(Duration::from_millis(1_500)),
             teardown_seconds: None,
             kept: true,
             rebuild: None,
@@ -286,6 +298,7 @@ mod tests {
         assert_eq!(v["verdict"], "over-objective");
         assert_eq!(v["recoverySeconds"], 700.5);
         assert_eq!(v["teardownSeconds"], Value::Null);
+        assert_eq!(v["dnsSeconds"], 1.5);
         let back: DrillReport = serde_json::from_str(&text).unwrap();
         assert_eq!(back.verdict, DrillVerdict::OverObjective);
         assert_eq!(back.recovery_seconds, Duration::from_millis(700_500));
@@ -304,5 +317,6 @@ mod tests {
             md.contains("- Rebuild 11m 30s, verify 10s 500ms, teardown skipped (--keep"),
             "{md}"
         );
+        assert!(md.contains("- DNS cutover 1s 500ms of the rebuild"), "{md}");
     }
 }

@@ -194,6 +194,12 @@ pub enum Event {
         id: String,
         message: String,
     },
+    /// Something a node did that the audit trail keeps (e.g. taking over a DNS record phoenix
+    /// did not own): one sentence, never a secret.
+    NodeAudit {
+        id: String,
+        message: String,
+    },
     /// A transient error; the node retries after `delay_ms`. `attempt` is the attempt that failed.
     NodeRetry {
         id: String,
@@ -236,6 +242,7 @@ impl Event {
             Event::LayerFinished { .. } => "layerFinished",
             Event::NodeStarted { .. } => "nodeStarted",
             Event::NodeProgress { .. } => "nodeProgress",
+            Event::NodeAudit { .. } => "nodeAudit",
             Event::NodeRetry { .. } => "nodeRetry",
             Event::NodeFinished { .. } => "nodeFinished",
             Event::CancelRequested { .. } => "cancelRequested",

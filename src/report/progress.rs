@@ -145,6 +145,7 @@ pub async fn lines<W: Write>(mut stream: EventStream, mut out: W, heartbeat: Dur
                 }
                 None => Some(format!("  {id}: {message}")),
             },
+            Event::NodeAudit { id, message } => Some(format!("  {id}: {message} (audited)")),
             Event::NodeRetry {
                 id,
                 attempt,
@@ -300,6 +301,9 @@ pub async fn draw(mut stream: EventStream, target: ProgressDrawTarget) {
                 if let Some(bar) = nodes.get(id) {
                     bar.set_message(message.clone());
                 }
+            }
+            Event::NodeAudit { id, message } => {
+                let _ = multi.println(format!("{id}: {message} (audited)"));
             }
             Event::NodeRetry {
                 id,

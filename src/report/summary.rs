@@ -5,6 +5,24 @@ use std::fmt::Write as _;
 
 use super::format_duration;
 use crate::engine::{LayerStatus, NodeState, RunSummary};
+use std::time::Duration;
+
+/// The id prefix of the DNS cutover's nodes (and of the teardown's DNS node).
+pub const DNS_STEP: &str = "dns/";
+
+/// The wall time of the nodes whose ids start with `prefix`, from the first start to the last
+/// end; `None` when none of them ran.
+pub fn step_time(summary: &RunSummary, prefix: &str) -> Option<Duration> {
+    let spans: Vec<(Duration, Duration)> = summary
+        .nodes
+        .iter()
+        .filter(|n| n.id.starts_with(prefix))
+        .filter_map(|n| Some((n.start?, n.start? + n.duration?)))
+        .collect();
+    let first = spans.iter().map(|s| s.0).min()?;
+    let last = spans.iter().map(|s| s.1).max()?;
+    Some(last.saturating_sub(first))
+}
 
 /// Renders `summary` as the plain-text report printed after `phoenix rebuild`.
 pub fn render(summary: &RunSummary) -> String {
@@ -44,6 +62,24 @@ pub fn render(summary: &RunSummary) -> String {
         verdict,
         format_duration(summary.duration)
     );
+    if let Some(dns) = step_time(summary, DNS_STEP) {
+        let records = summary
+            .nodes
+            .iter()
+            .filter(|n| n.id.starts_with(DNS_STEP))
+            .count();
+        let _ = writeln!(
+            out,
+            "dns step {:>21}  {records} (Route 53, in the {} layer)",
+            format_duration(dns),
+            summary
+                .nodes
+                .iter()
+                .find(|n| n.id.starts_with(DNS_STEP))
+                .map(|n| n.layer.as_str())
+                .unwrap_or("apps")
+        );
+    }
     if let Some(error) = &summary.error {
         let _ = writeln!(out, "\nerror: {error}");
     }
@@ -107,5 +143,60 @@ fn list_or_none(ids: &[&str]) -> String {
         "none".to_string()
     } else {
         ids.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Layer, NodeOutcome, NodeResult};
+
+    fn node(id: &str, start: Option<u64>, duration: Option<u64>) -> NodeResult {
+        NodeResult {
+            id: id.into(),
+            layer: Layer::Apps,
+            description: id.into(),
+            state: NodeState::Succeeded {
+                outcome: NodeOutcome::Created,
+            },
+            attempts: 1,
+            start: start.map(Duration::from_millis),
+            duration: duration.map(Duration::from_millis),
+            last_progress: None,
+            in_flight_at_cancel: false,
+        }
+    }
+
+    fn summary(nodes: Vec<NodeResult>) -> RunSummary {
+        RunSummary {
+            run_id: "r".into(),
+            env: "demo".into(),
+            nodes,
+            layers: Vec::new(),
+            duration: Duration::from_secs(10),
+            converged: true,
+            cancelled: false,
+            error: None,
+            critical_path: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_dns_step_spans_its_nodes_from_the_first_start_to_the_last_end() {
+        let s = summary(vec![
+            node("apps/web", Some(0), Some(5000)),
+            node("dns/www/A", Some(5000), Some(1200)),
+            node("dns/api/A", Some(5100), Some(1500)),
+            node("dns/never/A", None, None),
+        ]);
+        assert_eq!(step_time(&s, DNS_STEP), Some(Duration::from_millis(1600)));
+        let text = render(&s);
+        assert!(
+            text.contains("dns step") && text.contains("1s 600ms"),
+            "{text}"
+        );
+        let none = summary(vec![node("apps/web", Some(0), Some(5000))]);
+        assert_eq!(step_time(&none, DNS_STEP), None);
+        assert!(!render(&none).contains("dns step"));
     }
 }

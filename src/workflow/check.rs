@@ -83,6 +83,7 @@ pub async fn check_layers_of(
         })
         .collect();
     checked.report.layers = layers;
+    super::dns::add_drift(deployment, &mut checked.report.layers).await;
     checked.report.duration = started.elapsed();
     checked
 }

@@ -22,6 +22,8 @@ pub struct ConvergeSettings {
     pub force_conflicts: bool,
     /// Which snapshot a missing data volume is restored from (`rebuild --restore-point`).
     pub restore: aws::RestorePoint,
+    /// Change DNS records phoenix does not own (`rebuild --take-over-dns`; audited).
+    pub take_over_dns: bool,
 }
 
 impl ConvergeSettings {
@@ -208,6 +210,8 @@ async fn converge_nodes(
                 deployment.name
             )));
         }
+        let dns = dns_nodes(deployment, &nodes, ec2.as_ref(), settings).await?;
+        nodes.extend(dns);
         return Ok(nodes);
     };
     // Short polls: each is three small reads, and the gate's lag adds to every rebuild.
@@ -257,7 +261,20 @@ async fn converge_nodes(
         apply.concurrency,
     )));
     nodes.extend(run(kube::component_nodes(connector, components, &apply)));
+    let dns = dns_nodes(deployment, &nodes, ec2.as_ref(), settings).await?;
+    nodes.extend(dns);
     Ok(nodes)
+}
+
+/// The DNS cutover, the last step: after every apps-layer node built so far.
+async fn dns_nodes(
+    deployment: &Deployment,
+    nodes: &[Node],
+    ec2: Option<&aws::Ec2>,
+    settings: &ConvergeSettings,
+) -> Result<Vec<Node>, Failure> {
+    let specs: Vec<NodeSpec> = nodes.iter().map(|(s, _)| s.clone()).collect();
+    super::dns::cutover_nodes(deployment, &specs, ec2, settings.take_over_dns).await
 }
 
 /// The last line of the run event stream (docs/json.md, "Run events"): the run's summary.
@@ -272,6 +289,13 @@ struct RunReportLine<'a> {
     /// The full SHA, as in `runStarted` (and the drift report).
     commit: &'a str,
     summary: &'a RunSummary,
+    /// The DNS cutover's wall time (its nodes, `dns/...`), absent when it did not run.
+    #[serde(
+        rename = "dnsSeconds",
+        with = "crate::report::events::seconds::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    dns: Option<Duration>,
 }
 
 /// The final report: per-layer status and timing, then what failed and why.
@@ -284,6 +308,7 @@ pub fn print_run_report(ctx: &Context, deployment: &Deployment, summary: &RunSum
             env: &deployment.name,
             commit: deployment.commit(),
             summary,
+            dns: summary::step_time(summary, summary::DNS_STEP),
         };
         match serde_json::to_string(&line) {
             Ok(text) => crate::outln!("{text}"),

@@ -199,6 +199,10 @@ pub async fn drill(ctx: &Context, env: &str, args: &DrillSettings) -> Result<Dri
         recovery_seconds: recovery,
         rebuild_seconds: rebuild_time,
         verify_seconds: verify_time,
+        dns_seconds: rebuild
+            .as_ref()
+            .ok()
+            .and_then(|s| crate::report::summary::step_time(s, crate::report::summary::DNS_STEP)),
         teardown_seconds: (!args.keep).then_some(teardown_time),
         kept: args.keep,
         rebuild: rebuild.as_ref().ok().cloned(),

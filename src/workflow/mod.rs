@@ -12,6 +12,7 @@ pub mod converge;
 pub mod copies;
 pub mod csi_volumes;
 pub mod deployment;
+pub mod dns;
 pub mod drill;
 pub mod failover;
 pub mod heal;

@@ -66,6 +66,17 @@ pub async fn destroy(
         }
         None => false,
     };
+    // The records this deployment owns go in the first layer, independent of the rest: a Route 53
+    // outage must not keep the machines from going.
+    let dns_layer = match deployment.env.cloud {
+        Some(_) => Layer::Cloud,
+        None => Layer::Cluster,
+    };
+    if let Some((spec, action)) = super::dns::delete_node(deployment, dns_layer).await {
+        graph
+            .add(spec, action)
+            .map_err(|e| Failure::from_error("cannot build the teardown graph", &e))?;
+    }
     if let (Some(ec2), Some(live)) = (ec2, live) {
         let opts = ConvergeOptions {
             node_timeout: deployment.env.timeouts.cloud,

@@ -5,6 +5,7 @@
 mod charts;
 mod cli;
 mod diff;
+mod dns;
 mod drill;
 mod failover;
 mod faults;

@@ -36,6 +36,11 @@ impl Bed {
             .enable_all()
             .build()
             .expect("runtime");
+        // The demo's records go in a zone the organisation already has.
+        rt.block_on(crate::route53::create_zone(
+            &moto.endpoint(),
+            crate::route53::DEMO_ZONE,
+        ));
         Bed {
             moto,
             kube,

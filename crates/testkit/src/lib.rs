@@ -2,7 +2,8 @@
 //! tests/system): the servers a test starts on 127.0.0.1 and the clients for them. Every server is started by
 //! the test that uses it, on an ephemeral port, and stopped when its guard is dropped.
 //!
-//! - [`moto`]: the EC2 test bed; [`ec2`]: the one way a test builds an EC2 client for it;
+//! - [`moto`]: the EC2 test bed; [`ec2`]: the one way a test builds an EC2 client for it; [`route53`]: its
+//!   hosted zones;
 //! - [`control_plane`]: the real Kubernetes control plane (testenv), kube clients and kubectl;
 //! - [`fault_proxy`], [`kube_proxy`]: loopback proxies injecting API faults;
 //! - [`git`]: hermetic Git repositories, signing keys and a `git daemon`;
@@ -19,6 +20,7 @@ pub mod fault_proxy;
 pub mod git;
 pub mod kube_proxy;
 pub mod moto;
+pub mod route53;
 pub mod tools;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,40 @@
+//! Route 53 on moto: the hosted zone an organisation already has (phoenix writes records into a
+//! zone and never creates one), made the way a test makes it, with fixed dummy credentials.
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_route53::config::Credentials;
+
+/// The zone the demo environment's records go in.
+pub const DEMO_ZONE: &str = "demo.example";
+
+/// The SDK's Route 53 client for `endpoint` (moto).
+pub async fn client(endpoint: &str) -> aws_sdk_route53::Client {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(crate::ec2::REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "phoenix-tests",
+        ))
+        .load()
+        .await;
+    aws_sdk_route53::Client::new(&config)
+}
+
+/// Creates the hosted zone `name` and returns its id (without `/hostedzone/`).
+pub async fn create_zone(endpoint: &str, name: &str) -> String {
+    let out = client(endpoint)
+        .await
+        .create_hosted_zone()
+        .name(name)
+        .caller_reference(format!("testkit-{name}"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("creating hosted zone {name} in moto: {e:?}"));
+    out.hosted_zone()
+        .map(|z| z.id().trim_start_matches("/hostedzone/").to_string())
+        .unwrap_or_else(|| panic!("moto returned no hosted zone for {name}"))
+}
