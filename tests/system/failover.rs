@@ -721,3 +721,114 @@ fn failover_mistakes_are_diagnostics_with_file_and_line() {
         text(&out)
     );
 }
+
+/// The names users reach follow the failover: with EC2 in the primary region dark (Route 53,
+/// whose control plane is in us-east-1, still answering), `rebuild --failover` builds the env in
+/// the failover region and its cutover points the record at the new instance's address, under
+/// the same ownership mark; `diff --failover` then finds the record in sync.
+#[test]
+fn the_cutover_of_a_failover_points_the_names_at_the_failover_region() {
+    let lab = Lab::new();
+    let zone_id = lab.rt.block_on(testkit::route53::create_zone(
+        &lab.moto.endpoint(),
+        "shop.example",
+    ));
+    let yaml = format!(
+        "{}  dns:\n    zone: shop.example\n    records:\n      - {{ name: www, target: group/db }}\n",
+        env_yaml("shop")
+    );
+    let repo = lab.repo("shop", &yaml);
+    let dir = &repo.dir;
+    let r53 = lab
+        .rt
+        .block_on(testkit::route53::client(&lab.moto.endpoint()));
+    let www = || -> Vec<String> {
+        let out = lab
+            .rt
+            .block_on(
+                r53.list_resource_record_sets()
+                    .hosted_zone_id(&zone_id)
+                    .send(),
+            )
+            .expect("list records");
+        out.resource_record_sets()
+            .iter()
+            .filter(|r| r.name() == "www.shop.example." && r.r#type().as_str() == "A")
+            .flat_map(|r| r.resource_records())
+            .map(|v| v.value().to_string())
+            .collect()
+    };
+    let public_ip = |region: &str| -> String {
+        let resp = lab
+            .rt
+            .block_on(
+                lab.ec2(region)
+                    .describe_instances()
+                    .filters(filter("tag:phoenix:env", "shop"))
+                    .filters(filter("instance-state-name", "running"))
+                    .send(),
+            )
+            .expect("describe instances");
+        let ips: Vec<String> = resp
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| i.public_ip_address().map(str::to_string))
+            .collect();
+        assert_eq!(ips.len(), 1, "one instance in {region}: {ips:?}");
+        ips[0].clone()
+    };
+
+    ok(&lab.phoenix(dir, &["rebuild", "shop"]));
+    let primary_ip = public_ip(PRIMARY);
+    assert_eq!(www(), [primary_ip.clone()]);
+    ok(&lab.phoenix(dir, &["backup", "shop"]));
+
+    lab.proxy.always_in_region_for(Fault::Drop, PRIMARY, "ec2");
+    let from = lab.seen();
+    let out = lab.phoenix(dir, &["rebuild", "shop", "--failover"]);
+    ok(&out);
+    let failover_ip = public_ip(FAILOVER);
+    assert_ne!(failover_ip, primary_ip);
+    assert_eq!(www(), [failover_ip.clone()], "{}", text(&out));
+    assert!(
+        text(&out).contains("dns step"),
+        "the run summary times the cutover: {}",
+        text(&out)
+    );
+    // EC2 in the primary was never reached; Route 53 was (it is signed for us-east-1).
+    let log = lab.proxy.region_log();
+    let reached: Vec<&(String, String, Option<Fault>)> = log[from..]
+        .iter()
+        .filter(|(r, _, f)| r == PRIMARY && f.is_none())
+        .collect();
+    assert!(
+        reached.iter().all(|(_, action, _)| action.is_empty()),
+        "only Route 53 (REST, no EC2 Action) reached {PRIMARY}: {reached:?}"
+    );
+    let diff = lab.phoenix(dir, &["diff", "shop", "--failover"]);
+    assert_eq!(diff.status.code(), Some(0), "{}", text(&diff));
+
+    // With all of us-east-1 dark, Route 53's control plane too, the env still converges in the
+    // failover region and the run fails at the cutover, saying so. (A short apps timeout: the
+    // cutover keeps trying until it ends, as Route 53 may come back.)
+    std::fs::write(
+        repo.dir.join("environments/shop/environment.yaml"),
+        yaml.replace("spec:\n", "spec:\n  timeouts: { apps: 6s }\n"),
+    )
+    .expect("write env");
+    repo.commit("a short apps timeout");
+    lab.proxy.always_in_region(Fault::Drop, PRIMARY);
+    let out = lab.phoenix(dir, &["rebuild", "shop", "--failover"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let all = text(&out);
+    assert!(
+        all.contains("cloud     converged") && all.contains("✗ dns/www/A"),
+        "{all}"
+    );
+    assert!(
+        all.contains("Route 53 changes go through its control plane in us-east-1"),
+        "{all}"
+    );
+    assert_eq!(www(), [failover_ip], "the record is left as it was");
+}

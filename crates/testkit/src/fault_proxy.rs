@@ -48,6 +48,8 @@ struct Rule {
     action: Option<String>,
     /// Only requests signed for this region (the credential scope of their Authorization).
     region: Option<String>,
+    /// Only requests signed for this service (`ec2`, `route53`: the scope's next part).
+    service: Option<String>,
 }
 
 #[derive(Default, Debug)]
@@ -137,6 +139,7 @@ impl FaultProxy {
             remaining: Some(count),
             action: action.map(str::to_string),
             region: None,
+            service: None,
         });
     }
 
@@ -147,6 +150,7 @@ impl FaultProxy {
             remaining: None,
             action: action.map(str::to_string),
             region: None,
+            service: None,
         });
     }
 
@@ -158,6 +162,19 @@ impl FaultProxy {
             remaining: None,
             action: None,
             region: Some(region.to_string()),
+            service: None,
+        });
+    }
+
+    /// Like [`FaultProxy::always_in_region`], for one service only: `ec2` out in a region
+    /// while Route 53 (signed for us-east-1, where its control plane is) still answers.
+    pub fn always_in_region_for(&self, fault: Fault, region: &str, service: &str) {
+        self.lock().rules.push(Rule {
+            fault,
+            remaining: None,
+            action: None,
+            region: Some(region.to_string()),
+            service: Some(service.to_string()),
         });
     }
 
@@ -263,7 +280,9 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// The region of a SigV4-signed request: `Credential=AKID/DATE/REGION/SERVICE/aws4_request`
 /// in its Authorization header.
-fn region_of(request: &[u8]) -> String {
+/// (region, service) of the credential scope `KEY/DATE/REGION/SERVICE/aws4_request`; empty if
+/// the request is unsigned.
+fn scope_of(request: &[u8]) -> (String, String) {
     let end = find(request, b"\r\n\r\n").unwrap_or(request.len());
     let head = String::from_utf8_lossy(&request[..end]);
     head.lines()
@@ -276,7 +295,11 @@ fn region_of(request: &[u8]) -> String {
         .and_then(|auth| {
             let scope = auth.split("Credential=").nth(1)?;
             let scope = scope.split([',', ' ']).next()?;
-            scope.split('/').nth(2).map(str::to_string)
+            let mut parts = scope.split('/').skip(2);
+            Some((
+                parts.next()?.to_string(),
+                parts.next().unwrap_or_default().to_string(),
+            ))
         })
         .unwrap_or_default()
 }
@@ -321,13 +344,14 @@ async fn handle(mut client: TcpStream, state: Arc<Mutex<State>>) -> std::io::Res
         return Ok(());
     };
     let action = action_of(&request);
-    let region = region_of(&request);
+    let (region, service) = scope_of(&request);
     let (fault, backend) = {
         let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
         let mut fault = None;
         for rule in s.rules.iter_mut() {
             let matches = rule.action.as_deref().is_none_or(|a| a == action)
-                && rule.region.as_deref().is_none_or(|r| r == region);
+                && rule.region.as_deref().is_none_or(|r| r == region)
+                && rule.service.as_deref().is_none_or(|v| v == service);
             if matches && rule.remaining != Some(0) {
                 if let Some(n) = rule.remaining.as_mut() {
                     *n -= 1;
@@ -496,7 +520,10 @@ mod tests {
     #[test]
     fn the_region_is_read_from_the_credential_scope() {
         let req = b"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: AWS4-HMAC-SHA256 Credential=AKID/20261205/us-west-2/ec2/aws4_request, SignedHeaders=host, Signature=0\r\n\r\nAction=DescribeVpcs";
-        assert_eq!(super::region_of(req), "us-west-2");
-        assert_eq!(super::region_of(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), "");
+        assert_eq!(super::scope_of(req), ("us-west-2".into(), "ec2".into()));
+        assert_eq!(
+            super::scope_of(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
+            (String::new(), String::new())
+        );
     }
 }

@@ -16,6 +16,9 @@ use crate::providers::aws::AwsOptions;
 /// us-east-1, whatever region the environment runs in (docs/dns.md).
 pub const CONTROL_PLANE_REGION: &str = "us-east-1";
 
+/// What an operator needs to know when Route 53 does not answer.
+const UNREACHABLE: &str = " (Route 53 changes go through its control plane in us-east-1: while that region is out, records cannot be changed, though they keep resolving; see docs/dns.md)";
+
 /// Route 53 answers these when a call may succeed if repeated.
 const TRANSIENT_CODES: &[&str] = &[
     "Throttling",
@@ -126,15 +129,17 @@ impl Route53 {
             let (message, transient) = match &err {
                 SdkError::TimeoutError(_) => (
                     format!(
-                        "no answer within {}",
+                        "no answer within {}{UNREACHABLE}",
                         crate::report::format_duration(self.attempt_timeout)
                     ),
                     true,
                 ),
                 SdkError::DispatchFailure(f) => (
                     match f.as_connector_error() {
-                        Some(c) => format!("cannot connect: {}", crate::error::chain(c)),
-                        None => format!("cannot connect: {f:?}"),
+                        Some(c) => {
+                            format!("cannot connect: {}{UNREACHABLE}", crate::error::chain(c))
+                        }
+                        None => format!("cannot connect: {f:?}{UNREACHABLE}"),
                     },
                     true,
                 ),
