@@ -29,6 +29,72 @@ pub(crate) struct Status {
     pub last_finished: Option<Instant>,
     pub latest: Option<Arc<DriftReport>>,
     pub counters: CheckCounters,
+    /// Set by a fleet agent (`watch --all`): which envs this replica holds and their reports.
+    pub fleet: Option<FleetStatus>,
+}
+
+/// What a fleet replica shows on its endpoints.
+#[derive(Debug, Default)]
+pub(crate) struct FleetStatus {
+    pub replica: String,
+    /// Envs whose Lease this replica holds (all selected envs without Leases).
+    pub held: Vec<String>,
+    /// Replicas sharing the work (1 without Leases).
+    pub live: usize,
+    /// Envs selected at the last commit read.
+    pub envs: usize,
+    pub round: Option<Duration>,
+    /// The latest report of every env this replica checked; only held ones are served.
+    pub reports: std::collections::BTreeMap<String, Arc<DriftReport>>,
+}
+
+impl FleetStatus {
+    fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let replica = metrics::escape_label(&self.replica);
+        let mut out = String::new();
+        out.push_str("# HELP phoenix_watch_lease_held The environments whose Lease this replica holds (always 1).\n# TYPE phoenix_watch_lease_held gauge\n");
+        for env in &self.held {
+            let _ = writeln!(
+                out,
+                "phoenix_watch_lease_held{{env=\"{}\",replica=\"{replica}\"}} 1",
+                metrics::escape_label(env)
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP phoenix_watch_replicas_live Replicas sharing the environments, as this replica sees them.\n# TYPE phoenix_watch_replicas_live gauge\nphoenix_watch_replicas_live{{replica=\"{replica}\"}} {}\n",
+            self.live
+        );
+        let _ = write!(
+            out,
+            "# HELP phoenix_watch_environments Environments selected at the last commit read.\n# TYPE phoenix_watch_environments gauge\nphoenix_watch_environments{{replica=\"{replica}\"}} {}\n",
+            self.envs
+        );
+        if let Some(round) = self.round {
+            let _ = write!(
+                out,
+                "# HELP phoenix_watch_round_duration_seconds Wall time of the last round of checks of the held environments.\n# TYPE phoenix_watch_round_duration_seconds gauge\nphoenix_watch_round_duration_seconds{{replica=\"{replica}\"}} {}\n",
+                round.as_secs_f64()
+            );
+        }
+        out
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "replica {} holds {} of {} env(s) with {} live replica(s): {}",
+            self.replica,
+            self.held.len(),
+            self.envs,
+            self.live,
+            if self.held.is_empty() {
+                "none".to_string()
+            } else {
+                self.held.join(", ")
+            }
+        )
+    }
 }
 
 pub(crate) type Shared = Arc<Mutex<Status>>;
@@ -40,6 +106,7 @@ pub(crate) fn shared() -> Shared {
         last_finished: None,
         latest: None,
         counters: CheckCounters::new(),
+        fleet: None,
     }))
 }
 
@@ -124,8 +191,21 @@ fn respond(req: &Request<Incoming>, shared: &Shared, limit: Duration) -> Respons
     let status = shared.lock().unwrap_or_else(|p| p.into_inner());
     match req.uri().path() {
         "/metrics" => {
-            let reports: Vec<&DriftReport> = status.latest.iter().map(|r| r.as_ref()).collect();
-            let body = metrics::render(&reports, Some(&status.counters));
+            let body = match &status.fleet {
+                Some(fleet) => {
+                    let reports: Vec<&DriftReport> = fleet
+                        .held
+                        .iter()
+                        .filter_map(|e| fleet.reports.get(e).map(|r| r.as_ref()))
+                        .collect();
+                    metrics::render(&reports, Some(&status.counters)) + &fleet.metrics()
+                }
+                None => {
+                    let reports: Vec<&DriftReport> =
+                        status.latest.iter().map(|r| r.as_ref()).collect();
+                    metrics::render(&reports, Some(&status.counters))
+                }
+            };
             let mut resp = text(StatusCode::OK, body);
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
@@ -134,7 +214,10 @@ fn respond(req: &Request<Incoming>, shared: &Shared, limit: Duration) -> Respons
             resp
         }
         "/healthz" => match health(&status, Instant::now(), limit) {
-            Ok(msg) => text(StatusCode::OK, format!("{msg}\n")),
+            Ok(msg) => match &status.fleet {
+                Some(fleet) => text(StatusCode::OK, format!("{msg}\n{}\n", fleet.summary())),
+                None => text(StatusCode::OK, format!("{msg}\n")),
+            },
             Err(msg) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("unhealthy: {msg}\n"),
@@ -168,6 +251,7 @@ mod tests {
             last_finished: last,
             latest: None,
             counters: CheckCounters::new(),
+            fleet: None,
         }
     }
 
