@@ -154,13 +154,18 @@ fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, server::Status> {
     shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Renews, acquires and releases every third of the lease duration, so a Lease survives two
-/// failed renewals before it expires.
+/// How often a replica lists the Leases: a third of the duration, at most a second, so a
+/// released env moves within about a second; renewals are rarer ([`Coordinator::tick`]).
+pub fn tick_period(duration: Duration) -> Duration {
+    (duration / 3).clamp(Duration::from_millis(100), Duration::from_secs(1))
+}
+
+/// Lists, renews, acquires and releases every [`tick_period`].
 async fn tick_loop(owner: Arc<Ownership>, shared: Shared, duration: Duration, stop: CancelToken) {
     let Ownership::Leased(coordinator) = owner.as_ref() else {
         return;
     };
-    let mut ticker = tokio::time::interval((duration / 3).max(Duration::from_millis(100)));
+    let mut ticker = tokio::time::interval(tick_period(duration));
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -646,10 +651,20 @@ impl Coordinator {
                 .unwrap_or_else(|| "nobody".into());
             self.log(format_args!("{env}: lease lost (now held by {by})"));
         }
+        // A Lease is renewed once a quarter of its duration has passed, so it survives about
+        // three failed renewals; in between, the listed copy (same resourceVersion as this
+        // replica's last write, or it would not name this replica) is kept.
+        let renew_after = self.leases.duration / 4;
         for env in &d.renew {
             let Some(lease) = listing.envs.get(env) else {
                 continue;
             };
+            if let Some(h) = st.held.get_mut(env) {
+                if h.renewed.elapsed() < renew_after {
+                    h.lease = lease.clone();
+                    continue;
+                }
+            }
             match self.leases.renew(lease, None).await {
                 Ok(l) => {
                     st.held.insert(

@@ -195,7 +195,8 @@ pub fn decide(
         }
     }
     mine.sort_by_key(|e| rank(me, e));
-    if mine.len() > share {
+    let over_share = mine.len() > share;
+    if over_share {
         d.release.extend(mine.split_off(share));
     }
     let free: Vec<&String> = envs
@@ -205,7 +206,7 @@ pub fn decide(
             Some(v) => v.ours && v.live_holder().is_none() && v.holder.as_deref() != Some(me),
         })
         .collect();
-    if free.is_empty() && mine.len() == share && share > floor {
+    if !over_share && free.is_empty() && mine.len() == share && share > floor {
         let mut held: BTreeMap<&str, usize> = members.iter().map(|m| (m.as_str(), 0)).collect();
         for v in leases.values() {
             if let Some(h) = v.live_holder() {

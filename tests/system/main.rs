@@ -7,6 +7,7 @@ mod cli;
 mod diff;
 mod drill;
 mod faults;
+mod fleet;
 mod rebuild;
 mod regression;
 mod resume;
