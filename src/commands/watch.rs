@@ -181,7 +181,7 @@ async fn lease_client(
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path).map_err(|e| {
                 Failure::from_error(
-                    &format!("cannot read the lease kubeconfig {}", path.display()),
+                    format!("cannot read the lease kubeconfig {}", path.display()),
                     &e,
                 )
             })?;
@@ -189,7 +189,7 @@ async fn lease_client(
                 .await
                 .map_err(|e| {
                     Failure::from_error(
-                        &format!("cannot use the lease kubeconfig {}", path.display()),
+                        format!("cannot use the lease kubeconfig {}", path.display()),
                         &e,
                     )
                 })?

@@ -111,19 +111,18 @@ pub async fn run(
         None => (None, None),
     };
     let owner = Arc::new(match &opts.leases {
-        Some(leases) => Ownership::Leased(Coordinator::new(leases.clone(), opts.log)),
+        Some(leases) => Ownership::Leased(Box::new(Coordinator::new(leases.clone(), opts.log))),
         None => Ownership::Solo(Mutex::new(Solo::default())),
     });
     let ticks_stop = CancelToken::new();
-    let ticks = match &opts.leases {
-        Some(leases) => Some(tokio::spawn(tick_loop(
+    let ticks = opts.leases.as_ref().map(|leases| {
+        tokio::spawn(tick_loop(
             owner.clone(),
             shared.clone(),
             leases.duration,
             ticks_stop.clone(),
-        ))),
-        None => None,
-    };
+        ))
+    });
 
     rounds(&opts, source, &owner, &shared, queue.as_ref(), &cancel).await;
 
@@ -474,7 +473,7 @@ fn log(opts: &FleetOptions, message: std::fmt::Arguments<'_>) {
 enum Ownership {
     /// No Leases: every selected env, episodes kept in memory.
     Solo(Mutex<Solo>),
-    Leased(Coordinator),
+    Leased(Box<Coordinator>),
 }
 
 #[derive(Default)]
