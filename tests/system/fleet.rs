@@ -619,3 +619,179 @@ fn a_lease_held_by_an_unknown_holder_is_respected_until_it_expires() {
         fleet.log("replica-a")
     );
 }
+
+/// The management env's add-on, applied by phoenix itself: the agent's Namespace, RBAC and
+/// Deployment converge on the real control plane; `diff` shows no drift; and a replica
+/// authenticated as the agent's ServiceAccount (its RBAC and nothing else) takes Leases in its
+/// namespace but cannot touch Leases elsewhere.
+#[test]
+fn the_management_env_applies_the_agent_and_its_rbac_is_enough_for_the_leases() {
+    let fleet = Fleet::new(2);
+    let repo = fleet.repo();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    testkit::bed::copy_tree(
+        &root.join("environments/management"),
+        &repo.dir.join("environments/management"),
+    );
+    let env_file = repo.dir.join("environments/management/environment.yaml");
+    let text = std::fs::read_to_string(&env_file).expect("management env");
+    let declared = "existing: { kubeconfig: ~/.kube/management, context: management }";
+    assert!(text.contains(declared), "{text}");
+    std::fs::write(
+        &env_file,
+        text.replace(
+            declared,
+            &format!("existing: {{ kubeconfig: {} }}", fleet.kubeconfig.display()),
+        ),
+    )
+    .expect("write env");
+    repo.commit("the management env on the test cluster");
+    let out = fleet
+        .command("mgmt-home")
+        .current_dir(&repo.dir)
+        .args(["rebuild", "management"])
+        .output()
+        .expect("rebuild runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = fleet.cp.cluster_url(CLUSTER);
+    let (ok, replicas, err) = control_plane::kubectl(
+        &server,
+        &[
+            "-n",
+            "phoenix-system",
+            "get",
+            "deployment",
+            "phoenix-watch",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(replicas.trim(), "3");
+    let out = fleet
+        .command("mgmt-home")
+        .current_dir(&repo.dir)
+        .args(["diff", "management"])
+        .output()
+        .expect("diff runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A token of the agent's ServiceAccount in place of the admin's.
+    let (ok, token, err) = control_plane::kubectl(
+        &server,
+        &[
+            "-n",
+            "phoenix-system",
+            "create",
+            "token",
+            "phoenix-watch",
+            "--duration=10m",
+        ],
+    );
+    assert!(ok, "create token: {err}");
+    let mut config: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&fleet.cp.kubeconfig(Some(CLUSTER))).expect("kubeconfig");
+    let users = config["users"].as_sequence_mut().expect("users");
+    for u in users.iter_mut() {
+        u["user"] = serde_yaml_ng::from_str(&format!("{{ token: {} }}", token.trim())).unwrap();
+    }
+    let sa_config = fleet.sb.path("sa.kubeconfig");
+    std::fs::write(&sa_config, serde_yaml_ng::to_string(&config).unwrap()).unwrap();
+    let can_i = |ns: &str| {
+        let (_, out, err) = control_plane::kubectl(
+            &server,
+            &[
+                "auth",
+                "can-i",
+                "update",
+                "leases",
+                "-n",
+                ns,
+                "--as=system:serviceaccount:phoenix-system:phoenix-watch",
+            ],
+        );
+        format!("{}{}", out.trim(), err.trim())
+    };
+    assert_eq!(can_i("phoenix-system"), "yes");
+    assert_eq!(
+        can_i(NS),
+        "no",
+        "the agent may update Leases outside its namespace"
+    );
+
+    let listen = format!("127.0.0.1:{}", testkit::moto::free_port());
+    let log = std::fs::File::create(fleet.sb.path("sa-replica.log")).expect("log");
+    let child = fleet
+        .command("home-sa")
+        .args([
+            "--repo",
+            &repo.url(),
+            "watch",
+            "--all",
+            "--selector",
+            "fleet=test",
+        ])
+        .args([
+            "--lease-namespace",
+            "phoenix-system",
+            "--replica-id",
+            "sa-replica",
+        ])
+        .args([
+            "--lease-duration",
+            "3s",
+            "--interval",
+            "1s",
+            "--listen",
+            &listen,
+        ])
+        .arg(format!("--lease-kubeconfig={}", sa_config.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start the replica");
+    let _replica = Replica {
+        id: "sa-replica".into(),
+        listen,
+        child: Some(child),
+    };
+    let api: Api<Lease> = {
+        let _guard = fleet.rt.enter();
+        Api::namespaced(control_plane::client(&server), "phoenix-system")
+    };
+    fleet.wait(
+        "both envs' Leases held by the ServiceAccount's replica",
+        Duration::from_secs(20),
+        || {
+            let list = fleet.rt.block_on(api.list(&ListParams::default())).ok()?;
+            let held = list
+                .items
+                .iter()
+                .filter(|l| {
+                    l.metadata
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| n.starts_with("phoenix-watch-fleet-"))
+                        && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref())
+                            == Some("sa-replica")
+                })
+                .count();
+            (held == 2).then_some(())
+        },
+    );
+    assert!(
+        !fleet.log("sa-replica").contains("cannot"),
+        "{}",
+        fleet.log("sa-replica")
+    );
+}
