@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -543,6 +544,11 @@ impl Ownership {
     }
 }
 
+/// Lease requests in flight at once during a tick.
+const LEASE_CALLS: usize = 16;
+
+type LeaseCall<'a> = BoxFuture<'a, (String, Result<Lease, LeaseError>)>;
+
 /// The Lease side of a replica: what it holds, and the tick that keeps it so.
 pub struct Coordinator {
     leases: Leases,
@@ -654,20 +660,36 @@ impl Coordinator {
         // three failed renewals; in between, the listed copy (same resourceVersion as this
         // replica's last write, or it would not name this replica) is kept.
         let renew_after = self.leases.duration / 4;
+        let mut due: Vec<(String, &Lease)> = Vec::new();
         for env in &d.renew {
             let Some(lease) = listing.envs.get(env) else {
                 continue;
             };
-            if let Some(h) = st.held.get_mut(env) {
-                if h.renewed.elapsed() < renew_after {
-                    h.lease = lease.clone();
-                    continue;
-                }
+            match st.held.get_mut(env) {
+                Some(h) if h.renewed.elapsed() < renew_after => h.lease = lease.clone(),
+                _ => due.push((env.clone(), lease)),
             }
-            match self.leases.renew(lease, None).await {
+        }
+        // Renewals and acquisitions go out concurrently: a replica taking over a hundred envs
+        // after a peer died must not spend seconds on one request after another.
+        let calls: Vec<LeaseCall<'_>> = due
+            .into_iter()
+            .map(|(env, lease)| -> LeaseCall<'_> {
+                Box::pin(async move {
+                    let r = self.leases.renew(lease, None).await;
+                    (env, r)
+                })
+            })
+            .collect();
+        let renewed: Vec<(String, Result<Lease, LeaseError>)> = futures::stream::iter(calls)
+            .buffer_unordered(LEASE_CALLS)
+            .collect()
+            .await;
+        for (env, result) in renewed {
+            match result {
                 Ok(l) => {
                     st.held.insert(
-                        env.clone(),
+                        env,
                         Held {
                             lease: l,
                             renewed: Instant::now(),
@@ -675,7 +697,7 @@ impl Coordinator {
                     );
                 }
                 Err(LeaseError::Lost { .. }) => {
-                    st.held.remove(env);
+                    st.held.remove(&env);
                     self.log(format_args!("{env}: lease lost while renewing"));
                 }
                 Err(e) => self.log(format_args!("{env}: renewing failed: {}", chain(&e))),
@@ -698,23 +720,34 @@ impl Coordinator {
                 Err(e) => self.log(format_args!("{env}: releasing failed: {}", chain(&e))),
             }
         }
-        for env in &d.acquire {
-            let before = views.get(env).and_then(|v| v.holder.clone());
-            match self.leases.acquire(env, listing.envs.get(env)).await {
+        let calls: Vec<LeaseCall<'_>> = d
+            .acquire
+            .iter()
+            .map(|env| -> LeaseCall<'_> {
+                let existing = listing.envs.get(env);
+                Box::pin(async move { (env.clone(), self.leases.acquire(env, existing).await) })
+            })
+            .collect();
+        let acquired: Vec<(String, Result<Lease, LeaseError>)> = futures::stream::iter(calls)
+            .buffer_unordered(LEASE_CALLS)
+            .collect()
+            .await;
+        for (env, result) in acquired {
+            match result {
                 Ok(l) => {
-                    st.held.insert(
-                        env.clone(),
-                        Held {
-                            lease: l,
-                            renewed: Instant::now(),
-                        },
-                    );
-                    match before {
+                    match views.get(&env).and_then(|v| v.holder.clone()) {
                         Some(prev) => self.log(format_args!(
                             "{env}: lease acquired (expired holder {prev})"
                         )),
                         None => self.log(format_args!("{env}: lease acquired")),
                     }
+                    st.held.insert(
+                        env,
+                        Held {
+                            lease: l,
+                            renewed: Instant::now(),
+                        },
+                    );
                 }
                 // Another replica was faster; its Lease shows up on the next list.
                 Err(LeaseError::Lost { .. }) => {}

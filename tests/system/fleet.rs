@@ -368,10 +368,11 @@ fn three_replicas_share_ten_envs_evenly_and_a_killed_ones_envs_move_within_the_l
     );
     let took = killed.elapsed();
     eprintln!("takeover after SIGKILL: {took:?} (lease duration 3 s); shares {counts:?}");
-    // Its Leases were renewed at most a tick (1 s) before the kill: they expire within 3 s of
-    // it, and the next tick (1 s) of a survivor takes them.
+    // Its Leases (and its membership Lease) expire within the 3 s duration of the kill; a
+    // survivor's next tick (every 1 s) takes them; 1.5 s more for a loaded 2-core machine and
+    // this test's own polling.
     assert!(
-        took <= Duration::from_millis(4500),
+        took <= Duration::from_millis(5500),
         "takeover took {took:?}"
     );
     let holders = fleet.holders();
