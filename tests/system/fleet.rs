@@ -347,6 +347,7 @@ fn three_replicas_share_ten_envs_evenly_and_a_killed_ones_envs_move_within_the_l
                 "{line} in\n{metrics}"
             );
         }
+        promtool_accepts(&metrics);
         let health = http_get(&r.listen, "/healthz").unwrap_or_default();
         assert!(
             health.contains(&format!("replica {} holds", r.id)),
@@ -795,4 +796,108 @@ fn the_management_env_applies_the_agent_and_its_rbac_is_enough_for_the_leases() 
         "{}",
         fleet.log("sa-replica")
     );
+}
+
+/// `promtool check metrics` accepts the body of an HTTP response (strict: it also prints lint
+/// findings, which count as failures here).
+fn promtool_accepts(response: &str) {
+    use std::io::Write as _;
+    let body = response.split_once("\r\n\r\n").map_or(response, |(_, b)| b);
+    let mut child = Command::new(testkit::tools::require("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool: {said}\n{body}"
+    );
+}
+
+/// Alone (no Lease namespace) a replica watches every selected env, and the commit is re-read
+/// every interval from the URL: an env added by a new commit is watched on a later round, one
+/// whose label no longer matches is dropped.
+#[test]
+fn alone_the_agent_watches_every_selected_env_and_follows_new_commits() {
+    let fleet = Fleet::new(2);
+    let repo = fleet.repo();
+    let listen = format!("127.0.0.1:{}", testkit::moto::free_port());
+    let log = std::fs::File::create(fleet.sb.path("solo.log")).expect("log");
+    let child = fleet
+        .command("home-solo")
+        .args([
+            "--repo",
+            &repo.url(),
+            "watch",
+            "--all",
+            "--selector",
+            "fleet=test",
+        ])
+        .args([
+            "--replica-id",
+            "solo",
+            "--interval",
+            "1s",
+            "--listen",
+            &listen,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start phoenix watch --all");
+    let _solo = Replica {
+        id: "solo".into(),
+        listen: listen.clone(),
+        child: Some(child),
+    };
+    fleet.wait("both envs watched", Duration::from_secs(20), || {
+        http_get(&listen, "/healthz").filter(|h| {
+            h.contains("replica solo holds 2 of 2 env(s) with 1 live replica(s): fleet-0, fleet-1")
+        })
+    });
+    // A new env with the label, and fleet-1 relabelled.
+    let env = |name: &str, label: &str| {
+        format!(
+            "apiVersion: phoenix/v1\nkind: Environment\nmetadata: {{ name: {name}, labels: {{ fleet: {label} }} }}\nspec:\n  cluster: {{ existing: {{ kubeconfig: {} }} }}\n  apps:\n    - {{ name: cfg, path: apps/cfg }}\n",
+            fleet.kubeconfig.display()
+        )
+    };
+    repo.write(
+        "environments/fleet-9/environment.yaml",
+        env("fleet-9", "test"),
+    );
+    repo.write(
+        "environments/fleet-9/apps/cfg/cm.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: { name: cfg-fleet-9, namespace: default }\ndata: { color: blue }\n",
+    );
+    repo.write(
+        "environments/fleet-1/environment.yaml",
+        env("fleet-1", "retired"),
+    );
+    repo.commit("fleet-9 joins, fleet-1 leaves");
+    let metrics = fleet.wait("the new commit's envs", Duration::from_secs(20), || {
+        let h = http_get(&listen, "/healthz")?;
+        if !h.contains("holds 2 of 2 env(s) with 1 live replica(s): fleet-0, fleet-9") {
+            return None;
+        }
+        http_get(&listen, "/metrics").filter(|m| m.contains("phoenix_drift{env=\"fleet-9\""))
+    });
+    // Its gauges are gone (the counters of the checks this replica made of it stay, as
+    // counters do).
+    assert!(!metrics.contains("phoenix_drift{env=\"fleet-1\""), "{metrics}");
+    promtool_accepts(&metrics);
 }
