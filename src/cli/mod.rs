@@ -212,11 +212,11 @@ pub struct WatchArgs {
     pub all: bool,
     /// With --all: only environments whose metadata.labels have LABEL=VALUE (repeatable: all
     /// must match)
-    #[arg(long, value_name = "LABEL=VALUE", requires = "all", value_parser = parse_selector)]
+    #[arg(long, value_name = "LABEL=VALUE", value_parser = parse_selector)]
     pub selector: Vec<(String, String)>,
     /// With --all: share the environments with other replicas through one
     /// coordination.k8s.io/v1 Lease per environment in this namespace of the management cluster
-    #[arg(long, value_name = "NS", requires = "all")]
+    #[arg(long, value_name = "NS")]
     pub lease_namespace: Option<String>,
     /// Kubeconfig of the management cluster holding the Leases (default: the in-cluster
     /// service account in a pod, else $KUBECONFIG or ~/.kube/config)

@@ -18,6 +18,15 @@ pub async fn run(ctx: &Context, args: &WatchArgs) -> Outcome {
     let Some(env) = args.env.clone() else {
         return run_fleet(ctx, args).await;
     };
+    // clap counts the --all flag's default (false) as present, so its `requires` cannot say this.
+    if !args.selector.is_empty() || args.lease_namespace.is_some() {
+        return Err(Failure::new(
+            "--selector and --lease-namespace apply to `phoenix watch --all` only",
+        )
+        .help(format!(
+            "watch {env} alone, or every environment with --all"
+        )));
+    }
     let mut opts = WatchOptions::new(env.clone(), args.interval, args.listen);
     opts.alert_after = args.alert_after;
     opts.webhook = webhook_url(args)?

@@ -898,6 +898,46 @@ fn alone_the_agent_watches_every_selected_env_and_follows_new_commits() {
     });
     // Its gauges are gone (the counters of the checks this replica made of it stay, as
     // counters do).
-    assert!(!metrics.contains("phoenix_drift{env=\"fleet-1\""), "{metrics}");
+    assert!(
+        !metrics.contains("phoenix_drift{env=\"fleet-1\""),
+        "{metrics}"
+    );
     promtool_accepts(&metrics);
+}
+
+/// The fleet flags are refused where they mean nothing, before anything starts.
+#[test]
+fn fleet_flags_need_all_and_a_lease_namespace() {
+    let sb = Sandbox::new();
+    let run = |args: &[&str]| {
+        let out = Command::new(testkit::bed::phoenix_binary())
+            .env("HOME", sb.home())
+            .env("PHOENIX_HOME", sb.path("home"))
+            .current_dir(sb.path("."))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("phoenix runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["watch", "--selector", "team=a", "demo"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("--selector and --lease-namespace apply to `phoenix watch --all` only"),
+        "{err}"
+    );
+    let (code, err) = run(&["watch", "--lease-namespace", "ns", "demo"]);
+    assert_eq!(code, Some(1), "{err}");
+    let (code, err) = run(&["watch", "--all", "demo"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("'--all' cannot be used with"), "{err}");
+    let (code, err) = run(&["watch", "--all", "--lease-duration", "3s"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--lease-namespace <NS>"), "{err}");
+    let (code, err) = run(&["watch", "--all", "--selector", "nolabel"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("\"nolabel\" is not LABEL=VALUE"), "{err}");
 }
