@@ -85,6 +85,8 @@ pub async fn run(
     lock(&shared).fleet = Some(FleetStatus {
         replica: opts.replica.clone(),
         live: 1,
+        // Unreachable Leases for two durations: this replica holds nothing any more.
+        leases_limit: opts.leases.as_ref().map(|l| l.duration.saturating_mul(2)),
         ..FleetStatus::default()
     });
     if let Ok(addr) = listener.local_addr() {
@@ -177,12 +179,15 @@ async fn tick_loop(owner: Arc<Ownership>, shared: Shared, duration: Duration, st
         }
         // Not raced against `stop`: a tick is bounded by its calls' timeouts, and finishing it
         // keeps the held set consistent for the release at shutdown.
-        coordinator.tick().await;
+        let listed = coordinator.tick().await;
         let (held, live) = coordinator.view().await;
         let mut status = lock(&shared);
         if let Some(f) = status.fleet.as_mut() {
             f.held = held;
             f.live = live;
+            if listed {
+                f.leases_seen = Some(Instant::now());
+            }
         }
     }
 }
@@ -593,7 +598,8 @@ impl Coordinator {
     /// One round of the Lease protocol: list, heartbeat, then renew / release / acquire as
     /// [`decide`] says. The first tick only announces this replica, so replicas starting
     /// together see each other before taking envs.
-    async fn tick(&self) {
+    /// False when the Leases could not even be listed.
+    async fn tick(&self) -> bool {
         let mut st = self.state.lock().await;
         let me = self.leases.me.clone();
         let now = SystemTime::now();
@@ -605,7 +611,7 @@ impl Coordinator {
                     self.leases.namespace(),
                     chain(&e)
                 ));
-                return;
+                return false;
             }
         };
         let listing = Listing::of(list, &st.envs, &me, now);
@@ -622,7 +628,7 @@ impl Coordinator {
         st.live = listing.members.len();
         st.ticks += 1;
         if st.ticks == 1 {
-            return;
+            return true;
         }
         let views: BTreeMap<String, LeaseView> = listing
             .envs
@@ -754,6 +760,7 @@ impl Coordinator {
                 Err(e) => self.log(format_args!("{env}: acquiring failed: {}", chain(&e))),
             }
         }
+        true
     }
 
     async fn record(&self, env: &str, episode: EpisodeRecord) -> Result<(), String> {

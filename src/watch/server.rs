@@ -46,6 +46,10 @@ pub(crate) struct FleetStatus {
     pub round: Option<Duration>,
     /// The latest report of every env this replica checked; only held ones are served.
     pub reports: std::collections::BTreeMap<String, Arc<DriftReport>>,
+    /// With Leases: how long the Lease API may stay unreachable before /healthz turns 503,
+    /// and when the Leases were last listed.
+    pub leases_limit: Option<Duration>,
+    pub leases_seen: Option<Instant>,
 }
 
 impl FleetStatus {
@@ -79,6 +83,24 @@ impl FleetStatus {
             );
         }
         out
+    }
+
+    /// Unhealthy once the Leases have not been listed within `leases_limit` (counted from
+    /// `started` before the first listing).
+    fn lease_health(&self, started: Instant, now: Instant) -> Result<(), String> {
+        let Some(limit) = self.leases_limit else {
+            return Ok(());
+        };
+        let age = now.saturating_duration_since(self.leases_seen.unwrap_or(started));
+        if age <= limit {
+            Ok(())
+        } else {
+            Err(format!(
+                "the Leases have not been listed for {} (limit {})",
+                ms(age),
+                ms(limit)
+            ))
+        }
     }
 
     fn summary(&self) -> String {
@@ -213,16 +235,21 @@ fn respond(req: &Request<Incoming>, shared: &Shared, limit: Duration) -> Respons
             );
             resp
         }
-        "/healthz" => match health(&status, Instant::now(), limit) {
-            Ok(msg) => match &status.fleet {
-                Some(fleet) => text(StatusCode::OK, format!("{msg}\n{}\n", fleet.summary())),
-                None => text(StatusCode::OK, format!("{msg}\n")),
-            },
-            Err(msg) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("unhealthy: {msg}\n"),
-            ),
-        },
+        "/healthz" => {
+            match health(&status, Instant::now(), limit).and_then(|ok| match &status.fleet {
+                Some(f) => f.lease_health(status.started, Instant::now()).map(|()| ok),
+                None => Ok(ok),
+            }) {
+                Ok(msg) => match &status.fleet {
+                    Some(fleet) => text(StatusCode::OK, format!("{msg}\n{}\n", fleet.summary())),
+                    None => text(StatusCode::OK, format!("{msg}\n")),
+                },
+                Err(msg) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("unhealthy: {msg}\n"),
+                ),
+            }
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /metrics or /healthz\n".into(),
@@ -253,6 +280,25 @@ mod tests {
             counters: CheckCounters::new(),
             fleet: None,
         }
+    }
+
+    #[test]
+    fn a_replica_that_cannot_list_its_leases_is_unhealthy() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut f = FleetStatus {
+            leases_limit: Some(Duration::from_millis(500)),
+            ..FleetStatus::default()
+        };
+        assert!(f.lease_health(t0, at(400)).is_ok());
+        assert_eq!(
+            f.lease_health(t0, at(600)),
+            Err("the Leases have not been listed for 600ms (limit 500ms)".into())
+        );
+        f.leases_seen = Some(at(1000));
+        assert!(f.lease_health(t0, at(1400)).is_ok());
+        f.leases_limit = None;
+        assert!(f.lease_health(t0, at(9000)).is_ok());
     }
 
     #[test]

@@ -620,6 +620,24 @@ fn a_lease_held_by_an_unknown_holder_is_respected_until_it_expires() {
         "{}",
         fleet.log("replica-a")
     );
+
+    // Without its Lease API the replica stops holding anything, and says so on /healthz
+    // (503 after two lease durations without a listing).
+    // The last listing was at most a tick (1 s) before this.
+    let lost = Instant::now();
+    assert!(fleet.cp.wipe_cluster(CLUSTER));
+    let health = fleet.wait("/healthz turning 503", Duration::from_secs(15), || {
+        http_get(&r.listen, "/healthz").filter(|h| h.starts_with("HTTP/1.1 503"))
+    });
+    assert!(
+        health.contains("the Leases have not been listed for"),
+        "{health}"
+    );
+    assert!(
+        lost.elapsed() >= Duration::from_secs(5),
+        "{:?}",
+        lost.elapsed()
+    );
 }
 
 /// The management env's add-on, applied by phoenix itself: the agent's Namespace, RBAC and
