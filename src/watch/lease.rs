@@ -682,6 +682,69 @@ mod tests {
         assert_eq!(EpisodeRecord::of(&lease), EpisodeRecord::default());
     }
 
+    fn lease(name: &str, role: Option<&str>, holder: &str, renewed_ago: u64) -> Lease {
+        let now = SystemTime::now();
+        Lease {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: role.map(|r| {
+                    BTreeMap::from([
+                        (LABEL_MANAGED_BY.to_string(), "phoenix".to_string()),
+                        (LABEL_ROLE.to_string(), r.to_string()),
+                    ])
+                }),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                lease_duration_seconds: Some(10),
+                renew_time: Some(MicroTime(
+                    k8s_openapi::jiff::Timestamp::try_from(now - Duration::from_secs(renewed_ago))
+                        .unwrap(),
+                )),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_listing_sorts_env_leases_members_and_dead_members() {
+        let leases = vec![
+            lease("phoenix-watch-a", Some("env"), "r1", 1),
+            // Same name pattern, no label: kept (and respected as foreign).
+            lease("phoenix-watch-b", None, "someone", 1),
+            // An env no longer selected: kept only because it is phoenix's (to release it).
+            lease("phoenix-watch-gone", Some("env"), "me", 1),
+            lease("phoenix-watch-other", None, "x", 1),
+            lease("phoenix-replica-r1", Some("replica"), "r1", 2),
+            lease("phoenix-replica-me", Some("replica"), "me", 0),
+            lease("phoenix-replica-late", Some("replica"), "late", 20),
+            lease("phoenix-replica-dead", Some("replica"), "dead", 200),
+            lease("unrelated", None, "y", 1),
+        ];
+        let envs = vec!["a".to_string(), "b".to_string()];
+        let l = Listing::of(leases, &envs, "me", SystemTime::now());
+        assert_eq!(
+            l.envs.keys().cloned().collect::<Vec<_>>(),
+            vec!["a", "b", "gone"]
+        );
+        assert_eq!(
+            l.members.iter().cloned().collect::<Vec<_>>(),
+            vec!["me", "r1"]
+        );
+        assert!(l.own_member.is_some());
+        assert_eq!(l.dead_members, vec!["phoenix-replica-dead".to_string()]);
+        let views: BTreeMap<String, LeaseView> = l
+            .envs
+            .iter()
+            .map(|(e, x)| (e.clone(), LeaseView::of(x, SystemTime::now())))
+            .collect();
+        let d = decide("me", &envs, &views, &l.members, &BTreeSet::new());
+        assert_eq!(d.foreign, vec!["b".to_string()]);
+        assert_eq!(d.release, vec!["gone".to_string()]);
+        assert!(d.acquire.is_empty());
+    }
+
     #[test]
     fn member_names_are_valid_object_names() {
         assert_eq!(
