@@ -104,9 +104,9 @@ async fn run_fleet(ctx: &Context, args: &WatchArgs) -> Outcome {
         listen: args.listen,
         webhook,
         delivery: Default::default(),
-        healer: args
-            .heal
-            .then(|| Arc::new(RebuildHealer { ctx: ctx.clone() }) as Arc<dyn Healer>),
+        // An env may turn healing on for itself (spec.watch.heal) even without --heal.
+        healer: Some(Arc::new(RebuildHealer { ctx: ctx.clone() }) as Arc<dyn Healer>),
+        heal: args.heal,
         heal_timeout: Duration::from_secs(1800),
         concurrency: usize::from(args.check_concurrency),
         leases,

@@ -19,6 +19,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::drift::{DriftReport, LayerDrift};
 use crate::engine::{BoxFuture, CancelToken, Layer};
+use crate::env::watch::WatchSettings;
 
 use super::agent::{Healer, WatchError};
 use super::episode::{alert_text, converged_text, CheckVerdict, Episodes, Notice};
@@ -39,6 +40,8 @@ pub trait FleetRound: Send + Sync {
     fn envs(&self) -> Vec<String>;
     /// The drift check of `env` at this commit; failures are inside the report.
     fn check(&self, env: &str) -> BoxFuture<'static, DriftReport>;
+    /// The env's own `spec.watch` settings (unset ones fall back to the agent's options).
+    fn settings(&self, env: &str) -> WatchSettings;
 }
 
 /// How the fleet agent runs.
@@ -52,7 +55,9 @@ pub struct FleetOptions {
     pub listen: SocketAddr,
     pub webhook: Option<Webhook>,
     pub delivery: DeliveryOptions,
+    /// Heals with this where the env's `spec.watch.heal` (else `heal`) says so.
     pub healer: Option<Arc<dyn Healer>>,
+    pub heal: bool,
     pub heal_timeout: Duration,
     /// Checks in flight at once.
     pub concurrency: usize,
@@ -202,6 +207,8 @@ async fn rounds(
 ) {
     let mut ticker = tokio::time::interval(opts.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // When each env's last check started (for envs with an interval of their own).
+    let mut checked: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         tokio::select! {
             biased;
@@ -215,7 +222,7 @@ async fn rounds(
             _ = cancel.cancelled() => return,
             // Abandoning a round on cancel is what cancel means; nothing is half-written (each
             // Lease write is one request).
-            _ = round(opts, &source, owner, shared, queue) => {}
+            _ = round(opts, &source, owner, shared, queue, &mut checked) => {}
         }
     }
 }
@@ -226,6 +233,7 @@ async fn round(
     owner: &Arc<Ownership>,
     shared: &Shared,
     queue: Option<&mpsc::Sender<String>>,
+    checked: &mut BTreeMap<String, Instant>,
 ) {
     let started = Instant::now();
     let opened = match tokio::time::timeout(opts.check_timeout, source.open()).await {
@@ -259,7 +267,23 @@ async fn round(
         }
     }
     let commit = fleet_round.commit();
-    let checks = futures::stream::iter(held.clone())
+    checked.retain(|e, _| held.contains(e));
+    // An env with its own interval is checked on the first round at least that long after its
+    // last check (a round comes every --interval, so a shorter one means every round).
+    let due: Vec<String> = held
+        .iter()
+        .filter(|e| {
+            let every = fleet_round.settings(e).interval.unwrap_or(opts.interval);
+            checked
+                .get(*e)
+                .is_none_or(|t| started.saturating_duration_since(*t) + opts.interval / 10 >= every)
+        })
+        .cloned()
+        .collect();
+    for e in &due {
+        checked.insert(e.clone(), started);
+    }
+    let checks = futures::stream::iter(due.clone())
         .map(|env| {
             let fleet_round = fleet_round.clone();
             let commit = commit.clone();
@@ -271,7 +295,17 @@ async fn round(
         .buffer_unordered(opts.concurrency.max(1));
     futures::pin_mut!(checks);
     while let Some((env, report)) = checks.next().await {
-        settle(opts, owner, shared, queue, &env, Arc::new(report)).await;
+        let settings = fleet_round.settings(&env);
+        settle(
+            opts,
+            owner,
+            shared,
+            queue,
+            &env,
+            &settings,
+            Arc::new(report),
+        )
+        .await;
     }
     let took = started.elapsed();
     let mut status = lock(shared);
@@ -284,10 +318,11 @@ async fn round(
     log(
         opts,
         format_args!(
-            "round at {}: checked {} of {} env(s) in {}",
+            "round at {}: checked {} of {} env(s) ({} held) in {}",
             commit.get(..12).unwrap_or(&commit),
-            held.len(),
+            due.len(),
             envs.len(),
+            held.len(),
             crate::report::format_duration(took)
         ),
     );
@@ -336,6 +371,7 @@ async fn settle(
     shared: &Shared,
     queue: Option<&mpsc::Sender<String>>,
     env: &str,
+    settings: &WatchSettings,
     report: Arc<DriftReport>,
 ) {
     let Some(before) = owner.episode(env).await else {
@@ -360,7 +396,8 @@ async fn settle(
         let ago = now_s.duration_since(s).unwrap_or_default();
         now_i.checked_sub(ago).unwrap_or(now_i)
     });
-    let mut episodes = Episodes::resume(opts.alert_after, since, before.alerted);
+    let alert_after = settings.alert_after.unwrap_or(opts.alert_after);
+    let mut episodes = Episodes::resume(alert_after, since, before.alerted);
     let notice = episodes.observe(now_i, verdict);
     let after = EpisodeRecord {
         since: episodes.drifting_since().map(|s| {
@@ -399,7 +436,7 @@ async fn settle(
             None => log(opts, format_args!("{text}")),
         }
     }
-    if verdict == CheckVerdict::Drift {
+    if verdict == CheckVerdict::Drift && settings.heal.unwrap_or(opts.heal) {
         if let Some(healer) = &opts.healer {
             // Heal only while the Lease is provably still ours.
             if let Err(e) = owner.record(env, after).await {

@@ -148,6 +148,13 @@ impl crate::watch::FleetRound for GitRound {
         self.envs.keys().cloned().collect()
     }
 
+    fn settings(&self, env: &str) -> crate::env::watch::WatchSettings {
+        match self.envs.get(env) {
+            Some(Ok(e)) => e.watch.clone(),
+            _ => Default::default(),
+        }
+    }
+
     fn check(&self, env: &str) -> BoxFuture<'static, DriftReport> {
         let ctx = self.ctx.clone();
         let snap = self.snap.clone();

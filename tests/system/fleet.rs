@@ -112,10 +112,16 @@ impl Fleet {
         all.push("outsider".into());
         for env in &all {
             let label = if env == "outsider" { "other" } else { "test" };
+            // Two envs with watch settings of their own, which win over the agent's flags.
+            let watch = match env.as_str() {
+                "fleet-5" => "  watch: { alertAfter: 1h }\n",
+                "fleet-6" => "  watch: { interval: 1h }\n",
+                _ => "",
+            };
             repo.write(
                 &format!("environments/{env}/environment.yaml"),
                 format!(
-                    "apiVersion: phoenix/v1\nkind: Environment\nmetadata: {{ name: {env}, labels: {{ fleet: {label} }} }}\nspec:\n  timeouts: {{ cluster: 20s }}\n  cluster: {{ existing: {{ kubeconfig: {} }} }}\n  apps:\n    - {{ name: cfg, path: apps/cfg }}\n",
+                    "apiVersion: phoenix/v1\nkind: Environment\nmetadata: {{ name: {env}, labels: {{ fleet: {label} }} }}\nspec:\n{watch}  timeouts: {{ cluster: 20s }}\n  cluster: {{ existing: {{ kubeconfig: {} }} }}\n  apps:\n    - {{ name: cfg, path: apps/cfg }}\n",
                     self.kubeconfig.display()
                 ),
             );
@@ -355,6 +361,32 @@ fn three_replicas_share_ten_envs_evenly_and_a_killed_ones_envs_move_within_the_l
         );
     }
 
+    // fleet-6 (`spec.watch.interval: 1h`) was checked once by its holder, which checks its
+    // other envs every second.
+    let holder6 = holders.get("fleet-6").cloned().expect("fleet-6 held");
+    let r6 = [&a, &b, &c]
+        .into_iter()
+        .find(|r| r.id == holder6)
+        .expect("a replica of ours");
+    let other = holders
+        .iter()
+        .find(|(e, h)| **h == holder6 && e.as_str() != "fleet-6")
+        .map(|(e, _)| e.clone())
+        .expect("the holder of fleet-6 holds another env");
+    let checks = |m: &str, env: &str| -> u64 {
+        let prefix = format!("phoenix_drift_checks_total{{env=\"{env}\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let metrics = fleet.wait(
+        "three checks of another env of fleet-6's holder",
+        Duration::from_secs(15),
+        || http_get(&r6.listen, "/metrics").filter(|m| checks(m, &other) >= 3),
+    );
+    assert_eq!(checks(&metrics, "fleet-6"), 1, "{metrics}");
+
     let b_envs: Vec<String> = holders
         .iter()
         .filter(|(_, h)| h.as_str() == "replica-b")
@@ -447,6 +479,21 @@ fn drift_is_alerted_once_across_replicas_and_sigterm_hands_the_envs_over_at_once
         ],
     );
     assert!(ok, "kubectl patch: {err}");
+    // fleet-5 drifts too, but alerts only after its own alertAfter (1h).
+    let (ok, _, err) = control_plane::kubectl(
+        &fleet.cp.cluster_url(CLUSTER),
+        &[
+            "-n",
+            "default",
+            "patch",
+            "configmap",
+            "cfg-fleet-5",
+            "--type=merge",
+            "-p",
+            r#"{"data":{"color":"red"}}"#,
+        ],
+    );
+    assert!(ok, "kubectl patch: {err}");
     let alerts = |env: &str| -> Vec<String> {
         hook.posts
             .lock()
@@ -506,6 +553,20 @@ fn drift_is_alerted_once_across_replicas_and_sigterm_hands_the_envs_over_at_once
     );
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(alerts("fleet-3").len(), 1, "{:?}", alerts("fleet-3"));
+    let holder5 = fleet
+        .holders()
+        .get("fleet-5")
+        .cloned()
+        .expect("fleet-5 held");
+    fleet.wait(
+        "fleet-5's drift seen by its holder",
+        Duration::from_secs(10),
+        || {
+            http_get(&replicas[&holder5].listen, "/metrics")
+                .filter(|m| m.contains("phoenix_drift{env=\"fleet-5\",layer=\"apps\"} 1"))
+        },
+    );
+    assert!(alerts("fleet-5").is_empty(), "{:?}", alerts("fleet-5"));
 
     // Fixed with kubectl: one converged notice, from the new holder.
     let (ok, _, err) = control_plane::kubectl(
