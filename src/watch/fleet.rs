@@ -833,8 +833,19 @@ impl Coordinator {
         let mut st = self.state.lock().await;
         let held = std::mem::take(&mut st.held);
         let n = held.len();
-        for (env, h) in held {
-            if let Err(e) = self.leases.release(&h.lease).await {
+        // Concurrently: a pod has its termination grace period, not one call timeout per env.
+        let calls: Vec<LeaseCall<'_>> = held
+            .iter()
+            .map(|(env, h)| -> LeaseCall<'_> {
+                Box::pin(async move { (env.clone(), self.leases.release(&h.lease).await) })
+            })
+            .collect();
+        let released: Vec<(String, Result<Lease, LeaseError>)> = futures::stream::iter(calls)
+            .buffer_unordered(LEASE_CALLS)
+            .collect()
+            .await;
+        for (env, result) in released {
+            if let Err(e) = result {
                 self.log(format_args!("{env}: releasing failed: {}", chain(&e)));
             }
         }
