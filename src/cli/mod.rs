@@ -233,8 +233,44 @@ pub struct DiffArgs {
 
 #[derive(Debug, Args)]
 pub struct WatchArgs {
-    #[command(flatten)]
-    pub env: EnvArg,
+    /// Environment name (a directory under environments/); or --all
+    #[arg(
+        value_name = "ENV",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub env: Option<String>,
+    /// Watch every environment in the commit (re-read, and fetched for a URL --repo, every
+    /// interval)
+    #[arg(long)]
+    pub all: bool,
+    /// With --all: only environments whose metadata.labels have LABEL=VALUE (repeatable: all
+    /// must match)
+    #[arg(long, value_name = "LABEL=VALUE", value_parser = parse_selector)]
+    pub selector: Vec<(String, String)>,
+    /// With --all: share the environments with other replicas through one
+    /// coordination.k8s.io/v1 Lease per environment in this namespace of the management cluster
+    #[arg(long, value_name = "NS")]
+    pub lease_namespace: Option<String>,
+    /// Kubeconfig of the management cluster holding the Leases (default: the in-cluster
+    /// service account in a pod, else $KUBECONFIG or ~/.kube/config)
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "PHOENIX_LEASE_KUBECONFIG",
+        requires = "lease_namespace"
+    )]
+    pub lease_kubeconfig: Option<PathBuf>,
+    /// How long a Lease holds without renewal; a dead replica's envs move after this
+    #[arg(long, default_value = "15s", value_parser = positive_duration, requires = "lease_namespace")]
+    pub lease_duration: std::time::Duration,
+    /// This replica's holder identity on the Leases (default: the host name and process id; in
+    /// a pod, set it to the pod name)
+    #[arg(long, value_name = "ID", env = "PHOENIX_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// With --all: environment checks in flight at once
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub check_concurrency: u16,
     /// Time between checks (each re-reads Git at --ref)
     #[arg(long, default_value = "1m", value_parser = positive_duration)]
     pub interval: std::time::Duration,
@@ -266,6 +302,13 @@ fn layer_parser() -> impl clap::builder::TypedValueParser<Value = crate::engine:
     use clap::builder::TypedValueParser as _;
     clap::builder::PossibleValuesParser::new(crate::engine::Layer::ALL.map(|l| l.as_str()))
         .try_map(|s| s.parse::<crate::engine::Layer>())
+}
+
+fn parse_selector(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("{s:?} is not LABEL=VALUE")),
+    }
 }
 
 fn positive_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -295,6 +295,7 @@ fn decode_environment(
         "spec",
         &[
             "recoveryObjective",
+            "watch",
             "values",
             "timeouts",
             "secrets",
@@ -308,6 +309,9 @@ fn decode_environment(
         ],
     )?;
     let recovery_objective = d.opt(&spec, "recoveryObjective", Decoder::duration);
+    let watch = d
+        .opt(&spec, "watch", super::watch::decode_watch)
+        .unwrap_or_default();
     let values = match spec.get("values") {
         Some(n) if matches!(n.kind, Kind::Map(_)) => {
             d.free_form_keys(n, "spec.values");
@@ -353,6 +357,7 @@ fn decode_environment(
         protected,
         labels,
         recovery_objective,
+        watch,
         values,
         timeouts,
         secrets,

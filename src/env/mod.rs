@@ -12,6 +12,7 @@ pub mod model;
 pub mod spans;
 pub mod validate;
 pub mod volumes;
+pub mod watch;
 pub mod yaml;
 
 pub use diag::Diagnostic;

@@ -23,6 +23,8 @@ pub struct Environment {
     pub labels: BTreeMap<String, String>,
     #[serde(with = "humantime_serde_opt")]
     pub recovery_objective: Option<Duration>,
+    /// `spec.watch`: this env's settings for `phoenix watch --all` (unset ones: the flags).
+    pub watch: super::watch::WatchSettings,
     /// Template values as written in the environment (merged with shared defaults at render time).
     pub values: serde_json::Value,
     pub timeouts: Timeouts,

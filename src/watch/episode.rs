@@ -107,6 +107,24 @@ impl Episodes {
         Some(Notice::Alert { lasted })
     }
 
+    /// A tracker that continues an episode another agent started (a fleet replica taking over an
+    /// environment resumes the episode recorded on its Lease): drifting since `since`, alerted or
+    /// not; `None` is no open episode.
+    pub fn resume(alert_after: Duration, since: Option<Instant>, alerted: bool) -> Self {
+        Episodes {
+            alert_after,
+            state: match since {
+                Some(since) => State::Drifting { since, alerted },
+                None => State::Clear,
+            },
+        }
+    }
+
+    /// Whether the open episode has been alerted (false when none is open).
+    pub fn alerted(&self) -> bool {
+        matches!(self.state, State::Drifting { alerted: true, .. })
+    }
+
     /// Whether an episode is open, and since when.
     pub fn drifting_since(&self) -> Option<Instant> {
         match self.state {
@@ -183,6 +201,24 @@ mod tests {
     }
 
     use CheckVerdict::{Drift, InSync, Unknown};
+
+    #[test]
+    fn a_resumed_alerted_episode_does_not_alert_again_and_closes_with_a_notice() {
+        let t0 = Instant::now();
+        let mut e = Episodes::resume(S * 3, Some(t0), true);
+        assert!(e.alerted());
+        assert_eq!(e.observe(t0 + S * 10, Drift), None);
+        assert_eq!(
+            e.observe(t0 + S * 12, InSync),
+            Some(Notice::Converged { lasted: S * 12 })
+        );
+        let mut fresh = Episodes::resume(S * 3, Some(t0), false);
+        assert_eq!(
+            fresh.observe(t0 + S * 4, Drift),
+            Some(Notice::Alert { lasted: S * 4 })
+        );
+        assert_eq!(Episodes::resume(S, None, true).drifting_since(), None);
+    }
 
     #[test]
     fn one_alert_per_episode_after_alert_after() {

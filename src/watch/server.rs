@@ -29,6 +29,94 @@ pub(crate) struct Status {
     pub last_finished: Option<Instant>,
     pub latest: Option<Arc<DriftReport>>,
     pub counters: CheckCounters,
+    /// Set by a fleet agent (`watch --all`): which envs this replica holds and their reports.
+    pub fleet: Option<FleetStatus>,
+}
+
+/// What a fleet replica shows on its endpoints.
+#[derive(Debug, Default)]
+pub(crate) struct FleetStatus {
+    pub replica: String,
+    /// Envs whose Lease this replica holds (all selected envs without Leases).
+    pub held: Vec<String>,
+    /// Replicas sharing the work (1 without Leases).
+    pub live: usize,
+    /// Envs selected at the last commit read.
+    pub envs: usize,
+    pub round: Option<Duration>,
+    /// The latest report of every env this replica checked; only held ones are served.
+    pub reports: std::collections::BTreeMap<String, Arc<DriftReport>>,
+    /// With Leases: how long the Lease API may stay unreachable before /healthz turns 503,
+    /// and when the Leases were last listed.
+    pub leases_limit: Option<Duration>,
+    pub leases_seen: Option<Instant>,
+}
+
+impl FleetStatus {
+    fn metrics(&self) -> String {
+        use std::fmt::Write as _;
+        let replica = metrics::escape_label(&self.replica);
+        let mut out = String::new();
+        out.push_str("# HELP phoenix_watch_lease_held The environments whose Lease this replica holds (always 1).\n# TYPE phoenix_watch_lease_held gauge\n");
+        for env in &self.held {
+            let _ = writeln!(
+                out,
+                "phoenix_watch_lease_held{{env=\"{}\",replica=\"{replica}\"}} 1",
+                metrics::escape_label(env)
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP phoenix_watch_replicas_live Replicas sharing the environments, as this replica sees them.\n# TYPE phoenix_watch_replicas_live gauge\nphoenix_watch_replicas_live{{replica=\"{replica}\"}} {}\n",
+            self.live
+        );
+        let _ = write!(
+            out,
+            "# HELP phoenix_watch_environments Environments selected at the last commit read.\n# TYPE phoenix_watch_environments gauge\nphoenix_watch_environments{{replica=\"{replica}\"}} {}\n",
+            self.envs
+        );
+        if let Some(round) = self.round {
+            let _ = write!(
+                out,
+                "# HELP phoenix_watch_round_duration_seconds Wall time of the last round of checks of the held environments.\n# TYPE phoenix_watch_round_duration_seconds gauge\nphoenix_watch_round_duration_seconds{{replica=\"{replica}\"}} {}\n",
+                round.as_secs_f64()
+            );
+        }
+        out
+    }
+
+    /// Unhealthy once the Leases have not been listed within `leases_limit` (counted from
+    /// `started` before the first listing).
+    fn lease_health(&self, started: Instant, now: Instant) -> Result<(), String> {
+        let Some(limit) = self.leases_limit else {
+            return Ok(());
+        };
+        let age = now.saturating_duration_since(self.leases_seen.unwrap_or(started));
+        if age <= limit {
+            Ok(())
+        } else {
+            Err(format!(
+                "the Leases have not been listed for {} (limit {})",
+                ms(age),
+                ms(limit)
+            ))
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "replica {} holds {} of {} env(s) with {} live replica(s): {}",
+            self.replica,
+            self.held.len(),
+            self.envs,
+            self.live,
+            if self.held.is_empty() {
+                "none".to_string()
+            } else {
+                self.held.join(", ")
+            }
+        )
+    }
 }
 
 pub(crate) type Shared = Arc<Mutex<Status>>;
@@ -40,6 +128,7 @@ pub(crate) fn shared() -> Shared {
         last_finished: None,
         latest: None,
         counters: CheckCounters::new(),
+        fleet: None,
     }))
 }
 
@@ -124,8 +213,21 @@ fn respond(req: &Request<Incoming>, shared: &Shared, limit: Duration) -> Respons
     let status = shared.lock().unwrap_or_else(|p| p.into_inner());
     match req.uri().path() {
         "/metrics" => {
-            let reports: Vec<&DriftReport> = status.latest.iter().map(|r| r.as_ref()).collect();
-            let body = metrics::render(&reports, Some(&status.counters));
+            let body = match &status.fleet {
+                Some(fleet) => {
+                    let reports: Vec<&DriftReport> = fleet
+                        .held
+                        .iter()
+                        .filter_map(|e| fleet.reports.get(e).map(|r| r.as_ref()))
+                        .collect();
+                    metrics::render(&reports, Some(&status.counters)) + &fleet.metrics()
+                }
+                None => {
+                    let reports: Vec<&DriftReport> =
+                        status.latest.iter().map(|r| r.as_ref()).collect();
+                    metrics::render(&reports, Some(&status.counters))
+                }
+            };
             let mut resp = text(StatusCode::OK, body);
             resp.headers_mut().insert(
                 hyper::header::CONTENT_TYPE,
@@ -133,13 +235,21 @@ fn respond(req: &Request<Incoming>, shared: &Shared, limit: Duration) -> Respons
             );
             resp
         }
-        "/healthz" => match health(&status, Instant::now(), limit) {
-            Ok(msg) => text(StatusCode::OK, format!("{msg}\n")),
-            Err(msg) => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("unhealthy: {msg}\n"),
-            ),
-        },
+        "/healthz" => {
+            match health(&status, Instant::now(), limit).and_then(|ok| match &status.fleet {
+                Some(f) => f.lease_health(status.started, Instant::now()).map(|()| ok),
+                None => Ok(ok),
+            }) {
+                Ok(msg) => match &status.fleet {
+                    Some(fleet) => text(StatusCode::OK, format!("{msg}\n{}\n", fleet.summary())),
+                    None => text(StatusCode::OK, format!("{msg}\n")),
+                },
+                Err(msg) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("unhealthy: {msg}\n"),
+                ),
+            }
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /metrics or /healthz\n".into(),
@@ -168,7 +278,27 @@ mod tests {
             last_finished: last,
             latest: None,
             counters: CheckCounters::new(),
+            fleet: None,
         }
+    }
+
+    #[test]
+    fn a_replica_that_cannot_list_its_leases_is_unhealthy() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut f = FleetStatus {
+            leases_limit: Some(Duration::from_millis(500)),
+            ..FleetStatus::default()
+        };
+        assert!(f.lease_health(t0, at(400)).is_ok());
+        assert_eq!(
+            f.lease_health(t0, at(600)),
+            Err("the Leases have not been listed for 600ms (limit 500ms)".into())
+        );
+        f.leases_seen = Some(at(1000));
+        assert!(f.lease_health(t0, at(1400)).is_ok());
+        f.leases_limit = None;
+        assert!(f.lease_health(t0, at(9000)).is_ok());
     }
 
     #[test]

@@ -87,3 +87,106 @@ impl Healer for RebuildHealer {
         })
     }
 }
+
+/// The fleet agent's source: the commit at the configured ref, read (and fetched, for a URL
+/// remote) once per round; the environments in it whose `metadata.labels` carry every
+/// `selector` pair. An environment that does not load is watched too when no selector is given
+/// (its load error is its check result, so a broken definition shows on /metrics); with a
+/// selector its labels cannot be read, so it is left out and named in the log.
+pub struct GitFleet {
+    pub ctx: Context,
+    pub selector: Vec<(String, String)>,
+}
+
+struct GitRound {
+    ctx: Context,
+    snap: Arc<crate::source::Snapshot>,
+    envs: std::collections::BTreeMap<String, Result<crate::env::Environment, String>>,
+}
+
+impl crate::watch::FleetSource for GitFleet {
+    fn open(&self) -> BoxFuture<'static, Result<Arc<dyn crate::watch::FleetRound>, String>> {
+        let ctx = self.ctx.clone();
+        let selector = self.selector.clone();
+        Box::pin(async move {
+            let snap = ctx.open().await.map_err(|f| f.summary())?;
+            let mut envs = std::collections::BTreeMap::new();
+            for name in crate::env::load::names(&*snap) {
+                match crate::env::load(&*snap, &name) {
+                    Ok(env) => {
+                        if selector
+                            .iter()
+                            .all(|(k, v)| env.labels.get(k).is_some_and(|have| have == v))
+                        {
+                            envs.insert(name, Ok(env));
+                        }
+                    }
+                    Err(diags) => {
+                        let first = diags
+                            .first()
+                            .map(|d| d.to_string())
+                            .unwrap_or_else(|| "invalid".into());
+                        if selector.is_empty() {
+                            envs.insert(name, Err(first));
+                        } else {
+                            eprintln!("watch: {name} is left out: it does not load: {first}");
+                        }
+                    }
+                }
+            }
+            Ok(Arc::new(GitRound { ctx, snap, envs }) as Arc<dyn crate::watch::FleetRound>)
+        })
+    }
+}
+
+impl crate::watch::FleetRound for GitRound {
+    fn commit(&self) -> String {
+        self.snap.commit().sha.clone()
+    }
+
+    fn envs(&self) -> Vec<String> {
+        self.envs.keys().cloned().collect()
+    }
+
+    fn settings(&self, env: &str) -> crate::env::watch::WatchSettings {
+        match self.envs.get(env) {
+            Some(Ok(e)) => e.watch.clone(),
+            _ => Default::default(),
+        }
+    }
+
+    fn check(&self, env: &str) -> BoxFuture<'static, DriftReport> {
+        let ctx = self.ctx.clone();
+        let snap = self.snap.clone();
+        let name = env.to_string();
+        let loaded = self.envs.get(env).cloned();
+        Box::pin(async move {
+            let started = Instant::now();
+            let failed = |message: String| DriftReport {
+                env: name.clone(),
+                commit: snap.commit().sha.clone(),
+                checked_at: SystemTime::now(),
+                duration: started.elapsed(),
+                layers: Layer::ALL
+                    .iter()
+                    .map(|&l| LayerDrift::error(l, &message, started.elapsed()))
+                    .collect(),
+            };
+            match loaded {
+                Some(Ok(env)) => {
+                    let deployment = Deployment {
+                        name: env.name.clone(),
+                        snap: snap.clone(),
+                        env,
+                        extra_tags: Default::default(),
+                        // The fleet watches each env where it runs now, its primary region.
+                        primary_region: None,
+                    };
+                    check(&ctx, &deployment).await.report
+                }
+                Some(Err(message)) => failed(message),
+                None => failed(format!("{name} is not in the commit")),
+            }
+        })
+    }
+}

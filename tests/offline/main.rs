@@ -3,6 +3,7 @@
 //! groff; `scripts/setup` installs them and a missing one fails its test).
 
 mod completions;
+mod containerfile;
 mod docs;
 mod engine;
 mod env_adversarial;

@@ -1506,7 +1506,7 @@ fn validate_json_snapshot() {
                   "help": "write a duration like 30s, 5m, 1h30m" },
                 { "file": "environments/bad/environment.yaml", "line": 6, "column": 3,
                   "field": "spec.clustr", "message": "unknown field \"clustr\"",
-                  "help": "did you mean \"cluster\"? valid keys: recoveryObjective, values, timeouts, secrets, cloud, cluster, addons, apps, volumes, failover, dns" }
+                  "help": "did you mean \"cluster\"? valid keys: recoveryObjective, watch, values, timeouts, secrets, cloud, cluster, addons, apps, volumes, failover, dns" }
             ]
         }),
         "{v:#}"

@@ -781,7 +781,7 @@ fn the_cutover_of_a_failover_points_the_names_at_the_failover_region() {
 
     ok(&lab.phoenix(dir, &["rebuild", "shop"]));
     let primary_ip = public_ip(PRIMARY);
-    assert_eq!(www(), [primary_ip.clone()]);
+    assert_eq!(www(), std::slice::from_ref(&primary_ip));
     ok(&lab.phoenix(dir, &["backup", "shop"]));
 
     lab.proxy.always_in_region_for(Fault::Drop, PRIMARY, "ec2");
@@ -790,7 +790,7 @@ fn the_cutover_of_a_failover_points_the_names_at_the_failover_region() {
     ok(&out);
     let failover_ip = public_ip(FAILOVER);
     assert_ne!(failover_ip, primary_ip);
-    assert_eq!(www(), [failover_ip.clone()], "{}", text(&out));
+    assert_eq!(www(), std::slice::from_ref(&failover_ip), "{}", text(&out));
     assert!(
         text(&out).contains("dns step"),
         "the run summary times the cutover: {}",

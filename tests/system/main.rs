@@ -9,6 +9,7 @@ mod dns;
 mod drill;
 mod failover;
 mod faults;
+mod fleet;
 mod rebuild;
 mod regression;
 mod resume;

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use bed::{text, Bed};
 
 /// Records the JSON body of every POST; answers 200.
-struct Receiver {
-    url: String,
-    posts: Arc<Mutex<Vec<String>>>,
+pub(super) struct Receiver {
+    pub(super) url: String,
+    pub(super) posts: Arc<Mutex<Vec<String>>>,
 }
 
-fn receiver() -> Receiver {
+pub(super) fn receiver() -> Receiver {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
     let url = format!("http://{}/hook/T0K3N", listener.local_addr().expect("addr"));
     let posts = Arc::new(Mutex::new(Vec::new()));
@@ -61,7 +61,7 @@ fn read_post(stream: &TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&body).into_owned())
 }
 
-fn http_get(addr: &str, path: &str) -> Option<String> {
+pub(super) fn http_get(addr: &str, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -75,7 +75,7 @@ fn http_get(addr: &str, path: &str) -> Option<String> {
 }
 
 /// Polls `f` every 200 ms for up to `limit`; panics naming `what` on timeout.
-fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(super) fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let started = Instant::now();
     loop {
         if let Some(v) = f() {
