@@ -9,26 +9,9 @@ use std::process::{Command, Output, Stdio};
 
 const SKETCH: &str = "tests/fixtures/valid/design-sketch";
 
-/// The binary in `dir`, hermetic: the sandbox's HOME and PHOENIX_HOME, dummy AWS credentials, no
-/// endpoint, profile or phoenix settings inherited from the machine.
+/// The binary in `dir`, hermetic (no endpoint: a test adds the one it runs against).
 pub(super) fn command(sb: &Sandbox, dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_phoenix"));
-    cmd.current_dir(dir)
-        .env("HOME", sb.home())
-        .env("PHOENIX_HOME", sb.phoenix_home())
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("PHOENIX_REPO")
-        .env_remove("PHOENIX_CLUSTER_ENDPOINT")
-        .env_remove("PHOENIX_TRUSTED_KEYS")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
-    cmd
+    testkit::bed::hermetic(sb, dir)
 }
 
 pub(super) fn phoenix(sb: &Sandbox, dir: &Path, args: &[&str]) -> Output {

@@ -10,7 +10,7 @@
 use testkit::bed::{self, text};
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
@@ -100,37 +100,16 @@ impl Lab {
     }
 
     fn phoenix_via(&self, endpoint: &str, dir: &Path, args: &[&str]) -> Output {
-        Command::new(bed::phoenix_binary())
-            .current_dir(dir)
-            .args(args)
-            .env("HOME", self.git.home())
-            .env("PHOENIX_HOME", self.git.phoenix_home())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", REGION)
+        bed::hermetic(&self.git, dir)
             .env("AWS_ENDPOINT_URL", endpoint)
-            .env_remove("AWS_PROFILE")
-            .env_remove("PHOENIX_REPO")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
+            .args(args)
             .output()
             .expect("run phoenix")
     }
 
     fn r53(&self) -> aws_sdk_route53::Client {
-        use aws_config::{BehaviorVersion, Region};
-        let config = self.rt.block_on(
-            aws_config::defaults(BehaviorVersion::latest())
-                .region(Region::new(REGION))
-                .endpoint_url(self.moto.endpoint())
-                .credentials_provider(aws_sdk_route53::config::Credentials::new(
-                    "test", "test", None, None, "tests",
-                ))
-                .load(),
-        );
-        aws_sdk_route53::Client::new(&config)
+        self.rt
+            .block_on(testkit::route53::client(&self.moto.endpoint()))
     }
 
     /// Every record set of the zone as (name, type, sorted values).

@@ -13,7 +13,7 @@ use testkit::bed;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use testkit::fault_proxy::{Fault, FaultProxy};
@@ -89,38 +89,17 @@ impl Lab {
 
     /// Runs phoenix against the proxy (so the primary region can be taken out).
     fn phoenix(&self, dir: &Path, args: &[&str]) -> Output {
-        Command::new(bed::phoenix_binary())
-            .current_dir(dir)
-            .args(args)
-            .env("HOME", self.git.home())
-            .env("PHOENIX_HOME", self.git.phoenix_home())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", PRIMARY)
+        bed::hermetic(&self.git, dir)
             .env("AWS_ENDPOINT_URL", self.proxy.endpoint())
-            .env_remove("AWS_PROFILE")
-            .env_remove("PHOENIX_REPO")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
+            .args(args)
             .output()
             .expect("run phoenix")
     }
 
     /// A client straight to moto (never through the proxy): what the tests check with.
     fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
-        use aws_config::{BehaviorVersion, Region};
-        let config = self.rt.block_on(
-            aws_config::defaults(BehaviorVersion::latest())
-                .region(Region::new(region.to_string()))
-                .endpoint_url(self.moto.endpoint())
-                .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                    "test", "test", None, None, "tests",
-                ))
-                .load(),
-        );
-        aws_sdk_ec2::Client::new(&config)
+        self.rt
+            .block_on(testkit::ec2::sdk_client_in(&self.moto.endpoint(), region))
     }
 
     /// The env's running instances in `region`: (id, zone, image, tags).

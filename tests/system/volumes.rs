@@ -9,7 +9,7 @@ use testkit::bed;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
 use testkit::git::{Repo, Sandbox};
@@ -77,37 +77,16 @@ impl Lab {
     }
 
     fn phoenix_via(&self, endpoint: &str, dir: &Path, args: &[&str]) -> Output {
-        Command::new(bed::phoenix_binary())
-            .current_dir(dir)
-            .args(args)
-            .env("HOME", self.git.home())
-            .env("PHOENIX_HOME", self.git.phoenix_home())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", REGION)
+        bed::hermetic(&self.git, dir)
             .env("AWS_ENDPOINT_URL", endpoint)
-            .env_remove("AWS_PROFILE")
-            .env_remove("PHOENIX_REPO")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
+            .args(args)
             .output()
             .expect("run phoenix")
     }
 
     fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
-        use aws_config::{BehaviorVersion, Region};
-        let config = self.rt.block_on(
-            aws_config::defaults(BehaviorVersion::latest())
-                .region(Region::new(region.to_string()))
-                .endpoint_url(self.moto.endpoint())
-                .credentials_provider(aws_sdk_ec2::config::Credentials::new(
-                    "test", "test", None, None, "tests",
-                ))
-                .load(),
-        );
-        aws_sdk_ec2::Client::new(&config)
+        self.rt
+            .block_on(testkit::ec2::sdk_client_in(&self.moto.endpoint(), region))
     }
 
     /// The env's live data volumes.

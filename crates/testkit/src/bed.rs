@@ -80,27 +80,14 @@ impl Bed {
     }
 
     pub fn command(&self, dir: &Path) -> Command {
-        let mut cmd = Command::new(phoenix_binary());
-        cmd.current_dir(dir)
-            .env("HOME", self.git.home())
-            .env("PHOENIX_HOME", self.git.phoenix_home())
-            .env("GIT_CONFIG_NOSYSTEM", "1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", REGION)
-            .env("AWS_ENDPOINT_URL", self.moto.endpoint())
+        let mut cmd = hermetic(&self.git, dir);
+        cmd.env("AWS_ENDPOINT_URL", self.moto.endpoint())
             .env(
                 "PHOENIX_CLUSTER_ENDPOINT",
                 format!("{}/clusters/{{env}}", self.kube.url()),
             )
             .env("PHOENIX_DEMO_DB_PASSWORD", DB_PASSWORD)
-            .env("PHOENIX_DEMO_CLUSTER_SECRET", CLUSTER_SECRET)
-            .env_remove("AWS_PROFILE")
-            .env_remove("PHOENIX_REPO")
-            .env_remove("PHOENIX_TRUSTED_KEYS")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null());
+            .env("PHOENIX_DEMO_CLUSTER_SECRET", CLUSTER_SECRET);
         // The demo's ingress add-on is a chart: Helm 4 as scripts/setup builds it, unless
         // PHOENIX_HELM names one.
         if std::env::var_os("PHOENIX_HELM").is_none() {
@@ -224,6 +211,29 @@ impl Bed {
     pub fn phoenix_home_has(&self, rel: &str) -> bool {
         self.git.phoenix_home().join(rel).exists()
     }
+}
+
+/// The `phoenix` binary in `dir`, hermetic: the sandbox's HOME and PHOENIX_HOME, dummy AWS
+/// credentials and the tests' region, no endpoint, profile or phoenix settings inherited from the
+/// machine, no colour, no stdin. A test adds the endpoints it runs against.
+pub fn hermetic(git: &GitSandbox, dir: &Path) -> Command {
+    let mut cmd = Command::new(phoenix_binary());
+    cmd.current_dir(dir)
+        .env("HOME", git.home())
+        .env("PHOENIX_HOME", git.phoenix_home())
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", REGION)
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("PHOENIX_REPO")
+        .env_remove("PHOENIX_CLUSTER_ENDPOINT")
+        .env_remove("PHOENIX_TRUSTED_KEYS")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    cmd
 }
 
 /// The `phoenix` binary cargo built for this test run. Cargo names it to an integration test in

@@ -13,8 +13,13 @@ pub const REGION: &str = "us-east-1";
 
 /// The SDK configuration for the EC2 API at `endpoint` (moto, or a fault proxy in front of it).
 pub async fn sdk_config(endpoint: &str) -> SdkConfig {
+    sdk_config_in(endpoint, REGION).await
+}
+
+/// [`sdk_config`] for another region (moto serves every region on one endpoint).
+pub async fn sdk_config_in(endpoint: &str, region: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(REGION))
+        .region(Region::new(region.to_string()))
         .endpoint_url(endpoint)
         .credentials_provider(Credentials::new(
             "test",
@@ -30,6 +35,11 @@ pub async fn sdk_config(endpoint: &str) -> SdkConfig {
 /// The SDK's own EC2 client for `endpoint`.
 pub async fn sdk_client(endpoint: &str) -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::new(&sdk_config(endpoint).await)
+}
+
+/// The SDK's own EC2 client for `endpoint` in `region`.
+pub async fn sdk_client_in(endpoint: &str, region: &str) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&sdk_config_in(endpoint, region).await)
 }
 
 /// The timeouts and attempts a test's phoenix client uses unless it needs others: 2 s to connect, 10 s an

@@ -1,27 +1,12 @@
 //! Route 53 on moto: the hosted zone an organisation already has (phoenix writes records into a
 //! zone and never creates one), made the way a test makes it, with fixed dummy credentials.
 
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_route53::config::Credentials;
-
 /// The zone the demo environment's records go in.
 pub const DEMO_ZONE: &str = "demo.example";
 
-/// The SDK's Route 53 client for `endpoint` (moto).
+/// The SDK's Route 53 client for `endpoint` (moto), configured as the tests' EC2 clients are.
 pub async fn client(endpoint: &str) -> aws_sdk_route53::Client {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(crate::ec2::REGION))
-        .endpoint_url(endpoint)
-        .credentials_provider(Credentials::new(
-            "test",
-            "test",
-            None,
-            None,
-            "phoenix-tests",
-        ))
-        .load()
-        .await;
-    aws_sdk_route53::Client::new(&config)
+    aws_sdk_route53::Client::new(&crate::ec2::sdk_config(endpoint).await)
 }
 
 /// Creates the hosted zone `name` and returns its id (without `/hostedzone/`).
