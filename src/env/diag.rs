@@ -118,6 +118,19 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// In a unit test: `errs` ((line, "field: message") of each diagnostic) are exactly one per
+/// `expect` entry, each at its line and containing its text.
+#[cfg(test)]
+pub(crate) fn expect_errors(errs: &[(usize, String)], expect: &[(usize, &str)]) {
+    for (line, text) in expect {
+        assert!(
+            errs.iter().any(|(l, m)| l == line && m.contains(text)),
+            "no error {text:?} at line {line} in {errs:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

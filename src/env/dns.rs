@@ -397,6 +397,7 @@ pub(super) fn check(
 
 #[cfg(test)]
 mod tests {
+    use crate::env::diag::expect_errors;
     use crate::env::{load, Diagnostic, MemFiles};
 
     fn env_with(dns: &str) -> Result<crate::env::Environment, Vec<Diagnostic>> {
@@ -447,16 +448,6 @@ spec:
             .iter()
             .map(|d| (d.line, format!("{}: {}", d.field, d.message)))
             .collect()
-    }
-
-    fn expect_errors(errs: &[(usize, String)], expect: &[(usize, &str)]) {
-        for (line, text) in expect {
-            assert!(
-                errs.iter().any(|(l, m)| l == line && m.contains(text)),
-                "no error {text:?} at line {line} in {errs:#?}"
-            );
-        }
-        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
     }
 
     #[test]

@@ -558,13 +558,7 @@ spec:
             ),
             (24, "instance group \"dbx\", which does not exist"),
         ];
-        for (line, text) in expect {
-            assert!(
-                errs.iter().any(|(l, m)| *l == line && m.contains(text)),
-                "no error {text:?} at line {line} in {errs:#?}"
-            );
-        }
-        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        crate::env::diag::expect_errors(&errs, &expect);
     }
 
     #[test]

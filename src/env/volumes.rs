@@ -657,13 +657,7 @@ spec:
                 "a backup every 2h cannot meet the recovery point objective of 1h",
             ),
         ];
-        for (line, text) in expect {
-            assert!(
-                errs.iter().any(|(l, m)| *l == line && m.contains(text)),
-                "no error {text:?} at line {line} in {errs:#?}"
-            );
-        }
-        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        crate::env::diag::expect_errors(&errs, &expect);
     }
 
     #[test]
@@ -685,12 +679,6 @@ spec:
             (16, "a volume with a zone takes no mountPath"),
             (16, "the environment builds no cluster"),
         ];
-        for (line, text) in expect {
-            assert!(
-                errs.iter().any(|(l, m)| *l == line && m.contains(text)),
-                "no error {text:?} at line {line} in {errs:#?}"
-            );
-        }
-        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        crate::env::diag::expect_errors(&errs, &expect);
     }
 }
