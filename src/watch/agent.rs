@@ -33,6 +33,23 @@ pub trait Healer: Send + Sync {
     ) -> BoxFuture<'static, Result<(), String>>;
 }
 
+/// Runs `healer` on `layers` of `report`, within `timeout`; `Err` with the healer's message, or
+/// that it did not finish in time.
+pub(super) async fn heal_within(
+    healer: &dyn Healer,
+    report: &Arc<DriftReport>,
+    layers: &[Layer],
+    timeout: Duration,
+) -> Result<(), String> {
+    match tokio::time::timeout(timeout, healer.heal(report.clone(), layers.to_vec())).await {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "heal did not finish within {}",
+            crate::report::format_duration(timeout)
+        )),
+    }
+}
+
 /// Which notice a webhook delivery carried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoticeKind {
@@ -388,18 +405,7 @@ async fn heal(opts: &WatchOptions, healer: &dyn Healer, report: &Arc<DriftReport
     log(opts, format_args!("healing {}", names.join(", ")));
     let started_at = SystemTime::now();
     let started = Instant::now();
-    let result = match tokio::time::timeout(
-        opts.heal_timeout,
-        healer.heal(report.clone(), layers.clone()),
-    )
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(format!(
-            "heal did not finish within {}",
-            crate::report::format_duration(opts.heal_timeout)
-        )),
-    };
+    let result = heal_within(healer, report, &layers, opts.heal_timeout).await;
     match &result {
         Ok(()) => log(opts, format_args!("healed {}", names.join(", "))),
         Err(e) => log(

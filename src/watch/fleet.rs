@@ -446,18 +446,9 @@ async fn settle(
             let layers = report.drifted_layers();
             let names: Vec<&str> = layers.iter().map(|l| l.as_str()).collect();
             log(opts, format_args!("{env}: healing {}", names.join(", ")));
-            let result = match tokio::time::timeout(
-                opts.heal_timeout,
-                healer.heal(report.clone(), layers.clone()),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => Err(format!(
-                    "heal did not finish within {}",
-                    crate::report::format_duration(opts.heal_timeout)
-                )),
-            };
+            let result =
+                super::agent::heal_within(healer.as_ref(), &report, &layers, opts.heal_timeout)
+                    .await;
             match result {
                 Ok(()) => log(opts, format_args!("{env}: healed {}", names.join(", "))),
                 Err(e) => log(
