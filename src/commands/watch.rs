@@ -29,14 +29,7 @@ pub async fn run(ctx: &Context, args: &WatchArgs) -> Outcome {
     }
     let mut opts = WatchOptions::new(env.clone(), args.interval, args.listen);
     opts.alert_after = args.alert_after;
-    opts.webhook = webhook_url(args)?
-        .map(|url| Webhook::parse(&url))
-        .transpose()
-        .map_err(|e| {
-            // The error never repeats the URL: it may carry a token.
-            Failure::from_error("the webhook URL is not usable", &e)
-                .help("give an http:// or https:// URL with a host")
-        })?;
+    opts.webhook = webhook(args)?;
     if args.heal {
         opts.healer = Some(Arc::new(RebuildHealer { ctx: ctx.clone() }) as Arc<dyn Healer>);
     }
@@ -73,13 +66,7 @@ pub async fn run(ctx: &Context, args: &WatchArgs) -> Outcome {
 /// `watch --all`: every selected env of the commit, alone or sharing the envs with other
 /// replicas through Leases (`--lease-namespace`).
 async fn run_fleet(ctx: &Context, args: &WatchArgs) -> Outcome {
-    let webhook = webhook_url(args)?
-        .map(|url| Webhook::parse(&url))
-        .transpose()
-        .map_err(|e| {
-            Failure::from_error("the webhook URL is not usable", &e)
-                .help("give an http:// or https:// URL with a host")
-        })?;
+    let webhook = webhook(args)?;
     let replica = args.replica_id.clone().unwrap_or_else(default_replica_id);
     if replica.trim().is_empty() {
         return Err(Failure::new("--replica-id is empty"));
@@ -281,6 +268,18 @@ async fn print_events(mut rx: tokio::sync::mpsc::UnboundedReceiver<watch::WatchE
 }
 
 /// `--webhook-file` (first line) or `--webhook` / `PHOENIX_WEBHOOK_URL`.
+/// The webhook of `--webhook` or `--webhook-file`, parsed.
+fn webhook(args: &WatchArgs) -> Result<Option<Webhook>, Failure> {
+    webhook_url(args)?
+        .map(|url| Webhook::parse(&url))
+        .transpose()
+        .map_err(|e| {
+            // The error never repeats the URL: it may carry a token.
+            Failure::from_error("the webhook URL is not usable", &e)
+                .help("give an http:// or https:// URL with a host")
+        })
+}
+
 fn webhook_url(args: &WatchArgs) -> Result<Option<String>, Failure> {
     if let Some(path) = &args.webhook_file {
         let text = std::fs::read_to_string(path).map_err(|e| {

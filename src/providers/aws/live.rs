@@ -145,6 +145,16 @@ impl LiveCloud {
             .unwrap_or(&[])
     }
 
+    /// The live instance holding `resource`: a running one when there are duplicates (a retried
+    /// launch), else the first; `None` when there is none.
+    pub fn instance(&self, resource: &str) -> Option<&LiveResource> {
+        let copies = self.get(resource);
+        copies
+            .iter()
+            .find(|r| matches!(&r.state, LiveState::Instance { state, .. } if state == "running"))
+            .or(copies.first())
+    }
+
     /// AWS id → resource id, for mapping references (a subnet id on an instance, a group id in a
     /// rule) back to phoenix's names.
     pub fn aws_to_resource(&self) -> HashMap<String, String> {

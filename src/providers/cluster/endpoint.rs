@@ -89,16 +89,11 @@ pub fn server_instance<'a>(
     };
     let resource = server_resource(cloud)
         .ok_or_else(|| no_server("spec.cloud.instances has no group with role: server".into()))?;
-    let copies = live.get(&resource);
-    copies
-        .iter()
-        .find(|r| matches!(&r.state, LiveState::Instance { state, .. } if state == "running"))
-        .or(copies.first())
-        .ok_or_else(|| {
-            no_server(format!(
-                "{resource} does not exist in EC2 (has the cloud layer converged?)"
-            ))
-        })
+    live.instance(&resource).ok_or_else(|| {
+        no_server(format!(
+            "{resource} does not exist in EC2 (has the cloud layer converged?)"
+        ))
+    })
 }
 
 fn instance_address(

@@ -284,13 +284,8 @@ pub fn expected_nodes(cloud: &Cloud, live: &LiveCloud) -> Vec<ExpectedNode> {
         };
         for i in 0..g.count {
             let resource = format!("instance/{}/{i}", g.name);
-            let copies = live.get(&resource);
-            let pick = copies
-                .iter()
-                .find(
-                    |r| matches!(&r.state, LiveState::Instance { state, .. } if state == "running"),
-                )
-                .or(copies.first())
+            let pick = live
+                .instance(&resource)
                 .filter(|r| r.tags.get(TAG_ROLE).is_none_or(|t| t == role));
             let (instance_id, private_ip) = match pick {
                 Some(r) => match &r.state {

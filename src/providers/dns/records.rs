@@ -171,13 +171,7 @@ pub fn addresses(
     {
         for i in 0..g.count {
             let resource = format!("instance/{}/{i}", g.name);
-            let copies = live.get(&resource);
-            let pick = copies
-                .iter()
-                .find(
-                    |r| matches!(&r.state, LiveState::Instance { state, .. } if state == "running"),
-                )
-                .or(copies.first());
+            let pick = live.instance(&resource);
             match pick.map(|r| (&r.aws_id, &r.state)) {
                 Some((
                     _,
