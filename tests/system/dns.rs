@@ -8,6 +8,7 @@
 //! checked through the Route 53 and EC2 APIs, not phoenix's word.
 
 use testkit::bed::{self, text};
+use testkit::rewrite_proxy::RewriteProxy;
 
 use std::path::Path;
 use std::process::Output;
@@ -524,7 +525,7 @@ fn the_cutover_waits_until_route53_reports_the_change_in_sync() {
     let lab = Lab::new();
     let repo = lab.repo("web", &env_yaml("web", ""));
     // Three status reads answer PENDING (moto is INSYNC at once), then the real answer.
-    let proxy = HoldPending::start(lab.moto.port, 3);
+    let proxy = hold_pending(lab.moto.port, 3);
     let out = lab.phoenix_via(
         &proxy.endpoint(),
         &repo.dir,
@@ -542,7 +543,7 @@ fn the_cutover_waits_until_route53_reports_the_change_in_sync() {
         node["durationSeconds"].as_f64().unwrap() >= 2.0,
         "three polls a second apart: {node}"
     );
-    assert!(proxy.held() >= 3);
+    assert!(proxy.matched() >= 3);
 
     // Held for good: the run fails within the apps timeout (20 s), naming what it waited for.
     lab.change(
@@ -557,7 +558,7 @@ fn the_cutover_waits_until_route53_reports_the_change_in_sync() {
         "A",
         &["203.0.113.7"],
     );
-    let forever = HoldPending::start(lab.moto.port, usize::MAX);
+    let forever = hold_pending(lab.moto.port, usize::MAX);
     let t = std::time::Instant::now();
     let out = lab.phoenix_via(&forever.endpoint(), &repo.dir, &["rebuild", "web"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -690,99 +691,13 @@ fn validate_points_at_the_line_of_a_bad_record() {
     );
 }
 
-/// A loopback proxy in front of moto that answers the first `hold` GetChange calls with the
-/// change PENDING (moto reports INSYNC at once): one request per connection.
-struct HoldPending {
-    port: u16,
-    held: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl HoldPending {
-    fn start(backend: u16, hold: usize) -> HoldPending {
-        use std::io::{Read, Write};
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().unwrap().port();
-        let held = std::sync::Arc::new(AtomicUsize::new(0));
-        let counter = std::sync::Arc::clone(&held);
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut client) = conn else { continue };
-                let held = std::sync::Arc::clone(&counter);
-                std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 8192];
-                    let head_end = loop {
-                        let n = client.read(&mut chunk).unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
-                    while buf.len() < head_end + length {
-                        let n = client.read(&mut chunk).unwrap_or(0);
-                        if n == 0 {
-                            break;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    let get_change = head.starts_with("GET ") && head.contains("/change/");
-                    let head_out: String = head
-                        .lines()
-                        .filter(|l| {
-                            !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty()
-                        })
-                        .map(|l| format!("{l}\r\n"))
-                        .collect::<String>()
-                        + "Connection: close\r\n\r\n";
-                    let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", backend)) else {
-                        return;
-                    };
-                    let _ = up.write_all(head_out.as_bytes());
-                    let _ = up.write_all(&buf[head_end..]);
-                    let mut answer = Vec::new();
-                    let _ = up.read_to_end(&mut answer);
-                    if get_change && held.fetch_add(1, Ordering::SeqCst) < hold {
-                        let text = String::from_utf8_lossy(&answer).to_string();
-                        if let Some(split) = text.find("\r\n\r\n") {
-                            let (h, b) = text.split_at(split + 4);
-                            let b = b.replace("INSYNC", "PENDING");
-                            let h: String = h
-                                .lines()
-                                .filter(|l| {
-                                    !l.to_ascii_lowercase().starts_with("content-length:")
-                                        && !l.is_empty()
-                                })
-                                .map(|l| format!("{l}\r\n"))
-                                .collect();
-                            answer =
-                                format!("{h}Content-Length: {}\r\n\r\n{b}", b.len()).into_bytes();
-                        }
-                    }
-                    let _ = client.write_all(&answer);
-                });
-            }
-        });
-        HoldPending { port, held }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn held(&self) -> usize {
-        self.held.load(std::sync::atomic::Ordering::SeqCst)
-    }
+/// A proxy in front of moto answering the first `hold` GetChange calls with the change PENDING
+/// (moto reports INSYNC at once).
+fn hold_pending(backend: u16, hold: usize) -> RewriteProxy {
+    RewriteProxy::start(
+        backend,
+        hold,
+        |head, _| head.starts_with("GET ") && head.contains("/change/"),
+        |body| body.replace("INSYNC", "PENDING"),
+    )
 }

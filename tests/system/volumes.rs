@@ -6,6 +6,7 @@
 //! snapshot fails naming the volume; validation points at file:line.
 
 use testkit::bed;
+use testkit::rewrite_proxy::RewriteProxy;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -711,100 +712,18 @@ fn a_drill_restores_its_own_volume_from_the_live_snapshot_and_reports_the_recove
     );
 }
 
-/// A loopback proxy in front of moto that answers the first `hold` DescribeSnapshots calls with
-/// every snapshot `pending` at 42% (moto completes snapshots at once): one request per
-/// connection (`Connection: close`), so no HTTP parsing beyond headers and Content-Length.
-struct HoldSnapshots {
-    port: u16,
-}
-
-impl HoldSnapshots {
-    fn start(backend: u16, hold: usize) -> HoldSnapshots {
-        use std::io::{Read, Write};
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().unwrap().port();
-        let held = std::sync::Arc::new(AtomicUsize::new(0));
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut client) = conn else { continue };
-                let held = std::sync::Arc::clone(&held);
-                std::thread::spawn(move || {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 8192];
-                    let head_end = loop {
-                        let n = client.read(&mut chunk).unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                            break i + 4;
-                        }
-                    };
-                    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                    let length: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
-                    while buf.len() < head_end + length {
-                        let n = client.read(&mut chunk).unwrap_or(0);
-                        if n == 0 {
-                            break;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                    }
-                    let body = String::from_utf8_lossy(&buf[head_end..]).to_string();
-                    // Forward with Connection: close, read the whole answer.
-                    let head_out: String = head
-                        .lines()
-                        .filter(|l| {
-                            !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty()
-                        })
-                        .map(|l| format!("{l}\r\n"))
-                        .collect::<String>()
-                        + "Connection: close\r\n\r\n";
-                    let Ok(mut up) = std::net::TcpStream::connect(("127.0.0.1", backend)) else {
-                        return;
-                    };
-                    let _ = up.write_all(head_out.as_bytes());
-                    let _ = up.write_all(&buf[head_end..]);
-                    let mut answer = Vec::new();
-                    let _ = up.read_to_end(&mut answer);
-                    let describe = body.contains("Action=DescribeSnapshots");
-                    if describe && held.fetch_add(1, Ordering::SeqCst) < hold {
-                        let text = String::from_utf8_lossy(&answer).to_string();
-                        if let Some(split) = text.find("\r\n\r\n") {
-                            let (h, b) = text.split_at(split + 4);
-                            let b = b
-                                .replace("<status>completed</status>", "<status>pending</status>")
-                                .replace("<progress>100%</progress>", "<progress>42%</progress>");
-                            let h: String = h
-                                .lines()
-                                .filter(|l| {
-                                    !l.to_ascii_lowercase().starts_with("content-length:")
-                                        && !l.is_empty()
-                                })
-                                .map(|l| format!("{l}\r\n"))
-                                .collect();
-                            answer =
-                                format!("{h}Content-Length: {}\r\n\r\n{b}", b.len()).into_bytes();
-                        }
-                    }
-                    let _ = client.write_all(&answer);
-                });
-            }
-        });
-        HoldSnapshots { port }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
+/// A proxy in front of moto answering the first `hold` DescribeSnapshots calls with every
+/// snapshot `pending` at 42% (moto completes snapshots at once).
+fn hold_snapshots(backend: u16, hold: usize) -> RewriteProxy {
+    RewriteProxy::start(
+        backend,
+        hold,
+        |_, body| body.contains("Action=DescribeSnapshots"),
+        |body| {
+            body.replace("<status>completed</status>", "<status>pending</status>")
+                .replace("<progress>100%</progress>", "<progress>42%</progress>")
+        },
+    )
 }
 
 #[test]
@@ -816,7 +735,7 @@ fn pending_snapshots_are_waited_for_within_the_timeout_and_reported() {
     ok(&bed.phoenix(dir, &["rebuild", "shop"]));
 
     // Held pending for good: the backup fails within its timeout, naming what it waited for.
-    let forever = HoldSnapshots::start(bed.moto.port, usize::MAX);
+    let forever = hold_snapshots(bed.moto.port, usize::MAX);
     let t = std::time::Instant::now();
     let out = bed.phoenix_via(
         &forever.endpoint(),
@@ -843,7 +762,7 @@ fn pending_snapshots_are_waited_for_within_the_timeout_and_reported() {
     );
 
     // Held for the first few looks: waited for, reported, then completed.
-    let briefly = HoldSnapshots::start(bed.moto.port, 3);
+    let briefly = hold_snapshots(bed.moto.port, 3);
     let out = bed.phoenix_via(
         &briefly.endpoint(),
         dir,

@@ -5,7 +5,8 @@
 //! - [`moto`]: the EC2 test bed; [`ec2`]: the one way a test builds an EC2 client for it; [`route53`]: its
 //!   hosted zones;
 //! - [`control_plane`]: the real Kubernetes control plane (testenv), kube clients and kubectl;
-//! - [`fault_proxy`], [`kube_proxy`]: loopback proxies injecting API faults;
+//! - [`fault_proxy`], [`kube_proxy`]: loopback proxies injecting API faults; [`rewrite_proxy`]: one holding a
+//!   state moto never reports (a snapshot pending, a Route 53 change PENDING);
 //! - [`git`]: hermetic Git repositories, signing keys and a `git daemon`;
 //! - [`bed`]: all of them together with the real `phoenix` binary, for end-to-end tests;
 //! - [`tools`]: external tools (linters, shells) a test requires.
@@ -20,6 +21,7 @@ pub mod fault_proxy;
 pub mod git;
 pub mod kube_proxy;
 pub mod moto;
+pub mod rewrite_proxy;
 pub mod route53;
 pub mod tools;
 
