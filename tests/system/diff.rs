@@ -506,12 +506,20 @@ fn a_diff_after_a_rebuild_dry_runs_only_secrets_and_what_was_written_since() {
     let out = run(&["diff", "demo"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // The demo's PersistentVolume web-data is written once more after the rebuild sealed it:
-    // the controller manager binds it (claimRef, phase) when the app's claim appears.
-    assert_eq!(
-        dry_runs() - before,
-        secrets + 1,
-        "only Secrets, which are never sealed, and the PersistentVolume bound since"
+    // the controller manager binds it (claimRef, phase) when the app's claim appears. A
+    // controller may also still be writing a workload's status after the health wait saw it
+    // healthy (the web pods wait for the volume): at most two such objects here, far fewer than
+    // the demo's objects (every one is proved again without the cache, below).
+    let first = dry_runs() - before;
+    assert!(
+        (secrets + 1..=secrets + 3).contains(&first),
+        "only Secrets, which are never sealed, the PersistentVolume bound since and what a controller wrote since: {first} dry runs for {secrets} Secrets"
     );
+    // The diff sealed what it proved: nothing written since, so only the Secrets again.
+    let before = dry_runs();
+    let out = run(&["diff", "demo"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(dry_runs() - before, secrets, "only Secrets");
 
     bed.kubectl(
         "demo",
