@@ -352,24 +352,37 @@ impl Leases {
     /// Takes an env's Lease: creates it when there is none, else replaces the free one read as
     /// `existing` (its resourceVersion guards the write). Keeps the recorded episode.
     pub async fn acquire(&self, env: &str, existing: Option<&Lease>) -> Result<Lease, LeaseError> {
-        let name = env_lease_name(env);
+        let labels = [(LABEL_ROLE, "env"), (LABEL_ENV, env)];
+        self.hold(&env_lease_name(env), &labels, existing, "acquiring")
+            .await
+    }
+
+    /// Creates Lease `name` held by this replica (with phoenix's label and `labels`), or, when
+    /// it exists as `existing`, replaces it held by this replica (its resourceVersion guards the
+    /// write; what else it records is kept).
+    async fn hold(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        existing: Option<&Lease>,
+        replacing: &'static str,
+    ) -> Result<Lease, LeaseError> {
         match existing {
             None => {
+                let mut all =
+                    BTreeMap::from([(LABEL_MANAGED_BY.to_string(), "phoenix".to_string())]);
+                all.extend(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())));
                 let lease = Lease {
                     metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        labels: Some(BTreeMap::from([
-                            (LABEL_MANAGED_BY.to_string(), "phoenix".to_string()),
-                            (LABEL_ROLE.to_string(), "env".to_string()),
-                            (LABEL_ENV.to_string(), env.to_string()),
-                        ])),
+                        name: Some(name.to_string()),
+                        labels: Some(all),
                         ..ObjectMeta::default()
                     },
                     spec: Some(self.spec_now(None)),
                 };
                 self.call(
                     "creating",
-                    &name,
+                    name,
                     self.api.create(&PostParams::default(), &lease),
                 )
                 .await
@@ -377,7 +390,7 @@ impl Leases {
             Some(old) => {
                 let mut lease = old.clone();
                 lease.spec = Some(self.spec_now(old.spec.as_ref()));
-                self.replace("acquiring", &name, &lease).await
+                self.replace(replacing, name, &lease).await
             }
         }
     }
@@ -425,33 +438,13 @@ impl Leases {
 
     /// Creates or renews this replica's membership Lease (`current`: as last seen in a list).
     pub async fn heartbeat(&self, current: Option<&Lease>) -> Result<Lease, LeaseError> {
-        let name = member_lease_name(&self.me);
-        match current {
-            Some(old) => {
-                let mut lease = old.clone();
-                lease.spec = Some(self.spec_now(old.spec.as_ref()));
-                self.replace("renewing", &name, &lease).await
-            }
-            None => {
-                let lease = Lease {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        labels: Some(BTreeMap::from([
-                            (LABEL_MANAGED_BY.to_string(), "phoenix".to_string()),
-                            (LABEL_ROLE.to_string(), "replica".to_string()),
-                        ])),
-                        ..ObjectMeta::default()
-                    },
-                    spec: Some(self.spec_now(None)),
-                };
-                self.call(
-                    "creating",
-                    &name,
-                    self.api.create(&PostParams::default(), &lease),
-                )
-                .await
-            }
-        }
+        self.hold(
+            &member_lease_name(&self.me),
+            &[(LABEL_ROLE, "replica")],
+            current,
+            "renewing",
+        )
+        .await
     }
 
     /// Deletes a membership Lease (this replica's on shutdown, or a long-dead replica's).
