@@ -118,6 +118,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// In a unit test: the diagnostics of an env that must be invalid, as (line, "field: message").
+#[cfg(test)]
+pub(crate) fn errors_of(
+    loaded: Result<super::Environment, Vec<Diagnostic>>,
+) -> Vec<(usize, String)> {
+    loaded
+        .expect_err("the env should be invalid")
+        .iter()
+        .map(|d| (d.line, format!("{}: {}", d.field, d.message)))
+        .collect()
+}
+
 /// In a unit test: `errs` ((line, "field: message") of each diagnostic) are exactly one per
 /// `expect` entry, each at its line and containing its text.
 #[cfg(test)]

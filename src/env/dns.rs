@@ -443,11 +443,7 @@ spec:
     }
 
     fn errors(dns: &str) -> Vec<(usize, String)> {
-        env_with(dns)
-            .expect_err("invalid")
-            .iter()
-            .map(|d| (d.line, format!("{}: {}", d.field, d.message)))
-            .collect()
+        crate::env::diag::errors_of(env_with(dns))
     }
 
     #[test]

@@ -463,11 +463,7 @@ spec:
 
     /// (line, "field: message") of each diagnostic; the failover section starts at line 19.
     fn errors(failover: &str) -> Vec<(usize, String)> {
-        env_with(failover)
-            .expect_err("the env should be invalid")
-            .iter()
-            .map(|d| (d.line, format!("{}: {}", d.field, d.message)))
-            .collect()
+        crate::env::diag::errors_of(env_with(failover))
     }
 
     #[test]

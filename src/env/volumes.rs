@@ -598,11 +598,7 @@ spec:
 
     /// (line, message) of each diagnostic: the line is the file's (the volumes start at line 14).
     fn errors(volumes: &str) -> Vec<(usize, String)> {
-        let diags = env_with(volumes).expect_err("the env should be invalid");
-        diags
-            .iter()
-            .map(|d| (d.line, format!("{}: {}", d.field, d.message)))
-            .collect()
+        crate::env::diag::errors_of(env_with(volumes))
     }
 
     #[test]
