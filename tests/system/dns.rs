@@ -60,29 +60,13 @@ impl Lab {
             .enable_all()
             .build()
             .expect("runtime");
-        let mut lab = Lab {
+        let zone = rt.block_on(testkit::route53::create_zone(&moto.endpoint(), ZONE));
+        Lab {
             moto,
             git: Sandbox::new(),
             rt,
-            zone: String::new(),
-        };
-        let out = lab
-            .rt
-            .block_on(
-                lab.r53()
-                    .create_hosted_zone()
-                    .name(ZONE)
-                    .caller_reference("dns-tests")
-                    .send(),
-            )
-            .expect("create the hosted zone");
-        lab.zone = out
-            .hosted_zone()
-            .expect("zone")
-            .id()
-            .trim_start_matches("/hostedzone/")
-            .to_string();
-        lab
+            zone,
+        }
     }
 
     fn repo(&self, name: &str, yaml: &str) -> Repo<'_> {

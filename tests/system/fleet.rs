@@ -465,35 +465,25 @@ fn drift_is_alerted_once_across_replicas_and_sigterm_hands_the_envs_over_at_once
         },
     );
 
-    let (ok, _, err) = control_plane::kubectl(
-        &fleet.cp.cluster_url(CLUSTER),
-        &[
-            "-n",
-            "default",
-            "patch",
-            "configmap",
-            "cfg-fleet-3",
-            "--type=merge",
-            "-p",
-            r#"{"data":{"color":"red"}}"#,
-        ],
-    );
-    assert!(ok, "kubectl patch: {err}");
+    let paint = |configmap: &str| {
+        let (ok, _, err) = control_plane::kubectl(
+            &fleet.cp.cluster_url(CLUSTER),
+            &[
+                "-n",
+                "default",
+                "patch",
+                "configmap",
+                configmap,
+                "--type=merge",
+                "-p",
+                r#"{"data":{"color":"red"}}"#,
+            ],
+        );
+        assert!(ok, "kubectl patch: {err}");
+    };
+    paint("cfg-fleet-3");
     // fleet-5 drifts too, but alerts only after its own alertAfter (1h).
-    let (ok, _, err) = control_plane::kubectl(
-        &fleet.cp.cluster_url(CLUSTER),
-        &[
-            "-n",
-            "default",
-            "patch",
-            "configmap",
-            "cfg-fleet-5",
-            "--type=merge",
-            "-p",
-            r#"{"data":{"color":"red"}}"#,
-        ],
-    );
-    assert!(ok, "kubectl patch: {err}");
+    paint("cfg-fleet-5");
     let alerts = |env: &str| -> Vec<String> {
         hook.posts
             .lock()
