@@ -6,7 +6,7 @@
 use testkit::{bed, moto};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use testkit::git::{Repo, Sandbox};
 
 /// A secret value the environment references: it must never appear in any output.
@@ -55,25 +55,10 @@ fn command(sb: &Sandbox, dir: &Path) -> Command {
 
 /// `program` run as phoenix is: hermetic, in `dir`.
 fn command_of(program: &Path, sb: &Sandbox, dir: &Path) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.current_dir(dir)
-        .env("HOME", sb.home())
-        .env("PHOENIX_HOME", sb.phoenix_home())
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        // Set, so that an output made from it would show it: it must not.
-        .env("SHOP_DB_PASSWORD", SECRET_VALUE)
-        .env("SHOP_CLUSTER_SECRET", SECRET_VALUE)
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_ENDPOINT_URL")
-        .env_remove("PHOENIX_REPO")
-        .env_remove("PHOENIX_CLUSTER_ENDPOINT")
-        .env_remove("PHOENIX_TRUSTED_KEYS")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null());
+    let mut cmd = bed::hermetic_program(program, sb, dir);
+    // Set, so that an output made from it would show it: it must not.
+    cmd.env("SHOP_DB_PASSWORD", SECRET_VALUE)
+        .env("SHOP_CLUSTER_SECRET", SECRET_VALUE);
     cmd
 }
 

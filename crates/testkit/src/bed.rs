@@ -217,7 +217,12 @@ impl Bed {
 /// credentials and the tests' region, no endpoint, profile or phoenix settings inherited from the
 /// machine, no colour, no stdin. A test adds the endpoints it runs against.
 pub fn hermetic(git: &GitSandbox, dir: &Path) -> Command {
-    let mut cmd = Command::new(phoenix_binary());
+    hermetic_program(&phoenix_binary(), git, dir)
+}
+
+/// [`hermetic`] for another program (a script that runs phoenix, say).
+pub fn hermetic_program(program: &Path, git: &GitSandbox, dir: &Path) -> Command {
+    let mut cmd = Command::new(program);
     cmd.current_dir(dir)
         .env("HOME", git.home())
         .env("PHOENIX_HOME", git.phoenix_home())
